@@ -1,0 +1,31 @@
+import { fromNative, invalidParameter, is } from './errors.js';
+import { native, type NativeBackendInfo } from './native.js';
+import { cudaInfo, type CudaInfo } from './cuda.js';
+
+export type KernelPolicy = 'auto' | 'ref' | 'avx2' | 'avx512';
+
+export interface BackendInfo extends NativeBackendInfo {
+  cuda: CudaInfo;
+}
+
+/** CPU features, the kernel tier in use, threads, and CUDA availability. */
+export function backendInfo(): BackendInfo {
+  return { ...native().backendInfo(), cuda: cudaInfo() };
+}
+
+/** Forces a kernel tier (for tests and comparisons); 'auto' returns to the best one. */
+export function setKernelPolicy(policy: KernelPolicy): string {
+  if (!is.oneOf(policy, ['auto', 'ref', 'avx2', 'avx512'] as const))
+    throw invalidParameter("one of 'auto', 'ref', 'avx2', 'avx512'", 'policy', policy);
+  try {
+    return native().setKernelPolicy(policy);
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+/** Sizes the native thread pool; 0 means one thread per core. Returns the size. */
+export function setThreads(n: number): number {
+  if (!is.nonNegativeInteger(n) || n > 1024) throw invalidParameter('integer in [0, 1024]', 'threads', n);
+  return native().setThreads(n);
+}

@@ -1,0 +1,66 @@
+// One error type for the whole package. Native errors arrive with the same codes
+// (native/include/quantform/status.h); validation errors are raised here first
+// with a message that names the parameter, the expectation and what was received.
+
+export type ErrorCode =
+  | 'QF_INVALID_ARGUMENT'
+  | 'QF_SHAPE_MISMATCH'
+  | 'QF_DTYPE_MISMATCH'
+  | 'QF_UNSUPPORTED_BITS'
+  | 'QF_NON_FINITE'
+  | 'QF_OUT_OF_MEMORY'
+  | 'QF_IO'
+  | 'QF_CORRUPT_FILE'
+  | 'QF_CUDA'
+  | 'QF_UNSUPPORTED'
+  | 'QF_NATIVE_LOAD'
+  | 'QF_INTERNAL';
+
+export class QuantformError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'QuantformError';
+    this.code = code;
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name} of length ${(value as { length?: number }).length ?? value.byteLength}`;
+  if (Array.isArray(value)) return `array of length ${value.length}`;
+  const t = typeof value;
+  if (t === 'string') return `'${value as string}' of type string`;
+  if (t === 'number' || t === 'boolean' || t === 'bigint') return `${String(value)} of type ${t}`;
+  if (t === 'undefined') return 'undefined';
+  return `value of type ${t}`;
+}
+
+/** `Expected positive integer for groupSize but received 1.5 of type number` */
+export function invalidParameter(
+  expected: string,
+  name: string,
+  actual: unknown,
+  code: ErrorCode = 'QF_INVALID_ARGUMENT',
+): QuantformError {
+  return new QuantformError(code, `Expected ${expected} for ${name} but received ${describe(actual)}`);
+}
+
+/** Re-raises a native error as QuantformError, keeping the caller's stack. */
+export function fromNative(e: unknown): QuantformError {
+  if (e instanceof QuantformError) return e;
+  const err = e as { code?: string; message?: string };
+  const code = (typeof err?.code === 'string' && err.code.startsWith('QF_') ? err.code : 'QF_INTERNAL') as ErrorCode;
+  const out = new QuantformError(code, err?.message ?? String(e), { cause: e });
+  Error.captureStackTrace?.(out, fromNative);
+  return out;
+}
+
+export const is = {
+  positiveInteger: (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v > 0,
+  nonNegativeInteger: (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0,
+  finiteNumber: (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v),
+  bool: (v: unknown): v is boolean => typeof v === 'boolean',
+  string: (v: unknown): v is string => typeof v === 'string',
+  oneOf: <T>(v: unknown, values: readonly T[]): v is T => values.includes(v as T),
+};

@@ -1,0 +1,10 @@
+// quantform's public API.
+export { QuantformError, type ErrorCode } from './errors.js';
+export { Tensor, type DType } from './tensor.js';
+export { backendInfo, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
+export { cudaInfo, type CudaInfo } from './cuda.js';
+export {
+  QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
+  fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
+  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads,
+} from './quant.js';

@@ -1,0 +1,13 @@
+// The CPU addon's module: each op family registers its own entry points.
+#include "napi_util.h"
+
+namespace {
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  qf::register_backend(env, exports);
+  qf::register_quant(env, exports);
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  return exports;
+}
+}  // namespace
+
+NODE_API_MODULE(quantform, Init)

@@ -1,0 +1,131 @@
+// cpuid once at load, tier policy, and the per-family table selectors.
+#include "quantform/dispatch.h"
+
+#include <atomic>
+#include <cpuid.h>
+#include <cstdlib>
+#include <cstring>
+
+#include "quantform/quant.h"
+
+namespace qf {
+namespace {
+
+uint64_t read_xcr0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return ((uint64_t)edx << 32) | eax;
+}
+
+CpuFeatures detect() {
+  CpuFeatures f;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+  const unsigned max_leaf = a;
+  char vendor[13] = {0};
+  memcpy(vendor, &b, 4); memcpy(vendor + 4, &d, 4); memcpy(vendor + 8, &c, 4);
+  f.vendor = vendor;
+  __get_cpuid(1, &a, &b, &c, &d);
+  const bool osxsave = (c >> 27) & 1;
+  f.fma = (c >> 12) & 1;
+  f.f16c = (c >> 29) & 1;
+  const bool avx = (c >> 28) & 1;
+  if (osxsave && avx) {
+    const uint64_t xcr0 = read_xcr0();
+    f.os_ymm = (xcr0 & 0x6) == 0x6;             // XMM + YMM state
+    f.os_zmm = f.os_ymm && (xcr0 & 0xe0) == 0xe0;  // opmask + ZMM_Hi256 + Hi16_ZMM
+  }
+  if (max_leaf >= 7) {
+    __cpuid_count(7, 0, a, b, c, d);
+    f.avx2 = (b >> 5) & 1;
+    f.bmi2 = (b >> 8) & 1;
+    f.avx512f = (b >> 16) & 1;
+    f.avx512dq = (b >> 17) & 1;
+    f.avx512bw = (b >> 30) & 1;
+    f.avx512vl = (b >> 31) & 1;
+    f.avx512vnni = (c >> 11) & 1;
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512bf16 = (a >> 5) & 1;
+  }
+  unsigned ext = __get_cpuid_max(0x80000000u, nullptr);
+  if (ext >= 0x80000004u) {
+    char brand[49] = {0};
+    for (unsigned i = 0; i < 3; i++) {
+      __get_cpuid(0x80000002u + i, &a, &b, &c, &d);
+      memcpy(brand + 16 * i, &a, 4); memcpy(brand + 16 * i + 4, &b, 4);
+      memcpy(brand + 16 * i + 8, &c, 4); memcpy(brand + 16 * i + 12, &d, 4);
+    }
+    f.brand = brand;
+    while (!f.brand.empty() && f.brand.back() == ' ') f.brand.pop_back();
+  }
+  return f;
+}
+
+Tier compute_best() {
+  const CpuFeatures& f = cpu_features();
+  if (f.os_zmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c && f.avx2 &&
+      f.bmi2)
+    return Tier::Avx512;
+  if (f.os_ymm && f.avx2 && f.fma && f.f16c) return Tier::Avx2;
+  return Tier::Ref;
+}
+
+Tier initial_tier() {
+  Tier t = best_supported_tier();
+  const char* env = getenv("QUANTFORM_KERNELS");
+  Tier forced;
+  // An unknown or unsupported value is ignored here; backendInfo() reports it.
+  if (env && parse_tier(env, &forced) && tier_supported(forced)) t = forced;
+  return t;
+}
+
+std::atomic<int>& tier_slot() {
+  static std::atomic<int> slot{(int)initial_tier()};
+  return slot;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect();
+  return f;
+}
+
+Tier best_supported_tier() {
+  static const Tier t = compute_best();
+  return t;
+}
+
+bool tier_supported(Tier t) { return (int)t <= (int)best_supported_tier(); }
+Tier active_tier() { return (Tier)tier_slot().load(std::memory_order_relaxed); }
+
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::Avx512: return "avx512";
+    case Tier::Avx2: return "avx2";
+    default: return "ref";
+  }
+}
+
+bool parse_tier(const std::string& s, Tier* out) {
+  if (s == "ref") { *out = Tier::Ref; return true; }
+  if (s == "avx2") { *out = Tier::Avx2; return true; }
+  if (s == "avx512") { *out = Tier::Avx512; return true; }
+  return false;
+}
+
+bool set_kernel_policy(Tier t) {
+  if (!tier_supported(t)) return false;
+  tier_slot().store((int)t, std::memory_order_relaxed);
+  return true;
+}
+
+bool vnni_available() {
+  return active_tier() == Tier::Avx512 && cpu_features().avx512vnni;
+}
+
+const QuantKernels& quant_kernels() {
+  return select_kernels(quant_kernels_ref, quant_kernels_avx2, quant_kernels_avx512);
+}
+
+}  // namespace qf

@@ -26,7 +26,7 @@
 
 namespace qf {
 
-// Rows of the GEMM micro-tile and columns of one packed weight panel (avx2/avx512).
+// GEMM blocking (avx2/avx512): columns of one packed weight panel, K and N block sizes.
 constexpr int64_t kMatmulNR = 32;
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 256;
@@ -79,8 +79,5 @@ Status attention_forward(float* out, size_t n_out, float* att, size_t n_att, con
                          int64_t NKV, int64_t HS, int64_t S, int64_t pos0);
 Status swiglu_forward(float* out, size_t n_out, const float* gate, const float* up, size_t n_in);
 Status residual_forward(float* out, size_t n_out, const float* a, const float* b, size_t n_in);
-
-// Register-only FMA loop: the machine's fp32 FMA peak (GFLOP/s) on `threads` threads.
-double measure_fma_peak_gflops(int threads, double seconds);
 
 }  // namespace qf

@@ -1,6 +1,9 @@
 // quantform command line. Subcommands register themselves here.
 import { Command } from 'commander';
 import { backendInfo } from '../index.js';
+import { registerBenchModel } from './bench-model.js';
+import { registerEval } from './eval.js';
+import { registerGenerate } from './generate.js';
 
 const program = new Command();
 program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version('0.1.0');
@@ -14,5 +17,9 @@ program
     if (opts.json) console.log(JSON.stringify(info, null, 2));
     else console.log(info);
   });
+
+registerEval(program);
+registerGenerate(program);
+registerBenchModel(program);
 
 await program.parseAsync(process.argv);

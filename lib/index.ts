@@ -6,5 +6,5 @@ export { cudaInfo, type CudaInfo } from './cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
-  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads,
+  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './quant.js';

@@ -130,21 +130,39 @@ export async function quantizeAsync(w: Tensor, opts: QuantOptions): Promise<Quan
   return new QuantizedTensor(r.codes, r.scales, r.zeros, [N, K], o.bits, o.groupSize, o.symmetric, o.paramDtype);
 }
 
-/** packed codes -> fp32 (or f16/bf16) [N, K]. */
-export function dequantize(q: QuantizedTensor, outDtype: DType = 'f32'): Tensor {
-  checkQuantized(q);
-  if (!is.oneOf(outDtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'outDtype', outDtype);
-  const [N, K] = q.shape;
-  const out = callSync(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, N, K, q.bits, q.groupSize, q.symmetric, outDtype, false));
-  return new Tensor(out, [N, K], outDtype);
+export interface DequantizeOptions {
+  /** Output dtype, default 'f32'. */
+  dtype?: DType;
+  /** A caller-owned output of N*K elements (Float32Array for f32, Uint16Array for f16/bf16), reused across calls. */
+  out?: FloatArray;
 }
 
-export async function dequantizeAsync(q: QuantizedTensor, outDtype: DType = 'f32'): Promise<Tensor> {
+function dequantArgs(q: QuantizedTensor, opts: DType | DequantizeOptions | undefined) {
   checkQuantized(q);
-  if (!is.oneOf(outDtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'outDtype', outDtype);
+  const o: DequantizeOptions = typeof opts === 'string' ? { dtype: opts } : (opts ?? {});
+  const dtype = o.dtype ?? 'f32';
+  if (!is.oneOf(dtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'dtype', dtype);
   const [N, K] = q.shape;
-  const out = await call(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, N, K, q.bits, q.groupSize, q.symmetric, outDtype, true));
-  return new Tensor(out, [N, K], outDtype);
+  if (o.out !== undefined) {
+    const kind = dtype === 'f32' ? Float32Array : Uint16Array;
+    if (!(o.out instanceof kind) || o.out.length !== N * K)
+      throw invalidParameter(`${kind.name} of length ${N * K}`, 'out', o.out, 'QF_SHAPE_MISMATCH');
+    checkBuffer(o.out, 'out');
+  }
+  return { N, K, dtype, out: o.out ?? null };
+}
+
+/** packed codes -> fp32 (or f16/bf16) [N, K]. */
+export function dequantize(q: QuantizedTensor, opts?: DType | DequantizeOptions): Tensor {
+  const a = dequantArgs(q, opts);
+  const out = callSync(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, a.N, a.K, q.bits, q.groupSize, q.symmetric, a.dtype, false, a.out));
+  return new Tensor(out, [a.N, a.K], a.dtype);
+}
+
+export async function dequantizeAsync(q: QuantizedTensor, opts?: DType | DequantizeOptions): Promise<Tensor> {
+  const a = dequantArgs(q, opts);
+  const out = await call(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, a.N, a.K, q.bits, q.groupSize, q.symmetric, a.dtype, true, a.out));
+  return new Tensor(out, [a.N, a.K], a.dtype);
 }
 
 function checkCodes(codes8: Uint8Array, N: number, K: number, bits: Bits): void {

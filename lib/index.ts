@@ -8,3 +8,4 @@ export {
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
   SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './quant.js';
+export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './cuda-quant.js';

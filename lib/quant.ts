@@ -63,14 +63,15 @@ export class QuantizedTensor {
   }
 }
 
-interface Resolved {
+export interface ResolvedQuantOptions {
   bits: Bits;
   groupSize: number;
   symmetric: boolean;
   paramDtype: 'f32' | 'f16';
 }
 
-function resolve(opts: QuantOptions, K: number): Resolved {
+/** Validates options and fills defaults for a matrix with K columns. */
+export function resolveQuantOptions(opts: QuantOptions, K: number): ResolvedQuantOptions {
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   if (!is.oneOf(opts.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', opts.bits, 'QF_UNSUPPORTED_BITS');
   const gs = opts.groupSize ?? 128;
@@ -85,14 +86,14 @@ function resolve(opts: QuantOptions, K: number): Resolved {
   return { bits: opts.bits, groupSize, symmetric, paramDtype };
 }
 
-function matrix(w: Tensor, name: string): [number, number] {
+export function matrix(w: Tensor, name: string): [number, number] {
   if (!(w instanceof Tensor)) throw invalidParameter('Tensor', name, w);
   if (w.shape.length !== 2) throw invalidParameter('2-D [N, K] tensor', `${name}.shape`, `[${w.shape.join(', ')}]`, 'QF_SHAPE_MISMATCH');
   checkBuffer(w.data, name);
   return [w.shape[0], w.shape[1]];
 }
 
-function checkQuantized(q: QuantizedTensor): void {
+export function checkQuantized(q: QuantizedTensor): void {
   if (!(q instanceof QuantizedTensor)) throw invalidParameter('QuantizedTensor', 'q', q);
   checkBuffer(q.codes, 'codes');
   checkBuffer(q.scales, 'scales');
@@ -118,14 +119,14 @@ function callSync<T>(fn: () => T): T {
 /** Round-to-nearest quantization of a row-major [N, K] matrix along K. */
 export function quantize(w: Tensor, opts: QuantOptions): QuantizedTensor {
   const [N, K] = matrix(w, 'weights');
-  const o = resolve(opts, K);
+  const o = resolveQuantOptions(opts, K);
   const r = callSync(() => native().quantize(w.data, w.dtype, N, K, o.bits, o.groupSize, o.symmetric, o.paramDtype, false));
   return new QuantizedTensor(r.codes, r.scales, r.zeros, [N, K], o.bits, o.groupSize, o.symmetric, o.paramDtype);
 }
 
 export async function quantizeAsync(w: Tensor, opts: QuantOptions): Promise<QuantizedTensor> {
   const [N, K] = matrix(w, 'weights');
-  const o = resolve(opts, K);
+  const o = resolveQuantOptions(opts, K);
   const r = await call(() => native().quantize(w.data, w.dtype, N, K, o.bits, o.groupSize, o.symmetric, o.paramDtype, true));
   return new QuantizedTensor(r.codes, r.scales, r.zeros, [N, K], o.bits, o.groupSize, o.symmetric, o.paramDtype);
 }
@@ -212,10 +213,10 @@ export interface FakeQuantParams {
   zeros?: Float32Array | null;
 }
 
-function fakeQuantArgs(w: Tensor, opts: QuantOptions, params?: FakeQuantParams) {
+export function fakeQuantArgs(w: Tensor, opts: QuantOptions, params?: FakeQuantParams) {
   const [N, K] = matrix(w, 'weights');
   if (w.dtype !== 'f32') throw invalidParameter('f32 tensor', 'weights', w.dtype, 'QF_DTYPE_MISMATCH');
-  const o = resolve({ ...opts, paramDtype: 'f32' }, K);
+  const o = resolveQuantOptions({ ...opts, paramDtype: 'f32' }, K);
   const G = numGroups(K, o.groupSize);
   let p = params;
   if (!p) {

@@ -9,7 +9,6 @@ import { backendInfo } from '../backend.js';
 import { loadModel, type Model } from '../model/model.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
 import { native } from '../native.js';
-import { benchCommand } from './bench.js';
 import { intOption } from './model-arg.js';
 
 interface BenchOpts {
@@ -65,8 +64,8 @@ function benchModel(name: string, m: Model, B: number, T: number, steps: number,
   };
 }
 
-export function registerBenchModel(program: Command): void {
-  benchCommand(program)
+export function registerBenchModel(bench: Command): void {
+  bench
     .command('model')
     .description('prefill/decode tokens/s on stories260K and a Llama-2-7B-shaped block; GEMM % of FMA peak')
     .option('--model <path>', 'model to benchmark besides the 7B block (default: ../shared/models/stories260K-hf when present)')

@@ -1,8 +1,10 @@
-// The `bench` command group: each benchmark registers its own subcommand
-// (bench-model.ts here; bench matmul / bench quant from their own files).
+// `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchModel } from './bench-model.js';
+import { registerBenchQuant } from './bench-quant.js';
 
-export function benchCommand(program: Command): Command {
-  const existing = program.commands.find((c) => c.name() === 'bench');
-  return existing ?? program.command('bench').description('benchmarks on real LLM shapes, with ratios to the machine limit');
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('kernel and model micro-benchmarks (medians, % of the machine limit)');
+  registerBenchQuant(bench);
+  registerBenchModel(bench);
 }

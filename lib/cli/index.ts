@@ -1,7 +1,8 @@
 // quantform command line. Subcommands register themselves here.
 import { Command } from 'commander';
 import { backendInfo } from '../index.js';
-import { registerBenchModel } from './bench-model.js';
+import { QuantformError } from '../errors.js';
+import { registerBench } from './bench.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 
@@ -20,6 +21,14 @@ program
 
 registerEval(program);
 registerGenerate(program);
-registerBenchModel(program);
+registerBench(program);
 
-await program.parseAsync(process.argv);
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  // user errors print one clear line, not a stack
+  if (e instanceof QuantformError) {
+    console.error(`quantform: ${e.message} [${e.code}]`);
+    process.exitCode = 1;
+  } else throw e;
+}

@@ -124,17 +124,46 @@ void gemm_rows(int rows, float* c, int64_t ldc, const float* a, int64_t lda, con
   }
 }
 
-// Decode shapes (few rows): every weight row is read once and dotted with each
-// input row; memory bound, so no packing.
+// Decode shapes (few rows): memory bound, so no packing; four weight rows stream
+// at once (eight accumulators in flight) and each input vector load serves all four.
+// The input rows loop inside, so the four weight rows come from DRAM once, then L1/L2.
 void gemv_rows(float* out, const float* inp, const float* weight, const float* bias, int64_t M, int64_t N,
                int64_t K, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; n++) {
-    const float* w = weight + n * K;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
     for (int64_t m = 0; m < M; m++) {
-      const float v = dot512(inp + m * K, w, K);
-      out[m * N + n] = bias ? v + bias[n] : v;
+      const float* x = inp + m * K;  // (K)
+      const float* w0 = weight + n * K;  // (4, K)
+      __m512 acc[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 32 <= K; k += 32) {
+        const __m512 xa = _mm512_loadu_ps(x + k), xb = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+          acc[2 * r] = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + r * K + k), xa, acc[2 * r]);
+          acc[2 * r + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + r * K + k + 16), xb, acc[2 * r + 1]);
+        }
+      }
+      for (; k < K; k += 16) {
+        const __mmask16 mk = tail_mask(K - k);
+        const __m512 xa = _mm512_maskz_loadu_ps(mk, x + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) acc[2 * r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, w0 + r * K + k), xa, acc[2 * r]);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) {
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[2 * r], acc[2 * r + 1]));
+        out[m * N + n + r] = bias ? v + bias[n + r] : v;
+      }
     }
   }
+  for (; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      const float v = dot512(inp + m * K, weight + n * K, K);
+      out[m * N + n] = bias ? v + bias[n] : v;
+    }
 }
 
 void matmul_forward_avx512(float* out, const float* inp, const float* weight, const float* bias, int64_t M,

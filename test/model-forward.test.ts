@@ -136,10 +136,12 @@ describe('KV cache, batches and tiers', () => {
     m.dispose();
   });
 
-  it('async forward equals sync forward', async () => {
+  it('async forward equals sync forward; a failed async forward leaves the model usable', async () => {
     const m = await loadModel({ synthetic: small });
     const a = (await m.forwardAsync([1, 2, 3])).logits, b = m.forward([1, 2, 3]).logits;
     expect(Array.from(a)).toEqual(Array.from(b));
+    await expect(m.forwardAsync([4], { pos0: 7 })).rejects.toThrow(/cached length 3/);
+    expect(Array.from(m.forward([1, 2, 3]).logits)).toEqual(Array.from(b));
     m.dispose();
   });
 

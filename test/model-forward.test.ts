@@ -89,6 +89,23 @@ describe('native forward vs float64 oracle', () => {
     });
 });
 
+describe('long sequences (attention runs in chunks of 128 queries)', () => {
+  it('a batch of two 300-token sequences matches the oracle', async () => {
+    const m = await loadModel({ synthetic: { ...small, maxSeq: 512 } });
+    const rows = [0, 1].map((b) => Array.from({ length: 300 }, (_, t) => (t * (b + 3) + b) % 37));
+    const got = m.forward(rows).logits;
+    const V = m.config.vocabSize;
+    const want = oracleForward(m.config, (n) => m.checkpoint.weight(n), rows[1]);
+    let maxErr = 0, maxAbs = 0;
+    want.forEach((row, t) => row.forEach((v, i) => {
+      maxErr = Math.max(maxErr, Math.abs(got[(300 + t) * V + i] - v));
+      maxAbs = Math.max(maxAbs, Math.abs(v));
+    }));
+    expect(maxErr / maxAbs).toBeLessThan(ORACLE_REL);
+    m.dispose();
+  });
+});
+
 describe('KV cache, batches and tiers', () => {
   it('decoding token by token from the cache equals one full pass', async () => {
     const m = await loadModel({ synthetic: small });

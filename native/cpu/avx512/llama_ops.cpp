@@ -30,6 +30,15 @@ inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
+// Horizontal sum; GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its own header.
+inline float hsum512(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 inline float dot512(const float* a, const float* b, int64_t K) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t k = 0;
@@ -41,7 +50,7 @@ inline float dot512(const float* a, const float* b, int64_t K) {
     const __mmask16 m = tail_mask(K - k);
     acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc0);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  return hsum512(_mm512_add_ps(acc0, acc1));
 }
 
 void embedding_forward_avx512(float* out, const int32_t* tokens, const float* wte, int64_t r0, int64_t r1,
@@ -154,7 +163,7 @@ void gemv_rows(float* out, const float* inp, const float* weight, const float* b
       }
 #pragma GCC unroll 4
       for (int r = 0; r < 4; r++) {
-        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[2 * r], acc[2 * r + 1]));
+        const float v = hsum512(_mm512_add_ps(acc[2 * r], acc[2 * r + 1]));
         out[m * N + n + r] = bias ? v + bias[n + r] : v;
       }
     }
@@ -254,7 +263,7 @@ void attention_forward_avx512(float* out, float* att, const float* q, const floa
         _mm512_mask_storeu_ps(a + j, m, e);
         vsum = _mm512_add_ps(vsum, e);
       }
-      const __m512 vinv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+      const __m512 vinv = _mm512_set1_ps(1.0f / hsum512(vsum));
       for (int64_t j = 0; j < cnt; j += 16) {
         const __mmask16 m = tail_mask(cnt - j);
         _mm512_mask_storeu_ps(a + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + j), vinv));

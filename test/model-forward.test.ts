@@ -17,7 +17,7 @@ const TIER_ABS = 1e-4;
 const CACHE_ABS = 1e-4;
 
 function oracleForward(cfg: LlamaConfig, w: (n: string) => Float32Array, tokens: number[]): Float64Array[] {
-  const C = cfg.dim, F = cfg.hiddenDim, NH = cfg.nHeads, NKV = cfg.nKvHeads, HS = cfg.headDim, T = tokens.length;
+  const C = cfg.dim, F = cfg.hiddenDim, NH = cfg.nHeads, NKV = cfg.nKvHeads, HS = cfg.headDim;
   const half = HS / 2, inv = invFreq(cfg);
   const mat = (x: Float64Array, W: Float32Array, out: number, inp: number) => {
     const y = new Float64Array(out);

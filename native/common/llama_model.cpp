@@ -71,7 +71,7 @@ Status LlamaModel::create(const LlamaConfig& c, std::unique_ptr<LlamaModel>* out
 
 namespace {
 
-bool slot_for(LlamaModel* self, const std::string& name, const LlamaConfig& c, std::vector<float>* embed,
+bool slot_for(const std::string& name, const LlamaConfig& c, std::vector<float>* embed,
               std::vector<float>* final_norm, Linear* lm_head, std::vector<LlamaLayer>* layers, Slot* s) {
   const int64_t C = c.dim, F = c.hidden_dim, Q = c.n_heads * c.head_dim, KV = c.n_kv_heads * c.head_dim;
   if (name == "embed") { *s = {embed, nullptr, c.vocab_size, C}; return true; }
@@ -102,7 +102,7 @@ bool slot_for(LlamaModel* self, const std::string& name, const LlamaConfig& c, s
 
 Status LlamaModel::set_weight(const std::string& name, const float* data, size_t n) {
   Slot s{};
-  if (!slot_for(this, name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+  if (!slot_for(name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
     return error(Code::InvalidArgument, "Unknown weight name '" + name + "'");
   if (n != (size_t)(s.rows * s.cols))
     return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" +

@@ -88,7 +88,8 @@ export interface NativeTrainBinding {
 }
 
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
-export interface NativeBinding extends NativeTrainBinding {
+export interface NativeBinding {
+  train: NativeTrainBinding;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;

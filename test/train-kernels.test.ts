@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { native, type NativeBlockConfig } from '../lib/native.js';
 import { backendInfo, setKernelPolicy } from '../lib/backend.js';
 
-const nb = native();
+const nb = native().train;
 /** central-difference gradient vs analytic: max |fd - g| / max(|g|) */
 const FD_REL_TOL = 2e-2;
 /** AVX-512 vs reference, f32 accumulation vs double */

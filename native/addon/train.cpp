@@ -8,6 +8,8 @@
 namespace qf {
 namespace {
 
+using namespace train;
+
 [[noreturn]] void fail(std::string msg) { throw ArgError{error(Code::InvalidArgument, std::move(msg))}; }
 
 Span f32(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_span(info, i, name, DType::F32); }
@@ -182,7 +184,10 @@ Napi::Value lm_head_loss_js(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void register_train(Napi::Env env, Napi::Object exports) {
+// Registered under exports.train: the runtime's forward ops own the top-level names.
+void register_train(Napi::Env env, Napi::Object root) {
+  Napi::Object exports = Napi::Object::New(env);
+  root.Set("train", exports);
   QF_EXPORT(exports, "trainGemm", gemm_js);
   QF_EXPORT(exports, "rmsnormForward", rmsnorm_forward_js);
   QF_EXPORT(exports, "rmsnormBackward", rmsnorm_backward_js);

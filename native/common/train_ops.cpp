@@ -9,6 +9,7 @@
 #include "quantform/train.h"
 
 namespace qf {
+namespace train {
 namespace {
 
 // Four-byte elements (f32, or int32 ids/targets carried as raw words).
@@ -600,4 +601,5 @@ Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm
   return Status::Ok();
 }
 
+}  // namespace train
 }  // namespace qf

@@ -1,4 +1,5 @@
-// Whole-tensor training ops and the Llama block step. Every length is re-checked
+// Whole-tensor training ops and the Llama block step (namespace qf::train: the
+// runtime's forward ops of the same names live in qf, llama_ops.h). Every length is re-checked
 // here (the JS layer validated already); work is split over the thread pool and
 // run by the active tier's kernels (train.h).
 #pragma once
@@ -9,6 +10,7 @@
 #include "quantform/status.h"
 
 namespace qf {
+namespace train {
 
 // ---- single ops (tests and small tools call these; the block step below fuses them) ----
 // C (M, N) = [C +] A (M, K) . B (K, N); trans_a: A is stored (K, M); trans_b: B is stored (N, K).
@@ -65,4 +67,5 @@ Status block_backward(Span dx, Span grads, Span dalpha, Span dout, Span acts, Sp
 Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, Span targets, int64_t T,
                     int64_t D, int64_t V, float eps, float loss_scale);
 
+}  // namespace train
 }  // namespace qf

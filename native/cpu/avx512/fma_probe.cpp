@@ -1,0 +1,24 @@
+// Register-only FMA loop for the peak measurement (fma_probe.h).
+#include <immintrin.h>
+
+#include "quantform/fma_probe.h"
+
+namespace qf {
+
+float fma_loop_avx512(int64_t iters) {
+  // 24 chains: FMA latency 4 x 2 pipes needs >= 8 in flight; more costs nothing
+  __m512 acc[24];
+  #pragma GCC unroll 32
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps(0.001f * (float)i);
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+    #pragma GCC unroll 32
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  #pragma GCC unroll 32
+  for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+}  // namespace qf

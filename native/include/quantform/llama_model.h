@@ -1,0 +1,82 @@
+// A Llama-family model held in native memory: weights in the layouts of
+// llama_ops.h, a KV cache, and a forward pass that runs the whole network in one
+// call (lib/model/model.ts drives it through the LlamaModel N-API class).
+//
+// Forward of one layer l on x (B, T, C):
+//   h   = rmsnorm(x, attn_norm)                      (B, T, C)
+//   q   = h @ wq^T (B, T, NH, HS); k, v = h @ wk^T, h @ wv^T  (B, T, NKV, HS)
+//   rope(q), rope(k); k, v -> cache[:, pos0 : pos0 + T]
+//   a   = attention(q, cache) @ wo^T; x += a
+//   h   = rmsnorm(x, ffn_norm)
+//   x  += (silu(h @ w_gate^T) * (h @ w_up^T)) @ w_down^T   hidden (B, T, F)
+// logits = rmsnorm(x, final_norm) @ lm_head^T                (B, T, V)
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quantform/status.h"
+
+namespace qf {
+
+struct LlamaConfig {
+  int64_t dim = 0;         // C
+  int64_t hidden_dim = 0;  // F (intermediate_size)
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;     // NH
+  int64_t n_kv_heads = 0;  // NKV, divides NH
+  int64_t head_dim = 0;    // HS, even
+  int64_t vocab_size = 0;  // V
+  int64_t max_seq = 0;     // S: RoPE table and KV cache capacity
+  float norm_eps = 1e-5f;
+  std::vector<float> inv_freq;  // (HS/2) rope_theta and rope_scaling applied
+};
+
+// Every linear layer is one of these: a weight (out, in) applied as x @ w^T.
+// fp32 today; a quantized kind (packed codes + scales, formats.h) adds a case to
+// linear_forward without touching the model.
+struct Linear {
+  enum class Kind { F32 } kind = Kind::F32;
+  int64_t out = 0, in = 0;
+  std::vector<float> w;  // (out, in)
+};
+
+// x (M, in) -> y (M, out)
+Status linear_forward(float* y, const float* x, const Linear& lin, int64_t M);
+
+struct LlamaLayer {
+  std::vector<float> attn_norm, ffn_norm;  // (C)
+  Linear wq, wk, wv, wo;                    // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
+  Linear w_gate, w_up, w_down;              // (F, C) (F, C) (C, F)
+};
+
+class LlamaModel {
+ public:
+  static Status create(const LlamaConfig& cfg, std::unique_ptr<LlamaModel>* out);
+
+  const LlamaConfig& config() const { return cfg_; }
+  // Names: embed (V, C), final_norm (C), lm_head (V, C), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
+  // w_gate|w_up|w_down>. data holds n floats; the expected shape is checked.
+  Status set_weight(const std::string& name, const float* data, size_t n);
+  // Missing weights, named (lm_head falls back to embed when tied).
+  std::vector<std::string> missing() const;
+  // tokens (B, T) at positions pos0 .. pos0 + T - 1 of every sequence; pos0 == 0 starts a new
+  // cache. logits (B, T, V), or (B, V) for the last position when last_only.
+  Status forward(float* logits, size_t n_logits, const int32_t* tokens, size_t n_tokens, int64_t B, int64_t T,
+                 int64_t pos0, bool last_only);
+  void tie_lm_head(bool tied) { tied_ = tied; }
+
+ private:
+  LlamaConfig cfg_;
+  std::vector<float> embed_, final_norm_;
+  Linear lm_head_;
+  bool tied_ = false;
+  std::vector<LlamaLayer> layers_;
+  std::vector<float> rope_cos_, rope_sin_;  // (S, HS/2)
+  std::vector<bool> set_;                   // which weights arrived
+  int64_t cache_b_ = 0, cache_len_ = 0;
+  std::vector<float> kcache_, vcache_;      // (L, B, S, NKV, HS)
+};
+
+}  // namespace qf

@@ -66,6 +66,12 @@ void pack_a(float* Ap, StridedMat A, int64_t ic, int64_t mc, int64_t pc, int64_t
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     float* dst = Ap + i0 * kc;
     const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
+    if (A.rs == 1) {  // A^T stored: the MR rows of one k are contiguous
+      const __mmask8 m = (__mmask8)((1u << mr) - 1);
+      for (int64_t k = 0; k < kc; k++)
+        _mm256_storeu_ps(dst + k * MR, _mm256_maskz_loadu_ps(m, A.p + (ic + i0) + (pc + k) * A.cs));
+      continue;
+    }
     for (int64_t i = 0; i < MR; i++) {
       if (i >= mr) {
         for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = 0.f;

@@ -59,6 +59,23 @@ export function readSafetensors(file: string): Map<string, SafeTensor> {
   return out;
 }
 
+/** The __metadata__ strings of a safetensors file. */
+export function readSafetensorsMetadata(file: string): Record<string, string> {
+  let buf: Buffer;
+  try {
+    buf = readFileSync(file);
+  } catch (e) {
+    throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  if (buf.length < 8) throw new QuantformError('QF_CORRUPT_FILE', `${file} is not a valid safetensors file`);
+  const n = Number(buf.readBigUInt64LE(0));
+  try {
+    return (JSON.parse(buf.subarray(8, 8 + n).toString('utf8')).__metadata__ ?? {}) as Record<string, string>;
+  } catch {
+    throw new QuantformError('QF_CORRUPT_FILE', `${file} is not a valid safetensors file: header is not JSON`);
+  }
+}
+
 /** Writes tensors (sorted by name) to `file` atomically: a temp file, fsync, rename. */
 export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata?: Record<string, string>): void {
   const names = [...tensors.keys()].sort();

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "quantform/formats.h"
+#include "quantform/numeric.h"
 #include "quantform/threadpool.h"
 #include "quantform/train.h"
 
@@ -405,6 +406,60 @@ Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N
   return dequantize(wsp, cs, ss, zs, N, K, spec);
 }
 
+// Backward of v -> Q(v) = RTN fake-quant of v = W diag(alpha) with parameters chosen
+// from v itself, as the TEQ reference computes it: rounding is straight-through
+// (dv = g inside the range, 0 where clamped), the step size s = (max - min) / qmax
+// (symmetric: max|v| / (2^(b-1) - 1)) gets the LSQ term ds = sum g (round(v/s) - v/s)
+// (clamped: g (bound - z)) and passes it to the group's extreme elements; the zero
+// point is rounded, so it carries no gradient. g (N, K) is replaced by dv.
+Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int64_t K, const BlockConfig& c) {
+  QuantSpec spec = c.spec;
+  spec.group_size = spec.group_size < K ? spec.group_size : K;
+  const int64_t G = qf_num_groups(K, spec.group_size);
+  std::vector<float> v((size_t)(N * K)), dv((size_t)(N * K)), ds((size_t)(N * G)), dz((size_t)(N * G));  // (N, K), (N, G)
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = W[n * K + k] * alpha[k];
+  std::vector<uint8_t> codes((size_t)(N * qf_packed_row_bytes(spec.bits, K)));
+  std::vector<uint16_t> sh((size_t)(N * G)), zh((size_t)(N * G));
+  Span cs{codes.data(), codes.size(), DType::F32}, ss{sh.data(), sh.size(), DType::F16},
+      zs{spec.symmetric ? nullptr : zh.data(), spec.symmetric ? 0 : zh.size(), DType::F16}, vs{v.data(), v.size(), DType::F32};
+  QF_TRY(quantize(cs, ss, zs, vs, N, K, spec));
+  std::vector<float> s32((size_t)(N * G)), z32((size_t)(N * G));
+  for (size_t i = 0; i < sh.size(); i++) {
+    s32[i] = f16_to_f32(sh[i]);
+    z32[i] = spec.symmetric ? 0.f : f16_to_f32(zh[i]);
+  }
+  QuantSpec fq = spec;
+  fq.f16_params = false;
+  QF_TRY(fake_quant_backward(Span{dv.data(), dv.size(), DType::F32}, Span{ds.data(), ds.size(), DType::F32},
+                             Span{spec.symmetric ? nullptr : dz.data(), spec.symmetric ? 0 : dz.size(), DType::F32},
+                             Span{g, (size_t)(N * K), DType::F32}, vs, Span{s32.data(), s32.size(), DType::F32},
+                             Span{spec.symmetric ? nullptr : z32.data(), spec.symmetric ? 0 : z32.size(), DType::F32}, N, K, fq));
+  const float qmax = spec.symmetric ? (float)((1 << (spec.bits - 1)) - 1) : (float)((1 << spec.bits) - 1);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t gi = 0; gi < G; gi++) {
+      const float d = ds[(size_t)(n * G + gi)] / qmax;
+      const int64_t k0 = gi * spec.group_size, k1 = k0 + spec.group_size < K ? k0 + spec.group_size : K;
+      int64_t imax = k0, imin = k0;
+      for (int64_t k = k0; k < k1; k++) {
+        if (v[(size_t)(n * K + k)] > v[(size_t)(n * K + imax)]) imax = k;
+        if (v[(size_t)(n * K + k)] < v[(size_t)(n * K + imin)]) imin = k;
+      }
+      const float hi = v[(size_t)(n * K + imax)], lo = v[(size_t)(n * K + imin)];
+      if (spec.symmetric) {
+        // s = max(|lo|, |hi|) / qmax
+        if (-lo > hi) dv[(size_t)(n * K + imin)] -= d;
+        else if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
+      } else {
+        // s = (max(hi, 0) - min(lo, 0)) / qmax
+        if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
+        if (lo < 0.f) dv[(size_t)(n * K + imin)] -= d;
+      }
+    }
+  std::copy(dv.begin(), dv.end(), g);
+  return Status::Ok();
+}
+
 }  // namespace
 
 int64_t block_param_count(const BlockConfig& c) { return param_layout(c).total; }
@@ -522,6 +577,7 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
     }
     scratch.resize((size_t)(N * K));
     linear_backward_weight(scratch.data(), dy, xin, T, N, K, false);  // d Q(W diag a) (N, K)
+    if (c.quant) rtn_backward(scratch.data(), w + off, alpha_grp, N, K, c);  // -> d (W diag a)
     float* da = F(dalpha) + (alpha_grp == a1 ? 0 : D);
     teq_bwd(da, nullptr, nullptr, nullptr, 0, scratch.data(), w + off, N, alpha_grp, K);
     if (gr)

@@ -6,5 +6,25 @@ export { cudaInfo, type CudaInfo } from './cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
-  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads,
+  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './quant.js';
+export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './cuda-quant.js';
+export {
+  loadModel, openCheckpoint, Model, type LoadOptions, type ForwardOptions, type ForwardResult,
+} from './model/model.js';
+export { type Checkpoint, type CheckpointFormat } from './model/checkpoint.js';
+export {
+  type LlamaConfig, type Llama3RopeScaling, configFromHf, invFreq, weightNames, weightShape, LINEAR_WEIGHTS,
+} from './model/config.js';
+export { type Linear, Fp32Linear, QuantizedLinear } from './model/linear.js';
+export { SyntheticCheckpoint, ByteTokenizer, LLAMA2_7B, type SyntheticOptions } from './model/synthetic.js';
+export { permuteInterleavedToHalf, permuteHalfToInterleaved } from './model/convert.js';
+export { readSafetensorsHeader } from './model/safetensors.js';
+export { readGgufHeader, type GgufHeader } from './model/gguf.js';
+export { type Tokenizer } from './tokenizer/tokenizer.js';
+export { SentencePieceBpe, loadLlama2cTokenizer } from './tokenizer/sentencepiece.js';
+export { loadHfTokenizer } from './tokenizer/hf.js';
+export {
+  evaluatePerplexity, encodeEvalText, type PerplexityOptions, type PerplexityProgress, type PerplexityResult,
+} from './eval/perplexity.js';
+export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';

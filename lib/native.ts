@@ -31,6 +31,31 @@ export interface NativeFakeQuantGrads {
   gradZeros: Float32Array | null;
 }
 
+export interface NativeLlamaConfig {
+  dim: number;
+  hiddenDim: number;
+  nLayers: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  maxSeq: number;
+  normEps: number;
+  /** (headDim / 2) RoPE inverse frequencies */
+  invFreq: Float32Array;
+  tied: boolean;
+}
+
+/** native/addon/llama.cpp LlamaModel: weights and KV cache in native memory. */
+export interface NativeLlamaModel {
+  /** name: embed | final_norm | lm_head | layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|w_gate|w_up|w_down> */
+  setWeight(name: string, data: Float32Array): void;
+  missing(): string[];
+  /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
+  forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
+  forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: true): Promise<Float32Array>;
+  dispose(): void;
+}
 
 /** Shapes and quantization of one Llama block step (native/include/quantform/train_ops.h). */
 export interface NativeBlockConfig {
@@ -104,10 +129,10 @@ export interface NativeBinding {
   unpack(codes: Uint8Array, N: number, K: number, bits: number, async: true): Promise<Uint8Array>;
   dequantize(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, outDtype: NativeDType,
-    async: false): FloatArray;
+    async: false, out?: FloatArray | null): FloatArray;
   dequantize(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, outDtype: NativeDType,
-    async: true): Promise<FloatArray>;
+    async: true, out?: FloatArray | null): Promise<FloatArray>;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
     bits: number, groupSize: number, symmetric: boolean, async: false): Float32Array;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
@@ -116,6 +141,19 @@ export interface NativeBinding {
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: false): NativeFakeQuantGrads;
   fakeQuantBackward(g: Float32Array, w: Float32Array, scales: Float32Array, zeros: Float32Array | null,
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<NativeFakeQuantGrads>;
+  // Llama forward ops (native/include/quantform/llama_ops.h for layouts)
+  embeddingForward(tokens: Int32Array, wte: Float32Array, C: number): Float32Array;
+  rmsnormForward(inp: Float32Array, weight: Float32Array, C: number, eps: number): { out: Float32Array; rstd: Float32Array };
+  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: false): Float32Array;
+  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  ropeForward(x: Float32Array, pos: Int32Array, cos: Float32Array, sin: Float32Array, H: number, HS: number): Float32Array;
+  attentionForward(q: Float32Array, kcache: Float32Array, vcache: Float32Array, B: number, T: number, NH: number, NKV: number,
+    HS: number, S: number, pos0: number): { out: Float32Array; att: Float32Array };
+  swigluForward(gate: Float32Array, up: Float32Array): Float32Array;
+  residualForward(a: Float32Array, b: Float32Array): Float32Array;
+  /** GFLOP/s of a register-only FMA loop on `threads` threads */
+  fmaPeak(threads: number, seconds: number): number;
+  LlamaModel: new (config: NativeLlamaConfig) => NativeLlamaModel;
 }
 
 /** The package root (holds package.json, build/ and prebuilds/), from src or dist. */

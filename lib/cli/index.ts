@@ -1,6 +1,10 @@
 // quantform command line. Subcommands register themselves here.
 import { Command } from 'commander';
 import { backendInfo } from '../index.js';
+import { QuantformError } from '../errors.js';
+import { registerBench } from './bench.js';
+import { registerEval } from './eval.js';
+import { registerGenerate } from './generate.js';
 
 const program = new Command();
 program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version('0.1.0');
@@ -15,4 +19,16 @@ program
     else console.log(info);
   });
 
-await program.parseAsync(process.argv);
+registerEval(program);
+registerGenerate(program);
+registerBench(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  // user errors print one clear line, not a stack
+  if (e instanceof QuantformError) {
+    console.error(`quantform: ${e.message} [${e.code}]`);
+    process.exitCode = 1;
+  } else throw e;
+}

@@ -15,9 +15,9 @@ namespace qf {
 double measure_fma_peak_gflops(int threads, double seconds) {
   const Tier tier = best_supported_tier();
   if (tier == Tier::Ref) return 0.0;
-  const bool wide = tier == Tier::Avx512;
-  const double flops_per_iter = wide ? 24.0 * 32.0 : 12.0 * 16.0;
-  auto run = [&](int64_t iters) { return wide ? fma_loop_avx512(iters) : fma_loop_avx2(iters); };
+  const FmaProbeKernels& k = tier == Tier::Avx512 ? fma_probe_kernels_avx512 : fma_probe_kernels_avx2;
+  const double flops_per_iter = k.flops_per_iter;
+  auto run = [&](int64_t iters) { return k.loop(iters); };
   // calibrate on one thread: iterations for about `seconds`
   int64_t iters = 1 << 16;
   for (;;) {

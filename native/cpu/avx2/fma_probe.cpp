@@ -4,6 +4,7 @@
 #include "quantform/fma_probe.h"
 
 namespace qf {
+namespace {
 
 float fma_loop_avx2(int64_t iters) {
   __m256 acc[12];
@@ -21,5 +22,9 @@ float fma_loop_avx2(int64_t iters) {
   _mm256_storeu_ps(out, s);
   return out[0] + out[7];
 }
+
+}  // namespace
+
+const FmaProbeKernels fma_probe_kernels_avx2 = {fma_loop_avx2, 12.0 * 8.0 * 2.0};
 
 }  // namespace qf

@@ -4,6 +4,7 @@
 #include "quantform/fma_probe.h"
 
 namespace qf {
+namespace {
 
 float fma_loop_avx512(int64_t iters) {
   // 24 chains: FMA latency 4 x 2 pipes needs >= 8 in flight; more costs nothing
@@ -20,5 +21,9 @@ float fma_loop_avx512(int64_t iters) {
   for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
   return _mm512_reduce_add_ps(s);
 }
+
+}  // namespace
+
+const FmaProbeKernels fma_probe_kernels_avx512 = {fma_loop_avx512, 24.0 * 16.0 * 2.0};
 
 }  // namespace qf

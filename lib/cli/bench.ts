@@ -1,0 +1,10 @@
+// `quantform bench <what>`: each benchmark registers its subcommand from its own file.
+import type { Command } from 'commander';
+import { registerBenchModel } from './bench-model.js';
+import { registerBenchQuant } from './bench-quant.js';
+
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('kernel and model micro-benchmarks (medians, % of the machine limit)');
+  registerBenchQuant(bench);
+  registerBenchModel(bench);
+}

@@ -1,0 +1,47 @@
+// Every linear layer of a model goes through this interface, so a quantized
+// weight plugs in where an fp32 one was. The native model consumes fp32 (out, in)
+// weights today; QuantizedLinear dequantizes (lib/quant.ts) into that fp32 GEMM,
+// the correct fallback until the packed dequant-matmul kernels land (branch matmul).
+import { QuantformError } from '../errors.js';
+import { dequantize, QuantizedTensor } from '../quant.js';
+import { Tensor } from '../tensor.js';
+
+export interface Linear {
+  readonly kind: 'f32' | 'quantized';
+  /** rows of the weight (out features) */
+  readonly outFeatures: number;
+  /** columns of the weight (in features) */
+  readonly inFeatures: number;
+  /** The weight as fp32 (out, in) row-major, as the fp32 GEMM consumes it. */
+  toFloat32(): Float32Array;
+}
+
+export class Fp32Linear implements Linear {
+  readonly kind = 'f32' as const;
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+
+  constructor(readonly weight: Tensor) {
+    if (weight.dtype !== 'f32' || weight.shape.length !== 2)
+      throw new QuantformError('QF_SHAPE_MISMATCH', `Expected an f32 matrix [out, in] for a linear weight but received ${weight.dtype} [${weight.shape.join(', ')}]`);
+    [this.outFeatures, this.inFeatures] = weight.shape as [number, number];
+  }
+
+  toFloat32(): Float32Array {
+    return this.weight.data as Float32Array;
+  }
+}
+
+export class QuantizedLinear implements Linear {
+  readonly kind = 'quantized' as const;
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+
+  constructor(readonly weight: QuantizedTensor) {
+    [this.outFeatures, this.inFeatures] = weight.shape;
+  }
+
+  toFloat32(): Float32Array {
+    return dequantize(this.weight, 'f32').data as Float32Array;
+  }
+}

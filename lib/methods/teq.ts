@@ -121,7 +121,7 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
   const steps = ctx.train.steps, total = steps * L, P = opt.size;
   // Inputs of block l for every calibration sample, from the fp32 model: (N*S, D).
   // Only one block's activations and these inputs are held at a time.
-  let xin = new Float32Array(N * S * D);
+  let xin: Float32Array = new Float32Array(N * S * D);
   nb.embeddingForward(xin, cal.tokens, model.embed, N * S, s.vocab, D);
   const fpCfgAll = model.blockConfig(1, S, null, false);
   const fpActs = new Float32Array(nb.blockSizes(fpCfgAll).activations);

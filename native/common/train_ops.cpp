@@ -94,6 +94,10 @@ void rmsnorm_bwd(float* dx, float* dw, const float* dout, const float* x, const 
     });
 }
 
+// Causal attention skips the upper triangle: query rows come in blocks of
+// kAttnBlock, and a block only multiplies against keys 0 .. its last row.
+constexpr int64_t kAttnBlock = 64;
+
 void attention_fwd(float* out, float* probs, const float* q, const float* k, const float* v, int64_t B, int64_t S,
                    int64_t Hq, int64_t Hkv, int64_t hd) {
   const TrainKernels& kt = train_kernels();
@@ -106,9 +110,14 @@ void attention_fwd(float* out, float* probs, const float* q, const float* k, con
       const float* qh = q + b * S * Dq + h * hd;
       const float* kh = k + b * S * Dkv + g * hd;
       const float* vh = v + b * S * Dkv + g * hd;
-      gemm_serial(P, S, StridedMat{qh, Dq, 1}, StridedMat{kh, 1, Dkv}, S, S, hd, false);
-      kt.causal_softmax_forward(P, 0, S, S, scale);
-      gemm_serial(out + b * S * Dq + h * hd, Dq, StridedMat{P, S, 1}, StridedMat{vh, Dkv, 1}, S, hd, S, false);
+      float* oh = out + b * S * Dq + h * hd;
+      for (int64_t r0 = 0; r0 < S; r0 += kAttnBlock) {
+        const int64_t r1 = r0 + kAttnBlock < S ? r0 + kAttnBlock : S;
+        // scores (r1 - r0, r1) = Q[r0:r1] . K[0:r1]^T
+        gemm_serial(P + r0 * S, S, StridedMat{qh + r0 * Dq, Dq, 1}, StridedMat{kh, 1, Dkv}, r1 - r0, r1, hd, false);
+        kt.causal_softmax_forward(P, r0, r1, S, scale);
+        gemm_serial(oh + r0 * Dq, Dq, StridedMat{P + r0 * S, S, 1}, StridedMat{vh, Dkv, 1}, r1 - r0, hd, r1, false);
+      }
     }
   });
 }
@@ -132,14 +141,23 @@ void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const flo
         const float* P = probs + (b * Hq + h) * S * S;
         const float* qh = q + b * S * Dq + h * hd;
         const float* doh = dout + b * S * Dq + h * hd;
+        float* dqh = dq + b * S * Dq + h * hd;
         const bool acc = r > 0;
-        // dP = dO . V^T ; dV += P^T . dO
-        gemm_serial(dS.data(), S, StridedMat{doh, Dq, 1}, StridedMat{vh, 1, Dkv}, S, S, hd, false);
-        gemm_serial(dvh, Dkv, StridedMat{P, 1, S}, StridedMat{doh, Dq, 1}, S, hd, S, acc);
-        kt.causal_softmax_backward(dS.data(), P, 0, S, S, scale);
-        // dQ = dS . K ; dK += dS^T . Q
-        gemm_serial(dq + b * S * Dq + h * hd, Dq, StridedMat{dS.data(), S, 1}, StridedMat{kh, Dkv, 1}, S, hd, S, false);
-        gemm_serial(dkh, Dkv, StridedMat{dS.data(), 1, S}, StridedMat{qh, Dq, 1}, S, hd, S, acc);
+        for (int64_t r0 = 0; r0 < S; r0 += kAttnBlock) {
+          const int64_t r1 = r0 + kAttnBlock < S ? r0 + kAttnBlock : S;
+          // dP[r0:r1, 0:r1] = dO . V^T, then dS in place, then dQ = dS . K
+          gemm_serial(dS.data() + r0 * S, S, StridedMat{doh + r0 * Dq, Dq, 1}, StridedMat{vh, 1, Dkv}, r1 - r0, r1, hd, false);
+          kt.causal_softmax_backward(dS.data(), P, r0, r1, S, scale);
+          gemm_serial(dqh + r0 * Dq, Dq, StridedMat{dS.data() + r0 * S, S, 1}, StridedMat{kh, Dkv, 1}, r1 - r0, hd, r1, false);
+        }
+        for (int64_t c0 = 0; c0 < S; c0 += kAttnBlock) {
+          const int64_t c1 = c0 + kAttnBlock < S ? c0 + kAttnBlock : S;
+          // key rows [c0, c1) see query rows c0 .. S-1: dV += P^T . dO, dK += dS^T . Q
+          gemm_serial(dvh + c0 * Dkv, Dkv, StridedMat{P + c0 * S + c0, 1, S}, StridedMat{doh + c0 * Dq, Dq, 1}, c1 - c0, hd,
+                      S - c0, acc);
+          gemm_serial(dkh + c0 * Dkv, Dkv, StridedMat{dS.data() + c0 * S + c0, 1, S}, StridedMat{qh + c0 * Dq, Dq, 1}, c1 - c0,
+                      hd, S - c0, acc);
+        }
       }
     }
   });

@@ -75,7 +75,7 @@ export interface QuantizedModel {
 function resolveTrain(o: QuantizeModelOptions): TrainOptions {
   const t: TrainOptions = {
     steps: o.steps ?? 1000, lr: o.lr ?? 1e-3, betas: o.betas ?? [0.9, 0.9], weightDecay: o.weightDecay ?? 0,
-    schedule: o.schedule ?? 'linear', warmup: o.warmup ?? 0.05, batchSize: o.batchSize ?? 4, loss: o.loss ?? 'e2e', seed: o.seed ?? 0,
+    schedule: o.schedule ?? 'linear', warmup: o.warmup ?? 0.05, batchSize: o.batchSize ?? 2, loss: o.loss ?? 'e2e', seed: o.seed ?? 0,
   };
   if (!is.positiveInteger(t.steps)) throw invalidParameter('positive integer', 'steps', t.steps);
   if (!is.finiteNumber(t.lr) || t.lr <= 0) throw invalidParameter('positive number', 'lr', t.lr);

@@ -107,7 +107,7 @@ export function registerBenchTrain(bench: Command): void {
         await quantizeModel(model, { method: 'teq', bits: 4, groupSize: 32, calibration: cal, steps });
         const sec = (performance.now() - t0) / 1000;
         stories = { steps, seconds: sec, secondsPer1000: (sec * 1000) / steps };
-        log(`stories260K TEQ (batch 4 x 256 tokens, W4 g32): ${steps} steps in ${sec.toFixed(1)} s -> ${stories.secondsPer1000.toFixed(1)} s per 1000 steps`);
+        log(`stories260K TEQ (batch 2 x 256 tokens, W4 g32): ${steps} steps in ${sec.toFixed(1)} s -> ${stories.secondsPer1000.toFixed(1)} s per 1000 steps`);
       } else log(`stories260K TEQ timing skipped: ${dir} not found`);
       if (o.json) console.log(JSON.stringify({ cpu: info.cpu, tier: info.tier, threads: info.threads, fmaPeakGflops: peak, block7B: results, stories260KTeq: stories }, null, 2));
     });

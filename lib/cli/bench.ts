@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchQuant } from './bench-quant.js';
+import { registerBenchTeq } from './bench-teq.js';
 import { registerBenchTrain } from './bench-train.js';
 
 export function registerBench(program: Command): void {
@@ -9,4 +10,5 @@ export function registerBench(program: Command): void {
   registerBenchQuant(bench);
   registerBenchModel(bench);
   registerBenchTrain(bench);
+  registerBenchTeq(bench);
 }

@@ -63,7 +63,7 @@ export function registerQuantize(program: Command): void {
     .option('--seq-len <n>', 'tokens per calibration window', intOption, 256)
     .option('--steps <n>', 'training steps (block loss: per block)', intOption, 1000)
     .option('--lr <x>', 'learning rate', numberOption, 1e-3)
-    .option('--batch-size <n>', 'calibration windows per step', intOption, 4)
+    .option('--batch-size <n>', 'calibration windows per step', intOption, 2)
     .option('--loss <kind>', 'e2e (next-token cross-entropy) | block (per-block output MSE)', 'e2e')
     .option('--seed <n>', 'seed of the calibration windows and batch order', intOption, 0)
     .option('--skip-docs <n>', "documents to skip at the start of --calib (default: 200 when it is split by <|endoftext|>, keeping TinyStories evaluation stories out)", intOption)

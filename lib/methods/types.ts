@@ -17,7 +17,7 @@ export interface TrainOptions {
   schedule: ScheduleKind;
   /** Fraction of steps warming up. Default 0.05. */
   warmup: number;
-  /** Calibration windows per step. Default 4. */
+  /** Calibration windows per step. Default 2 (1000 steps of stories260K in well under a minute on 2 cores). */
   batchSize: number;
   /** 'e2e': next-token cross-entropy of the whole model; 'block': output MSE per block vs fp32. */
   loss: 'e2e' | 'block';

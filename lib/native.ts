@@ -97,6 +97,9 @@ export interface NativeTrainBinding {
   embeddingBackward(dtable: Float32Array, dout: Float32Array, ids: Int32Array, T: number, V: number, D: number): void;
   teqScaleBackward(dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
     dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number): void;
+  /** TEQ weight side: g (N, K) w.r.t. Q(W diag(alpha)) becomes the gradient w.r.t. W diag(alpha) (f16 RTN parameters). */
+  rtnFakeQuantBackward(g: Float32Array, W: Float32Array, alpha: Float32Array, N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean): void;
   adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, minValue: number, async: false): void;
   adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,

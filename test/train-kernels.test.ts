@@ -398,3 +398,63 @@ describe('bad input', () => {
     expect(() => nb.adamwStep(new Float32Array(7), 2, 1, 1e-3, 0.9, 0.9, 1e-8, 0, 0, false)).toThrow(/Expected 8 elements for arena/);
   });
 });
+
+describe('TEQ weight side through RTN (rtnFakeQuantBackward) vs finite differences of its straight-through surrogate', () => {
+  // Surrogate with the same derivative as the reference's round_ste fake quant at alpha0:
+  //   in range:  Q = s(v) R + v - s(v) v0 / s0      (R = round(v0 / s0) frozen, z frozen)
+  //   clamped:   Q = s(v) (B - z)
+  // s(v) is the RTN step size of v's group (range including 0), scaled so s(v0) = s0,
+  // the f16-rounded step size the kernel uses.
+  for (const [bits, sym] of [[3, false], [4, true]] as const) {
+    it(`${bits}-bit ${sym ? 'symmetric' : 'asymmetric'}, ragged last group`, async () => {
+      const { f16ToF32, f32ToF16 } = await import('../lib/export/half.js');
+      setKernelPolicy('ref');
+      const N = 6, K = 40, G = 16;
+      const W = randn(N * K, 200 + bits), alpha = randn(K, 210 + bits, 0.5, 1), Gd = randn(N * K, 220 + bits);
+      const qmax = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+      const lo = sym ? -(2 ** (bits - 1)) : 0, hi = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+      const rint = (x: number) => { const r = Math.round(x); return Math.abs(x - Math.trunc(x)) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
+      const groupS = (v: Float64Array | Float32Array, n: number, k0: number, k1: number) => {
+        let mn = 0, mx = 0;
+        for (let k = k0; k < k1; k++) { mn = Math.min(mn, v[n * K + k]); mx = Math.max(mx, v[n * K + k]); }
+        return { s: sym ? Math.max(-mn, mx) / qmax : (mx - mn) / qmax, mn };
+      };
+      // frozen state at alpha0, computed as the f32 kernel does
+      const v0 = new Float32Array(N * K);
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) v0[n * K + k] = Math.fround(W[n * K + k] * alpha[k]);
+      const nG = Math.ceil(K / G);
+      const s0 = new Float64Array(N * nG), ratio = new Float64Array(N * nG), z0 = new Float64Array(N * nG);
+      for (let n = 0; n < N; n++)
+        for (let g = 0; g < nG; g++) {
+          const { s, mn } = groupS(v0, n, g * G, Math.min(K, (g + 1) * G));
+          const sf = f16ToF32(f32ToF16(Math.fround(s)));
+          s0[n * nG + g] = sf;
+          ratio[n * nG + g] = sf / s;
+          z0[n * nG + g] = sym ? 0 : Math.min(qmax, Math.max(0, rint(Math.fround(-mn / sf))));
+        }
+      const f = (a: Float32Array) => {
+        const v = new Float64Array(N * K);
+        for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) v[n * K + k] = W[n * K + k] * a[k];
+        let total = 0;
+        for (let n = 0; n < N; n++)
+          for (let g = 0; g < nG; g++) {
+            const k0 = g * G, k1 = Math.min(K, k0 + G);
+            const s = groupS(v, n, k0, k1).s * ratio[n * nG + g];
+            const S0 = s0[n * nG + g], z = z0[n * nG + g];
+            for (let k = k0; k < k1; k++) {
+              const R = rint(Math.fround(v0[n * K + k] / S0));
+              const q = R + z;
+              const Q = q < lo || q > hi ? s * ((q < lo ? lo : hi) - z) : s * R + v[n * K + k] - (s * v0[n * K + k]) / S0;
+              total += Gd[n * K + k] * Q;
+            }
+          }
+        return total;
+      };
+      const dv = Gd.slice();
+      nb.rtnFakeQuantBackward(dv, W, alpha, N, K, bits, G, sym);
+      const da = new Float32Array(K);
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) da[k] += dv[n * K + k] * W[n * K + k];
+      fdCheck(() => f(alpha), alpha, da, K, 1e-4);
+    });
+  }
+});

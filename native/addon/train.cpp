@@ -127,6 +127,13 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
                                        arg_int(info, 7, "N"), f32(info, 8, "alpha"), arg_int(info, 9, "K")));
 }
 
+// rtnFakeQuantBackward(g, W, alpha, N, K, bits, groupSize, symmetric): g replaced in place
+Napi::Value rtn_fq_backward_js(const Napi::CallbackInfo& info) {
+  const QuantSpec spec{(int)arg_int(info, 5, "bits"), arg_int(info, 6, "groupSize"), arg_bool(info, 7, "symmetric"), true};
+  return done(info, rtn_fake_quant_backward(f32(info, 0, "gradOutput"), f32(info, 1, "W"), f32(info, 2, "alpha"),
+                                            arg_int(info, 3, "N"), arg_int(info, 4, "K"), spec));
+}
+
 // adamwStep(arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue, async)
 Napi::Value adamw_js(const Napi::CallbackInfo& info) {
   Span arena = f32(info, 0, "arena");
@@ -201,6 +208,7 @@ void register_train(Napi::Env env, Napi::Object root) {
   QF_EXPORT(exports, "embeddingForward", embedding_forward_js);
   QF_EXPORT(exports, "embeddingBackward", embedding_backward_js);
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
+  QF_EXPORT(exports, "rtnFakeQuantBackward", rtn_fq_backward_js);
   QF_EXPORT(exports, "adamwStep", adamw_js);
   QF_EXPORT(exports, "blockSizes", block_sizes_js);
   QF_EXPORT(exports, "blockForward", block_forward_js);

@@ -343,6 +343,12 @@ Status adamw_step(Span arena, int64_t P, int64_t step, float lr, float b1, float
   return Status::Ok();
 }
 
+Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K, const QuantSpec& spec) {
+  QF_TRY(check_spec(spec, N, K));
+  QF_TRY(need("gradOutput", g, N * K)); QF_TRY(need("W", W, N * K)); QF_TRY(need("alpha", alpha, K));
+  return rtn_backward(F(g), F(W), F(alpha), N, K, spec);
+}
+
 // ---------------- Llama block ----------------
 
 namespace {
@@ -424,14 +430,16 @@ Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N
   return dequantize(wsp, cs, ss, zs, N, K, spec);
 }
 
+}  // namespace
+
 // Backward of v -> Q(v) = RTN fake-quant of v = W diag(alpha) with parameters chosen
 // from v itself, as the TEQ reference computes it: rounding is straight-through
 // (dv = g inside the range, 0 where clamped), the step size s = (max - min) / qmax
 // (symmetric: max|v| / (2^(b-1) - 1)) gets the LSQ term ds = sum g (round(v/s) - v/s)
 // (clamped: g (bound - z)) and passes it to the group's extreme elements; the zero
 // point is rounded, so it carries no gradient. g (N, K) is replaced by dv.
-Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int64_t K, const BlockConfig& c) {
-  QuantSpec spec = c.spec;
+Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int64_t K, const QuantSpec& spec_in) {
+  QuantSpec spec = spec_in;
   spec.group_size = spec.group_size < K ? spec.group_size : K;
   const int64_t G = qf_num_groups(K, spec.group_size);
   std::vector<float> v((size_t)(N * K)), dv((size_t)(N * K)), ds((size_t)(N * G)), dz((size_t)(N * G));  // (N, K), (N, G)
@@ -477,8 +485,6 @@ Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int
   std::copy(dv.begin(), dv.end(), g);
   return Status::Ok();
 }
-
-}  // namespace
 
 int64_t block_param_count(const BlockConfig& c) { return param_layout(c).total; }
 int64_t block_activation_count(const BlockConfig& c) { return act_layout(c).total; }
@@ -588,6 +594,7 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
   // Gradients of effective weights: into the grads arena directly when there is
   // no alpha (straight-through: dW = dWeff), else into scratch for dalpha first.
   std::vector<float> scratch;
+  Status status;  // first error of weight_grad
   auto weight_grad = [&](int64_t off, int64_t N, int64_t K, const float* dy, const float* xin, const float* alpha_grp) {
     if (!alpha_grp) {
       if (gr) linear_backward_weight(gr + off, dy, xin, T, N, K, true);
@@ -595,7 +602,7 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
     }
     scratch.resize((size_t)(N * K));
     linear_backward_weight(scratch.data(), dy, xin, T, N, K, false);  // d Q(W diag a) (N, K)
-    if (c.quant) rtn_backward(scratch.data(), w + off, alpha_grp, N, K, c);  // -> d (W diag a)
+    if (c.quant && status.ok()) status = rtn_backward(scratch.data(), w + off, alpha_grp, N, K, c.spec);  // -> d (W diag a)
     float* da = F(dalpha) + (alpha_grp == a1 ? 0 : D);
     teq_bwd(da, nullptr, nullptr, nullptr, 0, scratch.data(), w + off, N, alpha_grp, K);
     if (gr)
@@ -645,7 +652,7 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
     dnp.swap(dn);
   rmsnorm_bwd(dx, gr ? gr + P.g1 : nullptr, dnp.data(), s + A.x, w + P.g1, s + A.rstd1, T, D);
   for (int64_t i = 0; i < T * D; i++) dx[i] += dh[(size_t)i];
-  return Status::Ok();
+  return status;
 }
 
 Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, Span targets, int64_t T,

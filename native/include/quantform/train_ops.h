@@ -35,6 +35,12 @@ Status embedding_backward(Span dtable, Span dout, Span ids, int64_t T, int64_t V
 // dalpha (K) accumulated; dx (T, K) written unless dx.data is null.
 Status teq_scale_backward(Span dalpha, Span dx, Span dxs, Span x, int64_t T, Span dws, Span W, int64_t N, Span alpha,
                           int64_t K);
+// Backward of v = W diag(alpha) -> RTN fake-quant of v with parameters chosen from v
+// (TEQ's weight side): g (N, K), the gradient w.r.t. the fake-quantized weight, is
+// replaced by the gradient w.r.t. v: straight-through rounding, LSQ step-size term
+// passed to each group's extreme elements, zero points not differentiated.
+Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int64_t K, const QuantSpec& spec);
+Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K, const QuantSpec& spec);
 Status adamw_step(Span arena, int64_t P, int64_t step, float lr, float b1, float b2, float eps, float wd, float pmin);
 
 // ---- Llama block ----

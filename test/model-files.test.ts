@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  ByteTokenizer, Model, SyntheticCheckpoint, loadLlama2cTokenizer, loadModel, openCheckpoint, weightNames, type LlamaConfig,
+  ByteTokenizer, Model, SyntheticCheckpoint, loadLlama2cTokenizer, loadModel, openCheckpoint, weightNames,
 } from '../lib/index.js';
 import {
   bf16Bits, bf16Value, f16Bits, f16Value, ggufBytes, hfConfig, hfEntries, llama2cBytes, safetensorsBytes, tokenizerBinBytes, writeHfDir,
@@ -248,4 +248,3 @@ describe('bad input: clear errors naming file and tensor, no huge allocations', 
   });
 });
 
-export type { LlamaConfig };

@@ -17,7 +17,7 @@ const TIER_ABS = 1e-4;
 const CACHE_ABS = 1e-4;
 
 function oracleForward(cfg: LlamaConfig, w: (n: string) => Float32Array, tokens: number[]): Float64Array[] {
-  const C = cfg.dim, F = cfg.hiddenDim, NH = cfg.nHeads, NKV = cfg.nKvHeads, HS = cfg.headDim, T = tokens.length;
+  const C = cfg.dim, F = cfg.hiddenDim, NH = cfg.nHeads, NKV = cfg.nKvHeads, HS = cfg.headDim;
   const half = HS / 2, inv = invFreq(cfg);
   const mat = (x: Float64Array, W: Float32Array, out: number, inp: number) => {
     const y = new Float64Array(out);
@@ -89,6 +89,23 @@ describe('native forward vs float64 oracle', () => {
     });
 });
 
+describe('long sequences (attention runs in chunks of 128 queries)', () => {
+  it('a batch of two 300-token sequences matches the oracle', async () => {
+    const m = await loadModel({ synthetic: { ...small, maxSeq: 512 } });
+    const rows = [0, 1].map((b) => Array.from({ length: 300 }, (_, t) => (t * (b + 3) + b) % 37));
+    const got = m.forward(rows).logits;
+    const V = m.config.vocabSize;
+    const want = oracleForward(m.config, (n) => m.checkpoint.weight(n), rows[1]);
+    let maxErr = 0, maxAbs = 0;
+    want.forEach((row, t) => row.forEach((v, i) => {
+      maxErr = Math.max(maxErr, Math.abs(got[(300 + t) * V + i] - v));
+      maxAbs = Math.max(maxAbs, Math.abs(v));
+    }));
+    expect(maxErr / maxAbs).toBeLessThan(ORACLE_REL);
+    m.dispose();
+  });
+});
+
 describe('KV cache, batches and tiers', () => {
   it('decoding token by token from the cache equals one full pass', async () => {
     const m = await loadModel({ synthetic: small });
@@ -136,10 +153,12 @@ describe('KV cache, batches and tiers', () => {
     m.dispose();
   });
 
-  it('async forward equals sync forward', async () => {
+  it('async forward equals sync forward; a failed async forward leaves the model usable', async () => {
     const m = await loadModel({ synthetic: small });
     const a = (await m.forwardAsync([1, 2, 3])).logits, b = m.forward([1, 2, 3]).logits;
     expect(Array.from(a)).toEqual(Array.from(b));
+    await expect(m.forwardAsync([4], { pos0: 7 })).rejects.toThrow(/cached length 3/);
+    expect(Array.from(m.forward([1, 2, 3]).logits)).toEqual(Array.from(b));
     m.dispose();
   });
 

@@ -45,12 +45,14 @@ const END_OF_TEXT = '<|endoftext|>';
  * text with <|endoftext|> markers is split into stories (each trimmed, empty ones dropped)
  * encoded separately with BOS and concatenated; any other text is one sequence with BOS.
  */
-export function encodeEvalText(model: Model, text: string, documents: PerplexityOptions['documents'] = 'auto'): number[] {
+export function encodeEvalText(model: Model, text: string, documents: PerplexityOptions['documents'] = 'auto', maxIds = Infinity): number[] {
   const t = text.replace(/\r\n/g, '\n');
   const split = documents === 'endoftext' || (documents !== 'single' && t.includes(END_OF_TEXT));
   if (!split) return model.tokenizer.encode(t, { bos: true });
   const ids: number[] = [];
   for (const story of t.split(END_OF_TEXT)) {
+    // stories are encoded independently, so stopping early gives the same prefix
+    if (ids.length >= maxIds) break;
     const s = story.trim();
     if (s.length > 0) for (const id of model.tokenizer.encode(s, { bos: true })) ids.push(id);
   }
@@ -78,7 +80,8 @@ export async function evaluatePerplexity(
   if (!is.positiveInteger(stride) || stride > ctx) throw invalidParameter(`integer in [1, ctx = ${ctx}]`, 'stride', stride);
   if (!is.positiveInteger(batch)) throw invalidParameter('positive integer', 'batch', batch);
   if (opts.maxTokens !== undefined && !is.positiveInteger(opts.maxTokens)) throw invalidParameter('positive integer', 'maxTokens', opts.maxTokens);
-  let ids = typeof input === 'string' ? encodeEvalText(model, input, opts.documents) : [...input.ids];
+  const maxIds = opts.maxTokens !== undefined ? opts.maxTokens + 1 : Infinity;
+  let ids = typeof input === 'string' ? encodeEvalText(model, input, opts.documents, maxIds) : [...input.ids];
   if (opts.maxTokens !== undefined) ids = ids.slice(0, opts.maxTokens + 1);
   if (ids.length < 2) throw invalidParameter('text of at least 2 tokens', 'text', `${ids.length} token(s)`);
   // window w covers ids[w*stride, w*stride + len]; the last one may be shorter

@@ -1,5 +1,5 @@
 // The model description every loader produces, whatever the file format.
-import { QuantformError, invalidParameter, is } from '../errors.js';
+import { QuantformError, is } from '../errors.js';
 
 export interface Llama3RopeScaling {
   ropeType: 'llama3';
@@ -144,9 +144,4 @@ export function configFromHf(json: Record<string, unknown>, source: string): Lla
   };
   validateConfig(cfg, source);
   return cfg;
-}
-
-export function checkMaxSeq(v: unknown): number {
-  if (!is.positiveInteger(v)) throw invalidParameter('positive integer', 'maxSeq', v);
-  return v;
 }

@@ -246,16 +246,16 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       const size_t no = out.ElementLength();
       auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
       LlamaModel* mp = &m;
+      std::atomic<bool>* busy = &busy_;
+      // cleared by the worker when the forward ends, error or not (the wrapper is kept alive by `keep`)
       if (async) busy_ = true;
       return run_op(info, async, {info[0], out, Value()},
                     [=] {
                       Status st = mp->forward(o, no, tok.data, tok.len, B, T, pos0, last_only);
+                      busy->store(false);
                       return st;
                     },
-                    [this, ref, async](Napi::Env) {
-                      if (async) busy_ = false;
-                      return ref->Value();
-                    });
+                    [ref](Napi::Env) { return ref->Value(); });
     });
   }
 
@@ -280,7 +280,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   std::unique_ptr<LlamaModel> model_;
-  bool busy_ = false;
+  std::atomic<bool> busy_{false};
 };
 
 }  // namespace

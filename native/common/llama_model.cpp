@@ -28,6 +28,8 @@ Status linear_forward(float* y, const float* x, const Linear& lin, int64_t M) {
 
 namespace {
 
+constexpr int64_t kAttentionChunk = 128;  // queries per attention call in forward()
+
 struct Slot {
   std::vector<float>* vec;
   Linear* lin;
@@ -69,7 +71,7 @@ Status LlamaModel::create(const LlamaConfig& c, std::unique_ptr<LlamaModel>* out
 
 namespace {
 
-bool slot_for(LlamaModel* self, const std::string& name, const LlamaConfig& c, std::vector<float>* embed,
+bool slot_for(const std::string& name, const LlamaConfig& c, std::vector<float>* embed,
               std::vector<float>* final_norm, Linear* lm_head, std::vector<LlamaLayer>* layers, Slot* s) {
   const int64_t C = c.dim, F = c.hidden_dim, Q = c.n_heads * c.head_dim, KV = c.n_kv_heads * c.head_dim;
   if (name == "embed") { *s = {embed, nullptr, c.vocab_size, C}; return true; }
@@ -100,7 +102,7 @@ bool slot_for(LlamaModel* self, const std::string& name, const LlamaConfig& c, s
 
 Status LlamaModel::set_weight(const std::string& name, const float* data, size_t n) {
   Slot s{};
-  if (!slot_for(this, name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+  if (!slot_for(name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
     return error(Code::InvalidArgument, "Unknown weight name '" + name + "'");
   if (n != (size_t)(s.rows * s.cols))
     return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" +
@@ -168,7 +170,10 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   std::vector<float> x((size_t)(N * C)), h((size_t)(N * C));  // (B, T, C)
   std::vector<float> q((size_t)(N * Q)), k((size_t)(N * KV)), v((size_t)(N * KV));  // (B, T, NH|NKV, HS)
   std::vector<float> att_out((size_t)(N * Q));                                      // (B, T, NH, HS)
-  std::vector<float> att((size_t)(B * NH * T * Lk));                                // (B, NH, T, L)
+  // attention runs per sequence in chunks of queries, so its probabilities buffer stays
+  // (1, NH, chunk, L) instead of (B, NH, T, L) (2 GB for one 4096-token 7B prefill)
+  const int64_t chunk = std::min<int64_t>(T, kAttentionChunk);
+  std::vector<float> att((size_t)(NH * chunk * Lk));                                 // (1, NH, chunk, L)
   std::vector<float> gate((size_t)(N * F)), up((size_t)(N * F));                    // (B, T, F)
   std::vector<int32_t> pos((size_t)N);                                              // (B, T)
   for (int64_t b = 0; b < B; b++)
@@ -189,8 +194,14 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
       std::copy(k.begin() + b * T * KV, k.begin() + (b + 1) * T * KV, kcache + (b * S + pos0) * KV);
       std::copy(v.begin() + b * T * KV, v.begin() + (b + 1) * T * KV, vcache + (b * S + pos0) * KV);
     }
-    QF_TRY(attention_forward(att_out.data(), att_out.size(), att.data(), att.size(), q.data(), q.size(), kcache,
-                             vcache, layer_cache, B, T, NH, NKV, HS, S, pos0));
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+        const int64_t tc = std::min(chunk, T - t0), L = pos0 + t0 + tc;
+        const size_t rows = (size_t)((b * T + t0) * Q);  // offset of (b, t0) in (B, T, NH, HS)
+        QF_TRY(attention_forward(att_out.data() + rows, (size_t)(tc * Q), att.data(), (size_t)(NH * tc * L), q.data() + rows,
+                                 (size_t)(tc * Q), kcache + b * S * KV, vcache + b * S * KV, (size_t)(S * KV), 1, tc, NH, NKV,
+                                 HS, S, pos0 + t0));
+      }
     QF_TRY(linear_forward(h.data(), att_out.data(), L.wo, N));
     QF_TRY(residual_forward(x.data(), x.size(), x.data(), h.data(), h.size()));
     QF_TRY(rmsnorm_forward(h.data(), h.size(), nullptr, 0, x.data(), x.size(), L.ffn_norm.data(), L.ffn_norm.size(), C, c.norm_eps));

@@ -19,7 +19,9 @@ float fma_loop_avx512(int64_t iters) {
   __m512 s = acc[0];
   #pragma GCC unroll 32
   for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
-  return _mm512_reduce_add_ps(s);
+  float out[16];
+  _mm512_storeu_ps(out, s);
+  return out[0] + out[15];
 }
 
 }  // namespace

@@ -30,6 +30,15 @@ inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
+// Horizontal sum; GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its own header.
+inline float hsum512(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 inline float dot512(const float* a, const float* b, int64_t K) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t k = 0;
@@ -41,7 +50,7 @@ inline float dot512(const float* a, const float* b, int64_t K) {
     const __mmask16 m = tail_mask(K - k);
     acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc0);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  return hsum512(_mm512_add_ps(acc0, acc1));
 }
 
 void embedding_forward_avx512(float* out, const int32_t* tokens, const float* wte, int64_t r0, int64_t r1,
@@ -124,17 +133,46 @@ void gemm_rows(int rows, float* c, int64_t ldc, const float* a, int64_t lda, con
   }
 }
 
-// Decode shapes (few rows): every weight row is read once and dotted with each
-// input row; memory bound, so no packing.
+// Decode shapes (few rows): memory bound, so no packing; four weight rows stream
+// at once (eight accumulators in flight) and each input vector load serves all four.
+// The input rows loop inside, so the four weight rows come from DRAM once, then L1/L2.
 void gemv_rows(float* out, const float* inp, const float* weight, const float* bias, int64_t M, int64_t N,
                int64_t K, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; n++) {
-    const float* w = weight + n * K;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
     for (int64_t m = 0; m < M; m++) {
-      const float v = dot512(inp + m * K, w, K);
-      out[m * N + n] = bias ? v + bias[n] : v;
+      const float* x = inp + m * K;  // (K)
+      const float* w0 = weight + n * K;  // (4, K)
+      __m512 acc[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 32 <= K; k += 32) {
+        const __m512 xa = _mm512_loadu_ps(x + k), xb = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+          acc[2 * r] = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + r * K + k), xa, acc[2 * r]);
+          acc[2 * r + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + r * K + k + 16), xb, acc[2 * r + 1]);
+        }
+      }
+      for (; k < K; k += 16) {
+        const __mmask16 mk = tail_mask(K - k);
+        const __m512 xa = _mm512_maskz_loadu_ps(mk, x + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) acc[2 * r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, w0 + r * K + k), xa, acc[2 * r]);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) {
+        const float v = hsum512(_mm512_add_ps(acc[2 * r], acc[2 * r + 1]));
+        out[m * N + n + r] = bias ? v + bias[n + r] : v;
+      }
     }
   }
+  for (; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) {
+      const float v = dot512(inp + m * K, weight + n * K, K);
+      out[m * N + n] = bias ? v + bias[n] : v;
+    }
 }
 
 void matmul_forward_avx512(float* out, const float* inp, const float* weight, const float* bias, int64_t M,
@@ -225,7 +263,7 @@ void attention_forward_avx512(float* out, float* att, const float* q, const floa
         _mm512_mask_storeu_ps(a + j, m, e);
         vsum = _mm512_add_ps(vsum, e);
       }
-      const __m512 vinv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+      const __m512 vinv = _mm512_set1_ps(1.0f / hsum512(vsum));
       for (int64_t j = 0; j < cnt; j += 16) {
         const __mmask16 m = tail_mask(cnt - j);
         _mm512_mask_storeu_ps(a + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + j), vinv));

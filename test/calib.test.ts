@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { calibrationFromFile, calibrationFromText } from '../lib/calib.js';
-import { loadHfTokenizer } from '../lib/train/llama.js';
+import { loadCalibrationTokenizer } from '../lib/train/llama.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const tsFile = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
@@ -37,7 +37,7 @@ describe('calibration sampler', () => {
   });
 
   it.skipIf(!haveShared)('TinyStories calibration skipping 200 stories shares no window with the evaluation ids', () => {
-    const tok = loadHfTokenizer(modelDir);
+    const tok = loadCalibrationTokenizer(modelDir);
     const s = calibrationFromFile(tsFile, tok.encode, { samples: 16, seqLen: 64, seed: 1, skipDocuments: 200 });
     const evalIds: number[] = JSON.parse(readFileSync(path.join(shared, 'data/reference/ppl_tinystories_tok512.json'), 'utf8')).token_ids;
     const evalStr = ',' + evalIds.join(',') + ',';

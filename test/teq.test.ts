@@ -11,7 +11,8 @@ import { readSafetensorsMetadata } from '../lib/export/safetensors.js';
 import { mergeTeqScales } from '../lib/methods/teq.js';
 import '../lib/methods/index.js';
 import { dequantizedModel, quantizeModel } from '../lib/quantize-model.js';
-import { blockLayout, loadHfTokenizer, TrainableLlama, type LlamaShape } from '../lib/train/llama.js';
+import { openCheckpoint } from '../lib/model/model.js';
+import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/train/llama.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const modelDir = path.join(shared, 'models/stories260K-hf');
@@ -39,7 +40,7 @@ function syntheticModel(seed: number): TrainableLlama {
   });
   const embed = Float32Array.from({ length: shape.vocab * shape.hidden }, () => r() - 0.5);
   const hf = {
-    model_type: 'llama', hidden_size: shape.hidden, intermediate_size: shape.intermediate, num_hidden_layers: shape.layers,
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: shape.hidden, intermediate_size: shape.intermediate, num_hidden_layers: shape.layers,
     num_attention_heads: shape.heads, num_key_value_heads: shape.kvHeads, head_dim: shape.headDim, vocab_size: shape.vocab,
     max_position_embeddings: shape.maxSeq, rms_norm_eps: shape.rmsEps, rope_theta: shape.ropeTheta, tie_word_embeddings: true,
   };
@@ -81,7 +82,7 @@ const synthCal = () => calibrationFromText('x'.repeat(3000), (d) => Array.from(d
 describe('TEQ training', () => {
   it.skipIf(!haveModel)('lowers the training loss on a fixed batch of stories260K (e2e and block-wise)', async () => {
     const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadHfTokenizer(modelDir);
+    const tok = loadCalibrationTokenizer(modelDir);
     const cal = calibrationFromFile(tsFile, tok.encode, { samples: 4, seqLen: 128, skipDocuments: 200 });
     for (const loss of ['e2e', 'block'] as const) {
       const steps = 40;
@@ -157,6 +158,11 @@ describe('GPTQ checkpoint round trip', () => {
         const want = dequantizedModel(q);
         for (let l = 0; l < m.shape.layers; l++) expect(back.blocks[l]).toEqual(want.blocks[l]);
         expect(back.embed).toEqual(want.embed);
+        // the runtime's loader (eval, generate) opens it too, dequantizing to fp32
+        const ck = openCheckpoint(out);
+        expect(ck.weight('layers.1.w_down')).toEqual(want.linear(1, 'down_proj'));
+        expect(ck.weight('layers.0.attn_norm')).toEqual(want.norm(0, 'input'));
+        ck.close();
       }
       expect(readdirSync(dir).filter((f) => f.includes('.tmp-'))).toEqual([]);
     } finally {
@@ -166,7 +172,7 @@ describe('GPTQ checkpoint round trip', () => {
 
   it.skipIf(!haveModel)('stories260K: TEQ W3 beats RTN W3 on held-out TinyStories windows after 150 steps', async () => {
     const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadHfTokenizer(modelDir);
+    const tok = loadCalibrationTokenizer(modelDir);
     const cal = calibrationFromFile(tsFile, tok.encode, { samples: 32, seqLen: 256, skipDocuments: 200 });
     const ids: number[] = JSON.parse(readFileSync(path.join(shared, 'data/reference/ppl_tinystories_tok512.json'), 'utf8')).token_ids.slice(0, 16 * 256 + 1);
     const rtn = await dequantizedModel(await quantizeModel(m, { method: 'rtn', bits: 3, groupSize: 32 })).perplexity(ids);

@@ -9,7 +9,7 @@ import { calibrationFromFile } from '../calib.js';
 import { QuantformError } from '../errors.js';
 import { dequantizedModel, quantizeModel } from '../quantize-model.js';
 import type { Bits } from '../quant.js';
-import { loadHfTokenizer, TrainableLlama } from '../train/llama.js';
+import { loadCalibrationTokenizer, TrainableLlama } from '../train/llama.js';
 import '../methods/index.js';
 import { intOption } from './model-arg.js';
 import { readEvalIds } from './quantize.js';
@@ -42,7 +42,7 @@ export function registerBenchTeq(bench: Command): void {
       const ref = path.join(shared, 'data/reference/ppl_tinystories_tok512.json');
       for (const f of [dir, text, ref]) if (!existsSync(f)) throw new QuantformError('QF_IO', `bench teq needs ${f}`);
       const model = TrainableLlama.fromHfDir(dir);
-      const tok = loadHfTokenizer(dir);
+      const tok = loadCalibrationTokenizer(dir);
       const { ids, window } = readEvalIds(ref);
       const cal = calibrationFromFile(text, tok.encode, { samples: o.samples, seqLen: o.seqLen, skipDocuments: 200 });
       const rows: { config: string; method: string; ppl: number; seconds: number }[] = [];

@@ -12,7 +12,7 @@ import { saveGptq } from '../export/save.js';
 import { methodNames } from '../methods/index.js';
 import { quantizeModel, type QuantizeModelOptions } from '../quantize-model.js';
 import type { Bits } from '../quant.js';
-import { loadHfTokenizer, TrainableLlama } from '../train/llama.js';
+import { loadCalibrationTokenizer, TrainableLlama } from '../train/llama.js';
 import { intOption } from './model-arg.js';
 
 interface QuantizeCliOpts {
@@ -85,7 +85,7 @@ export function registerQuantize(program: Command): void {
       if (o.calib) {
         const text = readFileSync(o.calib, 'utf8');
         const skip = o.skipDocs ?? (text.includes('<|endoftext|>') ? 200 : 0);
-        const tok = loadHfTokenizer(o.model);
+        const tok = loadCalibrationTokenizer(o.model);
         opts.calibration = calibrationFromFile(o.calib, tok.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed, skipDocuments: skip });
         console.log(`calibration: ${o.samples} x ${o.seqLen} tokens from ${o.calib} (${opts.calibration.streamLength} tokens after skipping ${skip} documents)`);
       }

@@ -275,7 +275,7 @@ export interface TextTokenizer {
   bos: number;
 }
 
-export function loadHfTokenizer(dir: string): TextTokenizer {
+export function loadCalibrationTokenizer(dir: string): TextTokenizer {
   const read = (f: string) => {
     try {
       return JSON.parse(readFileSync(path.join(dir, f), 'utf8'));

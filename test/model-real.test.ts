@@ -120,6 +120,15 @@ describe.skipIf(!present)('stories260K in three formats (shared models present)'
     }
   });
 
+  it('seeded top-p sampling reproduces run.c -t 1.0 -p 0.9 -s 133742 (start quoted in data/MANIFEST.md)', async () => {
+    const manifest = readFileSync(path.join(shared, 'data/MANIFEST.md'), 'utf8').replace(/\s+/g, ' ');
+    const quoted = /seeded top-p sample in the same doc \("([^…]+) …"\)/.exec(manifest);
+    expect(quoted, 'the quoted run.c sample in MANIFEST.md').not.toBeNull();
+    let text = '';
+    for await (const t of generate(models.bin, [1], { maxTokens: 64, temperature: 1.0, topP: 0.9, seed: 133742 })) text += t.text;
+    expect(text.startsWith(quoted![1])).toBe(true);
+  });
+
   it('streamed text equals the decoded prompt continuation', async () => {
     let text = '';
     for await (const t of generate(models.hf, 'Once upon a time', { maxTokens: 20, temperature: 0 })) text += t.text;

@@ -39,7 +39,7 @@ class XorShift {
     return Number(((s * 0x2545f4914f6cdd1dn) & 0xffffffffffffffffn) >> 32n);
   }
   nextF32(): number {
-    return (this.nextU32() >>> 8) / 16777216.0;
+    return Math.fround((this.nextU32() >>> 8) / 16777216.0);
   }
 }
 
@@ -49,37 +49,46 @@ function argmax(logits: Float32Array): number {
   return best;
 }
 
+const f = Math.fround;
+
+// run.c's sampler in its float32 arithmetic (every step rounded with Math.fround), so a
+// seed gives the same tokens as `run -t T -p P -s SEED`.
 function sample(logits: Float32Array, temperature: number, topP: number, rng: XorShift): number {
   const V = logits.length;
-  const p = new Float64Array(V);
-  let mx = -Infinity;
-  for (let i = 0; i < V; i++) mx = Math.max(mx, logits[i] / temperature);
+  const p = new Float32Array(V);
+  const t = f(temperature);
+  for (let i = 0; i < V; i++) p[i] = f(logits[i] / t);
+  let mx = p[0];
+  for (let i = 1; i < V; i++) if (p[i] > mx) mx = p[i];
   let sum = 0;
-  for (let i = 0; i < V; i++) sum += p[i] = Math.exp(logits[i] / temperature - mx);
-  for (let i = 0; i < V; i++) p[i] /= sum;
+  for (let i = 0; i < V; i++) {
+    p[i] = f(Math.exp(f(p[i] - mx)));
+    sum = f(sum + p[i]);
+  }
+  for (let i = 0; i < V; i++) p[i] = f(p[i] / sum);
   const coin = rng.nextF32();
   if (topP <= 0 || topP >= 1) {
     let cdf = 0;
     for (let i = 0; i < V; i++) {
-      cdf += p[i];
+      cdf = f(cdf + p[i]);
       if (coin < cdf) return i;
     }
     return V - 1;
   }
-  // nucleus: candidates above (1 - topP) / (V - 1) (run.c's cutoff), sorted by probability
-  const cutoff = (1 - topP) / (V - 1);
+  // nucleus: candidates with p >= (1 - topP) / (V - 1) (run.c's cutoff), by descending probability
+  const cutoff = f(f(1 - f(topP)) / (V - 1));
   const idx: number[] = [];
   for (let i = 0; i < V; i++) if (p[i] >= cutoff) idx.push(i);
   idx.sort((a, b) => p[b] - p[a] || a - b);
   let cum = 0, last = idx.length - 1;
   for (let i = 0; i < idx.length; i++) {
-    cum += p[idx[i]];
-    if (cum > topP) { last = i; break; }
+    cum = f(cum + p[idx[i]]);
+    if (cum > f(topP)) { last = i; break; }
   }
-  const r = coin * cum;
+  const r = f(coin * cum);
   let cdf = 0;
   for (let i = 0; i <= last; i++) {
-    cdf += p[idx[i]];
+    cdf = f(cdf + p[idx[i]]);
     if (r < cdf) return idx[i];
   }
   return idx[last];

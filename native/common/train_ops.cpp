@@ -408,8 +408,10 @@ ActLayout act_layout(const BlockConfig& c) {
 
 // ws (N, K) = Q(W . diag(alpha)) (alpha may be null, quant may be off).
 Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N, int64_t K, const BlockConfig& c) {
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t k = 0; k < K; k++) ws[n * K + k] = alpha ? W[n * K + k] * alpha[k] : W[n * K + k];
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++)
+      for (int64_t k = 0; k < K; k++) ws[n * K + k] = alpha ? W[n * K + k] * alpha[k] : W[n * K + k];
+  });
   if (!c.quant) return Status::Ok();
   QuantSpec spec = c.spec;
   spec.group_size = spec.group_size < K ? spec.group_size : K;
@@ -443,8 +445,10 @@ Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int
   spec.group_size = spec.group_size < K ? spec.group_size : K;
   const int64_t G = qf_num_groups(K, spec.group_size);
   std::vector<float> v((size_t)(N * K)), dv((size_t)(N * K)), ds((size_t)(N * G)), dz((size_t)(N * G));  // (N, K), (N, G)
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = W[n * K + k] * alpha[k];
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++)
+      for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = W[n * K + k] * alpha[k];
+  });
   std::vector<uint8_t> codes((size_t)(N * qf_packed_row_bytes(spec.bits, K)));
   std::vector<uint16_t> sh((size_t)(N * G)), zh((size_t)(N * G));
   Span cs{codes.data(), codes.size(), DType::F32}, ss{sh.data(), sh.size(), DType::F16},
@@ -462,27 +466,30 @@ Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int
                              Span{g, (size_t)(N * K), DType::F32}, vs, Span{s32.data(), s32.size(), DType::F32},
                              Span{spec.symmetric ? nullptr : z32.data(), spec.symmetric ? 0 : z32.size(), DType::F32}, N, K, fq));
   const float qmax = spec.symmetric ? (float)((1 << (spec.bits - 1)) - 1) : (float)((1 << spec.bits) - 1);
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t gi = 0; gi < G; gi++) {
-      const float d = ds[(size_t)(n * G + gi)] / qmax;
-      const int64_t k0 = gi * spec.group_size, k1 = k0 + spec.group_size < K ? k0 + spec.group_size : K;
-      int64_t imax = k0, imin = k0;
-      for (int64_t k = k0; k < k1; k++) {
-        if (v[(size_t)(n * K + k)] > v[(size_t)(n * K + imax)]) imax = k;
-        if (v[(size_t)(n * K + k)] < v[(size_t)(n * K + imin)]) imin = k;
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++) {
+      for (int64_t gi = 0; gi < G; gi++) {
+        const float d = ds[(size_t)(n * G + gi)] / qmax;
+        const int64_t k0 = gi * spec.group_size, k1 = k0 + spec.group_size < K ? k0 + spec.group_size : K;
+        int64_t imax = k0, imin = k0;
+        for (int64_t k = k0; k < k1; k++) {
+          if (v[(size_t)(n * K + k)] > v[(size_t)(n * K + imax)]) imax = k;
+          if (v[(size_t)(n * K + k)] < v[(size_t)(n * K + imin)]) imin = k;
+        }
+        const float hi = v[(size_t)(n * K + imax)], lo = v[(size_t)(n * K + imin)];
+        if (spec.symmetric) {
+          // s = max(|lo|, |hi|) / qmax
+          if (-lo > hi) dv[(size_t)(n * K + imin)] -= d;
+          else if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
+        } else {
+          // s = (max(hi, 0) - min(lo, 0)) / qmax
+          if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
+          if (lo < 0.f) dv[(size_t)(n * K + imin)] -= d;
+        }
       }
-      const float hi = v[(size_t)(n * K + imax)], lo = v[(size_t)(n * K + imin)];
-      if (spec.symmetric) {
-        // s = max(|lo|, |hi|) / qmax
-        if (-lo > hi) dv[(size_t)(n * K + imin)] -= d;
-        else if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
-      } else {
-        // s = (max(hi, 0) - min(lo, 0)) / qmax
-        if (hi > 0.f) dv[(size_t)(n * K + imax)] += d;
-        if (lo < 0.f) dv[(size_t)(n * K + imin)] -= d;
-      }
+      std::copy(dv.begin() + n * K, dv.begin() + (n + 1) * K, g + n * K);
     }
-  std::copy(dv.begin(), dv.end(), g);
+  });
   return Status::Ok();
 }
 
@@ -606,8 +613,10 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
     float* da = F(dalpha) + (alpha_grp == a1 ? 0 : D);
     teq_bwd(da, nullptr, nullptr, nullptr, 0, scratch.data(), w + off, N, alpha_grp, K);
     if (gr)
-      for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < K; k++) gr[off + n * K + k] += scratch[(size_t)(n * K + k)] * alpha_grp[k];
+      parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+        for (int64_t n = r0; n < r1; n++)
+          for (int64_t k = 0; k < K; k++) gr[off + n * K + k] += scratch[(size_t)(n * K + k)] * alpha_grp[k];
+      });
   };
 
   // ---- MLP half: out = h + down(silu(g) * u) ----

@@ -74,9 +74,11 @@ export function registerBenchTrain(bench: Command): void {
     .option('--json', 'print JSON')
     .action(async (o: BenchTrainOpts) => {
       const info = backendInfo();
-      const peak = native().fmaPeak(info.threads, 1.0);
+      // The peak is probed before each configuration and the highest probe is the limit:
+      // on a shared machine a single probe can land in a busy moment and flatter the ratio.
+      const probes = [native().fmaPeak(info.threads, 1.0)];
       const log = (s: string) => { if (!o.json) console.log(s); };
-      log(`cpu: ${info.cpu}, tier ${info.tier}, ${info.threads} threads; fp32 FMA peak (register-only loop) ${peak.toFixed(1)} GFLOP/s`);
+      log(`cpu: ${info.cpu}, tier ${info.tier}, ${info.threads} threads`);
       const base: NativeBlockConfig = {
         batch: 1, seq: o.seq, hidden: LLAMA2_7B.dim, intermediate: LLAMA2_7B.hiddenDim, heads: LLAMA2_7B.nHeads,
         kvHeads: LLAMA2_7B.nKvHeads, headDim: LLAMA2_7B.dim / LLAMA2_7B.nHeads, rmsEps: 1e-5, ropeTheta: 10000,
@@ -87,14 +89,17 @@ export function registerBenchTrain(bench: Command): void {
         ['fp32 step, all parameter gradients', base],
         ['TEQ step, W4 g128 fake-quant, alpha gradients', { ...base, bits: 4, teq: true }],
       ] as const) {
+        probes.push(native().fmaPeak(info.threads, 1.0));
         const t = await timeBlockStep(cfg, o.repeats);
+        probes.push(native().fmaPeak(info.threads, 1.0));
+        const peak = Math.max(...probes);
         const f = blockStepFlops(cfg);
         const gflops = (f.linear + f.attention) / (t.fwd + t.bwd) / 1e9;
         const r = { name, tokens: cfg.batch * cfg.seq, forwardSeconds: t.fwd, backwardSeconds: t.bwd, stepSeconds: t.fwd + t.bwd,
-          gemmGflop: (f.linear + f.attention) / 1e9, gflops, pctOfPeak: (100 * gflops) / peak };
+          gemmGflop: (f.linear + f.attention) / 1e9, gflops, peakGflops: peak, pctOfPeak: (100 * gflops) / peak };
         results.push(r);
         log(`7B block, ${r.tokens} tokens, ${name}: forward ${t.fwd.toFixed(2)} s + backward ${t.bwd.toFixed(2)} s = ${r.stepSeconds.toFixed(2)} s; ` +
-          `${r.gemmGflop.toFixed(0)} GFLOP -> ${gflops.toFixed(1)} GFLOP/s = ${r.pctOfPeak.toFixed(1)} % of FMA peak`);
+          `${r.gemmGflop.toFixed(0)} GFLOP -> ${gflops.toFixed(1)} GFLOP/s = ${r.pctOfPeak.toFixed(1)} % of the FMA peak (highest probe so far ${peak.toFixed(1)} GFLOP/s)`);
       }
       let stories: { steps: number; seconds: number; secondsPer1000: number } | null = null;
       const dir = path.resolve(process.cwd(), '../shared/models/stories260K-hf');
@@ -109,6 +114,6 @@ export function registerBenchTrain(bench: Command): void {
         stories = { steps, seconds: sec, secondsPer1000: (sec * 1000) / steps };
         log(`stories260K TEQ (batch 2 x 256 tokens, W4 g32): ${steps} steps in ${sec.toFixed(1)} s -> ${stories.secondsPer1000.toFixed(1)} s per 1000 steps`);
       } else log(`stories260K TEQ timing skipped: ${dir} not found`);
-      if (o.json) console.log(JSON.stringify({ cpu: info.cpu, tier: info.tier, threads: info.threads, fmaPeakGflops: peak, block7B: results, stories260KTeq: stories }, null, 2));
+      if (o.json) console.log(JSON.stringify({ cpu: info.cpu, tier: info.tier, threads: info.threads, fmaPeakProbesGflops: probes, block7B: results, stories260KTeq: stories }, null, 2));
     });
 }

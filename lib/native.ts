@@ -74,6 +74,8 @@ export interface NativeBlockConfig {
   symmetric: boolean;
   /** TEQ scales alpha (2, hidden) present. */
   teq: boolean;
+  /** With teq: also v-channel scales on o_proj's input and intermediate scales on down_proj's input. */
+  teqExtra?: boolean;
 }
 
 /** The training family (native/addon/train.cpp): caller-owned outputs, lengths re-checked natively. */
@@ -104,7 +106,7 @@ export interface NativeTrainBinding {
     weightDecay: number, minValue: number, async: false): void;
   adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, minValue: number, async: true): Promise<void>;
-  blockSizes(config: NativeBlockConfig): { params: number; activations: number };
+  blockSizes(config: NativeBlockConfig): { params: number; activations: number; alpha: number };
   blockForward(config: NativeBlockConfig, out: Float32Array, activations: Float32Array, x: Float32Array,
     params: Float32Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
   blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, dalpha: Float32Array | null,

@@ -225,7 +225,7 @@ function blockSetup(c: NativeBlockConfig, seed: number) {
   params.fill(1, 0, c.hidden);
   const g2 = c.hidden + 2 * c.heads * c.headDim * c.hidden + 2 * c.kvHeads * c.headDim * c.hidden;
   params.fill(1, g2, g2 + c.hidden);
-  const alpha = randn(2 * c.hidden, seed + 1, 0.5, 1.1);
+  const alpha = randn(Math.max(1, sz.alpha), seed + 1, 0.5, 1.1);
   return { sz, T, params, alpha, x: randn(T * c.hidden, seed + 2), R: randn(T * c.hidden, seed + 3) };
 }
 
@@ -243,20 +243,35 @@ describe('Llama block step', () => {
     fdCheck(f, params, grads, 60);
   });
 
-  it('TEQ without quantization preserves the function and has zero alpha gradient', () => {
+  for (const teqExtra of [false, true])
+    it(`TEQ${teqExtra ? ' with v->o and up->down scales' : ''} without quantization preserves the function and has zero alpha gradient`, () => {
+      setKernelPolicy('ref');
+      const c = cfg({ teq: true, teqExtra }), c0 = cfg();
+      const { sz, T, params, alpha, x, R } = blockSetup(c, 40);
+      expect(sz.alpha).toBe(teqExtra ? 2 * 24 + 2 * 6 + 40 : 2 * 24);
+      const out = new Float32Array(T * c.hidden), out0 = new Float32Array(T * c.hidden);
+      nb.blockForward(c0, out0, new Float32Array(nb.blockSizes(c0).activations), x, params, null, false);
+      const acts = new Float32Array(sz.activations);
+      nb.blockForward(c, out, acts, x, params, alpha, false);
+      expect(nmse(out, out0)).toBeLessThan(1e-12);
+      const dx = new Float32Array(T * c.hidden), da = new Float32Array(sz.alpha);
+      nb.blockBackward(c, dx, null, da, R, acts, params, alpha, false);
+      const maxDa = Math.max(...da.map(Math.abs));
+      const maxDx = Math.max(...dx.map(Math.abs));
+      expect(maxDa).toBeLessThan(1e-4 * maxDx);
+    });
+
+  it('TEQ with v->o and up->down scales: block backward vs finite differences (input, parameters)', () => {
     setKernelPolicy('ref');
-    const c = cfg({ teq: true }), c0 = cfg();
-    const { sz, T, params, alpha, x, R } = blockSetup(c, 40);
-    const out = new Float32Array(T * c.hidden), out0 = new Float32Array(T * c.hidden);
-    nb.blockForward(c0, out0, new Float32Array(nb.blockSizes(c0).activations), x, params, null, false);
-    const acts = new Float32Array(sz.activations);
-    nb.blockForward(c, out, acts, x, params, alpha, false);
-    expect(nmse(out, out0)).toBeLessThan(1e-12);
-    const dx = new Float32Array(T * c.hidden), da = new Float32Array(2 * c.hidden);
-    nb.blockBackward(c, dx, null, da, R, acts, params, alpha, false);
-    const maxDa = Math.max(...da.map(Math.abs));
-    const maxDx = Math.max(...dx.map(Math.abs));
-    expect(maxDa).toBeLessThan(1e-4 * maxDx);
+    const c = cfg({ teq: true, teqExtra: true });
+    const { sz, T, params, alpha, x, R } = blockSetup(c, 45);
+    const out = new Float32Array(T * c.hidden), acts = new Float32Array(sz.activations);
+    const f = () => { nb.blockForward(c, out, acts, x, params, alpha, false); return dot(out, R); };
+    f();
+    const dx = new Float32Array(T * c.hidden), grads = new Float32Array(sz.params), da = new Float32Array(sz.alpha);
+    nb.blockBackward(c, dx, grads, da, R, acts, params, alpha, false);
+    fdCheck(f, x, dx, 20);
+    fdCheck(f, params, grads, 60);
   });
 
   it('TEQ with quantization: alpha gradient is finite and non-zero (quantization error drives it)', () => {
@@ -265,7 +280,7 @@ describe('Llama block step', () => {
     const { sz, T, params, alpha, x, R } = blockSetup(c, 50);
     const acts = new Float32Array(sz.activations), out = new Float32Array(T * c.hidden);
     nb.blockForward(c, out, acts, x, params, alpha, false);
-    const dx = new Float32Array(T * c.hidden), da = new Float32Array(2 * c.hidden);
+    const dx = new Float32Array(T * c.hidden), da = new Float32Array(sz.alpha);
     nb.blockBackward(c, dx, null, da, R, acts, params, alpha, false);
     expect(da.some((v) => Math.abs(v) > 1e-6)).toBe(true);
     expect(da.every(Number.isFinite)).toBe(true);
@@ -377,12 +392,12 @@ describe.skipIf(!hasAvx512)('AVX-512 training kernels vs _ref', () => {
   });
 
   it('whole block forward and backward, with TEQ and 4-bit fake quantization', () => {
-    for (const c of [cfg({ batch: 1, seq: 7 }), cfg({ teq: true, bits: 4, symmetric: true })]) {
+    for (const c of [cfg({ batch: 1, seq: 7 }), cfg({ teq: true, bits: 4, symmetric: true }), cfg({ teq: true, teqExtra: true, bits: 3 })]) {
       const { sz, T, params, alpha, x, R } = blockSetup(c, 95);
       const [r, v] = both(() => {
         const out = new Float32Array(T * c.hidden), acts = new Float32Array(sz.activations);
         nb.blockForward(c, out, acts, x, params, c.teq ? alpha : null, false);
-        const dx = new Float32Array(T * c.hidden), g = new Float32Array(sz.params), da = new Float32Array(2 * c.hidden);
+        const dx = new Float32Array(T * c.hidden), g = new Float32Array(sz.params), da = new Float32Array(Math.max(1, sz.alpha));
         nb.blockBackward(c, dx, g, c.teq ? da : null, R, acts, params, c.teq ? alpha : null, false);
         return [out, dx, g, da];
       });

@@ -64,6 +64,7 @@ BlockConfig read_config(const Napi::CallbackInfo& info, size_t i) {
   c.quant = bits != 0;
   c.spec = QuantSpec{(int)bits, get_int(o, "groupSize"), get_bool(o, "symmetric"), true};
   c.teq = get_bool(o, "teq");
+  c.teq_extra = o.Has("teqExtra") && get_bool(o, "teqExtra");
   const Status st = check_block_config(c);
   if (!st.ok()) throw ArgError{st};
   return c;
@@ -151,6 +152,7 @@ Napi::Value block_sizes_js(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("params", Napi::Number::New(info.Env(), (double)block_param_count(c)));
   o.Set("activations", Napi::Number::New(info.Env(), (double)block_activation_count(c)));
+  o.Set("alpha", Napi::Number::New(info.Env(), (double)block_alpha_count(c)));
   return o;
 }
 

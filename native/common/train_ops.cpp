@@ -377,7 +377,7 @@ BlockLayout param_layout(const BlockConfig& c) {
 bool has_eff(const BlockConfig& c) { return c.quant || c.teq; }
 
 struct ActLayout {
-  int64_t x, rstd1, n1p, n1, q, k, v, P, att, h, rstd2, n2p, n2, g, u, a, eff, total;
+  int64_t x, rstd1, n1p, n1, q, k, v, P, att, atts, h, rstd2, n2p, n2, g, u, a, as, eff, total;
 };
 
 ActLayout act_layout(const BlockConfig& c) {
@@ -393,6 +393,7 @@ ActLayout act_layout(const BlockConfig& c) {
   L.v = o; o += T * Dkv;
   L.P = o; o += c.B * c.Hq * c.S * c.S;
   L.att = o; o += T * Dq;
+  L.atts = o; o += c.teq_extra ? T * Dq : 0;  // att / alpha_o: o_proj's input
   L.h = o; o += T * c.D;
   L.rstd2 = o; o += T;
   L.n2p = o; o += T * c.D;
@@ -400,6 +401,7 @@ ActLayout act_layout(const BlockConfig& c) {
   L.g = o; o += T * c.F;
   L.u = o; o += T * c.F;
   L.a = o; o += T * c.F;
+  L.as = o; o += c.teq_extra ? T * c.F : 0;  // a / alpha_d: down_proj's input
   // effective weights, laid out as the parameter arena (norm slots unused)
   L.eff = o; o += has_eff(c) ? param_layout(c).total : 0;
   L.total = o;
@@ -494,6 +496,20 @@ Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int
 }
 
 int64_t block_param_count(const BlockConfig& c) { return param_layout(c).total; }
+int64_t block_alpha_count(const BlockConfig& c) {
+  return c.teq ? 2 * c.D + (c.teq_extra ? c.Hkv * c.hd + c.F : 0) : 0;
+}
+
+namespace {
+// alpha_o (Dq): the v-channel scales repeated for every q head that reads that kv head.
+std::vector<float> expand_v_scales(const float* av, const BlockConfig& c) {
+  const int64_t rep = c.Hq / c.Hkv;
+  std::vector<float> ao((size_t)(c.Hq * c.hd));
+  for (int64_t h = 0; h < c.Hq; h++)
+    for (int64_t d = 0; d < c.hd; d++) ao[(size_t)(h * c.hd + d)] = av[(h / rep) * c.hd + d];
+  return ao;
+}
+}  // namespace
 int64_t block_activation_count(const BlockConfig& c) { return act_layout(c).total; }
 
 Status check_block_config(const BlockConfig& c) {
@@ -503,6 +519,7 @@ Status check_block_config(const BlockConfig& c) {
     return error(Code::InvalidArgument, "Expected an even headDim <= 1024 but received " + std::to_string(c.hd));
   if (!(c.eps > 0.f)) return error(Code::InvalidArgument, "Expected positive rmsEps");
   if (!(c.theta > 0.f)) return error(Code::InvalidArgument, "Expected positive ropeTheta");
+  if (c.teq_extra && !c.teq) return error(Code::InvalidArgument, "Expected teq together with teqExtra");
   if (c.quant) {
     if (!qf_bits_supported(c.spec.bits))
       return error(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} but received " + std::to_string(c.spec.bits));
@@ -521,9 +538,10 @@ Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const
   const int64_t T = c.B * c.S, D = c.D, Fd = c.F, Dq = c.Hq * c.hd, Dkv = c.Hkv * c.hd;
   QF_TRY(need("out", out, T * D)); QF_TRY(need("activations", acts, A.total)); QF_TRY(need("x", x, T * D));
   QF_TRY(need("params", params, P.total));
+  const int64_t NA = block_alpha_count(c);
   if (c.teq) {
-    QF_TRY(need("alpha", alpha, 2 * D));
-    for (int64_t i = 0; i < 2 * D; i++)
+    QF_TRY(need("alpha", alpha, NA));
+    for (int64_t i = 0; i < NA; i++)
       if (!(F(alpha)[i] > 0.f))
         return error(Code::InvalidArgument, "Expected positive alpha but alpha[" + std::to_string(i) + "] is " +
                                                 std::to_string(F(alpha)[i]));
@@ -532,7 +550,10 @@ Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const
   float* s = F(acts);
   const float* a1 = c.teq ? F(alpha) : nullptr;
   const float* a2 = c.teq ? F(alpha) + D : nullptr;
-  // effective weights: Q(W diag(alpha)) for the alpha groups, Q(W) for o and down
+  const float* ad = c.teq_extra ? F(alpha) + 2 * D + Dkv : nullptr;
+  const std::vector<float> ao = c.teq_extra ? expand_v_scales(F(alpha) + 2 * D, c) : std::vector<float>();
+  const float* aop = c.teq_extra ? ao.data() : nullptr;
+  // effective weights: Q(W diag(alpha)) for the alpha groups, Q(W) for o and down (unless teq_extra)
   const float* wq = w + P.wq; const float* wk = w + P.wk; const float* wv = w + P.wv; const float* wo = w + P.wo;
   const float* wg = w + P.wg; const float* wu = w + P.wu; const float* wdn = w + P.wd;
   if (has_eff(c)) {
@@ -540,10 +561,10 @@ Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const
     QF_TRY(effective_weight(e + P.wq, wq, a1, Dq, D, c));
     QF_TRY(effective_weight(e + P.wk, wk, a1, Dkv, D, c));
     QF_TRY(effective_weight(e + P.wv, wv, a1, Dkv, D, c));
-    QF_TRY(effective_weight(e + P.wo, wo, nullptr, D, Dq, c));
+    QF_TRY(effective_weight(e + P.wo, wo, aop, D, Dq, c));
     QF_TRY(effective_weight(e + P.wg, wg, a2, Fd, D, c));
     QF_TRY(effective_weight(e + P.wu, wu, a2, Fd, D, c));
-    QF_TRY(effective_weight(e + P.wd, wdn, nullptr, D, Fd, c));
+    QF_TRY(effective_weight(e + P.wd, wdn, ad, D, Fd, c));
     wq = e + P.wq; wk = e + P.wk; wv = e + P.wv; wo = e + P.wo; wg = e + P.wg; wu = e + P.wu; wdn = e + P.wd;
   }
   const float* xin = F(x);
@@ -560,8 +581,15 @@ Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const
   rope_par(s + A.q, T, c.S, c.Hq, c.hd, c.theta, false);
   rope_par(s + A.k, T, c.S, c.Hkv, c.hd, c.theta, false);
   attention_fwd(s + A.att, s + A.P, s + A.q, s + A.k, s + A.v, c.B, c.S, c.Hq, c.Hkv, c.hd);
+  const float* o_in = s + A.att;
+  if (aop) {
+    float* atts = s + A.atts;
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t j = 0; j < Dq; j++) atts[t * Dq + j] = s[A.att + t * Dq + j] / aop[j];
+    o_in = atts;
+  }
   float* h = s + A.h;
-  linear_forward(h, s + A.att, wo, T, D, Dq);
+  linear_forward(h, o_in, wo, T, D, Dq);
   for (int64_t i = 0; i < T * D; i++) h[i] += xs[i];
   // MLP half
   rmsnorm_fwd(s + A.n2p, s + A.rstd2, h, w + P.g2, T, D, c.eps);
@@ -572,8 +600,15 @@ Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const
   linear_forward(s + A.u, n2, wu, T, Fd, D);
   const TrainKernels& kt = train_kernels();
   parallel_for(T, grain_rows(Fd), [&](int64_t r0, int64_t r1) { kt.swiglu_forward(s + A.a, s + A.g, s + A.u, r0, r1, Fd); });
+  const float* d_in = s + A.a;
+  if (ad) {
+    float* as = s + A.as;
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t j = 0; j < Fd; j++) as[t * Fd + j] = s[A.a + t * Fd + j] / ad[j];
+    d_in = as;
+  }
   float* o = F(out);
-  linear_forward(o, s + A.a, wdn, T, D, Fd);
+  linear_forward(o, d_in, wdn, T, D, Fd);
   for (int64_t i = 0; i < T * D; i++) o[i] += h[i];
   return Status::Ok();
 }
@@ -587,12 +622,17 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
   QF_TRY(need("dx", dx_s, T * D)); QF_TRY(need("dout", dout_s, T * D)); QF_TRY(need("activations", acts, A.total));
   QF_TRY(need("params", params, P.total));
   if (grads.data) QF_TRY(need("grads", grads, P.total));
-  if (c.teq) { QF_TRY(need("alpha", alpha, 2 * D)); QF_TRY(need("dalpha", dalpha, 2 * D)); }
+  const int64_t NA = block_alpha_count(c);
+  if (c.teq) { QF_TRY(need("alpha", alpha, NA)); QF_TRY(need("dalpha", dalpha, NA)); }
   const float* w = F(params);
   const float* s = F(acts);
   float* gr = F(grads);
   const float* a1 = c.teq ? F(alpha) : nullptr;
   const float* a2 = c.teq ? F(alpha) + D : nullptr;
+  const float* ad = c.teq_extra ? F(alpha) + 2 * D + Dkv : nullptr;
+  const std::vector<float> ao = c.teq_extra ? expand_v_scales(F(alpha) + 2 * D, c) : std::vector<float>();
+  const float* aop = c.teq_extra ? ao.data() : nullptr;
+  std::vector<float> dao(c.teq_extra ? (size_t)Dq : 0, 0.f);  // (Dq) gradient of the expanded v scales
   const float* e = has_eff(c) ? s + A.eff : w;  // the weights the forward used
   const float* dout = F(dout_s);
   float* dx = F(dx_s);
@@ -602,7 +642,8 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
   // no alpha (straight-through: dW = dWeff), else into scratch for dalpha first.
   std::vector<float> scratch;
   Status status;  // first error of weight_grad
-  auto weight_grad = [&](int64_t off, int64_t N, int64_t K, const float* dy, const float* xin, const float* alpha_grp) {
+  auto weight_grad = [&](int64_t off, int64_t N, int64_t K, const float* dy, const float* xin, const float* alpha_grp,
+                         float* dalpha_grp) {
     if (!alpha_grp) {
       if (gr) linear_backward_weight(gr + off, dy, xin, T, N, K, true);
       return;
@@ -610,8 +651,7 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
     scratch.resize((size_t)(N * K));
     linear_backward_weight(scratch.data(), dy, xin, T, N, K, false);  // d Q(W diag a) (N, K)
     if (c.quant && status.ok()) status = rtn_backward(scratch.data(), w + off, alpha_grp, N, K, c.spec);  // -> d (W diag a)
-    float* da = F(dalpha) + (alpha_grp == a1 ? 0 : D);
-    teq_bwd(da, nullptr, nullptr, nullptr, 0, scratch.data(), w + off, N, alpha_grp, K);
+    teq_bwd(dalpha_grp, nullptr, nullptr, nullptr, 0, scratch.data(), w + off, N, alpha_grp, K);
     if (gr)
       parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
         for (int64_t n = r0; n < r1; n++)
@@ -621,16 +661,24 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
 
   // ---- MLP half: out = h + down(silu(g) * u) ----
   std::vector<float> da((size_t)(T * Fd)), dg((size_t)(T * Fd)), du((size_t)(T * Fd));  // (T, F)
-  linear_backward_input(da.data(), dout, e + P.wd, T, D, Fd, false);
-  weight_grad(P.wd, D, Fd, dout, s + A.a, nullptr);
+  if (ad) {
+    float* dad = F(dalpha) + 2 * D + Dkv;
+    std::vector<float> das((size_t)(T * Fd));  // (T, F) gradient of a / alpha_d
+    linear_backward_input(das.data(), dout, e + P.wd, T, D, Fd, false);
+    weight_grad(P.wd, D, Fd, dout, s + A.as, ad, dad);
+    teq_bwd(dad, da.data(), das.data(), s + A.a, T, nullptr, nullptr, 0, ad, Fd);
+  } else {
+    linear_backward_input(da.data(), dout, e + P.wd, T, D, Fd, false);
+    weight_grad(P.wd, D, Fd, dout, s + A.a, nullptr, nullptr);
+  }
   parallel_for(T, grain_rows(Fd), [&](int64_t r0, int64_t r1) {
     kt.swiglu_backward(dg.data(), du.data(), da.data(), s + A.g, s + A.u, r0, r1, Fd);
   });
   std::vector<float> dn((size_t)(T * D)), dnp((size_t)(T * D));  // (T, D)
   linear_backward_input(dn.data(), dg.data(), e + P.wg, T, Fd, D, false);
   linear_backward_input(dn.data(), du.data(), e + P.wu, T, Fd, D, true);
-  weight_grad(P.wg, Fd, D, dg.data(), s + A.n2, a2);
-  weight_grad(P.wu, Fd, D, du.data(), s + A.n2, a2);
+  weight_grad(P.wg, Fd, D, dg.data(), s + A.n2, a2, a2 ? F(dalpha) + D : nullptr);
+  weight_grad(P.wu, Fd, D, du.data(), s + A.n2, a2, a2 ? F(dalpha) + D : nullptr);
   if (a2)
     teq_bwd(F(dalpha) + D, dnp.data(), dn.data(), s + A.n2p, T, nullptr, nullptr, 0, a2, D);
   else
@@ -641,8 +689,20 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
 
   // ---- attention half: h = x + o(attn(rope(q n1), rope(k n1), v n1)) ----
   std::vector<float> datt((size_t)(T * Dq)), dq((size_t)(T * Dq)), dk((size_t)(T * Dkv)), dv((size_t)(T * Dkv));
-  linear_backward_input(datt.data(), dh.data(), e + P.wo, T, D, Dq, false);
-  weight_grad(P.wo, D, Dq, dh.data(), s + A.att, nullptr);
+  if (aop) {
+    std::vector<float> datts((size_t)(T * Dq));  // (T, Dq) gradient of att / alpha_o
+    linear_backward_input(datts.data(), dh.data(), e + P.wo, T, D, Dq, false);
+    weight_grad(P.wo, D, Dq, dh.data(), s + A.atts, aop, dao.data());
+    teq_bwd(dao.data(), datt.data(), datts.data(), s + A.att, T, nullptr, nullptr, 0, aop, Dq);
+    // the q heads sharing a kv head share its v-channel scales
+    float* dav = F(dalpha) + 2 * D;
+    const int64_t rep = c.Hq / c.Hkv;
+    for (int64_t h = 0; h < c.Hq; h++)
+      for (int64_t d = 0; d < c.hd; d++) dav[(h / rep) * c.hd + d] += dao[(size_t)(h * c.hd + d)];
+  } else {
+    linear_backward_input(datt.data(), dh.data(), e + P.wo, T, D, Dq, false);
+    weight_grad(P.wo, D, Dq, dh.data(), s + A.att, nullptr, nullptr);
+  }
   attention_bwd(dq.data(), dk.data(), dv.data(), datt.data(), s + A.P, s + A.q, s + A.k, s + A.v, c.B, c.S, c.Hq,
                 c.Hkv, c.hd);
   rope_par(dq.data(), T, c.S, c.Hq, c.hd, c.theta, true);
@@ -651,9 +711,10 @@ Status block_backward(Span dx_s, Span grads, Span dalpha, Span dout_s, Span acts
   linear_backward_input(dn.data(), dq.data(), e + P.wq, T, Dq, D, false);
   linear_backward_input(dn.data(), dk.data(), e + P.wk, T, Dkv, D, true);
   linear_backward_input(dn.data(), dv.data(), e + P.wv, T, Dkv, D, true);
-  weight_grad(P.wq, Dq, D, dq.data(), s + A.n1, a1);
-  weight_grad(P.wk, Dkv, D, dk.data(), s + A.n1, a1);
-  weight_grad(P.wv, Dkv, D, dv.data(), s + A.n1, a1);
+  float* da1 = a1 ? F(dalpha) : nullptr;
+  weight_grad(P.wq, Dq, D, dq.data(), s + A.n1, a1, da1);
+  weight_grad(P.wk, Dkv, D, dk.data(), s + A.n1, a1, da1);
+  weight_grad(P.wv, Dkv, D, dv.data(), s + A.n1, a1, da1);
   dnp.resize((size_t)(T * D));
   if (a1)
     teq_bwd(F(dalpha), dnp.data(), dn.data(), s + A.n1p, T, nullptr, nullptr, 0, a1, D);

@@ -51,7 +51,14 @@ struct BlockConfig {
   bool quant = false;                         // fake-quantize every linear (RTN, recomputed per call)
   QuantSpec spec{4, 128, false, true};
   bool teq = false;                           // alpha (2, D): input-norm group, post-attention-norm group
+  // With teq: also a scale per v channel (Dkv, shared by the q heads of its kv head) on
+  // o_proj's input and one per intermediate channel (F) on down_proj's input, mergeable
+  // into v_proj / up_proj rows. alpha is then (2 D + Hkv*hd + F).
+  bool teq_extra = false;
 };
+
+// Floats of alpha (and dalpha) the block expects.
+int64_t block_alpha_count(const BlockConfig& c);
 
 // Block parameter arena (floats), in this order:
 //   g1 (D) | wq (Hq*hd, D) | wk (Hkv*hd, D) | wv (Hkv*hd, D) | wo (D, Hq*hd) | g2 (D) | wg (F, D) | wu (F, D) | wd (D, F)
@@ -63,7 +70,7 @@ Status check_block_config(const BlockConfig& c);
 // out (T, D) = block(x (T, D)); acts saved for block_backward.
 Status block_forward(Span out, Span acts, Span x, Span params, Span alpha, const BlockConfig& c);
 // dx (T, D) from dout (T, D); grads (block arena) accumulated when grads.data != null;
-// dalpha (2, D) accumulated when teq.
+// dalpha (block_alpha_count) accumulated when teq.
 Status block_backward(Span dx, Span grads, Span dalpha, Span dout, Span acts, Span params, Span alpha,
                       const BlockConfig& c);
 

@@ -31,6 +31,8 @@ export interface QuantizeModelOptions {
   batchSize?: number;
   loss?: 'e2e' | 'block';
   seed?: number;
+  /** TEQ: also the mergeable v->o and up->down scales. Default false. */
+  extraScales?: boolean;
 }
 
 export interface QuantizeModelHooks {
@@ -76,7 +78,9 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
   const t: TrainOptions = {
     steps: o.steps ?? 1000, lr: o.lr ?? 1e-3, betas: o.betas ?? [0.9, 0.9], weightDecay: o.weightDecay ?? 0,
     schedule: o.schedule ?? 'linear', warmup: o.warmup ?? 0.05, batchSize: o.batchSize ?? 2, loss: o.loss ?? 'e2e', seed: o.seed ?? 0,
+    extraScales: o.extraScales ?? false,
   };
+  if (!is.bool(t.extraScales)) throw invalidParameter('boolean', 'extraScales', t.extraScales);
   if (!is.positiveInteger(t.steps)) throw invalidParameter('positive integer', 'steps', t.steps);
   if (!is.finiteNumber(t.lr) || t.lr <= 0) throw invalidParameter('positive number', 'lr', t.lr);
   if (!is.positiveInteger(t.batchSize)) throw invalidParameter('positive integer', 'batchSize', t.batchSize);
@@ -161,8 +165,9 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
       const orig = source.linear(l, n);
       const before = dequantize(quantize(new Tensor(orig.slice(), [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' })).data as Float32Array;
       const after = dequantize(q).data as Float32Array;
-      const sc = res.inputScales?.get(name);
+      const sc = res.inputScales?.get(name), rsc = res.outputScales?.get(name);
       if (sc) for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) after[r * cols + k] /= sc[k];
+      if (rsc) for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) after[r * cols + k] *= rsc[r];
       reports.push({ name, shape: [rows, cols], errorBefore: relError(before, orig), errorAfter: relError(after, orig) });
       hooks.onProgress?.({ phase: 'quantize', step: reports.length, totalSteps: model.shape.layers * LINEARS.length, loss: NaN, lr: 0, stepsPerSecond: 0, etaSeconds: 0, layer: l });
     }

@@ -54,24 +54,26 @@ function maxRel(a: Float32Array, b: Float32Array): number {
 }
 
 describe('TEQ merge preserves the function (quantization off)', () => {
-  it('synthetic model, random scales in [0.3, 3]', async () => {
-    const m = syntheticModel(1);
-    const t = m.clone();
-    const r = rand(2);
-    const alpha = Float32Array.from({ length: m.shape.layers * 2 * m.shape.hidden }, () => 0.3 + 2.7 * r());
-    mergeTeqScales(t, alpha);
-    const tokens = Int32Array.from({ length: 2 * 20 }, (_, i) => (i * 37) % 64);
-    const a = await m.logits(tokens, 2, 20), b = await t.logits(tokens, 2, 20);
-    expect(maxRel(b, a)).toBeLessThan(PRESERVE_REL_TOL);
-    // and the transform is not the identity: the weights did change
-    expect(t.linear(0, 'q_proj')[1]).not.toBe(m.linear(0, 'q_proj')[1]);
-  });
+  for (const extra of [false, true])
+    it(`synthetic model, random scales in [0.3, 3]${extra ? ', with the v->o and up->down scales' : ''}`, async () => {
+      const m = syntheticModel(1);
+      const t = m.clone();
+      const r = rand(2);
+      const alpha = Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(extra) }, () => 0.3 + 2.7 * r());
+      mergeTeqScales(t, alpha, extra);
+      const tokens = Int32Array.from({ length: 2 * 20 }, (_, i) => (i * 37) % 64);
+      const a = await m.logits(tokens, 2, 20), b = await t.logits(tokens, 2, 20);
+      expect(maxRel(b, a)).toBeLessThan(PRESERVE_REL_TOL);
+      // and the transform is not the identity: the weights did change
+      expect(t.linear(0, 'q_proj')[1]).not.toBe(m.linear(0, 'q_proj')[1]);
+      if (extra) expect(t.linear(1, 'down_proj')[1]).not.toBe(m.linear(1, 'down_proj')[1]);
+    });
 
-  it.skipIf(!haveModel)('stories260K', async () => {
+  it.skipIf(!haveModel)('stories260K (GQA), with the extra scales', async () => {
     const m = TrainableLlama.fromHfDir(modelDir);
     const t = m.clone();
     const r = rand(3);
-    mergeTeqScales(t, Float32Array.from({ length: m.shape.layers * 2 * m.shape.hidden }, () => 0.5 + 1.5 * r()));
+    mergeTeqScales(t, Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(true) }, () => 0.5 + 1.5 * r()), true);
     const tokens = Int32Array.from({ length: 64 }, (_, i) => 1 + ((i * 101) % 500));
     expect(maxRel(await t.logits(tokens, 1, 64), await m.logits(tokens, 1, 64))).toBeLessThan(PRESERVE_REL_TOL);
   });

@@ -21,6 +21,7 @@ interface BenchTeqOpts {
   seqLen: number;
   batchSize: number;
   loss: 'e2e' | 'block';
+  extra?: boolean;
   json?: boolean;
 }
 
@@ -34,6 +35,7 @@ export function registerBenchTeq(bench: Command): void {
     .option('--seq-len <n>', 'tokens per window', intOption, 256)
     .option('--batch-size <n>', 'windows per step', intOption, 2)
     .option('--loss <kind>', 'e2e | block', 'e2e')
+    .option('--extra', "also rows for TEQ with the extra v->o and up->down scales ('teq+')")
     .option('--json', 'print JSON')
     .action(async (o: BenchTeqOpts) => {
       const shared = path.resolve(o.shared);
@@ -53,9 +55,10 @@ export function registerBenchTeq(bench: Command): void {
       log(`fp32: ppl ${fp.ppl.toFixed(4)} (reference 3.836085)`);
       for (const [bits, sym] of [[4, false], [4, true], [3, false]] as const) {
         const config = `W${bits} g32 ${sym ? 'sym' : 'asym'}`;
-        for (const method of ['rtn', 'teq']) {
+        for (const method of o.extra ? ['rtn', 'teq', 'teq+'] : ['rtn', 'teq']) {
           t0 = performance.now();
-          const q = await quantizeModel(model, { method, bits: bits as Bits, groupSize: 32, symmetric: sym, calibration: cal, steps: o.steps, batchSize: o.batchSize, loss: o.loss });
+          const q = await quantizeModel(model, { method: method === 'teq+' ? 'teq' : method, bits: bits as Bits, groupSize: 32, symmetric: sym,
+            calibration: cal, steps: o.steps, batchSize: o.batchSize, loss: o.loss, extraScales: method === 'teq+' });
           const seconds = (performance.now() - t0) / 1000;
           const p = await dequantizedModel(q).perplexity(ids, window);
           rows.push({ config, method, ppl: p.ppl, seconds });

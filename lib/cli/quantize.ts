@@ -29,6 +29,7 @@ interface QuantizeCliOpts {
   batchSize: number;
   loss: 'e2e' | 'block';
   seed: number;
+  teqExtra?: boolean;
   skipDocs?: number;
   out: string;
   checkpointEvery: number;
@@ -66,6 +67,7 @@ export function registerQuantize(program: Command): void {
     .option('--batch-size <n>', 'calibration windows per step', intOption, 2)
     .option('--loss <kind>', 'e2e (next-token cross-entropy) | block (per-block output MSE)', 'e2e')
     .option('--seed <n>', 'seed of the calibration windows and batch order', intOption, 0)
+    .option('--teq-extra', 'TEQ: also train mergeable v->o and up->down scales (o_proj, down_proj not left as plain RTN)')
     .option('--skip-docs <n>', "documents to skip at the start of --calib (default: 200 when it is split by <|endoftext|>, keeping TinyStories evaluation stories out)", intOption)
     .requiredOption('--out <dir>', 'output directory (must not exist)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
@@ -80,7 +82,7 @@ export function registerQuantize(program: Command): void {
         throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${model.shape.maxSeq} (the model's context) but received ${o.seqLen}`);
       const opts: QuantizeModelOptions = {
         method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
-        batchSize: o.batchSize, loss: o.loss, seed: o.seed,
+        batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true,
       };
       if (o.calib) {
         const text = readFileSync(o.calib, 'utf8');

@@ -12,23 +12,48 @@ import { AdamW, learningRate } from '../train/optim.js';
 import { HF_LINEAR, type TrainableLlama } from '../train/llama.js';
 import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
 
-/** Applies trained scales: gamma <- gamma / alpha, W <- W diag(alpha); alpha (layers, 2, D). */
-export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array): void {
-  const D = model.shape.hidden;
-  for (let l = 0; l < model.shape.layers; l++) {
+/**
+ * Applies trained scales, alpha (layers, A) with A = model.alphaPerLayer(extra):
+ * gamma <- gamma / alpha, W <- W diag(alpha) for {q, k, v} and {gate, up}; with
+ * `extra`, v_proj rows / alpha_v and o_proj columns * alpha_v (repeated over the q
+ * heads of each kv head), up_proj rows / alpha_d and down_proj columns * alpha_d.
+ */
+export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array, extra = false): void {
+  const s = model.shape, D = s.hidden, A = model.alphaPerLayer(extra);
+  const Dkv = s.kvHeads * s.headDim, rep = s.heads / s.kvHeads;
+  const scaleCols = (w: Float32Array, K: number, a: ArrayLike<number>) => {
+    for (let r = 0; r < w.length / K; r++) for (let i = 0; i < K; i++) w[r * K + i] *= a[i];
+  };
+  const divRows = (w: Float32Array, K: number, a: ArrayLike<number>) => {
+    for (let r = 0; r < w.length / K; r++) for (let i = 0; i < K; i++) w[r * K + i] /= a[r];
+  };
+  for (let l = 0; l < s.layers; l++) {
+    const base = l * A;
     for (const [which, names, off] of [
       ['input', ['q_proj', 'k_proj', 'v_proj'], 0],
       ['post', ['gate_proj', 'up_proj'], D],
     ] as const) {
-      const a = alpha.subarray(l * 2 * D + off, l * 2 * D + off + D);
+      const a = alpha.subarray(base + off, base + off + D);
       const g = model.norm(l, which);
       for (let i = 0; i < D; i++) g[i] /= a[i];
-      for (const n of names) {
-        const w = model.linear(l, n);
-        for (let r = 0; r < w.length / D; r++) for (let i = 0; i < D; i++) w[r * D + i] *= a[i];
-      }
+      for (const n of names) scaleCols(model.linear(l, n), D, a);
     }
+    if (!extra) continue;
+    const av = alpha.subarray(base + 2 * D, base + 2 * D + Dkv);
+    const ao = expandVScales(av, s.heads, rep, s.headDim);
+    divRows(model.linear(l, 'v_proj'), D, av);
+    scaleCols(model.linear(l, 'o_proj'), s.heads * s.headDim, ao);
+    const ad = alpha.subarray(base + 2 * D + Dkv, base + A);
+    divRows(model.linear(l, 'up_proj'), D, ad);
+    scaleCols(model.linear(l, 'down_proj'), s.intermediate, ad);
   }
+}
+
+/** (Hq * hd) the v-channel scales repeated for the q heads that read each kv head. */
+function expandVScales(av: Float32Array, heads: number, rep: number, hd: number): Float32Array {
+  const ao = new Float32Array(heads * hd);
+  for (let h = 0; h < heads; h++) for (let d = 0; d < hd; d++) ao[h * hd + d] = av[Math.floor(h / rep) * hd + d];
+  return ao;
 }
 
 /** Deterministic batch order: epoch e visits the samples in a seeded permutation. */
@@ -76,8 +101,9 @@ async function trainEndToEnd(model: TrainableLlama, ctx: MethodContext, opt: Ada
   const cal = ctx.calibration!;
   const s = model.shape, D = s.hidden, L = s.layers;
   const B = Math.min(ctx.train.batchSize, cal.samples), S = cal.seqLen, T = B * S;
-  const cfg = model.blockConfig(B, S, ctx.quant, true);
+  const cfg = model.blockConfig(B, S, ctx.quant, true, ctx.train.extraScales);
   const actN = nb.blockSizes(cfg).activations;
+  const A = model.alphaPerLayer(ctx.train.extraScales);
   const acts = Array.from({ length: L }, () => new Float32Array(actN));  // saved activations, one block each
   const xs = Array.from({ length: L + 1 }, () => new Float32Array(T * D));  // (T, D) block inputs/outputs
   let dx = new Float32Array(T * D), dprev = new Float32Array(T * D);
@@ -94,15 +120,15 @@ async function trainEndToEnd(model: TrainableLlama, ctx: MethodContext, opt: Ada
     opt.zeroGrad();
     nb.embeddingForward(xs[0], tok, model.embed, T, s.vocab, D);
     for (let l = 0; l < L; l++)
-      await nb.blockForward(cfg, xs[l + 1], acts[l], xs[l], model.blocks[l], opt.params.subarray(l * 2 * D, (l + 1) * 2 * D), true);
+      await nb.blockForward(cfg, xs[l + 1], acts[l], xs[l], model.blocks[l], opt.params.subarray(l * A, (l + 1) * A), true);
     await nb.lmHeadLoss(nll, dx, null, null, xs[L], model.finalNorm, model.lmHead, tgt, T, D, s.vocab, s.rmsEps, 1 / (B * (S - 1)), true);
     let loss = 0;
     for (let i = 0; i < T; i++) loss += nll[i];
     loss /= B * (S - 1);
     if (!Number.isFinite(loss)) throw nonFinite(step, loss);
     for (let l = L - 1; l >= 0; l--) {
-      await nb.blockBackward(cfg, dprev, null, opt.grads.subarray(l * 2 * D, (l + 1) * 2 * D), dx, acts[l], model.blocks[l],
-        opt.params.subarray(l * 2 * D, (l + 1) * 2 * D), true);
+      await nb.blockBackward(cfg, dprev, null, opt.grads.subarray(l * A, (l + 1) * A), dx, acts[l], model.blocks[l],
+        opt.params.subarray(l * A, (l + 1) * A), true);
       [dx, dprev] = [dprev, dx];
     }
     const lr = learningRate(ctx.train.lr, step, { kind: ctx.train.schedule, steps: total, warmup: ctx.train.warmup });
@@ -125,8 +151,9 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
   nb.embeddingForward(xin, cal.tokens, model.embed, N * S, s.vocab, D);
   const fpCfgAll = model.blockConfig(1, S, null, false);
   const fpActs = new Float32Array(nb.blockSizes(fpCfgAll).activations);
-  const cfg = model.blockConfig(B, S, ctx.quant, true);
+  const cfg = model.blockConfig(B, S, ctx.quant, true, ctx.train.extraScales);
   const acts = new Float32Array(nb.blockSizes(cfg).activations);
+  const A = model.alphaPerLayer(ctx.train.extraScales);
   const xb = new Float32Array(T * D), yb = new Float32Array(T * D), out = new Float32Array(T * D), dout = new Float32Array(T * D), dx = new Float32Array(T * D);
   const trainer = new Trainer(ctx, total);
   const firstLayer = Math.floor(start / steps);
@@ -139,7 +166,7 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
   for (let l = 0; l < firstLayer; l++) xin = await forwardFp(l, xin);
   for (let l = firstLayer; l < L; l++) {
     const yout = await forwardFp(l, xin);  // fp32 targets
-    const alpha = opt.params.subarray(l * 2 * D, (l + 1) * 2 * D), dalpha = opt.grads.subarray(l * 2 * D, (l + 1) * 2 * D);
+    const alpha = opt.params.subarray(l * A, (l + 1) * A), dalpha = opt.grads.subarray(l * A, (l + 1) * A);
     for (let k = l === firstLayer ? start - l * steps : 0; k < steps; k++) {
       const step = l * steps + k;
       const idx = batchIndices(N, B, step, ctx.train.seed);
@@ -167,8 +194,8 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
       curve.push(loss);
       await trainer.after(step, loss, lr, () => ({ step: step + 1, arena: opt.arena.slice(), lossCurve: curve.slice() }), l);
     }
-    opt.arena.fill(0, 2 * P + l * 2 * D, 2 * P + (l + 1) * 2 * D);
-    opt.arena.fill(0, 3 * P + l * 2 * D, 3 * P + (l + 1) * 2 * D);
+    opt.arena.fill(0, 2 * P + l * A, 2 * P + (l + 1) * A);
+    opt.arena.fill(0, 3 * P + l * A, 3 * P + (l + 1) * A);
     xin = yout;
   }
 }
@@ -180,7 +207,9 @@ export const teq: QuantMethod = {
   async prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult> {
     if (!ctx.calibration) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'teq' needs calibration data");
     const s = model.shape;
-    const P = s.layers * 2 * s.hidden;
+    const extra = ctx.train.extraScales;
+    const A = model.alphaPerLayer(extra);
+    const P = s.layers * A;
     const opt = new AdamW(P, { lr: ctx.train.lr, betas: ctx.train.betas, weightDecay: ctx.train.weightDecay, minValue: 1e-5 });
     opt.params.fill(1);
     const curve: number[] = [];
@@ -196,12 +225,21 @@ export const teq: QuantMethod = {
     } catch (e) {
       throw fromNative(e);
     }
-    mergeTeqScales(model, opt.params);
-    const inputScales = new Map<string, Float32Array>();
-    const D = s.hidden;
-    for (let l = 0; l < s.layers; l++)
-      for (const [names, off] of [[['q_proj', 'k_proj', 'v_proj'], 0], [['gate_proj', 'up_proj'], D]] as const)
-        for (const n of names) inputScales.set(`model.layers.${l}.${HF_LINEAR[n]}`, opt.params.slice(l * 2 * D + off, l * 2 * D + off + D));
-    return { lossCurve: curve, inputScales };
+    mergeTeqScales(model, opt.params, extra);
+    const inputScales = new Map<string, Float32Array>(), outputScales = new Map<string, Float32Array>();
+    const D = s.hidden, Dkv = s.kvHeads * s.headDim;
+    for (let l = 0; l < s.layers; l++) {
+      const at = (off: number, n: number) => opt.params.slice(l * A + off, l * A + off + n);
+      const name = (n: keyof typeof HF_LINEAR) => `model.layers.${l}.${HF_LINEAR[n]}`;
+      for (const n of ['q_proj', 'k_proj', 'v_proj'] as const) inputScales.set(name(n), at(0, D));
+      for (const n of ['gate_proj', 'up_proj'] as const) inputScales.set(name(n), at(D, D));
+      if (!extra) continue;
+      const av = at(2 * D, Dkv), ad = at(2 * D + Dkv, s.intermediate);
+      outputScales.set(name('v_proj'), av);
+      inputScales.set(name('o_proj'), expandVScales(av, s.heads, s.heads / s.kvHeads, s.headDim));
+      outputScales.set(name('up_proj'), ad);
+      inputScales.set(name('down_proj'), ad);
+    }
+    return { lossCurve: curve, inputScales, outputScales };
   },
 };

@@ -22,6 +22,13 @@ export interface TrainOptions {
   /** 'e2e': next-token cross-entropy of the whole model; 'block': output MSE per block vs fp32. */
   loss: 'e2e' | 'block';
   seed: number;
+  /**
+   * TEQ: also train mergeable scales for o_proj's input (per v channel, folded into
+   * v_proj rows) and down_proj's input (per intermediate channel, folded into
+   * up_proj rows), so o_proj and down_proj are not left as plain RTN. Default false
+   * (the reference's scope).
+   */
+  extraScales: boolean;
 }
 
 export interface ProgressEvent {
@@ -64,6 +71,8 @@ export interface MethodResult {
    * (model.layers.<l>.self_attn.q_proj ...): the transformed weight is W diag(s).
    */
   inputScales?: Map<string, Float32Array>;
+  /** Per-output-row scales folded into linears (rows of W divided by them). */
+  outputScales?: Map<string, Float32Array>;
 }
 
 export interface QuantMethod {

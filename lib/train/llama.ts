@@ -89,12 +89,18 @@ export class TrainableLlama {
       this.blocks.map((b) => b.slice()), this.hfConfig);
   }
 
-  blockConfig(batch: number, seq: number, quant?: BlockQuant | null, teq = false): NativeBlockConfig {
+  /** Floats of TEQ scales per layer: (2, D), plus (Dkv + F) with the extra v->o and up->down scales. */
+  alphaPerLayer(extra: boolean): number {
+    const s = this.shape;
+    return 2 * s.hidden + (extra ? s.kvHeads * s.headDim + s.intermediate : 0);
+  }
+
+  blockConfig(batch: number, seq: number, quant?: BlockQuant | null, teq = false, teqExtra = false): NativeBlockConfig {
     const s = this.shape;
     return {
       batch, seq, hidden: s.hidden, intermediate: s.intermediate, heads: s.heads, kvHeads: s.kvHeads, headDim: s.headDim,
       rmsEps: s.rmsEps, ropeTheta: s.ropeTheta, bits: quant ? quant.bits : 0, groupSize: quant ? quant.groupSize : 128,
-      symmetric: quant ? quant.symmetric : false, teq,
+      symmetric: quant ? quant.symmetric : false, teq, teqExtra,
     };
   }
 

@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'QF_CUDA'
   | 'QF_UNSUPPORTED'
   | 'QF_NATIVE_LOAD'
+  | 'QF_ABORTED'
   | 'QF_INTERNAL';
 
 export class QuantformError extends Error {

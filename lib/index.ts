@@ -28,3 +28,13 @@ export {
   evaluatePerplexity, encodeEvalText, type PerplexityOptions, type PerplexityProgress, type PerplexityResult,
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
+export { quantizeModel, dequantizedModel, type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport } from './quantize-model.js';
+export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
+export { mergeTeqScales } from './methods/teq.js';
+export { TrainableLlama, loadCalibrationTokenizer, blockLayout, type LlamaShape, type BlockQuant, type TextTokenizer } from './train/llama.js';
+export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './train/optim.js';
+export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './calib.js';
+export { saveGptq, type SaveOptions } from './export/save.js';
+export { GptqCheckpoint } from './export/gptq-checkpoint.js';
+export { toGptq, packGptq, dequantizeGptq, type GptqFormat, type GptqLinear } from './export/gptq.js';
+export { readSafetensors, writeSafetensors, type SafeTensor } from './export/safetensors.js';

@@ -57,8 +57,69 @@ export interface NativeLlamaModel {
   dispose(): void;
 }
 
+/** Shapes and quantization of one Llama block step (native/include/quantform/train_ops.h). */
+export interface NativeBlockConfig {
+  batch: number;
+  seq: number;
+  hidden: number;
+  intermediate: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  rmsEps: number;
+  ropeTheta: number;
+  /** 0: linears stay fp32; else RTN fake-quant of every linear with these bits. */
+  bits: number;
+  groupSize: number;
+  symmetric: boolean;
+  /** TEQ scales alpha (2, hidden) present. */
+  teq: boolean;
+  /** With teq: also v-channel scales on o_proj's input and intermediate scales on down_proj's input. */
+  teqExtra?: boolean;
+}
+
+/** The training family (native/addon/train.cpp): caller-owned outputs, lengths re-checked natively. */
+export interface NativeTrainBinding {
+  trainGemm(C: Float32Array, A: Float32Array, B: Float32Array, M: number, N: number, K: number, transA: boolean,
+    transB: boolean, accumulate: boolean): void;
+  rmsnormForward(out: Float32Array, rstd: Float32Array, x: Float32Array, w: Float32Array, T: number, D: number, eps: number): void;
+  rmsnormBackward(dx: Float32Array, dw: Float32Array, dout: Float32Array, x: Float32Array, w: Float32Array,
+    rstd: Float32Array, T: number, D: number): void;
+  swigluForward(h: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
+  swigluBackward(dg: Float32Array, du: Float32Array, dh: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
+  rope(x: Float32Array, T: number, seq: number, heads: number, headDim: number, theta: number, inverse: boolean): void;
+  attentionForward(out: Float32Array, probs: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array,
+    batch: number, seq: number, heads: number, kvHeads: number, headDim: number): void;
+  attentionBackward(dq: Float32Array, dk: Float32Array, dv: Float32Array, dout: Float32Array, probs: Float32Array,
+    q: Float32Array, k: Float32Array, v: Float32Array, batch: number, seq: number, heads: number, kvHeads: number,
+    headDim: number): void;
+  crossEntropyForward(loss: Float32Array, logits: Float32Array, targets: Int32Array, T: number, V: number): void;
+  crossEntropyBackward(probs: Float32Array, targets: Int32Array, T: number, V: number, scale: number): void;
+  embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, T: number, V: number, D: number): void;
+  embeddingBackward(dtable: Float32Array, dout: Float32Array, ids: Int32Array, T: number, V: number, D: number): void;
+  teqScaleBackward(dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
+    dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number): void;
+  /** TEQ weight side: g (N, K) w.r.t. Q(W diag(alpha)) becomes the gradient w.r.t. W diag(alpha) (f16 RTN parameters). */
+  rtnFakeQuantBackward(g: Float32Array, W: Float32Array, alpha: Float32Array, N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean): void;
+  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
+    weightDecay: number, minValue: number, async: false): void;
+  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
+    weightDecay: number, minValue: number, async: true): Promise<void>;
+  blockSizes(config: NativeBlockConfig): { params: number; activations: number; alpha: number };
+  blockForward(config: NativeBlockConfig, out: Float32Array, activations: Float32Array, x: Float32Array,
+    params: Float32Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
+  blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, dalpha: Float32Array | null,
+    dout: Float32Array, activations: Float32Array, params: Float32Array, alpha: Float32Array | null,
+    async: boolean): Promise<void> | void;
+  lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,
+    x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, T: number, D: number,
+    V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
+}
+
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
+  train: NativeTrainBinding;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;

@@ -2,9 +2,13 @@
 import type { Command } from 'commander';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchQuant } from './bench-quant.js';
+import { registerBenchTeq } from './bench-teq.js';
+import { registerBenchTrain } from './bench-train.js';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('kernel and model micro-benchmarks (medians, % of the machine limit)');
   registerBenchQuant(bench);
   registerBenchModel(bench);
+  registerBenchTrain(bench);
+  registerBenchTeq(bench);
 }

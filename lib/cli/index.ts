@@ -5,6 +5,7 @@ import { QuantformError } from '../errors.js';
 import { registerBench } from './bench.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
+import { registerQuantize } from './quantize.js';
 
 const program = new Command();
 program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version('0.1.0');
@@ -21,6 +22,7 @@ program
 
 registerEval(program);
 registerGenerate(program);
+registerQuantize(program);
 registerBench(program);
 
 try {

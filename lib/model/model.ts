@@ -12,6 +12,7 @@ import { GgufCheckpoint } from './gguf.js';
 import { Fp32Linear, type Linear } from './linear.js';
 import { Llama2cCheckpoint } from './llama2c.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
+import { GptqCheckpoint, gptqConfig } from '../export/gptq-checkpoint.js';
 import { SyntheticCheckpoint, type SyntheticOptions } from './synthetic.js';
 
 export interface LoadOptions {
@@ -40,7 +41,7 @@ export interface ForwardResult {
 export function openCheckpoint(pathOrDir: string, opts: LoadOptions = {}): Checkpoint {
   if (!is.string(pathOrDir) || pathOrDir.length === 0) throw invalidParameter('model path', 'model', pathOrDir);
   if (!existsSync(pathOrDir)) throw new QuantformError('QF_IO', `Model path ${pathOrDir} does not exist`);
-  if (statSync(pathOrDir).isDirectory()) return new SafetensorsCheckpoint(pathOrDir);
+  if (statSync(pathOrDir).isDirectory()) return gptqConfig(pathOrDir) ? new GptqCheckpoint(pathOrDir) : new SafetensorsCheckpoint(pathOrDir);
   const f = new CheckpointFile(pathOrDir);
   let magic = -1;
   try {

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "quantform/quant.h"
+#include "quantform/train.h"
 
 namespace qf {
 namespace {
@@ -126,6 +127,11 @@ bool vnni_available() {
 
 const QuantKernels& quant_kernels() {
   return select_kernels(quant_kernels_ref, quant_kernels_avx2, quant_kernels_avx512);
+}
+
+// No AVX2 training table: AVX2-only machines train on the reference kernels.
+const TrainKernels& train_kernels() {
+  return select_kernels(train_kernels_ref, train_kernels_ref, train_kernels_avx512);
 }
 
 }  // namespace qf

@@ -1,0 +1,109 @@
+// GPTQ checkpoint layout (AutoGPTQ / GPTQModel / transformers' GPTQ integration).
+// For a linear with weight (N out, K in), group size G, b bits:
+//   qweight int32 (ceil(K b / 32), N): along K, column n is a little-endian bit
+//           stream with code k at bits b*k .. b*k + b-1 (4-bit: low nibble first,
+//           8 codes per word; 3-bit: 32 codes per 3 words, codes straddle words).
+//   qzeros  int32 (ceil(K / G), ceil(N b / 32)): the same stream along N, one row per
+//           group. checkpoint_format 'gptq' (v1) stores z - 1, 'gptq_v2' stores z.
+//   scales  fp16 (ceil(K / G), N)
+//   g_idx   int32 (K) = k / G (desc_act false)
+// Dequantization: w[n, k] = scales[g, n] * (q[k, n] - z[g, n]), g = g_idx[k].
+// quantform's own layout (formats.h) is row-major over N; this module converts.
+import { QuantformError } from '../errors.js';
+import { QuantizedTensor, unpack, type Bits } from '../quant.js';
+import { f16ToF32 } from './half.js';
+
+export type GptqFormat = 'gptq' | 'gptq_v2';
+
+export interface GptqLinear {
+  qweight: Int32Array;
+  qzeros: Int32Array;
+  scales: Uint16Array;
+  gIdx: Int32Array;
+  /** shapes: qweight [rows, N], qzeros [G, cols], scales [G, N], gIdx [K] */
+  qweightShape: [number, number];
+  qzerosShape: [number, number];
+  scalesShape: [number, number];
+}
+
+function setBits(words: Int32Array, base: number, stride: number, bitPos: number, value: number, bits: number): void {
+  // bit stream position bitPos within a column/row addressed as words[base + w * stride]
+  let v = value, pos = bitPos, left = bits;
+  while (left > 0) {
+    const w = Math.floor(pos / 32), o = pos % 32;
+    const take = Math.min(left, 32 - o);
+    words[base + w * stride] |= (v & ((1 << take) - 1)) << o;
+    v >>>= take;
+    pos += take;
+    left -= take;
+  }
+}
+
+function getBits(words: Int32Array, base: number, stride: number, bitPos: number, bits: number): number {
+  let v = 0, pos = bitPos, got = 0;
+  while (got < bits) {
+    const w = Math.floor(pos / 32), o = pos % 32;
+    const take = Math.min(bits - got, 32 - o);
+    v |= ((words[base + w * stride] >>> o) & ((1 << take) - 1)) << got;
+    pos += take;
+    got += take;
+  }
+  return v;
+}
+
+/** codes8 (N, K) one code per byte, zeros (N, G) integer zero points, scales (N, G) f16 bits -> GPTQ tensors. */
+export function packGptq(codes8: Uint8Array, zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number,
+  bits: Bits, groupSize: number, format: GptqFormat): GptqLinear {
+  const G = Math.ceil(K / groupSize);
+  const rows = Math.ceil((K * bits) / 32), zcols = Math.ceil((N * bits) / 32);
+  const qweight = new Int32Array(rows * N);
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) setBits(qweight, n, N, k * bits, codes8[n * K + k], bits);
+  const qzeros = new Int32Array(G * zcols);
+  const mask = (1 << bits) - 1;
+  const scales = new Uint16Array(G * N);
+  for (let g = 0; g < G; g++)
+    for (let n = 0; n < N; n++) {
+      const z = zeros[n * G + g];
+      // v1 stores z - 1; z = 0 wraps to 2^b - 1 (the v1 overflow callers avoid with gptq_v2)
+      const stored = format === 'gptq' ? (z - 1) & mask : z;
+      setBits(qzeros, g * zcols, 1, n * bits, stored, bits);
+      scales[g * N + n] = scalesF16[n * G + g];
+    }
+  const gIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / groupSize));
+  return { qweight, qzeros, scales, gIdx, qweightShape: [rows, N], qzerosShape: [G, zcols], scalesShape: [G, N] };
+}
+
+/** GPTQ tensors -> fp32 weight (N, K). */
+export function dequantizeGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array },
+  N: number, K: number, bits: Bits, format: GptqFormat): Float32Array {
+  const zcols = Math.ceil((N * bits) / 32);
+  const rows = Math.ceil((K * bits) / 32);
+  if (l.qweight.length !== rows * N || l.gIdx.length !== K)
+    throw new QuantformError('QF_SHAPE_MISMATCH', `GPTQ tensors do not match a (${N}, ${K}) ${bits}-bit linear`);
+  const w = new Float32Array(N * K);
+  for (let k = 0; k < K; k++) {
+    const g = l.gIdx[k];
+    for (let n = 0; n < N; n++) {
+      const q = getBits(l.qweight, n, N, k * bits, bits);
+      const zs = getBits(l.qzeros, g * zcols, 1, n * bits, bits);
+      const z = format === 'gptq' ? zs + 1 : zs;
+      w[n * K + k] = f16ToF32(l.scales[g * N + n]) * (q - z);
+    }
+  }
+  return w;
+}
+
+/** A quantform QuantizedTensor with f16 parameters -> GPTQ tensors. */
+export function toGptq(q: QuantizedTensor, format: GptqFormat): GptqLinear {
+  if (q.paramDtype !== 'f16') throw new QuantformError('QF_DTYPE_MISMATCH', 'GPTQ export needs f16 scales: quantize with paramDtype f16');
+  if (q.bits === 8 && format === 'gptq') throw new QuantformError('QF_UNSUPPORTED', '8-bit v1 zero points overflow: use gptq_v2');
+  const [N, K] = q.shape;
+  const G = q.numGroups;
+  const codes8 = unpack(q.codes, [N, K], q.bits);
+  const zeros = new Float32Array(N * G);
+  if (q.symmetric) zeros.fill(2 ** (q.bits - 1));
+  else for (let i = 0; i < N * G; i++) zeros[i] = f16ToF32((q.zeros as Uint16Array)[i]);
+  return packGptq(codes8, zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format);
+}
+

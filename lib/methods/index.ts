@@ -1,0 +1,10 @@
+// The built-in methods. A new method is a file in this folder plus one line here.
+import { registerMethod } from './registry.js';
+import { rtn } from './rtn.js';
+import { teq } from './teq.js';
+
+registerMethod(rtn);
+registerMethod(teq);
+
+export { getMethod, methodNames, registerMethod } from './registry.js';
+export type { MethodContext, MethodResult, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';

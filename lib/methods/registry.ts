@@ -1,0 +1,18 @@
+import { invalidParameter } from '../errors.js';
+import type { QuantMethod } from './types.js';
+
+const methods = new Map<string, QuantMethod>();
+
+export function registerMethod(m: QuantMethod): void {
+  methods.set(m.name, m);
+}
+
+export function getMethod(name: string): QuantMethod {
+  const m = methods.get(name);
+  if (!m) throw invalidParameter(`one of ${[...methods.keys()].map((k) => `'${k}'`).join(', ')}`, 'method', name);
+  return m;
+}
+
+export function methodNames(): string[] {
+  return [...methods.keys()];
+}

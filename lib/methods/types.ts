@@ -1,0 +1,84 @@
+// What a quantization method is: a named, optional, exact transformation of the
+// fp32 model (trained on calibration data or not) that runs before every linear is
+// round-to-nearest quantized. Methods register by name (lib/methods/index.ts);
+// quantizeModel looks them up and never changes when a method is added.
+import type { CalibrationSet } from '../calib.js';
+import type { ScheduleKind } from '../train/optim.js';
+import type { BlockQuant, TrainableLlama } from '../train/llama.js';
+
+export interface TrainOptions {
+  /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
+  steps: number;
+  /** Default 1e-3. */
+  lr: number;
+  /** Adam betas. Default [0.9, 0.9] (TEQ reference). */
+  betas: [number, number];
+  weightDecay: number;
+  schedule: ScheduleKind;
+  /** Fraction of steps warming up. Default 0.05. */
+  warmup: number;
+  /** Calibration windows per step. Default 2 (1000 steps of stories260K in well under a minute on 2 cores). */
+  batchSize: number;
+  /** 'e2e': next-token cross-entropy of the whole model; 'block': output MSE per block vs fp32. */
+  loss: 'e2e' | 'block';
+  seed: number;
+  /**
+   * TEQ: also train mergeable scales for o_proj's input (per v channel, folded into
+   * v_proj rows) and down_proj's input (per intermediate channel, folded into
+   * up_proj rows), so o_proj and down_proj are not left as plain RTN. Default false
+   * (the reference's scope).
+   */
+  extraScales: boolean;
+}
+
+export interface ProgressEvent {
+  phase: 'train' | 'quantize';
+  step: number;
+  totalSteps: number;
+  loss: number;
+  lr: number;
+  stepsPerSecond: number;
+  etaSeconds: number;
+  /** block being trained (block-wise loss) */
+  layer?: number;
+}
+
+/** Persistent training state a method can save and restore. */
+export interface TrainState {
+  step: number;
+  arena: Float32Array;
+  lossCurve: number[];
+}
+
+export interface MethodContext {
+  quant: BlockQuant;
+  calibration?: CalibrationSet;
+  train: TrainOptions;
+  onProgress?: (e: ProgressEvent) => void;
+  /** set by Ctrl-C: save state and stop */
+  signal?: AbortSignal;
+  /** called every `checkpointEvery` steps and on abort with the state to persist */
+  checkpoint?: (s: TrainState) => Promise<void>;
+  checkpointEvery: number;
+  /** state to continue from (resume) */
+  resume?: TrainState;
+}
+
+export interface MethodResult {
+  lossCurve: number[];
+  /**
+   * Per-input-channel scales folded into linears, by HF linear name
+   * (model.layers.<l>.self_attn.q_proj ...): the transformed weight is W diag(s).
+   */
+  inputScales?: Map<string, Float32Array>;
+  /** Per-output-row scales folded into linears (rows of W divided by them). */
+  outputScales?: Map<string, Float32Array>;
+}
+
+export interface QuantMethod {
+  readonly name: string;
+  readonly description: string;
+  readonly needsCalibration: boolean;
+  /** Transforms `model` in place; the result must compute the same function in fp32. */
+  prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult>;
+}

@@ -1,0 +1,90 @@
+// GPTQ layout: bit-exact against the canonical packed layout of formats.h (for
+// every width, a GPTQ qweight column is the little-endian word stream of the
+// quantform row), v1/v2 zero points, and dequantization equal to quantform's.
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { dequantizeGptq, packGptq, toGptq } from '../lib/export/gptq.js';
+import { f16ToF32, f32ToF16 } from '../lib/export/half.js';
+import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/export/safetensors.js';
+import { Tensor, dequantize, quantize, type Bits } from '../lib/index.js';
+
+function randW(N: number, K: number, seed: number): Tensor {
+  let s = seed;
+  const d = new Float32Array(N * K);
+  for (let i = 0; i < d.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    d[i] = (s / 4294967296 - 0.5) * (1 + (i % 7));
+  }
+  return new Tensor(d, [N, K]);
+}
+
+describe('GPTQ packing', () => {
+  for (const bits of [2, 3, 4, 8] as Bits[]) {
+    it(`${bits}-bit qweight columns are the little-endian words of formats.h rows`, () => {
+      const N = 5, K = 64;
+      const q = quantize(randW(N, K, bits), { bits, groupSize: 32, paramDtype: 'f16' });
+      const g = toGptq(q, 'gptq_v2');
+      const rb = q.codes.length / N;
+      expect(g.qweightShape).toEqual([(K * bits) / 32, N]);
+      for (let n = 0; n < N; n++) {
+        const row = Buffer.from(q.codes.buffer, q.codes.byteOffset + n * rb, rb);
+        for (let w = 0; w < g.qweightShape[0]; w++) expect(g.qweight[w * N + n]).toBe(row.readInt32LE(4 * w));
+      }
+    });
+  }
+
+  it('4-bit qzeros pack 8 columns per word, low nibble first; v1 stores z - 1', () => {
+    const N = 9, K = 8, G = 1;
+    const codes8 = new Uint8Array(N * K);
+    const zeros = Float32Array.from({ length: N * G }, (_, n) => (n * 5) % 16);
+    const scales = Uint16Array.from({ length: N * G }, () => f32ToF16(0.5));
+    const v2 = packGptq(codes8, zeros, scales, N, K, 4, 8, 'gptq_v2');
+    const v1 = packGptq(codes8, zeros, scales, N, K, 4, 8, 'gptq');
+    expect(v2.qzerosShape).toEqual([1, 2]);
+    let expect0 = 0;
+    for (let n = 0; n < 8; n++) expect0 |= zeros[n] << (4 * n);
+    expect(v2.qzeros[0]).toBe(expect0 | 0);
+    expect(v2.qzeros[1]).toBe(zeros[8]);
+    expect((v1.qzeros[0] >>> 4) & 0xf).toBe(zeros[1] - 1);
+    expect(v1.qzeros[0] & 0xf).toBe(15);  // z = 0 wraps in v1: why asymmetric models use gptq_v2
+  });
+
+  for (const [bits, sym, fmt] of [[4, false, 'gptq_v2'], [4, true, 'gptq'], [3, false, 'gptq_v2'], [2, true, 'gptq']] as const) {
+    it(`dequantizes exactly as quantform (${bits}-bit, ${sym ? 'sym' : 'asym'}, ${fmt}), ragged K`, () => {
+      const N = 7, K = 172;
+      const q = quantize(randW(N, K, 11), { bits, groupSize: 32, symmetric: sym, paramDtype: 'f16' });
+      const ref = dequantize(q).data as Float32Array;
+      const back = dequantizeGptq(toGptq(q, fmt), N, K, bits, fmt);
+      expect(Buffer.from(back.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
+    });
+  }
+
+  it('f16 helpers round-trip every finite half', () => {
+    for (let h = 0; h < 0x7c00; h += 7) expect(f32ToF16(f16ToF32(h))).toBe(h);
+  });
+});
+
+describe('safetensors', () => {
+  it('writes and reads back F32, F16 and I32 tensors', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qf-st-'));
+    try {
+      const t = new Map<string, SafeTensor>([
+        ['a', { dtype: 'F32', shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6.5]) }],
+        ['b.qweight', { dtype: 'I32', shape: [3], data: Int32Array.from([-1, 0, 0x7fffffff]) }],
+        ['c', { dtype: 'F16', shape: [1], data: Uint16Array.from([0x3c00]) }],
+      ]);
+      const f = path.join(dir, 'x.safetensors');
+      writeSafetensors(f, t, { format: 'pt' });
+      const r = readSafetensors(f);
+      expect([...r.keys()].sort()).toEqual(['a', 'b.qweight', 'c']);
+      expect([...r.get('a')!.data]).toEqual([1, 2, 3, 4, 5, 6.5]);
+      expect(r.get('b.qweight')!.dtype).toBe('I32');
+      expect([...r.get('b.qweight')!.data]).toEqual([-1, 0, 0x7fffffff]);
+      expect(r.get('c')!.data[0]).toBe(0x3c00);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+});

@@ -8,3 +8,8 @@ export {
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
   SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads,
 } from './quant.js';
+export {
+  matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
+  type MatmulAccuracy, type MatmulOptions,
+} from './matmul.js';
+export { measureMachine, type MachineLimits, type MeasureOptions } from './bench/machine.js';

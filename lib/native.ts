@@ -31,6 +31,19 @@ export interface NativeFakeQuantGrads {
   gradZeros: Float32Array | null;
 }
 
+/** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
+export interface NativePreparedWeight {
+  readonly __brand: 'NativePreparedWeight';
+}
+
+export interface NativeMachineLimits {
+  readGBps: number;
+  readBytes: number;
+  fmaGflops: number;
+  vnniGops: number | null;
+  threads: number;
+}
+
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
   abiVersion: number;
@@ -59,6 +72,19 @@ export interface NativeBinding {
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: false): NativeFakeQuantGrads;
   fakeQuantBackward(g: Float32Array, w: Float32Array, scales: Float32Array, zeros: Float32Array | null,
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<NativeFakeQuantGrads>;
+  matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
+  matmulUnprepare(handle: NativePreparedWeight): NativeQuantized;
+  matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
+    scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: false): Float32Array;
+  matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
+    scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
+  sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
+  sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  measureMachine(bytes: number, reps: number, seconds: number, async: false): NativeMachineLimits;
+  measureMachine(bytes: number, reps: number, seconds: number, async: true): Promise<NativeMachineLimits>;
 }
 
 /** The package root (holds package.json, build/ and prebuilds/), from src or dist. */

@@ -5,6 +5,8 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_backend(env, exports);
   qf::register_quant(env, exports);
+  qf::register_matmul(env, exports);
+  qf::register_probe(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "quantform/matmul.h"
 #include "quantform/quant.h"
 
 namespace qf {
@@ -126,6 +127,14 @@ bool vnni_available() {
 
 const QuantKernels& quant_kernels() {
   return select_kernels(quant_kernels_ref, quant_kernels_avx2, quant_kernels_avx512);
+}
+
+const MatmulKernels& matmul_kernels() {
+  return select_kernels(matmul_kernels_ref, matmul_kernels_avx2, matmul_kernels_avx512);
+}
+
+const MatmulInt8Kernels& matmul_int8_kernels() {
+  return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
 }
 
 }  // namespace qf

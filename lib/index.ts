@@ -10,6 +10,7 @@ export {
 } from './quant.js';
 export {
   matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
+  prepareMatmulWeightCuda, CudaMatmulWeight,
   type MatmulAccuracy, type MatmulOptions,
 } from './matmul.js';
 export { measureMachine, type MachineLimits, type MeasureOptions } from './bench/machine.js';

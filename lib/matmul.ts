@@ -4,6 +4,7 @@
 // repacking is exactly invertible (unprepareMatmulWeight). Layout and the int8
 // algorithm: native/include/quantform/matmul.h.
 import { fromNative, invalidParameter, is, QuantformError } from './errors.js';
+import { cudaBinding, cudaInfo, type NativeCudaWeight } from './cuda.js';
 import { native, type NativePreparedWeight } from './native.js';
 import { QuantizedTensor } from './quant.js';
 import { checkBuffer, Tensor } from './tensor.js';
@@ -45,13 +46,42 @@ export class PreparedMatmulWeight {
   }
 }
 
+/**
+ * An INT4 weight uploaded to the GPU (canonical packed layout, read directly by
+ * the kernels). matmul with it runs on CUDA: M <= 8 rows with fp32 math, larger M
+ * on tensor cores with x and W rounded to f16 (bf16 when x is bf16), fp32 accumulation.
+ */
+export class CudaMatmulWeight {
+  /** @internal */
+  constructor(
+    readonly source: QuantizedTensor,
+    /** @internal */
+    readonly handle: NativeCudaWeight,
+  ) {}
+
+  get shape(): readonly [number, number] {
+    return this.source.shape;
+  }
+}
+
+/** Uploads an INT4 weight to the GPU; throws QF_UNSUPPORTED (with the reason) when CUDA is unavailable. */
+export function prepareMatmulWeightCuda(q: QuantizedTensor): CudaMatmulWeight {
+  checkQuantized(q, 'weight');
+  if (q.bits !== 4) throw invalidParameter('a 4-bit QuantizedTensor (CUDA matmul is INT4 only)', 'weight.bits', q.bits, 'QF_UNSUPPORTED_BITS');
+  const b = cudaBinding();
+  if (!b) throw new QuantformError('QF_UNSUPPORTED', `CUDA is not available: ${cudaInfo().reason ?? 'unknown reason'}`);
+  const [N, K] = q.shape;
+  const h = callSync(() => b.cudaMatmulPrepare(q.codes, q.scales, q.zeros, q.paramDtype, N, K, q.bits, q.groupSize, q.symmetric));
+  return new CudaMatmulWeight(q, h);
+}
+
 /** True when `q` has a repacked kernel layout (INT4, groupSize % 8 == 0 or per-channel). */
 export function hasFastLayout(q: QuantizedTensor): boolean {
   return q.bits === 4 && (q.groupSize % 8 === 0 || q.groupSize >= q.shape[1]);
 }
 
 function checkQuantized(q: QuantizedTensor, name: string): void {
-  if (!(q instanceof QuantizedTensor)) throw invalidParameter('QuantizedTensor or PreparedMatmulWeight', name, q);
+  if (!(q instanceof QuantizedTensor)) throw invalidParameter('QuantizedTensor, PreparedMatmulWeight or CudaMatmulWeight', name, q);
   checkBuffer(q.codes, `${name}.codes`);
   checkBuffer(q.scales, `${name}.scales`);
   if (q.zeros) checkBuffer(q.zeros, `${name}.zeros`);
@@ -83,20 +113,24 @@ export function unprepareMatmulWeight(p: PreparedMatmulWeight): QuantizedTensor 
   return new QuantizedTensor(r.codes, r.scales, r.zeros, q.shape, q.bits, q.groupSize, q.symmetric, q.paramDtype);
 }
 
+type Weight = QuantizedTensor | PreparedMatmulWeight | CudaMatmulWeight;
+
 interface Args {
   x: Tensor;
   M: number;
   q: QuantizedTensor;
+  cuda: CudaMatmulWeight | null;
   handle: NativePreparedWeight | null;
   accuracy: MatmulAccuracy;
   outShape: number[];
 }
 
-function matmulArgs(x: Tensor, w: QuantizedTensor | PreparedMatmulWeight, opts: MatmulOptions): Args {
+function matmulArgs(x: Tensor, w: Weight, opts: MatmulOptions): Args {
   if (!(x instanceof Tensor)) throw invalidParameter('Tensor', 'x', x);
   checkBuffer(x.data, 'x');
   const prepared = w instanceof PreparedMatmulWeight ? w : null;
-  const q = prepared ? prepared.source : (w as QuantizedTensor);
+  const cuda = w instanceof CudaMatmulWeight ? w : null;
+  const q = prepared ? prepared.source : cuda ? cuda.source : (w as QuantizedTensor);
   checkQuantized(q, 'weight');
   const [N, K] = q.shape;
   const xK = x.shape[x.shape.length - 1];
@@ -105,26 +139,32 @@ function matmulArgs(x: Tensor, w: QuantizedTensor | PreparedMatmulWeight, opts: 
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   const accuracy = opts.accuracy ?? 'fp32';
   if (!is.oneOf(accuracy, ['fp32', 'int8'] as const)) throw invalidParameter("'fp32' or 'int8'", 'accuracy', accuracy);
-  return { x, M: x.size / K, q, handle: prepared?.handle ?? null, accuracy, outShape: [...x.shape.slice(0, -1), N] };
+  if (cuda && accuracy !== 'fp32') throw invalidParameter("'fp32' (the CUDA kernels have no int8 path)", 'accuracy', accuracy);
+  return { x, M: x.size / K, q, cuda, handle: prepared?.handle ?? null, accuracy, outShape: [...x.shape.slice(0, -1), N] };
 }
 
 /**
  * y = x · dequant(W)ᵀ: x [..., K] (f32, f16 or bf16) and W [N, K] give y [..., N] in f32.
  * Pass a PreparedMatmulWeight for speed; a QuantizedTensor is repacked on every call.
  */
-export function matmul(x: Tensor, w: QuantizedTensor | PreparedMatmulWeight, opts: MatmulOptions = {}): Tensor {
+export function matmul(x: Tensor, w: Weight, opts: MatmulOptions = {}): Tensor {
   const a = matmulArgs(x, w, opts);
   const q = a.q;
+  if (a.cuda) {
+    const c = a.cuda;
+    return new Tensor(callSync(() => cudaBinding()!.cudaMatmul(c.handle, a.x.data, a.x.dtype, a.M, false)), a.outShape, 'f32');
+  }
   const y = callSync(() => native().matmul(a.x.data, a.x.dtype, a.M, a.handle, q.codes, q.scales, q.zeros, q.paramDtype,
     q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, false));
   return new Tensor(y, a.outShape, 'f32');
 }
 
 /** matmul on a worker thread; inputs must not be modified until it settles. */
-export async function matmulAsync(x: Tensor, w: QuantizedTensor | PreparedMatmulWeight, opts: MatmulOptions = {}): Promise<Tensor> {
+export async function matmulAsync(x: Tensor, w: Weight, opts: MatmulOptions = {}): Promise<Tensor> {
   const a = matmulArgs(x, w, opts);
   const q = a.q;
   try {
+    if (a.cuda) return new Tensor(await cudaBinding()!.cudaMatmul(a.cuda.handle, a.x.data, a.x.dtype, a.M, true), a.outShape, 'f32');
     const y = await native().matmul(a.x.data, a.x.dtype, a.M, a.handle, q.codes, q.scales, q.zeros, q.paramDtype,
       q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, true);
     return new Tensor(y, a.outShape, 'f32');

@@ -227,7 +227,7 @@ describe('API', () => {
     expect(() => matmul(new Tensor(new Float32Array(31), [31]), q)).toThrow(/Expected x with last dimension K=32 .* received shape \[31\]/);
     expect(() => matmul(new Tensor(new Float32Array(32), [32]), q, { accuracy: 'fp64' as never })).toThrow(
       /Expected 'fp32' or 'int8' for accuracy but received 'fp64' of type string/);
-    expect(() => matmul(new Tensor(new Float32Array(32), [32]), {} as never)).toThrow(/Expected QuantizedTensor or PreparedMatmulWeight for weight/);
+    expect(() => matmul(new Tensor(new Float32Array(32), [32]), {} as never)).toThrow(/Expected QuantizedTensor, PreparedMatmulWeight or CudaMatmulWeight for weight/);
     expect(() => matmulF32(new Tensor(new Float32Array(32), [32]), new Tensor(new Float32Array(30), [1, 30]))).toThrow(
       /Expected x with last dimension K=30/);
   });

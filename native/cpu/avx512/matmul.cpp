@@ -1,10 +1,10 @@
 // AVX-512 dequant-matmul, fp32 accuracy (layout: matmul.h). Lanes are output
 // rows, so nothing is reduced horizontally.
-//   M <= 8 (decode): weights are decoded in registers and used once per row of x;
-//     vpermps with the table 0..15 turns a nibble into a float in one instruction
-//     (it reads only the low 4 bits of each index lane), and each group's sum is
-//     scaled once: acc += s * sum(q x) - s*z * sum(x).
-//   M > 8 (prefill): 32 output rows are decoded into an fp32 panel (KP, 32) once,
+//   M <= 8 (decode): weights are decoded in registers and used once per row of x
+//     (see nibble_scales), and each group's sum is scaled once:
+//     acc += s * sum(q x) - s*z * sum(x).
+//   M > 8 (prefill): 32 output rows are decoded into an fp32 panel (KP, 32) once
+//     (vpermps with the table 0..15 reads only the low 4 bits of each index lane),
 //     then a 12 x 32 register-blocked microkernel streams it for every 12 rows of x.
 #include <immintrin.h>
 
@@ -20,6 +20,13 @@ __mmask16 lanes_below(int64_t n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ?
 
 __m512 iota16() { return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 
+// 2^(-4j) for j = 0..7: decode masks nibble j in place (q * 2^(4j), one AND and one
+// convert, no shift or permute: those share two pipes on Zen 4) and the chunk's x
+// is scaled by 2^(-4j) instead, exactly (powers of two).
+__m256 nibble_scales() {
+  return _mm256_setr_ps(1.f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f);
+}
+
 // Chunks of 8 k in group g: [c0, c1). Padding chunks belong to the last group.
 void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) {
   const int64_t k0 = g * w.group_size;
@@ -32,7 +39,7 @@ void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) 
 template <int MR, int NT>
 void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t) {
   const int64_t KC = w.KP / QF_MM_KC;
-  const __m512 iota = iota16();
+  const __m256 nscale = nibble_scales();
   __m512 acc[MR][NT];
   for (int m = 0; m < MR; m++)
     for (int i = 0; i < NT; i++) acc[m][i] = _mm512_setzero_ps();
@@ -45,12 +52,15 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
     for (int64_t c = c0; c < c1; c++) {
       __m512i v[NT];
       for (int i = 0; i < NT; i++) v[i] = _mm512_loadu_si512(w.codes + ((t + i) * KC + c) * QF_MM_NT);
-      const float* xc = x + c * QF_MM_KC;
+      alignas(32) float xs[MR][8];  // x of this chunk times 2^(-4j), see nibble_scales()
+      for (int m = 0; m < MR; m++)
+        _mm256_store_ps(xs[m], _mm256_mul_ps(_mm256_loadu_ps(x + m * w.KP + c * QF_MM_KC), nscale));
 #pragma GCC unroll 8
       for (int j = 0; j < 8; j++)
         for (int i = 0; i < NT; i++) {
-          const __m512 wf = _mm512_permutexvar_ps(j ? _mm512_srli_epi32(v[i], 4 * j) : v[i], iota);
-          for (int m = 0; m < MR; m++) ag[m][i] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xc[m * w.KP + j]), ag[m][i]);
+          // the nibble masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
+          const __m512 wf = _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
+          for (int m = 0; m < MR; m++) ag[m][i] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xs[m][j]), ag[m][i]);
         }
     }
     for (int i = 0; i < NT; i++) {

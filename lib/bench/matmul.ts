@@ -1,0 +1,274 @@
+// The INT4 dequant-matmul benchmark: quantform's kernels side by side with an fp32
+// GEMM baseline and onnxruntime's MatMulNBits, on Llama layer shapes, each row
+// against the machine's limits measured in the same run (lib/bench/machine.ts).
+import { randomFillSync } from 'node:crypto';
+import { backendInfo, setThreads } from '../backend.js';
+import { matmul, matmulF32, prepareMatmulWeight } from '../matmul.js';
+import { dequantize, QuantizedTensor } from '../quant.js';
+import { Tensor } from '../tensor.js';
+import { measureMachine, type MachineLimits } from './machine.js';
+import { matMulNBitsModel } from './onnx.js';
+
+/** [N, K]: output features x input features (a weight of shape [N, K]). */
+export type Shape = readonly [number, number];
+
+export const LLAMA_SHAPES: readonly Shape[] = [
+  [4096, 4096], // q/k/v/o projection, Llama-2-7B (8 MB as INT4: stays in a 32 MB L3)
+  [11008, 4096], // gate/up, Llama-2-7B
+  [4096, 11008], // down, Llama-2-7B
+  [14336, 4096], // gate/up, Llama-3-8B
+  [32768, 4096], // 64 MB as INT4 (+ params): far beyond cache, for bandwidth figures
+];
+
+export interface MatmulBenchOptions {
+  shapes: readonly Shape[];
+  ms: readonly number[];
+  groupSizes: readonly number[];
+  /** Timed runs per row (median reported); one more run warms up. */
+  iterations: number;
+  threads: number;
+  /** Run onnxruntime-node's MatMulNBits when installed. */
+  peer: boolean;
+  /** Include the fp32 GEMM baseline rows. */
+  baseline: boolean;
+  /** Bytes streamed by the bandwidth probe. */
+  probeBytes: number;
+}
+
+export const QUICK: Omit<MatmulBenchOptions, 'threads'> = {
+  shapes: [[4096, 4096], [32768, 4096]],
+  ms: [1, 8, 32, 512],
+  groupSizes: [128],
+  iterations: 5,
+  peer: true,
+  baseline: true,
+  probeBytes: 256 * 2 ** 20,
+};
+
+export const FULL: Omit<MatmulBenchOptions, 'threads'> = {
+  shapes: LLAMA_SHAPES,
+  ms: [1, 8, 32, 512],
+  groupSizes: [32, 128],
+  iterations: 7,
+  peer: true,
+  baseline: true,
+  probeBytes: 512 * 2 ** 20,
+};
+
+export interface MatmulBenchRow {
+  N: number;
+  K: number;
+  M: number;
+  groupSize: number | null;
+  impl: string;
+  /** 'fp32' or 'int8' compute; the limit its % is taken against. */
+  accuracy: 'fp32' | 'int8';
+  medianMs: number;
+  gflops: number;
+  /** Bytes of the weight as stored (INT4 codes + f32 scales + f32 zeros, or fp32) / median time. */
+  weightGBps: number;
+  /** weightGBps / measured read bandwidth. */
+  pctReadBW: number;
+  /** gflops / measured fp32 FMA peak (fp32) or int8 VNNI peak (int8). */
+  pctPeak: number | null;
+  /** onnxruntime's median / ours at the same accuracy level (> 1: we are faster). */
+  speedupVsOrt: number | null;
+  /** Normalized MSE of this row's output vs quantform's fp32 output (int8 rows). */
+  nmseVsFp32: number | null;
+}
+
+export interface MatmulBenchResult {
+  machine: MachineLimits & { cpu: string; tier: string };
+  rows: MatmulBenchRow[];
+  notes: string[];
+}
+
+interface OrtTensorCtor {
+  new (type: 'float32', data: Float32Array, dims: number[]): unknown;
+}
+interface OrtSession {
+  run(feeds: Record<string, unknown>): Promise<Record<string, { data: Float32Array }>>;
+  release(): Promise<void>;
+}
+interface OrtModule {
+  Tensor: OrtTensorCtor;
+  InferenceSession: {
+    create(model: Uint8Array, opts: Record<string, unknown>): Promise<OrtSession>;
+  };
+}
+
+async function loadOrt(): Promise<OrtModule | string> {
+  const name = 'onnxruntime-node';
+  try {
+    return (await import(name)) as OrtModule;
+  } catch (e) {
+    return `onnxruntime-node is not installed (${(e as Error).message.split('\n')[0]}); ` +
+      'install it with `npm install --save-optional onnxruntime-node --ignore-scripts` ' +
+      '(its install script downloads CUDA binaries and fails offline; the CPU binaries ship inside the package)';
+  }
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+async function timeIt(iterations: number, fn: () => unknown): Promise<number> {
+  await fn();
+  const t: number[] = [];
+  for (let i = 0; i < iterations; i++) {
+    const t0 = performance.now();
+    await fn();
+    t.push(performance.now() - t0);
+  }
+  return median(t);
+}
+
+function nmse(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return num / den;
+}
+
+/** Random INT4 weight (asymmetric, integer zero points), valid by construction, without an fp32 original. */
+function randomInt4(N: number, K: number, groupSize: number): QuantizedTensor {
+  const G = Math.ceil(K / groupSize);
+  const codes = new Uint8Array(N * Math.ceil(K / 2));
+  randomFillSync(codes);
+  const scales = new Float32Array(N * G);
+  const zeros = new Float32Array(N * G);
+  for (let i = 0; i < N * G; i++) {
+    scales[i] = 0.002 + 0.002 * Math.random();
+    zeros[i] = Math.floor(Math.random() * 16);
+  }
+  return new QuantizedTensor(codes, scales, zeros, [N, K], 4, groupSize, false, 'f32');
+}
+
+function randomX(M: number, K: number): Tensor {
+  const x = new Float32Array(M * K);
+  for (let i = 0; i < x.length; i++) x[i] = Math.random() * 2 - 1 + (Math.random() < 0.01 ? 4 * Math.random() : 0);
+  return new Tensor(x, [M, K]);
+}
+
+/** onnxruntime's zero points: 4-bit, two per byte, low nibble first, per row. */
+function ortZeroPoints(q: QuantizedTensor): Uint8Array {
+  const [N] = q.shape;
+  const G = q.numGroups, rb = Math.ceil(G / 2);
+  const out = new Uint8Array(N * rb);
+  const z = q.zeros as Float32Array;
+  for (let n = 0; n < N; n++)
+    for (let g = 0; g < G; g++) out[n * rb + (g >> 1)] |= (z[n * G + g] & 0xf) << ((g & 1) * 4);
+  return out;
+}
+
+function weightBytes(q: QuantizedTensor): number {
+  return q.codes.byteLength + q.scales.byteLength + (q.zeros?.byteLength ?? 0);
+}
+
+export function fmtShape(N: number, K: number): string {
+  return `${N}x${K}`;
+}
+
+export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => void = () => {}): Promise<MatmulBenchResult> {
+  setThreads(o.threads);
+  const info = backendInfo();
+  const notes: string[] = [];
+  log(`measuring machine limits on ${o.threads} threads (read ${Math.round(o.probeBytes / 2 ** 20)} MiB, FMA and VNNI loops)...`);
+  const lim = await measureMachine({ bytes: o.probeBytes, reps: 5, seconds: 0.3 });
+  const machine = { ...lim, cpu: info.cpu, tier: info.tier };
+  const vnni = info.features.avx512vnni && info.tier === 'avx512';
+  if (!vnni) notes.push('no AVX-512 VNNI here: int8 rows skipped (the int8 path would run its scalar reference)');
+  let ort: OrtModule | null = null;
+  if (o.peer) {
+    const r = await loadOrt();
+    if (typeof r === 'string') notes.push(`peer skipped: ${r}`);
+    else ort = r;
+  } else notes.push('peer skipped: --no-peer');
+
+  const rows: MatmulBenchRow[] = [];
+  const add = (r: Omit<MatmulBenchRow, 'gflops' | 'weightGBps' | 'pctReadBW' | 'pctPeak'>, bytes: number) => {
+    const gflops = (2 * r.M * r.N * r.K) / (r.medianMs * 1e6);
+    const weightGBps = bytes / (r.medianMs * 1e6);
+    const peak = r.accuracy === 'fp32' ? lim.fmaGflops : lim.vnniGops;
+    const row: MatmulBenchRow = {
+      ...r, gflops, weightGBps, pctReadBW: weightGBps / lim.readGBps,
+      pctPeak: peak ? gflops / peak : null,
+    };
+    rows.push(row);
+    log(formatRow(row));
+  };
+
+  for (const [N, K] of o.shapes) {
+    let wf32: Tensor | null = null;
+    for (const [gi, gs] of o.groupSizes.entries()) {
+      const q = randomInt4(N, K, gs);
+      const p = prepareMatmulWeight(q);
+      const bytes = weightBytes(q);
+      if (o.baseline && gi === 0) wf32 = dequantize(q);
+      const sessions: (OrtSession | null)[] = [null, null];
+      if (ort) {
+        for (const [i, level] of [0, 4].entries()) {
+          const model = matMulNBitsModel({ N, K, blockSize: gs, accuracyLevel: level, codes: q.codes, scales: q.scales as Float32Array, zeroPoints: ortZeroPoints(q) });
+          sessions[i] = await ort.InferenceSession.create(model, {
+            intraOpNumThreads: o.threads, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all',
+          });
+        }
+      }
+      for (const M of o.ms) {
+        const x = randomX(M, K);
+        const base = { N, K, M, groupSize: gs };
+        let y32: Float32Array | null = null;
+        const tF = await timeIt(o.iterations, () => (y32 = matmul(x, p).data as Float32Array));
+        const ort32 = sessions[0] ? await timeOrt(ort!, sessions[0], x, M, K, o.iterations) : null;
+        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: tF, speedupVsOrt: ort32 ? ort32.ms / tF : null, nmseVsFp32: null }, bytes);
+        let ort8: { ms: number; y: Float32Array } | null = null;
+        if (vnni) {
+          let y8: Float32Array | null = null;
+          const t8 = await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array));
+          ort8 = sessions[1] ? await timeOrt(ort!, sessions[1], x, M, K, o.iterations) : null;
+          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: t8, speedupVsOrt: ort8 ? ort8.ms / t8 : null, nmseVsFp32: nmse(y8!, y32!) }, bytes);
+        } else if (sessions[1]) ort8 = await timeOrt(ort!, sessions[1], x, M, K, o.iterations);
+        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, y32!) }, bytes);
+        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, y32!) }, bytes);
+        if (wf32 && gi === 0) {
+          const w = wf32;
+          const tB = await timeIt(o.iterations, () => matmulF32(x, w));
+          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
+        }
+      }
+      for (const s of sessions) await s?.release();
+    }
+  }
+  return { machine, rows, notes };
+}
+
+async function timeOrt(ort: OrtModule, s: OrtSession, x: Tensor, M: number, K: number, iterations: number) {
+  const feeds = { A: new ort.Tensor('float32', x.data as Float32Array, [M, K]) };
+  let y: Float32Array | null = null;
+  const ms = await timeIt(iterations, async () => {
+    y = (await s.run(feeds)).Y.data;
+  });
+  return { ms, y: y! };
+}
+
+const pct = (v: number | null) => (v === null ? '' : `${(100 * v).toFixed(0)}%`);
+
+export function formatHeader(): string {
+  return ['shape NxK'.padEnd(11), 'gs'.padStart(4), 'M'.padStart(4), 'implementation'.padEnd(50), 'median ms'.padStart(10),
+    'GFLOP/s'.padStart(8), 'wt GB/s'.padStart(8), '%readBW'.padStart(8), '%peak'.padStart(6), 'vs ORT'.padStart(7), 'NMSE vs fp32'.padStart(13)].join(' ');
+}
+
+export function formatRow(r: MatmulBenchRow): string {
+  return [fmtShape(r.N, r.K).padEnd(11), String(r.groupSize ?? '-').padStart(4), String(r.M).padStart(4), r.impl.padEnd(50),
+    r.medianMs.toFixed(3).padStart(10), r.gflops.toFixed(1).padStart(8), r.weightGBps.toFixed(1).padStart(8),
+    pct(r.pctReadBW).padStart(8), pct(r.pctPeak).padStart(6), (r.speedupVsOrt === null ? '' : `${r.speedupVsOrt.toFixed(2)}x`).padStart(7),
+    (r.nmseVsFp32 === null ? '' : r.nmseVsFp32.toExponential(1)).padStart(13)].join(' ');
+}
+
+export function formatMachine(m: MatmulBenchResult['machine']): string {
+  return `machine: ${m.cpu}, tier ${m.tier}, ${m.threads} threads | read ${m.readGBps.toFixed(1)} GB/s (${Math.round(m.readBytes / 2 ** 20)} MiB streamed) | ` +
+    `fp32 FMA ${m.fmaGflops.toFixed(0)} GFLOP/s | int8 VNNI ${m.vnniGops === null ? 'n/a' : `${m.vnniGops.toFixed(0)} GOP/s`}`;
+}

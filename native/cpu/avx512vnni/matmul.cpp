@@ -8,8 +8,6 @@
 //     microkernel runs 4 vpdpbusd per chunk of 8 k per row of x.
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "quantform/matmul.h"
 
 namespace qf {
@@ -24,10 +22,15 @@ void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) 
   *c1 = k1 / QF_MM_KC;
 }
 
-__m512i bcast4(const int8_t* p) {
-  int32_t v;
-  memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
+typedef int32_t __attribute__((may_alias, aligned(1))) unaligned_i32;
+
+// acc += u8 codes x the 4 int8 at x broadcast to every lane ({1to16} memory
+// operand). Inline asm because GCC 12 copies the accumulator to a fresh register
+// around every intrinsic vpdpbusd in these loops (twice the instructions) and
+// does not fold the broadcast into the instruction.
+__m512i dpbusd_x4(__m512i acc, __m512i u8, const int8_t* x) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*reinterpret_cast<const unaligned_i32*>(x)));
+  return acc;
 }
 
 template <int MR, int NT>
@@ -43,21 +46,17 @@ void gemv_tiles(float* y, const int8_t* xq, const float* xs, const float* xsumq,
     __m512i ia[MR][NT];
     for (int m = 0; m < MR; m++)
       for (int i = 0; i < NT; i++) ia[m][i] = _mm512_setzero_si512();
-    for (int64_t c = c0; c < c1; c++) {
-      __m512i xl[MR], xh[MR];
-      for (int m = 0; m < MR; m++) {
-        xl[m] = bcast4(xq + m * w.KP + c * QF_MM_KC);
-        xh[m] = bcast4(xq + m * w.KP + c * QF_MM_KC + 4);
-      }
+    for (int64_t c = c0; c < c1; c++)
       for (int i = 0; i < NT; i++) {
         const __m512i v = _mm512_loadu_si512(w.codes + ((t + i) * KC + c) * QF_MM_NT);
         const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi32(v, 4), low4);
+        // x broadcasts are vpdpbusd's {1to16} memory operand: they cost no register
+        // (2 * MR of them would not fit next to the accumulators)
         for (int m = 0; m < MR; m++) {
-          ia[m][i] = _mm512_dpbusd_epi32(ia[m][i], lo, xl[m]);
-          ia[m][i] = _mm512_dpbusd_epi32(ia[m][i], hi, xh[m]);
+          ia[m][i] = dpbusd_x4(ia[m][i], lo, xq + m * w.KP + c * QF_MM_KC);
+          ia[m][i] = dpbusd_x4(ia[m][i], hi, xq + m * w.KP + c * QF_MM_KC + 4);
         }
       }
-    }
     for (int i = 0; i < NT; i++) {
       const __m512 s = _mm512_loadu_ps(w.scales + ((t + i) * w.G + g) * QF_MM_NT);
       const __m512 sz = _mm512_loadu_ps(w.szs + ((t + i) * w.G + g) * QF_MM_NT);
@@ -116,11 +115,11 @@ void gemm_block(float* y, const int8_t* xq, const float* xs, const float* xsumq,
       const __m512i lo0 = _mm512_loadu_si512(p), lo1 = _mm512_loadu_si512(p + 16);
       const __m512i hi0 = _mm512_loadu_si512(p + 32), hi1 = _mm512_loadu_si512(p + 48);
       for (int m = 0; m < MR; m++) {
-        const __m512i xl = bcast4(xq + m * w.KP + c * QF_MM_KC), xh = bcast4(xq + m * w.KP + c * QF_MM_KC + 4);
-        ia[m][0] = _mm512_dpbusd_epi32(ia[m][0], lo0, xl);
-        ia[m][1] = _mm512_dpbusd_epi32(ia[m][1], lo1, xl);
-        ia[m][0] = _mm512_dpbusd_epi32(ia[m][0], hi0, xh);
-        ia[m][1] = _mm512_dpbusd_epi32(ia[m][1], hi1, xh);
+        const int8_t* xc = xq + m * w.KP + c * QF_MM_KC;
+        ia[m][0] = dpbusd_x4(ia[m][0], lo0, xc);
+        ia[m][1] = dpbusd_x4(ia[m][1], lo1, xc);
+        ia[m][0] = dpbusd_x4(ia[m][0], hi0, xc + 4);
+        ia[m][1] = dpbusd_x4(ia[m][1], hi1, xc + 4);
       }
     }
     for (int h = 0; h < 2; h++) {

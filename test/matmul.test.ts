@@ -114,9 +114,9 @@ describe('prepared weight layout', () => {
 });
 
 describe.each(tiers)('fp32 accuracy, %s tier', (tier) => {
-  it.each(cases)('M=%i N=%i K=%i groupSize=%s matches the oracle', (M, N, K, gs) => {
-    for (const sym of [false, true]) {
-      const q = weight(N, K, 4, gs, sym, M * 7 + N);
+  it.each(cases)('M=%i N=%i K=%i groupSize=%s matches the oracle (f32/f16 parameters, sym/asym)', (M, N, K, gs) => {
+    for (const [sym, pd] of [[false, 'f32'], [true, 'f32'], [false, 'f16'], [true, 'f16']] as const) {
+      const q = weight(N, K, 4, gs, sym, M * 7 + N, pd);
       const x = gaussian(M * K, M + K);
       const want = oracle(x, M, q);
       setKernelPolicy(tier);
@@ -124,8 +124,8 @@ describe.each(tiers)('fp32 accuracy, %s tier', (tier) => {
       const y = matmul(new Tensor(x, [M, K]), p).data as Float32Array;
       const yq = matmul(new Tensor(x, [M, K]), q).data as Float32Array;
       setKernelPolicy('auto');
-      expect(nmse(y, want), `prepared sym=${sym}`).toBeLessThan(F32_NMSE);
-      expect(nmse(yq, want), `unprepared sym=${sym}`).toBeLessThan(F32_NMSE);
+      expect(nmse(y, want), `prepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
+      expect(nmse(yq, want), `unprepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
     }
   });
 
@@ -190,12 +190,12 @@ describe('int8 accuracy', () => {
 
   it.skipIf(!vnni)('VNNI kernel equals the int8 reference and stays within budget (skipped without VNNI)', () => {
     for (const [M, N, K, gs] of cases)
-      for (const sym of [false, true]) {
-        const q = weight(N, K, 4, gs, sym, 3 * M + N);
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f16'], [false, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 3 * M + N, pd);
         const x = gaussian(M * K, 4 + M);
         const p = prepareMatmulWeight(q);
         const y = matmul(new Tensor(x, [M, K]), p, { accuracy: 'int8' }).data as Float32Array;
-        expect(nmse(y, int8Ref(x, M, K, q)), `M=${M} N=${N} K=${K} sym=${sym}`).toBeLessThan(INT8_VS_REF_NMSE);
+        expect(nmse(y, int8Ref(x, M, K, q)), `M=${M} N=${N} K=${K} sym=${sym} ${pd}`).toBeLessThan(INT8_VS_REF_NMSE);
         expect(nmse(y, oracle(x, M, q))).toBeLessThan(INT8_BUDGET_NMSE);
       }
   });

@@ -65,7 +65,7 @@ export interface MatmulBenchRow {
   accuracy: 'fp32' | 'int8';
   medianMs: number;
   gflops: number;
-  /** Bytes of the weight as stored (INT4 codes + f32 scales + f32 zeros, or fp32) / median time. */
+  /** Bytes of the weight as stored (INT4 codes + f16 scales + f16 zeros, or fp32) / median time. */
   weightGBps: number;
   /** weightGBps / measured read bandwidth. */
   pctReadBW: number;
@@ -133,18 +133,44 @@ function nmse(a: Float32Array, b: Float32Array): number {
   return num / den;
 }
 
-/** Random INT4 weight (asymmetric, integer zero points), valid by construction, without an fp32 original. */
-function randomInt4(N: number, K: number, groupSize: number): QuantizedTensor {
+interface BenchWeight {
+  q: QuantizedTensor;
+  /** (N, G) the scales as f32 (exact), for onnxruntime, which wants f32 scales with f32 activations */
+  scales32: Float32Array;
+  /** (N, G) integer zero points */
+  zeros: Uint8Array;
+}
+
+/** binary16 bits -> number (normal numbers and zero only: all this file makes). */
+function f16Value(bits: number): number {
+  const e = (bits >> 10) & 0x1f, m = bits & 0x3ff;
+  return e === 0 ? 0 : 2 ** (e - 15) * (1 + m / 1024);
+}
+
+/** A small non-negative integer as binary16 bits. */
+function f16OfInt(z: number): number {
+  if (z === 0) return 0;
+  const e = Math.floor(Math.log2(z));
+  return ((e + 15) << 10) | ((z / 2 ** e - 1) * 1024);
+}
+
+/**
+ * Random INT4 weight in the GPTQ/AWQ form (asymmetric, integer zero points, f16
+ * scales and zeros), valid by construction, without an fp32 original.
+ */
+function randomInt4(N: number, K: number, groupSize: number): BenchWeight {
   const G = Math.ceil(K / groupSize);
   const codes = new Uint8Array(N * Math.ceil(K / 2));
   randomFillSync(codes);
-  const scales = new Float32Array(N * G);
-  const zeros = new Float32Array(N * G);
+  const scales = new Uint16Array(N * G), zeros16 = new Uint16Array(N * G);
+  const scales32 = new Float32Array(N * G), zeros = new Uint8Array(N * G);
   for (let i = 0; i < N * G; i++) {
-    scales[i] = 0.002 + 0.002 * Math.random();
+    scales[i] = (6 << 10) | Math.floor(Math.random() * 1024); // 2^-9 * [1, 2)
+    scales32[i] = f16Value(scales[i]);
     zeros[i] = Math.floor(Math.random() * 16);
+    zeros16[i] = f16OfInt(zeros[i]);
   }
-  return new QuantizedTensor(codes, scales, zeros, [N, K], 4, groupSize, false, 'f32');
+  return { q: new QuantizedTensor(codes, scales, zeros16, [N, K], 4, groupSize, false, 'f16'), scales32, zeros };
 }
 
 function randomX(M: number, K: number): Tensor {
@@ -154,13 +180,12 @@ function randomX(M: number, K: number): Tensor {
 }
 
 /** onnxruntime's zero points: 4-bit, two per byte, low nibble first, per row. */
-function ortZeroPoints(q: QuantizedTensor): Uint8Array {
-  const [N] = q.shape;
-  const G = q.numGroups, rb = Math.ceil(G / 2);
+function ortZeroPoints(w: BenchWeight): Uint8Array {
+  const [N] = w.q.shape;
+  const G = w.q.numGroups, rb = Math.ceil(G / 2);
   const out = new Uint8Array(N * rb);
-  const z = q.zeros as Float32Array;
   for (let n = 0; n < N; n++)
-    for (let g = 0; g < G; g++) out[n * rb + (g >> 1)] |= (z[n * G + g] & 0xf) << ((g & 1) * 4);
+    for (let g = 0; g < G; g++) out[n * rb + (g >> 1)] |= w.zeros[n * G + g] << ((g & 1) * 4);
   return out;
 }
 
@@ -204,40 +229,46 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
   for (const [N, K] of o.shapes) {
     let wf32: Tensor | null = null;
     for (const [gi, gs] of o.groupSizes.entries()) {
-      const q = randomInt4(N, K, gs);
+      const bw = randomInt4(N, K, gs);
+      const q = bw.q;
       const p = prepareMatmulWeight(q);
       const bytes = weightBytes(q);
       if (o.baseline && gi === 0) wf32 = dequantize(q);
       const sessions: (OrtSession | null)[] = [null, null];
       if (ort) {
         for (const [i, level] of [0, 4].entries()) {
-          const model = matMulNBitsModel({ N, K, blockSize: gs, accuracyLevel: level, codes: q.codes, scales: q.scales as Float32Array, zeroPoints: ortZeroPoints(q) });
+          const model = matMulNBitsModel({ N, K, blockSize: gs, accuracyLevel: level, codes: q.codes, scales: bw.scales32, zeroPoints: ortZeroPoints(bw) });
           sessions[i] = await ort.InferenceSession.create(model, {
             intraOpNumThreads: o.threads, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all',
           });
         }
       }
+      // all of ours first, then the peer: onnxruntime's threads spin after each run
+      // and would steal the cores from a call of ours that followed it
+      const xs = new Map(o.ms.map((M) => [M, randomX(M, K)]));
+      const ours = new Map<number, { tF: number; y32: Float32Array; t8: number | null; y8: Float32Array | null; tB: number | null }>();
       for (const M of o.ms) {
-        const x = randomX(M, K);
-        const base = { N, K, M, groupSize: gs };
-        let y32: Float32Array | null = null;
+        const x = xs.get(M)!;
+        let y32: Float32Array | null = null, y8: Float32Array | null = null;
         const tF = await timeIt(o.iterations, () => (y32 = matmul(x, p).data as Float32Array));
+        const t8 = vnni ? await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array)) : null;
+        const w = gi === 0 ? wf32 : null;
+        const tB = w ? await timeIt(o.iterations, () => matmulF32(x, w)) : null;
+        ours.set(M, { tF, y32: y32!, t8, y8, tB });
+      }
+      for (const M of o.ms) {
+        const x = xs.get(M)!;
+        const r = ours.get(M)!;
+        const base = { N, K, M, groupSize: gs };
         const ort32 = sessions[0] ? await timeOrt(ort!, sessions[0], x, M, K, o.iterations) : null;
-        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: tF, speedupVsOrt: ort32 ? ort32.ms / tF : null, nmseVsFp32: null }, bytes);
-        let ort8: { ms: number; y: Float32Array } | null = null;
-        if (vnni) {
-          let y8: Float32Array | null = null;
-          const t8 = await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array));
-          ort8 = sessions[1] ? await timeOrt(ort!, sessions[1], x, M, K, o.iterations) : null;
-          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: t8, speedupVsOrt: ort8 ? ort8.ms / t8 : null, nmseVsFp32: nmse(y8!, y32!) }, bytes);
-        } else if (sessions[1]) ort8 = await timeOrt(ort!, sessions[1], x, M, K, o.iterations);
-        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, y32!) }, bytes);
-        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, y32!) }, bytes);
-        if (wf32 && gi === 0) {
-          const w = wf32;
-          const tB = await timeIt(o.iterations, () => matmulF32(x, w));
-          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
-        }
+        const ort8 = sessions[1] ? await timeOrt(ort!, sessions[1], x, M, K, o.iterations) : null;
+        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: r.tF, speedupVsOrt: ort32 ? ort32.ms / r.tF : null, nmseVsFp32: null }, bytes);
+        if (r.t8 !== null)
+          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: r.t8, speedupVsOrt: ort8 ? ort8.ms / r.t8 : null, nmseVsFp32: nmse(r.y8!, r.y32) }, bytes);
+        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, r.y32) }, bytes);
+        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, r.y32) }, bytes);
+        if (r.tB !== null)
+          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: r.tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
       }
       for (const s of sessions) await s?.release();
     }

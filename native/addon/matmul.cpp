@@ -15,7 +15,8 @@ const napi_type_tag kPreparedTag = {0x7166'6d61'746d'756cULL, 0x7072'6570'6172'6
 using PreparedPtr = std::shared_ptr<const PreparedInt4>;
 
 int64_t prepared_bytes(const PreparedInt4& p) {
-  return (int64_t)(p.codes.size() * 4 + (p.scales.size() + p.zeros.size() + p.szs.size()) * 4);
+  return (int64_t)(p.codes.size() * 4 + (p.scales32.size() + p.zeros32.size()) * 4 +
+                   (p.scales16.size() + p.zeros16.size()) * 2);
 }
 
 PreparedPtr arg_prepared(const Napi::CallbackInfo& info, size_t i) {

@@ -153,7 +153,10 @@ void run_generic(float* y, const float* x, int64_t M, const CanonicalWeight& w, 
 }  // namespace
 
 PackedInt4View PreparedInt4::view() const {
-  return PackedInt4View{N, K, NP, KP, G, group_size, codes.data(), scales.data(), zeros.data(), szs.data()};
+  const bool h = param_dtype == DType::F16;
+  return PackedInt4View{N,     K, NP, KP, G, group_size, h, codes.data(),
+                        h ? (const void*)scales16.data() : (const void*)scales32.data(),
+                        h ? (const void*)zeros16.data() : (const void*)zeros32.data()};
 }
 
 bool matmul_fast_layout(int bits, int64_t K, int64_t group_size) {
@@ -193,9 +196,12 @@ Status prepare_int4(PreparedInt4* out, const CanonicalWeight& w) {
   p.param_dtype = w.scales.dtype;
   const int64_t KC = p.KP / QF_MM_KC, rb = qf_packed_row_bytes(4, w.K), G = p.G;
   p.codes.assign((size_t)(p.NP * KC), 0u);
-  p.scales.assign((size_t)(p.NP * G), 0.f);
-  p.zeros.assign((size_t)(p.NP * G), 0.f);
-  p.szs.assign((size_t)(p.NP * G), 0.f);
+  const bool h = p.param_dtype == DType::F16;
+  const size_t np = (size_t)(p.NP * G);
+  p.scales16.assign(h ? np : 0, 0);
+  p.zeros16.assign(h ? np : 0, 0);
+  p.scales32.assign(h ? 0 : np, 0.f);
+  p.zeros32.assign(h ? 0 : np, 0.f);
   const uint8_t* src = static_cast<const uint8_t*>(w.codes.data);
   parallel_for(w.N, 256, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; n++) {
@@ -209,12 +215,14 @@ Status prepare_int4(PreparedInt4* out, const CanonicalWeight& w) {
             (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
       }
       for (int64_t g = 0; g < G; g++) {
-        const size_t i = (size_t)((t * G + g) * QF_MM_NT + l);
-        const float s = param_at(w.scales, (size_t)(n * G + g));
-        const float z = w.spec.symmetric ? 8.f : param_at(w.zeros, (size_t)(n * G + g));
-        p.scales[i] = s;
-        p.zeros[i] = z;
-        p.szs[i] = s * z;
+        const size_t i = (size_t)((t * G + g) * QF_MM_NT + l), o = (size_t)(n * G + g);
+        if (h) {
+          p.scales16[i] = static_cast<const uint16_t*>(w.scales.data)[o];
+          p.zeros16[i] = w.spec.symmetric ? f32_to_f16(8.f) : static_cast<const uint16_t*>(w.zeros.data)[o];
+        } else {
+          p.scales32[i] = static_cast<const float*>(w.scales.data)[o];
+          p.zeros32[i] = w.spec.symmetric ? 8.f : static_cast<const float*>(w.zeros.data)[o];
+        }
       }
     }
   });
@@ -239,11 +247,11 @@ Status unprepare_int4(const PreparedInt4& p, Span codes, Span scales, Span zeros
     for (int64_t g = 0; g < G; g++) {
       const size_t i = (size_t)((t * G + g) * QF_MM_NT + l), o = (size_t)(n * G + g);
       if (p.param_dtype == DType::F32) {
-        static_cast<float*>(scales.data)[o] = p.scales[i];
-        if (!p.symmetric) static_cast<float*>(zeros.data)[o] = p.zeros[i];
+        static_cast<float*>(scales.data)[o] = p.scales32[i];
+        if (!p.symmetric) static_cast<float*>(zeros.data)[o] = p.zeros32[i];
       } else {
-        static_cast<uint16_t*>(scales.data)[o] = f32_to_f16(p.scales[i]);
-        if (!p.symmetric) static_cast<uint16_t*>(zeros.data)[o] = f32_to_f16(p.zeros[i]);
+        static_cast<uint16_t*>(scales.data)[o] = p.scales16[i];
+        if (!p.symmetric) static_cast<uint16_t*>(zeros.data)[o] = p.zeros16[i];
       }
     }
   }

@@ -61,6 +61,10 @@ int64_t param_index(const PackedInt4View& w, int64_t n, int64_t g) {
   return ((n / QF_MM_NT) * w.G + g) * QF_MM_NT + n % QF_MM_NT;
 }
 
+float param(const PackedInt4View& w, const void* p, int64_t i) {
+  return w.f16_params ? f16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
 void matmul_f32_ref(float* y, const float* x, const float* xsum, int64_t M, const PackedInt4View& w, int64_t t0,
                     int64_t t1, float* scratch) {
   const int64_t n1 = t1 * QF_MM_NT < w.N ? t1 * QF_MM_NT : w.N;
@@ -69,7 +73,7 @@ void matmul_f32_ref(float* y, const float* x, const float* xsum, int64_t M, cons
       double acc = 0;
       for (int64_t k = 0; k < w.K; k++) {
         const int64_t p = param_index(w, n, k / w.group_size);
-        const float wv = ((float)prepared_code(w, n, k) - w.zeros[p]) * w.scales[p];
+        const float wv = ((float)prepared_code(w, n, k) - param(w, w.zeros, p)) * param(w, w.scales, p);
         acc += (double)x[m * w.KP + k] * (double)wv;
       }
       y[m * w.N + n] = (float)acc;
@@ -104,7 +108,8 @@ void matmul_int8_ref(float* y, const int8_t* xq, const float* xs, const float* x
         int64_t dot = 0;
         for (int64_t k = k0; k < k1; k++) dot += (int64_t)xq[m * w.KP + permuted(k)] * prepared_code(w, n, k);
         const int64_t p = param_index(w, n, g);
-        acc += (double)w.scales[p] * (double)dot - (double)w.szs[p] * (double)xsumq[m * w.G + g];
+        const double s = param(w, w.scales, p), z = param(w, w.zeros, p);
+        acc += s * (double)dot - s * z * (double)xsumq[m * w.G + g];
       }
       y[m * w.N + n] = (float)(acc * xs[m]);
     }

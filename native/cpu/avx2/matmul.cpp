@@ -21,6 +21,20 @@ void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) 
   *c1 = k1 / QF_MM_KC;
 }
 
+// s and s*z of tile t, group g, lanes 8h .. 8h+7.
+void tile_params(const PackedInt4View& w, int64_t t, int64_t g, int h, __m256* s, __m256* sz) {
+  const int64_t o = (t * w.G + g) * QF_MM_NT + 8 * h;
+  __m256 z;
+  if (w.f16_params) {
+    *s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(w.scales) + o)));
+    z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(w.zeros) + o)));
+  } else {
+    *s = _mm256_loadu_ps(static_cast<const float*>(w.scales) + o);
+    z = _mm256_loadu_ps(static_cast<const float*>(w.zeros) + o);
+  }
+  *sz = _mm256_mul_ps(*s, z);
+}
+
 __m256 nibble(__m256i v, int j) {
   return _mm256_cvtepi32_ps(_mm256_and_si256(j ? _mm256_srli_epi32(v, 4 * j) : v, _mm256_set1_epi32(0xf)));
 }
@@ -50,13 +64,14 @@ void gemv_tile(float* y, const float* x, const float* xsum, const PackedInt4View
         }
       }
     }
-    const float* sp = w.scales + (t * w.G + g) * QF_MM_NT;
-    const float* szp = w.szs + (t * w.G + g) * QF_MM_NT;
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < 2; h++) {
+      __m256 s, sz;
+      tile_params(w, t, g, h, &s, &sz);
       for (int m = 0; m < MR; m++) {
-        acc[m][h] = _mm256_fmadd_ps(ag[m][h], _mm256_loadu_ps(sp + 8 * h), acc[m][h]);
-        acc[m][h] = _mm256_fnmadd_ps(_mm256_loadu_ps(szp + 8 * h), _mm256_set1_ps(xsum[m * w.G + g]), acc[m][h]);
+        acc[m][h] = _mm256_fmadd_ps(ag[m][h], s, acc[m][h]);
+        acc[m][h] = _mm256_fnmadd_ps(sz, _mm256_set1_ps(xsum[m * w.G + g]), acc[m][h]);
       }
+    }
   }
   const int64_t n0 = t * QF_MM_NT;
   for (int m = 0; m < MR; m++) {
@@ -123,10 +138,9 @@ void decode_panel(float* panel, const PackedInt4View& w, int64_t t, int64_t ntil
     for (int64_t g = 0; g < w.G; g++) {
       int64_t c0, c1;
       group_chunks(w, g, &c0, &c1);
-      const float* sp = w.scales + ((t + h) * w.G + g) * QF_MM_NT;
-      const float* szp = w.szs + ((t + h) * w.G + g) * QF_MM_NT;
-      const __m256 s0 = _mm256_loadu_ps(sp), s1 = _mm256_loadu_ps(sp + 8);
-      const __m256 z0 = _mm256_loadu_ps(szp), z1 = _mm256_loadu_ps(szp + 8);
+      __m256 s0, s1, z0, z1;
+      tile_params(w, t + h, g, 0, &s0, &z0);
+      tile_params(w, t + h, g, 1, &s1, &z1);
       for (int64_t c = c0; c < c1; c++) {
         const uint32_t* src = w.codes + ((t + h) * KC + c) * QF_MM_NT;
         const __m256i v0 = _mm256_loadu_si256((const __m256i*)src), v1 = _mm256_loadu_si256((const __m256i*)(src + 8));
@@ -143,7 +157,7 @@ void decode_panel(float* panel, const PackedInt4View& w, int64_t t, int64_t ntil
 
 void matmul_f32_avx2(float* y, const float* x, const float* xsum, int64_t M, const PackedInt4View& w, int64_t t0,
                      int64_t t1, float* scratch) {
-  if (M <= QF_MM_GEMV_MAX_M) {
+  if (M <= 2) {
     for (int64_t m0 = 0; m0 < M; m0 += 2)
       for (int64_t t = t0; t < t1; t++) {
         if (M - m0 >= 2) gemv_tile<2>(y + m0 * w.N, x + m0 * w.KP, xsum + m0 * w.G, w, t);
@@ -168,7 +182,7 @@ float hsum(__m256 v) {
 void sgemm_nt_avx2(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K, int64_t t0,
                    int64_t t1, float* scratch) {
   const int64_t n_begin = t0 * QF_MM_NT, n_end = t1 * QF_MM_NT < N ? t1 * QF_MM_NT : N;
-  if (M <= QF_MM_GEMV_MAX_M) {
+  if (M <= 8) {
     for (int64_t n = n_begin; n < n_end; n++) {
       const float* wr = w + (n - n_begin) * K;
       for (int64_t m = 0; m < M; m++) {

@@ -27,6 +27,20 @@ __m256 nibble_scales() {
   return _mm256_setr_ps(1.f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f);
 }
 
+// s and s*z of tile t, group g: one lane per output row.
+void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m512* sz) {
+  const int64_t o = (t * w.G + g) * QF_MM_NT;
+  __m512 z;
+  if (w.f16_params) {
+    *s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.scales) + o)));
+    z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
+  } else {
+    *s = _mm512_loadu_ps(static_cast<const float*>(w.scales) + o);
+    z = _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
+  }
+  *sz = _mm512_mul_ps(*s, z);
+}
+
 // Chunks of 8 k in group g: [c0, c1). Padding chunks belong to the last group.
 void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) {
   const int64_t k0 = g * w.group_size;
@@ -64,8 +78,8 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
         }
     }
     for (int i = 0; i < NT; i++) {
-      const __m512 s = _mm512_loadu_ps(w.scales + ((t + i) * w.G + g) * QF_MM_NT);
-      const __m512 sz = _mm512_loadu_ps(w.szs + ((t + i) * w.G + g) * QF_MM_NT);
+      __m512 s, sz;
+      tile_params(w, t + i, g, &s, &sz);
       for (int m = 0; m < MR; m++) {
         acc[m][i] = _mm512_fmadd_ps(ag[m][i], s, acc[m][i]);
         acc[m][i] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(xsum[m * w.G + g]), acc[m][i]);
@@ -82,7 +96,7 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
 // Tiles at once: as many as keep accumulators and code words in 32 registers.
 template <int MR>
 void gemv_rows(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t0, int64_t t1) {
-  constexpr int NT = MR == 1 ? 8 : MR == 2 ? 4 : MR <= 4 ? 2 : 1;
+  constexpr int NT = MR == 1 ? 8 : MR == 2 ? 4 : 2;
   int64_t t = t0;
   for (; t + NT <= t1; t += NT) gemv_tiles<MR, NT>(y, x, xsum, w, t);
   for (; t < t1; t++) gemv_tiles<MR, 1>(y, x, xsum, w, t);
@@ -145,8 +159,8 @@ void decode_panel(float* panel, const PackedInt4View& w, int64_t t, int64_t ntil
     for (int64_t g = 0; g < w.G; g++) {
       int64_t c0, c1;
       group_chunks(w, g, &c0, &c1);
-      const __m512 s = _mm512_loadu_ps(w.scales + ((t + h) * w.G + g) * QF_MM_NT);
-      const __m512 sz = _mm512_loadu_ps(w.szs + ((t + h) * w.G + g) * QF_MM_NT);
+      __m512 s, sz;
+      tile_params(w, t + h, g, &s, &sz);
       for (int64_t c = c0; c < c1; c++) {
         const __m512i v = _mm512_loadu_si512(w.codes + ((t + h) * KC + c) * QF_MM_NT);
         float* dst = panel + c * QF_MM_KC * 32 + h * 16;
@@ -167,10 +181,6 @@ void matmul_f32_avx512(float* y, const float* x, const float* xsum, int64_t M, c
     case 2: gemv_rows<2>(y, x, xsum, w, t0, t1); return;
     case 3: gemv_rows<3>(y, x, xsum, w, t0, t1); return;
     case 4: gemv_rows<4>(y, x, xsum, w, t0, t1); return;
-    case 5: gemv_rows<5>(y, x, xsum, w, t0, t1); return;
-    case 6: gemv_rows<6>(y, x, xsum, w, t0, t1); return;
-    case 7: gemv_rows<7>(y, x, xsum, w, t0, t1); return;
-    case 8: gemv_rows<8>(y, x, xsum, w, t0, t1); return;
     default: break;
   }
   for (int64_t t = t0; t < t1; t += 2) {
@@ -202,7 +212,7 @@ void sgemv_rows(float* y, const float* x, const float* w, int64_t N, int64_t K, 
 void sgemm_nt_avx512(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K, int64_t t0,
                      int64_t t1, float* scratch) {
   const int64_t n_begin = t0 * QF_MM_NT, n_end = t1 * QF_MM_NT < N ? t1 * QF_MM_NT : N;
-  if (M <= QF_MM_GEMV_MAX_M) {
+  if (M <= 8) {
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const float* xb = x + m0 * K;
       float* yb = y + m0 * N;

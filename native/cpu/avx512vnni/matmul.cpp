@@ -33,6 +33,20 @@ __m512i dpbusd_x4(__m512i acc, __m512i u8, const int8_t* x) {
   return acc;
 }
 
+// s and s*z of tile t, group g: one lane per output row.
+void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m512* sz) {
+  const int64_t o = (t * w.G + g) * QF_MM_NT;
+  __m512 z;
+  if (w.f16_params) {
+    *s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.scales) + o)));
+    z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
+  } else {
+    *s = _mm512_loadu_ps(static_cast<const float*>(w.scales) + o);
+    z = _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
+  }
+  *sz = _mm512_mul_ps(*s, z);
+}
+
 template <int MR, int NT>
 void gemv_tiles(float* y, const int8_t* xq, const float* xs, const float* xsumq, const PackedInt4View& w, int64_t t) {
   const int64_t KC = w.KP / QF_MM_KC;
@@ -58,8 +72,8 @@ void gemv_tiles(float* y, const int8_t* xq, const float* xs, const float* xsumq,
         }
       }
     for (int i = 0; i < NT; i++) {
-      const __m512 s = _mm512_loadu_ps(w.scales + ((t + i) * w.G + g) * QF_MM_NT);
-      const __m512 sz = _mm512_loadu_ps(w.szs + ((t + i) * w.G + g) * QF_MM_NT);
+      __m512 s, sz;
+      tile_params(w, t + i, g, &s, &sz);
       for (int m = 0; m < MR; m++) {
         fa[m][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][i]), s, fa[m][i]);
         fa[m][i] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(xsumq[m * w.G + g]), fa[m][i]);
@@ -124,8 +138,8 @@ void gemm_block(float* y, const int8_t* xq, const float* xs, const float* xsumq,
     }
     for (int h = 0; h < 2; h++) {
       if (h >= ntiles) break;
-      const __m512 s = _mm512_loadu_ps(w.scales + ((t + h) * w.G + g) * QF_MM_NT);
-      const __m512 sz = _mm512_loadu_ps(w.szs + ((t + h) * w.G + g) * QF_MM_NT);
+      __m512 s, sz;
+      tile_params(w, t + h, g, &s, &sz);
       for (int m = 0; m < MR; m++) {
         fa[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][h]), s, fa[m][h]);
         fa[m][h] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(xsumq[m * w.G + g]), fa[m][h]);

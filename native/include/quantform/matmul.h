@@ -7,10 +7,12 @@
 //
 //   codes  uint32 (NP/16, KP/8, 16)   word [t, c, l] holds codes of row n = 16t + l,
 //                                      k = 8c .. 8c+7: code k = 8c + j in bits 4j .. 4j+3
-//   scales f32    (NP/16, G, 16)      s[n, g]; 0 for padding rows
-//   zeros  f32    (NP/16, G, 16)      zero point z[n, g] (2^(b-1) when symmetric)
-//   szs    f32    (NP/16, G, 16)      s[n, g] * z[n, g], so w = q*s - s*z is one fmsub
+//   scales f32|f16 (NP/16, G, 16)     s[n, g] in the canonical parameter dtype; 0 for padding rows
+//   zeros  f32|f16 (NP/16, G, 16)     zero point z[n, g] (2^(b-1) when symmetric)
 //
+// Parameters keep their canonical dtype (exact, and f16 halves their share of
+// the memory traffic at small group sizes); kernels form s*z once per group, so
+// w = q*s - s*z is one fmsub and a group sum is scaled as s*sum(q x) - s*z*sum(x).
 // One 64-byte line is 16 output rows x 8 k: a zmm (two ymm for AVX2) of 16 lanes,
 // one per output row, so kernels vectorize over n and never reduce horizontally.
 // Padding codes are 0 and padded x entries are 0, so padding adds nothing.
@@ -30,23 +32,25 @@ namespace qf {
 
 constexpr int64_t QF_MM_NT = 16;  // output rows per tile (one zmm of lanes)
 constexpr int64_t QF_MM_KC = 8;   // k per code word
-// Up to this many rows of x, kernels decode weights in registers (memory-bound
-// GEMV); above it they decode a panel once and run a register-blocked GEMM.
-constexpr int64_t QF_MM_GEMV_MAX_M = 8;
+// Up to this many rows of x, kernels may decode weights in registers (memory-bound
+// GEMV) and get no scratch; above it each kernel picks its own crossover to
+// decoding a panel once and running a register-blocked GEMM (fp32 AVX-512: M > 4,
+// where the broadcasts of x, not the weight stream, bound the register decode).
+constexpr int64_t QF_MM_GEMV_MAX_M = 1;
 
 struct PackedInt4View {
   int64_t N, K, NP, KP, G, group_size;
+  bool f16_params;        // scales/zeros hold binary16 bits (uint16_t), else f32
   const uint32_t* codes;  // (NP/16, KP/8, 16)
-  const float* scales;    // (NP/16, G, 16)
-  const float* zeros;     // (NP/16, G, 16)
-  const float* szs;       // (NP/16, G, 16)
+  const void* scales;     // (NP/16, G, 16)
+  const void* zeros;      // (NP/16, G, 16)
 };
 
 struct MatmulKernels {
   // fp32 accuracy. y (M, N) row stride N, columns of tiles [t0, t1) only;
   // x (M, KP) f32 with zero padding; xsum (M, G) group sums of x.
   // scratch: matmul_scratch_floats(KP) floats private to the caller's thread
-  // (may be null when M <= QF_MM_GEMV_MAX_M: decode kernels need none).
+  // (null when M <= QF_MM_GEMV_MAX_M).
   void (*matmul_f32)(float* y, const float* x, const float* xsum, int64_t M, const PackedInt4View& w,
                      int64_t t0, int64_t t1, float* scratch);
   // Plain fp32 GEMM y (M, N) = x (M, K) · W (N, K)ᵀ (the benchmark's baseline and

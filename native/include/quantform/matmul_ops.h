@@ -18,8 +18,9 @@ struct PreparedInt4 {
   int64_t N = 0, K = 0, NP = 0, KP = 0, G = 0, group_size = 0;
   bool symmetric = false;
   DType param_dtype = DType::F32;    // of the canonical scales/zeros, for the inverse
-  std::vector<uint32_t> codes;        // (NP/16, KP/8, 16)
-  std::vector<float> scales, zeros, szs;  // (NP/16, G, 16)
+  std::vector<uint32_t> codes;              // (NP/16, KP/8, 16)
+  std::vector<float> scales32, zeros32;     // (NP/16, G, 16) when param_dtype is f32
+  std::vector<uint16_t> scales16, zeros16;  // (NP/16, G, 16) when param_dtype is f16
   PackedInt4View view() const;
 };
 

@@ -33,26 +33,30 @@ export interface MatmulBenchOptions {
   baseline: boolean;
   /** Bytes streamed by the bandwidth probe. */
   probeBytes: number;
+  /** Rows whose one run exceeds this many flops (2 M N K) are skipped, with a note. */
+  maxFlopsPerRun: number;
 }
 
 export const QUICK: Omit<MatmulBenchOptions, 'threads'> = {
   shapes: [[4096, 4096], [32768, 4096]],
   ms: [1, 8, 32, 512],
   groupSizes: [128],
-  iterations: 5,
+  iterations: 3,
   peer: true,
   baseline: true,
   probeBytes: 256 * 2 ** 20,
+  maxFlopsPerRun: 2 * 512 * 4096 * 4096, // 32768x4096 runs M = 1, 8, 32 only
 };
 
 export const FULL: Omit<MatmulBenchOptions, 'threads'> = {
   shapes: LLAMA_SHAPES,
   ms: [1, 8, 32, 512],
   groupSizes: [32, 128],
-  iterations: 7,
+  iterations: 5,
   peer: true,
   baseline: true,
   probeBytes: 512 * 2 ** 20,
+  maxFlopsPerRun: Infinity,
 };
 
 export interface MatmulBenchRow {
@@ -83,21 +87,23 @@ export interface MatmulBenchResult {
   notes: string[];
 }
 
-interface OrtTensorCtor {
+/** The slice of onnxruntime-node's API the benchmark uses (it is an optional dependency). */
+export interface OrtTensorCtor {
   new (type: 'float32', data: Float32Array, dims: number[]): unknown;
 }
-interface OrtSession {
+export interface OrtSession {
   run(feeds: Record<string, unknown>): Promise<Record<string, { data: Float32Array }>>;
   release(): Promise<void>;
 }
-interface OrtModule {
+export interface OrtModule {
   Tensor: OrtTensorCtor;
   InferenceSession: {
     create(model: Uint8Array, opts: Record<string, unknown>): Promise<OrtSession>;
   };
 }
 
-async function loadOrt(): Promise<OrtModule | string> {
+/** onnxruntime-node, or why it cannot be loaded. */
+export async function loadOrt(): Promise<OrtModule | string> {
   const name = 'onnxruntime-node';
   try {
     return (await import(name)) as OrtModule;
@@ -214,6 +220,7 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
   } else notes.push('peer skipped: --no-peer');
 
   const rows: MatmulBenchRow[] = [];
+  const skipped: string[] = [];
   const add = (r: Omit<MatmulBenchRow, 'gflops' | 'weightGBps' | 'pctReadBW' | 'pctPeak'>, bytes: number) => {
     const gflops = (2 * r.M * r.N * r.K) / (r.medianMs * 1e6);
     const weightGBps = bytes / (r.medianMs * 1e6);
@@ -243,36 +250,37 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
           });
         }
       }
-      // all of ours first, then the peer: onnxruntime's threads spin after each run
-      // and would steal the cores from a call of ours that followed it
-      const xs = new Map(o.ms.map((M) => [M, randomX(M, K)]));
-      const ours = new Map<number, { tF: number; y32: Float32Array; t8: number | null; y8: Float32Array | null; tB: number | null }>();
       for (const M of o.ms) {
-        const x = xs.get(M)!;
-        let y32: Float32Array | null = null, y8: Float32Array | null = null;
-        const tF = await timeIt(o.iterations, () => (y32 = matmul(x, p).data as Float32Array));
-        const t8 = vnni ? await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array)) : null;
-        const w = gi === 0 ? wf32 : null;
-        const tB = w ? await timeIt(o.iterations, () => matmulF32(x, w)) : null;
-        ours.set(M, { tF, y32: y32!, t8, y8, tB });
-      }
-      for (const M of o.ms) {
-        const x = xs.get(M)!;
-        const r = ours.get(M)!;
+        if (2 * M * N * K > o.maxFlopsPerRun) {
+          skipped.push(`${fmtShape(N, K)} M=${M}`);
+          continue;
+        }
+        const x = randomX(M, K);
         const base = { N, K, M, groupSize: gs };
+        // the peer first, then a pause: onnxruntime's threads spin for a while after
+        // each run and would steal the cores from a call of ours right after it
         const ort32 = sessions[0] ? await timeOrt(ort!, sessions[0], x, M, K, o.iterations) : null;
         const ort8 = sessions[1] ? await timeOrt(ort!, sessions[1], x, M, K, o.iterations) : null;
-        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: r.tF, speedupVsOrt: ort32 ? ort32.ms / r.tF : null, nmseVsFp32: null }, bytes);
-        if (r.t8 !== null)
-          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: r.t8, speedupVsOrt: ort8 ? ort8.ms / r.t8 : null, nmseVsFp32: nmse(r.y8!, r.y32) }, bytes);
-        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, r.y32) }, bytes);
-        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, r.y32) }, bytes);
-        if (r.tB !== null)
-          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: r.tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
+        if (ort) await new Promise((r) => setTimeout(r, 100));
+        let y32: Float32Array | null = null, y8: Float32Array | null = null;
+        const tF = await timeIt(o.iterations, () => (y32 = matmul(x, p).data as Float32Array));
+        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: tF, speedupVsOrt: ort32 ? ort32.ms / tF : null, nmseVsFp32: null }, bytes);
+        if (vnni) {
+          const t8 = await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array));
+          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: t8, speedupVsOrt: ort8 ? ort8.ms / t8 : null, nmseVsFp32: nmse(y8!, y32!) }, bytes);
+        }
+        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, y32!) }, bytes);
+        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, y32!) }, bytes);
+        if (wf32 && gi === 0) {
+          const w = wf32;
+          const tB = await timeIt(o.iterations, () => matmulF32(x, w));
+          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
+        }
       }
       for (const s of sessions) await s?.release();
     }
   }
+  if (skipped.length) notes.push(`skipped as too long for this run (maxFlopsPerRun): ${[...new Set(skipped)].join(', ')}`);
   return { machine, rows, notes };
 }
 

@@ -192,8 +192,10 @@ Status cuda_upload_int4(CudaInt4Weight* out, const uint8_t* codes, const float* 
 }
 
 Status cuda_dequant_matmul(float* y, const void* x, CudaXType xt, int64_t M, const CudaInt4Weight& w) {
-  if (M <= 0 || M > (int64_t(1) << 31) / 64)
-    return error(Code::ShapeMismatch, "CUDA matmul supports M in [1, 2^25]; received M=" + std::to_string(M));
+  // the GEMM grid has ceil(M / 64) rows of blocks, at most 65535
+  if (M <= 0 || M > int64_t(65535) * kBM)
+    return error(Code::ShapeMismatch, "CUDA matmul supports M in [1, " + std::to_string(int64_t(65535) * kBM) +
+                                          "]; received M=" + std::to_string(M));
   const size_t xbytes = (size_t)(M * w.K) * (xt == CudaXType::F32 ? 4 : 2);
   const size_t ybytes = (size_t)(M * w.N) * sizeof(float);
   DeviceBuffer dx, dy;

@@ -1,7 +1,7 @@
 // AVX2 dequant-matmul, fp32 accuracy (layout: matmul.h). Same plan as the
 // AVX-512 file with half-width registers: a 16-row tile is two ymm. Without a
 // 16-entry vpermps, a nibble becomes a float by shift, mask and convert. Only 16
-// ymm registers: decode handles two rows of x at a time, prefill 6 x 16 blocks.
+// ymm registers: decode (M <= 2) handles up to two rows of x, prefill 6 x 16 blocks.
 #include <immintrin.h>
 
 #include "quantform/matmul.h"
@@ -80,10 +80,11 @@ void gemv_tile(float* y, const float* x, const float* xsum, const PackedInt4View
   }
 }
 
-// Prefill microkernel: y (MR, 16) = x (MR, kn) · panel[:, 0:16] (panel row stride 32).
+// Prefill microkernel: y (MR, 16; `valid` columns stored) = x (MR, kn) · panel[:, 0:16]
+// (panel row stride 32). The store masks are built after the loop: live across
+// it they would push two accumulators out of the 16 ymm registers.
 template <int MR>
-void gemm_block(float* y, int64_t ldy, const float* x, int64_t ldx, const float* panel, int64_t kn, __m256i mask0,
-                __m256i mask1) {
+void gemm_block(float* y, int64_t ldy, const float* x, int64_t ldx, const float* panel, int64_t kn, int64_t valid) {
   __m256 acc[MR][2];
   for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kn; k++) {
@@ -94,6 +95,9 @@ void gemm_block(float* y, int64_t ldy, const float* x, int64_t ldx, const float*
       acc[m][1] = _mm256_fmadd_ps(a, b1, acc[m][1]);
     }
   }
+  const __m256i mask0 = mask8(valid), mask1 = mask8(valid - 8);
+  // fully unrolled: a loop indexing acc[m] at run time would keep acc in memory
+#pragma GCC unroll 8
   for (int m = 0; m < MR; m++) {
     _mm256_maskstore_ps(y + m * ldy, mask0, acc[m][0]);
     _mm256_maskstore_ps(y + m * ldy + 8, mask1, acc[m][1]);
@@ -108,18 +112,17 @@ void gemm_panel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, c
   for (int64_t h = 0; h < 2; h++) {
     const int64_t v = valid - 16 * h;
     if (v <= 0) break;
-    const __m256i mask0 = mask8(v), mask1 = mask8(v - 8);
     for (int64_t m0 = 0; m0 < M; m0 += kMr) {
       float* yb = y + m0 * ldy + 16 * h;
       const float* xb = x + m0 * ldx;
       const float* pb = panel + 16 * h;
       switch (M - m0 < kMr ? M - m0 : kMr) {
-        case 1: gemm_block<1>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
-        case 2: gemm_block<2>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
-        case 3: gemm_block<3>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
-        case 4: gemm_block<4>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
-        case 5: gemm_block<5>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
-        default: gemm_block<6>(yb, ldy, xb, ldx, pb, kn, mask0, mask1); break;
+        case 1: gemm_block<1>(yb, ldy, xb, ldx, pb, kn, v); break;
+        case 2: gemm_block<2>(yb, ldy, xb, ldx, pb, kn, v); break;
+        case 3: gemm_block<3>(yb, ldy, xb, ldx, pb, kn, v); break;
+        case 4: gemm_block<4>(yb, ldy, xb, ldx, pb, kn, v); break;
+        case 5: gemm_block<5>(yb, ldy, xb, ldx, pb, kn, v); break;
+        default: gemm_block<6>(yb, ldy, xb, ldx, pb, kn, v); break;
       }
     }
   }

@@ -1,9 +1,9 @@
 // AVX-512 dequant-matmul, fp32 accuracy (layout: matmul.h). Lanes are output
 // rows, so nothing is reduced horizontally.
-//   M <= 8 (decode): weights are decoded in registers and used once per row of x
+//   M <= 4 (decode): weights are decoded in registers and used once per row of x
 //     (see nibble_scales), and each group's sum is scaled once:
 //     acc += s * sum(q x) - s*z * sum(x).
-//   M > 8 (prefill): 32 output rows are decoded into an fp32 panel (KP, 32) once
+//   M > 4 (prefill): 32 output rows are decoded into an fp32 panel (KP, 32) once
 //     (vpermps with the table 0..15 reads only the low 4 bits of each index lane),
 //     then a 12 x 32 register-blocked microkernel streams it for every 12 rows of x.
 #include <immintrin.h>
@@ -49,7 +49,7 @@ void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) 
   *c1 = k1 / QF_MM_KC;
 }
 
-// Decode: MR rows of x (M <= 8) times NT tiles of 16 output rows.
+// Decode: MR rows of x (M <= 4) times NT tiles of 16 output rows.
 template <int MR, int NT>
 void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t) {
   const int64_t KC = w.KP / QF_MM_KC;

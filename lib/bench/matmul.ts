@@ -242,7 +242,10 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
       const bytes = weightBytes(q);
       if (o.baseline && gi === 0) wf32 = dequantize(q);
       const sessions: (OrtSession | null)[] = [null, null];
-      if (ort) {
+      // MatMulNBits blocks are powers of two >= 16 and pad every row to whole blocks
+      const ortFits = gs >= 16 && (gs & (gs - 1)) === 0 && K % gs === 0;
+      if (ort && !ortFits) notes.push(`peer skipped for ${fmtShape(N, K)} group ${gs}: MatMulNBits needs a power-of-two block >= 16 dividing K`);
+      if (ort && ortFits) {
         for (const [i, level] of [0, 4].entries()) {
           const model = matMulNBitsModel({ N, K, blockSize: gs, accuracyLevel: level, codes: q.codes, scales: bw.scales32, zeroPoints: ortZeroPoints(bw) });
           sessions[i] = await ort.InferenceSession.create(model, {

@@ -51,10 +51,6 @@ int64_t calibrate(double seconds, F loop) {
 
 }  // namespace
 
-const ProbeKernels& probe_kernels() {
-  return select_kernels(probe_kernels_ref, probe_kernels_avx2, probe_kernels_avx512);
-}
-
 Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds) {
   if (bytes < (int64_t(1) << 20) || reps < 1 || !(seconds > 0))
     return error(Code::InvalidArgument, "Expected bytes >= 1 MiB, reps >= 1 and seconds > 0 but received bytes=" +

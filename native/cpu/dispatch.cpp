@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "quantform/matmul.h"
+#include "quantform/probe.h"
 #include "quantform/quant.h"
 
 namespace qf {
@@ -131,6 +132,10 @@ const QuantKernels& quant_kernels() {
 
 const MatmulKernels& matmul_kernels() {
   return select_kernels(matmul_kernels_ref, matmul_kernels_avx2, matmul_kernels_avx512);
+}
+
+const ProbeKernels& probe_kernels() {
+  return select_kernels(probe_kernels_ref, probe_kernels_avx2, probe_kernels_avx512);
 }
 
 const MatmulInt8Kernels& matmul_int8_kernels() {

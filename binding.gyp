@@ -35,7 +35,8 @@
       "dependencies": ["qf_avx2", "qf_avx512", "qf_avx512vnni"],
       "sources": ["<!@(node cmake/sources.cjs common)", "<!@(node cmake/sources.cjs ref)",
                   "<!@(node cmake/sources.cjs cpu)", "<!@(node cmake/sources.cjs addon)"],
-      "ldflags": ["-Wl,--exclude-libs,ALL", "-static-libstdc++", "-static-libgcc", "-pthread"]
+      "ldflags": ["-Wl,--exclude-libs,ALL", "-static-libstdc++", "-static-libgcc", "-pthread",
+                  "-Wl,--version-script=<(module_root_dir)/cmake/exports.map"]
     }
   ]
 }

@@ -15,5 +15,6 @@ function(qf_add_addon name)
   target_compile_definitions(${name} PRIVATE NAPI_VERSION=8 NAPI_CPP_EXCEPTIONS NODE_ADDON_API_DISABLE_DEPRECATED)
   target_link_libraries(${name} PRIVATE ${A_LIBS} ${CMAKE_JS_LIB})
   # no unresolved symbols except those Node provides at load time
-  target_link_options(${name} PRIVATE -Wl,--exclude-libs,ALL -static-libstdc++ -static-libgcc)
+  target_link_options(${name} PRIVATE -Wl,--exclude-libs,ALL -static-libstdc++ -static-libgcc
+                      -Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/cmake/exports.map)
 endfunction()

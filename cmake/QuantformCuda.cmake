@@ -18,9 +18,8 @@ enable_language(CUDA)
 set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_VISIBILITY_PRESET hidden)
 
-# the CUDA module shares the CPU addon's argument helpers (napi_util.cpp)
+# napi_util.cpp: the same argument unwrapping and error mapping as the CPU addon
 qf_add_addon(quantform_cuda SOURCES ${QF_SOURCES_CUDA} ${CMAKE_CURRENT_SOURCE_DIR}/native/addon/napi_util.cpp LIBS qf_cpu)
-# its .cpp files (addon_cuda.cpp, *_addon.cpp) include cuda_runtime.h
 target_include_directories(quantform_cuda PRIVATE ${CMAKE_CUDA_TOOLKIT_INCLUDE_DIRECTORIES})
 set_target_properties(quantform_cuda PROPERTIES CUDA_RUNTIME_LIBRARY Static CUDA_SEPARABLE_COMPILATION OFF)
 target_compile_options(quantform_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)

@@ -6,8 +6,9 @@ export { cudaInfo, type CudaInfo } from './cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
-  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads,
+  SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './quant.js';
+export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './cuda-quant.js';
 export {
   matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,

@@ -60,10 +60,10 @@ export interface NativeBinding {
   unpack(codes: Uint8Array, N: number, K: number, bits: number, async: true): Promise<Uint8Array>;
   dequantize(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, outDtype: NativeDType,
-    async: false): FloatArray;
+    async: false, out?: FloatArray | null): FloatArray;
   dequantize(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, outDtype: NativeDType,
-    async: true): Promise<FloatArray>;
+    async: true, out?: FloatArray | null): Promise<FloatArray>;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
     bits: number, groupSize: number, symmetric: boolean, async: false): Float32Array;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,

@@ -63,14 +63,15 @@ export class QuantizedTensor {
   }
 }
 
-interface Resolved {
+export interface ResolvedQuantOptions {
   bits: Bits;
   groupSize: number;
   symmetric: boolean;
   paramDtype: 'f32' | 'f16';
 }
 
-function resolve(opts: QuantOptions, K: number): Resolved {
+/** Validates options and fills defaults for a matrix with K columns. */
+export function resolveQuantOptions(opts: QuantOptions, K: number): ResolvedQuantOptions {
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   if (!is.oneOf(opts.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', opts.bits, 'QF_UNSUPPORTED_BITS');
   const gs = opts.groupSize ?? 128;
@@ -85,14 +86,14 @@ function resolve(opts: QuantOptions, K: number): Resolved {
   return { bits: opts.bits, groupSize, symmetric, paramDtype };
 }
 
-function matrix(w: Tensor, name: string): [number, number] {
+export function matrix(w: Tensor, name: string): [number, number] {
   if (!(w instanceof Tensor)) throw invalidParameter('Tensor', name, w);
   if (w.shape.length !== 2) throw invalidParameter('2-D [N, K] tensor', `${name}.shape`, `[${w.shape.join(', ')}]`, 'QF_SHAPE_MISMATCH');
   checkBuffer(w.data, name);
   return [w.shape[0], w.shape[1]];
 }
 
-function checkQuantized(q: QuantizedTensor): void {
+export function checkQuantized(q: QuantizedTensor): void {
   if (!(q instanceof QuantizedTensor)) throw invalidParameter('QuantizedTensor', 'q', q);
   checkBuffer(q.codes, 'codes');
   checkBuffer(q.scales, 'scales');
@@ -118,33 +119,51 @@ function callSync<T>(fn: () => T): T {
 /** Round-to-nearest quantization of a row-major [N, K] matrix along K. */
 export function quantize(w: Tensor, opts: QuantOptions): QuantizedTensor {
   const [N, K] = matrix(w, 'weights');
-  const o = resolve(opts, K);
+  const o = resolveQuantOptions(opts, K);
   const r = callSync(() => native().quantize(w.data, w.dtype, N, K, o.bits, o.groupSize, o.symmetric, o.paramDtype, false));
   return new QuantizedTensor(r.codes, r.scales, r.zeros, [N, K], o.bits, o.groupSize, o.symmetric, o.paramDtype);
 }
 
 export async function quantizeAsync(w: Tensor, opts: QuantOptions): Promise<QuantizedTensor> {
   const [N, K] = matrix(w, 'weights');
-  const o = resolve(opts, K);
+  const o = resolveQuantOptions(opts, K);
   const r = await call(() => native().quantize(w.data, w.dtype, N, K, o.bits, o.groupSize, o.symmetric, o.paramDtype, true));
   return new QuantizedTensor(r.codes, r.scales, r.zeros, [N, K], o.bits, o.groupSize, o.symmetric, o.paramDtype);
 }
 
-/** packed codes -> fp32 (or f16/bf16) [N, K]. */
-export function dequantize(q: QuantizedTensor, outDtype: DType = 'f32'): Tensor {
-  checkQuantized(q);
-  if (!is.oneOf(outDtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'outDtype', outDtype);
-  const [N, K] = q.shape;
-  const out = callSync(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, N, K, q.bits, q.groupSize, q.symmetric, outDtype, false));
-  return new Tensor(out, [N, K], outDtype);
+export interface DequantizeOptions {
+  /** Output dtype, default 'f32'. */
+  dtype?: DType;
+  /** A caller-owned output of N*K elements (Float32Array for f32, Uint16Array for f16/bf16), reused across calls. */
+  out?: FloatArray;
 }
 
-export async function dequantizeAsync(q: QuantizedTensor, outDtype: DType = 'f32'): Promise<Tensor> {
+function dequantArgs(q: QuantizedTensor, opts: DType | DequantizeOptions | undefined) {
   checkQuantized(q);
-  if (!is.oneOf(outDtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'outDtype', outDtype);
+  const o: DequantizeOptions = typeof opts === 'string' ? { dtype: opts } : (opts ?? {});
+  const dtype = o.dtype ?? 'f32';
+  if (!is.oneOf(dtype, ['f32', 'f16', 'bf16'] as const)) throw invalidParameter("'f32', 'f16' or 'bf16'", 'dtype', dtype);
   const [N, K] = q.shape;
-  const out = await call(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, N, K, q.bits, q.groupSize, q.symmetric, outDtype, true));
-  return new Tensor(out, [N, K], outDtype);
+  if (o.out !== undefined) {
+    const kind = dtype === 'f32' ? Float32Array : Uint16Array;
+    if (!(o.out instanceof kind) || o.out.length !== N * K)
+      throw invalidParameter(`${kind.name} of length ${N * K}`, 'out', o.out, 'QF_SHAPE_MISMATCH');
+    checkBuffer(o.out, 'out');
+  }
+  return { N, K, dtype, out: o.out ?? null };
+}
+
+/** packed codes -> fp32 (or f16/bf16) [N, K]. */
+export function dequantize(q: QuantizedTensor, opts?: DType | DequantizeOptions): Tensor {
+  const a = dequantArgs(q, opts);
+  const out = callSync(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, a.N, a.K, q.bits, q.groupSize, q.symmetric, a.dtype, false, a.out));
+  return new Tensor(out, [a.N, a.K], a.dtype);
+}
+
+export async function dequantizeAsync(q: QuantizedTensor, opts?: DType | DequantizeOptions): Promise<Tensor> {
+  const a = dequantArgs(q, opts);
+  const out = await call(() => native().dequantize(q.codes, q.scales, q.zeros, q.paramDtype, a.N, a.K, q.bits, q.groupSize, q.symmetric, a.dtype, true, a.out));
+  return new Tensor(out, [a.N, a.K], a.dtype);
 }
 
 function checkCodes(codes8: Uint8Array, N: number, K: number, bits: Bits): void {
@@ -194,10 +213,10 @@ export interface FakeQuantParams {
   zeros?: Float32Array | null;
 }
 
-function fakeQuantArgs(w: Tensor, opts: QuantOptions, params?: FakeQuantParams) {
+export function fakeQuantArgs(w: Tensor, opts: QuantOptions, params?: FakeQuantParams) {
   const [N, K] = matrix(w, 'weights');
   if (w.dtype !== 'f32') throw invalidParameter('f32 tensor', 'weights', w.dtype, 'QF_DTYPE_MISMATCH');
-  const o = resolve({ ...opts, paramDtype: 'f32' }, K);
+  const o = resolveQuantOptions({ ...opts, paramDtype: 'f32' }, K);
   const G = numGroups(K, o.groupSize);
   let p = params;
   if (!p) {

@@ -1,7 +1,10 @@
-// `quantform bench <subcommand>`: each benchmark registers itself onto this command
-// from its own file (bench-matmul.ts, ...).
-import { Command } from 'commander';
+// `quantform bench <what>`: each benchmark registers its subcommand from its own file.
+import type { Command } from 'commander';
+import { registerBenchMatmul } from './bench-matmul.js';
+import { registerBenchQuant } from './bench-quant.js';
 
-export function benchCommand(program: Command): Command {
-  return program.command('bench').description('micro-benchmarks against the machine limits measured in the same run');
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('kernel and model micro-benchmarks (medians, % of the machine limit)');
+  registerBenchQuant(bench);
+  registerBenchMatmul(bench);
 }

@@ -1,8 +1,8 @@
 // quantform command line. Subcommands register themselves here.
 import { Command } from 'commander';
 import { backendInfo } from '../index.js';
-import { benchCommand } from './bench.js';
-import { registerBenchMatmul } from './bench-matmul.js';
+import { QuantformError } from '../errors.js';
+import { registerBench } from './bench.js';
 
 const program = new Command();
 program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version('0.1.0');
@@ -17,6 +17,14 @@ program
     else console.log(info);
   });
 
-registerBenchMatmul(benchCommand(program));
+registerBench(program);
 
-await program.parseAsync(process.argv);
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  // user errors print one clear line, not a stack
+  if (e instanceof QuantformError) {
+    console.error(`quantform: ${e.message} [${e.code}]`);
+    process.exitCode = 1;
+  } else throw e;
+}

@@ -7,6 +7,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_quant(env, exports);
   qf::register_matmul(env, exports);
   qf::register_probe(env, exports);
+  qf::register_membw(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

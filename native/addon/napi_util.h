@@ -46,6 +46,7 @@ void register_backend(Napi::Env env, Napi::Object exports);
 void register_quant(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
+void register_membw(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 

@@ -74,7 +74,8 @@ Napi::Value unpack_js(const Napi::CallbackInfo& info) {
                 [ref](Napi::Env) { return ref->Value(); });
 }
 
-// dequantize(codes, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric, outDtype, async)
+// dequantize(codes, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric, outDtype, async, out?)
+// `out`, when given, is a caller-owned array of outDtype's kind that receives the result.
 Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Span cs = arg_bytes(info, 0, "codes");
@@ -92,7 +93,13 @@ Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
   Span os;
-  Napi::Object out = make_float_array(env, od, (size_t)(N * K), &os);
+  Napi::Object out;
+  if (info.Length() > 11 && !arg_is_null(info, 11)) {
+    os = arg_span(info, 11, "out", od);  // its length is checked by dequantize()
+    out = info[11].As<Napi::Object>();
+  } else {
+    out = make_float_array(env, od, (size_t)(N * K), &os);
+  }
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
   return run_op(info, async, {info[0], info[1], info[2], out}, [=] { return dequantize(os, cs, ss, zs, N, K, spec); },
                 [ref](Napi::Env) { return ref->Value(); });

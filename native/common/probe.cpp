@@ -86,8 +86,9 @@ Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double secon
   out->fma_gflops = throughput(fi, pk.fma_loop) / 1e9;
   out->vnni_gops = 0;
   if (vnni_available()) {
-    const int64_t vi = calibrate(seconds, probe_vnni_loop);
-    out->vnni_gops = throughput(vi, probe_vnni_loop) / 1e9;
+    const auto loop = probe_kernels_avx512vnni.vnni_loop;
+    const int64_t vi = calibrate(seconds, loop);
+    out->vnni_gops = throughput(vi, loop) / 1e9;
   }
   return Status::Ok();
 }

@@ -119,9 +119,10 @@ Status quantize(Span codes, Span scales, Span zeros, Span w, int64_t N, int64_t 
   return Status::Ok();
 }
 
-Status pack(Span codes, Span codes8, int64_t N, int64_t K, int bits) {
-  QuantSpec spec{bits, 1, true, false};
-  Status st = check_spec(spec, N, K);
+namespace {
+// Shared checks of pack/unpack: a packed buffer and a one-code-per-byte buffer of [N, K].
+Status check_pack_args(const Span& codes, const Span& codes8, int64_t N, int64_t K, int bits) {
+  Status st = check_spec(QuantSpec{bits, 1, true, false}, N, K);
   if (!st.ok()) return st;
   const size_t rb = (size_t)qf_packed_row_bytes(bits, K);
   if (codes.len != N * rb || !codes.data)
@@ -130,6 +131,13 @@ Status pack(Span codes, Span codes8, int64_t N, int64_t K, int bits) {
   if (codes8.len != (size_t)(N * K) || !codes8.data)
     return error(Code::ShapeMismatch, "Expected " + std::to_string(N * K) + " codes but received " +
                                           std::to_string(codes8.len));
+  return Status::Ok();
+}
+}  // namespace
+
+Status pack(Span codes, Span codes8, int64_t N, int64_t K, int bits) {
+  Status st = check_pack_args(codes, codes8, N, K, bits);
+  if (!st.ok()) return st;
   const uint8_t* c8 = static_cast<const uint8_t*>(codes8.data);
   const unsigned qmax = (1u << bits) - 1;
   for (size_t i = 0; i < codes8.len; i++)
@@ -144,16 +152,8 @@ Status pack(Span codes, Span codes8, int64_t N, int64_t K, int bits) {
 }
 
 Status unpack(Span codes8, Span codes, int64_t N, int64_t K, int bits) {
-  QuantSpec spec{bits, 1, true, false};
-  Status st = check_spec(spec, N, K);
+  Status st = check_pack_args(codes, codes8, N, K, bits);
   if (!st.ok()) return st;
-  const size_t rb = (size_t)qf_packed_row_bytes(bits, K);
-  if (codes.len != N * rb || !codes.data)
-    return error(Code::ShapeMismatch, "Expected " + std::to_string(N * rb) + " bytes for codes but received " +
-                                          std::to_string(codes.len));
-  if (codes8.len != (size_t)(N * K) || !codes8.data)
-    return error(Code::ShapeMismatch, "Expected " + std::to_string(N * K) + " elements for output but received " +
-                                          std::to_string(codes8.len));
   const QuantKernels& kt = quant_kernels();
   parallel_for(N, row_grain(K), [&](int64_t r0, int64_t r1) {
     kt.unpack(static_cast<uint8_t*>(codes8.data), static_cast<const uint8_t*>(codes.data), r0, r1, K, bits);

@@ -1,65 +1,201 @@
-// The CUDA module, quantform_cuda.node: cudaInfo() never fails (no driver, no GPU
-// and too old a GPU all come back as available: false with the reason), and each
-// CUDA op family registers its entry points here.
+// quantform_cuda.node: the optional CUDA module. Loading it never fails for lack
+// of a GPU or driver (the runtime is linked statically and finds the driver at
+// run time); cudaInfo() reports availability and, if unavailable, why.
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <string>
 
 #include "../addon/napi_util.h"
+#include "quant_cuda.h"
+#include "quantform/formats.h"
 
 namespace qf {
-void register_cuda_matmul(Napi::Env env, Napi::Object exports);
-
 namespace {
-
-// Kernels are built for sm_80 and sm_90 (+ PTX for newer): older GPUs cannot run them.
-constexpr int kMinMajor = 8;
 
 Napi::Value cuda_info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  int driver = 0, runtime = 0, count = 0;
-  cudaDriverGetVersion(&driver);
+  int runtime = 0, driver = 0, count = 0;
   cudaRuntimeGetVersion(&runtime);
-  o.Set("driverVersion", driver);
+  cudaDriverGetVersion(&driver);
   o.Set("runtimeVersion", runtime);
+  o.Set("driverVersion", driver);
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0) {
     o.Set("available", false);
-    o.Set("reason", e != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e) : std::string("no CUDA device"));
-    cudaGetLastError();  // clear the sticky error so later calls start clean
+    // the static runtime reports a missing libcuda.so as "driver version is insufficient"
+    o.Set("reason", driver == 0 ? std::string("no NVIDIA driver found (libcuda.so could not be loaded)")
+                    : e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e)
+                                       : std::string("no CUDA device found"));
     return o;
   }
   cudaDeviceProp p;
   const cudaError_t pe = cudaGetDeviceProperties(&p, 0);
   if (pe != cudaSuccess) {
     o.Set("available", false);
-    o.Set("reason", std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(pe));
-    return o;
-  }
-  o.Set("device", p.name);
-  o.Set("computeCapability", std::to_string(p.major) + "." + std::to_string(p.minor));
-  o.Set("memoryBytes", (double)p.totalGlobalMem);
-  if (p.major < kMinMajor) {
-    o.Set("available", false);
-    o.Set("reason", std::string("compute capability ") + std::to_string(p.major) + "." + std::to_string(p.minor) +
-                        " is below 8.0, the oldest this build has kernels for");
+    o.Set("reason", std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(pe));
     return o;
   }
   o.Set("available", true);
+  o.Set("device", p.name);
+  o.Set("computeCapability", std::to_string(p.major) + "." + std::to_string(p.minor));
+  o.Set("memoryBytes", (double)p.totalGlobalMem);
+  o.Set("devices", count);
   return o;
+}
+
+QuantSpec read_spec(const Napi::CallbackInfo& info, size_t i) {
+  return QuantSpec{(int)arg_int(info, i, "bits"), arg_int(info, i + 1, "groupSize"), arg_bool(info, i + 2, "symmetric"), false};
+}
+
+Status expect(const char* name, const Span& s, size_t n) {
+  if (s.len != n)
+    return error(Code::ShapeMismatch, std::string("Expected ") + std::to_string(n) + " elements for " + name +
+                                          " but received " + std::to_string(s.len));
+  return Status::Ok();
+}
+
+void check(const Status& st) {
+  if (!st.ok()) throw ArgError{st};
+}
+
+Span zeros_arg(const Napi::CallbackInfo& info, size_t i, const QuantSpec& spec) {
+  if (spec.symmetric) return Span{nullptr, 0, DType::F32};
+  if (arg_is_null(info, i))
+    throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
+  return arg_span(info, i, "zeros", DType::F32);
+}
+
+// quantize(w f32, N, K, bits, groupSize, symmetric, async) -> { codes, scales, zeros | null } (f32 params)
+Napi::Value quantize_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Span w = arg_span(info, 0, "weights", DType::F32);
+  const int64_t N = arg_int(info, 1, "N"), K = arg_int(info, 2, "K");
+  const QuantSpec spec = read_spec(info, 3);
+  const bool async = arg_bool(info, 6, "async");
+  check(check_spec(spec, N, K));
+  check(expect("w", w, (size_t)(N * K)));
+  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)));
+  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss, zs{nullptr, 0, DType::F32};
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("codes", codes);
+  out.Set("scales", make_float_array(env, DType::F32, (size_t)N * G, &ss));
+  out.Set("zeros", spec.symmetric ? env.Null() : Napi::Value(make_float_array(env, DType::F32, (size_t)N * G, &zs)));
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  return run_op(info, async, {info[0], out},
+                [=]() -> Status {
+                  const float* wp = static_cast<const float*>(w.data);
+                  for (int64_t r = 0; r < N; r++)
+                    for (int64_t k = 0; k < K; k++)
+                      if (!std::isfinite(wp[r * K + k]))
+                        return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(r) + " holds NaN or Inf");
+                  return quantize_cuda(static_cast<uint8_t*>(cs.data), static_cast<float*>(ss.data),
+                                       static_cast<float*>(zs.data), wp, N, K, spec);
+                },
+                [ref](Napi::Env) { return ref->Value(); });
+}
+
+// dequantize(codes, scales, zeros|null, N, K, bits, groupSize, symmetric, async) -> Float32Array
+Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Span cs = arg_bytes(info, 0, "codes");
+  Span ss = arg_span(info, 1, "scales", DType::F32);
+  const int64_t N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
+  const QuantSpec spec = read_spec(info, 5);
+  Span zs = zeros_arg(info, 2, spec);
+  const bool async = arg_bool(info, 8, "async");
+  check(check_spec(spec, N, K));
+  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check(expect("codes", cs, (size_t)(N * qf_packed_row_bytes(spec.bits, K))));
+  check(expect("scales", ss, (size_t)N * G));
+  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
+  Span os;
+  Napi::Object out = make_float_array(env, DType::F32, (size_t)(N * K), &os);
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  return run_op(info, async, {info[0], info[1], info[2], out},
+                [=] {
+                  return dequantize_cuda(static_cast<float*>(os.data), static_cast<const uint8_t*>(cs.data),
+                                         static_cast<const float*>(ss.data), static_cast<const float*>(zs.data), N, K, spec);
+                },
+                [ref](Napi::Env) { return ref->Value(); });
+}
+
+// fakeQuantForward(w, scales, zeros|null, N, K, bits, groupSize, symmetric, async) -> Float32Array
+Napi::Value fq_forward_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Span w = arg_span(info, 0, "weights", DType::F32);
+  Span ss = arg_span(info, 1, "scales", DType::F32);
+  const int64_t N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
+  const QuantSpec spec = read_spec(info, 5);
+  Span zs = zeros_arg(info, 2, spec);
+  const bool async = arg_bool(info, 8, "async");
+  check(check_spec(spec, N, K));
+  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check(expect("w", w, (size_t)(N * K)));
+  check(expect("scales", ss, (size_t)N * G));
+  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
+  Span os;
+  Napi::Object out = make_float_array(env, DType::F32, (size_t)(N * K), &os);
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  return run_op(info, async, {info[0], info[1], info[2], out},
+                [=] {
+                  return fake_quant_forward_cuda(static_cast<float*>(os.data), static_cast<const float*>(w.data),
+                                                 static_cast<const float*>(ss.data), static_cast<const float*>(zs.data),
+                                                 N, K, spec);
+                },
+                [ref](Napi::Env) { return ref->Value(); });
+}
+
+// fakeQuantBackward(g, w, scales, zeros|null, N, K, bits, groupSize, symmetric, async) -> { gradW, gradScales, gradZeros }
+Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Span g = arg_span(info, 0, "gradOutput", DType::F32);
+  Span w = arg_span(info, 1, "weights", DType::F32);
+  Span ss = arg_span(info, 2, "scales", DType::F32);
+  const int64_t N = arg_int(info, 4, "N"), K = arg_int(info, 5, "K");
+  const QuantSpec spec = read_spec(info, 6);
+  Span zs = zeros_arg(info, 3, spec);
+  const bool async = arg_bool(info, 9, "async");
+  check(check_spec(spec, N, K));
+  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check(expect("gradOutput", g, (size_t)(N * K)));
+  check(expect("w", w, (size_t)(N * K)));
+  check(expect("scales", ss, (size_t)N * G));
+  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
+  Span dws, dss, dzs{nullptr, 0, DType::F32};
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("gradW", make_float_array(env, DType::F32, (size_t)(N * K), &dws));
+  out.Set("gradScales", make_float_array(env, DType::F32, (size_t)N * G, &dss));
+  out.Set("gradZeros", spec.symmetric ? env.Null() : Napi::Value(make_float_array(env, DType::F32, (size_t)N * G, &dzs)));
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
+  return run_op(info, async, {info[0], info[1], info[2], info[3], out},
+                [=] {
+                  return fake_quant_backward_cuda(static_cast<float*>(dws.data), static_cast<float*>(dss.data),
+                                                  static_cast<float*>(dzs.data), static_cast<const float*>(g.data),
+                                                  static_cast<const float*>(w.data), static_cast<const float*>(ss.data),
+                                                  static_cast<const float*>(zs.data), N, K, spec);
+                },
+                [ref](Napi::Env) { return ref->Value(); });
 }
 
 }  // namespace
 
-void register_cuda_info(Napi::Env env, Napi::Object exports) { QF_EXPORT(exports, "cudaInfo", cuda_info); }
+void register_cuda_matmul(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 
 namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  qf::register_cuda_info(env, exports);
-  qf::register_cuda_matmul(env, exports);
+  using namespace qf;
+  register_cuda_matmul(env, exports);
+  QF_EXPORT(exports, "cudaInfo", cuda_info);
+  QF_EXPORT(exports, "quantize", quantize_js);
+  QF_EXPORT(exports, "dequantize", dequantize_js);
+  QF_EXPORT(exports, "fakeQuantForward", fq_forward_js);
+  QF_EXPORT(exports, "fakeQuantBackward", fq_backward_js);
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }
 }  // namespace

@@ -1,6 +1,5 @@
-// CUDA error handling for the CUDA module: every runtime call is checked and a
-// failure returns a Status (code Cuda) quoting the call and CUDA's message; native
-// code never exits. Usable from .cu and .cpp files.
+// CUDA error handling: every runtime call is checked and turned into a Status
+// that names the call and the failing code; nothing in the CUDA module exits.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -8,18 +7,33 @@
 
 #include "quantform/status.h"
 
+#define QF_CUDA_CHECK(expr)                                                                                 \
+  do {                                                                                                      \
+    cudaError_t qf_err_ = (expr);                                                                           \
+    if (qf_err_ != cudaSuccess)                                                                             \
+      return ::qf::error(::qf::Code::Cuda, std::string(#expr) + " failed: " + cudaGetErrorName(qf_err_) + \
+                                               " (" + cudaGetErrorString(qf_err_) + ")");                   \
+  } while (0)
+
 namespace qf {
 
-inline Status cuda_status(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::Ok();
-  return error(Code::Cuda, std::string(what) + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
-}
+// A device allocation freed on scope exit, so early error returns never leak.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
+  Status alloc(size_t n) {
+    bytes = n;
+    QF_CUDA_CHECK(cudaMalloc(&ptr, n > 0 ? n : 1));
+    return Status::Ok();
+  }
+  template <class T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
 
 }  // namespace qf
-
-// Returns from the enclosing function (which returns Status) on a CUDA error.
-#define QF_CUDA_CHECK(call)                                     \
-  do {                                                          \
-    const ::qf::Status qf_cuda_st_ = ::qf::cuda_status((call), #call); \
-    if (!qf_cuda_st_.ok()) return qf_cuda_st_;                  \
-  } while (0)

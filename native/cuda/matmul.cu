@@ -138,14 +138,6 @@ __global__ void dequant_gemm_int4_wmma_kernel(float* __restrict__ y, const TX* _
   }
 }
 
-// Device buffers freed on every exit path.
-struct DeviceBuffer {
-  void* p = nullptr;
-  ~DeviceBuffer() {
-    if (p) cudaFree(p);
-  }
-};
-
 template <typename TX>
 Status launch(float* dy, const void* dx, CudaXType xt, int64_t M, const CudaInt4Weight& w) {
   const int rb = (int)((w.K + 1) / 2);
@@ -199,18 +191,17 @@ Status cuda_dequant_matmul(float* y, const void* x, CudaXType xt, int64_t M, con
   const size_t xbytes = (size_t)(M * w.K) * (xt == CudaXType::F32 ? 4 : 2);
   const size_t ybytes = (size_t)(M * w.N) * sizeof(float);
   DeviceBuffer dx, dy;
-  QF_CUDA_CHECK(cudaMalloc(&dx.p, xbytes));
-  QF_CUDA_CHECK(cudaMalloc(&dy.p, ybytes));
-  QF_CUDA_CHECK(cudaMemcpy(dx.p, x, xbytes, cudaMemcpyHostToDevice));
-  Status st;
-  float* fy = static_cast<float*>(dy.p);
+  Status st = dx.alloc(xbytes);
+  if (!st.ok() || !(st = dy.alloc(ybytes)).ok()) return st;
+  QF_CUDA_CHECK(cudaMemcpy(dx.ptr, x, xbytes, cudaMemcpyHostToDevice));
+  float* fy = dy.as<float>();
   switch (xt) {
-    case CudaXType::F32: st = launch<float>(fy, dx.p, xt, M, w); break;
-    case CudaXType::F16: st = launch<__half>(fy, dx.p, xt, M, w); break;
-    default: st = launch<__nv_bfloat16>(fy, dx.p, xt, M, w); break;
+    case CudaXType::F32: st = launch<float>(fy, dx.ptr, xt, M, w); break;
+    case CudaXType::F16: st = launch<__half>(fy, dx.ptr, xt, M, w); break;
+    default: st = launch<__nv_bfloat16>(fy, dx.ptr, xt, M, w); break;
   }
   if (!st.ok()) return st;
-  QF_CUDA_CHECK(cudaMemcpy(y, dy.p, ybytes, cudaMemcpyDeviceToHost));
+  QF_CUDA_CHECK(cudaMemcpy(y, dy.ptr, ybytes, cudaMemcpyDeviceToHost));
   return Status::Ok();
 }
 

@@ -36,7 +36,7 @@ static inline GroupParams choose_group_params(float lo, float hi, const QuantSpe
     if (spec.f16_params) s = round_to_f16(s);
     p.scale = s;
     float z = s == 0.f ? 0.f : std::nearbyint(-lo / s);
-    z = z < 0.f ? 0.f : (z > (float)p.qmax ? (float)p.qmax : z);
+    z = z <= 0.f ? 0.f : (z > (float)p.qmax ? (float)p.qmax : z);  // <= also turns -0 into +0
     p.zero = z;
   }
   return p;

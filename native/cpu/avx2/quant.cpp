@@ -5,12 +5,10 @@
 
 #include <cstring>
 
-#include "../../ref/quant_common.h"
+#include "../quant_rows.h"
 
 namespace qf {
 namespace {
-
-constexpr int64_t CHUNK = 2048;  // positions per chunk; multiple of 64 keeps packing aligned
 
 __m256i tail8(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -101,73 +99,36 @@ float hsum8(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
-int64_t quantize_avx2(uint8_t* codes, float* scales, float* zeros, const float* w, int64_t r0,
-                      int64_t r1, int64_t K, const QuantSpec& spec) {
-  const int64_t G = qf_num_groups(K, spec.group_size), gs = spec.group_size;
-  const int64_t rb = qf_packed_row_bytes(spec.bits, K);
-  alignas(64) uint8_t c8[CHUNK];
-  for (int64_t r = r0; r < r1; r++) {
-    const float* wr = w + r * K;
-    uint8_t* row = codes + r * rb;
-    if (!row_finite(wr, K)) return r;
-    memset(row, 0, (size_t)rb);
-    for (int64_t g = 0; g < G; g++) {
-      const int64_t k0 = g * gs, k1 = k0 + gs < K ? k0 + gs : K;
-      // masked-off lanes load 0, which the range includes anyway
-      __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-      for (int64_t k = k0; k < k1; k += 8) {
-        const __m256 x = _mm256_maskload_ps(wr + k, tail8(k1 - k));
-        lo = _mm256_min_ps(lo, x);
-        hi = _mm256_max_ps(hi, x);
-      }
-      const GroupParams p = choose_group_params(hmin8(lo), hmax8(hi), spec);
-      scales[r * G + g] = p.scale;
-      if (!spec.symmetric) zeros[r * G + g] = p.zero;
-    }
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK) {
-      const int64_t c1 = c0 + CHUNK < K ? c0 + CHUNK : K;
-      for (int64_t k = c0; k < c1;) {
-        const int64_t g = k / gs;
-        const int64_t e = (g + 1) * gs < c1 ? (g + 1) * gs : c1;
-        GroupParams p;
-        p.scale = scales[r * G + g];
-        p.zero = spec.symmetric ? (float)(1 << (spec.bits - 1)) : zeros[r * G + g];
-        p.qmax = (1 << spec.bits) - 1;
-        quantize_span(c8 + (k - c0), wr, k, e, p);
-        k = e;
-      }
-      pack_chunk(row, c8, c0, c1 - c0, spec.bits);
-    }
+void group_minmax(const float* w, int64_t k0, int64_t k1, float* lo_out, float* hi_out) {
+  // masked-off lanes load 0, which the range includes anyway
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (int64_t k = k0; k < k1; k += 8) {
+    const __m256 x = _mm256_maskload_ps(w + k, tail8(k1 - k));
+    lo = _mm256_min_ps(lo, x);
+    hi = _mm256_max_ps(hi, x);
   }
-  return -1;
+  *lo_out = hmin8(lo);
+  *hi_out = hmax8(hi);
 }
 
-void pack_avx2(uint8_t* codes, const uint8_t* codes8, int64_t r0, int64_t r1, int64_t K, int bits) {
-  const int64_t rb = qf_packed_row_bytes(bits, K);
-  for (int64_t r = r0; r < r1; r++) {
-    memset(codes + r * rb, 0, (size_t)rb);
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK)
-      pack_chunk(codes + r * rb, codes8 + r * K + c0, c0, (c0 + CHUNK < K ? CHUNK : K - c0), bits);
-  }
-}
-
-void unpack_avx2(uint8_t* codes8, const uint8_t* codes, int64_t r0, int64_t r1, int64_t K, int bits) {
-  const int64_t rb = qf_packed_row_bytes(bits, K);
-  for (int64_t r = r0; r < r1; r++)
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK)
-      unpack_chunk(codes8 + r * K + c0, codes + r * rb, c0, (c0 + CHUNK < K ? CHUNK : K - c0), bits);
-}
+struct Avx2 {
+  static bool row_finite(const float* w, int64_t K) { return qf::row_finite(w, K); }
+  static void group_minmax(const float* w, int64_t k0, int64_t k1, float* lo, float* hi) { qf::group_minmax(w, k0, k1, lo, hi); }
+  static void quantize_span(uint8_t* c8, const float* w, int64_t k0, int64_t k1, const GroupParams& p) { qf::quantize_span(c8, w, k0, k1, p); }
+  static void pack_chunk(uint8_t* row, const uint8_t* c8, int64_t k0, int64_t n, int bits) { qf::pack_chunk(row, c8, k0, n, bits); }
+  static void unpack_chunk(uint8_t* c8, const uint8_t* row, int64_t k0, int64_t n, int bits) { qf::unpack_chunk(c8, row, k0, n, bits); }
+};
 
 void dequantize_avx2(float* w, const uint8_t* codes, const float* scales, const float* zeros,
                      int64_t r0, int64_t r1, int64_t K, const QuantSpec& spec) {
   const int64_t G = qf_num_groups(K, spec.group_size), gs = spec.group_size;
   const int64_t rb = qf_packed_row_bytes(spec.bits, K);
   const float zsym = (float)(1 << (spec.bits - 1));
-  alignas(64) uint8_t c8[CHUNK + 8];  // +8: full 8-byte loads at a chunk's end
+  alignas(64) uint8_t c8[kChunk + 8];  // +8: full 8-byte loads at a chunk's end
   for (int64_t r = r0; r < r1; r++) {
     float* wr = w + r * K;
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK) {
-      const int64_t c1 = c0 + CHUNK < K ? c0 + CHUNK : K;
+    for (int64_t c0 = 0; c0 < K; c0 += kChunk) {
+      const int64_t c1 = c0 + kChunk < K ? c0 + kChunk : K;
       unpack_chunk(c8, codes + r * rb, c0, c1 - c0, spec.bits);
       for (int64_t k = c0; k < c1;) {
         const int64_t g = k / gs;
@@ -252,8 +213,8 @@ void fake_quant_backward_avx2(float* dw, float* ds, float* dz, const float* gout
 
 }  // namespace
 
-const QuantKernels quant_kernels_avx2 = {quantize_avx2,           pack_avx2,
-                                         unpack_avx2,             dequantize_avx2,
+const QuantKernels quant_kernels_avx2 = {quantize_rows<Avx2>,           pack_rows<Avx2>,
+                                         unpack_rows<Avx2>,             dequantize_avx2,
                                          fake_quant_forward_avx2, fake_quant_backward_avx2};
 
 }  // namespace qf

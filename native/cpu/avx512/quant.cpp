@@ -1,17 +1,15 @@
 // AVX-512 (F/BW/VL/DQ) quantization family. Same arithmetic as native/ref/quant.cpp,
 // in the same order (w / s, round-half-even, + z, clamp), so codes match the
-// reference bit for bit. Rows are processed in chunks of CHUNK positions: codes
+// reference bit for bit. Rows are processed in chunks of kChunk positions: codes
 // for a chunk land in a stack buffer, then the chunk is packed with SIMD.
 #include <immintrin.h>
 
 #include <cstring>
 
-#include "../../ref/quant_common.h"
+#include "../quant_rows.h"
 
 namespace qf {
 namespace {
-
-constexpr int64_t CHUNK = 2048;  // positions per chunk; multiple of 64 keeps packing aligned
 
 __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
@@ -123,67 +121,24 @@ void group_minmax(const float* w, int64_t k0, int64_t k1, float* lo_out, float* 
   *hi_out = _mm512_reduce_max_ps(hi);
 }
 
-int64_t quantize_avx512(uint8_t* codes, float* scales, float* zeros, const float* w, int64_t r0,
-                        int64_t r1, int64_t K, const QuantSpec& spec) {
-  const int64_t G = qf_num_groups(K, spec.group_size), gs = spec.group_size;
-  const int64_t rb = qf_packed_row_bytes(spec.bits, K);
-  alignas(64) uint8_t c8[CHUNK];
-  for (int64_t r = r0; r < r1; r++) {
-    const float* wr = w + r * K;
-    uint8_t* row = codes + r * rb;
-    if (!row_finite(wr, K)) return r;
-    memset(row, 0, (size_t)rb);
-    for (int64_t g = 0; g < G; g++) {
-      float lo, hi;
-      group_minmax(wr, g * gs, g * gs + gs < K ? g * gs + gs : K, &lo, &hi);
-      const GroupParams p = choose_group_params(lo, hi, spec);
-      scales[r * G + g] = p.scale;
-      if (!spec.symmetric) zeros[r * G + g] = p.zero;
-    }
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK) {
-      const int64_t c1 = c0 + CHUNK < K ? c0 + CHUNK : K;
-      for (int64_t k = c0; k < c1;) {
-        const int64_t g = k / gs;
-        const int64_t e = (g + 1) * gs < c1 ? (g + 1) * gs : c1;
-        GroupParams p;
-        p.scale = scales[r * G + g];
-        p.zero = spec.symmetric ? (float)(1 << (spec.bits - 1)) : zeros[r * G + g];
-        p.qmax = (1 << spec.bits) - 1;
-        quantize_span(c8 + (k - c0), wr, k, e, p);
-        k = e;
-      }
-      pack_chunk(row, c8, c0, c1 - c0, spec.bits);
-    }
-  }
-  return -1;
-}
-
-void pack_avx512(uint8_t* codes, const uint8_t* codes8, int64_t r0, int64_t r1, int64_t K, int bits) {
-  const int64_t rb = qf_packed_row_bytes(bits, K);
-  for (int64_t r = r0; r < r1; r++) {
-    memset(codes + r * rb, 0, (size_t)rb);
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK)
-      pack_chunk(codes + r * rb, codes8 + r * K + c0, c0, (c0 + CHUNK < K ? CHUNK : K - c0), bits);
-  }
-}
-
-void unpack_avx512(uint8_t* codes8, const uint8_t* codes, int64_t r0, int64_t r1, int64_t K, int bits) {
-  const int64_t rb = qf_packed_row_bytes(bits, K);
-  for (int64_t r = r0; r < r1; r++)
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK)
-      unpack_chunk(codes8 + r * K + c0, codes + r * rb, c0, (c0 + CHUNK < K ? CHUNK : K - c0), bits);
-}
+struct Avx512 {
+  static bool row_finite(const float* w, int64_t K) { return qf::row_finite(w, K); }
+  static void group_minmax(const float* w, int64_t k0, int64_t k1, float* lo, float* hi) { qf::group_minmax(w, k0, k1, lo, hi); }
+  static void quantize_span(uint8_t* c8, const float* w, int64_t k0, int64_t k1, const GroupParams& p) { qf::quantize_span(c8, w, k0, k1, p); }
+  static void pack_chunk(uint8_t* row, const uint8_t* c8, int64_t k0, int64_t n, int bits) { qf::pack_chunk(row, c8, k0, n, bits); }
+  static void unpack_chunk(uint8_t* c8, const uint8_t* row, int64_t k0, int64_t n, int bits) { qf::unpack_chunk(c8, row, k0, n, bits); }
+};
 
 void dequantize_avx512(float* w, const uint8_t* codes, const float* scales, const float* zeros,
                        int64_t r0, int64_t r1, int64_t K, const QuantSpec& spec) {
   const int64_t G = qf_num_groups(K, spec.group_size), gs = spec.group_size;
   const int64_t rb = qf_packed_row_bytes(spec.bits, K);
   const float zsym = (float)(1 << (spec.bits - 1));
-  alignas(64) uint8_t c8[CHUNK];
+  alignas(64) uint8_t c8[kChunk];
   for (int64_t r = r0; r < r1; r++) {
     float* wr = w + r * K;
-    for (int64_t c0 = 0; c0 < K; c0 += CHUNK) {
-      const int64_t c1 = c0 + CHUNK < K ? c0 + CHUNK : K;
+    for (int64_t c0 = 0; c0 < K; c0 += kChunk) {
+      const int64_t c1 = c0 + kChunk < K ? c0 + kChunk : K;
       unpack_chunk(c8, codes + r * rb, c0, c1 - c0, spec.bits);
       for (int64_t k = c0; k < c1;) {
         const int64_t g = k / gs;
@@ -269,8 +224,8 @@ void fake_quant_backward_avx512(float* dw, float* ds, float* dz, const float* go
 
 }  // namespace
 
-const QuantKernels quant_kernels_avx512 = {quantize_avx512,           pack_avx512,
-                                           unpack_avx512,             dequantize_avx512,
+const QuantKernels quant_kernels_avx512 = {quantize_rows<Avx512>,           pack_rows<Avx512>,
+                                           unpack_rows<Avx512>,             dequantize_avx512,
                                            fake_quant_forward_avx512, fake_quant_backward_avx512};
 
 }  // namespace qf

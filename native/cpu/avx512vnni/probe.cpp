@@ -8,8 +8,9 @@
 #include "quantform/probe.h"
 
 namespace qf {
+namespace {
 
-double probe_vnni_loop(int64_t iters) {
+double vnni_loop_avx512vnni(int64_t iters) {
   constexpr int kChains = 16;
   __m512i a[kChains];
   for (int j = 0; j < kChains; j++) a[j] = _mm512_set1_epi32(j);
@@ -23,5 +24,9 @@ double probe_vnni_loop(int64_t iters) {
   (void)sink;
   return (double)iters * kChains * 64 * 2;
 }
+
+}  // namespace
+
+const VnniProbeKernels probe_kernels_avx512vnni = {vnni_loop_avx512vnni};
 
 }  // namespace qf

@@ -16,13 +16,17 @@ struct ProbeKernels {
   double (*fma_loop)(int64_t iters);
 };
 
+struct VnniProbeKernels {
+  // vpdpbusd chains on registers only; returns int8 ops done (2 per multiply-add).
+  double (*vnni_loop)(int64_t iters);
+};
+
 extern const ProbeKernels probe_kernels_ref;
 extern const ProbeKernels probe_kernels_avx2;
 extern const ProbeKernels probe_kernels_avx512;
 const ProbeKernels& probe_kernels();
-// vpdpbusd chains on registers only; returns int8 ops done (2 per multiply-add).
-// Only callable when vnni_available().
-double probe_vnni_loop(int64_t iters);
+// Only usable when vnni_available().
+extern const VnniProbeKernels probe_kernels_avx512vnni;
 
 struct MachineLimits {
   double read_gbps;    // best of the repetitions

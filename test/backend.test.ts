@@ -1,0 +1,60 @@
+// Backend selection: cpuid-driven tiers, forced policies, the thread pool, and
+// the environment override read at load time (checked in child processes).
+import { execFileSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { backendInfo, quantize, setKernelPolicy, setThreads, Tensor } from '../lib/index.js';
+import { packageRoot } from '../lib/native.js';
+import { randomWeights } from './helpers/oracle.js';
+
+describe('backendInfo', () => {
+  it('reports a tier the features support', () => {
+    const i = backendInfo();
+    expect(['ref', 'avx2', 'avx512']).toContain(i.tier);
+    if (i.bestTier === 'avx512') expect(i.features.avx512f && i.features.avx512bw && i.features.avx512vl).toBe(true);
+    if (i.bestTier !== 'ref') expect(i.features.avx2 && i.features.fma).toBe(true);
+    expect(i.threads).toBeGreaterThanOrEqual(1);
+    expect(typeof i.cuda.available).toBe('boolean');
+    if (!i.cuda.available) expect(i.cuda.reason).toMatch(/\w/);
+  });
+
+  it('setKernelPolicy switches tiers and back', () => {
+    const best = backendInfo().bestTier;
+    expect(setKernelPolicy('ref')).toBe('ref');
+    expect(backendInfo().tier).toBe('ref');
+    expect(setKernelPolicy('auto')).toBe(best);
+  });
+
+  it('refuses a tier the CPU lacks', () => {
+    if (backendInfo().bestTier === 'avx512') return expect(setKernelPolicy('avx512')).toBe('avx512');
+    expect(() => setKernelPolicy('avx512')).toThrow(/Kernel tier 'avx512' is not supported by this CPU/);
+  });
+});
+
+describe('thread pool', () => {
+  it('results do not depend on the thread count', () => {
+    const w = new Tensor(randomWeights(300 * 129, 9), [300, 129]);
+    const one = (setThreads(1), quantize(w, { bits: 4, groupSize: 32 }));
+    expect(backendInfo().threads).toBe(1);
+    const five = (setThreads(5), quantize(w, { bits: 4, groupSize: 32 }));
+    expect(backendInfo().threads).toBe(5);
+    setThreads(0);
+    expect(Buffer.from(five.codes).equals(Buffer.from(one.codes))).toBe(true);
+  });
+});
+
+describe('QUANTFORM_KERNELS (read once at load)', () => {
+  // a child process loads the same addon this test run uses
+  const probe = (env: Record<string, string>) =>
+    execFileSync(process.execPath, ['-e', `
+      const root = ${JSON.stringify(packageRoot())};
+      const addon = process.env.QUANTFORM_ADDON
+        ? require(require('path').resolve(root, process.env.QUANTFORM_ADDON))
+        : require(require.resolve('node-gyp-build', { paths: [root] }))(root);
+      console.log(addon.backendInfo().tier);`], { env: { ...process.env, ...env }, encoding: 'utf8' }).trim();
+  it('forces the reference tier', () => {
+    expect(probe({ QUANTFORM_KERNELS: 'ref' })).toBe('ref');
+  });
+  it('ignores an unknown value', () => {
+    expect(probe({ QUANTFORM_KERNELS: 'sse9' })).toBe(backendInfo().bestTier);
+  });
+});

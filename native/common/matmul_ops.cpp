@@ -31,6 +31,9 @@ Status expect(const char* name, size_t got, size_t want) {
                                         " but received " + std::to_string(got));
 }
 
+// Rows of x per parallel chunk: at least ~16K elements of work per task.
+int64_t row_grain(int64_t K) { return K >= 16384 ? 1 : 16384 / K; }
+
 // Output tiles are handed out in pairs: the GEMM kernels decode 32 rows at once.
 void for_tile_pairs(int64_t tiles, const std::function<void(int64_t, int64_t)>& fn) {
   parallel_for((tiles + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
@@ -47,14 +50,16 @@ F32Activations prepare_f32(const float* x, int64_t M, int64_t K, int64_t KP, int
   F32Activations a;
   a.x.assign((size_t)(M * KP), 0.f);
   a.xsum.assign((size_t)(M * G), 0.f);
-  for (int64_t m = 0; m < M; m++) {
-    memcpy(&a.x[(size_t)(m * KP)], x + m * K, (size_t)K * sizeof(float));
-    for (int64_t g = 0; g < G; g++) {
-      double s = 0;
-      for (int64_t k = g * gs; k < K && k < (g + 1) * gs; k++) s += x[m * K + k];
-      a.xsum[(size_t)(m * G + g)] = (float)s;
+  parallel_for(M, row_grain(K), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m++) {
+      memcpy(&a.x[(size_t)(m * KP)], x + m * K, (size_t)K * sizeof(float));
+      for (int64_t g = 0; g < G; g++) {
+        double s = 0;
+        for (int64_t k = g * gs; k < K && k < (g + 1) * gs; k++) s += x[m * K + k];
+        a.xsum[(size_t)(m * G + g)] = (float)s;
+      }
     }
-  }
+  });
   return a;
 }
 
@@ -64,7 +69,25 @@ struct Int8Activations {
   std::vector<float> xsumq; // (M, G)
 };
 
-// Per-row symmetric int8: xs = max|x| / 127, xq = rint(x / xs).
+// Per-row symmetric int8 of row m: xs = max|x| / 127, xq = rint(x / xs); xq
+// row stride `stride`, permuted per chunk of 8 when `permute`; G groups of gs.
+void quantize_row_int8(Int8Activations& a, const float* x, int64_t m, int64_t K, int64_t stride, int64_t G,
+                       int64_t gs, bool permute) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < K; k++) amax = std::fabs(x[m * K + k]) > amax ? std::fabs(x[m * K + k]) : amax;
+  const float xs = amax / 127.f;
+  a.xs[(size_t)m] = xs;
+  if (xs == 0.f) return;  // an all-zero row: xq = 0 and y = 0
+  for (int64_t k = 0; k < K; k++) {
+    float q = std::nearbyint(x[m * K + k] / xs);
+    q = q < -127.f ? -127.f : (q > 127.f ? 127.f : q);
+    const int64_t j = k % QF_MM_KC;
+    const int64_t pos = permute ? k - j + (j % 2) * 4 + j / 2 : k;
+    a.xq[(size_t)(m * stride + pos)] = (int8_t)q;
+    a.xsumq[(size_t)(m * G + k / gs)] += q;
+  }
+}
+
 Int8Activations prepare_int8(const float* x, int64_t M, int64_t K, int64_t KP, int64_t G, int64_t gs,
                              bool permute) {
   Int8Activations a;
@@ -72,21 +95,9 @@ Int8Activations prepare_int8(const float* x, int64_t M, int64_t K, int64_t KP, i
   a.xq.assign((size_t)(M * stride), 0);
   a.xs.assign((size_t)M, 0.f);
   a.xsumq.assign((size_t)(M * G), 0.f);
-  for (int64_t m = 0; m < M; m++) {
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; k++) amax = std::fabs(x[m * K + k]) > amax ? std::fabs(x[m * K + k]) : amax;
-    const float xs = amax / 127.f;
-    a.xs[(size_t)m] = xs;
-    if (xs == 0.f) continue;
-    for (int64_t k = 0; k < K; k++) {
-      float q = std::nearbyint(x[m * K + k] / xs);
-      q = q < -127.f ? -127.f : (q > 127.f ? 127.f : q);
-      const int64_t j = k % QF_MM_KC;
-      const int64_t pos = permute ? k - j + (j % 2) * 4 + j / 2 : k;
-      a.xq[(size_t)(m * stride + pos)] = (int8_t)q;
-      a.xsumq[(size_t)(m * G + k / gs)] += q;
-    }
-  }
+  parallel_for(M, row_grain(K), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m++) quantize_row_int8(a, x, m, K, stride, G, gs, permute);
+  });
   return a;
 }
 

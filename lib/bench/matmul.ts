@@ -2,6 +2,7 @@
 // GEMM baseline and onnxruntime's MatMulNBits, on Llama layer shapes, each row
 // against the machine's limits measured in the same run (lib/bench/machine.ts).
 import { randomFillSync } from 'node:crypto';
+import { invalidParameter } from '../errors.js';
 import { backendInfo, setThreads } from '../backend.js';
 import { matmul, matmulF32, prepareMatmulWeight } from '../matmul.js';
 import { dequantize, QuantizedTensor } from '../quant.js';
@@ -204,6 +205,9 @@ export function fmtShape(N: number, K: number): string {
 }
 
 export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => void = () => {}): Promise<MatmulBenchResult> {
+  for (const [N, K] of o.shapes)
+    for (const gs of o.groupSizes)
+      if (!(gs <= K)) throw invalidParameter(`group size <= K = ${K} for shape ${fmtShape(N, K)}`, 'groupSizes', gs);
   setThreads(o.threads);
   const info = backendInfo();
   const notes: string[] = [];

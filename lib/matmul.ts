@@ -40,6 +40,15 @@ export class PreparedMatmulWeight {
     return this.source.shape;
   }
 
+  /**
+   * Frees the repacked copy now rather than when the garbage collector gets to it
+   * (native finalizers run only on a later turn of the event loop). Later use
+   * throws; a matmulAsync already running keeps its own reference.
+   */
+  dispose(): void {
+    if (this.handle) native().matmulDispose(this.handle);
+  }
+
   /** 'int4-tiled' (16 output rows x 8 k per 64-byte line) or 'canonical'. */
   get layout(): 'int4-tiled' | 'canonical' {
     return this.handle ? 'int4-tiled' : 'canonical';
@@ -61,6 +70,11 @@ export class CudaMatmulWeight {
 
   get shape(): readonly [number, number] {
     return this.source.shape;
+  }
+
+  /** Frees the GPU memory now (the garbage collector does not see it); later use throws. */
+  dispose(): void {
+    cudaBinding()?.cudaMatmulDispose(this.handle);
   }
 }
 

@@ -75,6 +75,7 @@ export interface NativeBinding {
   matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
     K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
   matmulUnprepare(handle: NativePreparedWeight): NativeQuantized;
+  matmulDispose(handle: NativePreparedWeight): void;
   matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
     scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: false): Float32Array;

@@ -222,6 +222,19 @@ describe('API', () => {
     expect(nmse(yb, oracle(xr, 6, q))).toBeLessThan(F32_NMSE);
   });
 
+  it('dispose frees the repacked weight; a matmulAsync already running keeps its own reference', async () => {
+    const q = weight(40, 96, 4, 32, false, 2);
+    const x = new Tensor(gaussian(3 * 96, 3), [3, 96]);
+    const p = prepareMatmulWeight(q);
+    const want = matmul(x, p).data;
+    const pending = matmulAsync(x, p);
+    p.dispose();
+    expect(Buffer.from((await pending).data.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    expect(() => matmul(x, p)).toThrow(/Expected a live prepared weight but it was disposed/);
+    expect(() => unprepareMatmulWeight(p)).toThrow(/disposed/);
+    p.dispose();
+  });
+
   it('rejects bad input with messages naming the parameter', () => {
     const q = weight(8, 32, 4, 32, false, 1);
     expect(() => matmul(new Tensor(new Float32Array(31), [31]), q)).toThrow(/Expected x with last dimension K=32 .* received shape \[31\]/);

@@ -19,12 +19,19 @@ int64_t prepared_bytes(const PreparedInt4& p) {
                    (p.scales16.size() + p.zeros16.size()) * 2);
 }
 
-PreparedPtr arg_prepared(const Napi::CallbackInfo& info, size_t i) {
+PreparedPtr* prepared_slot(const Napi::CallbackInfo& info, size_t i) {
   const Napi::Value v = info[i];
   bool ok = false;
   if (v.IsExternal()) napi_check_object_type_tag(info.Env(), v, &kPreparedTag, &ok);
   if (!ok) throw ArgError{error(Code::InvalidArgument, "Expected a prepared weight handle (from prepareMatmulWeight) for weight")};
-  return *v.As<Napi::External<PreparedPtr>>().Data();
+  return v.As<Napi::External<PreparedPtr>>().Data();
+}
+
+// A running async matmul holds its own reference, so disposing never frees memory in use.
+PreparedPtr arg_prepared(const Napi::CallbackInfo& info, size_t i) {
+  PreparedPtr p = *prepared_slot(info, i);
+  if (!p) throw ArgError{error(Code::InvalidArgument, "Expected a live prepared weight but it was disposed")};
+  return p;
 }
 
 // codes, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric at [i, i + 9)
@@ -61,15 +68,27 @@ Napi::Value prepare_js(const Napi::CallbackInfo& info) {
   auto p = std::make_shared<PreparedInt4>();
   Status st = prepare_int4(p.get(), w);
   if (!st.ok()) throw ArgError{st};
+  // V8 is told about the memory so it collects dropped handles; disposal frees it
+  // at once (finalizers run only on a later turn of the event loop)
   const int64_t bytes = prepared_bytes(*p);
   Napi::External<PreparedPtr> ext = Napi::External<PreparedPtr>::New(
       env, new PreparedPtr(std::move(p)), [bytes](Napi::Env e, PreparedPtr* d) {
-        Napi::MemoryManagement::AdjustExternalMemory(e, -bytes);
+        if (*d) Napi::MemoryManagement::AdjustExternalMemory(e, -bytes);
         delete d;
       });
   Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
   napi_type_tag_object(env, ext, &kPreparedTag);
   return ext;
+}
+
+// matmulDispose(handle): frees the repacked weight now; later use is an error.
+Napi::Value dispose_js(const Napi::CallbackInfo& info) {
+  PreparedPtr* slot = prepared_slot(info, 0);
+  if (*slot) {
+    Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -prepared_bytes(**slot));
+    slot->reset();
+  }
+  return info.Env().Undefined();
 }
 
 // matmulUnprepare(handle) -> { codes, scales, zeros | null } in the canonical layout
@@ -132,6 +151,7 @@ Napi::Value sgemm_js(const Napi::CallbackInfo& info) {
 void register_matmul(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "matmulPrepare", prepare_js);
   QF_EXPORT(exports, "matmulUnprepare", unprepare_js);
+  QF_EXPORT(exports, "matmulDispose", dispose_js);
   QF_EXPORT(exports, "matmul", matmul_js);
   QF_EXPORT(exports, "sgemm", sgemm_js);
 }

@@ -16,12 +16,26 @@ const napi_type_tag kCudaWeightTag = {0x7166'6375'6461'6d6dULL, 0x696e'7434'7765
 
 using WeightPtr = std::shared_ptr<const CudaInt4Weight>;
 
-WeightPtr arg_weight(const Napi::CallbackInfo& info, size_t i) {
+WeightPtr* weight_slot(const Napi::CallbackInfo& info, size_t i) {
   const Napi::Value v = info[i];
   bool ok = false;
   if (v.IsExternal()) napi_check_object_type_tag(info.Env(), v, &kCudaWeightTag, &ok);
   if (!ok) throw ArgError{error(Code::InvalidArgument, "Expected a CUDA weight handle (from prepareMatmulWeightCuda) for weight")};
-  return *v.As<Napi::External<WeightPtr>>().Data();
+  return v.As<Napi::External<WeightPtr>>().Data();
+}
+
+// A running async matmul holds its own reference, so disposing never frees memory in use.
+WeightPtr arg_weight(const Napi::CallbackInfo& info, size_t i) {
+  WeightPtr w = *weight_slot(info, i);
+  if (!w) throw ArgError{error(Code::InvalidArgument, "Expected a live CUDA weight but it was disposed")};
+  return w;
+}
+
+// cudaMatmulDispose(handle): frees the device buffers now (GPU memory is not
+// visible to V8's collector); later use is an error.
+Napi::Value dispose_js(const Napi::CallbackInfo& info) {
+  weight_slot(info, 0)->reset();
+  return info.Env().Undefined();
 }
 
 std::vector<float> widen(const Span& s) {
@@ -94,6 +108,7 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
 void register_cuda_matmul(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "cudaMatmulPrepare", prepare_js);
   QF_EXPORT(exports, "cudaMatmul", matmul_js);
+  QF_EXPORT(exports, "cudaMatmulDispose", dispose_js);
 }
 
 }  // namespace qf

@@ -104,6 +104,8 @@ describe.skipIf(!info.available)(`CUDA dequant-matmul ${reason}`, () => {
     const a = await matmulAsync(x, w);
     expect(Buffer.from(a.data.buffer).equals(Buffer.from(matmul(x, w).data.buffer))).toBe(true);
     expect(() => matmul(x, w, { accuracy: 'int8' })).toThrow(/Expected 'fp32' \(the CUDA kernels have no int8 path\) for accuracy/);
+    w.dispose();
+    expect(() => matmul(x, w)).toThrow(/Expected a live CUDA weight but it was disposed/);
   });
 });
 

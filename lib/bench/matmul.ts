@@ -120,15 +120,21 @@ function median(v: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-async function timeIt(iterations: number, fn: () => unknown): Promise<number> {
-  await fn();
-  const t: number[] = [];
-  for (let i = 0; i < iterations; i++) {
-    const t0 = performance.now();
-    await fn();
-    t.push(performance.now() - t0);
-  }
-  return median(t);
+/**
+ * Median ms of each candidate, timed round-robin after one warm-up run each, so
+ * that all of them see the same drift in the machine's load (on a shared machine
+ * it changes within seconds).
+ */
+async function timeRoundRobin(iterations: number, fns: (() => unknown)[]): Promise<number[]> {
+  for (const f of fns) await f();
+  const t = fns.map(() => [] as number[]);
+  for (let i = 0; i < iterations; i++)
+    for (const [j, f] of fns.entries()) {
+      const t0 = performance.now();
+      await f();
+      t[j].push(performance.now() - t0);
+    }
+  return t.map(median);
 }
 
 function nmse(a: Float32Array, b: Float32Array): number {
@@ -213,7 +219,6 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
   const notes: string[] = [];
   log(`measuring machine limits on ${o.threads} threads (read ${Math.round(o.probeBytes / 2 ** 20)} MiB, FMA and VNNI loops)...`);
   const lim = await measureMachine({ bytes: o.probeBytes, reps: 5, seconds: 0.3 });
-  const machine = { ...lim, cpu: info.cpu, tier: info.tier };
   const vnni = info.features.avx512vnni && info.tier === 'avx512';
   if (!vnni) notes.push('no AVX-512 VNNI here: int8 rows skipped (the int8 path would run its scalar reference)');
   let ort: OrtModule | null = null;
@@ -225,14 +230,13 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
 
   const rows: MatmulBenchRow[] = [];
   const skipped: string[] = [];
+  const withPct = (r: MatmulBenchRow, l: MachineLimits): MatmulBenchRow => {
+    const peak = r.accuracy === 'fp32' ? l.fmaGflops : l.vnniGops;
+    return { ...r, pctReadBW: r.weightGBps / l.readGBps, pctPeak: peak ? r.gflops / peak : null };
+  };
   const add = (r: Omit<MatmulBenchRow, 'gflops' | 'weightGBps' | 'pctReadBW' | 'pctPeak'>, bytes: number) => {
     const gflops = (2 * r.M * r.N * r.K) / (r.medianMs * 1e6);
-    const weightGBps = bytes / (r.medianMs * 1e6);
-    const peak = r.accuracy === 'fp32' ? lim.fmaGflops : lim.vnniGops;
-    const row: MatmulBenchRow = {
-      ...r, gflops, weightGBps, pctReadBW: weightGBps / lim.readGBps,
-      pctPeak: peak ? gflops / peak : null,
-    };
+    const row = withPct({ ...r, gflops, weightGBps: bytes / (r.medianMs * 1e6), pctReadBW: 0, pctPeak: null }, lim);
     rows.push(row);
     log(formatRow(row));
   };
@@ -252,8 +256,11 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
       if (ort && ortFits) {
         for (const [i, level] of [0, 4].entries()) {
           const model = matMulNBitsModel({ N, K, blockSize: gs, accuracyLevel: level, codes: q.codes, scales: bw.scales32, zeroPoints: ortZeroPoints(bw) });
+          // no spinning: its threads would otherwise keep the cores busy after each run
+          // and slow down the next candidate (ours do not spin either)
           sessions[i] = await ort.InferenceSession.create(model, {
             intraOpNumThreads: o.threads, interOpNumThreads: 1, executionMode: 'sequential', graphOptimizationLevel: 'all',
+            extra: { session: { intra_op: { allow_spinning: '0' } } },
           });
         }
       }
@@ -264,40 +271,41 @@ export async function benchMatmul(o: MatmulBenchOptions, log: (s: string) => voi
         }
         const x = randomX(M, K);
         const base = { N, K, M, groupSize: gs };
-        // the peer first, then a pause: onnxruntime's threads spin for a while after
-        // each run and would steal the cores from a call of ours right after it
-        const ort32 = sessions[0] ? await timeOrt(ort!, sessions[0], x, M, K, o.iterations) : null;
-        const ort8 = sessions[1] ? await timeOrt(ort!, sessions[1], x, M, K, o.iterations) : null;
-        if (ort) await new Promise((r) => setTimeout(r, 100));
+        const feeds = ort ? { A: new ort.Tensor('float32', x.data as Float32Array, [M, K]) } : null;
         let y32: Float32Array | null = null, y8: Float32Array | null = null;
-        const tF = await timeIt(o.iterations, () => (y32 = matmul(x, p).data as Float32Array));
-        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: tF, speedupVsOrt: ort32 ? ort32.ms / tF : null, nmseVsFp32: null }, bytes);
-        if (vnni) {
-          const t8 = await timeIt(o.iterations, () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array));
-          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: t8, speedupVsOrt: ort8 ? ort8.ms / t8 : null, nmseVsFp32: nmse(y8!, y32!) }, bytes);
-        }
-        if (ort32) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ort32.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort32.y, y32!) }, bytes);
-        if (ort8) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ort8.ms, speedupVsOrt: null, nmseVsFp32: nmse(ort8.y, y32!) }, bytes);
-        if (wf32 && gi === 0) {
-          const w = wf32;
-          const tB = await timeIt(o.iterations, () => matmulF32(x, w));
-          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: tB, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
-        }
+        const ortY: (Float32Array | null)[] = [null, null];
+        const w = gi === 0 ? wf32 : null;
+        const fns: Record<string, () => unknown> = { fp32: () => (y32 = matmul(x, p).data as Float32Array) };
+        if (vnni) fns.int8 = () => (y8 = matmul(x, p, { accuracy: 'int8' }).data as Float32Array);
+        for (const [i, s] of sessions.entries())
+          if (s) fns[`ort${i}`] = async () => (ortY[i] = (await s.run(feeds!)).Y.data);
+        if (w) fns.base = () => matmulF32(x, w);
+        const keys = Object.keys(fns);
+        const ms = Object.fromEntries((await timeRoundRobin(o.iterations, keys.map((k) => fns[k]))).map((t, i) => [keys[i], t]));
+        const vs = (k: string, ours: number) => (ms[k] === undefined ? null : ms[k] / ours);
+        add({ ...base, impl: 'quantform int4 fp32', accuracy: 'fp32', medianMs: ms.fp32, speedupVsOrt: vs('ort0', ms.fp32), nmseVsFp32: null }, bytes);
+        if (vnni)
+          add({ ...base, impl: 'quantform int4 int8 (VNNI)', accuracy: 'int8', medianMs: ms.int8, speedupVsOrt: vs('ort1', ms.int8), nmseVsFp32: nmse(y8!, y32!) }, bytes);
+        if (ortY[0]) add({ ...base, impl: 'onnxruntime MatMulNBits acc=0', accuracy: 'fp32', medianMs: ms.ort0, speedupVsOrt: null, nmseVsFp32: nmse(ortY[0], y32!) }, bytes);
+        if (ortY[1]) add({ ...base, impl: 'onnxruntime MatMulNBits acc=4', accuracy: 'int8', medianMs: ms.ort1, speedupVsOrt: null, nmseVsFp32: nmse(ortY[1], y32!) }, bytes);
+        if (w)
+          add({ ...base, groupSize: null, impl: 'fp32 GEMM baseline (quantform sgemm, fp32 weights)', accuracy: 'fp32', medianMs: ms.base, speedupVsOrt: null, nmseVsFp32: null }, N * K * 4);
       }
       for (const s of sessions) await s?.release();
     }
   }
   if (skipped.length) notes.push(`skipped as too long for this run (maxFlopsPerRun): ${[...new Set(skipped)].join(', ')}`);
-  return { machine, rows, notes };
-}
-
-async function timeOrt(ort: OrtModule, s: OrtSession, x: Tensor, M: number, K: number, iterations: number) {
-  const feeds = { A: new ort.Tensor('float32', x.data as Float32Array, [M, K]) };
-  let y: Float32Array | null = null;
-  const ms = await timeIt(iterations, async () => {
-    y = (await s.run(feeds)).Y.data;
-  });
-  return { ms, y: y! };
+  // limits measured again at the end; each is the better of the two, since load
+  // from other processes only ever lowers a measurement
+  log('measuring machine limits again...');
+  const end = await measureMachine({ bytes: o.probeBytes, reps: 5, seconds: 0.3 });
+  const best: MachineLimits = {
+    ...lim,
+    readGBps: Math.max(lim.readGBps, end.readGBps),
+    fmaGflops: Math.max(lim.fmaGflops, end.fmaGflops),
+    vnniGops: lim.vnniGops === null || end.vnniGops === null ? lim.vnniGops : Math.max(lim.vnniGops, end.vnniGops),
+  };
+  return { machine: { ...best, cpu: info.cpu, tier: info.tier }, rows: rows.map((r) => withPct(r, best)), notes };
 }
 
 const pct = (v: number | null) => (v === null ? '' : `${(100 * v).toFixed(0)}%`);

@@ -16,8 +16,18 @@ export interface CudaInfo {
   runtimeVersion?: number;
 }
 
+/** A weight resident on the GPU (native/cuda/matmul_addon.cpp). */
+export interface NativeCudaWeight {
+  readonly __brand: 'NativeCudaWeight';
+}
+
 export interface CudaBinding {
   cudaInfo(): CudaInfo;
+  cudaMatmulPrepare(codes: Uint8Array, scales: Float32Array | Uint16Array, zeros: Float32Array | Uint16Array | null,
+    paramDtype: 'f32' | 'f16', N: number, K: number, bits: number, groupSize: number, symmetric: boolean): NativeCudaWeight;
+  cudaMatmulDispose(handle: NativeCudaWeight): void;
+  cudaMatmul(handle: NativeCudaWeight, x: Float32Array | Uint16Array, xDtype: 'f32' | 'f16' | 'bf16', M: number, async: false): Float32Array;
+  cudaMatmul(handle: NativeCudaWeight, x: Float32Array | Uint16Array, xDtype: 'f32' | 'f16' | 'bf16', M: number, async: true): Promise<Float32Array>;
   [op: string]: unknown;
 }
 

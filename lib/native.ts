@@ -115,6 +115,17 @@ export interface NativeTrainBinding {
   lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,
     x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, T: number, D: number,
     V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
+/** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
+export interface NativePreparedWeight {
+  readonly __brand: 'NativePreparedWeight';
+}
+
+export interface NativeMachineLimits {
+  readGBps: number;
+  readBytes: number;
+  fmaGflops: number;
+  vnniGops: number | null;
+  threads: number;
 }
 
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
@@ -159,6 +170,20 @@ export interface NativeBinding {
   /** GFLOP/s of a register-only FMA loop on `threads` threads */
   fmaPeak(threads: number, seconds: number): number;
   LlamaModel: new (config: NativeLlamaConfig) => NativeLlamaModel;
+  matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
+  matmulUnprepare(handle: NativePreparedWeight): NativeQuantized;
+  matmulDispose(handle: NativePreparedWeight): void;
+  matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
+    scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: false): Float32Array;
+  matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
+    scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
+  sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
+  sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  measureMachine(bytes: number, reps: number, seconds: number, async: false): NativeMachineLimits;
+  measureMachine(bytes: number, reps: number, seconds: number, async: true): Promise<NativeMachineLimits>;
 }
 
 /** The package root (holds package.json, build/ and prebuilds/), from src or dist. */

@@ -1,6 +1,7 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
 import { registerBenchModel } from './bench-model.js';
+import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
 import { registerBenchTeq } from './bench-teq.js';
 import { registerBenchTrain } from './bench-train.js';
@@ -11,4 +12,5 @@ export function registerBench(program: Command): void {
   registerBenchModel(bench);
   registerBenchTrain(bench);
   registerBenchTeq(bench);
+  registerBenchMatmul(bench);
 }

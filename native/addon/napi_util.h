@@ -45,6 +45,8 @@ Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out);
 void register_backend(Napi::Env env, Napi::Object exports);
 void register_quant(Napi::Env env, Napi::Object exports);
 void register_llama(Napi::Env env, Napi::Object exports);
+void register_matmul(Napi::Env env, Napi::Object exports);
+void register_probe(Napi::Env env, Napi::Object exports);
 void register_membw(Napi::Env env, Napi::Object exports);
 void register_train(Napi::Env env, Napi::Object exports);
 

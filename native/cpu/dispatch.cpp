@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "quantform/matmul.h"
+#include "quantform/probe.h"
 #include "quantform/quant.h"
 #include "quantform/train.h"
 
@@ -132,6 +134,18 @@ const QuantKernels& quant_kernels() {
 // No AVX2 training table: AVX2-only machines train on the reference kernels.
 const TrainKernels& train_kernels() {
   return select_kernels(train_kernels_ref, train_kernels_ref, train_kernels_avx512);
+}
+
+const MatmulKernels& matmul_kernels() {
+  return select_kernels(matmul_kernels_ref, matmul_kernels_avx2, matmul_kernels_avx512);
+}
+
+const ProbeKernels& probe_kernels() {
+  return select_kernels(probe_kernels_ref, probe_kernels_avx2, probe_kernels_avx512);
+}
+
+const MatmulInt8Kernels& matmul_int8_kernels() {
+  return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
 }
 
 }  // namespace qf

@@ -182,11 +182,15 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void register_cuda_matmul(Napi::Env env, Napi::Object exports);
+
 }  // namespace qf
 
 namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   using namespace qf;
+  register_cuda_matmul(env, exports);
   QF_EXPORT(exports, "cudaInfo", cuda_info);
   QF_EXPORT(exports, "quantize", quantize_js);
   QF_EXPORT(exports, "dequantize", dequantize_js);

@@ -1,0 +1,96 @@
+#include "quantform/probe.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "quantform/dispatch.h"
+#include "quantform/threadpool.h"
+
+namespace qf {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Runs `loop` on all threads in many small chunks (so a slow-to-wake worker does
+// not leave the caller doing its share alone); returns work units per second.
+template <class F>
+double throughput(int64_t iters_per_chunk, F loop) {
+  const int64_t chunks = (int64_t)num_threads() * 16;
+  double units = 0;
+  const double t0 = now_s();
+  std::vector<double> per(chunks, 0.0);
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++) per[c] = loop(iters_per_chunk);
+  });
+  const double dt = now_s() - t0;
+  for (double u : per) units += u;
+  return units / dt;
+}
+
+// Iterations per chunk so that a whole run takes about `seconds`.
+template <class F>
+int64_t calibrate(double seconds, F loop) {
+  int64_t iters = 1 << 14;
+  for (;;) {
+    const double t0 = now_s();
+    loop(iters);
+    const double dt = now_s() - t0;
+    if (dt > 0.01 || iters > (int64_t(1) << 34)) {
+      const double per_chunk = seconds / 16.0;
+      const double want = (double)iters * per_chunk / (dt > 0 ? dt : 1e-9);
+      return want < 1024 ? 1024 : (int64_t)want;
+    }
+    iters *= 4;
+  }
+}
+
+}  // namespace
+
+Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds) {
+  if (bytes < (int64_t(1) << 20) || reps < 1 || !(seconds > 0))
+    return error(Code::InvalidArgument, "Expected bytes >= 1 MiB, reps >= 1 and seconds > 0 but received bytes=" +
+                                            std::to_string(bytes) + ", reps=" + std::to_string(reps));
+  const ProbeKernels& pk = probe_kernels();
+  constexpr int64_t kBlock = 1 << 18;  // floats per parallel chunk (1 MiB)
+  const int64_t n = bytes / 4 / kBlock * kBlock;
+  float* buf = static_cast<float*>(std::aligned_alloc(64, (size_t)n * 4));
+  if (!buf) return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(bytes) + " bytes for the bandwidth probe");
+  // first touch from the pool so pages are spread as the readers will read them
+  parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++)
+      for (int64_t i = 0; i < kBlock; i++) buf[b * kBlock + i] = (float)(i & 7);
+  });
+  double best = 0;
+  volatile float sink = 0;
+  for (int r = 0; r < reps; r++) {
+    std::vector<float> part((size_t)(n / kBlock), 0.f);
+    const double t0 = now_s();
+    parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; b++) part[(size_t)b] = pk.read_sum(buf + b * kBlock, kBlock);
+    });
+    const double dt = now_s() - t0;
+    for (float p : part) sink = sink + p;
+    const double gbps = (double)n * 4 / dt / 1e9;
+    best = gbps > best ? gbps : best;
+  }
+  std::free(buf);
+  out->read_gbps = best;
+  out->read_bytes = n * 4;
+  out->threads = num_threads();
+  const int64_t fi = calibrate(seconds, pk.fma_loop);
+  out->fma_gflops = throughput(fi, pk.fma_loop) / 1e9;
+  out->vnni_gops = 0;
+  if (vnni_available()) {
+    const auto loop = probe_kernels_avx512vnni.vnni_loop;
+    const int64_t vi = calibrate(seconds, loop);
+    out->vnni_gops = throughput(vi, loop) / 1e9;
+  }
+  return Status::Ok();
+}
+
+}  // namespace qf

@@ -1,0 +1,78 @@
+// The matmul benchmark's pieces: the hand-written ONNX encoder (checked by running
+// the model in onnxruntime against quantform's reference), the machine probes, and
+// one tiny end-to-end benchmark run. Timings are not asserted.
+import { describe, expect, it } from 'vitest';
+import { matMulNBitsModel } from '../lib/bench/onnx.js';
+import { benchMatmul, loadOrt, type OrtModule } from '../lib/bench/matmul.js';
+import { matmul, measureMachine, QuantizedTensor, setKernelPolicy, Tensor } from '../lib/index.js';
+
+/** onnxruntime (fp32 accumulation, its own order) vs the float64-accumulating reference. */
+const ORT_NMSE = 1e-10;
+
+const loaded = await loadOrt();
+const ort: OrtModule | null = typeof loaded === 'string' ? null : loaded;
+if (typeof loaded === 'string') console.log(`onnxruntime cross-check skipped: ${loaded}`);
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296;
+}
+
+describe.skipIf(!ort)('ONNX MatMulNBits model (skipped without onnxruntime-node)', () => {
+  it.each([[32, false], [16, true], [64, false]] as const)('blockSize=%i symmetric=%s matches quantform', async (bs, sym) => {
+    const [N, K, M] = [21, 128, 3];
+    const r = lcg(bs);
+    const G = K / bs;
+    const codes = Uint8Array.from({ length: N * K / 2 }, () => Math.floor(r() * 256));
+    const scales = Float32Array.from({ length: N * G }, () => 0.01 + 0.01 * r());
+    const zi = Uint8Array.from({ length: N * G }, () => Math.floor(r() * 16));
+    const q = new QuantizedTensor(codes, scales, sym ? null : Float32Array.from(zi), [N, K], 4, bs, sym, 'f32');
+    let zp: Uint8Array | null = null;
+    if (!sym) {
+      const rb = Math.ceil(G / 2);
+      zp = new Uint8Array(N * rb);
+      for (let n = 0; n < N; n++) for (let g = 0; g < G; g++) zp[n * rb + (g >> 1)] |= zi[n * G + g] << ((g & 1) * 4);
+    }
+    const model = matMulNBitsModel({ N, K, blockSize: bs, accuracyLevel: 0, codes, scales, zeroPoints: zp });
+    const session = await ort!.InferenceSession.create(model, {});
+    const x = Float32Array.from({ length: M * K }, () => r() * 2 - 1);
+    const y = (await session.run({ A: new ort!.Tensor('float32', x, [M, K]) })).Y.data;
+    await session.release();
+    setKernelPolicy('ref');
+    const want = matmul(new Tensor(x, [M, K]), q).data as Float32Array;
+    setKernelPolicy('auto');
+    let num = 0, den = 0;
+    for (let i = 0; i < want.length; i++) {
+      num += (y[i] - want[i]) ** 2;
+      den += want[i] ** 2;
+    }
+    expect(num / den).toBeLessThan(ORT_NMSE);
+  });
+});
+
+describe('machine probes and a tiny benchmark run', () => {
+  it('measureMachine returns positive limits and rejects bad options', async () => {
+    const m = await measureMachine({ bytes: 8 * 2 ** 20, reps: 2, seconds: 0.05 });
+    expect(m.readGBps).toBeGreaterThan(0);
+    expect(m.fmaGflops).toBeGreaterThan(0);
+    expect(m.readBytes).toBe(8 * 2 ** 20);
+    await expect(measureMachine({ bytes: 1000 })).rejects.toThrow(/Expected integer >= 1048576 for bytes but received 1000 of type number/);
+  });
+
+  it('benchMatmul produces every row kind with finite numbers', async () => {
+    const r = await benchMatmul({
+      shapes: [[48, 256]], ms: [1, 20], groupSizes: [32], iterations: 1, threads: 2, peer: !!ort, baseline: true,
+      probeBytes: 4 * 2 ** 20, maxFlopsPerRun: Infinity,
+    });
+    const impls = new Set(r.rows.map((row) => row.impl));
+    expect(impls.has('quantform int4 fp32')).toBe(true);
+    expect(impls.has('fp32 GEMM baseline (quantform sgemm, fp32 weights)')).toBe(true);
+    if (ort) expect(impls.has('onnxruntime MatMulNBits acc=0')).toBe(true);
+    for (const row of r.rows) {
+      expect(Number.isFinite(row.medianMs) && row.medianMs > 0).toBe(true);
+      expect(Number.isFinite(row.gflops)).toBe(true);
+      if (row.impl === 'onnxruntime MatMulNBits acc=0') expect(row.nmseVsFp32!).toBeLessThan(1e-10);
+      if (row.accuracy === 'int8') expect(row.nmseVsFp32!).toBeLessThan(1e-3);
+    }
+  });
+});

@@ -38,6 +38,7 @@ export { saveGptq, type SaveOptions } from './export/save.js';
 export { GptqCheckpoint } from './export/gptq-checkpoint.js';
 export { toGptq, packGptq, dequantizeGptq, type GptqFormat, type GptqLinear } from './export/gptq.js';
 export { readSafetensors, writeSafetensors, type SafeTensor } from './export/safetensors.js';
+export {
   matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,
   type MatmulAccuracy, type MatmulOptions,

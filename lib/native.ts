@@ -50,6 +50,9 @@ export interface NativeLlamaConfig {
 export interface NativeLlamaModel {
   /** name: embed | final_norm | lm_head | layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|w_gate|w_up|w_down> */
   setWeight(name: string, data: Float32Array): void;
+  /** A packed quantized linear (formats.h); INT4 runs on the dequant-matmul kernels. */
+  setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
+    N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
   /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
@@ -115,6 +118,8 @@ export interface NativeTrainBinding {
   lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,
     x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, T: number, D: number,
     V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
+}
+
 /** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
 export interface NativePreparedWeight {
   readonly __brand: 'NativePreparedWeight';

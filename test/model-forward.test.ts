@@ -193,24 +193,48 @@ describe('native LlamaModel argument checks', () => {
 });
 
 describe('Linear hook', () => {
-  it('a QuantizedLinear runs as its dequantized fp32 weight', async () => {
+  // The dequant-matmul kernels sum in another order than the fp32 GEMM over the
+  // dequantized weight: equal up to float rounding.
+  const KERNEL_VS_DEQUANT_NMSE = 1e-9;
+  const nmseOf = (a: Float32Array, b: Float32Array) => {
+    let num = 0, den = 0;
+    for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+    return num / den;
+  };
+  for (const cfg of [
+    { bits: 4, groupSize: 32, symmetric: true, paramDtype: 'f32' },   // repacked INT4 fast path
+    { bits: 4, groupSize: 100, symmetric: false, paramDtype: 'f16' }, // per-channel INT4, f16 parameters
+    { bits: 3, groupSize: 16, symmetric: false, paramDtype: 'f32' },  // generic path
+  ] as const)
+    it(`a QuantizedLinear (${cfg.bits}-bit g${cfg.groupSize} ${cfg.symmetric ? 'sym' : 'asym'} ${cfg.paramDtype}) runs on the kernels like its dequantized weight`, async () => {
+      const m = await loadModel({ synthetic: small });
+      const name = 'layers.1.w_down';
+      const w = m.linear(name) as Fp32Linear;
+      expect(w.kind).toBe('f32');
+      const q = quantize(w.weight, cfg);
+      const ql = new QuantizedLinear(q);
+      const tokens = [1, 3, 5, 7];
+      const before = m.forward(tokens).logits;
+      m.setLinear(name, ql);
+      expect(m.linear(name)).toBe(ql);
+      const quantized = m.forward(tokens).logits;
+      m.setLinear(name, new Fp32Linear(dequantize(q)));
+      const viaFp32 = m.forward(tokens).logits;
+      expect(nmseOf(quantized, viaFp32)).toBeLessThan(KERNEL_VS_DEQUANT_NMSE);
+      expect(nmseOf(quantized, before)).toBeGreaterThan(1e-8); // quantization changed the model
+      expect(m.linear(name)).toBeInstanceOf(Fp32Linear);
+      expect(() => m.setLinear('layers.0.wq', ql)).toThrow(/Expected a \[48, 48\] linear for layers.0.wq but received \[48, 100\]/);
+      expect(() => m.setLinear('layers.9.wq', ql)).toThrow(/linear names/);
+      m.dispose();
+    });
+
+  it('the native model re-checks a quantized weight it is handed', async () => {
     const m = await loadModel({ synthetic: small });
-    const name = 'layers.1.w_down';
-    const w = m.linear(name) as Fp32Linear;
-    expect(w.kind).toBe('f32');
-    const q = quantize(w.weight, { bits: 4, groupSize: 32, symmetric: true });
-    const ql = new QuantizedLinear(q);
-    const tokens = [1, 3, 5, 7];
-    const before = m.forward(tokens).logits;
-    m.setLinear(name, ql);
-    const quantized = m.forward(tokens).logits;
-    m.setLinear(name, new Fp32Linear(dequantize(q)));
-    const viaFp32 = m.forward(tokens).logits;
-    expect(Array.from(quantized)).toEqual(Array.from(viaFp32));
-    expect(Array.from(quantized)).not.toEqual(Array.from(before));
-    expect(m.linear(name)).toBeInstanceOf(Fp32Linear);
-    expect(() => m.setLinear('layers.0.wq', ql)).toThrow(/Expected a \[48, 48\] linear for layers.0.wq but received \[48, 100\]/);
-    expect(() => m.setLinear('layers.9.wq', ql)).toThrow(/linear names/);
+    const h = (m as unknown as { handle: { setQuantizedWeight: (...a: unknown[]) => void } }).handle;
+    const q = quantize(new Tensor(new Float32Array(48 * 48).fill(0.5), [48, 48]), { bits: 4, groupSize: 16 });
+    expect(() => h.setQuantizedWeight('layers.0.wq', q.codes.subarray(1), q.scales, q.zeros, 'f32', 48, 48, 4, 16, false)).toThrow(/^Expected 1152 elements for codes but received 1151$/);
+    expect(() => h.setQuantizedWeight('layers.0.wq', q.codes, q.scales, q.zeros, 'f32', 48, 100, 4, 16, false)).toThrow(/Expected a \(48, 48\) quantized weight/);
+    expect(() => h.setQuantizedWeight('layers.0.attn_norm', q.codes, q.scales, q.zeros, 'f32', 48, 48, 4, 16, false)).toThrow(/not a linear layer/);
     m.dispose();
   });
 });

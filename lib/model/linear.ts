@@ -1,7 +1,7 @@
 // Every linear layer of a model goes through this interface, so a quantized
-// weight plugs in where an fp32 one was. The native model consumes fp32 (out, in)
-// weights today; QuantizedLinear dequantizes (lib/quant.ts) into that fp32 GEMM,
-// the correct fallback until the packed dequant-matmul kernels land (branch matmul).
+// weight plugs in where an fp32 one was. The native model runs an Fp32Linear on
+// its fp32 GEMM and a QuantizedLinear on the dequant-matmul kernels (packed codes
+// read directly; INT4 with a supported group size takes the repacked fast path).
 import { QuantformError } from '../errors.js';
 import { dequantize, QuantizedTensor } from '../quant.js';
 import { Tensor } from '../tensor.js';
@@ -12,7 +12,7 @@ export interface Linear {
   readonly outFeatures: number;
   /** columns of the weight (in features) */
   readonly inFeatures: number;
-  /** The weight as fp32 (out, in) row-major, as the fp32 GEMM consumes it. */
+  /** The weight as fp32 (out, in) row-major (dequantized for a quantized linear). */
   toFloat32(): Float32Array;
 }
 

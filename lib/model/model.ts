@@ -9,7 +9,7 @@ import type { Checkpoint } from './checkpoint.js';
 import { LINEAR_WEIGHTS, invFreq, weightNames, weightShape, type LlamaConfig } from './config.js';
 import { CheckpointFile } from './file.js';
 import { GgufCheckpoint } from './gguf.js';
-import { Fp32Linear, type Linear } from './linear.js';
+import { Fp32Linear, QuantizedLinear, type Linear } from './linear.js';
 import { Llama2cCheckpoint } from './llama2c.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { GptqCheckpoint, gptqConfig } from '../export/gptq-checkpoint.js';
@@ -107,7 +107,10 @@ export class Model {
     if (linear.outFeatures !== o || linear.inFeatures !== i)
       throw new QuantformError('QF_SHAPE_MISMATCH', `Expected a [${o}, ${i}] linear for ${name} but received [${linear.outFeatures}, ${linear.inFeatures}]`);
     try {
-      this.live().setWeight(name, linear.toFloat32());
+      if (linear instanceof QuantizedLinear) {
+        const q = linear.weight;
+        this.live().setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
+      } else this.live().setWeight(name, linear.toFloat32());
     } catch (e) {
       throw fromNative(e);
     }

@@ -176,6 +176,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod("setWeight", &LlamaModelWrap::SetWeight),
+                        InstanceMethod("setQuantizedWeight", &LlamaModelWrap::SetQuantizedWeight),
                         InstanceMethod("missing", &LlamaModelWrap::Missing),
                         InstanceMethod("forward", &LlamaModelWrap::Forward),
                         InstanceMethod("dispose", &LlamaModelWrap::Dispose)});
@@ -224,6 +225,24 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
       check(m.set_weight(name, f32(w), w.len));
+      return info.Env().Undefined();
+    });
+  }
+
+  // setQuantizedWeight(name, codes Uint8Array, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric)
+  Napi::Value SetQuantizedWeight(const Napi::CallbackInfo& info) {
+    return guard(info, [&] {
+      LlamaModel& m = live();
+      const std::string name = arg_string(info, 0, "name");
+      CanonicalWeight w;
+      w.codes = arg_bytes(info, 1, "codes");
+      const DType pd = arg_dtype(info, 4, "paramDtype");
+      w.scales = arg_span(info, 2, "scales", pd);
+      w.N = arg_int(info, 5, "N");
+      w.K = arg_int(info, 6, "K");
+      w.spec = QuantSpec{(int)arg_int(info, 7, "bits"), arg_int(info, 8, "groupSize"), arg_bool(info, 9, "symmetric"), false};
+      w.zeros = w.spec.symmetric || arg_is_null(info, 3) ? Span{nullptr, 0, pd} : arg_span(info, 3, "zeros", pd);
+      check(m.set_quantized_weight(name, w));
       return info.Env().Undefined();
     });
   }

@@ -2,6 +2,7 @@
 // pass in one call (llama_model.h). Activations are allocated per call, sized by
 // (B, T); the cache persists across calls for incremental decoding.
 #include "quantform/llama_model.h"
+#include "quantform/formats.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +23,16 @@ Status linear_forward(float* y, const float* x, const Linear& lin, int64_t M) {
     case Linear::Kind::F32:
       return matmul_forward(y, (size_t)(M * lin.out), x, (size_t)(M * lin.in), lin.w.data(), lin.w.size(), nullptr,
                             0, M, lin.out, lin.in);
+    case Linear::Kind::Quantized: {
+      const size_t G = (size_t)qf_num_groups(lin.in, lin.spec.group_size);
+      const CanonicalWeight cw{Span{(void*)lin.codes.data(), lin.codes.size(), DType::F32},
+                               Span{(void*)lin.scales.data(), (size_t)lin.out * G, lin.param_dtype},
+                               Span{lin.zeros.empty() ? nullptr : (void*)lin.zeros.data(),
+                                    lin.zeros.empty() ? 0 : (size_t)lin.out * G, lin.param_dtype},
+                               lin.out, lin.in, lin.spec};
+      return dequant_matmul(Span{y, (size_t)(M * lin.out), DType::F32}, Span{(void*)x, (size_t)(M * lin.in), DType::F32},
+                            M, &cw, lin.prepared.get(), MatmulAccuracy::F32);
+    }
   }
   return error(Code::Internal, "unknown Linear kind");
 }
@@ -119,11 +130,48 @@ Status LlamaModel::set_weight(const std::string& name, const float* data, size_t
   return Status::Ok();
 }
 
+Status LlamaModel::set_quantized_weight(const std::string& name, const CanonicalWeight& w) {
+  Slot s{};
+  if (!slot_for(name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+    return error(Code::InvalidArgument, "Unknown weight name '" + name + "'");
+  if (!s.lin) return error(Code::InvalidArgument, "Weight '" + name + "' is not a linear layer and cannot be quantized");
+  if (w.N != s.rows || w.K != s.cols)
+    return error(Code::ShapeMismatch, "Expected a (" + std::to_string(s.rows) + ", " + std::to_string(s.cols) +
+                                          ") quantized weight for '" + name + "' but received (" + std::to_string(w.N) +
+                                          ", " + std::to_string(w.K) + ")");
+  QF_TRY(check_canonical(w));
+  Linear lin;
+  lin.kind = Linear::Kind::Quantized;
+  lin.out = w.N;
+  lin.in = w.K;
+  lin.spec = w.spec;
+  lin.param_dtype = w.scales.dtype;
+  const size_t pbytes = dtype_size(w.scales.dtype);
+  const uint8_t* c = static_cast<const uint8_t*>(w.codes.data);
+  lin.codes.assign(c, c + w.codes.len);
+  const uint8_t* sc = static_cast<const uint8_t*>(w.scales.data);
+  lin.scales.assign(sc, sc + w.scales.len * pbytes);
+  if (!w.spec.symmetric) {
+    const uint8_t* z = static_cast<const uint8_t*>(w.zeros.data);
+    lin.zeros.assign(z, z + w.zeros.len * pbytes);
+  }
+  if (matmul_fast_layout(w.spec.bits, w.K, w.spec.group_size)) {
+    lin.prepared = std::make_unique<PreparedInt4>();
+    QF_TRY(prepare_int4(lin.prepared.get(), w));
+  }
+  *s.lin = std::move(lin);
+  return Status::Ok();
+}
+
+namespace {
+bool is_set(const Linear& l) { return l.kind == Linear::Kind::Quantized || !l.w.empty(); }
+}  // namespace
+
 std::vector<std::string> LlamaModel::missing() const {
   std::vector<std::string> out;
   if (embed_.empty()) out.push_back("embed");
   if (final_norm_.empty()) out.push_back("final_norm");
-  if (!tied_ && lm_head_.w.empty()) out.push_back("lm_head");
+  if (!tied_ && !is_set(lm_head_)) out.push_back("lm_head");
   for (size_t l = 0; l < layers_.size(); l++) {
     const LlamaLayer& L = layers_[l];
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -132,7 +180,7 @@ std::vector<std::string> LlamaModel::missing() const {
     const Linear* lins[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
     const char* names[] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
     for (int i = 0; i < 7; i++)
-      if (lins[i]->w.empty()) out.push_back(p + names[i]);
+      if (!is_set(*lins[i])) out.push_back(p + names[i]);
   }
   return out;
 }
@@ -220,7 +268,7 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   }
   std::vector<float> hn((size_t)(rows_out * C));  // (rows_out, C)
   QF_TRY(rmsnorm_forward(hn.data(), hn.size(), nullptr, 0, final_in, hn.size(), final_norm_.data(), final_norm_.size(), C, c.norm_eps));
-  if (tied_ && lm_head_.w.empty())
+  if (tied_ && !is_set(lm_head_))
     QF_TRY(matmul_forward(logits, n_logits, hn.data(), hn.size(), embed_.data(), embed_.size(), nullptr, 0, rows_out, V, C));
   else
     QF_TRY(linear_forward(logits, hn.data(), lm_head_, rows_out));

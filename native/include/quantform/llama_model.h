@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "quantform/matmul_ops.h"
 #include "quantform/status.h"
 
 namespace qf {
@@ -34,12 +35,19 @@ struct LlamaConfig {
 };
 
 // Every linear layer is one of these: a weight (out, in) applied as x @ w^T.
-// fp32 today; a quantized kind (packed codes + scales, formats.h) adds a case to
-// linear_forward without touching the model.
+//   F32:       w (out, in), the fp32 GEMM.
+//   Quantized: the canonical packed weight (formats.h) and, for INT4 with a group
+//              size the kernels support, its repacked form (matmul.h); the
+//              dequant-matmul kernels read it directly, no fp32 copy is kept.
 struct Linear {
-  enum class Kind { F32 } kind = Kind::F32;
+  enum class Kind { F32, Quantized } kind = Kind::F32;
   int64_t out = 0, in = 0;
-  std::vector<float> w;  // (out, in)
+  std::vector<float> w;                   // F32: (out, in)
+  std::vector<uint8_t> codes;             // Quantized: (out, row_bytes)
+  std::vector<uint8_t> scales, zeros;     // Quantized: (out, G) in param_dtype; zeros empty when symmetric
+  DType param_dtype = DType::F32;
+  QuantSpec spec{};
+  std::unique_ptr<PreparedInt4> prepared;  // null when the layout has no fast kernel
 };
 
 // x (M, in) -> y (M, out)
@@ -59,6 +67,8 @@ class LlamaModel {
   // Names: embed (V, C), final_norm (C), lm_head (V, C), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
   // w_gate|w_up|w_down>. data holds n floats; the expected shape is checked.
   Status set_weight(const std::string& name, const float* data, size_t n);
+  // A quantized linear (name as above, not a norm or the embedding); w's shape must be the slot's.
+  Status set_quantized_weight(const std::string& name, const CanonicalWeight& w);
   // Missing weights, named (lm_head falls back to embed when tied).
   std::vector<std::string> missing() const;
   // tokens (B, T) at positions pos0 .. pos0 + T - 1 of every sequence; pos0 == 0 starts a new

@@ -42,7 +42,7 @@ export function registerBenchMatmul(bench: Command): void {
     .option('--shapes <list>', 'weight shapes NxK (out x in), comma-separated', shapeList)
     .option('--m <list>', 'rows of x, comma-separated (default 1,8,32,512)', intList)
     .option('--group-sizes <list>', 'group sizes, comma-separated (default 32,128; --quick: 128)', intList)
-    .option('--iterations <n>', 'timed runs per row (median reported)', (v) => intList(v)[0])
+    .option('--iterations <n>', 'timed runs per row at least (median reported; short rows run more)', (v) => intList(v)[0])
     .option('--threads <n>', 'threads for quantform and onnxruntime (default: all cores)', (v) => intList(v)[0])
     .option('--no-peer', 'skip onnxruntime')
     .option('--no-baseline', 'skip the fp32 GEMM baseline')

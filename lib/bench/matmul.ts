@@ -25,7 +25,7 @@ export interface MatmulBenchOptions {
   shapes: readonly Shape[];
   ms: readonly number[];
   groupSizes: readonly number[];
-  /** Timed runs per row (median reported); one more run warms up. */
+  /** Timed runs per row at least (median reported; short rows get more, up to 100); one more run warms up. */
   iterations: number;
   threads: number;
   /** Run onnxruntime-node's MatMulNBits when installed. */
@@ -126,9 +126,13 @@ function median(v: number[]): number {
  * it changes within seconds).
  */
 async function timeRoundRobin(iterations: number, fns: (() => unknown)[]): Promise<number[]> {
+  const t0 = performance.now();
   for (const f of fns) await f();
+  // short candidates get more rounds (up to 100, about 0.3 s in all): a median of
+  // a few sub-millisecond runs is at the mercy of one preemption
+  const rounds = Math.min(100, Math.max(iterations, Math.ceil(300 / (performance.now() - t0))));
   const t = fns.map(() => [] as number[]);
-  for (let i = 0; i < iterations; i++)
+  for (let i = 0; i < rounds; i++)
     for (const [j, f] of fns.entries()) {
       const t0 = performance.now();
       await f();

@@ -1,24 +1,17 @@
 // `quantform bench matmul`: INT4 dequant-matmul vs an fp32 GEMM baseline and
 // onnxruntime MatMulNBits (lib/bench/matmul.ts).
-import { renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { Command, InvalidArgumentError } from 'commander';
 import {
   benchMatmul, formatHeader, formatMachine, formatRow, FULL, QUICK, type MatmulBenchOptions, type Shape,
 } from '../bench/matmul.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { parseShapes } from './options.js';
 
 function intList(v: string): number[] {
   const out = v.split(',').map((s) => Number(s.trim()));
   if (out.some((n) => !Number.isInteger(n) || n <= 0)) throw new InvalidArgumentError(`Expected comma-separated positive integers but received '${v}'`);
   return out;
-}
-
-function shapeList(v: string): Shape[] {
-  return v.split(',').map((s) => {
-    const m = /^\s*(\d+)x(\d+)\s*$/.exec(s);
-    if (!m) throw new InvalidArgumentError(`Expected shapes as NxK[,NxK...] (e.g. 4096x4096) but received '${s}'`);
-    return [Number(m[1]), Number(m[2])] as const;
-  });
 }
 
 interface Opts {
@@ -39,10 +32,10 @@ export function registerBenchMatmul(bench: Command): void {
     .command('matmul')
     .description('INT4 dequant-matmul (fp32 and int8 accuracy) vs fp32 GEMM and onnxruntime MatMulNBits, on Llama layer shapes')
     .option('--quick', 'a short run (< 1 minute on 2 cores): 4096x4096 and 32768x4096, group size 128')
-    .option('--shapes <list>', 'weight shapes NxK (out x in), comma-separated', shapeList)
+    .option('--shapes <list>', 'weight shapes NxK (out x in), comma-separated', (v: string): Shape[] => parseShapes(v))
     .option('--m <list>', 'rows of x, comma-separated (default 1,8,32,512)', intList)
     .option('--group-sizes <list>', 'group sizes, comma-separated (default 32,128; --quick: 128)', intList)
-    .option('--iterations <n>', 'timed runs per row (median reported)', (v) => intList(v)[0])
+    .option('--iterations <n>', 'timed runs per row at least (median reported; short rows run more)', (v) => intList(v)[0])
     .option('--threads <n>', 'threads for quantform and onnxruntime (default: all cores)', (v) => intList(v)[0])
     .option('--no-peer', 'skip onnxruntime')
     .option('--no-baseline', 'skip the fp32 GEMM baseline')
@@ -70,10 +63,6 @@ export function registerBenchMatmul(bench: Command): void {
         console.log(formatHeader());
         for (const row of r.rows) console.log(formatRow(row));
       }
-      if (opts.out) {
-        const tmp = `${opts.out}.${process.pid}.tmp`;
-        writeFileSync(tmp, JSON.stringify(r, null, 2));
-        renameSync(tmp, opts.out);
-      }
+      if (opts.out) writeFileAtomic(opts.out, JSON.stringify(r, null, 2) + '\n');
     });
 }

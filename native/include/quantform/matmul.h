@@ -32,10 +32,11 @@ namespace qf {
 
 constexpr int64_t QF_MM_NT = 16;  // output rows per tile (one zmm of lanes)
 constexpr int64_t QF_MM_KC = 8;   // k per code word
-// Up to this many rows of x, kernels may decode weights in registers (memory-bound
-// GEMV) and get no scratch; above it each kernel picks its own crossover to
-// decoding a panel once and running a register-blocked GEMM (fp32 AVX-512: M > 4,
-// where the broadcasts of x, not the weight stream, bound the register decode).
+// Up to this many rows of x every kernel decodes weights in registers (a
+// memory-bound GEMV) and gets no scratch. Above it each kernel picks its own
+// crossover to decoding a panel once and running a register-blocked GEMM: fp32
+// AVX-512 at M > 4 (beyond that, broadcasts of x rather than the weight stream
+// bound the register decode), fp32 AVX2 at M > 2, int8 VNNI at M > 8.
 constexpr int64_t QF_MM_GEMV_MAX_M = 1;
 
 struct PackedInt4View {

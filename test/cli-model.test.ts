@@ -47,5 +47,11 @@ describe.skipIf(!haveCli)('quantform CLI (dist/cli.js)', () => {
       err = String((e as { stderr: string }).stderr);
     }
     expect(err).toMatch(/quantform: Model path \/nonexistent\/model does not exist \[QF_IO\]/);
+    try {
+      run(['eval', '--text', '/nonexistent/text']);
+    } catch (e) {
+      err = String((e as { stderr: string }).stderr);
+    }
+    expect(err).toMatch(/quantform: Cannot read --text \/nonexistent\/text: .*ENOENT.* \[QF_IO\]/);
   });
 });

@@ -51,6 +51,8 @@ function matmulOracle(x: Float32Array, w: Float32Array, b: Float32Array | null, 
 describe('matmul_forward: out (M, N) = inp (M, K) @ weight (N, K)^T + bias', () => {
   const shapes: [number, number, number][] = [
     [1, 1, 1], [1, 5, 17], [2, 33, 19], [3, 70, 300], [4, 32, 16], [7, 100, 513], [13, 257, 64], [37, 65, 1000], [12, 300, 257],
+    // one output panel, many rows: threads split rows
+    [50, 40, 70], [61, 64, 33],
   ];
   for (const [M, N, K] of shapes)
     for (const bias of [false, true])

@@ -6,6 +6,7 @@ import {
   Fp32Linear, QuantizedLinear, SyntheticCheckpoint, Tensor, dequantize, invFreq, loadModel, quantize, weightNames,
   type LlamaConfig,
 } from '../lib/index.js';
+import { native } from '../lib/native.js';
 import { availableTiers, withTier } from './helpers/tiers.js';
 
 // fp32 forward vs float64 oracle over a few layers: relative max error on logits.
@@ -170,6 +171,24 @@ describe('KV cache, batches and tiers', () => {
     expect(() => m.forward(Array(65).fill(1))).toThrow(/maxSeq = 64/);
     m.dispose();
     expect(() => m.forward([1])).toThrow(/disposed/);
+  });
+});
+
+describe('native LlamaModel argument checks', () => {
+  it('rejects bad configs and weights with errors, not crashes', () => {
+    const LM = native().LlamaModel;
+    const good = { dim: 8, hiddenDim: 12, nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 4, vocabSize: 5, maxSeq: 4, normEps: 1e-5, invFreq: new Float32Array(2), tied: true };
+    expect(() => new LM({ ...good, normEps: 'x' as unknown as number })).toThrow(/Expected number for config.normEps/);
+    expect(() => new LM({ ...good, nKvHeads: 3 })).toThrow(/nKvHeads dividing nHeads/);
+    expect(() => new LM({ ...good, invFreq: new Float32Array(3) })).toThrow(/headDim\/2 = 2 inverse frequencies but received 3/);
+    expect(() => new LM({ ...good, dim: -1 })).toThrow(/non-negative integer for config.dim/);
+    const m = new LM(good);
+    expect(() => m.setWeight('layers.0.wq', new Float32Array(3))).toThrow(/Expected 64 elements \(8, 8\) for weight 'layers.0.wq' but received 3/);
+    expect(() => m.setWeight('layers.1.wq', new Float32Array(64))).toThrow(/Unknown weight name 'layers.1.wq'/);
+    expect(() => m.forward(Int32Array.from([1]), 1, 1, 0, false, false)).toThrow(/Model weight 'embed' was never set/);
+    expect(m.missing()).toContain('layers.0.w_down');
+    m.dispose();
+    expect(() => m.missing()).toThrow(/disposed/);
   });
 });
 

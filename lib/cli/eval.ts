@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
+import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { intOption, modelFromArgs } from './model-arg.js';
 
@@ -32,7 +33,12 @@ export function registerEval(program: Command): void {
     .action(async (o: EvalOpts) => {
       const model = await modelFromArgs(o);
       try {
-        const text = readFileSync(o.text, 'utf8');
+        let text: string;
+        try {
+          text = readFileSync(o.text, 'utf8');
+        } catch (e) {
+          throw new QuantformError('QF_IO', `Cannot read --text ${o.text}: ${(e as Error).message}`, { cause: e });
+        }
         const bar = new cliProgress.SingleBar({
           format: 'eval |{bar}| {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}',
           stream: process.stderr,

@@ -158,10 +158,17 @@ Napi::Value fma_peak_js(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), measure_fma_peak_gflops((int)threads, seconds));
 }
 
-int64_t get_int(const Napi::Object& o, const char* key) {
+double get_number(const Napi::Object& o, const char* key) {
   const Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) fail(error(Code::InvalidArgument, std::string("Expected integer for config.") + key));
-  return (int64_t)v.As<Napi::Number>().DoubleValue();
+  if (!v.IsNumber()) fail(error(Code::InvalidArgument, std::string("Expected number for config.") + key));
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int64_t get_int(const Napi::Object& o, const char* key) {
+  const double d = get_number(o, key);
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != (double)(int64_t)d)
+    fail(error(Code::InvalidArgument, std::string("Expected non-negative integer for config.") + key + " but received " + std::to_string(d)));
+  return (int64_t)d;
 }
 
 class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
@@ -189,7 +196,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       c.head_dim = get_int(o, "headDim");
       c.vocab_size = get_int(o, "vocabSize");
       c.max_seq = get_int(o, "maxSeq");
-      c.norm_eps = (float)o.Get("normEps").As<Napi::Number>().DoubleValue();
+      c.norm_eps = (float)get_number(o, "normEps");
       Napi::Value f = o.Get("invFreq");
       if (!f.IsTypedArray() || f.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
         fail(error(Code::InvalidArgument, "Expected Float32Array for config.invFreq"));

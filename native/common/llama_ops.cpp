@@ -38,6 +38,9 @@ Status positive(const char* name, int64_t v) {
     if (!st_.ok()) return st_;       \
   } while (0)
 
+// GEMM rows per chunk when threads split rows (a multiple of every tier's micro-tile rows).
+constexpr int64_t kMatmulRowGrain = 12;
+
 // Elementwise ops: chunks of at least this many elements per thread.
 constexpr int64_t kElemGrain = 1 << 14;
 
@@ -82,13 +85,27 @@ Status matmul_forward(float* out, size_t n_out, const float* inp, size_t n_inp, 
   QF_TRY(need("weight", n_weight, N * K, "(N, K)"));
   if (bias) QF_TRY(need("bias", n_bias, N, "(N)"));
   const LlamaKernels& k = llama_kernels();
-  // Threads split output columns in whole packed panels; few rows (decode) split finer.
   const int64_t panels = (N + kMatmulNR - 1) / kMatmulNR;
-  parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<float> s(M >= 4 ? (size_t)(kMatmulNC * kMatmulKC) : 0);  // (NC/32, KC, 32) packed panels
-    const int64_t n0 = p0 * kMatmulNR, n1 = std::min(N, p1 * kMatmulNR);
-    k.matmul_forward(out, inp, weight, bias, M, N, K, n0, n1, s.data());
-  });
+  if (M < 4) {
+    // decode: weight rows in blocks of 4 (the GEMV's unit), at least ~32K FMAs per chunk
+    const int64_t blocks = (N + 3) / 4;
+    parallel_for(blocks, std::max<int64_t>(1, (1 << 15) / (4 * K * M)), [&](int64_t b0, int64_t b1) {
+      k.matmul_forward(out, inp, weight, bias, M, N, K, b0 * 4, std::min(N, b1 * 4), nullptr);
+    });
+  } else if (panels >= num_threads() || M < 4 * kMatmulRowGrain) {
+    // threads split output columns in whole packed panels
+    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> s((size_t)(kMatmulNC * kMatmulKC));  // packed weight panels (NC/NR, KC, NR)
+      k.matmul_forward(out, inp, weight, bias, M, N, K, p0 * kMatmulNR, std::min(N, p1 * kMatmulNR), s.data());
+    });
+  } else {
+    // few output panels, many rows (small models): threads split rows
+    parallel_for((M + kMatmulRowGrain - 1) / kMatmulRowGrain, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> s((size_t)(kMatmulNC * kMatmulKC));
+      const int64_t m0 = r0 * kMatmulRowGrain, m1 = std::min(M, r1 * kMatmulRowGrain);
+      k.matmul_forward(out + m0 * N, inp + m0 * K, weight, bias, m1 - m0, N, K, 0, N, s.data());
+    });
+  }
   return Status::Ok();
 }
 

@@ -10,6 +10,8 @@
 namespace qf {
 namespace {
 
+constexpr int64_t kNR = 32;  // columns of one packed weight panel: 4 ymm
+
 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -54,7 +56,7 @@ void gemm_micro(float* c, int64_t ldc, const float* a, int64_t lda, const float*
   for (int64_t k = 0; k < kc; k++) {
     #pragma GCC unroll 32
     for (int j = 0; j < 4; j++) {
-      const __m256 b = _mm256_loadu_ps(bp + k * kMatmulNR + 8 * j);
+      const __m256 b = _mm256_loadu_ps(bp + k * kNR + 8 * j);
       #pragma GCC unroll 32
       for (int r = 0; r < MR; r++) acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * lda + k), b, acc[r][j]);
     }
@@ -75,40 +77,40 @@ void matmul_forward_avx2(float* out, const float* inp, const float* weight, cons
       }
     return;
   }
-  float tile[3 * kMatmulNR];  // (3, 32) staging for panels narrower than 32 columns
+  float tile[3 * kNR];  // (3, 32) staging for panels narrower than 32 columns
   for (int64_t nc0 = n0; nc0 < n1; nc0 += kMatmulNC) {
     const int64_t ncols = n1 - nc0 < kMatmulNC ? n1 - nc0 : kMatmulNC;
-    const int64_t panels = (ncols + kMatmulNR - 1) / kMatmulNR;
+    const int64_t panels = (ncols + kNR - 1) / kNR;
     for (int64_t kc0 = 0; kc0 < K; kc0 += kMatmulKC) {
       const int64_t kc = K - kc0 < kMatmulKC ? K - kc0 : kMatmulKC;
       for (int64_t p = 0; p < panels; p++) {
-        float* dst = scratch + p * kc * kMatmulNR;  // (kc, 32)
-        for (int64_t j = 0; j < kMatmulNR; j++) {
-          const int64_t n = nc0 + p * kMatmulNR + j;
-          for (int64_t k = 0; k < kc; k++) dst[k * kMatmulNR + j] = n < nc0 + ncols ? weight[n * K + kc0 + k] : 0.0f;
+        float* dst = scratch + p * kc * kNR;  // (kc, 32)
+        for (int64_t j = 0; j < kNR; j++) {
+          const int64_t n = nc0 + p * kNR + j;
+          for (int64_t k = 0; k < kc; k++) dst[k * kNR + j] = n < nc0 + ncols ? weight[n * K + kc0 + k] : 0.0f;
         }
       }
       for (int64_t m0 = 0; m0 < M; m0 += 3) {
         const int rows = (int)(M - m0 < 3 ? M - m0 : 3);
         for (int64_t p = 0; p < panels; p++) {
-          const int64_t cols = ncols - p * kMatmulNR < kMatmulNR ? ncols - p * kMatmulNR : kMatmulNR;
-          float* c = out + m0 * N + nc0 + p * kMatmulNR;
-          const bool full = cols == kMatmulNR;
+          const int64_t cols = ncols - p * kNR < kNR ? ncols - p * kNR : kNR;
+          float* c = out + m0 * N + nc0 + p * kNR;
+          const bool full = cols == kNR;
           float* cc = full ? c : tile;
-          const int64_t ldc = full ? N : kMatmulNR;
+          const int64_t ldc = full ? N : kNR;
           if (!full && kc0 != 0)
             #pragma GCC unroll 32
             for (int r = 0; r < rows; r++)
-              for (int64_t j = 0; j < cols; j++) tile[r * kMatmulNR + j] = c[r * N + j];
+              for (int64_t j = 0; j < cols; j++) tile[r * kNR + j] = c[r * N + j];
           const float* a = inp + m0 * K + kc0;
-          const float* bp = scratch + p * kc * kMatmulNR;
+          const float* bp = scratch + p * kc * kNR;
           if (rows == 3) gemm_micro<3>(cc, ldc, a, K, bp, kc, kc0 == 0);
           else if (rows == 2) gemm_micro<2>(cc, ldc, a, K, bp, kc, kc0 == 0);
           else gemm_micro<1>(cc, ldc, a, K, bp, kc, kc0 == 0);
           if (!full)
             #pragma GCC unroll 32
             for (int r = 0; r < rows; r++)
-              for (int64_t j = 0; j < cols; j++) c[r * N + j] = tile[r * kMatmulNR + j];
+              for (int64_t j = 0; j < cols; j++) c[r * N + j] = tile[r * kNR + j];
         }
       }
     }

@@ -79,57 +79,47 @@ void rmsnorm_forward_avx512(float* out, float* rstd, const float* inp, const flo
   }
 }
 
-// C (MR, 32) (+)= A (MR, kc) rows lda apart @ Bp (kc, 32): the packed panel holds
-// 32 output columns side by side for every k, so each k step is two vector loads,
-// MR broadcasts and 2*MR FMAs into registers that never leave the core.
+constexpr int64_t kNR = 64;  // columns of one packed weight panel: 4 zmm
+constexpr int kMR = 6;        // 6 x 4 = 24 accumulators + 4 panel vectors + 1 broadcast of the 32 zmm
+
+// C (MR, 64) (+)= A (MR, kc) rows lda apart @ Bp (kc, 64): the packed panel holds
+// 64 output columns side by side for every k, so each k step is four vector loads,
+// MR broadcasts and 4*MR FMAs into registers that never leave the core. (12 x 32
+// needs 12 broadcasts for the same 24 FMAs and measured ~5 % slower on Zen 4.)
 template <int MR>
 void gemm_micro(float* c, int64_t ldc, const float* a, int64_t lda, const float* bp, int64_t kc, bool first,
-                __mmask16 m0, __mmask16 m1) {
-  __m512 acc[MR][2];
-  #pragma GCC unroll 32
-  for (int r = 0; r < MR; r++) {
-    if (first) {
-      acc[r][0] = _mm512_setzero_ps();
-      acc[r][1] = _mm512_setzero_ps();
-    } else {
-      acc[r][0] = _mm512_maskz_loadu_ps(m0, c + r * ldc);
-      acc[r][1] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
-    }
-  }
+                const __mmask16* mk) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[j], c + r * ldc + 16 * j);
   for (int64_t k = 0; k < kc; k++) {
-    const __m512 b0 = _mm512_loadu_ps(bp + k * kMatmulNR);
-    const __m512 b1 = _mm512_loadu_ps(bp + k * kMatmulNR + 16);
-    #pragma GCC unroll 32
+    __m512 b[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) b[j] = _mm512_loadu_ps(bp + k * kNR + 16 * j);
+#pragma GCC unroll 32
     for (int r = 0; r < MR; r++) {
       const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
     }
   }
-  #pragma GCC unroll 32
-  for (int r = 0; r < MR; r++) {
-    _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
-    _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
-  }
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(c + r * ldc + 16 * j, mk[j], acc[r][j]);
 }
 
-constexpr int kMR = 12;  // 24 accumulators + 2 panel vectors + 1 broadcast of the 32 zmm registers
-
 void gemm_rows(int rows, float* c, int64_t ldc, const float* a, int64_t lda, const float* bp, int64_t kc,
-               bool first, __mmask16 m0, __mmask16 m1) {
+               bool first, const __mmask16* mk) {
   switch (rows) {
-    case 12: gemm_micro<12>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 11: gemm_micro<11>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 10: gemm_micro<10>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 9: gemm_micro<9>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 8: gemm_micro<8>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 7: gemm_micro<7>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 6: gemm_micro<6>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 5: gemm_micro<5>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 4: gemm_micro<4>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 3: gemm_micro<3>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    case 2: gemm_micro<2>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
-    default: gemm_micro<1>(c, ldc, a, lda, bp, kc, first, m0, m1); break;
+    case 6: gemm_micro<6>(c, ldc, a, lda, bp, kc, first, mk); break;
+    case 5: gemm_micro<5>(c, ldc, a, lda, bp, kc, first, mk); break;
+    case 4: gemm_micro<4>(c, ldc, a, lda, bp, kc, first, mk); break;
+    case 3: gemm_micro<3>(c, ldc, a, lda, bp, kc, first, mk); break;
+    case 2: gemm_micro<2>(c, ldc, a, lda, bp, kc, first, mk); break;
+    default: gemm_micro<1>(c, ldc, a, lda, bp, kc, first, mk); break;
   }
 }
 
@@ -183,29 +173,30 @@ void matmul_forward_avx512(float* out, const float* inp, const float* weight, co
   }
   for (int64_t nc0 = n0; nc0 < n1; nc0 += kMatmulNC) {
     const int64_t ncols = n1 - nc0 < kMatmulNC ? n1 - nc0 : kMatmulNC;
-    const int64_t panels = (ncols + kMatmulNR - 1) / kMatmulNR;
+    const int64_t panels = (ncols + kNR - 1) / kNR;
     for (int64_t kc0 = 0; kc0 < K; kc0 += kMatmulKC) {
       const int64_t kc = K - kc0 < kMatmulKC ? K - kc0 : kMatmulKC;
-      // scratch (panels, kc, 32): weight rows nc0.. transposed so that k is the slow index
+      // scratch (panels, kc, 64): weight rows nc0.. transposed so that k is the slow index
       for (int64_t p = 0; p < panels; p++) {
-        float* dst = scratch + p * kc * kMatmulNR;
-        for (int64_t j = 0; j < kMatmulNR; j++) {
-          const int64_t n = nc0 + p * kMatmulNR + j;
+        float* dst = scratch + p * kc * kNR;
+        for (int64_t j = 0; j < kNR; j++) {
+          const int64_t n = nc0 + p * kNR + j;
           if (n < nc0 + ncols) {
             const float* src = weight + n * K + kc0;
-            for (int64_t k = 0; k < kc; k++) dst[k * kMatmulNR + j] = src[k];
+            for (int64_t k = 0; k < kc; k++) dst[k * kNR + j] = src[k];
           } else {
-            for (int64_t k = 0; k < kc; k++) dst[k * kMatmulNR + j] = 0.0f;
+            for (int64_t k = 0; k < kc; k++) dst[k * kNR + j] = 0.0f;
           }
         }
       }
       for (int64_t m0 = 0; m0 < M; m0 += kMR) {
         const int rows = (int)(M - m0 < kMR ? M - m0 : kMR);
         for (int64_t p = 0; p < panels; p++) {
-          const int64_t cols = ncols - p * kMatmulNR;
-          const __mmask16 mk0 = tail_mask(cols), mk1 = tail_mask(cols > 16 ? cols - 16 : 0);
-          gemm_rows(rows, out + m0 * N + nc0 + p * kMatmulNR, N, inp + m0 * K + kc0, K,
-                    scratch + p * kc * kMatmulNR, kc, kc0 == 0, mk0, mk1);
+          const int64_t cols = ncols - p * kNR;
+          __mmask16 mk[4];
+          for (int j = 0; j < 4; j++) mk[j] = tail_mask(cols > 16 * j ? cols - 16 * j : 0);
+          gemm_rows(rows, out + m0 * N + nc0 + p * kNR, N, inp + m0 * K + kc0, K, scratch + p * kc * kNR, kc,
+                    kc0 == 0, mk);
         }
       }
     }

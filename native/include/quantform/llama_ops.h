@@ -20,16 +20,18 @@
 // table per tier: _ref (native/ref/llama_ops.cpp, the definition of correct),
 // _avx2, _avx512.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "quantform/status.h"
 
 namespace qf {
 
-// GEMM blocking (avx2/avx512): columns of one packed weight panel, K and N block sizes.
-constexpr int64_t kMatmulNR = 32;
+// GEMM blocking (avx2/avx512): K and N block sizes of the packed weight panels; each
+// tier picks its own panel width (a divisor of kMatmulNC) and micro-tile.
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 256;
+constexpr int64_t kMatmulNR = 64;  // threads split N in multiples of this (the widest panel)
 
 struct LlamaKernels {
   // out (N, C) = wte[tokens[n]]; tokens (N) in [0, V); wte (V, C).

@@ -20,6 +20,7 @@
 // table per tier: _ref (native/ref/llama_ops.cpp, the definition of correct),
 // _avx2, _avx512.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "quantform/status.h"

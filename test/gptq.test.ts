@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { dequantizeGptq, packGptq, toGptq } from '../lib/export/gptq.js';
+import { dequantizeGptq, fromGptq, packGptq, toGptq } from '../lib/export/gptq.js';
 import { f16ToF32, f32ToF16 } from '../lib/export/half.js';
 import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/export/safetensors.js';
 import { Tensor, dequantize, quantize, type Bits } from '../lib/index.js';
@@ -60,6 +60,29 @@ describe('GPTQ packing', () => {
       expect(Buffer.from(back.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
     });
   }
+
+  for (const [bits, sym, fmt, gs] of [[4, false, 'gptq_v2', 32], [4, true, 'gptq', 128], [3, false, 'gptq_v2', 16], [2, true, 'gptq', 64], [8, false, 'gptq_v2', 172]] as const)
+    it(`reads back into the canonical format bit for bit (${bits}-bit g${gs}, ${sym ? 'sym' : 'asym'}, ${fmt})`, () => {
+      const N = 6, K = 172;
+      const q = quantize(randW(N, K, 5), { bits, groupSize: gs, symmetric: sym, paramDtype: 'f16' });
+      const back = fromGptq(toGptq(q, fmt), N, K, bits, fmt)!;
+      expect(back).not.toBeNull();
+      expect([back.bits, back.groupSize, back.symmetric, back.paramDtype]).toEqual([bits, Math.min(gs, K), sym, 'f16']);
+      expect(Buffer.from(back.codes).equals(Buffer.from(q.codes))).toBe(true);
+      expect(Array.from(back.scales)).toEqual(Array.from(q.scales));
+      if (!sym) expect(Array.from(back.zeros!)).toEqual(Array.from(q.zeros!));
+      else expect(back.zeros).toBeNull();
+    });
+
+  it('leaves act-order checkpoints and v1-overflowed zero points to the fp32 path', () => {
+    const N = 3, K = 16;
+    const q = quantize(randW(N, K, 9), { bits: 4, groupSize: 8, paramDtype: 'f16' });
+    const g = toGptq(q, 'gptq_v2');
+    const shuffled = { ...g, gIdx: Int32Array.from([1, 0, ...Array.from(g.gIdx).slice(2)]) };
+    expect(fromGptq(shuffled, N, K, 4, 'gptq_v2')).toBeNull();
+    const zeroAtZero = packGptq(new Uint8Array(N * K), new Float32Array(N * 2), q.scales as Uint16Array, N, K, 4, 8, 'gptq');
+    expect(fromGptq(zeroAtZero, N, K, 4, 'gptq')).toBeNull(); // stored 15 reads as z = 16
+  });
 
   it('f16 helpers round-trip every finite half', () => {
     for (let h = 0; h < 0x7c00; h += 7) expect(f32ToF16(f16ToF32(h))).toBe(h);

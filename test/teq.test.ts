@@ -11,7 +11,10 @@ import { readSafetensorsMetadata } from '../lib/export/safetensors.js';
 import { mergeTeqScales } from '../lib/methods/teq.js';
 import '../lib/methods/index.js';
 import { dequantizedModel, quantizeModel } from '../lib/quantize-model.js';
-import { openCheckpoint } from '../lib/model/model.js';
+import { Model, openCheckpoint } from '../lib/model/model.js';
+import { QuantizedLinear } from '../lib/model/linear.js';
+import { ByteTokenizer } from '../lib/model/synthetic.js';
+import type { Checkpoint } from '../lib/model/checkpoint.js';
 import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/train/llama.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
@@ -164,6 +167,22 @@ describe('GPTQ checkpoint round trip', () => {
         const ck = openCheckpoint(out);
         expect(ck.weight('layers.1.w_down')).toEqual(want.linear(1, 'down_proj'));
         expect(ck.weight('layers.0.attn_norm')).toEqual(want.norm(0, 'input'));
+        // loaded as a model, its linears stay packed and run on the INT4 kernels;
+        // the same checkpoint forced through fp32 dequantization gives the same logits
+        const onKernels = new Model(ck, new ByteTokenizer(ck.config.vocabSize));
+        const ql = onKernels.linear('layers.1.w_down');
+        expect(ql).toBeInstanceOf(QuantizedLinear);
+        expect((ql as QuantizedLinear).weight).toMatchObject({ bits: 4, groupSize: 16, symmetric: sym });
+        const fp32Only: Checkpoint = { format: ck.format, path: ck.path, config: ck.config, weight: (n) => ck.weight(n),
+          tokenizer: () => ck.tokenizer(), close: () => {} };
+        const viaFp32 = new Model(fp32Only, new ByteTokenizer(ck.config.vocabSize));
+        const tokens = [1, 5, 9, 13, 2, 7];
+        const a = onKernels.forward(tokens).logits, b = viaFp32.forward(tokens).logits;
+        let num = 0, den = 0;
+        for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+        expect(num / den).toBeLessThan(1e-9); // kernels vs GEMM on the dequantized weights: float rounding only
+        onKernels.dispose();
+        viaFp32.dispose();
         ck.close();
       }
       expect(readdirSync(dir).filter((f) => f.includes('.tmp-'))).toEqual([]);

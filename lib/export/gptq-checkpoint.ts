@@ -1,7 +1,7 @@
 // GPTQ checkpoints (written by saveGptq or other GPTQ tools with desc_act false) as
-// a runtime Checkpoint: every linear is dequantized to fp32 when the model asks for
-// it, so eval and generate run on them today; the packed INT4 kernels of the matmul
-// branch can take the codes directly once merged.
+// a runtime Checkpoint: quantizedWeight() hands each linear over in the canonical
+// packed format, so the model runs it on the dequant-matmul kernels; weight()
+// dequantizes to fp32 for callers that need floats (and for act-order checkpoints).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
@@ -10,7 +10,8 @@ import { configFromHf, weightShape, type LlamaConfig } from '../model/config.js'
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Bits } from '../quant.js';
-import { dequantizeGptq, type GptqFormat } from './gptq.js';
+import type { QuantizedTensor } from '../quant.js';
+import { dequantizeGptq, fromGptq, type GptqFormat } from './gptq.js';
 import { readSafetensors, type SafeTensor } from './safetensors.js';
 
 const LAYER_HF: Record<string, string> = {
@@ -75,6 +76,19 @@ export class GptqCheckpoint implements Checkpoint {
     };
     const [N, K] = shape;
     return dequantizeGptq({ qweight: part('.qweight') as Int32Array, qzeros: part('.qzeros') as Int32Array,
+      scales: part('.scales') as Uint16Array, gIdx: part('.g_idx') as Int32Array }, N, K, this.q.bits, this.q.format);
+  }
+
+  quantizedWeight(name: string): QuantizedTensor | null {
+    const base = this.hf(name);
+    if (this.tensors.has(`${base}.weight`) || !this.tensors.has(`${base}.qweight`)) return null;
+    const part = (s: string) => {
+      const t = this.tensors.get(base + s);
+      if (!t) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${base}${s}' is missing`);
+      return t.data;
+    };
+    const [N, K] = weightShape(this.config, name);
+    return fromGptq({ qweight: part('.qweight') as Int32Array, qzeros: part('.qzeros') as Int32Array,
       scales: part('.scales') as Uint16Array, gIdx: part('.g_idx') as Int32Array }, N, K, this.q.bits, this.q.format);
   }
 

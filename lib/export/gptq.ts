@@ -10,8 +10,8 @@
 // Dequantization: w[n, k] = scales[g, n] * (q[k, n] - z[g, n]), g = g_idx[k].
 // quantform's own layout (formats.h) is row-major over N; this module converts.
 import { QuantformError } from '../errors.js';
-import { QuantizedTensor, unpack, type Bits } from '../quant.js';
-import { f16ToF32 } from './half.js';
+import { pack, QuantizedTensor, unpack, type Bits } from '../quant.js';
+import { f16ToF32, f32ToF16 } from './half.js';
 
 export type GptqFormat = 'gptq' | 'gptq_v2';
 
@@ -92,6 +92,44 @@ export function dequantizeGptq(l: { qweight: Int32Array; qzeros: Int32Array; sca
     }
   }
   return w;
+}
+
+/**
+ * GPTQ tensors -> a QuantizedTensor (f16 parameters) that the dequant-matmul
+ * kernels run directly; the inverse of toGptq. Null where the checkpoint does not
+ * fit the canonical format: a g_idx that is not k / groupSize (act-order), or a
+ * zero point outside [0, 2^bits - 1] (the v1 overflow).
+ */
+export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array },
+  N: number, K: number, bits: Bits, format: GptqFormat): QuantizedTensor | null {
+  const rows = Math.ceil((K * bits) / 32);
+  const zcols = Math.ceil((N * bits) / 32);
+  if (l.qweight.length !== rows * N || l.gIdx.length !== K)
+    throw new QuantformError('QF_SHAPE_MISMATCH', `GPTQ tensors do not match a (${N}, ${K}) ${bits}-bit linear`);
+  let groupSize = 0;
+  while (groupSize < K && l.gIdx[groupSize] === 0) groupSize++;
+  if (groupSize === 0) return null;
+  for (let k = 0; k < K; k++) if (l.gIdx[k] !== Math.floor(k / groupSize)) return null;
+  const G = Math.ceil(K / groupSize);
+  if (l.scales.length !== G * N || l.qzeros.length !== G * zcols)
+    throw new QuantformError('QF_SHAPE_MISMATCH', `GPTQ scales/qzeros do not match ${G} groups of a (${N}, ${K}) linear`);
+  const qmax = 2 ** bits - 1;
+  const codes8 = new Uint8Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) codes8[n * K + k] = getBits(l.qweight, n, N, k * bits, bits);
+  const scales = new Uint16Array(N * G);
+  const zeros = new Uint16Array(N * G);
+  let symmetric = true;
+  for (let g = 0; g < G; g++)
+    for (let n = 0; n < N; n++) {
+      const stored = getBits(l.qzeros, g * zcols, 1, n * bits, bits);
+      const z = format === 'gptq' ? stored + 1 : stored;
+      if (z > qmax) return null;
+      if (z !== 2 ** (bits - 1)) symmetric = false;
+      scales[n * G + g] = l.scales[g * N + n];
+      zeros[n * G + g] = f32ToF16(z);
+    }
+  return new QuantizedTensor(pack(codes8, [N, K], bits), scales, symmetric ? null : zeros, [N, K], bits, groupSize, symmetric, 'f16');
 }
 
 /** A quantform QuantizedTensor with f16 parameters -> GPTQ tensors. */

@@ -5,6 +5,8 @@ import type { LlamaConfig } from './config.js';
 
 export type CheckpointFormat = 'safetensors' | 'llama2c' | 'gguf' | 'synthetic';
 
+import type { QuantizedTensor } from '../quant.js';
+
 export interface Checkpoint {
   readonly format: CheckpointFormat;
   /** file or directory it came from ('synthetic:<seed>' for built ones) */
@@ -12,6 +14,11 @@ export interface Checkpoint {
   readonly config: LlamaConfig;
   /** One weight as fp32 (out, in) row-major; reads only that tensor from disk. */
   weight(name: string): Float32Array;
+  /**
+   * A linear weight stored quantized, in the canonical packed format, for the
+   * dequant-matmul kernels; null (or absent) when the weight is plain fp32.
+   */
+  quantizedWeight?(name: string): QuantizedTensor | null;
   /** The tokenizer that belongs to the checkpoint. */
   tokenizer(): Promise<Tokenizer>;
   close(): void;

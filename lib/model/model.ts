@@ -71,8 +71,15 @@ export class Model {
         dim: cfg.dim, hiddenDim: cfg.hiddenDim, nLayers: cfg.nLayers, nHeads: cfg.nHeads, nKvHeads: cfg.nKvHeads,
         headDim: cfg.headDim, vocabSize: cfg.vocabSize, maxSeq, normEps: cfg.normEps, invFreq: invFreq(cfg), tied: cfg.tiedEmbeddings,
       });
-      // one tensor at a time: read, copy into native memory, drop
-      for (const name of weightNames(cfg)) this.handle.setWeight(name, checkpoint.weight(name));
+      // one tensor at a time: read, copy into native memory, drop. Quantized
+      // checkpoints hand their linears over packed: they run on the INT4 kernels.
+      for (const name of weightNames(cfg)) {
+        const q = checkpoint.quantizedWeight?.(name) ?? null;
+        if (q) {
+          this.handle.setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
+          this.linears.set(name, new QuantizedLinear(q));
+        } else this.handle.setWeight(name, checkpoint.weight(name));
+      }
     } catch (e) {
       this.handle?.dispose();
       throw fromNative(e);

@@ -45,7 +45,7 @@ export const QUICK: Omit<MatmulBenchOptions, 'threads'> = {
   iterations: 3,
   peer: true,
   baseline: true,
-  probeBytes: 256 * 2 ** 20,
+  probeBytes: 512 * 2 ** 20, // 256 MiB gave occasional 50 GB/s readings here, 512 MiB a steady 36-40
   maxFlopsPerRun: 2 * 512 * 4096 * 4096, // 32768x4096 runs M = 1, 8, 32 only
 };
 

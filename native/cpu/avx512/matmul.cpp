@@ -96,7 +96,9 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
 // Tiles at once: as many as keep accumulators and code words in 32 registers.
 template <int MR>
 void gemv_rows(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t0, int64_t t1) {
-  constexpr int NT = MR == 1 ? 8 : MR == 2 ? 4 : 2;
+  // 4 tiles = 4 weight streams per thread: more streams lost bandwidth to the
+  // hardware prefetcher, fewer left too little independent work (see the VNNI file)
+  constexpr int NT = MR <= 2 ? 4 : 2;
   int64_t t = t0;
   for (; t + NT <= t1; t += NT) gemv_tiles<MR, NT>(y, x, xsum, w, t);
   for (; t < t1; t++) gemv_tiles<MR, 1>(y, x, xsum, w, t);

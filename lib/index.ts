@@ -43,4 +43,4 @@ export {
   prepareMatmulWeightCuda, CudaMatmulWeight,
   type MatmulAccuracy, type MatmulOptions,
 } from './matmul.js';
-export { measureMachine, type MachineLimits, type MeasureOptions } from './bench/machine.js';
+export { measureMachine, measureMachineSync, type MachineLimits, type MeasureOptions, type ProbePart } from './bench/machine.js';

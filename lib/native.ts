@@ -128,6 +128,7 @@ export interface NativePreparedWeight {
 export interface NativeMachineLimits {
   readGBps: number;
   readBytes: number;
+  copyGBps: number;
   fmaGflops: number;
   vnniGops: number | null;
   threads: number;
@@ -172,8 +173,6 @@ export interface NativeBinding {
     HS: number, S: number, pos0: number): { out: Float32Array; att: Float32Array };
   swigluForward(gate: Float32Array, up: Float32Array): Float32Array;
   residualForward(a: Float32Array, b: Float32Array): Float32Array;
-  /** GFLOP/s of a register-only FMA loop on `threads` threads */
-  fmaPeak(threads: number, seconds: number): number;
   LlamaModel: new (config: NativeLlamaConfig) => NativeLlamaModel;
   matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
     K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
@@ -187,8 +186,8 @@ export interface NativeBinding {
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
-  measureMachine(bytes: number, reps: number, seconds: number, async: false): NativeMachineLimits;
-  measureMachine(bytes: number, reps: number, seconds: number, async: true): Promise<NativeMachineLimits>;
+  measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: false): NativeMachineLimits;
+  measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: true): Promise<NativeMachineLimits>;
 }
 
 /** The package root (holds package.json, build/ and prebuilds/), from src or dist. */

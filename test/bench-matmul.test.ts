@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { matMulNBitsModel } from '../lib/bench/onnx.js';
 import { benchMatmul, loadOrt, type OrtModule } from '../lib/bench/matmul.js';
-import { matmul, measureMachine, QuantizedTensor, setKernelPolicy, Tensor } from '../lib/index.js';
+import { matmul, measureMachine, measureMachineSync, QuantizedTensor, setKernelPolicy, Tensor } from '../lib/index.js';
 
 /** onnxruntime (fp32 accumulation, its own order) vs the float64-accumulating reference. */
 const ORT_NMSE = 1e-10;
@@ -51,6 +51,17 @@ describe.skipIf(!ort)('ONNX MatMulNBits model (skipped without onnxruntime-node)
 });
 
 describe('machine probes and a tiny benchmark run', () => {
+  it('measureMachine measures only the parts asked for; a copy moves at least as many bytes per second as it reads', async () => {
+    const only = await measureMachine({ parts: ['copy'], bytes: 8 * 2 ** 20, reps: 2 });
+    expect(only.copyGBps).toBeGreaterThan(0);
+    expect([only.readGBps, only.fmaGflops, only.vnniGops ?? 0]).toEqual([0, 0, 0]);
+    const fma = measureMachineSync({ parts: ['fma'], seconds: 0.05 });
+    expect(fma.fmaGflops).toBeGreaterThan(0);
+    expect(fma.copyGBps).toBe(0);
+    expect(() => measureMachineSync({ parts: [] })).toThrow(/Expected non-empty array of 'read', 'copy', 'fma', 'vnni' for parts/);
+    expect(() => measureMachineSync({ parts: ['disk' as 'read'] })).toThrow(/for parts/);
+  });
+
   it('measureMachine returns positive limits and rejects bad options', async () => {
     const m = await measureMachine({ bytes: 8 * 2 ** 20, reps: 2, seconds: 0.05 });
     expect(m.readGBps).toBeGreaterThan(0);

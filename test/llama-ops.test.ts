@@ -214,11 +214,3 @@ describe('embedding_forward: out (N, C) = wte[tokens]', () => {
     expect(() => nat.embeddingForward(Int32Array.from([0, 5]), new Float32Array(10), 2)).toThrow(/tokens\[1\] is 5/);
   });
 });
-
-describe('fmaPeak', () => {
-  it('measures a positive rate on a SIMD machine', () => {
-    const g = nat.fmaPeak(1, 0.05);
-    if (simd.length > 0) expect(g).toBeGreaterThan(1);
-    else expect(g).toBe(0);
-  });
-});

@@ -4,7 +4,7 @@
 import { backendInfo, setKernelPolicy, type KernelPolicy } from '../backend.js';
 import { dequantize, packedRowBytes, quantize, numGroups, type Bits } from '../quant.js';
 import { Tensor } from '../tensor.js';
-import { measureMemoryBandwidth, type MemoryBandwidth } from './membw.js';
+import { measureMachine } from './machine.js';
 import { median, timeRuns } from './stats.js';
 
 export interface QuantBenchOptions {
@@ -30,7 +30,7 @@ export interface QuantBenchRow {
 }
 
 export interface QuantBenchResult {
-  machine: { cpu: string; threads: number; bestTier: string; memory: MemoryBandwidth };
+  machine: { cpu: string; threads: number; bestTier: string; memory: { readGBps: number; copyGBps: number; bytes: number } };
   config: Omit<QuantBenchOptions, 'onRow'>;
   rows: QuantBenchRow[];
 }
@@ -46,11 +46,12 @@ function weights(N: number, K: number): Tensor {
   return new Tensor(data, [N, K]);
 }
 
-export function runQuantBench(opts: QuantBenchOptions): QuantBenchResult {
+export async function runQuantBench(opts: QuantBenchOptions): Promise<QuantBenchResult> {
   const info = backendInfo();
   const all: Exclude<KernelPolicy, 'auto'>[] = ['ref', 'avx2', 'avx512'];
   const tiers = (opts.tiers ?? all).filter((t) => all.indexOf(t) <= all.indexOf(info.bestTier));
-  const memory = measureMemoryBandwidth();
+  const lim = await measureMachine({ parts: ['read', 'copy'] });
+  const memory = { readGBps: lim.readGBps, copyGBps: lim.copyGBps, bytes: lim.readBytes };
   const rows: QuantBenchRow[] = [];
   const qopts = { bits: opts.bits, groupSize: opts.groupSize, symmetric: opts.symmetric };
   try {

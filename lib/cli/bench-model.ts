@@ -1,7 +1,7 @@
 // quantform bench model: prefill and decode tokens/s of the native forward on
 // stories260K (when the shared model is present) and on one synthetic
 // Llama-2-7B-shaped block, with the GEMM's share of the machine's fp32 FMA peak
-// measured in the same run (register-only FMA loop, native/common/fma_probe.cpp),
+// measured in the same run (register-only FMA loop, native/common/probe.cpp),
 // and decode's weight streaming as a share of the measured memory read bandwidth.
 // The 2-vCPU machines this runs on deliver anywhere between one and two cores' worth
 // of FMA throughput from minute to minute, so every ratio pairs a timing with a peak
@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { backendInfo } from '../backend.js';
-import { measureMemoryBandwidth } from '../bench/membw.js';
+import { measureMachineSync } from '../bench/machine.js';
 import { median } from '../bench/stats.js';
 import { loadModel, type Model } from '../model/model.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
@@ -37,11 +37,11 @@ interface ModelBench {
 }
 
 /** Median over repeats of (flops / seconds) / (peak measured just before), and the median time. */
-function paired(fn: () => void, flops: number, repeats: number, threads: number): { seconds: number; gflops: number; pct: number } {
+function paired(fn: () => void, flops: number, repeats: number): { seconds: number; gflops: number; pct: number } {
   fn();  // warm-up: page in weights, size buffers
   const secs: number[] = [], pcts: number[] = [];
   for (let i = 0; i < repeats; i++) {
-    const peak = native().fmaPeak(threads, 0.25);
+    const peak = measureMachineSync({ parts: ['fma'], seconds: 0.25 }).fmaGflops;
     const t0 = performance.now();
     fn();
     const s = (performance.now() - t0) / 1000;
@@ -52,16 +52,16 @@ function paired(fn: () => void, flops: number, repeats: number, threads: number)
   return { seconds, gflops: flops / seconds / 1e9, pct: median(pcts) };
 }
 
-function benchModel(name: string, m: Model, B: number, T: number, steps: number, repeats: number, threads: number): ModelBench {
+function benchModel(name: string, m: Model, B: number, T: number, steps: number, repeats: number): ModelBench {
   const V = m.config.vocabSize;
   const rows = Array.from({ length: B }, (_, b) => Array.from({ length: T }, (_, t) => (b * 7919 + t * 104729) % V));
-  const p = paired(() => m.forward(rows), linearFlopsPerToken(m) * B * T, repeats, threads);
+  const p = paired(() => m.forward(rows), linearFlopsPerToken(m) * B * T, repeats);
   const prompt = rows[0];
   // every decode step streams all linear weights once (fp32)
   const weightBytes = (linearFlopsPerToken(m) / 2) * 4;
   const perToks: number[] = [], pcts: number[] = [];
   for (let i = 0; i <= repeats; i++) {
-    const bw = measureMemoryBandwidth(256 * 2 ** 20, 1).readGBps;
+    const bw = measureMachineSync({ parts: ['read'], bytes: 256 * 2 ** 20, reps: 1 }).readGBps;
     m.forward(prompt, { lastOnly: true });
     const t0 = performance.now();
     for (let s = 0; s < steps; s++) m.forward([prompt[s % T]], { pos0: T + s, lastOnly: true });
@@ -89,8 +89,9 @@ export function registerBenchModel(bench: Command): void {
     .action(async (o: BenchOpts) => {
       const info = backendInfo();
       const nat = native();
-      const peak = nat.fmaPeak(info.threads, 1.0);
-      const bw = measureMemoryBandwidth();
+      const lim = measureMachineSync({ parts: ['read', 'fma'], seconds: 1.0 });
+      const peak = lim.fmaGflops;
+      const bw = lim;
       const log = (s: string) => { if (!o.json) console.log(s); };
       log(`cpu: ${info.cpu}, tier ${info.tier}, ${info.threads} threads; fp32 FMA peak (register-only loop) ${peak.toFixed(1)} GFLOP/s; ` +
         `memory read ${bw.readGBps.toFixed(1)} GB/s`);
@@ -98,7 +99,7 @@ export function registerBenchModel(bench: Command): void {
       const [M, N, K] = [512, 4096, 4096];
       const a = new Float32Array(M * K).map((_, i) => ((i * 2654435761) % 1000) / 1000 - 0.5);
       const w = new Float32Array(N * K).map((_, i) => ((i * 40503) % 1000) / 1000 - 0.5);
-      const g = paired(() => nat.matmulForward(a, w, null, M, N, K, false), 2 * M * N * K, o.repeats, info.threads);
+      const g = paired(() => nat.matmulForward(a, w, null, M, N, K, false), 2 * M * N * K, o.repeats);
       const gemm = { M, N, K, seconds: g.seconds, gflops: g.gflops, pctOfPeak: g.pct };
       log(`GEMM ${M}x${N}x${K}: median ${(g.seconds * 1000).toFixed(1)} ms, ${g.gflops.toFixed(1)} GFLOP/s = ${g.pct.toFixed(1)} % of the adjacent peak`);
       const results: ModelBench[] = [];
@@ -107,7 +108,7 @@ export function registerBenchModel(bench: Command): void {
       if (small) {
         const m = await loadModel(small);
         try {
-          results.push(benchModel(small, m, 8, 256, 64, o.repeats, info.threads));
+          results.push(benchModel(small, m, 8, 256, 64, o.repeats));
         } finally {
           m.dispose();
         }
@@ -115,7 +116,7 @@ export function registerBenchModel(bench: Command): void {
       // one Llama-2-7B block; a 512-token vocabulary keeps the head out of the block's numbers
       const block = await loadModel({ synthetic: { ...LLAMA2_7B, vocabSize: 512, nLayers: 1, seed: 1, tiedEmbeddings: true } }, { maxSeq: 1024 });
       try {
-        results.push(benchModel('synthetic Llama-2-7B block (1 layer, vocab 512)', block, 1, 512, 16, o.repeats, info.threads));
+        results.push(benchModel('synthetic Llama-2-7B block (1 layer, vocab 512)', block, 1, 512, 16, o.repeats));
       } finally {
         block.dispose();
       }

@@ -21,10 +21,10 @@ export function registerBenchQuant(bench: Command): void {
     .option('--threads <n>', 'native threads (0 = one per core)', '0')
     .option('--quick', 'smaller shapes and fewer runs (under a minute)')
     .option('--json [file]', 'print JSON (or write it to file)')
-    .action((o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: Record<string, string | boolean | undefined>) => {
       setThreads(parseIntOption(o.threads as string, 'threads', 0));
       const shapes = parseShapes((o.shapes as string | undefined) ?? (o.quick ? QUICK_SHAPES : FULL_SHAPES));
-      const res = runQuantBench({
+      const res = await runQuantBench({
         shapes,
         bits: parseIntOption(o.bits as string, 'bits', 2) as Bits,
         groupSize: parseIntOption(o.groupSize as string, 'group-size', 1),
@@ -39,7 +39,7 @@ export function registerBenchQuant(bench: Command): void {
       if (typeof o.json === 'string') writeFileAtomic(o.json, JSON.stringify(res, null, 2) + '\n');
       const m = res.machine;
       console.log(`\n${m.cpu}, ${m.threads} threads, best tier ${m.bestTier}`);
-      console.log(`memory bandwidth (measured now, ${m.memory.bytes >> 20} MiB, median): read ${m.memory.readGBps.toFixed(1)} GB/s, copy ${m.memory.copyGBps.toFixed(1)} GB/s\n`);
+      console.log(`memory bandwidth (measured now, ${m.memory.bytes >> 20} MiB, best of 5): read ${m.memory.readGBps.toFixed(1)} GB/s, copy ${m.memory.copyGBps.toFixed(1)} GB/s\n`);
       console.log(formatTable(
         ['op', 'tier', 'shape', 'median ms', 'GB/s', '% of copy BW', 'x vs ref'],
         res.rows.map((r) => [r.op, r.tier, `${r.N}x${r.K}`, r.medianMs, r.gbps, r.pctOfCopyBandwidth, r.speedupVsRef === null ? '-' : r.speedupVsRef]),

@@ -1,12 +1,13 @@
 // quantform bench train: one forward + backward training step of a Llama-2-7B-shaped
 // block (4096 hidden, 11008 intermediate, 32 heads of 128) on 512 tokens, with every
 // parameter gradient, as GFLOP/s and % of the fp32 FMA peak measured in the same run
-// (register-only FMA loop, native/common/fma_probe.cpp); the same step with TEQ + W4
+// (register-only FMA loop, native/common/probe.cpp); the same step with TEQ + W4
 // fake quantization; and TEQ steps/s on stories260K (when the shared model is present).
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { backendInfo } from '../backend.js';
+import { measureMachineSync } from '../bench/machine.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import { calibrationFromText } from '../calib.js';
@@ -76,7 +77,7 @@ export function registerBenchTrain(bench: Command): void {
       const info = backendInfo();
       // The peak is probed before each configuration and the highest probe is the limit:
       // on a shared machine a single probe can land in a busy moment and flatter the ratio.
-      const probes = [native().fmaPeak(info.threads, 1.0)];
+      const probes = [measureMachineSync({ parts: ['fma'], seconds: 1.0 }).fmaGflops];
       const log = (s: string) => { if (!o.json) console.log(s); };
       log(`cpu: ${info.cpu}, tier ${info.tier}, ${info.threads} threads`);
       const base: NativeBlockConfig = {
@@ -89,9 +90,9 @@ export function registerBenchTrain(bench: Command): void {
         ['fp32 step, all parameter gradients', base],
         ['TEQ step, W4 g128 fake-quant, alpha gradients', { ...base, bits: 4, teq: true }],
       ] as const) {
-        probes.push(native().fmaPeak(info.threads, 1.0));
+        probes.push(measureMachineSync({ parts: ['fma'], seconds: 1.0 }).fmaGflops);
         const t = await timeBlockStep(cfg, o.repeats);
-        probes.push(native().fmaPeak(info.threads, 1.0));
+        probes.push(measureMachineSync({ parts: ['fma'], seconds: 1.0 }).fmaGflops);
         const peak = Math.max(...probes);
         const f = blockStepFlops(cfg);
         const gflops = (f.linear + f.attention) / (t.fwd + t.bwd) / 1e9;

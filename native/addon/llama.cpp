@@ -6,7 +6,6 @@
 #include <atomic>
 
 #include "napi_util.h"
-#include "quantform/fma_probe.h"
 #include "quantform/llama_model.h"
 #include "quantform/llama_ops.h"
 
@@ -147,15 +146,6 @@ Napi::Value residual_js(const Napi::CallbackInfo& info) {
   Napi::Float32Array out = new_f32(info.Env(), a.len, &o);
   check(residual_forward(o, out.ElementLength(), f32(a), f32(b), b.len));
   return out;
-}
-
-// fmaPeak(threads, seconds) -> GFLOP/s of a register-only FMA loop
-Napi::Value fma_peak_js(const Napi::CallbackInfo& info) {
-  const int64_t threads = arg_int(info, 0, "threads");
-  const double seconds = arg_number(info, 1, "seconds");
-  if (threads <= 0 || threads > 1024 || !(seconds > 0 && seconds <= 60))
-    fail(error(Code::InvalidArgument, "Expected threads in [1, 1024] and seconds in (0, 60]"));
-  return Napi::Number::New(info.Env(), measure_fma_peak_gflops((int)threads, seconds));
 }
 
 double get_number(const Napi::Object& o, const char* key) {
@@ -319,7 +309,6 @@ void register_llama(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "attentionForward", attention_js);
   QF_EXPORT(exports, "swigluForward", swiglu_js);
   QF_EXPORT(exports, "residualForward", residual_js);
-  QF_EXPORT(exports, "fmaPeak", fma_peak_js);
   exports.Set("LlamaModel", LlamaModelWrap::Define(env));
 }
 

@@ -8,7 +8,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_llama(env, exports);
   qf::register_matmul(env, exports);
   qf::register_probe(env, exports);
-  qf::register_membw(env, exports);
   qf::register_train(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;

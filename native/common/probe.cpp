@@ -51,41 +51,60 @@ int64_t calibrate(double seconds, F loop) {
 
 }  // namespace
 
-Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds) {
+Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds, unsigned parts) {
   if (bytes < (int64_t(1) << 20) || reps < 1 || !(seconds > 0))
     return error(Code::InvalidArgument, "Expected bytes >= 1 MiB, reps >= 1 and seconds > 0 but received bytes=" +
                                             std::to_string(bytes) + ", reps=" + std::to_string(reps));
   const ProbeKernels& pk = probe_kernels();
+  *out = MachineLimits{0, 0, 0, 0, 0, num_threads()};
   constexpr int64_t kBlock = 1 << 18;  // floats per parallel chunk (1 MiB)
   const int64_t n = bytes / 4 / kBlock * kBlock;
-  float* buf = static_cast<float*>(std::aligned_alloc(64, (size_t)n * 4));
-  if (!buf) return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(bytes) + " bytes for the bandwidth probe");
-  // first touch from the pool so pages are spread as the readers will read them
-  parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; b++)
-      for (int64_t i = 0; i < kBlock; i++) buf[b * kBlock + i] = (float)(i & 7);
-  });
-  double best = 0;
-  volatile float sink = 0;
-  for (int r = 0; r < reps; r++) {
-    std::vector<float> part((size_t)(n / kBlock), 0.f);
-    const double t0 = now_s();
-    parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; b++) part[(size_t)b] = pk.read_sum(buf + b * kBlock, kBlock);
-    });
-    const double dt = now_s() - t0;
-    for (float p : part) sink = sink + p;
-    const double gbps = (double)n * 4 / dt / 1e9;
-    best = gbps > best ? gbps : best;
-  }
-  std::free(buf);
-  out->read_gbps = best;
   out->read_bytes = n * 4;
-  out->threads = num_threads();
-  const int64_t fi = calibrate(seconds, pk.fma_loop);
-  out->fma_gflops = throughput(fi, pk.fma_loop) / 1e9;
-  out->vnni_gops = 0;
-  if (vnni_available()) {
+  if (parts & (kProbeRead | kProbeCopy)) {
+    float* buf = static_cast<float*>(std::aligned_alloc(64, (size_t)n * 4));
+    float* dst = parts & kProbeCopy ? static_cast<float*>(std::aligned_alloc(64, (size_t)n * 4)) : nullptr;
+    if (!buf || ((parts & kProbeCopy) && !dst)) {
+      std::free(buf);
+      std::free(dst);
+      return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(bytes) + " bytes for the bandwidth probe");
+    }
+    // first touch from the pool so pages are spread as the readers will read them
+    parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; b++) {
+        for (int64_t i = 0; i < kBlock; i++) buf[b * kBlock + i] = (float)(i & 7);
+        if (dst) memset(dst + b * kBlock, 0, kBlock * 4);
+      }
+    });
+    volatile float sink = 0;
+    for (int r = 0; r < reps; r++) {
+      if (parts & kProbeRead) {
+        std::vector<float> part((size_t)(n / kBlock), 0.f);
+        const double t0 = now_s();
+        parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; b++) part[(size_t)b] = pk.read_sum(buf + b * kBlock, kBlock);
+        });
+        const double gbps = (double)n * 4 / (now_s() - t0) / 1e9;
+        for (float p : part) sink = sink + p;
+        out->read_gbps = gbps > out->read_gbps ? gbps : out->read_gbps;
+      }
+      if (dst) {
+        const double t0 = now_s();
+        parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {
+          memcpy(dst + b0 * kBlock, buf + b0 * kBlock, (size_t)(b1 - b0) * kBlock * 4);
+        });
+        const double gbps = 2.0 * (double)n * 4 / (now_s() - t0) / 1e9;  // read + write
+        sink = sink + dst[r % n];
+        out->copy_gbps = gbps > out->copy_gbps ? gbps : out->copy_gbps;
+      }
+    }
+    std::free(buf);
+    std::free(dst);
+  }
+  if (parts & kProbeFma) {
+    const int64_t fi = calibrate(seconds, pk.fma_loop);
+    out->fma_gflops = throughput(fi, pk.fma_loop) / 1e9;
+  }
+  if ((parts & kProbeVnni) && vnni_available()) {
     const auto loop = probe_kernels_avx512vnni.vnni_loop;
     const int64_t vi = calibrate(seconds, loop);
     out->vnni_gops = throughput(vi, loop) / 1e9;

@@ -30,13 +30,17 @@ extern const VnniProbeKernels probe_kernels_avx512vnni;
 
 struct MachineLimits {
   double read_gbps;    // best of the repetitions
+  double copy_gbps;    // memcpy of the same buffer, bytes read + written, best of the repetitions
   double fma_gflops;   // fp32, all threads
   double vnni_gops;    // int8, all threads; 0 when VNNI is unavailable
   int64_t read_bytes;  // buffer size streamed
   int threads;
 };
 
+// Which limits to measure (a bitmask); the others are reported as 0.
+enum ProbePart : unsigned { kProbeRead = 1, kProbeCopy = 2, kProbeFma = 4, kProbeVnni = 8, kProbeAll = 15 };
+
 // Streams `bytes` (>= 1 MiB) `reps` times; FMA / VNNI loops run ~`seconds` each.
-Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds);
+Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double seconds, unsigned parts = kProbeAll);
 
 }  // namespace qf

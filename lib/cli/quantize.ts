@@ -6,17 +6,18 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
-import { calibrationFromFile } from '../calib.js';
+import { calibrationFromFile, calibrationFromText } from '../calib.js';
 import { QuantformError } from '../errors.js';
 import { saveGptq } from '../export/save.js';
 import { methodNames } from '../methods/index.js';
-import { quantizeModel, type QuantizeModelOptions } from '../quantize-model.js';
+import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../quantize-model.js';
 import type { Bits } from '../quant.js';
 import { loadCalibrationTokenizer, TrainableLlama } from '../train/llama.js';
 import { intOption } from './model-arg.js';
+import { DEMO_DEFAULTS, demo, type Demo } from './demo.js';
 
 interface QuantizeCliOpts {
-  model: string;
+  model?: string;
   method: string;
   bits: number;
   groupSize: number;
@@ -31,7 +32,7 @@ interface QuantizeCliOpts {
   seed: number;
   teqExtra?: boolean;
   skipDocs?: number;
-  out: string;
+  out?: string;
   checkpointEvery: number;
   resume?: boolean;
   evalIds?: string;
@@ -50,11 +51,38 @@ export function readEvalIds(file: string): { ids: number[]; window: number } {
   return { ids: j.token_ids, window: j.window ?? 256 };
 }
 
+/** ./quantized-<model>-<method>-w<bits>g<group>[-sym], numbered if taken. */
+function defaultOut(o: QuantizeCliOpts): string {
+  const name = o.model ? path.basename(path.resolve(o.model)) : 'synthetic';
+  const base = `quantized-${name}-${o.method}-w${o.bits}g${o.groupSize}${o.sym ? '-sym' : ''}`;
+  let out = base;
+  for (let i = 2; existsSync(out); i++) out = `${base}-${i}`;
+  return out;
+}
+
+/** The demo's evidence: held-out logits of RTN and of the method against fp32. */
+async function reportDemo(dm: Demo, q: Awaited<ReturnType<typeof quantizeModel>>, bits: Bits, groupSize: number, symmetric: boolean): Promise<void> {
+  const T = 128;
+  const n = Math.floor((dm.evalIds.length - 1) / T);
+  const tokens = Int32Array.from(dm.evalIds.slice(0, n * T));
+  const ref = await dm.model.logits(tokens, n, T);
+  const nmse = async (m: TrainableLlama) => {
+    const y = await m.logits(tokens, n, T);
+    let num = 0, den = 0;
+    for (let i = 0; i < y.length; i++) { num += (y[i] - ref[i]) ** 2; den += ref[i] ** 2; }
+    return num / den;
+  };
+  const rtn = dequantizedModel(await quantizeModel(dm.model, { method: 'rtn', bits, groupSize, symmetric }));
+  const mine = dequantizedModel(q);
+  console.log(`held-out logits vs fp32 (${n} x ${T} tokens of text the calibration never saw), NMSE: ` +
+    `rtn ${(await nmse(rtn)).toExponential(3)}, ${q.report.method} ${(await nmse(mine)).toExponential(3)}`);
+}
+
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
     .description('quantize a Hugging Face Llama checkpoint (rtn | teq) and save it in GPTQ format')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json); default: a built-in synthetic Llama with outlier channels and calibration text, nothing to download')
     .option('--method <name>', `method: ${methodNames().join(' | ')}`, 'teq')
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', intOption, 4)
     .option('--group-size <n>', 'weights per quantization group along the input dimension', intOption, 128)
@@ -69,25 +97,36 @@ export function registerQuantize(program: Command): void {
     .option('--seed <n>', 'seed of the calibration windows and batch order', intOption, 0)
     .option('--teq-extra', 'TEQ: also train mergeable v->o and up->down scales (o_proj, down_proj not left as plain RTN)')
     .option('--skip-docs <n>', "documents to skip at the start of --calib (default: 200 when it is split by <|endoftext|>, keeping TinyStories evaluation stories out)", intOption)
-    .requiredOption('--out <dir>', 'output directory (must not exist)')
+    .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
-    .action(async (o: QuantizeCliOpts) => {
+    .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();
-      const out = path.resolve(o.out);
+      let dm: Demo | null = null;
+      if (!o.model) {
+        dm = demo();
+        // the demo's own defaults, unless the user chose
+        for (const [k, v] of Object.entries(DEMO_DEFAULTS))
+          if (cmd.getOptionValueSource(k) === 'default') (o as unknown as Record<string, number | string>)[k] = v;
+        console.log(`no --model: quantizing the built-in synthetic Llama (${dm.model.shape.layers} layers, hidden ${dm.model.shape.hidden}, ` +
+          'outlier channels) on built-in calibration text; pass --model DIR for a real checkpoint');
+      }
+      const out = path.resolve(o.out ?? defaultOut(o));
       if (existsSync(out)) throw new QuantformError('QF_IO', `Output directory ${out} already exists: choose another --out or remove it`);
-      const model = TrainableLlama.fromHfDir(o.model);
+      const model = dm ? dm.model : TrainableLlama.fromHfDir(o.model!);
       if (o.seqLen > model.shape.maxSeq)
         throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${model.shape.maxSeq} (the model's context) but received ${o.seqLen}`);
       const opts: QuantizeModelOptions = {
         method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
         batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true,
       };
-      if (o.calib) {
+      if (dm && !o.calib) {
+        opts.calibration = calibrationFromText(dm.calibrationText, dm.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed });
+      } else if (o.calib) {
         const text = readFileSync(o.calib, 'utf8');
         const skip = o.skipDocs ?? (text.includes('<|endoftext|>') ? 200 : 0);
-        const tok = loadCalibrationTokenizer(o.model);
+        const tok = dm ? { encode: dm.encode } : loadCalibrationTokenizer(o.model!);
         opts.calibration = calibrationFromFile(o.calib, tok.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed, skipDocuments: skip });
         console.log(`calibration: ${o.samples} x ${o.seqLen} tokens from ${o.calib} (${opts.calibration.streamLength} tokens after skipping ${skip} documents)`);
       }
@@ -151,6 +190,7 @@ export function registerQuantize(program: Command): void {
         const qp = await back.perplexity(ids, window);
         console.log(`perplexity (${path.basename(o.evalIds)}): fp32 ${fp.ppl.toFixed(4)}, ${r.method} (reloaded from ${out}) ${qp.ppl.toFixed(4)}`);
       }
+      if (dm) await reportDemo(dm, q, o.bits as Bits, o.groupSize, o.sym === true);
       console.log(`saved ${out}`);
     });
 }

@@ -11,6 +11,7 @@ import { native, type NativeBlockConfig } from '../native.js';
 import { readSafetensors, type SafeTensor } from '../export/safetensors.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../quant.js';
+import type { Checkpoint } from '../model/checkpoint.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -29,6 +30,11 @@ export interface LlamaShape {
 /** Linears of one block, in arena order, with their HF names and (out, in) shapes. */
 export const LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEARS)[number];
+/** The runtime's names of the same linears (lib/model/config.ts). */
+const RUNTIME_LINEAR: Record<LinearName, string> = {
+  q_proj: 'wq', k_proj: 'wk', v_proj: 'wv', o_proj: 'wo', gate_proj: 'w_gate', up_proj: 'w_up', down_proj: 'w_down',
+};
+
 export const HF_LINEAR: Record<LinearName, string> = {
   q_proj: 'self_attn.q_proj', k_proj: 'self_attn.k_proj', v_proj: 'self_attn.v_proj', o_proj: 'self_attn.o_proj',
   gate_proj: 'mlp.gate_proj', up_proj: 'mlp.up_proj', down_proj: 'mlp.down_proj',
@@ -203,6 +209,37 @@ export class TrainableLlama {
         m.set(`model.layers.${l}.${HF_LINEAR[n]}.weight`, { dtype: 'F32', shape: [lay.linears[n].rows, lay.linears[n].cols], data: this.linear(l, n) });
     }
     return m;
+  }
+
+  /**
+   * From a runtime Checkpoint (any format the runtime loads, and the synthetic
+   * builder): weights arrive in the runtime's names, already in the HF rotate_half
+   * RoPE layout the training forward uses.
+   */
+  static fromCheckpoint(ck: Checkpoint): TrainableLlama {
+    const c = ck.config;
+    if (c.ropeScaling) throw new QuantformError('QF_UNSUPPORTED', `${ck.path}: rope_scaling is not supported by the training forward yet`);
+    const shape: LlamaShape = {
+      hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
+      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings,
+    };
+    const hf: Record<string, unknown> = {
+      architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
+      num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,
+      vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
+      tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
+    };
+    const embed = ck.weight('embed');
+    const lay = blockLayout(shape);
+    const blocks: Float32Array[] = [];
+    for (let l = 0; l < shape.layers; l++) {
+      const b = new Float32Array(lay.total);
+      b.set(ck.weight(`layers.${l}.attn_norm`), lay.g1.offset);
+      b.set(ck.weight(`layers.${l}.ffn_norm`), lay.g2.offset);
+      for (const n of LINEARS) b.set(ck.weight(`layers.${l}.${RUNTIME_LINEAR[n]}`), lay.linears[n].offset);
+      blocks.push(b);
+    }
+    return new TrainableLlama(shape, embed, ck.weight('final_norm'), shape.tied ? embed : ck.weight('lm_head'), blocks, hf);
   }
 
   static fromHfDir(dir: string): TrainableLlama {

@@ -49,11 +49,17 @@ void group_chunks(const PackedInt4View& w, int64_t g, int64_t* c0, int64_t* c1) 
   *c1 = k1 / QF_MM_KC;
 }
 
+// Chunks of x scaled per block (see nibble_scales): held in memory so that each
+// FMA broadcasts its x straight from L1 rather than by shuffles on the FP pipes.
+constexpr int64_t kXBlockChunks = 64;
+
 // Decode: MR rows of x (M <= 4) times NT tiles of 16 output rows.
 template <int MR, int NT>
 void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t) {
   const int64_t KC = w.KP / QF_MM_KC;
-  const __m256 nscale = nibble_scales();
+  const __m512 nscale = _mm512_castsi512_ps(
+      _mm512_broadcast_i64x4(_mm256_castps_si256(nibble_scales())));  // 2^(-4j) for both chunks of a zmm
+  alignas(64) float xs[MR][kXBlockChunks * QF_MM_KC];  // (MR, block chunks * 8) x times 2^(-4j)
   __m512 acc[MR][NT];
   for (int m = 0; m < MR; m++)
     for (int i = 0; i < NT; i++) acc[m][i] = _mm512_setzero_ps();
@@ -63,19 +69,27 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
     __m512 ag[MR][NT];  // unscaled sum(q x) of this group
     for (int m = 0; m < MR; m++)
       for (int i = 0; i < NT; i++) ag[m][i] = _mm512_setzero_ps();
-    for (int64_t c = c0; c < c1; c++) {
-      __m512i v[NT];
-      for (int i = 0; i < NT; i++) v[i] = _mm512_loadu_si512(w.codes + ((t + i) * KC + c) * QF_MM_NT);
-      alignas(32) float xs[MR][8];  // x of this chunk times 2^(-4j), see nibble_scales()
+    for (int64_t cb = c0; cb < c1; cb += kXBlockChunks) {
+      const int64_t ce = c1 - cb < kXBlockChunks ? c1 : cb + kXBlockChunks;
       for (int m = 0; m < MR; m++)
-        _mm256_store_ps(xs[m], _mm256_mul_ps(_mm256_loadu_ps(x + m * w.KP + c * QF_MM_KC), nscale));
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; j++)
-        for (int i = 0; i < NT; i++) {
-          // the nibble masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
-          const __m512 wf = _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
-          for (int m = 0; m < MR; m++) ag[m][i] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xs[m][j]), ag[m][i]);
+        for (int64_t c = cb; c < ce; c += 2) {
+          // an odd chunk count loads only the block's last chunk (x may end there)
+          const __mmask16 mk = ce - c >= 2 ? (__mmask16)0xffff : (__mmask16)0xff;
+          _mm512_store_ps(xs[m] + (c - cb) * QF_MM_KC,
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + m * w.KP + c * QF_MM_KC), nscale));
         }
+      for (int64_t c = cb; c < ce; c++) {
+        __m512i v[NT];
+        for (int i = 0; i < NT; i++) v[i] = _mm512_loadu_si512(w.codes + ((t + i) * KC + c) * QF_MM_NT);
+        const int64_t o = (c - cb) * QF_MM_KC;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+          for (int i = 0; i < NT; i++) {
+            // the nibble masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
+            const __m512 wf = _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
+            for (int m = 0; m < MR; m++) ag[m][i] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xs[m][o + j]), ag[m][i]);
+          }
+      }
     }
     for (int i = 0; i < NT; i++) {
       __m512 s, sz;

@@ -32,10 +32,11 @@ void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m51
   const int64_t o = (t * w.G + g) * QF_MM_NT;
   if (w.f16_params) {
     *s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.scales) + o)));
-    *z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
+    *z = w.symmetric ? _mm512_set1_ps(8.f)
+                     : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
   } else {
     *s = _mm512_loadu_ps(static_cast<const float*>(w.scales) + o);
-    *z = _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
+    *z = w.symmetric ? _mm512_set1_ps(8.f) : _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
   }
 }
 
@@ -65,7 +66,7 @@ void prefetch_params(const PackedInt4View& w, int64_t t, int nt, int64_t g) {
   for (int i = 0; i < nt; i++) {
     const int64_t o = ((t + i) * w.G + g) * QF_MM_NT * bytes;
     _mm_prefetch(static_cast<const char*>(w.scales) + o, _MM_HINT_T0);
-    _mm_prefetch(static_cast<const char*>(w.zeros) + o, _MM_HINT_T0);
+    if (!w.symmetric) _mm_prefetch(static_cast<const char*>(w.zeros) + o, _MM_HINT_T0);
   }
 }
 

@@ -76,6 +76,7 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
   const int64_t KC = w.KP / QF_MM_KC;
   const __m512 nscale = _mm512_castsi512_ps(
       _mm512_broadcast_i64x4(_mm256_castps_si256(nibble_scales())));  // 2^(-4j) for both chunks of a zmm
+  const __m512 iota = iota16();
   alignas(64) float xs[MR][kXBlockChunks * QF_MM_KC];  // (MR, block chunks * 8) x times 2^(-4j)
   // one row of x leaves registers for two sum chains per tile (even and odd j),
   // halving the FMA latency each chunk waits on
@@ -111,8 +112,11 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)
           for (int i = 0; i < NT; i++) {
-            // the nibble masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
-            const __m512 wf = _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
+            // nibble 0 is a table lookup (vpermps reads the low 4 bits of each index);
+            // nibble j > 0 masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
+            const __m512 wf =
+                j == 0 ? _mm512_permutexvar_ps(v[i], iota)
+                       : _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
             for (int m = 0; m < MR; m++)
               ag[m][i][j % NA] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xs[m][o + j]), ag[m][i][j % NA]);
           }

@@ -27,16 +27,18 @@ __m256 nibble_scales() {
   return _mm256_setr_ps(1.f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f);
 }
 
-// s and z of tile t, group g: one lane per output row.
+// s and z of tile t, group g: one lane per output row. Symmetric zeros are all 8
+// and left unread (see PackedInt4View::symmetric).
+template <bool SYM>
 void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m512* z) {
   const int64_t o = (t * w.G + g) * QF_MM_NT;
   if (w.f16_params) {
     *s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.scales) + o)));
-    *z = w.symmetric ? _mm512_set1_ps(8.f)
-                     : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
+    *z = SYM ? _mm512_set1_ps(8.f)
+             : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(w.zeros) + o)));
   } else {
     *s = _mm512_loadu_ps(static_cast<const float*>(w.scales) + o);
-    *z = w.symmetric ? _mm512_set1_ps(8.f) : _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
+    *z = SYM ? _mm512_set1_ps(8.f) : _mm512_loadu_ps(static_cast<const float*>(w.zeros) + o);
   }
 }
 
@@ -61,17 +63,18 @@ constexpr int64_t kPrefetchChunks = 8;
 // prefetcher at small group sizes: fetched this many groups ahead.
 constexpr int64_t kPrefetchGroups = 4;
 
+template <bool SYM>
 void prefetch_params(const PackedInt4View& w, int64_t t, int nt, int64_t g) {
   const int64_t bytes = w.f16_params ? 2 : 4;
   for (int i = 0; i < nt; i++) {
     const int64_t o = ((t + i) * w.G + g) * QF_MM_NT * bytes;
     _mm_prefetch(static_cast<const char*>(w.scales) + o, _MM_HINT_T0);
-    if (!w.symmetric) _mm_prefetch(static_cast<const char*>(w.zeros) + o, _MM_HINT_T0);
+    if (!SYM) _mm_prefetch(static_cast<const char*>(w.zeros) + o, _MM_HINT_T0);
   }
 }
 
 // Decode: MR rows of x (M <= 4) times NT tiles of 16 output rows.
-template <int MR, int NT>
+template <int MR, int NT, bool SYM>
 void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4View& w, int64_t t) {
   const int64_t KC = w.KP / QF_MM_KC;
   const __m512 nscale = _mm512_castsi512_ps(
@@ -87,7 +90,7 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
   for (int64_t g = 0; g < w.G; g++) {
     int64_t c0, c1;
     group_chunks(w, g, &c0, &c1);
-    prefetch_params(w, t, NT, g + kPrefetchGroups < w.G ? g + kPrefetchGroups : w.G - 1);
+    prefetch_params<SYM>(w, t, NT, g + kPrefetchGroups < w.G ? g + kPrefetchGroups : w.G - 1);
     __m512 ag[MR][NT][NA];  // unscaled sum(q x) of this group
     for (int m = 0; m < MR; m++)
       for (int i = 0; i < NT; i++)
@@ -112,10 +115,11 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)
           for (int i = 0; i < NT; i++) {
-            // nibble 0 is a table lookup (vpermps reads the low 4 bits of each index);
-            // nibble j > 0 masked in place is q * 2^(4j) as an unsigned integer: exact in fp32
+            // At M = 1 nibble 0 is a table lookup (vpermps reads the low 4 bits of each
+            // index): one op for two, but it competes with the FMAs, which bound M >= 2.
+            // Nibble j masked in place is q * 2^(4j) as an unsigned integer: exact in fp32.
             const __m512 wf =
-                j == 0 ? _mm512_permutexvar_ps(v[i], iota)
+                MR == 1 && j == 0 ? _mm512_permutexvar_ps(v[i], iota)
                        : _mm512_cvtepu32_ps(_mm512_and_si512(v[i], _mm512_set1_epi32((int)(0xfu << (4 * j)))));
             for (int m = 0; m < MR; m++)
               ag[m][i][j % NA] = _mm512_fmadd_ps(wf, _mm512_set1_ps(xs[m][o + j]), ag[m][i][j % NA]);
@@ -124,7 +128,7 @@ void gemv_tiles(float* y, const float* x, const float* xsum, const PackedInt4Vie
     }
     for (int i = 0; i < NT; i++) {
       __m512 s, z;
-      tile_params(w, t + i, g, &s, &z);
+      tile_params<SYM>(w, t + i, g, &s, &z);
       for (int m = 0; m < MR; m++) {
         const __m512 a = NA == 2 ? _mm512_add_ps(ag[m][i][0], ag[m][i][NA - 1]) : ag[m][i][0];
         // s * (sum(q x) - z * sum(x))
@@ -146,8 +150,14 @@ void gemv_rows(float* y, const float* x, const float* xsum, const PackedInt4View
   // hardware prefetcher, fewer left too little independent work (see the VNNI file)
   constexpr int NT = MR <= 2 ? 4 : 2;
   int64_t t = t0;
-  for (; t + NT <= t1; t += NT) gemv_tiles<MR, NT>(y, x, xsum, w, t);
-  for (; t < t1; t++) gemv_tiles<MR, 1>(y, x, xsum, w, t);
+  // symmetric is a template flag: a runtime test in the group epilogue cost M = 2 a fifth
+  if (w.symmetric) {
+    for (; t + NT <= t1; t += NT) gemv_tiles<MR, NT, true>(y, x, xsum, w, t);
+    for (; t < t1; t++) gemv_tiles<MR, 1, true>(y, x, xsum, w, t);
+  } else {
+    for (; t + NT <= t1; t += NT) gemv_tiles<MR, NT, false>(y, x, xsum, w, t);
+    for (; t < t1; t++) gemv_tiles<MR, 1, false>(y, x, xsum, w, t);
+  }
 }
 
 // Prefill microkernel: y (MR, 32) = x (MR, kn) · panel (kn, 32).
@@ -208,7 +218,10 @@ void decode_panel(float* panel, const PackedInt4View& w, int64_t t, int64_t ntil
       int64_t c0, c1;
       group_chunks(w, g, &c0, &c1);
       __m512 s, z;
-      tile_params(w, t + h, g, &s, &z);
+      if (w.symmetric)
+        tile_params<true>(w, t + h, g, &s, &z);
+      else
+        tile_params<false>(w, t + h, g, &s, &z);
       const __m512 sz = _mm512_mul_ps(s, z);
       for (int64_t c = c0; c < c1; c++) {
         const __m512i v = _mm512_loadu_si512(w.codes + ((t + h) * KC + c) * QF_MM_NT);

@@ -2,7 +2,8 @@
 // rows, so nothing is reduced horizontally.
 //   M <= 4 (decode): weights are decoded in registers and used once per row of x
 //     (see nibble_scales), and each group's sum is scaled once:
-//     acc += s * sum(q x) - s*z * sum(x).
+//     acc += s * (sum(q x) - z * sum(x)). Code words and parameters are
+//     prefetched in software (see kPrefetchChunks).
 //   M > 4 (prefill): 32 output rows are decoded into an fp32 panel (KP, 32) once
 //     (vpermps with the table 0..15 reads only the low 4 bits of each index lane),
 //     then a 12 x 32 register-blocked microkernel streams it for every 12 rows of x.

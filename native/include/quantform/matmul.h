@@ -12,7 +12,8 @@
 //
 // Parameters keep their canonical dtype (exact, and f16 halves their share of
 // the memory traffic at small group sizes); kernels form s*z once per group, so
-// w = q*s - s*z is one fmsub and a group sum is scaled as s*sum(q x) - s*z*sum(x).
+// w = q*s - s*z is one fmsub and a group sum is scaled as s*sum(q x) - s*z*sum(x)
+// (or s*(sum(q x) - z*sum(x))).
 // One 64-byte line is 16 output rows x 8 k: a zmm (two ymm for AVX2) of 16 lanes,
 // one per output row, so kernels vectorize over n and never reduce horizontally.
 // Padding codes are 0 and padded x entries are 0, so padding adds nothing.

@@ -167,7 +167,7 @@ PackedInt4View PreparedInt4::view() const {
   const bool h = param_dtype == DType::F16;
   return PackedInt4View{N,     K, NP, KP, G, group_size, h, codes.data(),
                         h ? (const void*)scales16.data() : (const void*)scales32.data(),
-                        h ? (const void*)zeros16.data() : (const void*)zeros32.data()};
+                        h ? (const void*)zeros16.data() : (const void*)zeros32.data(), symmetric};
 }
 
 bool matmul_fast_layout(int bits, int64_t K, int64_t group_size) {

@@ -12,7 +12,8 @@
 //
 // Parameters keep their canonical dtype (exact, and f16 halves their share of
 // the memory traffic at small group sizes); kernels form s*z once per group, so
-// w = q*s - s*z is one fmsub and a group sum is scaled as s*sum(q x) - s*z*sum(x).
+// w = q*s - s*z is one fmsub and a group sum is scaled as s*sum(q x) - s*z*sum(x)
+// (or s*(sum(q x) - z*sum(x))).
 // One 64-byte line is 16 output rows x 8 k: a zmm (two ymm for AVX2) of 16 lanes,
 // one per output row, so kernels vectorize over n and never reduce horizontally.
 // Padding codes are 0 and padded x entries are 0, so padding adds nothing.
@@ -45,6 +46,9 @@ struct PackedInt4View {
   const uint32_t* codes;  // (NP/16, KP/8, 16)
   const void* scales;     // (NP/16, G, 16)
   const void* zeros;      // (NP/16, G, 16)
+  // Every zero point is 2^(b-1) = 8: kernels may use the constant and leave the
+  // zeros stream unread (a sixth of the traffic at group size 32 with f32 params).
+  bool symmetric = false;
 };
 
 struct MatmulKernels {

@@ -61,6 +61,14 @@ void check(const Status& st) {
   if (!st.ok()) throw ArgError{st};
 }
 
+// The spec, and the per-group parameters' lengths: scales (N, G), zeros (N, G) unless symmetric.
+void check_params(const Span& ss, const Span& zs, int64_t N, int64_t K, const QuantSpec& spec) {
+  check(check_spec(spec, N, K));
+  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check(expect("scales", ss, (size_t)N * G));
+  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
+}
+
 Span zeros_arg(const Napi::CallbackInfo& info, size_t i, const QuantSpec& spec) {
   if (spec.symmetric) return Span{nullptr, 0, DType::F32};
   if (arg_is_null(info, i))
@@ -107,11 +115,8 @@ Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   const QuantSpec spec = read_spec(info, 5);
   Span zs = zeros_arg(info, 2, spec);
   const bool async = arg_bool(info, 8, "async");
-  check(check_spec(spec, N, K));
-  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check_params(ss, zs, N, K, spec);
   check(expect("codes", cs, (size_t)(N * qf_packed_row_bytes(spec.bits, K))));
-  check(expect("scales", ss, (size_t)N * G));
-  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
   Span os;
   Napi::Object out = make_float_array(env, DType::F32, (size_t)(N * K), &os);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
@@ -132,11 +137,8 @@ Napi::Value fq_forward_js(const Napi::CallbackInfo& info) {
   const QuantSpec spec = read_spec(info, 5);
   Span zs = zeros_arg(info, 2, spec);
   const bool async = arg_bool(info, 8, "async");
-  check(check_spec(spec, N, K));
-  const size_t G = (size_t)qf_num_groups(K, spec.group_size);
+  check_params(ss, zs, N, K, spec);
   check(expect("w", w, (size_t)(N * K)));
-  check(expect("scales", ss, (size_t)N * G));
-  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
   Span os;
   Napi::Object out = make_float_array(env, DType::F32, (size_t)(N * K), &os);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
@@ -159,12 +161,10 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
   const QuantSpec spec = read_spec(info, 6);
   Span zs = zeros_arg(info, 3, spec);
   const bool async = arg_bool(info, 9, "async");
-  check(check_spec(spec, N, K));
+  check_params(ss, zs, N, K, spec);
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
   check(expect("gradOutput", g, (size_t)(N * K)));
   check(expect("w", w, (size_t)(N * K)));
-  check(expect("scales", ss, (size_t)N * G));
-  if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
   Span dws, dss, dzs{nullptr, 0, DType::F32};
   Napi::Object out = Napi::Object::New(env);
   out.Set("gradW", make_float_array(env, DType::F32, (size_t)(N * K), &dws));

@@ -230,8 +230,8 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       w.scales = arg_span(info, 2, "scales", pd);
       w.N = arg_int(info, 5, "N");
       w.K = arg_int(info, 6, "K");
-      w.spec = QuantSpec{(int)arg_int(info, 7, "bits"), arg_int(info, 8, "groupSize"), arg_bool(info, 9, "symmetric"), false};
-      w.zeros = w.spec.symmetric || arg_is_null(info, 3) ? Span{nullptr, 0, pd} : arg_span(info, 3, "zeros", pd);
+      w.spec = arg_quant_spec(info, 7);
+      w.zeros = arg_zeros(info, 3, w.spec.symmetric, pd);
       check(m.set_quantized_weight(name, w));
       return info.Env().Undefined();
     });

@@ -42,15 +42,9 @@ CanonicalWeight arg_canonical(const Napi::CallbackInfo& info, size_t i) {
   w.scales = arg_span(info, i + 1, "scales", pd);
   w.N = arg_int(info, i + 4, "N");
   w.K = arg_int(info, i + 5, "K");
-  w.spec.bits = (int)arg_int(info, i + 6, "bits");
-  w.spec.group_size = arg_int(info, i + 7, "groupSize");
-  w.spec.symmetric = arg_bool(info, i + 8, "symmetric");
+  w.spec = arg_quant_spec(info, i + 6);
   w.spec.f16_params = pd == DType::F16;
-  w.zeros = Span{nullptr, 0, pd};
-  if (!w.spec.symmetric) {
-    if (arg_is_null(info, i + 2)) throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-    w.zeros = arg_span(info, i + 2, "zeros", pd);
-  }
+  w.zeros = arg_zeros(info, i + 2, w.spec.symmetric, pd);
   return w;
 }
 

@@ -93,6 +93,16 @@ Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return Span{base, ta.ElementLength(), DType::F32};
 }
 
+QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
+  return QuantSpec{(int)arg_int(info, i, "bits"), arg_int(info, i + 1, "groupSize"), arg_bool(info, i + 2, "symmetric"), false};
+}
+
+Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType dtype) {
+  if (symmetric) return Span{nullptr, 0, dtype};
+  if (arg_is_null(info, i)) fail(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null");
+  return arg_span(info, i, "zeros", dtype);
+}
+
 Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
   if (dtype == DType::F32) {
     Napi::Float32Array a = Napi::Float32Array::New(env, n);

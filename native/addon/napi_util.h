@@ -30,6 +30,10 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name);
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype);
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
+// (bits, groupSize, symmetric) at info[i], info[i + 1], info[i + 2]; f16_params false.
+QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i);
+// Zero points at info[i]: an empty span when symmetric, else a required array of `dtype`.
+Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType dtype);
 
 // Runs `compute` now (sync) or on a libuv worker (async, returns a Promise).
 // `keep` holds the JS inputs/outputs alive while the worker runs; `compute`

@@ -6,15 +6,6 @@
 namespace qf {
 namespace {
 
-QuantSpec read_spec(const Napi::CallbackInfo& info, size_t i) {
-  QuantSpec s;
-  s.bits = (int)arg_int(info, i, "bits");
-  s.group_size = arg_int(info, i + 1, "groupSize");
-  s.symmetric = arg_bool(info, i + 2, "symmetric");
-  s.f16_params = false;
-  return s;
-}
-
 // quantize(w, wDtype, N, K, bits, groupSize, symmetric, paramDtype, async)
 //   -> { codes: Uint8Array, scales, zeros | null }
 Napi::Value quantize_js(const Napi::CallbackInfo& info) {
@@ -22,7 +13,7 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   const DType wd = arg_dtype(info, 1, "dtype");
   Span w = arg_span(info, 0, "weights", wd);
   const int64_t N = arg_int(info, 2, "N"), K = arg_int(info, 3, "K");
-  const QuantSpec spec = read_spec(info, 4);
+  const QuantSpec spec = arg_quant_spec(info, 4);
   const DType pd = arg_dtype(info, 7, "paramDtype");
   const bool async = arg_bool(info, 8, "async");
   Status st = check_spec(spec, N, K);
@@ -82,12 +73,8 @@ Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   const DType pd = arg_dtype(info, 3, "paramDtype");
   Span ss = arg_span(info, 1, "scales", pd);
   const int64_t N = arg_int(info, 4, "N"), K = arg_int(info, 5, "K");
-  const QuantSpec spec = read_spec(info, 6);
-  Span zs{nullptr, 0, pd};
-  if (!spec.symmetric) {
-    if (arg_is_null(info, 2)) throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-    zs = arg_span(info, 2, "zeros", pd);
-  }
+  const QuantSpec spec = arg_quant_spec(info, 6);
+  Span zs = arg_zeros(info, 2, spec.symmetric, pd);
   const DType od = arg_dtype(info, 9, "outDtype");
   const bool async = arg_bool(info, 10, "async");
   Status st = check_spec(spec, N, K);
@@ -111,12 +98,8 @@ Napi::Value fq_forward_js(const Napi::CallbackInfo& info) {
   Span w = arg_span(info, 0, "weights", DType::F32);
   Span ss = arg_span(info, 1, "scales", DType::F32);
   const int64_t N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
-  const QuantSpec spec = read_spec(info, 5);
-  Span zs{nullptr, 0, DType::F32};
-  if (!spec.symmetric) {
-    if (arg_is_null(info, 2)) throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-    zs = arg_span(info, 2, "zeros", DType::F32);
-  }
+  const QuantSpec spec = arg_quant_spec(info, 5);
+  Span zs = arg_zeros(info, 2, spec.symmetric, DType::F32);
   const bool async = arg_bool(info, 8, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
@@ -135,12 +118,8 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
   Span w = arg_span(info, 1, "weights", DType::F32);
   Span ss = arg_span(info, 2, "scales", DType::F32);
   const int64_t N = arg_int(info, 4, "N"), K = arg_int(info, 5, "K");
-  const QuantSpec spec = read_spec(info, 6);
-  Span zs{nullptr, 0, DType::F32};
-  if (!spec.symmetric) {
-    if (arg_is_null(info, 3)) throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-    zs = arg_span(info, 3, "zeros", DType::F32);
-  }
+  const QuantSpec spec = arg_quant_spec(info, 6);
+  Span zs = arg_zeros(info, 3, spec.symmetric, DType::F32);
   const bool async = arg_bool(info, 9, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};

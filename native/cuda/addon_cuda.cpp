@@ -46,10 +46,6 @@ Napi::Value cuda_info(const Napi::CallbackInfo& info) {
   return o;
 }
 
-QuantSpec read_spec(const Napi::CallbackInfo& info, size_t i) {
-  return QuantSpec{(int)arg_int(info, i, "bits"), arg_int(info, i + 1, "groupSize"), arg_bool(info, i + 2, "symmetric"), false};
-}
-
 Status expect(const char* name, const Span& s, size_t n) {
   if (s.len != n)
     return error(Code::ShapeMismatch, std::string("Expected ") + std::to_string(n) + " elements for " + name +
@@ -69,19 +65,12 @@ void check_params(const Span& ss, const Span& zs, int64_t N, int64_t K, const Qu
   if (!spec.symmetric) check(expect("zeros", zs, (size_t)N * G));
 }
 
-Span zeros_arg(const Napi::CallbackInfo& info, size_t i, const QuantSpec& spec) {
-  if (spec.symmetric) return Span{nullptr, 0, DType::F32};
-  if (arg_is_null(info, i))
-    throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-  return arg_span(info, i, "zeros", DType::F32);
-}
-
 // quantize(w f32, N, K, bits, groupSize, symmetric, async) -> { codes, scales, zeros | null } (f32 params)
 Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Span w = arg_span(info, 0, "weights", DType::F32);
   const int64_t N = arg_int(info, 1, "N"), K = arg_int(info, 2, "K");
-  const QuantSpec spec = read_spec(info, 3);
+  const QuantSpec spec = arg_quant_spec(info, 3);
   const bool async = arg_bool(info, 6, "async");
   check(check_spec(spec, N, K));
   check(expect("w", w, (size_t)(N * K)));
@@ -112,8 +101,8 @@ Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   Span cs = arg_bytes(info, 0, "codes");
   Span ss = arg_span(info, 1, "scales", DType::F32);
   const int64_t N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
-  const QuantSpec spec = read_spec(info, 5);
-  Span zs = zeros_arg(info, 2, spec);
+  const QuantSpec spec = arg_quant_spec(info, 5);
+  Span zs = arg_zeros(info, 2, spec.symmetric, DType::F32);
   const bool async = arg_bool(info, 8, "async");
   check_params(ss, zs, N, K, spec);
   check(expect("codes", cs, (size_t)(N * qf_packed_row_bytes(spec.bits, K))));
@@ -134,8 +123,8 @@ Napi::Value fq_forward_js(const Napi::CallbackInfo& info) {
   Span w = arg_span(info, 0, "weights", DType::F32);
   Span ss = arg_span(info, 1, "scales", DType::F32);
   const int64_t N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
-  const QuantSpec spec = read_spec(info, 5);
-  Span zs = zeros_arg(info, 2, spec);
+  const QuantSpec spec = arg_quant_spec(info, 5);
+  Span zs = arg_zeros(info, 2, spec.symmetric, DType::F32);
   const bool async = arg_bool(info, 8, "async");
   check_params(ss, zs, N, K, spec);
   check(expect("w", w, (size_t)(N * K)));
@@ -158,8 +147,8 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
   Span w = arg_span(info, 1, "weights", DType::F32);
   Span ss = arg_span(info, 2, "scales", DType::F32);
   const int64_t N = arg_int(info, 4, "N"), K = arg_int(info, 5, "K");
-  const QuantSpec spec = read_spec(info, 6);
-  Span zs = zeros_arg(info, 3, spec);
+  const QuantSpec spec = arg_quant_spec(info, 6);
+  Span zs = arg_zeros(info, 3, spec.symmetric, DType::F32);
   const bool async = arg_bool(info, 9, "async");
   check_params(ss, zs, N, K, spec);
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);

@@ -69,8 +69,7 @@ Napi::Value prepare_js(const Napi::CallbackInfo& info) {
   if (!(st = expect_len("scales", scales.len, (size_t)(N * G))).ok()) throw ArgError{st};
   std::vector<float> s32 = widen(scales), z32((size_t)(N * G), 8.f);
   if (!sym) {
-    if (arg_is_null(info, 2)) throw ArgError{error(Code::InvalidArgument, "Expected zeros for asymmetric quantization but received null")};
-    Span zeros = arg_span(info, 2, "zeros", pd);
+    Span zeros = arg_zeros(info, 2, sym, pd);
     if (!(st = expect_len("zeros", zeros.len, (size_t)(N * G))).ok()) throw ArgError{st};
     z32 = widen(zeros);
   }

@@ -1,6 +1,6 @@
 import { fromNative, invalidParameter, is } from './errors.js';
 import { native, type NativeBackendInfo } from './native.js';
-import { cudaInfo, type CudaInfo } from './cuda.js';
+import { cudaInfo, type CudaInfo } from './ops/cuda.js';
 
 export type KernelPolicy = 'auto' | 'ref' | 'avx2' | 'avx512';
 

@@ -1,14 +1,14 @@
 // quantform's public API.
 export { QuantformError, type ErrorCode } from './errors.js';
-export { Tensor, type DType } from './tensor.js';
+export { Tensor, type DType } from './ops/tensor.js';
 export { backendInfo, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
-export { cudaInfo, type CudaInfo } from './cuda.js';
+export { cudaInfo, type CudaInfo } from './ops/cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
   SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
-} from './quant.js';
-export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './cuda-quant.js';
+} from './ops/quant.js';
+export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './ops/cuda-quant.js';
 export {
   loadModel, openCheckpoint, Model, type LoadOptions, type ForwardOptions, type ForwardResult,
 } from './model/model.js';
@@ -19,7 +19,7 @@ export {
 export { type Linear, Fp32Linear, QuantizedLinear } from './model/linear.js';
 export { SyntheticCheckpoint, ByteTokenizer, LLAMA2_7B, type SyntheticOptions } from './model/synthetic.js';
 export { permuteInterleavedToHalf, permuteHalfToInterleaved } from './model/convert.js';
-export { readSafetensorsHeader } from './model/safetensors.js';
+export { readSafetensorsHeader } from './model/hf.js';
 export { readGgufHeader, type GgufHeader } from './model/gguf.js';
 export { type Tokenizer } from './tokenizer/tokenizer.js';
 export { SentencePieceBpe, loadLlama2cTokenizer } from './tokenizer/sentencepiece.js';
@@ -28,19 +28,19 @@ export {
   evaluatePerplexity, encodeEvalText, type PerplexityOptions, type PerplexityProgress, type PerplexityResult,
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
-export { quantizeModel, dequantizedModel, type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport } from './quantize-model.js';
+export { quantizeModel, dequantizedModel, type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport } from './methods/quantize-model.js';
 export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
 export { mergeTeqScales } from './methods/teq.js';
-export { TrainableLlama, loadCalibrationTokenizer, blockLayout, type LlamaShape, type BlockQuant, type TextTokenizer } from './train/llama.js';
-export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './train/optim.js';
-export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './calib.js';
+export { TrainableLlama, loadCalibrationTokenizer, blockLayout, type LlamaShape, type BlockQuant, type TextTokenizer } from './engine/llama.js';
+export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './engine/optim.js';
+export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './engine/calib.js';
 export { saveGptq, type SaveOptions } from './export/save.js';
-export { GptqCheckpoint } from './export/gptq-checkpoint.js';
+export { GptqCheckpoint } from './model/gptq.js';
 export { toGptq, packGptq, dequantizeGptq, type GptqFormat, type GptqLinear } from './export/gptq.js';
-export { readSafetensors, writeSafetensors, type SafeTensor } from './export/safetensors.js';
+export { readSafetensors, writeSafetensors, type SafeTensor } from './io/safetensors.js';
 export {
   matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,
   type MatmulAccuracy, type MatmulOptions,
-} from './matmul.js';
+} from './ops/matmul.js';
 export { measureMachine, measureMachineSync, type MachineLimits, type MeasureOptions, type ProbePart } from './bench/machine.js';

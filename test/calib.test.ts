@@ -1,8 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { calibrationFromFile, calibrationFromText } from '../lib/calib.js';
-import { loadCalibrationTokenizer } from '../lib/train/llama.js';
+import { calibrationFromFile, calibrationFromText } from '../lib/engine/calib.js';
+import { loadCalibrationTokenizer } from '../lib/engine/llama.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const tsFile = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');

@@ -6,8 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { dequantizeGptq, fromGptq, packGptq, toGptq } from '../lib/export/gptq.js';
-import { f16ToF32, f32ToF16 } from '../lib/export/half.js';
-import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/export/safetensors.js';
+import { f16ToF32, f32ToF16 } from '../lib/io/half.js';
+import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/io/safetensors.js';
 import { Tensor, dequantize, quantize, type Bits } from '../lib/index.js';
 
 function randW(N: number, K: number, seed: number): Tensor {

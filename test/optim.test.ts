@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AdamW, learningRate } from '../lib/train/optim.js';
+import { AdamW, learningRate } from '../lib/engine/optim.js';
 
 describe('AdamW arena', () => {
   it('matches a hand-written AdamW on a quadratic, in f64 within f32 tolerance', async () => {

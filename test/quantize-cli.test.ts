@@ -9,7 +9,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ByteTokenizer, Model, SyntheticCheckpoint } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
-import { TrainableLlama } from '../lib/train/llama.js';
+import { TrainableLlama } from '../lib/engine/llama.js';
 import { DEMO_MODEL } from '../lib/cli/demo.js';
 
 const cli = path.join(packageRoot(), 'dist', 'cli.js');

@@ -5,17 +5,17 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { calibrationFromFile, calibrationFromText } from '../lib/calib.js';
+import { calibrationFromFile, calibrationFromText } from '../lib/engine/calib.js';
 import { saveGptq } from '../lib/export/save.js';
-import { readSafetensorsMetadata } from '../lib/export/safetensors.js';
+import { readSafetensorsMetadata } from '../lib/io/safetensors.js';
 import { mergeTeqScales } from '../lib/methods/teq.js';
 import '../lib/methods/index.js';
-import { dequantizedModel, quantizeModel } from '../lib/quantize-model.js';
+import { dequantizedModel, quantizeModel } from '../lib/methods/quantize-model.js';
 import { Model, openCheckpoint } from '../lib/model/model.js';
 import { QuantizedLinear } from '../lib/model/linear.js';
 import { ByteTokenizer } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
-import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/train/llama.js';
+import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const modelDir = path.join(shared, 'models/stories260K-hf');

@@ -422,7 +422,7 @@ describe('TEQ weight side through RTN (rtnFakeQuantBackward) vs finite differenc
   // the f16-rounded step size the kernel uses.
   for (const [bits, sym] of [[3, false], [4, true]] as const) {
     it(`${bits}-bit ${sym ? 'symmetric' : 'asymmetric'}, ragged last group`, async () => {
-      const { f16ToF32, f32ToF16 } = await import('../lib/export/half.js');
+      const { f16ToF32, f32ToF16 } = await import('../lib/io/half.js');
       setKernelPolicy('ref');
       const N = 6, K = 40, G = 16;
       const W = randn(N * K, 200 + bits), alpha = randn(K, 210 + bits, 0.5, 1), Gd = randn(N * K, 220 + bits);

@@ -4,9 +4,9 @@
 import { randomFillSync } from 'node:crypto';
 import { invalidParameter } from '../errors.js';
 import { backendInfo, setThreads } from '../backend.js';
-import { matmul, matmulF32, prepareMatmulWeight } from '../matmul.js';
-import { dequantize, QuantizedTensor } from '../quant.js';
-import { Tensor } from '../tensor.js';
+import { matmul, matmulF32, prepareMatmulWeight } from '../ops/matmul.js';
+import { dequantize, QuantizedTensor } from '../ops/quant.js';
+import { Tensor } from '../ops/tensor.js';
 import { measureMachine, type MachineLimits } from './machine.js';
 import { matMulNBitsModel } from './onnx.js';
 

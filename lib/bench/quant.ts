@@ -2,8 +2,8 @@
 // the machine's memory bandwidth measured in the same run. Both ops stream: the
 // limit is the copy bandwidth (bytes read + bytes written).
 import { backendInfo, setKernelPolicy, type KernelPolicy } from '../backend.js';
-import { dequantize, packedRowBytes, quantize, numGroups, type Bits } from '../quant.js';
-import { Tensor } from '../tensor.js';
+import { dequantize, packedRowBytes, quantize, numGroups, type Bits } from '../ops/quant.js';
+import { Tensor } from '../ops/tensor.js';
 import { measureMachine } from './machine.js';
 import { median, timeRuns } from './stats.js';
 

@@ -5,7 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import {
   benchMatmul, formatHeader, formatMachine, formatRow, FULL, QUICK, type MatmulBenchOptions, type Shape,
 } from '../bench/matmul.js';
-import { writeFileAtomic } from '../util/fs.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { parseShapes } from './options.js';
 
 function intList(v: string): number[] {

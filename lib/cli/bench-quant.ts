@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
-import { writeFileAtomic } from '../util/fs.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { runQuantBench, type QuantBenchRow } from '../bench/quant.js';
 import { formatTable } from '../bench/stats.js';
 import { setThreads } from '../backend.js';
-import type { Bits } from '../quant.js';
+import type { Bits } from '../ops/quant.js';
 import { parseIntOption, parseShapes } from './options.js';
 
 const FULL_SHAPES = '4096x4096,11008x4096,4096x11008,32768x4096';

@@ -5,11 +5,11 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { calibrationFromFile } from '../calib.js';
+import { calibrationFromFile } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
-import { dequantizedModel, quantizeModel } from '../quantize-model.js';
-import type { Bits } from '../quant.js';
-import { loadCalibrationTokenizer, TrainableLlama } from '../train/llama.js';
+import { dequantizedModel, quantizeModel } from '../methods/quantize-model.js';
+import type { Bits } from '../ops/quant.js';
+import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
 import '../methods/index.js';
 import { intOption } from './model-arg.js';
 import { readEvalIds } from './quantize.js';

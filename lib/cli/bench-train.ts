@@ -10,9 +10,9 @@ import { backendInfo } from '../backend.js';
 import { measureMachineSync } from '../bench/machine.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
 import { native, type NativeBlockConfig } from '../native.js';
-import { calibrationFromText } from '../calib.js';
-import { quantizeModel } from '../quantize-model.js';
-import { TrainableLlama } from '../train/llama.js';
+import { calibrationFromText } from '../engine/calib.js';
+import { quantizeModel } from '../methods/quantize-model.js';
+import { TrainableLlama } from '../engine/llama.js';
 import '../methods/index.js';
 import { intOption } from './model-arg.js';
 

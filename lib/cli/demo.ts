@@ -4,7 +4,7 @@
 // fresh install with nothing to download. Held-out windows of the same text
 // measure how far each quantized model's logits move from the fp32 model's.
 import { ByteTokenizer, SyntheticCheckpoint, type SyntheticOptions } from '../model/synthetic.js';
-import { TrainableLlama } from '../train/llama.js';
+import { TrainableLlama } from '../engine/llama.js';
 
 export const DEMO_MODEL: SyntheticOptions = {
   dim: 256, hiddenDim: 688, nLayers: 4, nHeads: 8, nKvHeads: 4, vocabSize: 512, maxSeq: 512, seed: 1,

@@ -6,13 +6,13 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
-import { calibrationFromFile, calibrationFromText } from '../calib.js';
+import { calibrationFromFile, calibrationFromText } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
 import { saveGptq } from '../export/save.js';
 import { methodNames } from '../methods/index.js';
-import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../quantize-model.js';
-import type { Bits } from '../quant.js';
-import { loadCalibrationTokenizer, TrainableLlama } from '../train/llama.js';
+import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../methods/quantize-model.js';
+import type { Bits } from '../ops/quant.js';
+import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
 import { intOption } from './model-arg.js';
 import { DEMO_DEFAULTS, demo, type Demo } from './demo.js';
 

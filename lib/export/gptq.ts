@@ -10,8 +10,8 @@
 // Dequantization: w[n, k] = scales[g, n] * (q[k, n] - z[g, n]), g = g_idx[k].
 // quantform's own layout (formats.h) is row-major over N; this module converts.
 import { QuantformError } from '../errors.js';
-import { pack, QuantizedTensor, unpack, type Bits } from '../quant.js';
-import { f16ToF32, f32ToF16 } from './half.js';
+import { pack, QuantizedTensor, unpack, type Bits } from '../ops/quant.js';
+import { f16ToF32, f32ToF16 } from '../io/half.js';
 
 export type GptqFormat = 'gptq' | 'gptq_v2';
 

@@ -6,9 +6,9 @@
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
-import type { QuantizedModel } from '../quantize-model.js';
+import type { QuantizedModel } from '../methods/quantize-model.js';
 import { toGptq, type GptqFormat } from './gptq.js';
-import { writeSafetensors, type SafeTensor } from './safetensors.js';
+import { writeSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { lossCurveSvg } from './svg.js';
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model'];

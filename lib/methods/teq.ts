@@ -7,9 +7,9 @@
 // quantized model carries no extra op.
 import { fromNative, QuantformError } from '../errors.js';
 import { native } from '../native.js';
-import { seededRandom } from '../calib.js';
-import { AdamW, learningRate } from '../train/optim.js';
-import { HF_LINEAR, type TrainableLlama } from '../train/llama.js';
+import { seededRandom } from '../engine/calib.js';
+import { AdamW, learningRate } from '../engine/optim.js';
+import { HF_LINEAR, type TrainableLlama } from '../engine/llama.js';
 import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
 
 /**

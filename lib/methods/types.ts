@@ -2,9 +2,9 @@
 // fp32 model (trained on calibration data or not) that runs before every linear is
 // round-to-nearest quantized. Methods register by name (lib/methods/index.ts);
 // quantizeModel looks them up and never changes when a method is added.
-import type { CalibrationSet } from '../calib.js';
-import type { ScheduleKind } from '../train/optim.js';
-import type { BlockQuant, TrainableLlama } from '../train/llama.js';
+import type { CalibrationSet } from '../engine/calib.js';
+import type { ScheduleKind } from '../engine/optim.js';
+import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */

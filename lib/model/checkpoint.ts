@@ -5,7 +5,7 @@ import type { LlamaConfig } from './config.js';
 
 export type CheckpointFormat = 'safetensors' | 'llama2c' | 'gguf' | 'synthetic';
 
-import type { QuantizedTensor } from '../quant.js';
+import type { QuantizedTensor } from '../ops/quant.js';
 
 export interface Checkpoint {
   readonly format: CheckpointFormat;

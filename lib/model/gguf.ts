@@ -9,8 +9,8 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { validateConfig, weightShape, type LlamaConfig } from './config.js';
 import { permuteInterleavedToHalf } from './convert.js';
-import { CheckpointFile, FileCursor } from './file.js';
-import { readTensor, validateLayout, type StoredTensor } from './tensors.js';
+import { CheckpointFile, FileCursor } from '../io/file.js';
+import { readTensor, validateLayout, type StoredTensor } from '../io/tensors.js';
 
 const GGUF_MAGIC = 0x46554747;  // "GGUF" little-endian
 type Value = number | bigint | boolean | string | Value[] | Buffer[];

@@ -3,8 +3,8 @@
 // its fp32 GEMM and a QuantizedLinear on the dequant-matmul kernels (packed codes
 // read directly; INT4 with a supported group size takes the repacked fast path).
 import { QuantformError } from '../errors.js';
-import { dequantize, QuantizedTensor } from '../quant.js';
-import { Tensor } from '../tensor.js';
+import { dequantize, QuantizedTensor } from '../ops/quant.js';
+import { Tensor } from '../ops/tensor.js';
 
 export interface Linear {
   readonly kind: 'f32' | 'quantized';

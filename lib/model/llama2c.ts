@@ -11,8 +11,8 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { validateConfig, type LlamaConfig } from './config.js';
 import { permuteInterleavedToHalf } from './convert.js';
-import { CheckpointFile } from './file.js';
-import { readTensor, validateLayout, type StoredTensor } from './tensors.js';
+import { CheckpointFile } from '../io/file.js';
+import { readTensor, validateLayout, type StoredTensor } from '../io/tensors.js';
 
 export class Llama2cCheckpoint implements Checkpoint {
   readonly format = 'llama2c' as const;

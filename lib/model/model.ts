@@ -3,16 +3,16 @@
 import { existsSync, statSync } from 'node:fs';
 import { QuantformError, fromNative, invalidParameter, is } from '../errors.js';
 import { native, type NativeLlamaModel } from '../native.js';
-import { Tensor } from '../tensor.js';
+import { Tensor } from '../ops/tensor.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { LINEAR_WEIGHTS, invFreq, weightNames, weightShape, type LlamaConfig } from './config.js';
-import { CheckpointFile } from './file.js';
+import { CheckpointFile } from '../io/file.js';
 import { GgufCheckpoint } from './gguf.js';
 import { Fp32Linear, QuantizedLinear, type Linear } from './linear.js';
 import { Llama2cCheckpoint } from './llama2c.js';
-import { SafetensorsCheckpoint } from './safetensors.js';
-import { GptqCheckpoint, gptqConfig } from '../export/gptq-checkpoint.js';
+import { SafetensorsCheckpoint } from './hf.js';
+import { GptqCheckpoint, gptqConfig } from './gptq.js';
 import { SyntheticCheckpoint, type SyntheticOptions } from './synthetic.js';
 
 export interface LoadOptions {

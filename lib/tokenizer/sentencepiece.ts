@@ -5,7 +5,7 @@
 // O(n log n) instead of run.c's O(n^2), with the same merge order.
 // Vocabularies come from llama2.c tokenizer.bin files or GGUF metadata.
 import { QuantformError } from '../errors.js';
-import { CheckpointFile, FileCursor } from '../model/file.js';
+import { CheckpointFile, FileCursor } from '../io/file.js';
 import type { Tokenizer } from './tokenizer.js';
 
 export class SentencePieceBpe implements Tokenizer {

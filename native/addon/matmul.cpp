@@ -1,5 +1,5 @@
 // N-API entry points of the dequant-matmul family. Arguments arrive validated by
-// lib/matmul.ts; matmul_ops re-checks every length before a kernel runs. A
+// lib/ops/matmul.ts; matmul_ops re-checks every length before a kernel runs. A
 // prepared weight is a type-tagged External owning a PreparedInt4.
 #include <memory>
 

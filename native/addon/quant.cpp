@@ -1,5 +1,5 @@
 // N-API entry points of the quantization family. Arguments arrive validated by
-// lib/quant.ts; quant_ops re-checks every length before a kernel runs.
+// lib/ops/quant.ts; quant_ops re-checks every length before a kernel runs.
 #include "napi_util.h"
 #include "quantform/formats.h"
 

@@ -1,5 +1,5 @@
 // N-API entry points of the CUDA dequant-matmul (matmul_cuda.h). Arguments arrive
-// validated by lib/matmul.ts and are re-checked here; a GPU weight is a
+// validated by lib/ops/matmul.ts and are re-checked here; a GPU weight is a
 // type-tagged External owning a CudaInt4Weight.
 #include <memory>
 #include <vector>

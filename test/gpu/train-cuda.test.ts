@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { cudaInfo, setKernelPolicy } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
-import { cudaTeqScaleBackward } from '../../lib/train/cuda.js';
+import { cudaTeqScaleBackward } from '../../lib/engine/cuda.js';
 
 const info = cudaInfo();
 if (!info.available) console.warn(`gpu/train-cuda: skipped, CUDA unavailable: ${info.reason}`);

@@ -1,5 +1,5 @@
 // Independent scalar oracle for the quantization family, written from the spec
-// (formats.h and lib/quant.ts docs) in float64 with explicit float32 rounding
+// (formats.h and lib/ops/quant.ts docs) in float64 with explicit float32 rounding
 // (Math.fround) at every step the spec performs in f32. Tests compare the native
 // reference against it, and every SIMD tier against the native reference.
 

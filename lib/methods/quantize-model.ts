@@ -3,14 +3,14 @@
 // is RTN-quantized with f16 scales, the parameters the GPTQ export stores.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import type { CalibrationSet } from './calib.js';
-import { invalidParameter, is, QuantformError } from './errors.js';
-import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from './export/safetensors.js';
-import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
-import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from './quant.js';
-import { Tensor } from './tensor.js';
-import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from './train/llama.js';
-import type { ScheduleKind } from './train/optim.js';
+import type { CalibrationSet } from '../engine/calib.js';
+import { invalidParameter, is, QuantformError } from '../errors.js';
+import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
+import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
+import { Tensor } from '../ops/tensor.js';
+import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
+import type { ScheduleKind } from '../engine/optim.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'teq'. */

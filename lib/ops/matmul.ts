@@ -3,9 +3,9 @@
 // time); the canonical QuantizedTensor stays the interchange format and the
 // repacking is exactly invertible (unprepareMatmulWeight). Layout and the int8
 // algorithm: native/include/quantform/matmul.h.
-import { fromNative, invalidParameter, is, QuantformError } from './errors.js';
+import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
 import { cudaBinding, cudaInfo, type NativeCudaWeight } from './cuda.js';
-import { native, type NativePreparedWeight } from './native.js';
+import { native, type NativePreparedWeight } from '../native.js';
 import { QuantizedTensor } from './quant.js';
 import { checkBuffer, Tensor } from './tensor.js';
 

@@ -8,9 +8,9 @@ import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { fromNative, invalidParameter, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig } from '../native.js';
-import { readSafetensors, type SafeTensor } from '../export/safetensors.js';
+import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
-import type { Bits } from '../quant.js';
+import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 
 export interface LlamaShape {

@@ -3,7 +3,7 @@
 // concatenated into one stream, and N windows of L tokens start at seeded random
 // offsets. The same file, tokenizer, N, L and seed always give the same windows.
 import { readFileSync } from 'node:fs';
-import { invalidParameter, is, QuantformError } from './errors.js';
+import { invalidParameter, is, QuantformError } from '../errors.js';
 
 export interface CalibrationOptions {
   /** Number of windows. Default 128. */

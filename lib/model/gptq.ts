@@ -5,14 +5,14 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
-import type { Checkpoint } from '../model/checkpoint.js';
-import { configFromHf, weightShape, type LlamaConfig } from '../model/config.js';
+import type { Checkpoint } from './checkpoint.js';
+import { configFromHf, weightShape, type LlamaConfig } from './config.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Bits } from '../quant.js';
-import type { QuantizedTensor } from '../quant.js';
-import { dequantizeGptq, fromGptq, type GptqFormat } from './gptq.js';
-import { readSafetensors, type SafeTensor } from './safetensors.js';
+import type { Bits } from '../ops/quant.js';
+import type { QuantizedTensor } from '../ops/quant.js';
+import { dequantizeGptq, fromGptq, type GptqFormat } from '../export/gptq.js';
+import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
 
 const LAYER_HF: Record<string, string> = {
   attn_norm: 'input_layernorm', ffn_norm: 'post_attention_layernorm', wq: 'self_attn.q_proj', wk: 'self_attn.k_proj',

@@ -8,8 +8,8 @@ import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { configFromHf, weightShape, type LlamaConfig } from './config.js';
-import { CheckpointFile } from './file.js';
-import { readTensor, validateLayout, type StoredDType, type StoredTensor } from './tensors.js';
+import { CheckpointFile } from '../io/file.js';
+import { readTensor, validateLayout, type StoredDType, type StoredTensor } from '../io/tensors.js';
 
 /** Headers beyond this are refused before allocation (real ones are a few MB). */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;

@@ -1,7 +1,7 @@
 // Tensors crossing into native code: a typed array, a shape and a dtype.
 // f16 and bf16 data live in Uint16Array (raw bits).
-import { invalidParameter, QuantformError } from './errors.js';
-import type { FloatArray, NativeDType } from './native.js';
+import { invalidParameter, QuantformError } from '../errors.js';
+import type { FloatArray, NativeDType } from '../native.js';
 
 export type DType = NativeDType;
 

@@ -1,5 +1,5 @@
 // CUDA variants of the training family (quantform_cuda.node), when a GPU is present.
-import { cudaBinding } from '../cuda.js';
+import { cudaBinding } from '../ops/cuda.js';
 import { fromNative, QuantformError } from '../errors.js';
 
 type TeqScaleBackward = (dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,

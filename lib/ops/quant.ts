@@ -1,8 +1,8 @@
 // Quantization primitives: RTN quantize (packed), pack/unpack, dequantize and
 // fake quantization with its straight-through / LSQ backward.
 // Layout of the packed format: native/include/quantform/formats.h.
-import { fromNative, invalidParameter, is, QuantformError } from './errors.js';
-import { native, type FloatArray, type NativeDType } from './native.js';
+import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { native, type FloatArray, type NativeDType } from '../native.js';
 import { checkBuffer, Tensor, type DType } from './tensor.js';
 
 export type Bits = 2 | 3 | 4 | 8;

@@ -3,7 +3,7 @@
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { packageRoot } from './native.js';
+import { packageRoot } from '../native.js';
 
 export interface CudaInfo {
   available: boolean;

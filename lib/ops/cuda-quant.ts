@@ -1,9 +1,9 @@
 // The quantization family on an NVIDIA GPU (quantform_cuda.node). Same results
 // as the CPU kernels: codes bit for bit, gradients within float rounding.
-// Validation is shared with the CPU path (lib/quant.ts).
+// Validation is shared with the CPU path (lib/ops/quant.ts).
 import { cudaBinding, cudaInfo } from './cuda.js';
-import { fromNative, invalidParameter, QuantformError } from './errors.js';
-import type { NativeFakeQuantGrads, NativeQuantized } from './native.js';
+import { fromNative, invalidParameter, QuantformError } from '../errors.js';
+import type { NativeFakeQuantGrads, NativeQuantized } from '../native.js';
 import {
   checkQuantized, fakeQuantArgs, matrix, QuantizedTensor, resolveQuantOptions, type FakeQuantGrads, type FakeQuantParams,
   type QuantOptions,

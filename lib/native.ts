@@ -60,64 +60,102 @@ export interface NativeLlamaModel {
   dispose(): void;
 }
 
-/** Shapes and quantization of one Llama block step (native/include/quantform/train_ops.h). */
+/**
+ * One Llama block step (native/include/quantform/engine.h, BlockDesc). Shape names are
+ * the engine's: B sequences of T positions, hidden D, intermediate F, Hq query heads,
+ * Hkv key/value heads of size hd.
+ */
 export interface NativeBlockConfig {
-  batch: number;
-  seq: number;
-  hidden: number;
-  intermediate: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  rmsEps: number;
-  ropeTheta: number;
-  /** 0: linears stay fp32; else RTN fake-quant of every linear with these bits. */
+  B: number;
+  T: number;
+  D: number;
+  F: number;
+  Hq: number;
+  Hkv: number;
+  hd: number;
+  /** RMSNorm epsilon */
+  eps: number;
+  /** (hd / 2) RoPE inverse frequencies, rope_theta and any rope_scaling applied (lib/model/config.ts invFreq) */
+  invFreq: Float32Array;
+  /** 0: linears stay fp32; else RTN fake quant of every linear with these bits, recomputed per call. */
   bits: number;
   groupSize: number;
   symmetric: boolean;
-  /** TEQ scales alpha (2, hidden) present. */
+  /** TEQ scales alpha (2, D) present. */
   teq: boolean;
   /** With teq: also v-channel scales on o_proj's input and intermediate scales on down_proj's input. */
   teqExtra?: boolean;
 }
 
-/** The training family (native/addon/train.cpp): caller-owned outputs, lengths re-checked natively. */
-export interface NativeTrainBinding {
-  trainGemm(C: Float32Array, A: Float32Array, B: Float32Array, M: number, N: number, K: number, transA: boolean,
+/** Offsets of one block tensor in the parameter arena (floats). */
+export interface NativeTensorSlot {
+  offset: number;
+  rows: number;
+  cols: number;
+}
+
+/** The arena layout, computed natively: attn_norm | wq | wk | wv | wo | ffn_norm | w_gate | w_up | w_down. */
+export interface NativeBlockLayout {
+  total: number;
+  attn_norm: NativeTensorSlot;
+  wq: NativeTensorSlot;
+  wk: NativeTensorSlot;
+  wv: NativeTensorSlot;
+  wo: NativeTensorSlot;
+  ffn_norm: NativeTensorSlot;
+  w_gate: NativeTensorSlot;
+  w_up: NativeTensorSlot;
+  w_down: NativeTensorSlot;
+}
+
+/** Which tier's code runs an engine kernel under each policy (engine.kernels()). */
+export interface NativeKernelImpl {
+  name: string;
+  ref: 'ref';
+  avx2: 'ref' | 'avx2';
+  avx512: 'ref' | 'avx512';
+  active: 'ref' | 'avx2' | 'avx512';
+}
+
+/** An argument of a single engine op: buffers (null = absent optional buffer), ids, dims, flags. */
+export type EngineOpArg = Float32Array | Int32Array | number | boolean | null;
+
+/**
+ * The engine (native/addon/engine.cpp). Every op of QF_ENGINE_OPS is bound as
+ * engine.<camelCase name>(...args[, async]) with caller-owned outputs; the ones lib/
+ * calls are typed here, every op is reachable through `op()` in tests.
+ */
+export interface NativeEngine {
+  /** camelCase names of every op in the native op list */
+  ops(): string[];
+  kernels(): NativeKernelImpl[];
+  gemm(C: Float32Array, A: Float32Array, B: Float32Array, M: number, N: number, K: number, transA: boolean,
     transB: boolean, accumulate: boolean): void;
-  rmsnormForward(out: Float32Array, rstd: Float32Array, x: Float32Array, w: Float32Array, T: number, D: number, eps: number): void;
-  rmsnormBackward(dx: Float32Array, dw: Float32Array, dout: Float32Array, x: Float32Array, w: Float32Array,
-    rstd: Float32Array, T: number, D: number): void;
-  swigluForward(h: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
-  swigluBackward(dg: Float32Array, du: Float32Array, dh: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
-  rope(x: Float32Array, T: number, seq: number, heads: number, headDim: number, theta: number, inverse: boolean): void;
-  attentionForward(out: Float32Array, probs: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array,
-    batch: number, seq: number, heads: number, kvHeads: number, headDim: number): void;
-  attentionBackward(dq: Float32Array, dk: Float32Array, dv: Float32Array, dout: Float32Array, probs: Float32Array,
-    q: Float32Array, k: Float32Array, v: Float32Array, batch: number, seq: number, heads: number, kvHeads: number,
-    headDim: number): void;
-  crossEntropyForward(loss: Float32Array, logits: Float32Array, targets: Int32Array, T: number, V: number): void;
-  crossEntropyBackward(probs: Float32Array, targets: Int32Array, T: number, V: number, scale: number): void;
-  embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, T: number, V: number, D: number): void;
-  embeddingBackward(dtable: Float32Array, dout: Float32Array, ids: Int32Array, T: number, V: number, D: number): void;
-  teqScaleBackward(dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
-    dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number): void;
-  /** TEQ weight side: g (N, K) w.r.t. Q(W diag(alpha)) becomes the gradient w.r.t. W diag(alpha) (f16 RTN parameters). */
-  rtnFakeQuantBackward(g: Float32Array, W: Float32Array, alpha: Float32Array, N: number, K: number, bits: number,
-    groupSize: number, symmetric: boolean): void;
-  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
-    weightDecay: number, minValue: number, async: false): void;
-  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
+  embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, BT: number, V: number, D: number): void;
+  rmsnormForward(out: Float32Array, rstd: Float32Array | null, x: Float32Array, w: Float32Array, BT: number, D: number, eps: number): void;
+  teqExpandVScales(out: Float32Array, av: Float32Array, Hq: number, Hkv: number, hd: number): void;
+  adamw(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, minValue: number, async: true): Promise<void>;
-  blockSizes(config: NativeBlockConfig): { params: number; activations: number; alpha: number };
-  blockForward(config: NativeBlockConfig, out: Float32Array, activations: Float32Array, x: Float32Array,
-    params: Float32Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
+  blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number };
+  blockLayout(config: NativeBlockConfig): NativeBlockLayout;
+  /** out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation) */
+  blockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
+    params: Float32Array | Uint16Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
   blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, dalpha: Float32Array | null,
-    dout: Float32Array, activations: Float32Array, params: Float32Array, alpha: Float32Array | null,
+    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array, alpha: Float32Array | null,
     async: boolean): Promise<void> | void;
+  /** TEQ's merge of alpha (blockSizes().alpha) into one f32 arena, in place */
+  blockMergeScales(config: NativeBlockConfig, params: Float32Array, alpha: Float32Array): void;
   lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,
-    x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, T: number, D: number,
+    x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, BT: number, D: number,
     V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
+}
+
+/** A single engine op by its camelCase name (tests enumerate them). */
+export function engineOp(name: string): (...args: EngineOpArg[]) => void | Promise<void> {
+  const fn = (native().engine as unknown as Record<string, unknown>)[name];
+  if (typeof fn !== 'function') throw new QuantformError('QF_INVALID_ARGUMENT', `No engine op named '${name}'`);
+  return fn as (...args: EngineOpArg[]) => void | Promise<void>;
 }
 
 /** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
@@ -136,7 +174,7 @@ export interface NativeMachineLimits {
 
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
-  train: NativeTrainBinding;
+  engine: NativeEngine;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;
@@ -163,16 +201,6 @@ export interface NativeBinding {
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: false): NativeFakeQuantGrads;
   fakeQuantBackward(g: Float32Array, w: Float32Array, scales: Float32Array, zeros: Float32Array | null,
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<NativeFakeQuantGrads>;
-  // Llama forward ops (native/include/quantform/llama_ops.h for layouts)
-  embeddingForward(tokens: Int32Array, wte: Float32Array, C: number): Float32Array;
-  rmsnormForward(inp: Float32Array, weight: Float32Array, C: number, eps: number): { out: Float32Array; rstd: Float32Array };
-  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: false): Float32Array;
-  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: true): Promise<Float32Array>;
-  ropeForward(x: Float32Array, pos: Int32Array, cos: Float32Array, sin: Float32Array, H: number, HS: number): Float32Array;
-  attentionForward(q: Float32Array, kcache: Float32Array, vcache: Float32Array, B: number, T: number, NH: number, NKV: number,
-    HS: number, S: number, pos0: number): { out: Float32Array; att: Float32Array };
-  swigluForward(gate: Float32Array, up: Float32Array): Float32Array;
-  residualForward(a: Float32Array, b: Float32Array): Float32Array;
   LlamaModel: new (config: NativeLlamaConfig) => NativeLlamaModel;
   matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
     K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
@@ -238,10 +266,10 @@ export function native(): NativeBinding {
       { cause: e },
     );
   }
-  if (cached.abiVersion !== 1) {
+  if (cached.abiVersion !== 2) {
     const v = cached.abiVersion;
     cached = undefined;
-    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 1: rebuild it with \`npm run build:native\``);
+    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 2: rebuild it with \`npm run build:native\``);
   }
   return cached;
 }

@@ -1,17 +1,19 @@
 // A Llama model held for training: per-layer parameter arenas in the native block
-// layout (native/include/quantform/train_ops.h), forward/backward through the
-// native block step, and the windowed perplexity protocol of shared/data/reference.
+// layout (native/include/quantform/engine.h, read through blockLayout()), forward and
+// backward through the engine's block step, and the windowed perplexity protocol of
+// shared/data/reference.
 // Loads Hugging Face checkpoints (config.json + model.safetensors) and GPTQ
 // checkpoints written by lib/export (dequantized to fp32).
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { fromNative, invalidParameter, QuantformError } from '../errors.js';
-import { native, type NativeBlockConfig } from '../native.js';
+import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
 import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
+import { invFreq as modelInvFreq } from '../model/config.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -25,6 +27,21 @@ export interface LlamaShape {
   rmsEps: number;
   ropeTheta: number;
   tied: boolean;
+  /** (headDim / 2) RoPE inverse frequencies with rope_scaling applied; default: from ropeTheta */
+  invFreq?: Float32Array;
+}
+
+/** (headDim / 2) RoPE inverse frequencies of a shape: its own, or rope_theta^(-2i/headDim). */
+export function shapeInvFreq(s: LlamaShape): Float32Array {
+  return s.invFreq ?? Float32Array.from({ length: s.headDim / 2 }, (_, i) => 1 / Math.pow(s.ropeTheta, (2 * i) / s.headDim));
+}
+
+/** The engine's block config for a shape (native/include/quantform/engine.h names). */
+export function blockConfigOf(s: LlamaShape, B: number, T: number, quant?: BlockQuant | null, teq = false, teqExtra = false): NativeBlockConfig {
+  return {
+    B, T, D: s.hidden, F: s.intermediate, Hq: s.heads, Hkv: s.kvHeads, hd: s.headDim, eps: s.rmsEps, invFreq: shapeInvFreq(s),
+    bits: quant ? quant.bits : 0, groupSize: quant ? quant.groupSize : 128, symmetric: quant ? quant.symmetric : false, teq, teqExtra,
+  };
 }
 
 /** Linears of one block, in arena order, with their HF names and (out, in) shapes. */
@@ -46,16 +63,25 @@ export interface Slot {
   cols: number;
 }
 
-/** Offsets in the block arena: g1 | wq | wk | wv | wo | g2 | wg | wu | wd (train_ops.h). */
+const layouts = new Map<string, ReturnType<typeof blockLayout>>();
+
+/** Offsets in the block arena (attn_norm | wq | wk | wv | wo | ffn_norm | w_gate | w_up | w_down), as the engine lays it out. */
 export function blockLayout(s: LlamaShape): { g1: Slot; g2: Slot; linears: Record<LinearName, Slot>; total: number } {
-  const D = s.hidden, F = s.intermediate, Dq = s.heads * s.headDim, Dkv = s.kvHeads * s.headDim;
-  let o = 0;
-  const slot = (rows: number, cols: number): Slot => { const r = { offset: o, rows, cols }; o += rows * cols; return r; };
-  const g1 = slot(1, D);
-  const q = slot(Dq, D), k = slot(Dkv, D), v = slot(Dkv, D), wo = slot(D, Dq);
-  const g2 = slot(1, D);
-  const g = slot(F, D), u = slot(F, D), d = slot(D, F);
-  return { g1, g2, linears: { q_proj: q, k_proj: k, v_proj: v, o_proj: wo, gate_proj: g, up_proj: u, down_proj: d }, total: o };
+  const key = `${s.hidden},${s.intermediate},${s.heads},${s.kvHeads},${s.headDim}`;
+  let lay = layouts.get(key);
+  if (!lay) {
+    let n: NativeBlockLayout;
+    try {
+      n = native().engine.blockLayout(blockConfigOf(s, 1, 1));
+    } catch (e) {
+      throw fromNative(e);
+    }
+    const linears = {} as Record<LinearName, Slot>;
+    for (const l of LINEARS) linears[l] = n[RUNTIME_LINEAR[l] as keyof NativeBlockLayout] as Slot;
+    lay = { g1: n.attn_norm, g2: n.ffn_norm, linears, total: n.total };
+    layouts.set(key, lay);
+  }
+  return lay;
 }
 
 export interface BlockQuant {
@@ -97,17 +123,16 @@ export class TrainableLlama {
 
   /** Floats of TEQ scales per layer: (2, D), plus (Dkv + F) with the extra v->o and up->down scales. */
   alphaPerLayer(extra: boolean): number {
-    const s = this.shape;
-    return 2 * s.hidden + (extra ? s.kvHeads * s.headDim + s.intermediate : 0);
+    try {
+      return native().engine.blockSizes(this.blockConfig(1, 1, null, true, extra)).alpha;
+    } catch (e) {
+      throw fromNative(e);
+    }
   }
 
+  /** The engine's config for a block step on (B, T) tokens. */
   blockConfig(batch: number, seq: number, quant?: BlockQuant | null, teq = false, teqExtra = false): NativeBlockConfig {
-    const s = this.shape;
-    return {
-      batch, seq, hidden: s.hidden, intermediate: s.intermediate, heads: s.heads, kvHeads: s.kvHeads, headDim: s.headDim,
-      rmsEps: s.rmsEps, ropeTheta: s.ropeTheta, bits: quant ? quant.bits : 0, groupSize: quant ? quant.groupSize : 128,
-      symmetric: quant ? quant.symmetric : false, teq, teqExtra,
-    };
+    return blockConfigOf(this.shape, batch, seq, quant, teq, teqExtra);
   }
 
   /** (rows, cols) view of a linear of layer l. */
@@ -124,16 +149,15 @@ export class TrainableLlama {
 
   /** Final hidden states x (B*S, D) for tokens (B, S), every block fp32 or fake-quantized. */
   async hidden(tokens: Int32Array, batch: number, seq: number, quant?: BlockQuant | null): Promise<Float32Array> {
-    const nb = native().train;
+    const eng = native().engine;
     const s = this.shape, T = batch * seq;
     let x = new Float32Array(T * s.hidden);
     let y = new Float32Array(T * s.hidden);
     try {
-      nb.embeddingForward(x, tokens, this.embed, T, s.vocab, s.hidden);
+      eng.embeddingForward(x, tokens, this.embed, T, s.vocab, s.hidden);
       const cfg = this.blockConfig(batch, seq, quant);
-      const acts = new Float32Array(nb.blockSizes(cfg).activations);
       for (const b of this.blocks) {
-        await nb.blockForward(cfg, y, acts, x, b, null, true);
+        await eng.blockForward(cfg, y, null, x, b, null, true);  // no saved activations: nothing to backpropagate
         [x, y] = [y, x];
       }
     } catch (e) {
@@ -144,13 +168,13 @@ export class TrainableLlama {
 
   /** logits (B*S, V) */
   async logits(tokens: Int32Array, batch: number, seq: number, quant?: BlockQuant | null): Promise<Float32Array> {
-    const nb = native().train;
+    const eng = native().engine;
     const s = this.shape, T = batch * seq;
     const x = await this.hidden(tokens, batch, seq, quant);
-    const n = new Float32Array(T * s.hidden), rstd = new Float32Array(T), out = new Float32Array(T * s.vocab);
+    const n = new Float32Array(T * s.hidden), out = new Float32Array(T * s.vocab);
     try {
-      nb.rmsnormForward(n, rstd, x, this.finalNorm, T, s.hidden, s.rmsEps);
-      nb.trainGemm(out, n, this.lmHead, T, s.vocab, s.hidden, false, true, false);
+      eng.rmsnormForward(n, null, x, this.finalNorm, T, s.hidden, s.rmsEps);
+      eng.gemm(out, n, this.lmHead, T, s.vocab, s.hidden, false, true, false);
     } catch (e) {
       throw fromNative(e);
     }
@@ -163,7 +187,7 @@ export class TrainableLlama {
     const x = await this.hidden(tokens, batch, seq, quant);
     const nll = new Float32Array(T);
     try {
-      await native().train.lmHeadLoss(nll, null, null, null, x, this.finalNorm, this.lmHead, targets, T, s.hidden, s.vocab, s.rmsEps, 1, true);
+      await native().engine.lmHeadLoss(nll, null, null, null, x, this.finalNorm, this.lmHead, targets, T, s.hidden, s.vocab, s.rmsEps, 1, true);
     } catch (e) {
       throw fromNative(e);
     }
@@ -218,10 +242,10 @@ export class TrainableLlama {
    */
   static fromCheckpoint(ck: Checkpoint): TrainableLlama {
     const c = ck.config;
-    if (c.ropeScaling) throw new QuantformError('QF_UNSUPPORTED', `${ck.path}: rope_scaling is not supported by the training forward yet`);
+    // the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs
     const shape: LlamaShape = {
       hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
-      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings,
+      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
     };
     const hf: Record<string, unknown> = {
       architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
@@ -229,6 +253,10 @@ export class TrainableLlama {
       vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
       tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
     };
+    const rs = c.ropeScaling;
+    if (rs)
+      hf.rope_scaling = { rope_type: rs.ropeType, factor: rs.factor, low_freq_factor: rs.lowFreqFactor, high_freq_factor: rs.highFreqFactor,
+        original_max_position_embeddings: rs.originalMaxPositionEmbeddings };
     const embed = ck.weight('embed');
     const lay = blockLayout(shape);
     const blocks: Float32Array[] = [];

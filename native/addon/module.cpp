@@ -8,8 +8,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_llama(env, exports);
   qf::register_matmul(env, exports);
   qf::register_probe(env, exports);
-  qf::register_train(env, exports);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  qf::register_engine(env, exports);
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 }  // namespace

@@ -51,7 +51,7 @@ void register_quant(Napi::Env env, Napi::Object exports);
 void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
-void register_train(Napi::Env env, Napi::Object exports);
+void register_engine(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 

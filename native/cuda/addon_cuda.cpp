@@ -11,7 +11,7 @@
 #include "quantform/formats.h"
 
 namespace qf {
-void register_train_cuda(Napi::Env env, Napi::Object exports);  // addon_train_cuda.cpp
+void register_engine_cuda(Napi::Env env, Napi::Object exports);  // addon_engine_cuda.cpp
 namespace {
 
 Napi::Value cuda_info(const Napi::CallbackInfo& info) {
@@ -185,7 +185,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "dequantize", dequantize_js);
   QF_EXPORT(exports, "fakeQuantForward", fq_forward_js);
   QF_EXPORT(exports, "fakeQuantBackward", fq_backward_js);
-  register_train_cuda(env, exports);
+  register_engine_cuda(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -1,6 +1,6 @@
-// CUDA entry points of the training family (registered by addon_cuda.cpp).
+// CUDA entry points of the engine family (registered by addon_cuda.cpp).
 #include "../addon/napi_util.h"
-#include "train_cuda.h"
+#include "engine_cuda.h"
 
 namespace qf {
 namespace {
@@ -34,7 +34,7 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void register_train_cuda(Napi::Env env, Napi::Object exports) {
+void register_engine_cuda(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
 }
 

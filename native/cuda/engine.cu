@@ -1,9 +1,9 @@
-// CUDA kernels of the training family. teq_scale_backward: one thread per column k,
+// CUDA kernels of the engine (engine.h). teq_scale_backward: one thread per column k,
 // so every row's loads are coalesced across the warp; sums in f32.
 #include <cuda_runtime.h>
 
 #include "cuda_check.h"
-#include "train_cuda.h"
+#include "engine_cuda.h"
 
 namespace qf {
 namespace {

@@ -1,5 +1,5 @@
-// CUDA training family: the TEQ scale backward (same definition as
-// native/ref/train.cpp teq_scale_backward_ref). Host pointers in and out; lengths
+// CUDA kernels of the engine: the TEQ scale backward (same definition as
+// native/ref/engine.cpp teq_scale_backward_ref). Host pointers in and out; lengths
 // were checked by the caller.
 #pragma once
 #include <cstdint>

@@ -16,6 +16,7 @@ import { QuantizedLinear } from '../lib/model/linear.js';
 import { ByteTokenizer } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
 import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { maxRel, rng } from './helpers/numeric.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const modelDir = path.join(shared, 'models/stories260K-hf');
@@ -26,14 +27,9 @@ if (!haveModel) console.log(`teq: ${modelDir} not found, stories260K tests skipp
 /** logits of the transformed model vs the original, max |diff| / max |logit| */
 const PRESERVE_REL_TOL = 1e-5;
 
-function rand(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
-}
-
 function syntheticModel(seed: number): TrainableLlama {
   const shape: LlamaShape = { hidden: 32, intermediate: 48, layers: 2, heads: 4, kvHeads: 2, headDim: 8, vocab: 64, maxSeq: 64, rmsEps: 1e-5, ropeTheta: 10000, tied: true };
-  const r = rand(seed);
+  const r = rng(seed);
   const lay = blockLayout(shape);
   const blocks = Array.from({ length: shape.layers }, () => {
     const b = Float32Array.from({ length: lay.total }, () => (r() - 0.5) * 0.4);
@@ -50,18 +46,12 @@ function syntheticModel(seed: number): TrainableLlama {
   return new TrainableLlama(shape, embed, new Float32Array(shape.hidden).fill(1), embed, blocks, hf);
 }
 
-function maxRel(a: Float32Array, b: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < a.length; i++) { d = Math.max(d, Math.abs(a[i] - b[i])); m = Math.max(m, Math.abs(b[i])); }
-  return d / m;
-}
-
 describe('TEQ merge preserves the function (quantization off)', () => {
   for (const extra of [false, true])
     it(`synthetic model, random scales in [0.3, 3]${extra ? ', with the v->o and up->down scales' : ''}`, async () => {
       const m = syntheticModel(1);
       const t = m.clone();
-      const r = rand(2);
+      const r = rng(2);
       const alpha = Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(extra) }, () => 0.3 + 2.7 * r());
       mergeTeqScales(t, alpha, extra);
       const tokens = Int32Array.from({ length: 2 * 20 }, (_, i) => (i * 37) % 64);
@@ -75,7 +65,7 @@ describe('TEQ merge preserves the function (quantization off)', () => {
   it.skipIf(!haveModel)('stories260K (GQA), with the extra scales', async () => {
     const m = TrainableLlama.fromHfDir(modelDir);
     const t = m.clone();
-    const r = rand(3);
+    const r = rng(3);
     mergeTeqScales(t, Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(true) }, () => 0.5 + 1.5 * r()), true);
     const tokens = Int32Array.from({ length: 64 }, (_, i) => 1 + ((i * 101) % 500));
     expect(maxRel(await t.logits(tokens, 1, 64), await m.logits(tokens, 1, 64))).toBeLessThan(PRESERVE_REL_TOL);

@@ -131,8 +131,11 @@ void attention_backward_ref(float* dq, float* dk, float* dv, const float* dout, 
                             int64_t Hkv, int64_t hd, float* scratch) {
   const int64_t rep = Hq / Hkv, Dq = Hq * hd, Dkv = Hkv * hd;
   const double scale = 1.0 / std::sqrt((double)hd);
-  float* rowdot = scratch;   // (rep, T): sum_j P dP per query
-  float* col = scratch + rep * T;  // (rep, T): dS_t[j] of one key j
+  // (rep, T) sum_j P dP per query, kept as hi + lo floats: dS = P (dP - rowdot) cancels,
+  // so a rounded rowdot would leave a residue where the exact gradient is 0
+  float* rowdot_hi = scratch;
+  float* rowdot_lo = scratch + rep * T;
+  float* col = scratch + 2 * rep * T;  // (rep, T): dS_t[j] of one key j
   auto dP = [&](int64_t b, int64_t h, int64_t g, int64_t t, int64_t j) {
     double s = 0;
     for (int64_t i = 0; i < hd; i++) s += (double)dout[(b * T + t) * Dq + h * hd + i] * v[(b * T + j) * Dkv + g * hd + i];
@@ -146,7 +149,8 @@ void attention_backward_ref(float* dq, float* dk, float* dv, const float* dout, 
         const float* P = probs + ((b * Hq + h) * T + t) * T;
         double s = 0;
         for (int64_t j = 0; j <= t; j++) s += (double)P[j] * dP(b, h, g, t, j);
-        rowdot[r * T + t] = (float)s;
+        rowdot_hi[r * T + t] = (float)s;
+        rowdot_lo[r * T + t] = (float)(s - (double)rowdot_hi[r * T + t]);
         // dq[t] = sum_j dS[j] k[j]; dS of row t goes to col (free until the key loop)
         for (int64_t j = 0; j <= t; j++) col[j] = (float)(scale * P[j] * (dP(b, h, g, t, j) - s));
         for (int64_t i = 0; i < hd; i++) {
@@ -161,7 +165,8 @@ void attention_backward_ref(float* dq, float* dk, float* dv, const float* dout, 
         const int64_t h = g * rep + r;
         for (int64_t t = j; t < T; t++) {
           const double Pj = probs[((b * Hq + h) * T + t) * T + j];
-          col[r * T + t] = (float)(scale * Pj * (dP(b, h, g, t, j) - rowdot[r * T + t]));
+          const double rowdot = (double)rowdot_hi[r * T + t] + (double)rowdot_lo[r * T + t];
+          col[r * T + t] = (float)(scale * Pj * (dP(b, h, g, t, j) - rowdot));
         }
       }
       for (int64_t i = 0; i < hd; i++) {

@@ -397,7 +397,7 @@ void attention_backward_avx512(float* dq, float* dk, float* dv, const float* dou
   const int64_t rep = Hq / Hkv, Dq = Hq * hd, Dkv = Hkv * hd;
   const float scale = 1.f / std::sqrt((float)hd);
   float* dS = scratch;                                  // (kAttnChunk, T)
-  float* pack = scratch + (kAttnChunk + 2 * rep) * T;   // the reference's row statistics are unused here
+  float* pack = scratch + (kAttnChunk + 3 * rep) * T;   // the reference's row statistics are unused here
   for (int64_t it = i0; it < i1; it++) {
     const int64_t b = it / Hkv, g = it % Hkv;
     const float* kh = k + b * T * Dkv + g * hd;

@@ -73,10 +73,10 @@ constexpr int64_t kAttnChunk = 64;
 // (kAttnChunk, L) plus GEMM packing.
 inline int64_t attention_scratch_floats(int64_t L) { return kAttnChunk * L + kGemmPackFloats; }
 // Private scratch of one attention_backward thread (T positions, rep = Hq / Hkv q heads per
-// kv head): a block of score gradients (kAttnChunk, T), per-head row statistics (2 rep, T)
+// kv head): a block of score gradients (kAttnChunk, T), per-head row statistics (3 rep, T)
 // for the reference, GEMM packing.
 inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
-  return (kAttnChunk + 2 * rep) * T + kGemmPackFloats;
+  return (kAttnChunk + 3 * rep) * T + kGemmPackFloats;
 }
 
 // X(name, signature). Order = table order (tier tables are designated initializers).

@@ -147,7 +147,7 @@ void scale_cols_div(float* dst, const float* src, const float* scale, int64_t ro
   });
 }
 
-// ws (N, K) = Q(W . diag(alpha)) (alpha null: W; Q off: no rounding).
+// ws (N, K) = Q(W . diag(alpha)) (alpha null: W; Q off: no rounding); ws may alias W.
 Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N, int64_t K, const BlockDesc& d) {
   parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; n++)
@@ -475,8 +475,8 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     if (training && has_eff(d)) {
       w = A.eff + PL.linear[j].offset;
     } else if (has_eff(d)) {
-      if (src.kind == WeightSource::Kind::BF16) return error(Code::Unsupported, "Fake quantization of bf16 weights needs saved activations");
-      QF_TRY(effective_weight(wide, static_cast<const float*>(src.data), alpha_in[j], rows, cols, d));
+      // bf16: widened into `wide`, then scaled and fake-quantized there in place
+      QF_TRY(effective_weight(wide, f32_of(src, rows * cols, wide), alpha_in[j], rows, cols, d));
       w = wide;
     } else {
       w = f32_of(src, rows * cols, wide);

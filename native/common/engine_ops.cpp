@@ -64,8 +64,8 @@ void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int6
     k.gemm(C, ldc, A, B, M, N, K, accumulate, 0, N, pack);  // too small to pay for a thread hand-off
     return;
   }
-  if (M < 4 && B.rs == 1) {
-    // decode: weight rows in blocks of 4 (the dot-product path's unit), >= ~32K FMAs per chunk
+  if (M < 4 && B.rs == 1 && A.cs == 1) {
+    // decode: weight rows in blocks of 4 (the tiers' dot-product path and its unit), >= ~32K FMAs per chunk
     const int64_t blocks = (N + 3) / 4;
     parallel_slots(blocks, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, 4 * K * M)), slots,
                    [&](int64_t s, int64_t b0, int64_t b1) {

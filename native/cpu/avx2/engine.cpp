@@ -112,6 +112,26 @@ void micro_rows(int rows, float* c, int64_t ldc, const float* a, int64_t lda, co
   else micro<1, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk);
 }
 
+// M < 4 with B's rows contiguous in n (a decode step's P . V): 32 output columns in
+// registers while k streams B's rows once; no packing.
+void gemv_cols(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t K, bool accumulate, int64_t n0,
+               int64_t n1) {
+  for (int64_t n = n0; n < n1; n += kNR) {
+    __m256i mk[4];
+    for (int j = 0; j < 4; j++) mk[j] = mask8(n1 - n - 8 * j);
+    __m256 acc[3][4];
+    for (int64_t m = 0; m < M; m++)
+      for (int j = 0; j < 4; j++) acc[m][j] = accumulate ? _mm256_maskload_ps(C + m * ldc + n + 8 * j, mk[j]) : _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++)
+      for (int j = 0; j < 4; j++) {
+        const __m256 b = _mm256_maskload_ps(B.p + k * B.rs + n + 8 * j, mk[j]);
+        for (int64_t m = 0; m < M; m++) acc[m][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(A.p + m * A.rs + k * A.cs), b, acc[m][j]);
+      }
+    for (int64_t m = 0; m < M; m++)
+      for (int j = 0; j < 4; j++) _mm256_maskstore_ps(C + m * ldc + n + 8 * j, mk[j], acc[m][j]);
+  }
+}
+
 void gemm_avx2(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K, bool accumulate,
                int64_t n0, int64_t n1, float* pack) {
   if (n1 <= n0 || M <= 0) return;
@@ -128,6 +148,7 @@ void gemm_avx2(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int
       }
     return;
   }
+  if (M < 4 && B.cs == 1) return gemv_cols(C, ldc, A, B, M, K, accumulate, n0, n1);
   float* Bp = pack;
   float* Ap = pack + kKC * kNC;
   const bool in_place = A.cs == 1;

@@ -60,104 +60,203 @@ inline float dot512(const float* a, const float* b, int64_t K) {
 }
 
 // ---------------------------------------------------------------------------
-// GEMM. B is packed into panels of 64 columns, k-major (each k step of the micro-tile
-// is four vector loads), kKC k at a time and kNC columns per block (1 MB, stays in
-// L2). A is read in place when its rows are contiguous (the forward and dX forms):
-// a 6-row tile of kKC k stays in L1 across all the block's panels. Transposed A
-// (the dW form) is packed per 6-row tile, contiguous in m, so each k step is one
-// short vector copy. 6 x 64 = 24 accumulators + 4 panel vectors + 1 broadcast of
-// the 32 zmm (an 8 x 32 tile needs more broadcasts per FMA and measured slower).
+// GEMM. B is packed into k-major panels of NR columns (each k step of the micro-tile
+// is NR/16 vector loads), kKC k at a time and kNC columns per block (1 MB, L2). A is
+// read in place when its rows are contiguous (the forward and dX forms); transposed
+// A (the dW form) is packed per tile of MR rows, contiguous in m, so each k step is a
+// short vector copy. Every tile holds 24 zmm accumulators + NR/16 panel vectors + 1
+// broadcast of the 32 registers: 6 x 64 for wide outputs (an 8 x 32 tile needs more
+// broadcasts per FMA and measured slower), 12 x 32 and 24 x 16 for the narrow ones
+// attention produces (N = hd: 64 columns of which 8 are used would waste 7/8).
 // ---------------------------------------------------------------------------
-constexpr int64_t kNR = 64;
-constexpr int kMR = 6;
 constexpr int64_t kKC = 256;
 constexpr int64_t kNC = 1024;
-constexpr int64_t kMC = 96;  // rows per A block: 16 tiles share each B panel while it is in L1/L2
-constexpr int64_t kAS = 8;   // floats per k step of a packed A tile (kMR used)
-static_assert(kKC * kNC + kMC / kMR * kKC * kAS + 64 <= kGemmPackFloats, "gemm pack scratch too small");
+constexpr int64_t kMC = 96;  // rows per A block (a multiple of every MR): its tiles share each B panel in L1/L2
 
-// Bp (ceil(nc / 64), kc, 64): B (k, n) for k in [pc, pc + kc), n in [jc, jc + nc), zero padded.
+template <int NJ>
+struct Tile {
+  static constexpr int64_t NR = 16 * NJ;       // panel columns
+  static constexpr int MR = 24 / NJ;           // tile rows
+  static constexpr int64_t AS = (MR + 7) / 8 * 8;  // floats per k step of a packed A tile
+};
+static_assert(kKC * kNC + kMC / Tile<4>::MR * kKC * Tile<4>::AS + 64 <= kGemmPackFloats, "gemm pack scratch too small");
+static_assert(kMC / Tile<2>::MR * Tile<2>::AS <= kMC / Tile<4>::MR * Tile<4>::AS, "packed A of the narrow tiles must fit");
+static_assert(kMC / Tile<1>::MR * Tile<1>::AS <= kMC / Tile<4>::MR * Tile<4>::AS, "packed A of the narrow tiles must fit");
+
+// r[i][j] -> r[j][i] for a 16 x 16 block: 2x2 interleaves within 128-bit lanes, then
+// 4x4 blocks within lanes, then lanes across registers (twice).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// Bp (ceil(nc / NR), kc, NR): B (k, n) for k in [pc, pc + kc), n in [jc, jc + nc), zero padded.
+template <int NJ>
 void pack_b(float* Bp, StridedMat B, int64_t pc, int64_t kc, int64_t jc, int64_t nc) {
-  for (int64_t j0 = 0; j0 < nc; j0 += kNR) {
+  constexpr int64_t NR = Tile<NJ>::NR;
+  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     float* dst = Bp + j0 * kc;
-    const int64_t nr = nc - j0 < kNR ? nc - j0 : kNR;
+    const int64_t nr = nc - j0 < NR ? nc - j0 : NR;
     if (B.cs == 1) {
-      __mmask16 mk[4];
-      for (int j = 0; j < 4; j++) mk[j] = tail16(nr - 16 * j);
+      __mmask16 mk[NJ];
+      for (int j = 0; j < NJ; j++) mk[j] = tail16(nr - 16 * j);
       for (int64_t k = 0; k < kc; k++) {
         const float* src = B.p + (pc + k) * B.rs + jc + j0;
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) _mm512_storeu_ps(dst + k * kNR + 16 * j, _mm512_maskz_loadu_ps(mk[j], src + 16 * j));
+        for (int j = 0; j < NJ; j++) _mm512_storeu_ps(dst + k * NR + 16 * j, _mm512_maskz_loadu_ps(mk[j], src + 16 * j));
       }
       continue;
     }
-    // B^T stored (the weight of x . W^T): column n is a contiguous row of W, gathered
-    // into the panel column by column.
-    for (int64_t j = 0; j < kNR; j++) {
+    if (B.rs == 1) {
+      // B^T stored (the weight of x . W^T): column n is a contiguous row of W; 16 rows of
+      // 16 k are transposed in registers (a scalar gather cost ~8 % of a 4096^2 forward)
+      for (int64_t j = 0; j < NR; j += 16) {
+        const float* src[16];
+        for (int i = 0; i < 16; i++) src[i] = j + i < nr ? B.p + (jc + j0 + j + i) * B.cs + pc : nullptr;
+        for (int64_t k = 0; k < kc; k += 16) {
+          const __mmask16 mk = tail16(kc - k);
+          __m512 r[16];
+#pragma GCC unroll 16
+          for (int i = 0; i < 16; i++) r[i] = src[i] ? _mm512_maskz_loadu_ps(mk, src[i] + k) : _mm512_setzero_ps();
+          transpose16(r);
+          const int64_t n = kc - k < 16 ? kc - k : 16;
+          for (int64_t c = 0; c < n; c++) _mm512_storeu_ps(dst + (k + c) * NR + j, r[c]);
+        }
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < NR; j++) {  // any other strides: column by column
       if (j >= nr) {
-        for (int64_t k = 0; k < kc; k++) dst[k * kNR + j] = 0.f;
+        for (int64_t k = 0; k < kc; k++) dst[k * NR + j] = 0.f;
         continue;
       }
       const float* src = B.p + (jc + j0 + j) * B.cs + pc * B.rs;
-      for (int64_t k = 0; k < kc; k++) dst[k * kNR + j] = src[k * B.rs];
+      for (int64_t k = 0; k < kc; k++) dst[k * NR + j] = src[k * B.rs];
     }
   }
 }
 
-// Ap (ceil(mc / 6) tiles, kc, kAS): rows [ic, ic + mc) of A, k in [pc, pc + kc), for A whose
-// rows are not contiguous; each 6-row tile is k-major, zero padded to kAS floats per k.
+// Ap (ceil(mc / MR) tiles, kc, AS): rows [ic, ic + mc) of A, k in [pc, pc + kc), for A whose
+// rows are not contiguous; each tile is k-major, zero padded to AS floats per k.
+template <int NJ>
 void pack_a(float* Ap, StridedMat A, int64_t ic, int64_t mc, int64_t pc, int64_t kc) {
-  for (int64_t i0 = 0; i0 < mc; i0 += kMR) {
-    float* dst = Ap + i0 / kMR * kc * kAS;
-    const int64_t mr = mc - i0 < kMR ? mc - i0 : kMR;
+  constexpr int MR = Tile<NJ>::MR;
+  constexpr int64_t AS = Tile<NJ>::AS;
+  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+    float* dst = Ap + i0 / MR * kc * AS;
+    const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
     if (A.rs == 1) {  // A^T stored: the mr rows of one k are contiguous
-      const __mmask8 m = (__mmask8)((1u << mr) - 1u);
-      for (int64_t k = 0; k < kc; k++)
-        _mm256_storeu_ps(dst + k * kAS, _mm256_maskz_loadu_ps(m, A.p + ic + i0 + (pc + k) * A.cs));
+      for (int64_t k = 0; k < kc; k++) {
+        const float* src = A.p + ic + i0 + (pc + k) * A.cs;
+        for (int64_t i = 0; i < AS; i += 16) {
+          const __mmask16 m = tail16(AS - i);
+          _mm512_mask_storeu_ps(dst + k * AS + i, m, _mm512_maskz_loadu_ps(tail16(mr - i), src + i));
+        }
+      }
       continue;
     }
     for (int64_t k = 0; k < kc; k++)
-      for (int64_t i = 0; i < kAS; i++) dst[k * kAS + i] = i < mr ? A.p[(ic + i0 + i) * A.rs + (pc + k) * A.cs] : 0.f;
+      for (int64_t i = 0; i < AS; i++) dst[k * AS + i] = i < mr ? A.p[(ic + i0 + i) * A.rs + (pc + k) * A.cs] : 0.f;
   }
 }
 
-// C (MR, 64) (+)= A (MR, kc) . Bp (kc, 64). A in place (rows lda apart, k contiguous)
-// or packed (kc, kAS).
-template <int MR, bool kPacked>
+// C (R, NR) (+)= A (R, kc) . Bp (kc, NR). A in place (rows lda apart, k contiguous) or
+// packed (kc, AS).
+template <int NJ, int R, bool kPacked>
 void micro(float* c, int64_t ldc, const float* a, int64_t lda, const float* bp, int64_t kc, bool load_c,
            const __mmask16* mk) {
-  __m512 acc[MR][4];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; r++)
+  constexpr int64_t NR = Tile<NJ>::NR, AS = Tile<NJ>::AS;
+  __m512 acc[R][NJ];
+#pragma GCC unroll 24
+  for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) acc[r][j] = load_c ? _mm512_maskz_loadu_ps(mk[j], c + r * ldc + 16 * j) : _mm512_setzero_ps();
+    for (int j = 0; j < NJ; j++) acc[r][j] = load_c ? _mm512_maskz_loadu_ps(mk[j], c + r * ldc + 16 * j) : _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; k++) {
-    __m512 b[4];
+    __m512 b[NJ];
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) b[j] = _mm512_loadu_ps(bp + k * kNR + 16 * j);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
-      const __m512 av = _mm512_set1_ps(kPacked ? a[k * kAS + r] : a[r * lda + k]);
+    for (int j = 0; j < NJ; j++) b[j] = _mm512_loadu_ps(bp + k * NR + 16 * j);
+#pragma GCC unroll 24
+    for (int r = 0; r < R; r++) {
+      const __m512 av = _mm512_set1_ps(kPacked ? a[k * AS + r] : a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
+      for (int j = 0; j < NJ; j++) acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 24
+  for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(c + r * ldc + 16 * j, mk[j], acc[r][j]);
+    for (int j = 0; j < NJ; j++) _mm512_mask_storeu_ps(c + r * ldc + 16 * j, mk[j], acc[r][j]);
 }
 
-template <bool kPacked>
+// The tile for the last `rows` (< MR) rows of a block: one instantiation per height.
+template <int NJ, bool kPacked, int R = Tile<NJ>::MR>
 void micro_rows(int rows, float* c, int64_t ldc, const float* a, int64_t lda, const float* bp, int64_t kc, bool load_c,
                 const __mmask16* mk) {
-  switch (rows) {
-    case 6: micro<6, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
-    case 5: micro<5, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
-    case 4: micro<4, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
-    case 3: micro<3, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
-    case 2: micro<2, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
-    default: micro<1, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk); break;
+  if constexpr (R == 1) {
+    micro<NJ, 1, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk);
+  } else {
+    if (rows == R) micro<NJ, R, kPacked>(c, ldc, a, lda, bp, kc, load_c, mk);
+    else micro_rows<NJ, kPacked, R - 1>(rows, c, ldc, a, lda, bp, kc, load_c, mk);
+  }
+}
+
+template <int NJ>
+void gemm_blocked(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t K, bool accumulate, int64_t n0,
+                  int64_t n1, float* pack) {
+  constexpr int64_t NR = Tile<NJ>::NR;
+  constexpr int MR = Tile<NJ>::MR;
+  constexpr int64_t AS = Tile<NJ>::AS;
+  float* Bp = pack;               // (kNC / NR, kKC, NR)
+  float* Ap = pack + kKC * kNC;   // (kMC / MR, kKC, AS)
+  const bool in_place = A.cs == 1;
+  for (int64_t jc = n0; jc < n1; jc += kNC) {
+    const int64_t nc = n1 - jc < kNC ? n1 - jc : kNC;
+    const int64_t panels = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < K; pc += kKC) {
+      const int64_t kc = K - pc < kKC ? K - pc : kKC;
+      pack_b<NJ>(Bp, B, pc, kc, jc, nc);
+      const bool load_c = accumulate || pc > 0;
+      for (int64_t ic = 0; ic < M; ic += kMC) {
+        const int64_t mc = M - ic < kMC ? M - ic : kMC;
+        if (!in_place) pack_a<NJ>(Ap, A, ic, mc, pc, kc);
+        for (int64_t p = 0; p < panels; p++) {
+          __mmask16 mk[NJ];
+          for (int j = 0; j < NJ; j++) mk[j] = tail16(nc - p * NR - 16 * j);
+          const float* bp = Bp + p * kc * NR;
+          for (int64_t m0 = ic; m0 < ic + mc; m0 += MR) {
+            const int rows = (int)(ic + mc - m0 < MR ? ic + mc - m0 : MR);
+            float* c = C + m0 * ldc + jc + p * NR;
+            if (in_place)
+              micro_rows<NJ, false>(rows, c, ldc, A.p + m0 * A.rs + pc, A.rs, bp, kc, load_c, mk);
+            else
+              micro_rows<NJ, true>(rows, c, ldc, Ap + (m0 - ic) / MR * kc * AS, 0, bp, kc, load_c, mk);
+          }
+        }
+      }
+    }
   }
 }
 
@@ -205,6 +304,66 @@ void gemv_rows(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int
     }
 }
 
+// M < 4 with B's rows contiguous in n (a decode step's P . V, dX of one row): up to 64
+// output columns stay in registers while k streams B's rows once; no packing. Even and
+// odd k accumulate separately: with one head of 8 values there is one vector per row and
+// a single chain of FMAs would wait on its latency. MM rows, NJ zmm per row.
+template <int MM, int NJ>
+void gemv_cols_block(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t K, bool accumulate, int64_t n, int64_t e) {
+  __mmask16 mk[NJ];
+#pragma GCC unroll 4
+  for (int j = 0; j < NJ; j++) mk[j] = tail16(e - n - 16 * j);
+  __m512 acc[2][MM][NJ];
+#pragma GCC unroll 3
+  for (int m = 0; m < MM; m++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NJ; j++) {
+      acc[0][m][j] = accumulate ? _mm512_maskz_loadu_ps(mk[j], C + m * ldc + n + 16 * j) : _mm512_setzero_ps();
+      acc[1][m][j] = _mm512_setzero_ps();
+    }
+  auto step = [&](int h, int64_t k) {
+    __m512 b[NJ];
+#pragma GCC unroll 4
+    for (int j = 0; j < NJ; j++) b[j] = _mm512_maskz_loadu_ps(mk[j], B.p + k * B.rs + n + 16 * j);
+#pragma GCC unroll 3
+    for (int m = 0; m < MM; m++) {
+      const __m512 av = _mm512_set1_ps(A.p[m * A.rs + k * A.cs]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NJ; j++) acc[h][m][j] = _mm512_fmadd_ps(av, b[j], acc[h][m][j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 2 <= K; k += 2) {
+    step(0, k);
+    step(1, k + 1);
+  }
+  if (k < K) step(0, k);
+#pragma GCC unroll 3
+  for (int m = 0; m < MM; m++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NJ; j++) _mm512_mask_storeu_ps(C + m * ldc + n + 16 * j, mk[j], _mm512_add_ps(acc[0][m][j], acc[1][m][j]));
+}
+
+template <int MM>
+void gemv_cols_rows(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t K, bool accumulate, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n += 64) {
+    const int64_t e = n1 - n < 64 ? n1 : n + 64;
+    switch ((e - n + 15) / 16) {
+      case 1: gemv_cols_block<MM, 1>(C, ldc, A, B, K, accumulate, n, e); break;
+      case 2: gemv_cols_block<MM, 2>(C, ldc, A, B, K, accumulate, n, e); break;
+      case 3: gemv_cols_block<MM, 3>(C, ldc, A, B, K, accumulate, n, e); break;
+      default: gemv_cols_block<MM, 4>(C, ldc, A, B, K, accumulate, n, e); break;
+    }
+  }
+}
+
+void gemv_cols(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t K, bool accumulate, int64_t n0,
+               int64_t n1) {
+  if (M == 1) gemv_cols_rows<1>(C, ldc, A, B, K, accumulate, n0, n1);
+  else if (M == 2) gemv_cols_rows<2>(C, ldc, A, B, K, accumulate, n0, n1);
+  else gemv_cols_rows<3>(C, ldc, A, B, K, accumulate, n0, n1);
+}
+
 void gemm_avx512(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K, bool accumulate,
                  int64_t n0, int64_t n1, float* pack) {
   if (n1 <= n0 || M <= 0) return;
@@ -213,40 +372,12 @@ void gemm_avx512(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, i
       for (int64_t m = 0; m < M; m++) memset(C + m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
     return;
   }
-  if (M < 4 && B.rs == 1 && A.cs == 1) {
-    gemv_rows(C, ldc, A, B, M, K, accumulate, n0, n1);
-    return;
-  }
-  float* Bp = pack;               // (kNC / 64, kKC, 64)
-  float* Ap = pack + kKC * kNC;   // (kMC / 6, kKC, kAS)
-  const bool in_place = A.cs == 1;
-  for (int64_t jc = n0; jc < n1; jc += kNC) {
-    const int64_t nc = n1 - jc < kNC ? n1 - jc : kNC;
-    const int64_t panels = (nc + kNR - 1) / kNR;
-    for (int64_t pc = 0; pc < K; pc += kKC) {
-      const int64_t kc = K - pc < kKC ? K - pc : kKC;
-      pack_b(Bp, B, pc, kc, jc, nc);
-      const bool load_c = accumulate || pc > 0;
-      for (int64_t ic = 0; ic < M; ic += kMC) {
-        const int64_t mc = M - ic < kMC ? M - ic : kMC;
-        if (!in_place) pack_a(Ap, A, ic, mc, pc, kc);
-        for (int64_t p = 0; p < panels; p++) {
-          const int64_t cols = nc - p * kNR;
-          __mmask16 mk[4];
-          for (int j = 0; j < 4; j++) mk[j] = tail16(cols - 16 * j);
-          const float* bp = Bp + p * kc * kNR;
-          for (int64_t m0 = ic; m0 < ic + mc; m0 += kMR) {
-            const int rows = (int)(ic + mc - m0 < kMR ? ic + mc - m0 : kMR);
-            float* c = C + m0 * ldc + jc + p * kNR;
-            if (in_place)
-              micro_rows<false>(rows, c, ldc, A.p + m0 * A.rs + pc, A.rs, bp, kc, load_c, mk);
-            else
-              micro_rows<true>(rows, c, ldc, Ap + (m0 - ic) / kMR * kc * kAS, 0, bp, kc, load_c, mk);
-          }
-        }
-      }
-    }
-  }
+  if (M < 4 && B.rs == 1 && A.cs == 1) return gemv_rows(C, ldc, A, B, M, K, accumulate, n0, n1);
+  if (M < 4 && B.cs == 1) return gemv_cols(C, ldc, A, B, M, K, accumulate, n0, n1);
+  const int64_t width = n1 - n0;
+  if (width <= 16) return gemm_blocked<1>(C, ldc, A, B, M, K, accumulate, n0, n1, pack);
+  if (width <= 32) return gemm_blocked<2>(C, ldc, A, B, M, K, accumulate, n0, n1, pack);
+  gemm_blocked<4>(C, ldc, A, B, M, K, accumulate, n0, n1, pack);
 }
 
 // ---------------------------------------------------------------------------

@@ -80,69 +80,69 @@ inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
 }
 
 // X(name, signature). Order = table order (tier tables are designated initializers).
-#define QF_ENGINE_KERNELS(X)                                                                                     \
-  /* C (M, N) row stride ldc, columns [n0, n1) = (accumulate ? C : 0) + A (M, K) . B (K, N);                  \
-     pack: kGemmPackFloats floats. */                                                                         \
-  X(gemm, void(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K,        \
-                   bool accumulate, int64_t n0, int64_t n1, float* pack))                                     \
-  /* out (BT, D) rows [r0, r1) = table[ids[r]]; table (V, D). */                                              \
-  X(embedding_forward, void(float* out, const int32_t* ids, const float* table, int64_t r0, int64_t r1,   \
-                                int64_t D))                                                                   \
-  /* dtable (V, D) rows [v0, v1) += sum over r with ids[r] == v of dout[r] (each thread owns a vocab range). */ \
-  X(embedding_backward, void(float* dtable, const float* dout, const int32_t* ids, int64_t BT, int64_t v0, \
-                                 int64_t v1, int64_t D))                                                      \
-  /* out (BT, D) rows [r0, r1) = x * rstd * w, rstd (BT) = 1 / sqrt(mean(x^2) + eps), saved when non-null. */ \
-  X(rmsnorm_forward, void(float* out, float* rstd, const float* x, const float* w, int64_t r0, int64_t r1, \
-                              int64_t D, float eps))                                                          \
-  /* dx (BT, D) rows [r0, r1) = d/dx <dout, rmsnorm(x)> (overwritten). */                                     \
-  X(rmsnorm_backward, void(float* dx, const float* dout, const float* x, const float* w, const float* rstd, \
-                               int64_t r0, int64_t r1, int64_t D))                                            \
-  /* dw (D) columns [c0, c1) += sum_r dout[r, c] * x[r, c] * rstd[r]. */                                      \
-  X(rmsnorm_backward_weight, void(float* dw, const float* dout, const float* x, const float* rstd,         \
-                                      int64_t BT, int64_t c0, int64_t c1, int64_t D))                         \
-  /* x (BT, H, hd) rows [r0, r1) rotated in place to position pos[r]; cos, sin (S, hd/2);                     \
-     inverse: the transpose rotation (the backward). */                                                       \
-  X(rope, void(float* x, const int32_t* pos, const float* cos, const float* sin, int64_t r0, int64_t r1,   \
-                   int64_t H, int64_t hd, bool inverse))                                                      \
-  /* Causal attention, work items [i0, i1) of B * Hq * ceil(T / kAttnChunk): (b, h, query block). Query t    \
-     of sequence b sits at position pos0 + t and attends keys 0 .. pos0 + t of the cache.                     \
-     out (B, T, Hq, hd); probs (B, Hq, T, L) or null; q (B, T, Hq, hd); k, v (B, S, Hkv, hd) holding        \
-     positions [0, L); scratch: attention_scratch_floats(L). */                                               \
-  X(attention_forward, void(float* out, float* probs, const float* q, const float* k, const float* v,     \
-                                int64_t i0, int64_t i1, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd,       \
-                                int64_t S, int64_t pos0, float* scratch))                                     \
-  /* Backward of attention_forward at pos0 = 0, S = T; work items [i0, i1) of B * Hkv (the q heads sharing a \
-     kv head accumulate into its dk, dv). dq (B, T, Hq, hd), dk, dv (B, T, Hkv, hd) overwritten; probs       \
-     (B, Hq, T, T) saved by the forward; scratch: attention_backward_scratch_floats(T, Hq / Hkv). */                             \
-  X(attention_backward, void(float* dq, float* dk, float* dv, const float* dout, const float* probs,      \
-                                 const float* q, const float* k, const float* v, int64_t i0, int64_t i1,      \
-                                 int64_t T, int64_t Hq, int64_t Hkv, int64_t hd, float* scratch))             \
-  /* out [i0, i1) = silu(g) * u, silu(g) = g / (1 + exp(-g)). */                                              \
-  X(swiglu_forward, void(float* out, const float* g, const float* u, int64_t i0, int64_t i1))             \
-  /* dg, du [i0, i1) overwritten: d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g). */                        \
-  X(swiglu_backward, void(float* dg, float* du, const float* dout, const float* g, const float* u,        \
-                              int64_t i0, int64_t i1))                                                        \
-  /* out [i0, i1) = a + b (the residual stream); out may alias a. */                                          \
-  X(residual_forward, void(float* out, const float* a, const float* b, int64_t i0, int64_t i1))           \
-  /* Rows [r0, r1): logits (BT, V) become softmax probabilities, loss[r] = logsumexp - logit[target[r]];     \
-     targets < 0 are ignored (loss 0). */                                                                     \
-  X(cross_entropy_forward, void(float* loss, float* logits, const int32_t* targets, int64_t r0,           \
-                                    int64_t r1, int64_t V))                                                   \
-  /* dlogits (BT, V) = scale * (probs - onehot(target)), in place over probs; ignored rows get 0. */          \
-  X(cross_entropy_backward, void(float* probs, const int32_t* targets, int64_t r0, int64_t r1, int64_t V, \
-                                     float scale))                                                            \
-  /* TEQ scale, columns [c0, c1) of alpha (K); forward xs = x / alpha, ws = W . diag(alpha):                 \
-       dalpha[k] += sum_n dws[n, k] W[n, k] - sum_r dxs[r, k] x[r, k] / alpha[k]^2                           \
-       dx (BT, K) = dxs / alpha (written when dx != null)                                                    \
-     BT = 0 skips the activation side, N = 0 the weight side. */                                              \
-  X(teq_scale_backward, void(float* dalpha, float* dx, const float* dxs, const float* x, int64_t BT,      \
-                                 const float* dws, const float* W, int64_t N, const float* alpha, int64_t c0, \
-                                 int64_t c1, int64_t K))                                                      \
-  /* AdamW over elements [i0, i1) of an arena [params P | grads P | m P | v P]:                               \
-       m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2                                                            \
-       p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p);  p = max(p, pmin) */                       \
-  X(adamw, void(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1,        \
-                    float b2, float eps, float wd, float pmin))
+#define QF_ENGINE_KERNELS(X)                                                                                         \
+  /* C (M, N) row stride ldc, columns [n0, n1) = (accumulate ? C : 0) + A (M, K) . B (K, N);                         \
+     pack: kGemmPackFloats floats. */                                                                                \
+  X(gemm, void(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K,                   \
+      bool accumulate, int64_t n0, int64_t n1, float* pack))                                                         \
+  /* out (BT, D) rows [r0, r1) = table[ids[r]]; table (V, D). */                                                     \
+  X(embedding_forward, void(float* out, const int32_t* ids, const float* table, int64_t r0, int64_t r1,              \
+      int64_t D))                                                                                                    \
+  /* dtable (V, D) rows [v0, v1) += sum over r with ids[r] == v of dout[r] (each thread owns a vocab range). */      \
+  X(embedding_backward, void(float* dtable, const float* dout, const int32_t* ids, int64_t BT, int64_t v0,           \
+      int64_t v1, int64_t D))                                                                                        \
+  /* out (BT, D) rows [r0, r1) = x * rstd * w, rstd (BT) = 1 / sqrt(mean(x^2) + eps), saved when non-null. */        \
+  X(rmsnorm_forward, void(float* out, float* rstd, const float* x, const float* w, int64_t r0, int64_t r1,           \
+      int64_t D, float eps))                                                                                         \
+  /* dx (BT, D) rows [r0, r1) = d/dx <dout, rmsnorm(x)> (overwritten). */                                            \
+  X(rmsnorm_backward, void(float* dx, const float* dout, const float* x, const float* w, const float* rstd,          \
+      int64_t r0, int64_t r1, int64_t D))                                                                            \
+  /* dw (D) columns [c0, c1) += sum_r dout[r, c] * x[r, c] * rstd[r]. */                                             \
+  X(rmsnorm_backward_weight, void(float* dw, const float* dout, const float* x, const float* rstd,                   \
+      int64_t BT, int64_t c0, int64_t c1, int64_t D))                                                                \
+  /* x (BT, H, hd) rows [r0, r1) rotated in place to position pos[r]; cos, sin (S, hd/2);                            \
+     inverse: the transpose rotation (the backward). */                                                              \
+  X(rope, void(float* x, const int32_t* pos, const float* cos, const float* sin, int64_t r0, int64_t r1,             \
+      int64_t H, int64_t hd, bool inverse))                                                                          \
+  /* Causal attention, work items [i0, i1) of B * Hq * ceil(T / kAttnChunk): (b, h, query block). Query t            \
+     of sequence b sits at position pos0 + t and attends keys 0 .. pos0 + t of the cache.                            \
+     out (B, T, Hq, hd); probs (B, Hq, T, L) or null; q (B, T, Hq, hd); k, v (B, S, Hkv, hd) holding                 \
+     positions [0, L); scratch: attention_scratch_floats(L). */                                                      \
+  X(attention_forward, void(float* out, float* probs, const float* q, const float* k, const float* v,                \
+      int64_t i0, int64_t i1, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd,                                        \
+      int64_t S, int64_t pos0, float* scratch))                                                                      \
+  /* Backward of attention_forward at pos0 = 0, S = T; work items [i0, i1) of B * Hkv (the q heads sharing a         \
+     kv head accumulate into its dk, dv). dq (B, T, Hq, hd), dk, dv (B, T, Hkv, hd) overwritten; probs               \
+     (B, Hq, T, T) saved by the forward; scratch: attention_backward_scratch_floats(T, Hq / Hkv). */                 \
+  X(attention_backward, void(float* dq, float* dk, float* dv, const float* dout, const float* probs,                 \
+      const float* q, const float* k, const float* v, int64_t i0, int64_t i1,                                        \
+      int64_t T, int64_t Hq, int64_t Hkv, int64_t hd, float* scratch))                                               \
+  /* out [i0, i1) = silu(g) * u, silu(g) = g / (1 + exp(-g)). */                                                     \
+  X(swiglu_forward, void(float* out, const float* g, const float* u, int64_t i0, int64_t i1))                        \
+  /* dg, du [i0, i1) overwritten: d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g). */                               \
+  X(swiglu_backward, void(float* dg, float* du, const float* dout, const float* g, const float* u,                   \
+      int64_t i0, int64_t i1))                                                                                       \
+  /* out [i0, i1) = a + b (the residual stream); out may alias a. */                                                 \
+  X(residual_forward, void(float* out, const float* a, const float* b, int64_t i0, int64_t i1))                      \
+  /* Rows [r0, r1): logits (BT, V) become softmax probabilities, loss[r] = logsumexp - logit[target[r]];             \
+     targets < 0 are ignored (loss 0). */                                                                            \
+  X(cross_entropy_forward, void(float* loss, float* logits, const int32_t* targets, int64_t r0,                      \
+      int64_t r1, int64_t V))                                                                                        \
+  /* dlogits (BT, V) = scale * (probs - onehot(target)), in place over probs; ignored rows get 0. */                 \
+  X(cross_entropy_backward, void(float* probs, const int32_t* targets, int64_t r0, int64_t r1, int64_t V,            \
+      float scale))                                                                                                  \
+  /* TEQ scale, columns [c0, c1) of alpha (K); forward xs = x / alpha, ws = W . diag(alpha):                         \
+       dalpha[k] += sum_n dws[n, k] W[n, k] - sum_r dxs[r, k] x[r, k] / alpha[k]^2                                   \
+       dx (BT, K) = dxs / alpha (written when dx != null)                                                            \
+     BT = 0 skips the activation side, N = 0 the weight side. */                                                     \
+  X(teq_scale_backward, void(float* dalpha, float* dx, const float* dxs, const float* x, int64_t BT,                 \
+      const float* dws, const float* W, int64_t N, const float* alpha, int64_t c0,                                   \
+      int64_t c1, int64_t K))                                                                                        \
+  /* AdamW over elements [i0, i1) of an arena [params P | grads P | m P | v P]:                                      \
+       m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2                                                                   \
+       p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p);  p = max(p, pmin) */                              \
+  X(adamw, void(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1,                   \
+      float b2, float eps, float wd, float pmin))
 
 template <class Fn>
 using KernelPtr = Fn*;
@@ -214,25 +214,25 @@ struct IdSpan {
   size_t len;
 };
 
-#define QF_ENGINE_OPS(X)                                                                        \
-  X(gemm, "C, A, B, M, N, K, transA, transB, accumulate")                                       \
-  X(embedding_forward, "out, ids, table, BT, V, D")                                             \
-  X(embedding_backward, "dtable, dout, ids, BT, V, D")                                          \
-  X(rmsnorm_forward, "out, rstd, x, w, BT, D, eps")                                             \
-  X(rmsnorm_backward, "dx, dw, dout, x, w, rstd, BT, D")                                        \
-  X(rope_tables, "cos, sin, invFreq, S, hd")                                                    \
-  X(rope_forward, "x, pos, cos, sin, BT, H, hd")                                                \
-  X(rope_backward, "dx, pos, cos, sin, BT, H, hd")                                              \
-  X(attention_forward, "out, probs, q, k, v, B, T, Hq, Hkv, hd, S, pos0")                       \
-  X(attention_backward, "dq, dk, dv, dout, probs, q, k, v, B, T, Hq, Hkv, hd")                  \
-  X(swiglu_forward, "out, g, u, BT, F")                                                         \
-  X(swiglu_backward, "dg, du, dout, g, u, BT, F")                                               \
-  X(residual_forward, "out, a, b, n")                                                           \
-  X(cross_entropy_forward, "loss, logits, targets, BT, V")                                      \
-  X(cross_entropy_backward, "probs, targets, BT, V, scale")                                     \
-  X(teq_scale_backward, "dalpha, dx, dxs, x, BT, dws, W, N, alpha, K")                          \
-  X(teq_expand_v_scales, "out, av, Hq, Hkv, hd")                                                \
-  X(rtn_fake_quant_backward, "g, W, alpha, N, K, bits, groupSize, symmetric")                   \
+#define QF_ENGINE_OPS(X)                                                                                             \
+  X(gemm, "C, A, B, M, N, K, transA, transB, accumulate")                                                            \
+  X(embedding_forward, "out, ids, table, BT, V, D")                                                                  \
+  X(embedding_backward, "dtable, dout, ids, BT, V, D")                                                               \
+  X(rmsnorm_forward, "out, rstd, x, w, BT, D, eps")                                                                  \
+  X(rmsnorm_backward, "dx, dw, dout, x, w, rstd, BT, D")                                                             \
+  X(rope_tables, "cos, sin, invFreq, S, hd")                                                                         \
+  X(rope_forward, "x, pos, cos, sin, BT, H, hd")                                                                     \
+  X(rope_backward, "dx, pos, cos, sin, BT, H, hd")                                                                   \
+  X(attention_forward, "out, probs, q, k, v, B, T, Hq, Hkv, hd, S, pos0")                                            \
+  X(attention_backward, "dq, dk, dv, dout, probs, q, k, v, B, T, Hq, Hkv, hd")                                       \
+  X(swiglu_forward, "out, g, u, BT, F")                                                                              \
+  X(swiglu_backward, "dg, du, dout, g, u, BT, F")                                                                    \
+  X(residual_forward, "out, a, b, n")                                                                                \
+  X(cross_entropy_forward, "loss, logits, targets, BT, V")                                                           \
+  X(cross_entropy_backward, "probs, targets, BT, V, scale")                                                          \
+  X(teq_scale_backward, "dalpha, dx, dxs, x, BT, dws, W, N, alpha, K")                                               \
+  X(teq_expand_v_scales, "out, av, Hq, Hkv, hd")                                                                     \
+  X(rtn_fake_quant_backward, "g, W, alpha, N, K, bits, groupSize, symmetric")                                        \
   X(adamw, "arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue")
 
 // C (M, N) = [C +] A (M, K) . B (K, N); trans_a: A is stored (K, M); trans_b: B is stored (N, K).
@@ -253,10 +253,10 @@ Status rope_forward(Span x, IdSpan pos, Span cos, Span sin, int64_t BT, int64_t 
 Status rope_backward(Span dx, IdSpan pos, Span cos, Span sin, int64_t BT, int64_t H, int64_t hd);
 // out (B, T, Hq, hd); probs (B, Hq, T, pos0 + T) or null; q (B, T, Hq, hd); k, v (B, S, Hkv, hd).
 Status attention_forward(Span out, Span probs, Span q, Span k, Span v, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
-                         int64_t hd, int64_t S, int64_t pos0);
+      int64_t hd, int64_t S, int64_t pos0);
 // dq (B, T, Hq, hd), dk, dv (B, T, Hkv, hd) overwritten; probs (B, Hq, T, T).
 Status attention_backward(Span dq, Span dk, Span dv, Span dout, Span probs, Span q, Span k, Span v, int64_t B,
-                          int64_t T, int64_t Hq, int64_t Hkv, int64_t hd);
+      int64_t T, int64_t Hq, int64_t Hkv, int64_t hd);
 // out, g, u (BT, F).
 Status swiglu_forward(Span out, Span g, Span u, int64_t BT, int64_t F);
 // dg, du overwritten; dout, g, u (BT, F).
@@ -269,7 +269,7 @@ Status cross_entropy_forward(Span loss, Span logits, IdSpan targets, int64_t BT,
 Status cross_entropy_backward(Span probs, IdSpan targets, int64_t BT, int64_t V, float scale);
 // dalpha (K) accumulated; dx (BT, K) written unless null; dxs, x (BT, K); dws, W (N, K); alpha (K) > 0.
 Status teq_scale_backward(Span dalpha, Span dx, Span dxs, Span x, int64_t BT, Span dws, Span W, int64_t N, Span alpha,
-                          int64_t K);
+      int64_t K);
 // out (Dq): the v-channel scales av (Dkv) repeated for the q heads that read each kv head (the o_proj input scale).
 Status teq_expand_v_scales(Span out, Span av, int64_t Hq, int64_t Hkv, int64_t hd);
 // TEQ's weight side: g (N, K), the gradient w.r.t. Q(W diag(alpha)) (RTN fake quant with f16 parameters
@@ -457,6 +457,6 @@ Status block_merge_scales(Span arena, Span alpha, const BlockDims& d, bool extra
 // Final RMSNorm + LM head + cross-entropy. nll (BT); with dx: the backward of
 // loss_scale * sum(nll): dx (BT, D), dnorm (D) and dhead (V, D) accumulated when given.
 Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, IdSpan targets,
-                    int64_t BT, int64_t D, int64_t V, float eps, float loss_scale);
+      int64_t BT, int64_t D, int64_t V, float eps, float loss_scale);
 
 }  // namespace qf

@@ -60,6 +60,7 @@ constexpr int64_t kRowGrain = 12;  // and rows in multiples of every tier's micr
 void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K, bool accumulate,
               float* pack, int64_t slots) {
   const EngineKernels& k = engine_kernels();
+  const int64_t per = gemm_pack_floats(M, A, B);
   if ((double)M * (double)N * (double)std::max<int64_t>(K, 1) < (double)(1 << 18) || slots <= 1) {
     k.gemm(C, ldc, A, B, M, N, K, accumulate, 0, N, pack);  // too small to pay for a thread hand-off
     return;
@@ -69,14 +70,14 @@ void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int6
     const int64_t blocks = (N + 3) / 4;
     parallel_slots(blocks, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, 4 * K * M)), slots,
                    [&](int64_t s, int64_t b0, int64_t b1) {
-                     k.gemm(C, ldc, A, B, M, N, K, accumulate, b0 * 4, std::min(N, b1 * 4), pack + s * kGemmPackFloats);
+                     k.gemm(C, ldc, A, B, M, N, K, accumulate, b0 * 4, std::min(N, b1 * 4), pack + s * per);
                    });
     return;
   }
   const int64_t panels = (N + kPanel - 1) / kPanel;
   if (panels >= slots || M < 4 * kRowGrain) {
     parallel_slots(panels, 1, slots, [&](int64_t s, int64_t p0, int64_t p1) {
-      k.gemm(C, ldc, A, B, M, N, K, accumulate, p0 * kPanel, std::min(N, p1 * kPanel), pack + s * kGemmPackFloats);
+      k.gemm(C, ldc, A, B, M, N, K, accumulate, p0 * kPanel, std::min(N, p1 * kPanel), pack + s * per);
     });
     return;
   }
@@ -84,7 +85,7 @@ void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int6
   parallel_slots((M + kRowGrain - 1) / kRowGrain, 1, slots, [&](int64_t s, int64_t r0, int64_t r1) {
     const int64_t m0 = r0 * kRowGrain, m1 = std::min(M, r1 * kRowGrain);
     k.gemm(C + m0 * ldc, ldc, StridedMat{A.p + m0 * A.rs, A.rs, A.cs}, B, m1 - m0, N, K, accumulate, 0, N,
-           pack + s * kGemmPackFloats);
+           pack + s * per);
   });
 }
 
@@ -162,7 +163,7 @@ Status gemm(Span C, Span A, Span B, int64_t M, int64_t N, int64_t K, bool trans_
   const StridedMat b = trans_b ? StridedMat{F(B), 1, K} : StridedMat{F(B), N, 1};
   Workspace ws;
   const int64_t slots = scratch_slots();
-  QF_TRY(ws.reserve((size_t)(slots * kGemmPackFloats), "gemm"));
+  QF_TRY(ws.reserve((size_t)(slots * gemm_pack_floats(M, a, b)), "gemm"));
   gemm_run(F(C), N, a, b, M, N, K, accumulate, ws.data(), slots);
   return Status::Ok();
 }

@@ -333,10 +333,10 @@ Status sgemm_nt(Span y, Span x, Span w, int64_t M, int64_t N, int64_t K) {
   if (!(st = expect("w", w.len, (size_t)(N * K))).ok()) return st;
   if (x.dtype != DType::F32) return error(Code::DtypeMismatch, "Expected f32 x");
   const int64_t slots = scratch_slots();
+  const StridedMat a{static_cast<const float*>(x.data), K, 1}, b{static_cast<const float*>(w.data), 1, K};
   Workspace ws;
-  QF_TRY(ws.reserve((size_t)(slots * kGemmPackFloats), "sgemm"));
-  gemm_run(static_cast<float*>(y.data), N, StridedMat{static_cast<const float*>(x.data), K, 1},
-           StridedMat{static_cast<const float*>(w.data), 1, K}, M, N, K, false, ws.data(), slots);
+  QF_TRY(ws.reserve((size_t)(slots * gemm_pack_floats(M, a, b)), "sgemm"));
+  gemm_run(static_cast<float*>(y.data), N, a, b, M, N, K, false, ws.data(), slots);
   return Status::Ok();
 }
 

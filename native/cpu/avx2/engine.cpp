@@ -47,7 +47,7 @@ inline float dot256(const float* a, const float* b, int64_t K) {
 constexpr int64_t kNR = 32;
 constexpr int kMR = 3;
 constexpr int64_t kKC = 256;
-constexpr int64_t kNC = 1024;
+constexpr int64_t kNC = 256;
 constexpr int64_t kAS = 4;  // floats per k step of a packed A tile
 static_assert(kKC * kNC + kKC * kAS + 64 <= kGemmPackFloats, "gemm pack scratch too small");
 

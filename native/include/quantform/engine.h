@@ -64,7 +64,7 @@ struct StridedMat {
   int64_t rs, cs;
 };
 
-// Floats of private scratch one gemm call needs (packed B panels and an A tile).
+// Floats of private scratch one gemm call needs (packed B panels and A tiles).
 constexpr int64_t kGemmPackFloats = 256 * 1024 + 16 * 256 * 8 + 64;
 // Attention runs over blocks of this many queries: an inference prefill never
 // holds more than (kAttnChunk, L) scores per thread, whatever T is.
@@ -195,9 +195,15 @@ int64_t scratch_slots();
 void parallel_slots(int64_t n, int64_t grain, int64_t slots,
                     const std::function<void(int64_t, int64_t, int64_t)>& fn);
 
+// Scratch of one gemm call: none for the decode shapes every tier runs without
+// packing (M < 4 with weight rows contiguous in k, or B rows contiguous in n).
+inline int64_t gemm_pack_floats(int64_t M, StridedMat A, StridedMat B) {
+  return M < 4 && ((B.rs == 1 && A.cs == 1) || B.cs == 1) ? 0 : kGemmPackFloats;
+}
+
 // C (M, N) row stride ldc = [C +] A (M, K) . B (K, N) over the pool: threads split
 // output columns in whole packed panels, or rows when the matrix is narrow.
-// pack: slots * kGemmPackFloats floats.
+// pack: slots * gemm_pack_floats(M, A, B) floats (more is fine).
 void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K, bool accumulate,
               float* pack, int64_t slots);
 

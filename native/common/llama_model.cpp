@@ -24,6 +24,9 @@ CanonicalWeight Linear::canonical() const {
 
 namespace {
 
+// Workspace floats LlamaModel keeps between calls (64 MB).
+constexpr size_t kKeepWorkspaceFloats = (size_t)16 << 20;
+
 struct Slot {
   std::vector<float>* vec;
   Linear* lin;
@@ -239,6 +242,9 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
     gemm_run(logits, V, StridedMat{hn.data(), D, 1}, StridedMat{head, 1, D}, rows_out, V, D, false, ws_.data(), slots);
   }
   cache_len_ = pos0 + T;
+  // a long prefill's activations are not kept for the decode steps that follow (a
+  // 4096-token 7B prefill needs ~0.8 GB of them); decode-sized workspaces stay
+  if (ws_.capacity() > kKeepWorkspaceFloats) ws_.release();
   return Status::Ok();
 }
 

@@ -82,7 +82,7 @@ inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
 // X(name, signature). Order = table order (tier tables are designated initializers).
 #define QF_ENGINE_KERNELS(X)                                                                                         \
   /* C (M, N) row stride ldc, columns [n0, n1) = (accumulate ? C : 0) + A (M, K) . B (K, N);                         \
-     pack: kGemmPackFloats floats. */                                                                                \
+     pack: gemm_pack_floats(M, A, B) floats (none on the decode paths). */                                           \
   X(gemm, void(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K,                   \
       bool accumulate, int64_t n0, int64_t n1, float* pack))                                                         \
   /* out (BT, D) rows [r0, r1) = table[ids[r]]; table (V, D). */                                                     \
@@ -181,6 +181,11 @@ class Workspace {
   // names `what` and the size when the allocation fails.
   Status reserve(size_t floats, const char* what);
   float* data() { return buf_.get(); }
+  size_t capacity() const { return cap_; }
+  void release() {
+    buf_.reset();
+    cap_ = 0;
+  }
 
  private:
   std::unique_ptr<float[]> buf_;

@@ -54,6 +54,8 @@ export interface NativeLlamaModel {
   setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
+  /** A stored f32/f16/bf16 tensor read and widened straight into the model (native/include/quantform/convert.h read_tensor_f32). */
+  setWeightFromFile(name: string, fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null): void;
   /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: true): Promise<Float32Array>;
@@ -134,9 +136,32 @@ export interface NativeMachineLimits {
   threads: number;
 }
 
+/** native/include/quantform/spill_buffer.h: f32/bf16 storage in RAM up to a budget, the rest in an unlinked mmap'd temp file. */
+export interface NativeSpillBuffer {
+  /** elements [offset, offset + src.length) <- src */
+  write(offset: number, src: Float32Array): void;
+  /** dst <- elements [offset, offset + dst.length) */
+  read(offset: number, dst: Float32Array): void;
+  info(): { elements: number; memoryElements: number; file: string | null };
+  dispose(): void;
+}
+
+/** Checkpoint I/O (native/addon/io.cpp). */
+export interface NativeIoBinding {
+  /** A (rows, cols) tensor at byte `offset` of `fd` -> out (rows * cols) f32; source row s to row dstRow[s]. */
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: false): void;
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: true): Promise<void>;
+  /** f32 -> bf16, f16 -> f32 or bf16 -> f32 on the active kernel tier. */
+  convert(dst: FloatArray, dstDtype: NativeDType, src: FloatArray, srcDtype: NativeDType): void;
+  SpillBuffer: new (elements: number, dtype: 'f32' | 'bf16', memoryElements: number, dir: string) => NativeSpillBuffer;
+}
+
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
   train: NativeTrainBinding;
+  io: NativeIoBinding;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;

@@ -165,11 +165,15 @@ describe('bad input: clear errors naming file and tensor, no huge allocations', 
     expect(code(() => openCheckpoint(size)).message).toMatch(/tensor 'model\.norm\.weight' \(F32 \[33\]\) needs 132 bytes but its byte range holds 128/);
   });
 
-  it('unknown dtype', () => {
+  it('unknown dtype, and a weight stored as integers', () => {
     const d = hfDir((b) => b, (h) => { (h['model.norm.weight'] as { dtype: string }).dtype = 'I4'; });
     const e = code(() => openCheckpoint(d));
     expect(e.code).toBe('QF_UNSUPPORTED');
-    expect(e.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype "I4"; supported: F32, F16, BF16/);
+    expect(e.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype "I4", which is not a safetensors dtype/);
+    const i32 = hfDir((b) => b, (h) => { (h['model.norm.weight'] as { dtype: string }).dtype = 'I32'; });
+    const f = code(() => openCheckpoint(i32));
+    expect(f.code).toBe('QF_UNSUPPORTED');
+    expect(f.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype I32; supported: F32, F16, BF16/);
   });
 
   it('shapes that contradict config.json, and missing tensors', () => {
@@ -207,7 +211,8 @@ describe('bad input: clear errors naming file and tensor, no huge allocations', 
       .toMatch(/metadata key 0 length 1125899906842624 runs past the end of the file/);
     const q4 = code(() => openCheckpoint(gguf({ ggmlType: 2 })));
     expect(q4.code).toBe('QF_UNSUPPORTED');
-    expect(q4.message).toMatch(/tensor 'token_embd\.weight' has ggml type 2; supported: 0 \(F32\), 1 \(F16\)/);
+    expect(q4.message).toMatch(/tensor 'token_embd\.weight' has ggml type 2 \(Q4_0\), which quantform's kernels cannot run; supported: 0 \(F32\), 1 \(F16\), 30 \(BF16\)/);
+    expect(code(() => openCheckpoint(gguf({ ggmlType: 12 }))).message).toMatch(/has ggml type 12 \(Q4_K\)/);
     expect(code(() => openCheckpoint(gguf({}, (b) => b.subarray(0, b.length - 64)))).message).toMatch(/tensor '.*' spans bytes .* past the end of the file/);
     expect(code(() => openCheckpoint(gguf({}, (b) => b.subarray(0, 200)))).message).toMatch(/m\.gguf: tensor count 21 cannot fit in the \d+ bytes left/);
   });

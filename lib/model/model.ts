@@ -8,6 +8,7 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { LINEAR_WEIGHTS, invFreq, weightNames, weightShape, type LlamaConfig } from './config.js';
 import { CheckpointFile } from '../io/file.js';
+import { nativeFloatDtype, rowsCols } from '../io/tensors.js';
 import { GgufCheckpoint } from './gguf.js';
 import { Fp32Linear, QuantizedLinear, type Linear } from './linear.js';
 import { Llama2cCheckpoint } from './llama2c.js';
@@ -71,13 +72,19 @@ export class Model {
         dim: cfg.dim, hiddenDim: cfg.hiddenDim, nLayers: cfg.nLayers, nHeads: cfg.nHeads, nKvHeads: cfg.nKvHeads,
         headDim: cfg.headDim, vocabSize: cfg.vocabSize, maxSeq, normEps: cfg.normEps, invFreq: invFreq(cfg), tied: cfg.tiedEmbeddings,
       });
-      // one tensor at a time: read, copy into native memory, drop. Quantized
-      // checkpoints hand their linears over packed: they run on the INT4 kernels.
+      // one tensor at a time. A stored float tensor is read and widened natively
+      // straight into the model's memory; quantized checkpoints hand their linears
+      // over packed (they run on the INT4 kernels); anything else (synthetic,
+      // dequantized) goes through weight().
       for (const name of weightNames(cfg)) {
         const q = checkpoint.quantizedWeight?.(name) ?? null;
+        const src = q ? null : checkpoint.tensorSource?.(name) ?? null;
         if (q) {
           this.handle.setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
           this.linears.set(name, new QuantizedLinear(q));
+        } else if (src) {
+          const [rows, cols] = rowsCols(src.tensor);
+          this.handle.setWeightFromFile(name, src.tensor.file.fd, src.tensor.offset, nativeFloatDtype(src.tensor), rows, cols, src.dstRow);
         } else this.handle.setWeight(name, checkpoint.weight(name));
       }
     } catch (e) {

@@ -6,6 +6,7 @@
 #include <atomic>
 
 #include "napi_util.h"
+#include "quantform/convert.h"
 #include "quantform/llama_model.h"
 #include "quantform/llama_ops.h"
 
@@ -167,6 +168,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod("setWeight", &LlamaModelWrap::SetWeight),
                         InstanceMethod("setQuantizedWeight", &LlamaModelWrap::SetQuantizedWeight),
+                        InstanceMethod("setWeightFromFile", &LlamaModelWrap::SetWeightFromFile),
                         InstanceMethod("missing", &LlamaModelWrap::Missing),
                         InstanceMethod("forward", &LlamaModelWrap::Forward),
                         InstanceMethod("dispose", &LlamaModelWrap::Dispose)});
@@ -215,6 +217,28 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
       check(m.set_weight(name, f32(w), w.len));
+      return info.Env().Undefined();
+    });
+  }
+
+  // setWeightFromFile(name, fd, offset, dtype, rows, cols, dstRow Int32Array | null): the
+  // stored tensor read and widened straight into the model's storage (convert.h
+  // read_tensor_f32), no JS-side copy.
+  Napi::Value SetWeightFromFile(const Napi::CallbackInfo& info) {
+    return guard(info, [&] {
+      LlamaModel& m = live();
+      const std::string name = arg_string(info, 0, "name");
+      const int64_t fd = arg_int(info, 1, "fd"), offset = arg_int(info, 2, "offset");
+      const DType dt = arg_dtype(info, 3, "dtype");
+      const int64_t rows = arg_int(info, 4, "rows"), cols = arg_int(info, 5, "cols");
+      const I32Array perm = arg_int32_array(info, 6, "dstRow", true);
+      if (fd < 0 || fd > 0x7fffffff || rows < 0 || cols < 0 || (cols > 0 && rows > ((int64_t)1 << 40) / cols))
+        fail(error(Code::InvalidArgument, "Expected fd >= 0 and rows * cols < 2^40 for '" + name + "' but received fd=" +
+                                              std::to_string(fd) + ", rows=" + std::to_string(rows) + ", cols=" + std::to_string(cols)));
+      const size_t n = (size_t)(rows * cols);
+      check(m.fill_weight(name, n, [&](float* dst) {
+        return read_tensor_f32((int)fd, offset, dt, rows, cols, perm.data, perm.len, dst, n, name.c_str());
+      }));
       return info.Env().Undefined();
     });
   }

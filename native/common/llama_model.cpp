@@ -130,6 +130,29 @@ Status LlamaModel::set_weight(const std::string& name, const float* data, size_t
   return Status::Ok();
 }
 
+Status LlamaModel::fill_weight(const std::string& name, size_t n, const std::function<Status(float*)>& fill) {
+  Slot s{};
+  if (!slot_for(name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+    return error(Code::InvalidArgument, "Unknown weight name '" + name + "'");
+  if (n != (size_t)(s.rows * s.cols))
+    return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" +
+                                          std::to_string(s.rows) + ", " + std::to_string(s.cols) + ") for weight '" +
+                                          name + "' but received " + std::to_string(n));
+  std::vector<float> w(n);
+  QF_TRY(fill(w.data()));
+  if (s.vec) {
+    *s.vec = std::move(w);
+  } else {
+    s.lin->kind = Linear::Kind::F32;
+    s.lin->out = s.rows;
+    s.lin->in = s.cols;
+    s.lin->w = std::move(w);
+    s.lin->codes.clear();
+    s.lin->prepared.reset();
+  }
+  return Status::Ok();
+}
+
 Status LlamaModel::set_quantized_weight(const std::string& name, const CanonicalWeight& w) {
   Slot s{};
   if (!slot_for(name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))

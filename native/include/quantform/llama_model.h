@@ -12,6 +12,7 @@
 // logits = rmsnorm(x, final_norm) @ lm_head^T                (B, T, V)
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,6 +68,10 @@ class LlamaModel {
   // Names: embed (V, C), final_norm (C), lm_head (V, C), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
   // w_gate|w_up|w_down>. data holds n floats; the expected shape is checked.
   Status set_weight(const std::string& name, const float* data, size_t n);
+  // set_weight for loaders that produce the floats in place (read_tensor_f32 straight
+  // from a checkpoint file): fill(dst) writes n floats into fresh storage, which
+  // replaces the weight only when fill succeeds.
+  Status fill_weight(const std::string& name, size_t n, const std::function<Status(float*)>& fill);
   // A quantized linear (name as above, not a norm or the embedding); w's shape must be the slot's.
   Status set_quantized_weight(const std::string& name, const CanonicalWeight& w);
   // Missing weights, named (lm_head falls back to embed when tied).

@@ -1,0 +1,77 @@
+// AVX2 16-bit float conversions: F16C's vcvtph2ps widens binary16 (exact, quiets
+// signalling NaNs as _ref does); bf16 is integer shifts. Tails go through a
+// zero-padded register-sized buffer so they take the same instructions.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quantform/convert.h"
+
+namespace qf {
+namespace {
+
+void f16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i)));
+    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i + 8)));
+    _mm256_storeu_ps(dst + i, a);
+    _mm256_storeu_ps(dst + i + 8, b);
+  }
+  for (; i < n; i += 8) {
+    const int64_t m = n - i < 8 ? n - i : 8;
+    alignas(32) uint16_t in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    alignas(32) float out[8];
+    memcpy(in, src + i, (size_t)m * 2);
+    _mm256_store_ps(out, _mm256_cvtph_ps(_mm_load_si128((const __m128i*)in)));
+    memcpy(dst + i, out, (size_t)m * 4);
+  }
+}
+
+void bf16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + i)));
+    _mm256_storeu_si256((__m256i*)(dst + i), _mm256_slli_epi32(w, 16));
+  }
+  for (; i < n; i++) {
+    const uint32_t u = (uint32_t)src[i] << 16;
+    memcpy(dst + i, &u, 4);
+  }
+}
+
+// 8 floats -> 8 bf16 bits in the low halves of 32-bit lanes: round to nearest even,
+// NaN -> (bits >> 16) | 0x40.
+__m256i bf16_round8(__m256i x) {
+  const __m256i abs = _mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff));
+  const __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));  // both sides < 2^31
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+  return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+
+void f32_to_bf16_avx2(uint16_t* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = bf16_round8(_mm256_loadu_si256((const __m256i*)(src + i)));
+    const __m256i b = bf16_round8(_mm256_loadu_si256((const __m256i*)(src + i + 8)));
+    // packus works per 128-bit lane (values are <= 0xffff, so it does not saturate): restore order
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+    _mm256_storeu_si256((__m256i*)(dst + i), p);
+  }
+  for (; i < n; i += 8) {
+    const int64_t m = n - i < 8 ? n - i : 8;
+    alignas(32) float in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    alignas(32) uint32_t out[8];
+    memcpy(in, src + i, (size_t)m * 4);
+    _mm256_store_si256((__m256i*)out, bf16_round8(_mm256_load_si256((const __m256i*)in)));
+    for (int64_t j = 0; j < m; j++) dst[i + j] = (uint16_t)out[j];
+  }
+}
+
+}  // namespace
+
+const ConvertKernels convert_kernels_avx2 = {f16_to_f32_avx2, bf16_to_f32_avx2, f32_to_bf16_avx2};
+
+}  // namespace qf

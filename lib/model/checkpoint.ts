@@ -19,6 +19,8 @@ export interface Checkpoint {
   /** file or directory it came from ('synthetic:<seed>' for built ones) */
   readonly path: string;
   readonly config: LlamaConfig;
+  /** The config.json it was loaded from (Hugging Face and GPTQ directories): exporters keep its fields. */
+  readonly hfConfig?: Record<string, unknown>;
   /** One weight as fp32 (out, in) row-major; reads only that tensor from disk. */
   weight(name: string): Float32Array;
   /**

@@ -2,13 +2,14 @@
 // a runtime Checkpoint: quantizedWeight() hands each linear over in the canonical
 // packed format, so the model runs it on the dequant-matmul kernels; weight()
 // dequantizes to fp32 for callers that need floats (and for act-order checkpoints).
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
 import type { Checkpoint, TensorSource } from './checkpoint.js';
 import { configFromHf, weightNames, weightShape, type LlamaConfig } from './config.js';
 import { hfModuleName, readHfConfigJson } from './hf.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
+import { loadLlama2cTokenizer } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Bits } from '../ops/quant.js';
 import type { QuantizedTensor } from '../ops/quant.js';
@@ -95,7 +96,10 @@ export class GptqCheckpoint implements Checkpoint {
     return fromGptq(this.gptqTensors(base), N, K, this.q.bits, this.q.format);
   }
 
+  /** tokenizer.json, or the llama2.c tokenizer.bin quantform writes for checkpoints that came without one (llama2.c, GGUF). */
   async tokenizer(): Promise<Tokenizer> {
+    const bin = path.join(this.path, 'tokenizer.bin');
+    if (!existsSync(path.join(this.path, 'tokenizer.json')) && existsSync(bin)) return loadLlama2cTokenizer(bin, this.config.vocabSize);
     return loadHfTokenizer(this.path, this.config);
   }
 

@@ -15,7 +15,7 @@ import { calibrationFromText, type CalibrationSet } from '../engine/calib.js';
 import { TrainableLlama } from '../engine/llama.js';
 import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
-import { saveGptq, type SaveOptions } from '../export/save.js';
+import { saveGptq, tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { methodNames, type ProgressEvent } from '../methods/index.js';
 import {
   memoryNeed, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
@@ -184,10 +184,7 @@ export function registerQuantize(program: Command): void {
           console.log(`no --model: ${o.method} W${o.bits} g${o.groupSize}${o.sym ? ' sym' : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
             'calibration TinyStories stories 201-400, evaluation on held-out stories 1-64; pass --model PATH for your own checkpoint');
         const tokenizer = await ck.tokenizer();
-        const save: SaveOptions = {
-          tokenizerDir: ck.format === 'safetensors' || ck.format === 'gptq' ? ck.path : undefined,
-          tokenizer, maxShardBytes: o.shardSize * 1e9,
-        };
+        const save: SaveOptions = { tokenizerDir: tokenizerDirOf(ck), tokenizer, maxShardBytes: o.shardSize * 1e9 };
         const evaluation = evalSpec(o, defaultJob);
         const abort = new AbortController();
         const onSigint = () => {

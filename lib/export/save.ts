@@ -15,6 +15,7 @@ import { DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter, type TensorSpec } from '../
 import type { StoredDType } from '../io/tensors.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
 import type { QuantizedModel, QuantizeReport } from '../methods/quantize-model.js';
+import type { Checkpoint } from '../model/checkpoint.js';
 import { weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { QuantizedTensor } from '../ops/quant.js';
@@ -29,6 +30,11 @@ const QUANTIZED = /^layers\.\d+\.(wq|wk|wv|wo|w_gate|w_up|w_down)$/;
 /** Whether the GPTQ export stores weight `name` quantized (the block linears; lm_head stays as it is). */
 export function isQuantizedLinear(name: string): boolean {
   return QUANTIZED.test(name);
+}
+
+/** The directory whose tokenizer files an export of `ck` copies (Hugging Face and GPTQ directories). */
+export function tokenizerDirOf(ck: Checkpoint): string | undefined {
+  return ck.format === 'safetensors' || ck.format === 'gptq' ? ck.path : undefined;
 }
 
 /** What a GPTQ directory is written from, one canonical weight at a time (weightNames order). */

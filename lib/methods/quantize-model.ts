@@ -15,7 +15,7 @@ import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import { GptqWriter, gptqSourceOf, isQuantizedLinear, type GptqSource, type SaveOptions } from '../export/save.js';
+import { GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
 import { FLOAT_DTYPES, readRaw } from '../io/tensors.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
@@ -243,7 +243,10 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
       return q;
     },
   };
-  const writer = new GptqWriter(src, out, hooks.save);
+  // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
+  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
+  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+  const writer = new GptqWriter(src, out, save);
   try {
     const total = writer.names.length;
     for (let i = 1, name = writer.step(); name !== null; i++, name = writer.step()) {
@@ -296,7 +299,7 @@ export interface MemoryNeed {
  * trainer streams blocks.
  */
 export function memoryNeed(cfg: LlamaConfig, method: string, train: { samples?: number; seqLen?: number; batchSize?: number } = {}): MemoryNeed {
-  const gb = (b: number) => `${(b / 1e9).toFixed(3)} GB`;
+  const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
   if (method === 'rtn') {
     let worst = { name: '', n: 0 };
     for (const name of weightNames(cfg)) {

@@ -1,5 +1,6 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchLoad } from './bench-load.js';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
@@ -13,4 +14,5 @@ export function registerBench(program: Command): void {
   registerBenchTrain(bench);
   registerBenchTeq(bench);
   registerBenchMatmul(bench);
+  registerBenchLoad(bench);
 }

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -83,6 +84,12 @@ void widen(const ConvertKernels& k, DType src, float* dst, const void* s, int64_
 
 }  // namespace
 
+void advise_huge_pages(void* p, size_t bytes) {
+  constexpr uintptr_t kPage = 4096;
+  const uintptr_t b = ((uintptr_t)p + kPage - 1) & ~(kPage - 1), e = ((uintptr_t)p + bytes) & ~(kPage - 1);
+  if (bytes >= (size_t(1) << 21) && e > b) madvise((void*)b, e - b, MADV_HUGEPAGE);
+}
+
 Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
                        size_t dst_row_len, float* dst, size_t dst_len, const char* what) {
   const std::string name = what ? what : "tensor";
@@ -124,15 +131,20 @@ Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t 
   const int64_t per = std::max<int64_t>(1, kChunkBytes / (unit * esz));
   const int64_t chunks = (units + per - 1) / per;
   const bool direct = src == DType::F32 && !dst_row;  // f32 in file order lands in place
-  const size_t slot_bytes = (size_t)(per * unit * esz);
-  const int threads = num_threads();
-  std::vector<uint8_t> staging(direct ? 0 : (size_t)threads * slot_bytes);  // (threads, slot_bytes)
+  const size_t slot_bytes = (size_t)(std::min(per, units) * unit * esz);
+  const int threads = (int)std::min<int64_t>(num_threads(), chunks);
+  // (threads, slot_bytes), reused across calls by the calling thread: a fresh
+  // buffer per tensor would fault its pages in again for every small tensor
+  thread_local std::vector<uint8_t> staging;
+  if (!direct && staging.size() < (size_t)threads * slot_bytes) staging.resize((size_t)threads * slot_bytes);
+  uint8_t* const stage = staging.data();  // the workers' own thread_local copies are empty: pass the caller's
+  advise_huge_pages(dst, dst_len * sizeof(float));
   std::atomic<int> slots{0};
   FirstError err;
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     try {
       // the pool makes at most num_threads() calls per job: one slot each
-      uint8_t* buf = direct ? nullptr : staging.data() + (size_t)(slots.fetch_add(1) % threads) * slot_bytes;
+      uint8_t* buf = direct ? nullptr : stage + (size_t)(slots.fetch_add(1) % threads) * slot_bytes;
       for (int64_t c = c0; c < c1 && !err.failed(); c++) {
         const int64_t u0 = c * per, n = std::min(per, units - u0);
         void* to = direct ? (void*)(dst + u0) : (void*)buf;

@@ -4,6 +4,7 @@ import { registerBenchLoad } from './bench-load.js';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
+import { registerBenchScale } from './bench-scale.js';
 import { registerBenchTeq } from './bench-teq.js';
 import { registerBenchTrain } from './bench-train.js';
 
@@ -15,4 +16,5 @@ export function registerBench(program: Command): void {
   registerBenchTeq(bench);
   registerBenchMatmul(bench);
   registerBenchLoad(bench);
+  registerBenchScale(bench);
 }

@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ByteTokenizer, Model, SyntheticCheckpoint, loadModel, openCheckpoint } from '../lib/index.js';
+import { ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, loadModel, openCheckpoint } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
 import { TrainableLlama } from '../lib/engine/llama.js';
 import { SYNTHETIC_MODEL } from '../lib/cli/demo.js';
@@ -154,6 +154,20 @@ describe('streaming RTN output', () => {
     expect(b.forward(tokens).logits).toEqual(a.forward(tokens).logits);
     a.dispose();
     b.dispose();
+  });
+
+  it('a read error half-way through (a truncated shard) leaves neither the output nor a temp directory', async () => {
+    const out = path.join(tmp, 'st-fail');
+    const good = ck();
+    const failing = Object.assign(Object.create(Object.getPrototypeOf(good)) as SyntheticCheckpoint, good, {
+      weight: (n: string) => {
+        if (n === 'layers.1.w_up') throw new QuantformError('QF_CORRUPT_FILE', 'x.safetensors: unexpected end of file reading tensor w_up');
+        return good.weight(n);
+      },
+    });
+    await expect(quantizeCheckpointRtn(failing, out, { bits: 4 })).rejects.toThrow(/unexpected end of file reading tensor w_up/);
+    expect(existsSync(out)).toBe(false);
+    expect(leftovers(tmp)).toEqual([]);
   });
 
   it('an abort mid-way (Ctrl-C) leaves neither the output nor a temp directory', async () => {

@@ -131,7 +131,12 @@ export async function benchLoad(o: LoadBenchOptions = {}): Promise<LoadBenchResu
     for (const l of loads) timeInChild(dir, l.body);  // untimed: a VM's first touch of memory it has not used lately is slow for everyone
     for (let r = 0; r < rounds; r++) {
       cacheReads.push(pageCacheRead(gguf));
-      for (const l of loads) times.get(l.name)!.push(timeInChild(dir, l.body));
+      // the order rotates every round: a load right after another process freed (or
+      // fragmented) gigabytes pays or saves kernel page work that is not its own
+      for (let i = 0; i < loads.length; i++) {
+        const l = loads[(i + r) % loads.length];
+        times.get(l.name)!.push(timeInChild(dir, l.body));
+      }
       log(`round ${r + 1}/${rounds}: ${loads.map((l) => `${l.name} ${times.get(l.name)![r].toFixed(2)} s`).join('; ')}`);
     }
     const lim = await measureMachine({ parts: ['read', 'copy'] });

@@ -7,10 +7,10 @@
 // so a streaming quantizer holds one linear at a time. The directory appears only
 // when complete: it is built as a temp directory next to `out` and renamed at the
 // end (lib/io/atomic.ts); an error or abort() removes it.
-import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
-import { AtomicDir } from '../io/atomic.js';
+import { AtomicDir, writeFileAtomic } from '../io/atomic.js';
 import { DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter, type TensorSpec } from '../io/safetensors.js';
 import type { StoredDType } from '../io/tensors.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
@@ -148,17 +148,17 @@ export class GptqWriter {
           quantform: { method: report.method },
         },
       };
-      writeFileSync(this.dir.file('config.json'), JSON.stringify(config, null, 2) + '\n');
+      writeFileAtomic(this.dir.file('config.json'), JSON.stringify(config, null, 2) + '\n');
       const tdir = this.opts.tokenizerDir;
       const hfTokenizer = tdir !== undefined && existsSync(path.join(tdir, 'tokenizer.json'));
       if (hfTokenizer) {
-        for (const f of TOKENIZER_FILES) if (existsSync(path.join(tdir, f))) copyFileSync(path.join(tdir, f), this.dir.file(f));
+        for (const f of TOKENIZER_FILES) if (existsSync(path.join(tdir, f))) writeFileAtomic(this.dir.file(f), readFileSync(path.join(tdir, f)));
       } else if (this.opts.tokenizer instanceof SentencePieceBpe) {
-        writeFileSync(this.dir.file('tokenizer.bin'), this.opts.tokenizer.toLlama2cBytes());
+        writeFileAtomic(this.dir.file('tokenizer.bin'), this.opts.tokenizer.toLlama2cBytes());
       }
-      writeFileSync(this.dir.file('quantform_report.json'), JSON.stringify(report, null, 2) + '\n');
+      writeFileAtomic(this.dir.file('quantform_report.json'), JSON.stringify(report, null, 2) + '\n');
       if (report.lossCurve.length > 0)
-        writeFileSync(this.dir.file('loss.svg'), lossCurveSvg(report.lossCurve, `${report.method} W${q.bits} g${q.groupSize}${q.symmetric ? ' sym' : ''}`));
+        writeFileAtomic(this.dir.file('loss.svg'), lossCurveSvg(report.lossCurve, `${report.method} W${q.bits} g${q.groupSize}${q.symmetric ? ' sym' : ''}`));
       this.dir.commit();
     } catch (e) {
       this.abort();

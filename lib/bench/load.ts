@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { seededRandom } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
 import { packageRoot } from '../native.js';
 import { measureMachine } from './machine.js';
@@ -75,6 +76,16 @@ function timeInChild(dir: string, body: string): number {
   return (JSON.parse(r.stdout.trim().split('\n').pop()!) as { s: number }).s;
 }
 
+function shuffled<T>(xs: T[], seed: number): T[] {
+  const out = [...xs];
+  const rand = seededRandom(seed);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
 /** One thread reading `file` end to end through an 8 MiB buffer: what the page cache delivers to a plain reader. */
 function pageCacheRead(file: string): number {
   const buf = Buffer.allocUnsafe(8 << 20);
@@ -131,12 +142,9 @@ export async function benchLoad(o: LoadBenchOptions = {}): Promise<LoadBenchResu
     for (const l of loads) timeInChild(dir, l.body);  // untimed: a VM's first touch of memory it has not used lately is slow for everyone
     for (let r = 0; r < rounds; r++) {
       cacheReads.push(pageCacheRead(gguf));
-      // the order rotates every round: a load right after another process freed (or
-      // fragmented) gigabytes pays or saves kernel page work that is not its own
-      for (let i = 0; i < loads.length; i++) {
-        const l = loads[(i + r) % loads.length];
-        times.get(l.name)!.push(timeInChild(dir, l.body));
-      }
+      // a fresh order every round (seeded): on a VM a load right after another
+      // process freed gigabytes pays or saves page work that is not its own
+      for (const l of shuffled(loads, r)) times.get(l.name)!.push(timeInChild(dir, l.body));
       log(`round ${r + 1}/${rounds}: ${loads.map((l) => `${l.name} ${times.get(l.name)![r].toFixed(2)} s`).join('; ')}`);
     }
     const lim = await measureMachine({ parts: ['read', 'copy'] });

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,12 +83,6 @@ void widen(const ConvertKernels& k, DType src, float* dst, const void* s, int64_
 
 }  // namespace
 
-void advise_huge_pages(void* p, size_t bytes) {
-  constexpr uintptr_t kPage = 4096;
-  const uintptr_t b = ((uintptr_t)p + kPage - 1) & ~(kPage - 1), e = ((uintptr_t)p + bytes) & ~(kPage - 1);
-  if (bytes >= (size_t(1) << 21) && e > b) madvise((void*)b, e - b, MADV_HUGEPAGE);
-}
-
 Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
                        size_t dst_row_len, float* dst, size_t dst_len, const char* what) {
   const std::string name = what ? what : "tensor";
@@ -138,7 +131,6 @@ Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t 
   thread_local std::vector<uint8_t> staging;
   if (!direct && staging.size() < (size_t)threads * slot_bytes) staging.resize((size_t)threads * slot_bytes);
   uint8_t* const stage = staging.data();  // the workers' own thread_local copies are empty: pass the caller's
-  advise_huge_pages(dst, dst_len * sizeof(float));
   std::atomic<int> slots{0};
   FirstError err;
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {

@@ -2,7 +2,6 @@
 // pass in one call (llama_model.h). Activations are allocated per call, sized by
 // (B, T); the cache persists across calls for incremental decoding.
 #include "quantform/llama_model.h"
-#include "quantform/convert.h"
 #include "quantform/formats.h"
 
 #include <algorithm>
@@ -139,10 +138,7 @@ Status LlamaModel::fill_weight(const std::string& name, size_t n, const std::fun
     return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" +
                                           std::to_string(s.rows) + ", " + std::to_string(s.cols) + ") for weight '" +
                                           name + "' but received " + std::to_string(n));
-  std::vector<float> w;
-  w.reserve(n);
-  advise_huge_pages(w.data(), n * sizeof(float));
-  w.resize(n);
+  std::vector<float> w(n);
   QF_TRY(fill(w.data()));
   if (s.vec) {
     *s.vec = std::move(w);

@@ -42,13 +42,6 @@ const ConvertKernels& convert_kernels();  // the active tier's table
 Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
                        size_t dst_row_len, float* dst, size_t dst_len, const char* what);
 
-// Advises transparent huge pages for [p, p + bytes) when it spans at least 2 MiB:
-// freshly allocated weights are written once at load and then streamed by every
-// forward, and 2 MiB pages cut the page faults of that first touch 512-fold
-// (seconds for a 7B model on a VM whose faults are slow) and the GEMMs' TLB
-// misses. THP in "madvise" mode (the common default) applies only to advised ranges.
-void advise_huge_pages(void* p, size_t bytes);
-
 // Converts n elements between f32 and f16/bf16 on the thread pool: src and dst
 // dtypes F32 -> BF16, BF16 -> F32 or F16 -> F32 (others: Unsupported).
 Status convert_span(Span dst, Span src);

@@ -46,6 +46,17 @@ export interface NativeLlamaConfig {
   tied: boolean;
 }
 
+/** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */
+export interface NativeStoredWeight {
+  name: string;
+  fd: number;
+  offset: number;
+  dtype: NativeDType;
+  rows: number;
+  cols: number;
+  dstRow: Int32Array | null;
+}
+
 /** native/addon/llama.cpp LlamaModel: weights and KV cache in native memory. */
 export interface NativeLlamaModel {
   /** name: embed | final_norm | lm_head | layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|w_gate|w_up|w_down> */
@@ -54,8 +65,11 @@ export interface NativeLlamaModel {
   setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
-  /** A stored f32/f16/bf16 tensor read and widened straight into the model (native/include/quantform/convert.h read_tensor_f32). */
-  setWeightFromFile(name: string, fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null): void;
+  /**
+   * Stored f32/f16/bf16 tensors read and widened straight into the model (native/include/quantform/convert.h
+   * read_tensor_f32), their storage first touched in parallel; all or nothing.
+   */
+  setWeightsFromFile(entries: NativeStoredWeight[]): void;
   /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: true): Promise<Float32Array>;

@@ -126,6 +126,29 @@ describe('awkward lengths and misaligned views: the tails take the same path and
     });
 });
 
+describe('long outputs (streaming stores past a masked head) at every destination alignment', () => {
+  const r = rng(5);
+  const n = 300001;  // above the streaming threshold (2^16), odd
+  const src = Uint16Array.from({ length: n + 16 }, () => r() & 0xffff);
+  for (const tier of tiers)
+    it(tier, () => {
+      for (const dt of ['f16', 'bf16'] as const)
+        for (const shift of [0, 1, 5, 15]) {  // dst 64-byte aligned, and 4, 20, 60 bytes past it
+          const all = new Float32Array(n + 32).fill(-7);
+          const dst = all.subarray(shift, shift + n);
+          const s = src.subarray(shift, shift + n);
+          withTier(tier, () => io.convert(dst, 'f32', s, dt));
+          const got = new Uint32Array(dst.buffer, dst.byteOffset, n);
+          for (let i = 0; i < n; i++) {
+            const w = dt === 'f16' ? f16Oracle(s[i]) : (s[i] << 16) >>> 0;
+            if (got[i] !== w) expect(`${dt} shift ${shift} i=${i}: 0x${got[i].toString(16)}`).toBe(`0x${w.toString(16)}`);
+          }
+          expect(all[shift + n]).toBe(-7);
+          if (shift) expect(all[shift - 1]).toBe(-7);
+        }
+    });
+});
+
 describe('readTensor (native positional reads)', () => {
   // (rows, cols) bits at byte `at` of a file after junk, for each stored dtype
   const rows = 700, cols = 1000;  // 1.4 MB of f16: several 1 MiB chunks, both threads

@@ -12,7 +12,6 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint, TensorSource } from './checkpoint.js';
 import { configFromHf, weightNames, weightShape, type LlamaConfig } from './config.js';
 
-export { readSafetensorsHeader } from '../io/safetensors.js';
 
 const LAYER_HF: Record<string, string> = {
   attn_norm: 'input_layernorm', ffn_norm: 'post_attention_layernorm',

@@ -2,7 +2,7 @@
 // memory (one LlamaModel per Model) and whose forward pass is one native call.
 import { existsSync, statSync } from 'node:fs';
 import { QuantformError, fromNative, invalidParameter, is } from '../errors.js';
-import { native, type NativeLlamaModel } from '../native.js';
+import { native, type NativeLlamaModel, type NativeStoredWeight } from '../native.js';
 import { Tensor } from '../ops/tensor.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -76,6 +76,7 @@ export class Model {
       // straight into the model's memory; quantized checkpoints hand their linears
       // over packed (they run on the INT4 kernels); anything else (synthetic,
       // dequantized) goes through weight().
+      const stored: NativeStoredWeight[] = [];
       for (const name of weightNames(cfg)) {
         const q = checkpoint.quantizedWeight?.(name) ?? null;
         const src = q ? null : checkpoint.tensorSource?.(name) ?? null;
@@ -84,9 +85,10 @@ export class Model {
           this.linears.set(name, new QuantizedLinear(q));
         } else if (src) {
           const [rows, cols] = rowsCols(src.tensor);
-          this.handle.setWeightFromFile(name, src.tensor.file.fd, src.tensor.offset, nativeFloatDtype(src.tensor), rows, cols, src.dstRow);
+          stored.push({ name, fd: src.tensor.file.fd, offset: src.tensor.offset, dtype: nativeFloatDtype(src.tensor), rows, cols, dstRow: src.dstRow });
         } else this.handle.setWeight(name, checkpoint.weight(name));
       }
+      this.handle.setWeightsFromFile(stored);
     } catch (e) {
       this.handle?.dispose();
       throw fromNative(e);

@@ -1,8 +1,10 @@
 // AVX2 16-bit float conversions: F16C's vcvtph2ps widens binary16 (exact, quiets
-// signalling NaNs as _ref does); bf16 is integer shifts. Tails go through a
-// zero-padded register-sized buffer so they take the same instructions.
+// signalling NaNs as _ref does); bf16 is integer shifts. Heads and tails go
+// through a zero-padded register-sized buffer so they take the same
+// instructions; long outputs use streaming stores.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "quantform/convert.h"
@@ -10,34 +12,48 @@
 namespace qf {
 namespace {
 
-void f16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
+// Outputs at least this long (floats) bypass the cache with streaming stores: a
+// loaded weight is not read again soon, and plain stores would first read every
+// destination line for ownership (1.5x the memory traffic of the conversion).
+constexpr int64_t kStreamMin = 1 << 16;
+
+// dst (m <= 8) <- cvt(src (m)) through zero-padded registers: the same instructions as the body.
+template <class Cvt>
+void widen_short(float* dst, const uint16_t* src, int64_t m, Cvt cvt) {
+  alignas(32) uint16_t in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  alignas(32) float out[8];
+  memcpy(in, src, (size_t)m * 2);
+  _mm256_store_ps(out, cvt(_mm_load_si128((const __m128i*)in)));
+  memcpy(dst, out, (size_t)m * 4);
+}
+
+// dst (n) <- cvt(src (n)), 8 lanes at a time; cvt maps 8 halves to 8 floats.
+template <class Cvt>
+void widen(float* dst, const uint16_t* src, int64_t n, Cvt cvt) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i)));
-    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i + 8)));
-    _mm256_storeu_ps(dst + i, a);
-    _mm256_storeu_ps(dst + i + 8, b);
+  if (n >= kStreamMin) {
+    // up to the next 32-byte boundary of dst (floats are 4-byte aligned), then aligned streaming stores
+    const int64_t head = (int64_t)(((32 - ((uintptr_t)dst & 31)) & 31) / 4);
+    if (head) widen_short(dst, src, head, cvt);
+    for (i = head; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, cvt(_mm_loadu_si128((const __m128i*)(src + i))));
+    _mm_sfence();  // streaming stores are weakly ordered: visible before the caller (or another thread) reads dst
+  } else {
+    for (; i + 16 <= n; i += 16) {
+      const __m256 a = cvt(_mm_loadu_si128((const __m128i*)(src + i)));
+      const __m256 b = cvt(_mm_loadu_si128((const __m128i*)(src + i + 8)));
+      _mm256_storeu_ps(dst + i, a);
+      _mm256_storeu_ps(dst + i + 8, b);
+    }
   }
-  for (; i < n; i += 8) {
-    const int64_t m = n - i < 8 ? n - i : 8;
-    alignas(32) uint16_t in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    alignas(32) float out[8];
-    memcpy(in, src + i, (size_t)m * 2);
-    _mm256_store_ps(out, _mm256_cvtph_ps(_mm_load_si128((const __m128i*)in)));
-    memcpy(dst + i, out, (size_t)m * 4);
-  }
+  for (; i < n; i += 8) widen_short(dst + i, src + i, n - i < 8 ? n - i : 8, cvt);
+}
+
+void f16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
+  widen(dst, src, n, [](__m128i h) { return _mm256_cvtph_ps(h); });
 }
 
 void bf16_to_f32_avx2(float* dst, const uint16_t* src, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + i)));
-    _mm256_storeu_si256((__m256i*)(dst + i), _mm256_slli_epi32(w, 16));
-  }
-  for (; i < n; i++) {
-    const uint32_t u = (uint32_t)src[i] << 16;
-    memcpy(dst + i, &u, 4);
-  }
+  widen(dst, src, n, [](__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); });
 }
 
 // 8 floats -> 8 bf16 bits in the low halves of 32-bit lanes: round to nearest even,

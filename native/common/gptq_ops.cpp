@@ -281,9 +281,10 @@ Status quantize(Span codes, Span scales, Span zeros, double* loss, Span w, Span 
     c1 = std::min(K, c0 + c.block_size);
     if (!batch_start) {
       // a group starting inside the batch but ending after it would read columns
-      // still missing this batch's errors: end the batch at its first column
-      const int64_t s = (c0 / gs + 1) * gs;
-      if (s < c1 && std::min(s + gs, K) > c1) c1 = s;
+      // still missing this batch's errors: end the batch at its first column (only
+      // the batch's last group start can be such a group)
+      const int64_t s = (c1 - 1) / gs * gs;
+      if (s > c0 && std::min(s + gs, K) > c1) c1 = s;
     }
     const int64_t n = c1 - c0;
     const int64_t grain = std::max<int64_t>(1, 32768 / (n * n / 2 + n));

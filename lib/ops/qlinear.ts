@@ -4,9 +4,10 @@
 //   gradInput  (M, K) = gradOutput (M, N) · Ŵ
 //   gradScales (N, G) = Σ_{k ∈ g} (q[n, k] − z[n, g]) · (gradOutputᵀ x)[n, k]
 // Kernels and tiling: native/include/quantform/qlinear.h.
-import { fromNative, invalidParameter } from '../errors.js';
+import { fromNative, invalidParameter, QuantformError } from '../errors.js';
 import { f16ToF32 } from '../io/half.js';
 import { native, type FloatArray } from '../native.js';
+import { cudaBinding } from './cuda.js';
 import { checkQuantized, numGroups, type QuantizedTensor } from './quant.js';
 import { checkBuffer } from './tensor.js';
 
@@ -91,6 +92,27 @@ export async function quantLinearBackwardAsync(gradOutput: Float32Array, x: Floa
   const a = args(gradOutput, x, w, opts);
   try {
     await native().quantLinearBackward(a.gi, a.gs, gradOutput, x, a.M, w.codes, a.scales, a.zeros, a.N, a.K, w.bits, w.groupSize, w.symmetric, true);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  return { gradInput: a.gi, gradScales: a.gs };
+}
+
+type CudaQuantLinearBackward = (gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+  x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
+  bits: number, groupSize: number, symmetric: boolean) => void;
+
+/**
+ * quantLinearBackward on the GPU (quantform_cuda.node; same contract, host arrays in
+ * and out). Compiled in CI, not yet run on a GPU: see README.
+ */
+export function cudaQuantLinearBackward(gradOutput: Float32Array, x: Float32Array | null, w: QuantizedTensor,
+  opts: QuantLinearBackwardOptions = {}): QuantLinearGrads {
+  const a = args(gradOutput, x, w, opts);
+  const b = cudaBinding();
+  if (!b || typeof b.quantLinearBackward !== 'function') throw new QuantformError('QF_UNSUPPORTED', 'CUDA is not available (see cudaInfo().reason)');
+  try {
+    (b.quantLinearBackward as CudaQuantLinearBackward)(a.gi, a.gs, gradOutput, x, a.M, w.codes, a.scales, a.zeros, a.N, a.K, w.bits, w.groupSize, w.symmetric);
   } catch (e) {
     throw fromNative(e);
   }

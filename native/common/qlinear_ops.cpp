@@ -18,8 +18,9 @@ const QLinearKernels& qlinear_kernels() {
   return select_kernels(qlinear_kernels_ref, qlinear_kernels_ref, qlinear_kernels_avx512);
 }
 
-Status quant_linear_backward(Span dx, Span ds, Span dy, Span x, int64_t M, Span codes, Span scales, Span zeros,
-                             int64_t N, int64_t K, const QuantSpec& spec) {
+Status check_quant_linear_backward(const Span& dx, const Span& ds, const Span& dy, const Span& x, int64_t M,
+                                   const Span& codes, const Span& scales, const Span& zeros, int64_t N, int64_t K,
+                                   const QuantSpec& spec) {
   QF_TRY(check_spec(spec, N, K));
   QF_TRY(check_dim("M", M));
   QF_TRY(check_dim("N", N));
@@ -34,6 +35,12 @@ Status quant_linear_backward(Span dx, Span ds, Span dy, Span x, int64_t M, Span 
     QF_TRY(need_span("gradScales", ds, N * G, DType::F32));
     QF_TRY(need_span("x", x, M * K, DType::F32));
   }
+  return Status::Ok();
+}
+
+Status quant_linear_backward(Span dx, Span ds, Span dy, Span x, int64_t M, Span codes, Span scales, Span zeros,
+                             int64_t N, int64_t K, const QuantSpec& spec) {
+  QF_TRY(check_quant_linear_backward(dx, ds, dy, x, M, codes, scales, zeros, N, K, spec));
   const QLinearKernels& kt = qlinear_kernels();
   const float* zp = spec.symmetric ? nullptr : static_cast<const float*>(zeros.data);
   const uint8_t* cp = static_cast<const uint8_t*>(codes.data);

@@ -11,7 +11,7 @@
 //
 // Kernels trust their arguments (qlinear_ops.cpp checked them). One table per tier:
 // _ref (native/ref/qlinear.cpp: direct sums in double, the definition of correct)
-// and _avx512; the CUDA variant is native/cuda/qlinear.cu.
+// and _avx512; the CUDA variant is native/cuda/qlinear.cu (compiled, not yet run on a GPU).
 #pragma once
 #include <cstdint>
 
@@ -48,6 +48,11 @@ extern const QLinearKernels qlinear_kernels_ref;
 extern const QLinearKernels qlinear_kernels_avx512;
 
 const QLinearKernels& qlinear_kernels();  // the active tier's table (ref below AVX-512)
+
+// The argument checks of quant_linear_backward (also run by the CUDA entry point).
+Status check_quant_linear_backward(const Span& dx, const Span& ds, const Span& dy, const Span& x, int64_t M,
+                                   const Span& codes, const Span& scales, const Span& zeros, int64_t N, int64_t K,
+                                   const QuantSpec& spec);
 
 // dx (M, K) f32 or null (skipped), overwritten; ds (N, G) f32 or null, accumulated;
 // dy (M, N), x (M, K) f32 (x may be empty when ds is null); codes (N, row_bytes);

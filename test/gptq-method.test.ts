@@ -90,15 +90,15 @@ describe.skipIf(!have)('GPTQ method on stories260K', () => {
     for (const r of q.report.linears) expect(r.errorAfter).toBeGreaterThan(0);
   });
 
-  for (const [bits, gs, sym] of [[4, 32, false], [3, 32, true], [2, 64, false]] as const)
-    it(`a ${bits}-bit GPTQ checkpoint (g${gs} ${sym ? 'sym' : 'asym'}) loads into the runtime on its packed kernels`, async () => {
+  for (const [bits, gs, sym] of [[4, 32, false], [3, 32, true], [2, 64, false], [4, 1 << 20, false]] as const)
+    it(`a ${bits}-bit GPTQ checkpoint (${gs > 172 ? 'per-channel' : `g${gs}`} ${sym ? 'sym' : 'asym'}) loads into the runtime on its packed kernels`, async () => {
       const q = await quantizeModel(model, { method: 'gptq', bits, groupSize: gs, symmetric: sym, calibration: cal });
       const dir = mkdtempSync(path.join(os.tmpdir(), 'qf-gptq-m-'));
       try {
         const out = path.join(dir, 'm');
         saveGptq(q, out, { tokenizerDir: modelDir });
         const cfg = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'));
-        expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits, group_size: gs, sym, desc_act: false });
+        expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits, group_size: gs > 172 ? -1 : gs, sym, desc_act: false });
         const m = await loadModel(out);
         try {
           for (let l = 0; l < model.shape.layers; l++)
@@ -127,6 +127,6 @@ describe.skipIf(!have)('GPTQ method on stories260K', () => {
   it('bad input: no calibration, bad damp, bad paramsFrom', async () => {
     await expect(quantizeModel(model, { method: 'gptq', bits: 4 })).rejects.toThrow(/Method 'gptq' needs calibration data/);
     await expect(quantizeModel(model, { method: 'gptq', bits: 4, calibration: cal, gptq: { damp: -1 } })).rejects.toThrow(/Expected number >= 0 for damp but received -1 of type number/);
-    await expect(quantizeModel(model, { method: 'gptq', bits: 4, calibration: cal, gptq: { paramsFrom: 'late' as 'updated' } })).rejects.toThrow(/Expected 'updated' or 'batch-start' for paramsFrom but received 'late'/);
+    await expect(quantizeModel(model, { method: 'gptq', bits: 4, calibration: cal, gptq: { paramsFrom: 'late' as 'updated' } })).rejects.toThrow(/Expected 'updated', 'batch-start' or 'best' for paramsFrom but received 'late'/);
   });
 });

@@ -1,5 +1,6 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
@@ -12,5 +13,6 @@ export function registerBench(program: Command): void {
   registerBenchModel(bench);
   registerBenchTrain(bench);
   registerBenchTeq(bench);
+  registerBenchGptq(bench);
   registerBenchMatmul(bench);
 }

@@ -37,7 +37,7 @@ interface QuantizeCliOpts {
   resume?: boolean;
   evalIds?: string;
   damp?: number;
-  gptqParams?: 'updated' | 'batch-start';
+  gptqParams?: 'updated' | 'batch-start' | 'best';
 }
 
 function numberOption(v: string): number {
@@ -103,7 +103,7 @@ export function registerQuantize(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
-    .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights or, as the reference code, the lazy batch's 'batch-start' weights", 'updated')
+    .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();

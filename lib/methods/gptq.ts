@@ -23,8 +23,11 @@ export interface GptqMethodOptions {
   damp?: number;
   /** Lazy batch (columns). Default 128. */
   blockSize?: number;
-  /** See GptqOptions.paramsFrom. Default 'updated'. */
-  paramsFrom?: 'updated' | 'batch-start';
+  /**
+   * See GptqOptions.paramsFrom; 'best' runs both readings for every group of linears
+   * and keeps the one with the lower GPTQ error (its damped objective). Default 'updated'.
+   */
+  paramsFrom?: 'updated' | 'batch-start' | 'best';
   /** Also compute tr((W - Ŵ) H (W - Ŵ)ᵀ) of GPTQ and of RTN for every linear (costs N K² per linear). Default false. */
   objectives?: boolean;
 }
@@ -111,7 +114,7 @@ function resolve(o: GptqMethodOptions = {}): Required<Omit<GptqMethodOptions, 'o
   const r = { damp: o.damp ?? 0.01, blockSize: o.blockSize ?? 128, paramsFrom: o.paramsFrom ?? 'updated', objectives: o.objectives ?? false };
   if (!is.finiteNumber(r.damp) || r.damp < 0) throw invalidParameter('number >= 0', 'damp', r.damp);
   if (!is.positiveInteger(r.blockSize) || r.blockSize > 512) throw invalidParameter('integer in [1, 512]', 'blockSize', r.blockSize);
-  if (!is.oneOf(r.paramsFrom, ['updated', 'batch-start'] as const)) throw invalidParameter("'updated' or 'batch-start'", 'paramsFrom', r.paramsFrom);
+  if (!is.oneOf(r.paramsFrom, ['updated', 'batch-start', 'best'] as const)) throw invalidParameter("'updated', 'batch-start' or 'best'", 'paramsFrom', r.paramsFrom);
   if (!is.bool(r.objectives)) throw invalidParameter('boolean', 'objectives', r.objectives);
   return r;
 }
@@ -175,11 +178,17 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
       }
       const gopts: GptqOptions = {
         bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16',
-        damp: o.damp, blockSize: o.blockSize, paramsFrom: o.paramsFrom,
+        damp: o.damp, blockSize: o.blockSize,
       };
+      const wt = new Tensor(Wst, [Wst.length / K, K]);
       let res;
       try {
-        res = await gptqQuantizeAsync(new Tensor(Wst, [Wst.length / K, K]), H, gopts);
+        if (o.paramsFrom !== 'best') res = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: o.paramsFrom });
+        else {
+          const a = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: 'updated' });
+          const b = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: 'batch-start' });
+          res = b.loss < a.loss ? b : a;
+        }
       } catch (e) {
         const err = fromNative(e);
         throw new QuantformError(err.code, `GPTQ of layer ${l} ${grp.linears.join('/')}: ${err.message}`, { cause: e });

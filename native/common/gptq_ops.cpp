@@ -36,7 +36,8 @@ void gemm_tile(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int
 }
 
 constexpr int64_t kFactorBlock = 128;  // diagonal blocks of the factorization
-constexpr int64_t kTile = 64;          // output columns per GEMM task (factorization, Hessian)
+constexpr int64_t kTile = 64;          // output columns per GEMM task (factorization)
+constexpr int64_t kHessTile = 256;     // output columns per GEMM task of the Hessian
 constexpr int64_t kTrailTile = 256;    // output columns per task of the trailing update
 
 // Every parallel GEMM here needs one packing buffer per slot.
@@ -211,8 +212,8 @@ Status hessian_accumulate(Span H, Span x, int64_t T, int64_t K, int64_t rows_bef
     for (int64_t i = 0; i < K * K; i++) h[i] *= up;
   }
   Slots slots;
-  slots.run((K + kTile - 1) / kTile, [&](int64_t t, float* pack) {
-    const int64_t c0 = t * kTile, c1 = std::min(K, c0 + kTile);
+  slots.run((K + kHessTile - 1) / kHessTile, [&](int64_t t, float* pack) {
+    const int64_t c0 = t * kHessTile, c1 = std::min(K, c0 + kHessTile);
     // lower part only: columns [c0, c1), rows >= c0; A(m, t) = x[t, c0 + m]
     gemm_tile(h + c0 * K, K, StridedMat{xs + c0, 1, K}, StridedMat{xs, K, 1}, K - c0, K, T, rows_before > 0, c0, c1,
               pack);

@@ -15,7 +15,7 @@ import type { ScheduleKind } from '../engine/optim.js';
 import type { GptqMethodOptions } from './gptq.js';
 
 export interface QuantizeModelOptions {
-  /** A registered method: 'rtn', 'teq'. */
+  /** A registered method: 'rtn', 'gptq', 'teq'. */
   method: string;
   bits: Bits;
   /** Default 128 (capped at each linear's input size). */

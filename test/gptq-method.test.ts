@@ -58,6 +58,9 @@ describe.skipIf(!have)('GPTQ method on stories260K', () => {
       return y;
     };
     expect(nmse(bi.input('n1', B), rms(x, slot(lay.g1.offset, D)))).toBeLessThan(ADAPTER_NMSE);
+    const n1 = bi.input('n1', B).slice();
+    bi.inputNorm(model.blocks[0], x, B);
+    expect(Array.from(bi.input('n1', B))).toEqual(Array.from(n1));  // the norm-only shortcut is the forward's n1, bit for bit
     const h = lin(bi.input('att', B), 'o_proj').map((v, i) => v + x[i]);
     expect(nmse(bi.input('n2', B), rms(h, slot(lay.g2.offset, D)))).toBeLessThan(ADAPTER_NMSE);
     const y = lin(bi.input('swiglu', B), 'down_proj').map((v, i) => v + h[i]);

@@ -101,6 +101,16 @@ export class BlockInputs {
     await this.nb.blockForward(cfg, out, this.acts.subarray(0, this.offsets(batch).total), x, params, null, true);
   }
 
+  /**
+   * Only the input norm of the block (the q/k/v input needs no more): fills the n1
+   * slot as forward would, with the same kernel, so input('n1') reads it.
+   */
+  inputNorm(params: Float32Array, x: Float32Array, batch: number): void {
+    const s = this.model.shape, T = batch * this.seq, D = s.hidden, g1 = blockLayout(s).g1.offset;
+    const n1 = this.offsets(batch).n1;
+    this.nb.rmsnormForward(this.acts.subarray(n1, n1 + T * D), this.acts.subarray(T * D, T * D + T), x, params.subarray(g1, g1 + D), T, D, s.rmsEps);
+  }
+
   /** The input of one group of linears from the last forward: (batch * seq, cols). */
   input(which: 'n1' | 'att' | 'n2' | 'swiglu', batch: number): Float32Array {
     const s = this.model.shape, T = batch * this.seq;
@@ -139,8 +149,8 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
   const B = forwardBatch(model, S, Ns);
   const blockIn = new BlockInputs(model, S, B);
   const lay = blockLayout(s);
-  let x = new Float32Array(Ns * S * D);  // (samples * seq, D) inputs of the current block
-  let y = new Float32Array(Ns * S * D);
+  const x = new Float32Array(Ns * S * D);  // (samples * seq, D) inputs of the current block
+  const y = new Float32Array(B * S * D);   // (B * seq, D) one chunk's block output
   try {
     nb.embeddingForward(x, cal.tokens, model.embed, Ns * S, s.vocab, D);
   } catch (e) {
@@ -150,12 +160,15 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
   const stats: GptqLinearStats[] = [];
   const total = s.layers * SEQUENCE.length;
   let done = 0;
-  // every sample chunk through the block with the current arena; `each` sees the chunk's outputs and saved inputs
-  const sweep = async (arena: Float32Array, each: (b0: number, bc: number) => Promise<void> | void) => {
+  // every sample chunk through the block with the current arena; `each` sees the chunk's
+  // output (y) and saved inputs before the next chunk runs
+  const sweep = async (arena: Float32Array, each: (b0: number, bc: number) => Promise<void> | void, normOnly = false) => {
     for (let b0 = 0; b0 < Ns; b0 += B) {
       const bc = Math.min(B, Ns - b0);
+      const xc = x.subarray(b0 * S * D, (b0 + bc) * S * D);
       try {
-        await blockIn.forward(arena, x.subarray(b0 * S * D, (b0 + bc) * S * D), y.subarray(b0 * S * D, (b0 + bc) * S * D), bc);
+        if (normOnly) blockIn.inputNorm(arena, xc, bc);
+        else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc);
       } catch (e) {
         throw fromNative(e);
       }
@@ -167,7 +180,7 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
     for (const grp of SEQUENCE) {
       const K = lay.linears[grp.linears[0]].cols;
       const H = new GptqHessian(K);
-      await sweep(arena, (_b0, bc) => H.addAsync(blockIn.input(grp.input, bc)));
+      await sweep(arena, (_b0, bc) => H.addAsync(blockIn.input(grp.input, bc)), grp.input === 'n1');
       // the group's fp32 weights stacked along rows: (sum of rows, K)
       const rows = grp.linears.map((n) => lay.linears[n].rows);
       const Wst = new Float32Array(rows.reduce((a, b) => a + b, 0) * K);
@@ -213,9 +226,8 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
       const sec = (performance.now() - t0) / 1000;
       onProgress?.({ phase: 'train', step: done, totalSteps: total, loss: res.loss, lr: 0, stepsPerSecond: done / sec, etaSeconds: (total - done) * sec / done, layer: l });
     }
-    // the next block's inputs: this block fully quantized
-    await sweep(arena, () => undefined);
-    [x, y] = [y, x];
+    // the next block's inputs: this block fully quantized (a chunk's inputs are read only by its own forward)
+    await sweep(arena, (b0, bc) => x.set(y.subarray(0, bc * S * D), b0 * S * D));
   }
   return { linears, stats, seconds: (performance.now() - t0) / 1000 };
 }

@@ -167,10 +167,10 @@ Status upper_inverse_factor(std::vector<float>& U, std::vector<uint8_t>& dead, c
                  "Expected a positive definite Hessian after damping (damp " + std::to_string(damp) + " x mean diagonal " +
                      std::to_string(mean) + "), but the Cholesky pivot of input column " + std::to_string(K - 1 - bad) +
                      " is not positive: increase damp, or calibrate on more (and more varied) tokens");
-  // U = J Minv J: upper, since Minv is lower
-  U.resize((size_t)(K * K));
+  // U = J Minv J: upper, since Minv is lower (written over A: two K x K buffers at most)
   for (int64_t i = 0; i < K; i++)
-    for (int64_t j = 0; j < K; j++) U[(size_t)(i * K + j)] = Minv[(size_t)((K - 1 - i) * K + (K - 1 - j))];
+    for (int64_t j = 0; j < K; j++) A[(size_t)(i * K + j)] = Minv[(size_t)((K - 1 - i) * K + (K - 1 - j))];
+  U.swap(A);
   return Status::Ok();
 }
 

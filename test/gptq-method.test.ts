@@ -127,6 +127,13 @@ describe.skipIf(!have)('GPTQ method on stories260K', () => {
       }
     });
 
+  it('an aborted signal stops GPTQ with QF_ABORTED', async () => {
+    const ac = new AbortController();
+    let events = 0;
+    const p = runGptq(model, cal!, { bits: 4, groupSize: 32, symmetric: false }, {}, { signal: ac.signal, onProgress: () => { if (++events === 2) ac.abort(); } });
+    await expect(p).rejects.toMatchObject({ code: 'QF_ABORTED', message: expect.stringMatching(/stopped before layer 0 gate_proj\/up_proj/) });
+  });
+
   it('bad input: no calibration, bad damp, bad paramsFrom', async () => {
     await expect(quantizeModel(model, { method: 'gptq', bits: 4 })).rejects.toThrow(/Method 'gptq' needs calibration data/);
     await expect(quantizeModel(model, { method: 'gptq', bits: 4, calibration: cal, gptq: { damp: -1 } })).rejects.toThrow(/Expected number >= 0 for damp but received -1 of type number/);

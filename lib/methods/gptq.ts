@@ -135,12 +135,16 @@ function forwardBatch(model: TrainableLlama, seq: number, samples: number): numb
   return Math.max(1, Math.min(samples, Math.floor((256 << 20) / perSeq)));
 }
 
-/**
- * True-sequential GPTQ of every linear of `model` (not modified) on the calibration
- * windows. Progress: one 'train' event per group of linears (loss = GPTQ's error sum).
- */
+export interface GptqHooks {
+  /** one 'train' event per group of linears (loss = GPTQ's error sum) */
+  onProgress?: (e: ProgressEvent) => void;
+  /** checked between groups of linears: stops with QF_ABORTED (GPTQ keeps no checkpoint) */
+  signal?: AbortSignal;
+}
+
+/** True-sequential GPTQ of every linear of `model` (not modified) on the calibration windows. */
 export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: GptqMethodOptions = {},
-  onProgress?: (e: ProgressEvent) => void): Promise<GptqRun> {
+  hooks: GptqHooks = {}): Promise<GptqRun> {
   const o = resolve(options);
   const t0 = performance.now();
   const s = model.shape, D = s.hidden, S = cal.seqLen, Ns = cal.samples;
@@ -178,6 +182,8 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
   for (let l = 0; l < s.layers; l++) {
     const arena = model.blocks[l].slice();  // quantized linears are replaced by their dequantized values
     for (const grp of SEQUENCE) {
+      if (hooks.signal?.aborted)
+        throw new QuantformError('QF_ABORTED', `GPTQ stopped before layer ${l} ${grp.linears.join('/')} (GPTQ keeps no checkpoint: a new run starts over)`);
       const K = lay.linears[grp.linears[0]].cols;
       const H = new GptqHessian(K);
       await sweep(arena, (_b0, bc) => H.addAsync(blockIn.input(grp.input, bc)), grp.input === 'n1');
@@ -224,7 +230,7 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
       }
       done++;
       const sec = (performance.now() - t0) / 1000;
-      onProgress?.({ phase: 'train', step: done, totalSteps: total, loss: res.loss, lr: 0, stepsPerSecond: done / sec, etaSeconds: (total - done) * sec / done, layer: l });
+      hooks.onProgress?.({ phase: 'train', step: done, totalSteps: total, loss: res.loss, lr: 0, stepsPerSecond: done / sec, etaSeconds: (total - done) * sec / done, layer: l });
     }
     // the next block's inputs: this block fully quantized (a chunk's inputs are read only by its own forward)
     await sweep(arena, (b0, bc) => x.set(y.subarray(0, bc * S * D), b0 * S * D));
@@ -246,7 +252,7 @@ export const gptq: QuantMethod = {
   needsCalibration: true,
   async prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult> {
     if (!ctx.calibration) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'gptq' needs calibration data");
-    const run = await runGptq(model, ctx.calibration, ctx.quant, ctx.gptq, ctx.onProgress);
+    const run = await runGptq(model, ctx.calibration, ctx.quant, ctx.gptq, { onProgress: ctx.onProgress, signal: ctx.signal });
     return { lossCurve: [], linears: run.linears };
   },
 };

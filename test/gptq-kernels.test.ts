@@ -19,9 +19,13 @@ const HESSIAN_NMSE = 1e-11;
 const FACTOR_IDENTITY_NMSE = 1e-7;
 /** AVX-512 vs _ref factor (same blocked algorithm; f32 vs double GEMM sums) */
 const FACTOR_TIER_NMSE = 1e-10;
-/** AVX-512 vs _ref column loop: f32 vs double error propagation may flip a rounding tie */
+/**
+ * AVX-512 vs _ref column loop: f32 vs double error propagation may flip a rounding
+ * tie; with one-column groups (g1) the errors are only the f16 rounding of the scales,
+ * and their f32 differences w - ŵ lose most of their digits
+ */
 const OBJECTIVE_TIER_REL = 1e-3;
-const LOSS_TIER_REL = 1e-4;
+const LOSS_TIER_REL = 1e-3;
 const CODES_TIER_AGREE = 0.99;
 /** the same exact-arithmetic result computed with other batch sizes */
 const OBJECTIVE_BATCH_REL = 2e-3;
@@ -121,6 +125,7 @@ describe('inverse factor U: upper, Uᵀ U (H + λI) = I', () => {
 interface Case { N: number; K: number; bits: Bits; gs: number | 'channel'; sym: boolean; from: 'updated' | 'batch-start'; dead?: number }
 const CASES: Case[] = [
   { N: 1, K: 37, bits: 4, gs: 8, sym: false, from: 'updated' },
+  { N: 2, K: 5, bits: 2, gs: 1, sym: false, from: 'batch-start' },
   { N: 3, K: 172, bits: 4, gs: 32, sym: false, from: 'updated', dead: 17 },
   { N: 17, K: 172, bits: 3, gs: 32, sym: true, from: 'batch-start' },
   { N: 7, K: 300, bits: 2, gs: 'channel', sym: false, from: 'updated' },

@@ -36,7 +36,7 @@ void gemm_tile(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int
 }
 
 constexpr int64_t kFactorBlock = 128;  // diagonal blocks of the factorization
-constexpr int64_t kTile = 64;          // output columns per GEMM task (factorization)
+constexpr int64_t kTile = 256;         // output columns per GEMM task (factorization)
 constexpr int64_t kHessTile = 256;     // output columns per GEMM task of the Hessian
 constexpr int64_t kTrailTile = 256;    // output columns per task of the trailing update
 

@@ -4,9 +4,9 @@
 //       (each chunk of Ŵ dequantized into the task's scratch, then multiplied);
 //   ds[n0:n1, :] += reduce over each group of (q - z) ⊙ (dyᵀ x)[n0:n1, k-chunk]
 //       (the chunk of dyᵀ x computed into scratch, then reduced against the codes).
-// Decoding a piece costs O(rows x cols), its GEMM O(M x rows x cols): for the
-// token counts of training (M in the hundreds) the decode is a small fraction, so
-// INT2/INT3 codes are unpacked by the scalar helper and INT4/INT8 by SIMD.
+// Decoding a piece costs O(rows x cols) against its GEMM's O(M x rows x cols), a
+// small fraction at training token counts (M in the hundreds); codes are unpacked
+// by SIMD byte shuffles (INT2/INT4), 24-bit words (INT3) or copied (INT8).
 // Sums run in f32 lanes (the reference uses double): named tolerances in
 // test/qlinear.test.ts.
 #include <immintrin.h>
@@ -43,6 +43,27 @@ void decode_codes(uint8_t* c8, const uint8_t* row, int64_t k0, int64_t k1, int b
       const __m128i lo = _mm_and_si128(b, lo_mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j), _mm_unpacklo_epi8(lo, hi));       // low nibble first
       _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+  } else if (bits == 2) {
+    // 16 bytes -> 64 codes: the four 2-bit fields of every byte, then interleaved so
+    // byte i's fields land at 4i .. 4i + 3 (lowest bits first)
+    const __m128i m2 = _mm_set1_epi8(0x03);
+    for (; j + 64 <= n; j += 64) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (k0 + j) / 4));
+      const __m128i f0 = _mm_and_si128(b, m2), f1 = _mm_and_si128(_mm_srli_epi16(b, 2), m2);
+      const __m128i f2 = _mm_and_si128(_mm_srli_epi16(b, 4), m2), f3 = _mm_and_si128(_mm_srli_epi16(b, 6), m2);
+      const __m128i a_lo = _mm_unpacklo_epi8(f0, f1), a_hi = _mm_unpackhi_epi8(f0, f1);  // (f0, f1) pairs
+      const __m128i b_lo = _mm_unpacklo_epi8(f2, f3), b_hi = _mm_unpackhi_epi8(f2, f3);  // (f2, f3) pairs
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j), _mm_unpacklo_epi16(a_lo, b_lo));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j + 16), _mm_unpackhi_epi16(a_lo, b_lo));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j + 32), _mm_unpacklo_epi16(a_hi, b_hi));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + j + 48), _mm_unpackhi_epi16(a_hi, b_hi));
+    }
+  } else if (bits == 3) {
+    for (; j + 8 <= n; j += 8) {  // one 24-bit word per block of 8 codes
+      const uint8_t* b = row + (k0 + j) / 8 * 3;
+      const uint32_t w = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16;
+      for (int t = 0; t < 8; t++) c8[j + t] = (uint8_t)((w >> (3 * t)) & 7u);
     }
   }
   for (; j < n; j++) c8[j] = (uint8_t)get_code(row, k0 + j, bits);

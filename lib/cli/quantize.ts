@@ -55,6 +55,8 @@ interface QuantizeCliOpts {
   evalTokens?: number;
   maxMemory?: number;
   shardSize: number;
+  damp?: number;
+  gptqParams?: 'updated' | 'batch-start' | 'best';
 }
 
 function numberOption(v: string): number {
@@ -133,7 +135,7 @@ function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => vo
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description('quantize a Llama checkpoint (rtn | teq) and save it in GPTQ format; without --model, the bundled stories260K')
+    .description(`quantize a Llama checkpoint (${methodNames().join(' | ')}) and save it in GPTQ format; without --model, the bundled stories260K`)
     .option('--model <path>', 'what `eval --model` accepts: Hugging Face directory (single or sharded safetensors), llama2.c .bin, .gguf, GPTQ directory; ' +
       "'synthetic' for the built-in random Llama with outlier channels; default: the bundled stories260K with TinyStories calibration and held-out text")
     .option('--tokenizer <file>', 'llama2.c tokenizer.bin when it is not next to a .bin checkpoint')
@@ -155,6 +157,8 @@ export function registerQuantize(program: Command): void {
     .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out')
+    .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
+    .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
@@ -210,6 +214,7 @@ export function registerQuantize(program: Command): void {
             const opts: QuantizeModelOptions = {
               method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
               batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
+              gptq: { damp: o.damp, paramsFrom: o.gptqParams },
             };
             const q = await quantizeModel(model, opts, {
               signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume: o.resume === true, onProgress: bar.onProgress,

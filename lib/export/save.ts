@@ -140,10 +140,12 @@ export class GptqWriter {
       if (this.next < this.names.length) throw new QuantformError('QF_INTERNAL', `GptqWriter.finish() after ${this.next} of ${this.names.length} weights`);
       this.writer.finish();
       const q = this.src.quant;
+      // per-channel (a group size >= every linear's K) is -1 in GPTQ tools' configs
+      const perChannel = this.names.filter(isQuantizedLinear).every((n) => q.groupSize >= weightShape(this.src.config, n)[1]);
       const config = {
         ...this.src.hfConfig,
         quantization_config: {
-          quant_method: 'gptq', bits: q.bits, group_size: q.groupSize, sym: q.symmetric, desc_act: false,
+          quant_method: 'gptq', bits: q.bits, group_size: perChannel ? -1 : q.groupSize, sym: q.symmetric, desc_act: false,
           checkpoint_format: this.format, true_sequential: true, damp_percent: 0,
           quantform: { method: report.method },
         },

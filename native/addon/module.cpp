@@ -10,6 +10,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_probe(env, exports);
   qf::register_train(env, exports);
   qf::register_io(env, exports);
+  qf::register_gptq(env, exports);
+  qf::register_qlinear(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

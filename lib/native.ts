@@ -46,6 +46,17 @@ export interface NativeLlamaConfig {
   tied: boolean;
 }
 
+/** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */
+export interface NativeStoredWeight {
+  name: string;
+  fd: number;
+  offset: number;
+  dtype: NativeDType;
+  rows: number;
+  cols: number;
+  dstRow: Int32Array | null;
+}
+
 /** native/addon/llama.cpp LlamaModel: weights and KV cache in native memory. */
 export interface NativeLlamaModel {
   /** name: embed | final_norm | lm_head | layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|w_gate|w_up|w_down> */
@@ -54,6 +65,11 @@ export interface NativeLlamaModel {
   setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
+  /**
+   * Stored f32/f16/bf16 tensors read and widened straight into the model (native/include/quantform/convert.h
+   * read_tensor_f32), their storage first touched in parallel; all or nothing.
+   */
+  setWeightsFromFile(entries: NativeStoredWeight[]): void;
   /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: true): Promise<Float32Array>;
@@ -108,6 +124,30 @@ export interface NativeBlockLayout {
   w_down: NativeTensorSlot;
 }
 
+/** Offsets (floats) of a training forward's saved activations (engine.h, BlockSavedLayout); aliases share offsets. */
+export interface NativeBlockSavedLayout {
+  total: number;
+  /** (BT, D) the block input */ x: number;
+  rstd1: number;
+  /** (BT, D) rmsnorm(x) * attn_norm */ xn1: number;
+  /** (BT, D) the q/k/v input */ xs1: number;
+  q: number;
+  k: number;
+  v: number;
+  /** (B, Hq, T, T) */ probs: number;
+  /** (BT, Dq) attention output */ att: number;
+  /** (BT, Dq) the o_proj input */ atts: number;
+  h: number;
+  rstd2: number;
+  xn2: number;
+  /** (BT, D) the gate/up input */ xs2: number;
+  g: number;
+  u: number;
+  /** (BT, F) silu(g) * u */ a: number;
+  /** (BT, F) the down_proj input */ as: number;
+  eff: number;
+}
+
 /** Which tier's code runs an engine kernel under each policy (engine.kernels()). */
 export interface NativeKernelImpl {
   name: string;
@@ -138,6 +178,7 @@ export interface NativeEngine {
     weightDecay: number, minValue: number, async: true): Promise<void>;
   blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number };
   blockLayout(config: NativeBlockConfig): NativeBlockLayout;
+  blockSavedLayout(config: NativeBlockConfig): NativeBlockSavedLayout;
   /** out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation) */
   blockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
     params: Float32Array | Uint16Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
@@ -158,6 +199,26 @@ export function engineOp(name: string): (...args: EngineOpArg[]) => void | Promi
   return fn as (...args: EngineOpArg[]) => void | Promise<void>;
 }
 
+/** Scalars of one GPTQ call (native/include/quantform/gptq.h). */
+export interface NativeGptqConfig {
+  rows: number;
+  cols: number;
+  bits: number;
+  groupSize: number;
+  symmetric: boolean;
+  paramDtype: 'f32' | 'f16';
+  /** fraction of mean(diag H) added to the diagonal */
+  damp: number;
+  /** columns per lazy batch, 1..512 */
+  blockSize: number;
+  paramsFrom: 'updated' | 'batch-start';
+}
+
+export interface NativeGptqResult extends NativeQuantized {
+  /** sum over rows and columns of e^2 / 2, e = (w - ŵ) / U[c, c] */
+  loss: number;
+}
+
 /** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
 export interface NativePreparedWeight {
   readonly __brand: 'NativePreparedWeight';
@@ -172,9 +233,32 @@ export interface NativeMachineLimits {
   threads: number;
 }
 
+/** native/include/quantform/spill_buffer.h: f32/bf16 storage in RAM up to a budget, the rest in an unlinked mmap'd temp file. */
+export interface NativeSpillBuffer {
+  /** elements [offset, offset + src.length) <- src */
+  write(offset: number, src: Float32Array): void;
+  /** dst <- elements [offset, offset + dst.length) */
+  read(offset: number, dst: Float32Array): void;
+  info(): { elements: number; memoryElements: number; file: string | null };
+  dispose(): void;
+}
+
+/** Checkpoint I/O (native/addon/io.cpp). */
+export interface NativeIoBinding {
+  /** A (rows, cols) tensor at byte `offset` of `fd` -> out (rows * cols) f32; source row s to row dstRow[s]. */
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: false): void;
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: true): Promise<void>;
+  /** f32 -> bf16, f16 -> f32 or bf16 -> f32 on the active kernel tier. */
+  convert(dst: FloatArray, dstDtype: NativeDType, src: FloatArray, srcDtype: NativeDType): void;
+  SpillBuffer: new (elements: number, dtype: 'f32' | 'bf16', memoryElements: number, dir: string) => NativeSpillBuffer;
+}
+
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
   engine: NativeEngine;
+  io: NativeIoBinding;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;
@@ -214,6 +298,24 @@ export interface NativeBinding {
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  // GPTQ (native/include/quantform/gptq.h)
+  /** H (K, K) = H n/(n + T) + 2/(n + T) xᵀx for x (T, K), n = rowsBefore (0 overwrites H). */
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: false): void;
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: true): Promise<void>;
+  /** U (K, K) = upper Cholesky factor of (H + damp mean(diag H) I)^-1 (dead inputs' diagonal set to 1). */
+  gptqInverseFactor(U: Float32Array, H: Float32Array, K: number, damp: number): void;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: false): NativeGptqResult;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: true): Promise<NativeGptqResult>;
+  /**
+   * Quantized-linear backward (native/include/quantform/qlinear.h): gradInput (M, K) = gradOutput (M, N) · Ŵ,
+   * overwritten; gradScales (N, G) += Σ_{k ∈ g} (q - z) (gradOutputᵀ x)[n, k]. Either output may be null.
+   */
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: false): void;
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<void>;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: false): NativeMachineLimits;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: true): Promise<NativeMachineLimits>;
 }

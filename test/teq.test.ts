@@ -10,12 +10,13 @@ import { saveGptq } from '../lib/export/save.js';
 import { readSafetensorsMetadata } from '../lib/io/safetensors.js';
 import { mergeTeqScales } from '../lib/methods/teq.js';
 import '../lib/methods/index.js';
-import { dequantizedModel, quantizeModel } from '../lib/methods/quantize-model.js';
+import { dequantizedModel, quantizedCheckpoint, quantizeModel } from '../lib/methods/quantize-model.js';
 import { Model, openCheckpoint } from '../lib/model/model.js';
 import { QuantizedLinear } from '../lib/model/linear.js';
 import { ByteTokenizer } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
-import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { blockLayout, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { evaluatePerplexity } from '../lib/eval/perplexity.js';
 import { maxRel, rng } from './helpers/numeric.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
@@ -46,6 +47,17 @@ function syntheticModel(seed: number): TrainableLlama {
   return new TrainableLlama(shape, embed, new Float32Array(shape.hidden).fill(1), embed, blocks, hf);
 }
 
+/** A training model and the tokenizer of any checkpoint path (the loader every format shares). */
+async function trainable(p: string): Promise<{ m: TrainableLlama; encode: (d: string) => number[]; tok: Awaited<ReturnType<Checkpoint['tokenizer']>> }> {
+  const ck = openCheckpoint(p);
+  try {
+    const tok = await ck.tokenizer();
+    return { m: TrainableLlama.fromCheckpoint(ck), encode: (d) => tok.encode(d, { bos: true }), tok };
+  } finally {
+    ck.close();
+  }
+}
+
 describe('TEQ merge preserves the function (quantization off)', () => {
   for (const extra of [false, true])
     it(`synthetic model, random scales in [0.3, 3]${extra ? ', with the v->o and up->down scales' : ''}`, async () => {
@@ -63,7 +75,7 @@ describe('TEQ merge preserves the function (quantization off)', () => {
     });
 
   it.skipIf(!haveModel)('stories260K (GQA), with the extra scales', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
+    const { m } = await trainable(modelDir);
     const t = m.clone();
     const r = rng(3);
     mergeTeqScales(t, Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(true) }, () => 0.5 + 1.5 * r()), true);
@@ -76,9 +88,8 @@ const synthCal = () => calibrationFromText('x'.repeat(3000), (d) => Array.from(d
 
 describe('TEQ training', () => {
   it.skipIf(!haveModel)('lowers the training loss on a fixed batch of stories260K (e2e and block-wise)', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadCalibrationTokenizer(modelDir);
-    const cal = calibrationFromFile(tsFile, tok.encode, { samples: 4, seqLen: 128, skipDocuments: 200 });
+    const { m, encode } = await trainable(modelDir);
+    const cal = calibrationFromFile(tsFile, encode, { samples: 4, seqLen: 128, skipDocuments: 200 });
     for (const loss of ['e2e', 'block'] as const) {
       const steps = 40;
       const q = await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps, batchSize: 4, lr: 2e-3, warmup: 0, schedule: 'constant', loss });
@@ -132,7 +143,7 @@ describe('TEQ training', () => {
     const long = calibrationFromText('x'.repeat(300), (d) => Array.from(d, () => 5), { samples: 1, seqLen: 128 });
     await expect(quantizeModel(m, { method: 'teq', bits: 4, calibration: long })).rejects.toThrow(/Expected seqLen <= 64 \(the model's context\) for seqLen but received 128/);
     await expect(quantizeModel(m, { method: 'teq', bits: 4 })).rejects.toThrow(/needs calibration data/);
-    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq' for method but received 'gptq-magic'/);
+    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq' for method but received 'gptq-magic'/);
     await expect(quantizeModel(m, { method: 'rtn', bits: 5 as never })).rejects.toThrow(/bits/);
   });
 });
@@ -149,7 +160,7 @@ describe('GPTQ checkpoint round trip', () => {
         expect(() => saveGptq(q, out)).toThrow(/already exists/);
         const cfg = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'));
         expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 16, sym, desc_act: false, checkpoint_format: sym ? 'gptq' : 'gptq_v2' });
-        const back = TrainableLlama.fromHfDir(out);
+        const back = TrainableLlama.fromCheckpoint(openCheckpoint(out));
         const want = dequantizedModel(q);
         for (let l = 0; l < m.shape.layers; l++) expect(back.blocks[l]).toEqual(want.blocks[l]);
         expect(back.embed).toEqual(want.embed);
@@ -175,19 +186,27 @@ describe('GPTQ checkpoint round trip', () => {
         viaFp32.dispose();
         ck.close();
       }
-      expect(readdirSync(dir).filter((f) => f.includes('.tmp-'))).toEqual([]);
+      expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true });
     }
   });
 
   it.skipIf(!haveModel)('stories260K: TEQ W3 beats RTN W3 on held-out TinyStories windows after 150 steps', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadCalibrationTokenizer(modelDir);
-    const cal = calibrationFromFile(tsFile, tok.encode, { samples: 32, seqLen: 256, skipDocuments: 200 });
+    const { m, encode, tok } = await trainable(modelDir);
+    const cal = calibrationFromFile(tsFile, encode, { samples: 32, seqLen: 256, skipDocuments: 200 });
     const ids: number[] = JSON.parse(readFileSync(path.join(shared, 'data/reference/ppl_tinystories_tok512.json'), 'utf8')).token_ids.slice(0, 16 * 256 + 1);
-    const rtn = await dequantizedModel(await quantizeModel(m, { method: 'rtn', bits: 3, groupSize: 32 })).perplexity(ids);
-    const teq = await dequantizedModel(await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps: 150 })).perplexity(ids);
-    expect(teq.ppl).toBeLessThan(rtn.ppl);
+    // the one evaluator, on the INT4 kernels the saved checkpoint would run on
+    const ppl = async (q: Awaited<ReturnType<typeof quantizeModel>>) => {
+      const model = new Model(quantizedCheckpoint(q, tok), tok);
+      try {
+        return (await evaluatePerplexity(model, { ids }, { ctx: 256, stride: 256 })).ppl;
+      } finally {
+        model.dispose();
+      }
+    };
+    const rtn = await ppl(await quantizeModel(m, { method: 'rtn', bits: 3, groupSize: 32 }));
+    const teq = await ppl(await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps: 150 }));
+    expect(teq).toBeLessThan(rtn);
   });
 });

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { backendInfo } from '../backend.js';
 import { measureMachineSync } from '../bench/machine.js';
+import { openCheckpoint } from '../model/model.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import { calibrationFromText } from '../engine/calib.js';
@@ -106,7 +107,9 @@ export function registerBenchTrain(bench: Command): void {
       let stories: { steps: number; seconds: number; secondsPer1000: number } | null = null;
       const dir = path.resolve(process.cwd(), '../shared/models/stories260K-hf');
       if (existsSync(dir)) {
-        const model = TrainableLlama.fromHfDir(dir);
+        const ck = openCheckpoint(dir);
+        const model = TrainableLlama.fromCheckpoint(ck);
+        ck.close();
         // synthetic calibration ids: speed does not depend on the text
         const cal = calibrationFromText('x'.repeat(40000), (d) => Array.from(d, (_, i) => 3 + ((i * 7919) % 500)), { samples: 32, seqLen: 256 });
         const steps = 100;

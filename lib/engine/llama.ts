@@ -1,19 +1,14 @@
 // A Llama model held for training: per-layer parameter arenas in the native block
 // layout (native/include/quantform/engine.h, read through blockLayout()), forward and
-// backward through the engine's block step, and the windowed perplexity protocol of
-// shared/data/reference.
-// Loads Hugging Face checkpoints (config.json + model.safetensors) and GPTQ
-// checkpoints written by lib/export (dequantized to fp32).
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
-import { fromNative, invalidParameter, QuantformError } from '../errors.js';
+// backward through the engine's block step. Perplexity is the evaluator's
+// (lib/eval/perplexity.ts) on a runtime Model, not the trainer's.
+// Built from any runtime Checkpoint (lib/model: HF single or sharded, llama2.c,
+// GGUF, GPTQ dequantized to fp32, synthetic) by fromCheckpoint.
+import { fromNative, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
-import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
-import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { invFreq as modelInvFreq } from '../model/config.js';
+import { hfConfigFromLlama, invFreq as modelInvFreq } from '../model/config.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -181,60 +176,6 @@ export class TrainableLlama {
     return out;
   }
 
-  /** Per-token NLL (B*S) of targets (B*S; < 0 ignored). */
-  async nll(tokens: Int32Array, targets: Int32Array, batch: number, seq: number, quant?: BlockQuant | null): Promise<Float32Array> {
-    const s = this.shape, T = batch * seq;
-    const x = await this.hidden(tokens, batch, seq, quant);
-    const nll = new Float32Array(T);
-    try {
-      await native().engine.lmHeadLoss(nll, null, null, null, x, this.finalNorm, this.lmHead, targets, T, s.hidden, s.vocab, s.rmsEps, 1, true);
-    } catch (e) {
-      throw fromNative(e);
-    }
-    return nll;
-  }
-
-  /**
-   * The shared/data/reference perplexity protocol: windows ids[W*w : W*w + W + 1],
-   * inputs from position 0, NLL of the next W ids; mean over all predictions.
-   */
-  async perplexity(ids: ArrayLike<number>, window = 256, quant?: BlockQuant | null, batch = 16): Promise<{ meanNll: number; ppl: number; predictions: number }> {
-    const nWin = Math.floor((ids.length - 1) / window);
-    if (nWin < 1) throw invalidParameter(`at least ${window + 1} token ids`, 'ids', ids.length);
-    if (window > this.shape.maxSeq) throw invalidParameter(`window <= ${this.shape.maxSeq} (the model's context)`, 'window', window);
-    let sum = 0;
-    for (let w0 = 0; w0 < nWin; w0 += batch) {
-      const B = Math.min(batch, nWin - w0);
-      const tok = new Int32Array(B * window), tgt = new Int32Array(B * window);
-      for (let b = 0; b < B; b++)
-        for (let t = 0; t < window; t++) {
-          tok[b * window + t] = ids[(w0 + b) * window + t];
-          tgt[b * window + t] = ids[(w0 + b) * window + t + 1];
-        }
-      const nll = await this.nll(tok, tgt, B, window, quant);
-      for (let i = 0; i < nll.length; i++) sum += nll[i];
-    }
-    const n = nWin * window;
-    return { meanNll: sum / n, ppl: Math.exp(sum / n), predictions: n };
-  }
-
-  /** HF-named fp32 tensors (norms, embeddings and every linear). */
-  tensors(): Map<string, SafeTensor> {
-    const s = this.shape;
-    const m = new Map<string, SafeTensor>();
-    m.set('model.embed_tokens.weight', { dtype: 'F32', shape: [s.vocab, s.hidden], data: this.embed });
-    m.set('model.norm.weight', { dtype: 'F32', shape: [s.hidden], data: this.finalNorm });
-    if (!s.tied) m.set('lm_head.weight', { dtype: 'F32', shape: [s.vocab, s.hidden], data: this.lmHead });
-    const lay = blockLayout(s);
-    for (let l = 0; l < s.layers; l++) {
-      m.set(`model.layers.${l}.input_layernorm.weight`, { dtype: 'F32', shape: [s.hidden], data: this.norm(l, 'input') });
-      m.set(`model.layers.${l}.post_attention_layernorm.weight`, { dtype: 'F32', shape: [s.hidden], data: this.norm(l, 'post') });
-      for (const n of LINEARS)
-        m.set(`model.layers.${l}.${HF_LINEAR[n]}.weight`, { dtype: 'F32', shape: [lay.linears[n].rows, lay.linears[n].cols], data: this.linear(l, n) });
-    }
-    return m;
-  }
-
   /**
    * From a runtime Checkpoint (any format the runtime loads, and the synthetic
    * builder): weights arrive in the runtime's names, already in the HF rotate_half
@@ -247,16 +188,7 @@ export class TrainableLlama {
       hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
     };
-    const hf: Record<string, unknown> = {
-      architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
-      num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,
-      vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
-      tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
-    };
-    const rs = c.ropeScaling;
-    if (rs)
-      hf.rope_scaling = { rope_type: rs.ropeType, factor: rs.factor, low_freq_factor: rs.lowFreqFactor, high_freq_factor: rs.highFreqFactor,
-        original_max_position_embeddings: rs.originalMaxPositionEmbeddings };
+    const hf = ck.hfConfig ?? hfConfigFromLlama(c);
     const embed = ck.weight('embed');
     const lay = blockLayout(shape);
     const blocks: Float32Array[] = [];
@@ -269,92 +201,4 @@ export class TrainableLlama {
     }
     return new TrainableLlama(shape, embed, ck.weight('final_norm'), shape.tied ? embed : ck.weight('lm_head'), blocks, hf);
   }
-
-  static fromHfDir(dir: string): TrainableLlama {
-    const { cfg, shape } = readHfConfig(dir);
-    const file = path.join(dir, 'model.safetensors');
-    if (!existsSync(file)) throw new QuantformError('QF_IO', `No model.safetensors in ${dir} (sharded checkpoints are not supported yet)`);
-    const st = readSafetensors(file);
-    const q = cfg.quantization_config as { quant_method?: string; bits?: number; checkpoint_format?: string } | undefined;
-    const get = (name: string, rows: number, cols: number): Float32Array => {
-      const t = st.get(name + '.weight');
-      if (t) {
-        if (t.dtype !== 'F32' || t.data.length !== rows * cols)
-          throw new QuantformError('QF_CORRUPT_FILE', `${file}: ${name}.weight should be F32 [${rows}, ${cols}] but is ${t.dtype} [${t.shape}]`);
-        return t.data as Float32Array;
-      }
-      const qw = st.get(name + '.qweight');
-      if (qw && q?.quant_method === 'gptq') {
-        const part = (suffix: string) => {
-          const v = st.get(name + suffix);
-          if (!v) throw new QuantformError('QF_CORRUPT_FILE', `${file}: ${name}${suffix} is missing`);
-          return v.data;
-        };
-        const fmt: GptqFormat = q.checkpoint_format === 'gptq_v2' ? 'gptq_v2' : 'gptq';
-        return dequantizeGptq({ qweight: qw.data as Int32Array, qzeros: part('.qzeros') as Int32Array, scales: part('.scales') as Uint16Array,
-          gIdx: part('.g_idx') as Int32Array }, rows, cols, q.bits as Bits, fmt);
-      }
-      throw new QuantformError('QF_CORRUPT_FILE', `${file}: tensor ${name}.weight is missing`);
-    };
-    const D = shape.hidden;
-    const embed = get('model.embed_tokens', shape.vocab, D);
-    const finalNorm = get('model.norm', 1, D);
-    const lmHead = shape.tied ? embed : get('lm_head', shape.vocab, D);
-    const lay = blockLayout(shape);
-    const blocks: Float32Array[] = [];
-    for (let l = 0; l < shape.layers; l++) {
-      const b = new Float32Array(lay.total);
-      b.set(get(`model.layers.${l}.input_layernorm`, 1, D), lay.g1.offset);
-      b.set(get(`model.layers.${l}.post_attention_layernorm`, 1, D), lay.g2.offset);
-      for (const n of LINEARS) {
-        const s = lay.linears[n];
-        b.set(get(`model.layers.${l}.${HF_LINEAR[n]}`, s.rows, s.cols), s.offset);
-      }
-      blocks.push(b);
-    }
-    return new TrainableLlama(shape, embed, finalNorm, lmHead, blocks, cfg);
-  }
-}
-
-export function readHfConfig(dir: string): { cfg: Record<string, unknown>; shape: LlamaShape } {
-  const file = path.join(dir, 'config.json');
-  let cfg: Record<string, unknown>;
-  try {
-    cfg = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  const num = (k: string, dflt?: number): number => {
-    const v = cfg[k] ?? dflt;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new QuantformError('QF_CORRUPT_FILE', `${file}: expected a number for ${k} but found ${JSON.stringify(v)}`);
-    return v;
-  };
-  const heads = num('num_attention_heads'), hidden = num('hidden_size');
-  if (cfg.rope_scaling) throw new QuantformError('QF_UNSUPPORTED', `${file}: rope_scaling is not supported by the training forward yet`);
-  const shape: LlamaShape = {
-    hidden, intermediate: num('intermediate_size'), layers: num('num_hidden_layers'), heads,
-    kvHeads: num('num_key_value_heads', heads), headDim: num('head_dim', hidden / heads), vocab: num('vocab_size'),
-    maxSeq: num('max_position_embeddings'), rmsEps: num('rms_norm_eps', 1e-6), ropeTheta: num('rope_theta', 10000),
-    tied: cfg.tie_word_embeddings === true,
-  };
-  return { cfg, shape };
-}
-
-export interface TextTokenizer {
-  /** BOS + ids, as the model was trained (tokenizer_config add_bos_token) */
-  encode(text: string): number[];
-  bos: number;
-}
-
-export function loadCalibrationTokenizer(dir: string): TextTokenizer {
-  const read = (f: string) => {
-    try {
-      return JSON.parse(readFileSync(path.join(dir, f), 'utf8'));
-    } catch (e) {
-      throw new QuantformError('QF_IO', `Cannot read ${path.join(dir, f)}: ${(e as Error).message}`, { cause: e });
-    }
-  };
-  const tok = new Tokenizer(read('tokenizer.json'), read('tokenizer_config.json'));
-  const bos = tok.encode('a').ids[0];
-  return { encode: (text: string) => tok.encode(text).ids, bos };
 }

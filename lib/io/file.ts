@@ -7,21 +7,27 @@ import { QuantformError } from '../errors.js';
 export class CheckpointFile {
   readonly path: string;
   readonly size: number;
-  private fd: number | null;
+  private handle: number | null;
 
   constructor(path: string) {
     this.path = path;
     try {
-      this.fd = openSync(path, 'r');
-      this.size = fstatSync(this.fd).size;
+      this.handle = openSync(path, 'r');
+      this.size = fstatSync(this.handle).size;
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
   }
 
+  /** The OS file descriptor, for native positional reads (valid until close()). */
+  get fd(): number {
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed`);
+    return this.handle;
+  }
+
   /** Bytes [offset, offset + length); `what` names the thing read, for the error message. */
   read(offset: number, length: number, what: string): Buffer {
-    if (this.fd === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
       throw new QuantformError(
         'QF_CORRUPT_FILE',
@@ -30,7 +36,7 @@ export class CheckpointFile {
     const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(this.fd, buf, done, length - done, offset + done);
+      const n = readSync(this.handle, buf, done, length - done, offset + done);
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }
@@ -38,8 +44,8 @@ export class CheckpointFile {
   }
 
   close(): void {
-    if (this.fd !== null) closeSync(this.fd);
-    this.fd = null;
+    if (this.handle !== null) closeSync(this.handle);
+    this.handle = null;
   }
 }
 

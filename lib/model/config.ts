@@ -145,3 +145,19 @@ export function configFromHf(json: Record<string, unknown>, source: string): Lla
   validateConfig(cfg, source);
   return cfg;
 }
+
+/** A Hugging Face config.json describing `cfg` (for checkpoints that came without one: llama2.c, GGUF, synthetic). */
+export function hfConfigFromLlama(c: LlamaConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
+    num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,
+    vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
+    tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
+  };
+  if (c.ropeScaling)
+    out.rope_scaling = {
+      rope_type: 'llama3', factor: c.ropeScaling.factor, low_freq_factor: c.ropeScaling.lowFreqFactor,
+      high_freq_factor: c.ropeScaling.highFreqFactor, original_max_position_embeddings: c.ropeScaling.originalMaxPositionEmbeddings,
+    };
+  return out;
+}

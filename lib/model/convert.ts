@@ -31,3 +31,16 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
       }
   return out;
 }
+
+/**
+ * The same reordering as a row map for loaders that scatter rows while reading:
+ * source row h*HS + 2i + j lands in row h*HS + j*HS/2 + i (rows = heads * HS).
+ */
+export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
+  const hs = rows / heads, half = hs / 2;
+  const dst = new Int32Array(rows);
+  for (let h = 0; h < heads; h++)
+    for (let i = 0; i < half; i++)
+      for (let j = 0; j < 2; j++) dst[h * hs + 2 * i + j] = h * hs + j * half + i;
+  return dst;
+}

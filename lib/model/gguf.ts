@@ -1,18 +1,32 @@
-// GGUF (llama.cpp) checkpoints, versions 1-3, F32/F16 tensors, with the embedded
+// GGUF (llama.cpp) checkpoints, versions 1-3, F32/F16/BF16 tensors, with the embedded
 // SentencePiece vocabulary. Every count and length in the header is checked
 // against the bytes left in the file before anything is allocated for it.
 // RoPE: llama.cpp's converters store q/k in the interleaved order; they are
-// permuted to rotate_half at load (convert.ts).
+// permuted to rotate_half while they are read (convert.ts interleavedToHalfRows).
 import { QuantformError } from '../errors.js';
 import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Checkpoint } from './checkpoint.js';
+import type { Checkpoint, TensorSource } from './checkpoint.js';
 import { validateConfig, weightShape, type LlamaConfig } from './config.js';
-import { permuteInterleavedToHalf } from './convert.js';
+import { interleavedToHalfRows } from './convert.js';
 import { CheckpointFile, FileCursor } from '../io/file.js';
-import { readTensor, validateLayout, type StoredTensor } from '../io/tensors.js';
+import { DTYPE_BYTES, readTensor, validateLayout, type StoredDType, type StoredTensor } from '../io/tensors.js';
 
 const GGUF_MAGIC = 0x46554747;  // "GGUF" little-endian
+
+/** ggml tensor types quantform reads (widened to fp32 natively). */
+const GGML_FLOAT_TYPES: Record<number, StoredDType> = { 0: 'F32', 1: 'F16', 30: 'BF16' };
+
+/** ggml_type names (ggml.h), for errors that say which type a file holds. */
+const GGML_TYPE_NAMES = [
+  'F32', 'F16', 'Q4_0', 'Q4_1', 'Q4_2', 'Q4_3', 'Q5_0', 'Q5_1', 'Q8_0', 'Q8_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_K',
+  'IQ2_XXS', 'IQ2_XS', 'IQ3_XXS', 'IQ1_S', 'IQ4_NL', 'IQ3_S', 'IQ2_S', 'IQ4_XS', 'I8', 'I16', 'I32', 'I64', 'F64', 'IQ1_M', 'BF16',
+  'Q4_0_4_4', 'Q4_0_4_8', 'Q4_0_8_8', 'TQ1_0', 'TQ2_0', 'IQ4_NL_4_4', 'IQ4_NL_4_8', 'IQ4_NL_8_8', 'MXFP4',
+];
+
+export function ggmlTypeName(type: number): string {
+  return GGML_TYPE_NAMES[type] ?? 'unknown';
+}
 type Value = number | bigint | boolean | string | Value[] | Buffer[];
 
 export interface GgufHeader {
@@ -102,12 +116,12 @@ export function readGgufHeader(file: CheckpointFile): GgufHeader {
   const tensors: StoredTensor[] = [];
   const dims = new Map<string, number[]>();
   for (const t of infos) {
-    if (t.type !== 0 && t.type !== 1)
-      throw new QuantformError('QF_UNSUPPORTED', `${file.path}: tensor '${t.name}' has ggml type ${t.type}; supported: 0 (F32), 1 (F16)`);
-    const dtype = t.type === 0 ? 'F32' : 'F16';
+    const dtype = GGML_FLOAT_TYPES[t.type];
+    if (!dtype)
+      throw new QuantformError('QF_UNSUPPORTED', `${file.path}: tensor '${t.name}' has ggml type ${t.type} (${ggmlTypeName(t.type)}), which quantform's kernels cannot run; supported: ${Object.entries(GGML_FLOAT_TYPES).map(([k, v]) => `${k} (${v})`).join(', ')}`);
     const n = t.ne.reduce((a, b) => a * b, 1);
     if (!Number.isSafeInteger(n * 4)) throw corrupt(file, `tensor '${t.name}' has an impossible size`);
-    tensors.push({ name: t.name, shape: [...t.ne].reverse(), dtype, file, offset: dataStart + t.off, nbytes: n * (dtype === 'F32' ? 4 : 2) });
+    tensors.push({ name: t.name, shape: [...t.ne].reverse(), dtype, file, offset: dataStart + t.off, nbytes: n * DTYPE_BYTES[dtype] });
     dims.set(t.name, t.ne);
   }
   validateLayout(tensors);
@@ -190,12 +204,16 @@ export class GgufCheckpoint implements Checkpoint {
     return t;
   }
 
-  weight(name: string): Float32Array {
-    const w = readTensor(this.stored(name));
+  tensorSource(name: string): TensorSource {
+    const t = this.stored(name);
     const kind = name.split('.')[2];
-    if (kind === 'wq') return permuteInterleavedToHalf(w, this.config.nHeads, this.config.dim);
-    if (kind === 'wk') return permuteInterleavedToHalf(w, this.config.nKvHeads, this.config.dim);
-    return w;
+    const heads = kind === 'wq' ? this.config.nHeads : kind === 'wk' ? this.config.nKvHeads : 0;
+    return { tensor: t, dstRow: heads ? interleavedToHalfRows(heads, t.shape[0]) : null };
+  }
+
+  weight(name: string): Float32Array {
+    const s = this.tensorSource(name);
+    return readTensor(s.tensor, { dstRow: s.dstRow });
   }
 
   async tokenizer(): Promise<Tokenizer> {

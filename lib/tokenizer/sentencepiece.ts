@@ -84,6 +84,21 @@ export class SentencePieceBpe implements Tokenizer {
     return Buffer.from(p, 'latin1');
   }
 
+  /** The vocabulary as a llama2.c tokenizer.bin (loadLlama2cTokenizer reads it back), for checkpoints written without tokenizer.json. */
+  toLlama2cBytes(): Buffer {
+    const bytes = this.pieces.map((p) => Buffer.from(p, 'latin1'));
+    const head = Buffer.alloc(4);
+    head.writeInt32LE(Math.max(1, ...bytes.map((b) => b.length)));
+    const parts: Buffer[] = [head];
+    bytes.forEach((b, i) => {
+      const e = Buffer.alloc(8);
+      e.writeFloatLE(this.scores[i], 0);
+      e.writeInt32LE(b.length, 4);
+      parts.push(e, b);
+    });
+    return Buffer.concat(parts);
+  }
+
   decode(ids: readonly number[]): string {
     const parts: Buffer[] = [];
     let prev = -1;

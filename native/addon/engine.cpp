@@ -264,6 +264,20 @@ Napi::Value block_layout_js(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// blockSavedLayout(config) -> { total, x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff }
+Napi::Value block_saved_layout_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const BlockSavedLayout L = block_saved_layout(b->desc);
+  Napi::Object o = Napi::Object::New(info.Env());
+  const std::pair<const char*, int64_t> at[] = {{"x", L.x},       {"rstd1", L.rstd1}, {"xn1", L.xn1}, {"xs1", L.xs1},
+                                                {"q", L.q},       {"k", L.k},         {"v", L.v},     {"probs", L.probs},
+                                                {"att", L.att},   {"atts", L.atts},   {"h", L.h},     {"rstd2", L.rstd2},
+                                                {"xn2", L.xn2},   {"xs2", L.xs2},     {"g", L.g},     {"u", L.u},
+                                                {"a", L.a},       {"as", L.as},       {"eff", L.eff}, {"total", L.total}};
+  for (const auto& kv : at) o.Set(kv.first, (double)kv.second);
+  return o;
+}
+
 // blockForward(config, out, saved | null, x, params, alpha | null, async)
 Napi::Value block_forward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
@@ -350,6 +364,7 @@ void register_engine(Napi::Env env, Napi::Object root) {
   QF_EXPORT(exports, "kernels", kernels_js);
   QF_EXPORT(exports, "blockSizes", block_sizes_js);
   QF_EXPORT(exports, "blockLayout", block_layout_js);
+  QF_EXPORT(exports, "blockSavedLayout", block_saved_layout_js);
   QF_EXPORT(exports, "blockForward", block_forward_js);
   QF_EXPORT(exports, "blockBackward", block_backward_js);
   QF_EXPORT(exports, "blockMergeScales", block_merge_scales_js);

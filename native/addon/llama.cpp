@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "napi_util.h"
+#include "quantform/convert.h"
 #include "quantform/llama_model.h"
 
 namespace qf {
@@ -57,6 +58,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod("setWeight", &LlamaModelWrap::SetWeight),
                         InstanceMethod("setQuantizedWeight", &LlamaModelWrap::SetQuantizedWeight),
+                        InstanceMethod("setWeightsFromFile", &LlamaModelWrap::SetWeightsFromFile),
                         InstanceMethod("missing", &LlamaModelWrap::Missing),
                         InstanceMethod("forward", &LlamaModelWrap::Forward),
                         InstanceMethod("dispose", &LlamaModelWrap::Dispose)});
@@ -105,6 +107,64 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
       check(m.set_weight(name, f32(w), w.len));
+      return info.Env().Undefined();
+    });
+  }
+
+  // setWeightsFromFile([{ name, fd, offset, dtype, rows, cols, dstRow: Int32Array | null }]): stored
+  // tensors read and widened straight into the model's storage (convert.h read_tensor_f32),
+  // no JS-side copy; the storage of all of them is first touched in parallel.
+  Napi::Value SetWeightsFromFile(const Napi::CallbackInfo& info) {
+    return guard(info, [&] {
+      LlamaModel& m = live();
+      if (!info[0].IsArray()) fail(error(Code::InvalidArgument, "Expected an array of stored tensors for entries"));
+      Napi::Array a = info[0].As<Napi::Array>();
+      struct Entry {
+        std::string name;
+        int64_t fd, offset, rows, cols;
+        DType dtype;
+        int32_t* perm;
+        size_t perm_len;
+      };
+      std::vector<Entry> es(a.Length());
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        if (!a.Get(i).IsObject()) fail(error(Code::InvalidArgument, "Expected an object for entries[" + std::to_string(i) + "]"));
+        Napi::Object o = a.Get(i).As<Napi::Object>();
+        Entry& e = es[i];
+        const Napi::Value name = o.Get("name"), dt = o.Get("dtype"), perm = o.Get("dstRow");
+        if (!name.IsString() || !dt.IsString())
+          fail(error(Code::InvalidArgument, "Expected string name and dtype for entries[" + std::to_string(i) + "]"));
+        e.name = name.As<Napi::String>().Utf8Value();
+        const std::string d = dt.As<Napi::String>().Utf8Value();
+        if (d == "f32") e.dtype = DType::F32;
+        else if (d == "f16") e.dtype = DType::F16;
+        else if (d == "bf16") e.dtype = DType::BF16;
+        else fail(error(Code::DtypeMismatch, "Expected 'f32', 'f16' or 'bf16' for the dtype of '" + e.name + "' but received '" + d + "'"));
+        e.fd = get_int(o, "fd");
+        e.offset = get_int(o, "offset");
+        e.rows = get_int(o, "rows");
+        e.cols = get_int(o, "cols");
+        if (e.fd > 0x7fffffff || (e.cols > 0 && e.rows > ((int64_t)1 << 40) / e.cols))
+          fail(error(Code::InvalidArgument, "Expected fd < 2^31 and rows * cols < 2^40 for '" + e.name + "' but received fd=" +
+                                                std::to_string(e.fd) + ", rows=" + std::to_string(e.rows) + ", cols=" + std::to_string(e.cols)));
+        e.perm = nullptr;
+        e.perm_len = 0;
+        if (!perm.IsNull() && !perm.IsUndefined()) {
+          if (!perm.IsTypedArray() || perm.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+            fail(error(Code::DtypeMismatch, "Expected Int32Array or null for the dstRow of '" + e.name + "'"));
+          Napi::Int32Array p = perm.As<Napi::Int32Array>();
+          e.perm = p.Data();
+          e.perm_len = p.ElementLength();
+        }
+      }
+      std::vector<LlamaModel::WeightFill> items;
+      items.reserve(es.size());
+      for (const Entry& e : es)
+        items.push_back({e.name, (size_t)(e.rows * e.cols), [&e](float* dst) {
+                           return read_tensor_f32((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.perm, e.perm_len, dst,
+                                                  (size_t)(e.rows * e.cols), e.name.c_str());
+                         }});
+      check(m.fill_weights(items));
       return info.Env().Undefined();
     });
   }

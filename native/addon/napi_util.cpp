@@ -93,6 +93,13 @@ Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return Span{base, ta.ElementLength(), DType::F32};
 }
 
+I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional) {
+  if (optional && arg_is_null(info, i)) return I32Array{nullptr, 0};
+  Napi::TypedArray ta = typed_array(info, i, name);
+  if (ta.TypedArrayType() != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  return I32Array{reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
+}
+
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
   return QuantSpec{(int)arg_int(info, i, "bits"), arg_int(info, i + 1, "groupSize"), arg_bool(info, i + 2, "symmetric"), false};
 }

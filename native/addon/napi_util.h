@@ -30,6 +30,12 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name);
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype);
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
+struct I32Array {
+  int32_t* data;
+  size_t len;
+};
+// An Int32Array at info[i]; with `optional`, null or undefined gives {nullptr, 0}.
+I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional);
 // (bits, groupSize, symmetric) at info[i], info[i + 1], info[i + 2]; f16_params false.
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i);
 // Zero points at info[i]: an empty span when symmetric, else a required array of `dtype`.
@@ -52,6 +58,9 @@ void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
 void register_engine(Napi::Env env, Napi::Object exports);
+void register_io(Napi::Env env, Napi::Object exports);
+void register_gptq(Napi::Env env, Napi::Object exports);
+void register_qlinear(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 

@@ -61,11 +61,8 @@ int64_t max_linear(const BlockDims& d) {
 // Effective weights differ from the stored ones: Q(W diag(alpha)).
 bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on; }
 
-// Saved activations of one training forward (floats), in order. xs* alias xn* and
-// the *s extra-scale inputs vanish when their TEQ scales are off.
-struct SavedLayout {
-  int64_t x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff, total;
-};
+// Saved activations of one training forward (floats), in order (engine.h).
+using SavedLayout = BlockSavedLayout;
 
 SavedLayout saved_layout(const BlockDesc& d) {
   const BlockDims& m = d.dims;
@@ -316,6 +313,7 @@ int64_t block_alpha_count(const BlockDesc& d) {
 }
 
 int64_t block_saved_count(const BlockDesc& d) { return saved_layout(d).total; }
+BlockSavedLayout block_saved_layout(const BlockDesc& d) { return saved_layout(d); }
 
 Status check_block(const BlockDesc& d) {
   const BlockDims& m = d.dims;

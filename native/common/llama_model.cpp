@@ -5,6 +5,7 @@
 #include "quantform/llama_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -87,7 +88,6 @@ bool slot_for(const std::string& name, const LlamaConfig& c, std::vector<float>*
       return true;
     }
   return false;
-  return true;
 }
 
 }  // namespace
@@ -107,6 +107,65 @@ Status LlamaModel::set_weight(const std::string& name, const float* data, size_t
     s.lin->out = s.rows;
     s.lin->in = s.cols;
     s.lin->w.assign(data, data + n);
+  }
+  return Status::Ok();
+}
+
+Status LlamaModel::fill_weights(const std::vector<WeightFill>& items) {
+  std::vector<Slot> slots(items.size());
+  for (size_t i = 0; i < items.size(); i++) {
+    const WeightFill& it = items[i];
+    Slot& s = slots[i];
+    if (!slot_for(it.name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+      return error(Code::InvalidArgument, "Unknown weight name '" + it.name + "'");
+    if (it.n != (size_t)(s.rows * s.cols))
+      return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" + std::to_string(s.rows) +
+                                            ", " + std::to_string(s.cols) + ") for weight '" + it.name + "' but received " +
+                                            std::to_string(it.n));
+  }
+  // first touch balanced over the pool: largest first, each to the least loaded thread
+  const int T = num_threads();
+  std::vector<size_t> order(items.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return items[a].n > items[b].n; });
+  std::vector<std::vector<size_t>> bins((size_t)T);
+  std::vector<size_t> load((size_t)T, 0);
+  for (size_t i : order) {
+    const size_t b = (size_t)(std::min_element(load.begin(), load.end()) - load.begin());
+    bins[b].push_back(i);
+    load[b] += items[i].n;
+  }
+  std::vector<std::vector<float>> bufs(items.size());
+  std::atomic<bool> oom{false};
+  parallel_for(T, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++)
+      for (size_t i : bins[(size_t)b]) {
+        try {
+          bufs[i].resize(items[i].n);
+        } catch (...) {  // bad_alloc must not leave the pool's thread
+          oom.store(true);
+          return;
+        }
+      }
+  });
+  if (oom.load()) {
+    size_t total = 0;
+    for (const WeightFill& it : items) total += it.n * sizeof(float);
+    return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(total) + " bytes for the " + std::to_string(items.size()) + " weights being loaded");
+  }
+  for (size_t i = 0; i < items.size(); i++) QF_TRY(items[i].fill(bufs[i].data()));
+  for (size_t i = 0; i < items.size(); i++) {
+    Slot& s = slots[i];
+    if (s.vec) {
+      *s.vec = std::move(bufs[i]);
+    } else {
+      s.lin->kind = Linear::Kind::F32;
+      s.lin->out = s.rows;
+      s.lin->in = s.cols;
+      s.lin->w = std::move(bufs[i]);
+      s.lin->codes.clear();
+      s.lin->prepared.reset();
+    }
   }
   return Status::Ok();
 }

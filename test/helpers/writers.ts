@@ -112,7 +112,9 @@ function ggufName(name: string): string {
 
 export interface GgufOpts {
   version?: number;
-  dtype?: 'F32' | 'F16';
+  dtype?: Dt;
+  /** metadata values that disagree with the tensors written */
+  meta?: Partial<Pick<LlamaConfig, 'hiddenDim' | 'nLayers' | 'nHeads'>>;
   magic?: number;
   tensorCount?: bigint;
   /** replaces the ggml type of every tensor */
@@ -141,9 +143,9 @@ export function ggufBytes(cfg: LlamaConfig, w: (n: string) => Float32Array, o: G
   str('general.architecture'); u32(8); str('llama');
   kvU32('llama.context_length', cfg.maxSeq);
   kvU32('llama.embedding_length', cfg.dim);
-  kvU32('llama.block_count', cfg.nLayers);
-  kvU32('llama.feed_forward_length', cfg.hiddenDim);
-  kvU32('llama.attention.head_count', cfg.nHeads);
+  kvU32('llama.block_count', o.meta?.nLayers ?? cfg.nLayers);
+  kvU32('llama.feed_forward_length', o.meta?.hiddenDim ?? cfg.hiddenDim);
+  kvU32('llama.attention.head_count', o.meta?.nHeads ?? cfg.nHeads);
   kvU32('llama.attention.head_count_kv', cfg.nKvHeads);
   kvF32('llama.attention.layer_norm_rms_epsilon', cfg.normEps);
   kvU32('general.alignment', 32);
@@ -165,7 +167,7 @@ export function ggufBytes(cfg: LlamaConfig, w: (n: string) => Float32Array, o: G
     str(ggufName(n));
     u32(shape.length);
     for (const d of [...shape].reverse()) cnt(d);
-    u32(o.ggmlType ?? (dt === 'F32' ? 0 : 1));
+    u32(o.ggmlType ?? (dt === 'F32' ? 0 : dt === 'F16' ? 1 : 30));
     const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(off)); parts.push(b);
     const bytes = encode(data, dt);
     const padded = Buffer.alloc(Math.ceil(bytes.length / 32) * 32);

@@ -446,6 +446,17 @@ int64_t block_param_count(const BlockDims& d);
 int64_t block_alpha_count(const BlockDesc& d);
 // Floats of saved activations one training forward writes (block_backward reads them).
 int64_t block_saved_count(const BlockDesc& d);
+// Where they are (offsets in floats), for callers that read a block's intermediate values
+// (GPTQ's Hessians read the linears' inputs): x (BT, D) the block input | rstd1 (BT) |
+// xn1 (BT, D) rmsnorm(x) * attn_norm | xs1 (BT, D) the q/k/v input, xn1 / alpha1 (= xn1
+// without TEQ) | q (BT, Dq) after RoPE | k, v (BT, Dkv) | probs (B, Hq, T, T) | att (BT, Dq) |
+// atts (BT, Dq) the o_proj input (= att without the extra scales) | h (BT, D) | rstd2 | xn2 |
+// xs2 the gate/up input | g, u (BT, F) | a (BT, F) silu(g) * u | as the down_proj input |
+// eff the effective weights in arena layout (with TEQ or fake quant). Aliases share offsets.
+struct BlockSavedLayout {
+  int64_t x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff, total;
+};
+BlockSavedLayout block_saved_layout(const BlockDesc& d);
 // Dims, eps, options and their combinations.
 Status check_block(const BlockDesc& d);
 // Fills d.attn_norm .. d.linear from one arena in block_layout order, f32 or bf16; checks its length.

@@ -6,6 +6,7 @@
 // The block step is the one the trainer runs (engine_block.cpp).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,17 @@ class LlamaModel {
   // Names: embed (V, D), final_norm (D), lm_head (V, D), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
   // w_gate|w_up|w_down>. data holds n floats; the expected shape is checked.
   Status set_weight(const std::string& name, const float* data, size_t n);
+  // set_weight for loaders that produce the floats in place (read_tensor_f32 straight
+  // from a checkpoint file), many weights at once: fresh storage for all of them is
+  // first touched on the thread pool (the page faults of gigabytes of new memory are
+  // the larger part of a load), then each item's fill(dst) writes its n floats. The
+  // weights are replaced only when every fill succeeds.
+  struct WeightFill {
+    std::string name;
+    size_t n;
+    std::function<Status(float*)> fill;
+  };
+  Status fill_weights(const std::vector<WeightFill>& items);
   // A quantized linear (name as above, not a norm or the embedding); w's shape must be the slot's.
   Status set_quantized_weight(const std::string& name, const CanonicalWeight& w);
   // Missing weights, named (lm_head falls back to embed when tied).

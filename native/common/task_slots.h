@@ -8,6 +8,7 @@
 #include <functional>
 #include <vector>
 
+#include "quantform/engine.h"
 #include "quantform/threadpool.h"
 
 namespace qf {
@@ -18,12 +19,14 @@ class TaskSlots {
       : per_(scratch_floats), count_(std::max(1, num_threads())), scratch_((size_t)(per_ * count_)) {}
 
   // fn(task, scratch) for every task in [0, n); scratch: scratch_floats of the running slot.
+  // The engine's parallel_slots hands out the S slots (one item each), so the pool is
+  // split in one place.
   void run(int64_t n, const std::function<void(int64_t task, float* scratch)>& fn) {
     const int64_t S = std::min<int64_t>(count_, n);
     if (S <= 0) return;
-    parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
+    parallel_slots(S, 1, S, [&](int64_t slot, int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; s++)
-        for (int64_t t = s; t < n; t += S) fn(t, scratch_.data() + s * per_);
+        for (int64_t t = s; t < n; t += S) fn(t, scratch_.data() + slot * per_);
     });
   }
 

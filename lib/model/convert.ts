@@ -31,3 +31,24 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
       }
   return out;
 }
+
+/**
+ * Row order of permuteInterleavedToHalf for a (heads * HS)-row weight: out row r is
+ * in row order[r], for permuting weights that are not fp32 (quantized rows).
+ */
+export function interleavedToHalfOrder(heads: number, rows: number): Int32Array {
+  const hs = rows / heads, half = hs / 2;
+  const order = new Int32Array(rows);
+  for (let h = 0; h < heads; h++)
+    for (let i = 0; i < half; i++)
+      for (let j = 0; j < 2; j++) order[h * hs + j * half + i] = h * hs + 2 * i + j;
+  return order;
+}
+
+/** The inverse order (permuteHalfToInterleaved). */
+export function halfToInterleavedOrder(heads: number, rows: number): Int32Array {
+  const fwd = interleavedToHalfOrder(heads, rows);
+  const inv = new Int32Array(rows);
+  for (let r = 0; r < rows; r++) inv[fwd[r]] = r;
+  return inv;
+}

@@ -36,6 +36,7 @@ export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type Schedul
 export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './engine/calib.js';
 export { saveGptq, type SaveOptions } from './export/save.js';
 export { exportGguf, encodeDirect, type GgufExportOptions, type ExportReport, type TensorExport, type Fidelity } from './export/gguf.js';
+export { exportOnnx, matMulNBitsParts, type OnnxExportOptions } from './export/onnx.js';
 export { GGML_TYPES, ggmlType, ggmlTypeById, type GgmlType, type GgmlTypeName, type CanonicalParts } from './export/ggml.js';
 export {
   vocabFromCheckpoint, vocabFromTokenizerJson, vocabFromSentencePiece, tokenizerJsonFromVocab, checkVocab, spmTokenizer, TOKEN_TYPE, type SpmVocab,

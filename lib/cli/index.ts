@@ -6,6 +6,7 @@ import { registerBench } from './bench.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerQuantize } from './quantize.js';
+import { registerExport } from './export.js';
 import { VERSION } from '../version.js';
 
 const program = new Command();
@@ -24,6 +25,7 @@ program
 registerEval(program);
 registerGenerate(program);
 registerQuantize(program);
+registerExport(program);
 registerBench(program);
 
 try {

@@ -15,6 +15,7 @@ import type { Bits } from '../ops/quant.js';
 import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
 import { intOption } from './model-arg.js';
 import { DEMO_DEFAULTS, demo, type Demo } from './demo.js';
+import { checkExportFormat, runExport } from './export.js';
 
 interface QuantizeCliOpts {
   model?: string;
@@ -36,6 +37,7 @@ interface QuantizeCliOpts {
   checkpointEvery: number;
   resume?: boolean;
   evalIds?: string;
+  format?: string;
 }
 
 function numberOption(v: string): number {
@@ -101,8 +103,10 @@ export function registerQuantize(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
+    .option('--format <gguf|onnx>', 'also export the saved checkpoint (quantform export) next to --out: <out>.gguf or <out>-onnx/')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();
+      if (o.format !== undefined) checkExportFormat(o.format);
       let dm: Demo | null = null;
       if (!o.model) {
         dm = demo();
@@ -192,5 +196,6 @@ export function registerQuantize(program: Command): void {
       }
       if (dm) await reportDemo(dm, q, o.bits as Bits, o.groupSize, o.sym === true);
       console.log(`saved ${out}`);
+      if (o.format) await runExport({ model: out, format: o.format });
     });
 }

@@ -131,7 +131,8 @@ export function encodeDirect(q: QuantizedTensor, type: DirectType): Uint8Array {
       const d16 = scales[grp], zg = z[grp];
       putHalf(out, o, d16);
       if (type === 'Q4_1') {
-        putHalf(out, o + 2, f32ToF16(-f16ToF32(d16) * zg));
+        const m = -f16ToF32(d16) * zg;
+        putHalf(out, o + 2, f32ToF16(m === 0 ? 0 : m));  // +0 as ggml writes it, not -0
         for (let j = 0; j < 16; j++) out[o + 4 + j] = c[k0 + j] | (c[k0 + 16 + j] << 4);
         continue;
       }

@@ -157,7 +157,8 @@ export function vocabFromTokenizerJson(json: Json, config: Json, source: string,
 
 /** llama2.c pieces (' ' for spaces) and scores, as SentencePieceBpe holds them. */
 export function vocabFromPieces(pieces: readonly Buffer[], scores: Float32Array, bosId: number, eosId: number, source: string): SpmVocab {
-  const tokens = pieces.map((p) => p.toString('utf8').replace(/ /g, SPACE));
+  // llama2.c writes BOS/EOS as '\n<s>\n' / '\n</s>\n'; SentencePiece's names are '<s>' / '</s>'
+  const tokens = pieces.map((p, i) => (i === bosId || i === eosId ? p.toString('utf8').trim() : p.toString('utf8').replace(/ /g, SPACE)));
   const types = new Uint8Array(tokens.length);
   tokens.forEach((t, i) => {
     types[i] = i === 0 && t === '<unk>' ? TOKEN_TYPE.UNKNOWN : i === bosId || i === eosId ? TOKEN_TYPE.CONTROL

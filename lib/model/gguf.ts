@@ -141,7 +141,7 @@ export function readGgufHeader(file: CheckpointFile): GgufHeader {
 function checkRanges(file: CheckpointFile, tensors: GgufTensor[]): void {
   for (const t of tensors)
     if (t.offset + t.nbytes > file.size)
-      throw corrupt(file, `tensor '${t.name}' (${t.type.name} [${t.ne.join(', ')}]) spans bytes [${t.offset}, ${t.offset + t.nbytes}) past the end of the file (${file.size} bytes)`);
+      throw corrupt(file, `tensor '${t.name}' spans bytes [${t.offset}, ${t.offset + t.nbytes}) past the end of the file (${file.size} bytes; ${t.type.name} [${t.ne.join(', ')}], truncated?)`);
   const sorted = [...tensors].sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < sorted.length; i++) {
     const p = sorted[i - 1], t = sorted[i];

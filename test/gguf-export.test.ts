@@ -14,10 +14,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   dequantize, evaluatePerplexity, exportGguf, exportOnnx, generate, GgufCheckpoint, ggmlType, loadModel, Model, permuteHalfToInterleaved, quantize,
   quantizeModel, QuantformError, saveGptq, SyntheticCheckpoint, Tensor, TOKEN_TYPE, TrainableLlama, vocabFromCheckpoint, vocabFromSentencePiece,
-  vocabFromTokenizerJson, weightShape, type Checkpoint, type QuantOptions, type QuantizedTensor, type SpmVocab, type SyntheticOptions,
+  vocabFromTokenizerJson, weightShape, type Checkpoint, type QuantOptions, type QuantizedTensor, type SyntheticOptions,
 } from '../lib/index.js';
 import { loadLlama2cTokenizer } from '../lib/tokenizer/sentencepiece.js';
 import { python } from './helpers/peers.js';
+import { testVocab } from './helpers/vocab.js';
 import { sharedDir } from './helpers/tiers.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qf-gguf-export-'));
@@ -63,14 +64,6 @@ class QuantView implements Checkpoint {
   }
   tokenizer() { return this.base.tokenizer(); }
   close(): void {}
-}
-
-/** A SentencePiece vocabulary of V tokens: specials, 256 bytes, filler pieces. */
-function testVocab(V: number): SpmVocab {
-  const tokens = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, '0')}>`)];
-  while (tokens.length < V) tokens.push(`\u2581w${tokens.length}`);
-  const types = Uint8Array.from(tokens, (t, i) => (i === 0 ? TOKEN_TYPE.UNKNOWN : i < 3 ? TOKEN_TYPE.CONTROL : i < 259 ? TOKEN_TYPE.BYTE : TOKEN_TYPE.NORMAL));
-  return { tokens, scores: Float32Array.from(tokens, (_, i) => -i), types, bosId: 1, eosId: 2, unkId: 0, padId: null, addBos: true, addEos: false, addSpacePrefix: true, source: 'test vocabulary' };
 }
 
 const SYN_K: SyntheticOptions = { dim: 256, hiddenDim: 512, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 300, maxSeq: 64, seed: 3 };

@@ -16,18 +16,24 @@ const PEERS = path.join(ROOT, 'test', 'peers');
 
 export type Found<T> = { ok: true; value: T } | { ok: false; reason: string };
 
+/** CI sets QUANTFORM_REQUIRE_PEERS=1 after installing test/peers: a missing peer then fails instead of skipping. */
+function missing<T>(reason: string): Found<T> {
+  if (process.env.QUANTFORM_REQUIRE_PEERS === '1') throw new Error(`QUANTFORM_REQUIRE_PEERS is set but ${reason}`);
+  return { ok: false, reason };
+}
+
 async function importPeer<T>(name: string): Promise<Found<T>> {
   const req = createRequire(path.join(PEERS, 'package.json'));
   let entry: string;
   try {
     entry = req.resolve(name);
   } catch {
-    return { ok: false, reason: `${name} is not installed in test/peers (npm ci --prefix test/peers --omit=optional --ignore-scripts)` };
+    return missing(`${name} is not installed in test/peers (npm ci --prefix test/peers --omit=optional --ignore-scripts)`);
   }
   try {
     return { ok: true, value: (await import(pathToFileURL(entry).href)) as T };
   } catch (e) {
-    return { ok: false, reason: `${name} does not load: ${(e as Error).message.split('\n')[0]}` };
+    return missing(`${name} does not load: ${(e as Error).message.split('\n')[0]}`);
   }
 }
 
@@ -65,7 +71,7 @@ export function nodeLlamaCpp(): Promise<Found<Llama>> {
     try {
       return { ok: true as const, value: await m.value.getLlama({ gpu: false, build: 'never', logLevel: m.value.LlamaLogLevel.error, progressLogs: false }) };
     } catch (e) {
-      return { ok: false as const, reason: `node-llama-cpp has no usable prebuilt binary: ${(e as Error).message.split('\n')[0]}` };
+      return missing<Llama>(`node-llama-cpp has no usable prebuilt binary: ${(e as Error).message.split('\n')[0]}`);
     }
   })();
   return llamaCache;
@@ -101,7 +107,7 @@ export async function onnxRuntime(): Promise<Found<Ort>> {
     const req = createRequire(path.join(ROOT, 'package.json'));
     return { ok: true, value: (await import(pathToFileURL(req.resolve('onnxruntime-node')).href)) as Ort };
   } catch (e) {
-    return { ok: false, reason: `onnxruntime-node is not installed (optional dependency): ${(e as Error).message.split('\n')[0]}` };
+    return missing(`onnxruntime-node is not installed (optional dependency): ${(e as Error).message.split('\n')[0]}`);
   }
 }
 

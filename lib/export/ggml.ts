@@ -728,7 +728,7 @@ const F32: GgmlType = {
     return y;
   },
   quantize(x) {
-    return new Uint8Array(x.buffer.slice(x.byteOffset, x.byteOffset + x.byteLength));
+    return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
   },
 };
 

@@ -273,8 +273,10 @@ export async function exportGguf(model: string | Checkpoint, out: string, opts: 
     for (let l = 0; l < cfg.nLayers; l++) for (const w of ['attn_norm', 'ffn_norm', ...LINEAR_WEIGHTS]) names.push(`layers.${l}.${w}`);
     const total = names.length + (cfg.ropeScaling ? 1 : 0);
     const record = (name: string, shape: number[], source: string, e: Encoded, want: Float32Array) => {
-      const got = e.type.dequantize(e.data, want.length);
-      const err = compareValues(got, want);
+      // F32 is the bytes themselves; anything else is decoded, and compared value by value only when not bit-identical
+      const got = e.type.name === 'F32' ? new Float32Array(e.data.buffer, e.data.byteOffset, want.length) : e.type.dequantize(e.data, want.length);
+      const same = Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength));
+      const err = same ? { relError: 0, maxAbsError: 0 } : compareValues(got, want);
       const fidelity: Fidelity = e.fidelity === 're-encoded' ? 're-encoded' : err.maxAbsError === 0 ? 'exact' : 'rounded';
       tensors.push({ name, source, type: e.type.name, shape, fidelity, ...err, note: e.note });
       opts.onProgress?.({ done: tensors.length, total, tensor: name });

@@ -372,6 +372,28 @@ describe.skipIf(!haveShared)('stories260K: export -> reload keeps the quantized 
     }
   });
 
+  it('a quantized GGUF is a starting point for quantization: TrainableLlama.fromCheckpoint reads it dequantized', async () => {
+    const q = await quantizeModel(TrainableLlama.fromHfDir(HF), { method: 'rtn', bits: 4, groupSize: 32, symmetric: true });
+    const dir = fresh('rtn-start');
+    saveGptq(q, dir, { tokenizerDir: HF });
+    const file = fresh('start.gguf');
+    await exportGguf(dir, file);
+    const ck = new GgufCheckpoint(file);
+    try {
+      const tl = TrainableLlama.fromCheckpoint(ck);
+      expect(tl.shape.intermediate).toBe(192);
+      // the padded FFN channels are zeros; the rest are the GPTQ model's dequantized weights
+      const wq = tl.linear(0, 'q_proj'), want = q.model.linear(0, 'q_proj');
+      const deq = dequantize(q.linears.get('model.layers.0.self_attn.q_proj')!).data as Float32Array;
+      expect(Array.from(wq)).toEqual(Array.from(deq));
+      expect(want.length).toBe(wq.length);
+      const again = await quantizeModel(tl, { method: 'rtn', bits: 4, groupSize: 32, symmetric: true });
+      expect(again.linears.size).toBe(35);
+    } finally {
+      ck.close();
+    }
+  });
+
   it.skipIf(!existsSync(LLAMA2_TOK))('tokenizer.model (SentencePiece protobuf) gives the pieces, scores and types of the llama2.c export of it', () => {
     const v = vocabFromSentencePiece(readFileSync(path.join(LLAMA2_TOK, 'tokenizer.model')), 'tokenizer.model');
     const bin = loadLlama2cTokenizer(path.join(LLAMA2_TOK, 'tokenizer.bin'), 32000).vocabulary();

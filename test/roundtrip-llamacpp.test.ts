@@ -14,8 +14,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  calibrationFromFile, evaluatePerplexity, exportGguf, generate, loadCalibrationTokenizer, loadModel, quantize, quantizeModel, saveGptq,
-  SyntheticCheckpoint, Tensor, TrainableLlama, vocabFromCheckpoint, dequantize, weightShape, type Checkpoint, type Model, type QuantizedTensor,
+  calibrationFromFile, evaluatePerplexity, exportGguf, generate, loadCalibrationTokenizer, loadModel, Model, quantize, quantizeModel, saveGptq,
+  SyntheticCheckpoint, Tensor, TrainableLlama, vocabFromCheckpoint, dequantize, weightShape, type Checkpoint, type QuantizedTensor,
 } from '../lib/index.js';
 import { llamaLibDir, nodeLlamaCpp, python, ROOT, type Llama, type LlamaModel } from './helpers/peers.js';
 import { sharedDir } from './helpers/tiers.js';
@@ -243,6 +243,45 @@ describe.skipIf(skip !== null)('GGUF round trip through llama.cpp (node-llama-cp
       const d = await probDiff(file);
       rows.push(`quantform Q2_K/Q3_K/Q4_K (256-wide random model): max |p_llama.cpp - p_quantform| ${d.toExponential(2)}`);
       expect(d).toBeLessThan(PROB_ABS_TOL);
+    });
+
+    it('Llama 3 rope_scaling written as rope_freqs.weight: llama.cpp gives the scaled model\'s probabilities', async () => {
+      const vocab = vocabFromCheckpoint((await loadModel(HF)).checkpoint);
+      // original_max_position_embeddings 16 puts most frequencies in the scaled bands at these positions
+      const ropeScaling = { ropeType: 'llama3' as const, factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 16 };
+      const scaled: Checkpoint = { format: 'synthetic', path: 'synthetic-rope3', config: { ...syn.config, ropeScaling }, tokenizer: () => syn.tokenizer(),
+        close: () => undefined, weight: (n: string) => syn.weight(n) };
+      const file = path.join(tmp, 'rope3.gguf');
+      const r = await exportGguf(scaled, file, { vocab });
+      expect(r.tensors.map((t) => t.name)).toContain('rope_freqs.weight');
+      const lm = await llama.loadModel({ modelPath: file });
+      const m = new Model(scaled, await syn.tokenizer());
+      const plain = new Model(syn, await syn.tokenizer());
+      try {
+        const ids = seqIds();
+        const ctx = await lm.createContext({ contextSize: 256, threads: LLAMA_THREADS, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
+        const res = await ctx.getSequence().controlledEvaluate(ids.map((t) => [t, { generateNext: { probabilities: true } }] as [number, { generateNext: { probabilities: true } }]));
+        await ctx.dispose();
+        const worst = (logits: Float32Array) => {
+          let w = 0;
+          for (let t = 0; t < ids.length; t++) {
+            let mx = -Infinity, s = 0;
+            for (let v = 0; v < 512; v++) mx = Math.max(mx, logits[t * 512 + v]);
+            for (let v = 0; v < 512; v++) s += Math.exp(logits[t * 512 + v] - mx);
+            for (const [v, pr] of res[t]!.next.probabilities!) w = Math.max(w, Math.abs(pr - Math.exp(logits[t * 512 + v] - mx) / s));
+          }
+          return w;
+        };
+        const withScaling = worst(m.forward(ids).logits), without = worst(plain.forward(ids).logits);
+        rows.push(`Llama 3 rope_scaling via rope_freqs (256-wide random model): max |dp| ${withScaling.toExponential(2)} (unscaled model: ${without.toExponential(2)})`);
+        // fp32 weights on both sides: only summation order differs; an unscaled RoPE is visibly different
+        expect(withScaling).toBeLessThan(1e-4);
+        expect(without).toBeGreaterThan(100 * withScaling);
+      } finally {
+        m.dispose();
+        plain.dispose();
+        await lm.dispose();
+      }
     });
 
     it.skipIf(quantSkip !== null)('llama.cpp\'s own Q4_K_M / Q3_K_M / Q2_K files read the same in quantform', async () => {

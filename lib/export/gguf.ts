@@ -265,6 +265,7 @@ export async function exportGguf(model: string | Checkpoint, out: string, opts: 
     if (!opts.vocab) checkVocab(vocab, await ck.tokenizer());
     vocab = fitVocab(vocab, cfg.vocabSize);
     const exact = opts.exact === true;
+    const gptqSource = src.hfConfig?.quantization_config !== undefined;
     const F = cfg.hiddenDim;
     const downQuantized = ck.quantizedWeight?.('layers.0.w_down') ?? null;
     const F2 = F % 32 !== 0 && downQuantized !== null ? Math.ceil(F / 32) * 32 : F;
@@ -317,7 +318,10 @@ export async function exportGguf(model: string | Checkpoint, out: string, opts: 
             let w = padF32(ck.weight(name), N, K, N2, K2);
             if (heads) w = permuteHalfToInterleaved(w, heads, K2);
             want = w;
-            e = { type: floatType, data: floatType.quantize(w), fidelity: floatType.name === 'F32' ? 'exact' : 'rounded' };
+            // a GPTQ linear that has no canonical form (act-order g_idx) arrives dequantized: say so
+            const note = gptqSource && name !== 'embed' && name !== 'lm_head'
+              ? 'GPTQ linear not in group order (act-order g_idx): written dequantized' : undefined;
+            e = { type: floatType, data: floatType.quantize(w), fidelity: floatType.name === 'F32' ? 'exact' : 'rounded', note };
           }
           [N, K] = [N2, K2];
           record(gname, [N, K], source, e, want);

@@ -8,6 +8,8 @@ export {
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
   SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './ops/quant.js';
+export { GptqHessian, gptqQuantize, gptqQuantizeAsync, gptqObjective, type GptqOptions, type GptqResult } from './ops/gptq.js';
+export { quantLinearBackward, quantLinearBackwardAsync, cudaQuantLinearBackward, type QuantLinearBackwardOptions, type QuantLinearGrads } from './ops/qlinear.js';
 export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './ops/cuda-quant.js';
 export {
   loadModel, openCheckpoint, Model, type LoadOptions, type ForwardOptions, type ForwardResult,

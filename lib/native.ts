@@ -120,6 +120,26 @@ export interface NativeTrainBinding {
     V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
 }
 
+/** Scalars of one GPTQ call (native/include/quantform/gptq.h). */
+export interface NativeGptqConfig {
+  rows: number;
+  cols: number;
+  bits: number;
+  groupSize: number;
+  symmetric: boolean;
+  paramDtype: 'f32' | 'f16';
+  /** fraction of mean(diag H) added to the diagonal */
+  damp: number;
+  /** columns per lazy batch, 1..512 */
+  blockSize: number;
+  paramsFrom: 'updated' | 'batch-start';
+}
+
+export interface NativeGptqResult extends NativeQuantized {
+  /** sum over rows and columns of e^2 / 2, e = (w - ŵ) / U[c, c] */
+  loss: number;
+}
+
 /** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
 export interface NativePreparedWeight {
   readonly __brand: 'NativePreparedWeight';
@@ -186,6 +206,24 @@ export interface NativeBinding {
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  // GPTQ (native/include/quantform/gptq.h)
+  /** H (K, K) = H n/(n + T) + 2/(n + T) xᵀx for x (T, K), n = rowsBefore (0 overwrites H). */
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: false): void;
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: true): Promise<void>;
+  /** U (K, K) = upper Cholesky factor of (H + damp mean(diag H) I)^-1 (dead inputs' diagonal set to 1). */
+  gptqInverseFactor(U: Float32Array, H: Float32Array, K: number, damp: number): void;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: false): NativeGptqResult;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: true): Promise<NativeGptqResult>;
+  /**
+   * Quantized-linear backward (native/include/quantform/qlinear.h): gradInput (M, K) = gradOutput (M, N) · Ŵ,
+   * overwritten; gradScales (N, G) += Σ_{k ∈ g} (q - z) (gradOutputᵀ x)[n, k]. Either output may be null.
+   */
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: false): void;
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<void>;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: false): NativeMachineLimits;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: true): Promise<NativeMachineLimits>;
 }

@@ -1,5 +1,7 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchGptq } from './bench-gptq.js';
+import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
@@ -12,5 +14,7 @@ export function registerBench(program: Command): void {
   registerBenchModel(bench);
   registerBenchTrain(bench);
   registerBenchTeq(bench);
+  registerBenchGptq(bench);
+  registerBenchGptqOps(bench);
   registerBenchMatmul(bench);
 }

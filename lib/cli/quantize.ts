@@ -38,6 +38,8 @@ interface QuantizeCliOpts {
   resume?: boolean;
   evalIds?: string;
   format?: string;
+  damp?: number;
+  gptqParams?: 'updated' | 'batch-start' | 'best';
 }
 
 function numberOption(v: string): number {
@@ -83,7 +85,7 @@ async function reportDemo(dm: Demo, q: Awaited<ReturnType<typeof quantizeModel>>
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description('quantize a Hugging Face Llama checkpoint (rtn | teq) and save it in GPTQ format')
+    .description(`quantize a Hugging Face Llama checkpoint (${methodNames().join(' | ')}) and save it in GPTQ format`)
     .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json); default: a built-in synthetic Llama with outlier channels and calibration text, nothing to download')
     .option('--method <name>', `method: ${methodNames().join(' | ')}`, 'teq')
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', intOption, 4)
@@ -102,6 +104,8 @@ export function registerQuantize(program: Command): void {
     .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out')
+    .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
+    .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
     .option('--format <gguf|onnx>', 'also export the saved checkpoint (quantform export) next to --out: <out>.gguf or <out>-onnx/')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
@@ -124,6 +128,7 @@ export function registerQuantize(program: Command): void {
       const opts: QuantizeModelOptions = {
         method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
         batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true,
+        gptq: { damp: o.damp, paramsFrom: o.gptqParams },
       };
       if (dm && !o.calib) {
         opts.calibration = calibrationFromText(dm.calibrationText, dm.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed });

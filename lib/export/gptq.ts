@@ -9,6 +9,19 @@
 //   g_idx   int32 (K) = k / G (desc_act false)
 // Dequantization: w[n, k] = scales[g, n] * (q[k, n] - z[g, n]), g = g_idx[k].
 // quantform's own layout (formats.h) is row-major over N; this module converts.
+//
+// The 3-bit layout written out (AutoGPTQ / GPTQModel pack(); their torch
+// dequantizer reads it with the `wf` shift table): 32 codes per 3 int32 words,
+//   word 0: codes 0-9 at bits 3j .. 3j+2, code 10's bits 0-1 at bits 30-31
+//   word 1: code 10's bit 2 at bit 0, codes 11-20 at bits 3(j-11)+1 .., code 21's bit 0 at bit 31
+//   word 2: code 21's bits 1-2 at bits 0-1, codes 22-31 at bits 3(j-22)+2 ..
+// which is exactly code k at bit 3k of one little-endian stream, the layout of
+// every other width too (2/4/8: code k at bit b*k, never straddling). qzeros use
+// the same stream along N. GPTQ tools need K % 32 == 0 (qweight has K/32*b rows)
+// and N % 32 == 0 for qzeros; quantform pads other shapes with zero bits to whole
+// words and reads them back (stories260K's K = 172), but only quantform loads
+// those. Checked against an independent re-implementation of the tools' pack and
+// unpack logic: scripts/gptq_pack_oracle.py, test/gptq-pack.test.ts.
 import { QuantformError } from '../errors.js';
 import { pack, QuantizedTensor, unpack, type Bits } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';

@@ -48,7 +48,9 @@ export function saveGptq(q: QuantizedModel, out: string, opts: SaveOptions = {})
     const config = {
       ...q.model.hfConfig,
       quantization_config: {
-        quant_method: 'gptq', bits: q.quant.bits, group_size: q.quant.groupSize, sym: q.quant.symmetric, desc_act: false,
+        // per-channel (a group size >= every linear's K) is -1 in GPTQ tools' configs
+        quant_method: 'gptq', bits: q.quant.bits, group_size: [...q.linears.values()].every((l) => l.groupSize === l.shape[1]) ? -1 : q.quant.groupSize,
+        sym: q.quant.symmetric, desc_act: false,
         checkpoint_format: format, true_sequential: true, damp_percent: 0,
         quantform: { method: q.report.method },
       },

@@ -1,6 +1,7 @@
 // quantizeModel: the one entry point of model quantization. A registered method
 // (lib/methods) transforms the fp32 model exactly (or not at all), then every linear
-// is RTN-quantized with f16 scales, the parameters the GPTQ export stores.
+// the method did not quantize itself (MethodResult.linears) is RTN-quantized with
+// f16 scales, the parameters the GPTQ export stores.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
@@ -11,9 +12,10 @@ import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
+import type { GptqMethodOptions } from './gptq.js';
 
 export interface QuantizeModelOptions {
-  /** A registered method: 'rtn', 'teq'. */
+  /** A registered method: 'rtn', 'gptq', 'teq'. */
   method: string;
   bits: Bits;
   /** Default 128 (capped at each linear's input size). */
@@ -33,6 +35,8 @@ export interface QuantizeModelOptions {
   seed?: number;
   /** TEQ: also the mergeable v->o and up->down scales. Default false. */
   extraScales?: boolean;
+  /** GPTQ: damping, lazy batch, where group parameters are read. */
+  gptq?: GptqMethodOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -69,7 +73,7 @@ export interface QuantizedModel {
   /** the transformed fp32 model the linears were quantized from (norms already merged) */
   model: TrainableLlama;
   quant: BlockQuant;
-  /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> RTN-quantized weight */
+  /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> quantized weight (RTN, or the method's own) */
   linears: Map<string, QuantizedTensor>;
   report: QuantizeReport;
 }
@@ -144,7 +148,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   if (hooks.resume && !ck) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
   const tTrain = performance.now();
   const res = await method.prepare(model, {
-    quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
+    quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
     checkpoint: ck ? async (s: TrainState) => {
       writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
         { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
@@ -160,7 +164,11 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
       const name = `model.layers.${l}.${HF_LINEAR[n]}`;
       const { rows, cols } = lay.linears[n];
       const w = model.linear(l, n).slice();
-      const q = quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
+      // a method that quantized this linear itself (GPTQ) keeps its codes and scales
+      const own = res.linears?.get(name);
+      if (own && (own.shape[0] !== rows || own.shape[1] !== cols || own.bits !== quant.bits || own.symmetric !== symmetric || own.groupSize !== Math.min(groupSize, cols)))
+        throw new QuantformError('QF_INTERNAL', `Method '${method.name}' returned ${name} as [${own.shape}] INT${own.bits} g${own.groupSize}, not [${rows}, ${cols}] INT${quant.bits} g${Math.min(groupSize, cols)}`);
+      const q = own ?? quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
       linears.set(name, q);
       const orig = source.linear(l, n);
       const before = dequantize(quantize(new Tensor(orig.slice(), [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' })).data as Float32Array;

@@ -52,6 +52,8 @@ void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
 void register_train(Napi::Env env, Napi::Object exports);
+void register_gptq(Napi::Env env, Napi::Object exports);
+void register_qlinear(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 

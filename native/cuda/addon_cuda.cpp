@@ -12,6 +12,7 @@
 
 namespace qf {
 void register_train_cuda(Napi::Env env, Napi::Object exports);  // addon_train_cuda.cpp
+void register_qlinear_cuda(Napi::Env env, Napi::Object exports);  // qlinear_addon.cpp
 namespace {
 
 Napi::Value cuda_info(const Napi::CallbackInfo& info) {
@@ -186,6 +187,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "fakeQuantForward", fq_forward_js);
   QF_EXPORT(exports, "fakeQuantBackward", fq_backward_js);
   register_train_cuda(env, exports);
+  register_qlinear_cuda(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

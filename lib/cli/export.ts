@@ -57,7 +57,7 @@ export async function runExport(o: ExportCliOpts): Promise<ExportReport> {
   if (ft !== 'F32' && ft !== 'F16') throw new QuantformError('QF_INVALID_ARGUMENT', `Expected f32 or f16 for --float-type but received '${o.floatType}'`);
   const r = o.format === 'gguf'
     ? await exportGguf(o.model, out, { exact: o.exact === true, floatType: ft })
-    : await exportOnnx(o.model, out, { exact: o.exact === true, accuracyLevel: (o.accuracyLevel ?? 0) as 0 | 1 | 2 | 3 | 4 });
+    : await exportOnnx(o.model, out, { accuracyLevel: (o.accuracyLevel ?? 0) as 0 | 1 | 2 | 3 | 4 });
   if (o.json) console.log(JSON.stringify(r, null, 2));
   else printExportReport(r);
   return r;
@@ -70,7 +70,7 @@ export function registerExport(program: Command): void {
     .requiredOption('--model <path>', 'quantized GPTQ directory (from quantize), HF directory, llama2.c .bin or .gguf')
     .requiredOption('--format <gguf|onnx>', 'gguf: one .gguf file; onnx: a directory with onnx/model_q4.onnx, config.json and the tokenizer')
     .option('--out <path>', 'output file (gguf) or directory (onnx); must not exist (default: next to the model)')
-    .option('--exact', 'refuse tensors the format cannot hold bit-exactly instead of re-encoding them (GGUF: INT4 asymmetric as Q5_0)')
+    .option('--exact', 'GGUF: refuse tensors it cannot hold bit-exactly instead of re-encoding them (INT4 asymmetric as Q5_0); ONNX is always exact')
     .option('--float-type <f32|f16>', 'GGUF: type of embeddings, an untied head and fp32 linears', 'f32')
     .option('--accuracy-level <n>', 'ONNX: MatMulNBits accuracy_level (0 fp32 arithmetic, 4 int8 activations)', (v) => Number(v), 0)
     .option('--json', 'print the full per-tensor report as JSON')

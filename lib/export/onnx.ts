@@ -11,7 +11,9 @@
 //                formats.h), f32 scales, packed 4-bit zero points when they are not
 //                all 8; INT8 as bits = 8. Exact: the op computes s * (q - z) from the
 //                same codes. Group sizes that are not a power of two >= 16 (and
-//                fp32 linears) become a MatMul with the (dequantized, exact) fp32 weight.
+//                fp32 linears) become a MatMul with the (dequantized, exact) fp32 weight:
+//                every value is exact, so there is no `exact` option; the report says
+//                which linears are not MatMulNBits.
 //   RMSNorm      x / sqrt(mean(x^2) + eps) * g, RoPE (rotate_half, cos/sin caches
 //                gathered by position_ids), SwiGLU: standard ops, which onnxruntime's
 //                optimizer fuses
@@ -38,8 +40,6 @@ import { checkVocab, tokenizerJsonFromVocab, vocabFromCheckpoint, VOCAB_PROBE, t
 export interface OnnxExportOptions {
   /** MatMulNBits accuracy_level: 0 = fp32 arithmetic (default, closest to quantform), 4 = int8 activations (faster). */
   accuracyLevel?: 0 | 1 | 2 | 3 | 4;
-  /** Refuse linears that would not run on MatMulNBits (default false: they run as fp32 MatMul, reported). */
-  exact?: boolean;
   /** The vocabulary, when the checkpoint has no tokenizer.json (not checked against its tokenizer). */
   vocab?: SpmVocab;
   onProgress?: (e: { done: number; total: number; tensor: string }) => void;
@@ -209,7 +209,7 @@ export async function exportOnnx(model: string | Checkpoint, out: string, opts: 
     const total = 3 + cfg.nLayers * 9;
     const note = (t: TensorExport) => { tensors.push(t); opts.onProgress?.({ done: tensors.length, total, tensor: t.name }); };
     try {
-      buildDecoder(g, ck, cfg, accuracyLevel, opts.exact === true, note);
+      buildDecoder(g, ck, cfg, accuracyLevel, note);
       fsyncSync(dataFd);
     } finally {
       closeSync(dataFd);
@@ -293,7 +293,7 @@ function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
-function buildDecoder(g: Graph, ck: Checkpoint, cfg: LlamaConfig, accuracyLevel: number, exact: boolean, note: (t: TensorExport) => void): void {
+function buildDecoder(g: Graph, ck: Checkpoint, cfg: LlamaConfig, accuracyLevel: number, note: (t: TensorExport) => void): void {
   const D = cfg.dim, H = cfg.nHeads, KV = cfg.nKvHeads, hd = cfg.headDim, V = cfg.vocabSize, rep = H / KV, half = hd / 2;
   g.inputs.push(valueInfo('input_ids', ONNX_DTYPE.INT64, ['batch_size', 'sequence_length']));
   g.inputs.push(valueInfo('attention_mask', ONNX_DTYPE.INT64, ['batch_size', 'total_sequence_length']));
@@ -358,11 +358,9 @@ function buildDecoder(g: Graph, ck: Checkpoint, cfg: LlamaConfig, accuracyLevel:
         note: q.bits < parts.bits ? `INT${q.bits} codes as ${parts.bits}-bit` : undefined });
       return g.op1('MatMulNBits', inputs, { K, N, bits: parts.bits, block_size: parts.blockSize, accuracy_level: accuracyLevel }, 'com.microsoft');
     }
-    if (q && exact)
-      throw new QuantformError('QF_UNSUPPORTED', `${base}: ${quantLabel(q)} does not fit MatMulNBits (block size a power of two >= 16, integer zero points); without exact it runs as an fp32 MatMul`);
     const w = q ? (dequantize(q).data as Float32Array) : ck.weight(name);
     note({ name: base, source: q ? quantLabel(q) : 'f32', type: 'MatMul (FLOAT)', shape: [N, K], fidelity: 'exact', relError: 0, maxAbsError: 0,
-      note: q ? 'group size is not a power of two >= 16: dequantized to an fp32 MatMul' : undefined });
+      note: q ? 'does not fit MatMulNBits (block size a power of two >= 16, integer zero points): its exact values as an fp32 MatMul' : undefined });
     return g.op1('MatMul', [x, g.f32(`${base}.weight_t`, [K, N], transpose(w, N, K))]);
   };
   const rotate = (x: string) => {

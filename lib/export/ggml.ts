@@ -72,7 +72,8 @@ function half(b: Uint8Array, o: number): number {
   return f16ToF32(b[o] | (b[o + 1] << 8));
 }
 
-function putHalf(b: Uint8Array, o: number, bits: number): void {
+/** binary16 bits at b[o], little-endian. */
+export function putHalf(b: Uint8Array, o: number, bits: number): void {
   b[o] = bits & 0xff;
   b[o + 1] = bits >> 8;
 }

@@ -91,7 +91,8 @@ function writeValue(b: Bytes, key: string, v: GgufValue): void {
   }
 }
 
-function writeAll(fd: number, b: Uint8Array): void {
+/** Writes all of b to fd (writeSync may write less than asked). */
+export function writeAll(fd: number, b: Uint8Array): void {
   let o = 0;
   while (o < b.length) o += writeSync(fd, b, o, b.length - o);
 }

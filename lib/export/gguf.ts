@@ -29,7 +29,8 @@ import { halfToInterleavedOrder, permuteHalfToInterleaved } from '../model/conve
 import { dequantize, unpack, type QuantizedTensor } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { exactF16Scales, padZeros, permuteRows, scaleValues, zeroPoints } from './canonical.js';
-import { ggmlType, type GgmlType, type GgmlTypeName } from './ggml.js';
+import { ggmlType, putHalf, type GgmlType, type GgmlTypeName } from './ggml.js';
+import { ggufName } from '../model/gguf.js';
 import { gv, writeGguf, type GgufTensorData, type GgufValue } from './gguf-writer.js';
 import { openExportSource } from './source.js';
 import { checkVocab, TOKEN_TYPE, vocabFromCheckpoint, type SpmVocab } from './vocab.js';
@@ -97,11 +98,6 @@ export function compareValues(got: Float32Array, want: Float32Array): { relError
     if (Math.abs(x) > mx) mx = Math.abs(x);
   }
   return { relError: d > 0 ? Math.sqrt(e / d) : Math.sqrt(e), maxAbsError: mx };
-}
-
-function putHalf(b: Uint8Array, o: number, bits: number): void {
-  b[o] = bits & 0xff;
-  b[o + 1] = bits >> 8;
 }
 
 export type DirectType = 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q8_0';
@@ -192,18 +188,6 @@ function encodeLinear(q: QuantizedTensor, exact: boolean, where: string): Encode
   const values = dequantize(q).data as Float32Array;
   const t = ggmlType(target);
   return { type: t, data: t.quantize(values), fidelity: 're-encoded', note: compact ? `compact ${target} instead of 4-bit codes (exact: Q4_0)` : undefined };
-}
-
-function ggufName(name: string): string {
-  if (name === 'embed') return 'token_embd.weight';
-  if (name === 'final_norm') return 'output_norm.weight';
-  if (name === 'lm_head') return 'output.weight';
-  const [, l, w] = name.split('.');
-  const map: Record<string, string> = {
-    attn_norm: 'attn_norm', ffn_norm: 'ffn_norm', wq: 'attn_q', wk: 'attn_k', wv: 'attn_v', wo: 'attn_output',
-    w_gate: 'ffn_gate', w_up: 'ffn_up', w_down: 'ffn_down',
-  };
-  return `blk.${l}.${map[w]}.weight`;
 }
 
 /** fp32 (rows, cols) row-major padded to (rows2, cols2) with zeros. */

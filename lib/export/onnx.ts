@@ -22,7 +22,7 @@
 //                (B, n_kv, 1, S, hd), no copy of K/V
 //   head         Gemm(transB) on the embedding itself when tied (no transposed copy)
 // Initializers above 1 KiB go to the external data file (those of 1 MiB or more page aligned).
-import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { QuantformError } from '../errors.js';
@@ -31,6 +31,7 @@ import { invFreq, weightShape, type LlamaConfig } from '../model/config.js';
 import { dequantize, packedRowBytes, type QuantizedTensor } from '../ops/quant.js';
 import { VERSION } from '../version.js';
 import { scaleValues, zeroPoints } from './canonical.js';
+import { writeAll } from './gguf-writer.js';
 import { quantLabel, type ExportReport, type TensorExport } from './gguf.js';
 import { modelProto, nodeProto, ONNX_DTYPE, tensorProto, valueInfo, type AttrValue, type OnnxDType } from './onnx-proto.js';
 import type { ProtoWriter } from './protobuf.js';
@@ -114,11 +115,6 @@ class Graph {
   scalarF32(name: string, v: number): string {
     return this.init(name, ONNX_DTYPE.FLOAT, [], new Uint8Array(Float32Array.of(v).buffer));
   }
-}
-
-function writeAll(fd: number, b: Uint8Array): void {
-  let o = 0;
-  while (o < b.length) o += writeSync(fd, b, o, b.length - o);
 }
 
 /** MatMulNBits inputs for q: 4-bit blobs (8-bit for INT8), scales, zero points; null if the op cannot hold q. */

@@ -150,7 +150,8 @@ function checkRanges(file: CheckpointFile, tensors: GgufTensor[]): void {
   }
 }
 
-function ggufName(name: string): string {
+/** llama.cpp's tensor name of a canonical weight name ('layers.0.wq' -> 'blk.0.attn_q.weight'). */
+export function ggufName(name: string): string {
   if (name === 'embed') return 'token_embd.weight';
   if (name === 'final_norm') return 'output_norm.weight';
   if (name === 'lm_head') return 'output.weight';

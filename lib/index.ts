@@ -22,7 +22,7 @@ export { type Linear, Fp32Linear, QuantizedLinear } from './model/linear.js';
 export { SyntheticCheckpoint, ByteTokenizer, LLAMA2_7B, type SyntheticOptions } from './model/synthetic.js';
 export { permuteInterleavedToHalf, permuteHalfToInterleaved, interleavedToHalfRows } from './model/convert.js';
 export { SafetensorsCheckpoint } from './model/hf.js';
-export { readGgufHeader, type GgufHeader } from './model/gguf.js';
+export { readGgufHeader, GgufCheckpoint, type GgufHeader, type GgufTensor } from './model/gguf.js';
 export { type Tokenizer } from './tokenizer/tokenizer.js';
 export { SentencePieceBpe, loadLlama2cTokenizer } from './tokenizer/sentencepiece.js';
 export { loadHfTokenizer } from './tokenizer/hf.js';
@@ -40,6 +40,12 @@ export { TrainableLlama, blockLayout, type LlamaShape, type BlockQuant } from '.
 export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './engine/optim.js';
 export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './engine/calib.js';
 export { saveGptq, GptqWriter, gptqSourceOf, type SaveOptions, type GptqSource } from './export/save.js';
+export { exportGguf, encodeDirect, type GgufExportOptions, type ExportReport, type TensorExport, type Fidelity } from './export/gguf.js';
+export { exportOnnx, matMulNBitsParts, type OnnxExportOptions } from './export/onnx.js';
+export { GGML_TYPES, ggmlType, ggmlTypeById, type GgmlType, type GgmlTypeName, type CanonicalParts } from './export/ggml.js';
+export {
+  vocabFromCheckpoint, vocabFromTokenizerJson, vocabFromSentencePiece, tokenizerJsonFromVocab, checkVocab, spmTokenizer, TOKEN_TYPE, type SpmVocab,
+} from './export/vocab.js';
 export { GptqCheckpoint } from './model/gptq.js';
 export { toGptq, packGptq, dequantizeGptq, type GptqFormat, type GptqLinear } from './export/gptq.js';
 export {

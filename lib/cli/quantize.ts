@@ -29,6 +29,7 @@ import {
   DEFAULT_CALIBRATION, DEFAULT_EVAL_TEXT, DEFAULT_EVAL_TOKENS, DEFAULT_JOB, DEFAULT_MODEL, SYNTHETIC_MODEL, readAssetText,
 } from './demo.js';
 import { intOption } from './model-arg.js';
+import { checkExportFormat, runExport } from './export.js';
 
 interface QuantizeCliOpts {
   model?: string;
@@ -55,6 +56,7 @@ interface QuantizeCliOpts {
   evalTokens?: number;
   maxMemory?: number;
   shardSize: number;
+  format?: string;
   damp?: number;
   gptqParams?: 'updated' | 'batch-start' | 'best';
 }
@@ -164,8 +166,10 @@ export function registerQuantize(program: Command): void {
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
     .option('--max-memory <GB>', 'memory quantization may use (default: what the OS reports available)', numberOption)
     .option('--shard-size <GB>', 'split the output safetensors into shards of at most this size', numberOption, 5)
+    .option('--format <gguf|onnx>', 'also export the saved checkpoint (quantform export) next to --out: <out>.gguf or <out>-onnx/')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();
+      if (o.format !== undefined) checkExportFormat(o.format);
       const defaultJob = !o.model;
       if (defaultJob)
         for (const [k, v] of Object.entries(DEFAULT_JOB))
@@ -247,6 +251,7 @@ export function registerQuantize(program: Command): void {
       } finally {
         ck.close();
       }
+      if (o.format) await runExport({ model: out, format: o.format });
     });
 }
 

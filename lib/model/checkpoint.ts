@@ -38,3 +38,8 @@ export interface Checkpoint {
   tokenizer(): Promise<Tokenizer>;
   close(): void;
 }
+
+/** Hugging Face style directories (config.json, tokenizer files beside the weights): plain and GPTQ. */
+export function isHfDirectory(ck: Checkpoint): boolean {
+  return ck.format === 'safetensors' || ck.format === 'gptq';
+}

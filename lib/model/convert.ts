@@ -35,6 +35,7 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
 /**
  * The same reordering as a row map for loaders that scatter rows while reading:
  * source row h*HS + 2i + j lands in row h*HS + j*HS/2 + i (rows = heads * HS).
+ * It is also the row order of permuteHalfToInterleaved (out row r is source row dst[r]).
  */
 export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
   const hs = rows / heads, half = hs / 2;
@@ -44,3 +45,17 @@ export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
       for (let j = 0; j < 2; j++) dst[h * hs + 2 * i + j] = h * hs + j * half + i;
   return dst;
 }
+
+/**
+ * Row order of permuteInterleavedToHalf for a (heads * HS)-row weight: out row r is
+ * in row order[r], for permuting weights that are not fp32 (quantized rows).
+ */
+export function interleavedToHalfOrder(heads: number, rows: number): Int32Array {
+  const dst = interleavedToHalfRows(heads, rows);
+  const order = new Int32Array(rows);
+  for (let s = 0; s < rows; s++) order[dst[s]] = s;
+  return order;
+}
+
+/** The inverse order (permuteHalfToInterleaved). */
+export const halfToInterleavedOrder = interleavedToHalfRows;

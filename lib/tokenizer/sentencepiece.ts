@@ -26,6 +26,11 @@ export class SentencePieceBpe implements Tokenizer {
     this.byteBase = b0 >= 0 ? b0 : 3;
   }
 
+  /** The scored pieces (UTF-8 bytes, ' ' for spaces), for exporters that write the vocabulary out. */
+  vocabulary(): { pieces: Buffer[]; scores: Float32Array } {
+    return { pieces: this.pieces.map((p) => Buffer.from(p, 'latin1')), scores: this.scores.slice() };
+  }
+
   encode(text: string, opts: { bos?: boolean } = {}): number[] {
     const ids: number[] = [];
     if (opts.bos !== false) ids.push(this.bosId);

@@ -8,14 +8,6 @@
 #include "quantform/quant_ops.h"
 #include "quantform/status.h"
 
-#ifndef QF_TRY
-#define QF_TRY(expr)           \
-  do {                         \
-    Status st_ = (expr);       \
-    if (!st_.ok()) return st_; \
-  } while (0)
-#endif
-
 namespace qf {
 
 // s holds exactly `want` elements of `dtype` (a buffer unless want == 0).

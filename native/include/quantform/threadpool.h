@@ -13,5 +13,12 @@ void set_num_threads(int n);
 // items and runs fn(begin, end) on each, the caller's thread included. Blocks
 // until all chunks are done. Nested calls run serially on the calling thread.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+// fn(thread, begin, end): thread in [0, num_threads()) is the pool thread running the
+// chunk (the caller is 0), for per-thread scratch.
+using ChunkFn = std::function<void(int, int64_t, int64_t)>;
+// Like parallel_for with up to max_chunks chunks (more than threads balances a
+// machine where another process takes a core: threads claim chunks as they come).
+// Which items form chunk c does not depend on which thread runs it.
+void parallel_chunks(int64_t n, int64_t grain, int64_t max_chunks, const ChunkFn& fn);
 
 }  // namespace qf

@@ -57,8 +57,8 @@ export { CheckpointFile } from './io/file.js';
 export { writeFileAtomic, AtomicFile, AtomicDir } from './io/atomic.js';
 export { ActivationStore, defaultMemoryBudget, type ActivationStoreOptions, type ActivationDType } from './io/activation-store.js';
 export {
-  matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
+  matmul, matmulAsync, matmulF32, matmulPath, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,
-  type MatmulAccuracy, type MatmulOptions,
+  type MatmulAccuracy, type MatmulOptions, type MatmulPath,
 } from './ops/matmul.js';
 export { measureMachine, measureMachineSync, type MachineLimits, type MeasureOptions, type ProbePart } from './bench/machine.js';

@@ -3,7 +3,7 @@
 // and multiplied in float64 here, independently of the matmul code.
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  backendInfo, dequantize, matmul, matmulAsync, matmulF32, prepareMatmulWeight, quantize, setKernelPolicy,
+  backendInfo, dequantize, matmul, matmulAsync, matmulF32, matmulPath, prepareMatmulWeight, quantize, setKernelPolicy,
   Tensor, unprepareMatmulWeight, type Bits, type QuantizedTensor,
 } from '../lib/index.js';
 import { gaussian, nmse } from './helpers/numeric.js';
@@ -95,9 +95,12 @@ describe.each(tiers)('fp32 accuracy, %s tier', (tier) => {
       setKernelPolicy(tier);
       const p = prepareMatmulWeight(q);
       const y = matmul(new Tensor(x, [M, K]), p).data as Float32Array;
+      // the fp32 kernels themselves (auto takes the split path at small M on VNNI)
+      const yf = matmul(new Tensor(x, [M, K]), p, { path: 'fp32' }).data as Float32Array;
       const yq = matmul(new Tensor(x, [M, K]), q).data as Float32Array;
       setKernelPolicy('auto');
       expect(nmse(y, want), `prepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
+      expect(nmse(yf, want), `prepared fp32 path sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
       expect(nmse(yq, want), `unprepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
     }
   });
@@ -171,6 +174,70 @@ describe('int8 accuracy', () => {
         expect(nmse(y, int8Ref(x, M, K, q)), `M=${M} N=${N} K=${K} sym=${sym} ${pd}`).toBeLessThan(INT8_VS_REF_NMSE);
         expect(nmse(y, oracle(x, M, q))).toBeLessThan(INT8_BUDGET_NMSE);
       }
+  });
+});
+
+describe('split accuracy (fp32 activations as three int8 digits)', () => {
+  // K with a ragged last block, groups of 24 / 48 (blocks of 8 / 16 k), per-channel (blocks of 32),
+  // every row-block remainder up to M = 16
+  const splitCases: [number, number, number, number | 'channel'][] = [
+    ...cases.filter(([M]) => M <= 16), [5, 19, 96, 24], [6, 21, 144, 48], [13, 17, 200, 'channel'], [4, 70, 1000, 64], [11, 3, 8, 8],
+  ];
+
+  function splitRef(x: Float32Array, M: number, K: number, p: ReturnType<typeof prepareMatmulWeight>): Float32Array {
+    setKernelPolicy('ref');
+    try {
+      return matmul(new Tensor(x, [M, K]), p, { path: 'split' }).data as Float32Array;
+    } finally {
+      setKernelPolicy('auto');
+    }
+  }
+
+  it('the scalar split reference is as close to the float64 oracle as fp32 accumulation', () => {
+    for (const [M, N, K, gs] of splitCases)
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 11 * M + N, pd);
+        const x = gaussian(M * K, 5 + M);
+        expect(nmse(splitRef(x, M, K, prepareMatmulWeight(q)), oracle(x, M, q)), `M=${M} N=${N} K=${K} gs=${gs}`).toBeLessThan(F32_NMSE);
+      }
+  });
+
+  it.skipIf(!vnni)('the VNNI split kernel equals its scalar reference bit for bit (skipped without VNNI)', () => {
+    for (const [M, N, K, gs] of splitCases)
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f32'], [false, 'f16'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 7 * M + N, pd);
+        // outlier channels: a block's step follows its own largest value
+        const x = gaussian(M * K, 9 + K).map((v, i) => (i % 37 === 0 ? v * 300 : v));
+        const p = prepareMatmulWeight(q);
+        const y = matmul(new Tensor(x, [M, K]), p, { path: 'split' }).data as Float32Array;
+        const want = splitRef(x, M, K, p);
+        expect(Buffer.from(y.buffer).equals(Buffer.from(want.buffer)), `M=${M} N=${N} K=${K} gs=${gs} sym=${sym} ${pd}`).toBe(true);
+      }
+  });
+
+  it.skipIf(!vnni)('decode sizes take the split path on VNNI; a non-finite activation gives NaN, zeros give zeros', () => {
+    const q = weight(33, 100, 4, 32, true, 4);
+    const p = prepareMatmulWeight(q);
+    expect(matmulPath(1, p)).toBe('split');
+    expect(matmulPath(16, p)).toBe('split');
+    expect(matmulPath(17, p)).toBe('fp32');
+    expect(matmulPath(1, p, { accuracy: 'int8' })).toBe('int8');
+    for (const bad of [NaN, Infinity]) {
+      const x = gaussian(100, 1);
+      x[40] = bad;
+      const y = matmul(new Tensor(x, [1, 100]), p).data as Float32Array;
+      expect(y.every((v) => Number.isNaN(v))).toBe(true);
+    }
+    expect((matmul(new Tensor(new Float32Array(100), [1, 100]), p).data as Float32Array).every((v) => v === 0)).toBe(true);
+  });
+
+  it('a path the weight or M cannot take is an error naming why', () => {
+    const q = weight(9, 100, 3, 32, false, 1);
+    expect(matmulPath(1, q)).toMatch(/^(generic|reference)$/);
+    expect(() => matmul(new Tensor(gaussian(100, 1), [1, 100]), q, { path: 'split' })).toThrow(/path 'split' needs INT4 with groupSize a multiple of 8.*bits=3/);
+    const p = prepareMatmulWeight(weight(9, 64, 4, 32, true, 2));
+    expect(() => matmul(new Tensor(gaussian(17 * 64, 1), [17, 64]), p, { path: 'split' })).toThrow(/path 'split' runs up to M=16 rows but received M=17/);
+    expect(() => matmul(new Tensor(gaussian(64, 1), [1, 64]), p, { path: 'fast' as never })).toThrow(/Expected 'auto', 'fp32', 'split', 'int8', 'generic', 'reference' for path but received 'fast'/);
   });
 });
 

@@ -179,4 +179,8 @@ const MatmulInt8Kernels& matmul_int8_kernels() {
   return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
 }
 
+const MatmulSplitKernels& matmul_split_kernels() {
+  return vnni_available() ? matmul_split_kernels_avx512vnni : matmul_split_kernels_ref;
+}
+
 }  // namespace qf

@@ -1,7 +1,7 @@
 // quantform's public API.
 export { QuantformError, type ErrorCode } from './errors.js';
 export { Tensor, type DType } from './ops/tensor.js';
-export { backendInfo, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
+export { backendInfo, setAmx, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
 export { cudaInfo, type CudaInfo } from './ops/cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,

@@ -52,14 +52,15 @@ MatmulAccuracy arg_accuracy(const Napi::CallbackInfo& info, size_t i) {
   const std::string s = arg_string(info, i, "accuracy");
   if (s == "fp32") return MatmulAccuracy::F32;
   if (s == "int8") return MatmulAccuracy::Int8;
-  throw ArgError{error(Code::InvalidArgument, "Expected 'fp32' or 'int8' for accuracy but received '" + s + "'")};
+  if (s == "bf16") return MatmulAccuracy::Bf16;
+  throw ArgError{error(Code::InvalidArgument, "Expected 'fp32', 'int8' or 'bf16' for accuracy but received '" + s + "'")};
 }
 
 MatmulPath arg_path(const Napi::CallbackInfo& info, size_t i) {
   const std::string s = arg_string(info, i, "path");
   MatmulPath p;
   if (!parse_matmul_path(s.c_str(), &p))
-    throw ArgError{error(Code::InvalidArgument, "Expected 'auto', 'fp32', 'split', 'int8', 'generic' or 'reference' for path but received '" + s + "'")};
+    throw ArgError{error(Code::InvalidArgument, "Expected 'auto', 'fp32', 'split', 'int8', 'bf16', 'generic' or 'reference' for path but received '" + s + "'")};
   return p;
 }
 

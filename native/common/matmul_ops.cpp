@@ -142,8 +142,42 @@ Status run_split(float* y, const float* x, int64_t M, const PreparedInt4& p) {
   return Status::Ok();
 }
 
+// Panels built per thread for this many tile pairs at a time: A (the rounded x) is streamed
+// once per group of pairs, so more pairs read it less often, as long as their panels (2 KB per
+// pair and k-step) stay in L2 next to a 32-row block of A.
+int64_t bf16_pairs_per_item(int64_t KS) {
+  const int64_t fit = (768 << 10) / (KS * 2048);
+  return fit < 1 ? 1 : fit > 4 ? 4 : fit;
+}
+
+Status run_bf16(float* y, const float* x, int64_t M, const PreparedInt4& p) {
+  const MatmulBf16Kernels* kt = matmul_bf16_kernels();
+  if (!kt) return error(Code::Unsupported, "path 'bf16' needs AVX-512 BF16, which this CPU lacks (or the kernel policy masks)");
+  const PackedInt4View v = p.view();
+  const int64_t KS = (p.KP + QF_BF16_KSTEP - 1) / QF_BF16_KSTEP, KSP = KS * QF_BF16_KSTEP, MP = (M + 31) / 32 * 32;
+  const int64_t tiles = p.NP / QF_MM_NT, pairs = (tiles + 1) / 2, per_pair = bf16_panel_elems(p.KP);
+  const int64_t P = bf16_pairs_per_item(KS), items = (pairs + P - 1) / P, slots = num_threads();
+  std::vector<uint16_t> xb((size_t)(MP * KSP));  // (MP, KSP)
+  parallel_for(MP, 32, [&](int64_t m0, int64_t m1) {
+    kt->round_x(xb.data() + m0 * KSP, x + (m0 < M ? m0 : M) * p.K, (m1 < M ? m1 : M) - (m0 < M ? m0 : M), m1 - m0, p.K, KSP);
+  });
+  const int64_t per = P * per_pair + 2 * 32 * 32;  // panels + a (32, 32) fp32 block, in uint16
+  std::vector<uint16_t> scratch((size_t)(slots * per));
+  parallel_chunks(items, 1, items, [&](int th, int64_t i0, int64_t i1) {
+    uint16_t* panels = scratch.data() + th * per;
+    float* cbuf = reinterpret_cast<float*>(panels + P * per_pair);
+    for (int64_t it = i0; it < i1; it++) {
+      const int64_t q0 = it * P, np = pairs - q0 < P ? pairs - q0 : P;
+      for (int64_t q = 0; q < np; q++) kt->build_panel(panels + q * per_pair, v, 2 * (q0 + q));
+      kt->gemm_panels(y, p.N, 32 * q0, xb.data(), M, KSP, panels, np, cbuf);
+    }
+  });
+  return Status::Ok();
+}
+
 Status run_prepared(float* y, const float* x, int64_t M, const PreparedInt4& p, MatmulPath path) {
   if (path == MatmulPath::Split) return run_split(y, x, M, p);
+  if (path == MatmulPath::Bf16) return run_bf16(y, x, M, p);
   const PackedInt4View v = p.view();
   const int64_t tiles = p.NP / QF_MM_NT, slots = scratch_slots();
   // per-slot decode panels, allocated here: nothing inside the parallel bodies allocates
@@ -309,6 +343,7 @@ const char* matmul_path_name(MatmulPath p) {
     case MatmulPath::Fp32: return "fp32";
     case MatmulPath::Split: return "split";
     case MatmulPath::Int8: return "int8";
+    case MatmulPath::Bf16: return "bf16";
     case MatmulPath::Generic: return "generic";
     case MatmulPath::Reference: return "reference";
     default: return "auto";
@@ -316,8 +351,8 @@ const char* matmul_path_name(MatmulPath p) {
 }
 
 bool parse_matmul_path(const char* s, MatmulPath* out) {
-  for (MatmulPath p : {MatmulPath::Auto, MatmulPath::Fp32, MatmulPath::Split, MatmulPath::Int8, MatmulPath::Generic,
-                       MatmulPath::Reference})
+  for (MatmulPath p : {MatmulPath::Auto, MatmulPath::Fp32, MatmulPath::Split, MatmulPath::Int8, MatmulPath::Bf16,
+                       MatmulPath::Generic, MatmulPath::Reference})
     if (std::strcmp(s, matmul_path_name(p)) == 0) {
       *out = p;
       return true;
@@ -330,7 +365,9 @@ MatmulPath select_matmul_path(int64_t M, const CanonicalWeight* canon, const Pre
   if (!fast) return active_tier() == Tier::Ref ? MatmulPath::Reference : MatmulPath::Generic;
   if (!prep && active_tier() == Tier::Ref) return MatmulPath::Reference;
   if (accuracy == MatmulAccuracy::Int8) return MatmulPath::Int8;
-  return vnni_available() && M <= QF_MM_SPLIT_MAX_M ? MatmulPath::Split : MatmulPath::Fp32;
+  const bool split = vnni_available() && M <= QF_MM_SPLIT_MAX_M;
+  if (accuracy == MatmulAccuracy::Bf16 && !split && matmul_bf16_kernels()) return MatmulPath::Bf16;
+  return split ? MatmulPath::Split : MatmulPath::Fp32;
 }
 
 Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, const PreparedInt4* prep,
@@ -346,7 +383,8 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
   const bool fast = prep || matmul_fast_layout(canon->spec.bits, K, canon->spec.group_size);
   if (path == MatmulPath::Auto) path = select_matmul_path(M, canon, prep, accuracy);
   const std::string name = std::string("path '") + matmul_path_name(path) + "'";
-  if ((path == MatmulPath::Fp32 || path == MatmulPath::Split || path == MatmulPath::Int8) && !fast)
+  const bool prepared_path = path == MatmulPath::Fp32 || path == MatmulPath::Split || path == MatmulPath::Int8 || path == MatmulPath::Bf16;
+  if (prepared_path && !fast)
     return error(Code::Unsupported, name + " needs INT4 with groupSize a multiple of 8 or one group per row; received bits=" +
                                         std::to_string(canon->spec.bits) + ", groupSize=" + std::to_string(canon->spec.group_size));
   if (path == MatmulPath::Split && M > QF_MM_SPLIT_MAX_M)
@@ -359,7 +397,10 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
   if (x.dtype != DType::F32) { wide = widen_x(x); xf = wide.data(); }
   float* yf = static_cast<float*>(y.data);
 
-  if (path == MatmulPath::Fp32 || path == MatmulPath::Split || path == MatmulPath::Int8) {
+  if (path == MatmulPath::Bf16 && !matmul_bf16_kernels())
+    return error(Code::Unsupported, name + " needs AVX-512 BF16, which this CPU lacks or the kernel policy masks (" +
+                                        tier_name(active_tier()) + " tier)");
+  if (prepared_path) {
     if (prep) return run_prepared(yf, xf, M, *prep, path);
     PreparedInt4 tmp;
     if (!(st = prepare_int4(&tmp, *canon)).ok()) return st;

@@ -179,8 +179,52 @@ void matmul_split_ref(float* y, const SplitX& x, int64_t M, const PackedInt4View
     }
 }
 
+void round_x_ref(uint16_t* xb, const float* x, int64_t M, int64_t MP, int64_t K, int64_t KSP) {
+  for (int64_t m = 0; m < MP; m++)
+    for (int64_t k = 0; k < KSP; k++) xb[m * KSP + k] = m < M && k < K ? f32_to_bf16(x[m * K + k]) : 0;
+}
+
+// The weight w(n, k) of the bf16 path: fma(q, s, -s z) rounded, as the fp32 panel decode forms it.
+uint16_t bf16_weight(const PackedInt4View& w, int64_t n, int64_t k) {
+  const int64_t g = k / w.group_size < w.G ? k / w.group_size : w.G - 1;
+  const int64_t p = param_index(w, n, g);
+  const float s = param(w, w.scales, p), sz = s * param(w, w.zeros, p);
+  return f32_to_bf16(std::fma((float)prepared_code(w, n, k), s, -sz));
+}
+
+void build_panel_ref(uint16_t* panel, const PackedInt4View& w, int64_t t) {
+  const int64_t KS = (w.KP + QF_BF16_KSTEP - 1) / QF_BF16_KSTEP;
+  for (int64_t s = 0; s < KS; s++)
+    for (int64_t h = 0; h < 2; h++)
+      for (int64_t r = 0; r < 16; r++)
+        for (int64_t n = 0; n < 16; n++)
+          for (int64_t j = 0; j < 2; j++) {
+            const int64_t row = (t + h) * QF_MM_NT + n, k = s * QF_BF16_KSTEP + 2 * r + j;
+            panel[(((s * 2 + h) * 16 + r) * 16 + n) * 2 + j] = row < w.NP && k < w.KP ? bf16_weight(w, row, k) : 0;
+          }
+}
+
+void gemm_panels_ref(float* y, int64_t N, int64_t n0, const uint16_t* xb, int64_t M, int64_t KSP, const uint16_t* panels,
+                     int64_t np, float* cbuf) {
+  const int64_t KS = KSP / QF_BF16_KSTEP;
+  for (int64_t p = 0; p < np; p++)
+    for (int64_t c = 0; c < 32 && n0 + 32 * p + c < N; c++) {
+      const uint16_t* panel = panels + p * KS * 1024;
+      const int64_t h = c / 16, n = c % 16;
+      for (int64_t m = 0; m < M; m++) {
+        double acc = 0;
+        for (int64_t k = 0; k < KSP; k++) {
+          const int64_t s = k / QF_BF16_KSTEP, r = (k % QF_BF16_KSTEP) / 2, j = k % 2;
+          acc += (double)bf16_to_f32(xb[m * KSP + k]) * (double)bf16_to_f32(panel[(((s * 2 + h) * 16 + r) * 16 + n) * 2 + j]);
+        }
+        y[m * N + n0 + 32 * p + c] = (float)acc;
+      }
+    }
+}
+
 }  // namespace
 
+const MatmulBf16Kernels matmul_bf16_kernels_ref = {round_x_ref, build_panel_ref, gemm_panels_ref};
 const MatmulSplitKernels matmul_split_kernels_ref = {split_x_ref, matmul_split_ref};
 const MatmulKernels matmul_kernels_ref = {matmul_f32_ref};
 const MatmulInt8Kernels matmul_int8_kernels_ref = {matmul_int8_ref};

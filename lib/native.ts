@@ -46,6 +46,8 @@ export interface NativeLlamaConfig {
   /** (headDim / 2) RoPE inverse frequencies */
   invFreq: Float32Array;
   tied: boolean;
+  /** the quantized linears' matmul accuracy (default 'fp32') */
+  accuracy?: 'fp32' | 'int8' | 'bf16';
 }
 
 /** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */

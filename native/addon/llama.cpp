@@ -65,7 +65,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   // new LlamaModel({ dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, maxSeq, normEps,
-  //                  invFreq: Float32Array (headDim/2), tied })
+  //                  invFreq: Float32Array (headDim/2), tied, accuracy?: 'fp32' | 'int8' | 'bf16' })
   explicit LlamaModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaModelWrap>(info) {
     try {
       if (!info[0].IsObject()) fail(error(Code::InvalidArgument, "Expected config object"));
@@ -85,6 +85,14 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         fail(error(Code::InvalidArgument, "Expected Float32Array for config.invFreq"));
       Napi::Float32Array fa = f.As<Napi::Float32Array>();
       c.inv_freq.assign(fa.Data(), fa.Data() + fa.ElementLength());
+      const Napi::Value acc = o.Get("accuracy");
+      if (!acc.IsUndefined()) {
+        const std::string s = acc.IsString() ? acc.As<Napi::String>().Utf8Value() : "";
+        if (s == "fp32") c.accuracy = MatmulAccuracy::F32;
+        else if (s == "int8") c.accuracy = MatmulAccuracy::Int8;
+        else if (s == "bf16") c.accuracy = MatmulAccuracy::Bf16;
+        else fail(error(Code::InvalidArgument, "Expected 'fp32', 'int8' or 'bf16' for config.accuracy"));
+      }
       check(LlamaModel::create(c, &model_));
       model_->tie_lm_head(o.Get("tied").ToBoolean().Value());
     } catch (const ArgError& e) {

@@ -4,6 +4,7 @@
 // per call. Arguments arrive validated by lib/model/; lengths are re-checked in
 // llama_ops.cpp / llama_model.cpp.
 #include <atomic>
+#include <memory>
 
 #include "napi_util.h"
 #include "quantform/llama_model.h"
@@ -175,7 +176,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   // new LlamaModel({ dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, maxSeq, normEps,
   //                  invFreq: Float32Array (headDim/2), tied })
   explicit LlamaModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaModelWrap>(info) {
-    try {
+    guarded(info, "new LlamaModel", [&] {
       if (!info[0].IsObject()) fail(error(Code::InvalidArgument, "Expected config object"));
       Napi::Object o = info[0].As<Napi::Object>();
       LlamaConfig c;
@@ -193,13 +194,12 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         fail(error(Code::InvalidArgument, "Expected Float32Array for config.invFreq"));
       Napi::Float32Array fa = f.As<Napi::Float32Array>();
       c.inv_freq.assign(fa.Data(), fa.Data() + fa.ElementLength());
-      check(LlamaModel::create(c, &model_));
+      std::unique_ptr<LlamaModel> m;
+      check(LlamaModel::create(c, &m));
+      model_ = std::move(m);
       model_->tie_lm_head(o.Get("tied").ToBoolean().Value());
-    } catch (const ArgError& e) {
-      to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory allocating the model")).ThrowAsJavaScriptException();
-    }
+      return info.Env().Undefined();
+    });
   }
 
  private:
@@ -210,7 +210,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   Napi::Value SetWeight(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.setWeight", [&] {
       LlamaModel& m = live();
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
@@ -221,7 +221,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
 
   // setQuantizedWeight(name, codes Uint8Array, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric)
   Napi::Value SetQuantizedWeight(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.setQuantizedWeight", [&] {
       LlamaModel& m = live();
       const std::string name = arg_string(info, 0, "name");
       CanonicalWeight w;
@@ -238,7 +238,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   Napi::Value Missing(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.missing", [&] {
       const std::vector<std::string> miss = live().missing();
       Napi::Array a = Napi::Array::New(info.Env(), miss.size());
       for (size_t i = 0; i < miss.size(); i++) a.Set((uint32_t)i, miss[i]);
@@ -248,7 +248,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
 
   // forward(tokens Int32Array (B*T), B, T, pos0, lastOnly, async) -> logits (B, T|1, V)
   Napi::Value Forward(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.forward", [&] {
       LlamaModel& m = live();
       I32Span tok = arg_i32(info, 0, "tokens");
       const int64_t B = arg_int(info, 1, "B"), T = arg_int(info, 2, "T"), pos0 = arg_int(info, 3, "pos0");
@@ -261,41 +261,43 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       Napi::Float32Array out = new_f32(info.Env(), (size_t)((last_only ? B : B * T) * V), &o);
       const size_t no = out.ElementLength();
       auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
-      LlamaModel* mp = &m;
+      // the worker holds its own reference: dispose() during an async forward frees the model when it ends
+      std::shared_ptr<LlamaModel> mp = model_;
       std::atomic<bool>* busy = &busy_;
-      // cleared by the worker when the forward ends, error or not (the wrapper is kept alive by `keep`)
+      // cleared when the forward ends, error, exception or not (the wrapper is kept alive by `keep`)
+      struct ClearBusy {
+        std::atomic<bool>* b;
+        ~ClearBusy() { b->store(false); }
+      };
       if (async) busy_ = true;
-      return run_op(info, async, {info[0], out, Value()},
-                    [=] {
-                      Status st = mp->forward(o, no, tok.data, tok.len, B, T, pos0, last_only);
-                      busy->store(false);
-                      return st;
-                    },
-                    [ref](Napi::Env) { return ref->Value(); });
+      try {
+        return run_op(info, async, {info[0], out, Value()},
+                      [=] {
+                        ClearBusy clear{busy};
+                        return mp->forward(o, no, tok.data, tok.len, B, T, pos0, last_only);
+                      },
+                      [ref](Napi::Env) { return ref->Value(); });
+      } catch (...) {
+        if (async) busy_ = false;  // never queued
+        throw;
+      }
     });
   }
 
+  // Later calls fail with 'disposed'; a running async forward keeps the model until it ends.
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
-      if (busy_) fail(error(Code::InvalidArgument, "LlamaModel is busy with an async forward; await it first"));
+    return guard(info, "LlamaModel.dispose", [&] {
       model_.reset();
       return info.Env().Undefined();
     });
   }
 
   template <class F>
-  Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
-    try {
-      return fn();
-    } catch (const ArgError& e) {
-      to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory")).ThrowAsJavaScriptException();
-    }
-    return info.Env().Undefined();
+  Napi::Value guard(const Napi::CallbackInfo& info, const char* op, F&& fn) {
+    return guarded(info, op, std::forward<F>(fn));
   }
 
-  std::unique_ptr<LlamaModel> model_;
+  std::shared_ptr<LlamaModel> model_;
   std::atomic<bool> busy_{false};
 };
 

@@ -1,7 +1,9 @@
 #include "napi_util.h"
 
 #include <cmath>
+#include <memory>
 #include <new>
+#include <stdexcept>
 
 namespace qf {
 
@@ -115,31 +117,60 @@ Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
 }
 
 namespace {
+thread_local const char* t_op = "native call";
+
+// What the error path may still do when memory is exhausted: N-API's C calls only.
+napi_value fallback_error(napi_env env) {
+  napi_value code = nullptr, msg = nullptr, err = nullptr;
+  napi_create_string_utf8(env, "QF_OUT_OF_MEMORY", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, "out of memory while reporting an error", NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &err);
+  if (err && code) napi_set_named_property(env, err, "code", code);
+  return err;
+}
+
 class OpWorker : public Napi::AsyncWorker {
  public:
-  OpWorker(Napi::Env env, std::vector<Napi::Value> keep, std::function<Status()> compute,
+  OpWorker(Napi::Env env, const char* op, std::vector<Napi::Value> keep, std::function<Status()> compute,
            std::function<Napi::Value(Napi::Env)> result)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)),
+      : Napi::AsyncWorker(env), op_(op), deferred_(Napi::Promise::Deferred::New(env)),
         compute_(std::move(compute)), result_(std::move(result)) {
     for (auto& v : keep)
       if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
   Napi::Promise promise() { return deferred_.Promise(); }
+  // runs on a libuv thread: nothing may escape it
   void Execute() override {
     try {
       status_ = compute_();
-    } catch (const std::bad_alloc&) {
-      status_ = error(Code::OutOfMemory, "Out of memory");
+    } catch (...) {
+      status_ = status_from_exception(std::current_exception(), op_);
     }
   }
   void OnOK() override {
     Napi::HandleScope scope(Env());
-    if (!status_.ok()) { deferred_.Reject(to_js_error(Env(), status_).Value()); return; }
-    deferred_.Resolve(result_(Env()));
+    try {
+      if (!status_.ok()) { deferred_.Reject(to_js_error(Env(), status_).Value()); return; }
+      deferred_.Resolve(result_(Env()));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+      reject_plain(status_from_exception(std::current_exception(), op_));
+    }
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  void reject_plain(const Status& st) {
+    try {
+      deferred_.Reject(to_js_error(Env(), st).Value());
+    } catch (...) {
+      napi_value e = fallback_error(Env());
+      if (e) deferred_.Reject(Napi::Value(Env(), e));
+    }
+  }
+
+  const char* op_;
   Napi::Promise::Deferred deferred_;
   std::function<Status()> compute_;
   std::function<Napi::Value(Napi::Env)> result_;
@@ -148,34 +179,81 @@ class OpWorker : public Napi::AsyncWorker {
 };
 }  // namespace
 
+OpScope::OpScope(const char* op) : prev_(t_op) { t_op = op; }
+OpScope::~OpScope() { t_op = prev_; }
+const char* OpScope::current() { return t_op; }
+
+Status status_from_exception(const std::exception_ptr& e, const char* op) {
+  const std::string who = op ? op : "native call";
+  try {
+    std::rethrow_exception(e);
+  } catch (const ArgError& a) {
+    return a.status;
+  } catch (const std::bad_alloc&) {
+    return error(Code::OutOfMemory, who + ": out of memory (std::bad_alloc)");
+  } catch (const std::length_error& l) {
+    return error(Code::OutOfMemory, who + ": out of memory (" + l.what() + ")");
+  } catch (const std::exception& x) {
+    return error(Code::Internal, who + ": internal error: " + x.what());
+  } catch (...) {
+    return error(Code::Internal, who + ": internal error (unknown exception)");
+  }
+}
+
+void throw_js(Napi::Env env, const Status& st) {
+  try {
+    to_js_error(env, st).ThrowAsJavaScriptException();
+  } catch (...) {
+    if (napi_value e = fallback_error(env)) napi_throw(env, e);
+  }
+}
+
+namespace {
+struct Entry {
+  const char* name;
+  Napi::Value (*fn)(const Napi::CallbackInfo&);
+};
+
+napi_value call_entry(napi_env env, napi_callback_info cbinfo) noexcept {
+  void* data = nullptr;
+  napi_get_cb_info(env, cbinfo, nullptr, nullptr, nullptr, &data);
+  const Entry* e = static_cast<const Entry*>(data);
+  try {
+    Napi::CallbackInfo info(env, cbinfo);
+    return guarded(info, e->name, [&] { return e->fn(info); });
+  } catch (const Napi::Error& err) {
+    err.ThrowAsJavaScriptException();
+  } catch (...) {
+    throw_js(Napi::Env(env), status_from_exception(std::current_exception(), e->name));
+  }
+  return nullptr;
+}
+}  // namespace
+
+void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
+  auto entry = std::make_unique<Entry>(Entry{name, fn});
+  napi_value f = nullptr;
+  NAPI_THROW_IF_FAILED_VOID(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, call_entry, entry.get(), &f));
+  // one Entry per function object (each worker_thread loads the module anew)
+  NAPI_THROW_IF_FAILED_VOID(env, napi_add_finalizer(env, f, entry.get(),
+                                                    [](napi_env, void* d, void*) { delete static_cast<Entry*>(d); },
+                                                    nullptr, nullptr));
+  entry.release();
+  exports.Set(name, Napi::Value(env, f));
+}
+
 Napi::Value run_op(const Napi::CallbackInfo& info, bool async, std::vector<Napi::Value> keep,
                    std::function<Status()> compute, std::function<Napi::Value(Napi::Env)> result) {
   Napi::Env env = info.Env();
   if (!async) {
-    Status st;
-    try {
-      st = compute();
-    } catch (const std::bad_alloc&) {
-      st = error(Code::OutOfMemory, "Out of memory");
-    }
+    const Status st = compute();  // exceptions: guarded() maps them with the op's name
     if (!st.ok()) throw ArgError{st};
     return result(env);
   }
-  OpWorker* w = new OpWorker(env, std::move(keep), std::move(compute), std::move(result));
+  OpWorker* w = new OpWorker(env, OpScope::current(), std::move(keep), std::move(compute), std::move(result));
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
-}
-
-Napi::Value guarded(const Napi::CallbackInfo& info, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
-  try {
-    return fn(info);
-  } catch (const ArgError& e) {
-    to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-  } catch (const std::bad_alloc&) {
-    to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory")).ThrowAsJavaScriptException();
-  }
-  return info.Env().Undefined();
 }
 
 }  // namespace qf

@@ -4,6 +4,7 @@
 #pragma once
 #include <napi.h>
 
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -41,8 +42,43 @@ Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType d
 Napi::Value run_op(const Napi::CallbackInfo& info, bool async, std::vector<Napi::Value> keep,
                    std::function<Status()> compute, std::function<Napi::Value(Napi::Env)> result);
 
-// Wraps an entry point: ArgError and std::bad_alloc become JS errors.
-Napi::Value guarded(const Napi::CallbackInfo& info, Napi::Value (*fn)(const Napi::CallbackInfo&));
+// The addon's one exception boundary. Whatever a C++ frame threw becomes a Status
+// that names the op: ArgError keeps its own status, std::bad_alloc (and
+// std::length_error, a size no allocator can serve) is QF_OUT_OF_MEMORY, anything
+// else QF_INTERNAL. Used by guarded() on the main thread and by run_op's worker.
+Status status_from_exception(const std::exception_ptr& e, const char* op);
+// Throws `st` into JS; falls back to N-API's C calls when building the error
+// itself fails (a real out-of-memory), so nothing escapes into Node's frames.
+void throw_js(Napi::Env env, const Status& st);
+
+// The op whose entry point runs on this thread (guarded sets it; run_op copies it
+// into its worker so async failures name the op too).
+class OpScope {
+ public:
+  explicit OpScope(const char* op);
+  ~OpScope();
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+  static const char* current();
+
+ private:
+  const char* prev_;
+};
+
+// Runs an entry point's body behind the boundary. A Napi::Error is a JS exception
+// already pending: node-addon-api's wrapper rethrows it into JS.
+template <class F>
+Napi::Value guarded(const Napi::CallbackInfo& info, const char* op, F&& fn) {
+  OpScope scope(op);
+  try {
+    return fn();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (...) {
+    throw_js(info.Env(), status_from_exception(std::current_exception(), op));
+  }
+  return info.Env().Undefined();
+}
 
 Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out);
 
@@ -52,9 +88,16 @@ void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
 void register_train(Napi::Env env, Napi::Object exports);
+// faultAlloc(n), exported only when QUANTFORM_FAULT_ALLOC is set at load (fault_alloc.cpp)
+void register_fault(Napi::Env env, Napi::Object exports);
 
 }  // namespace qf
 
-#define QF_EXPORT(exports, name, fn)                                                                  \
-  exports.Set(name, Napi::Function::New(                                                              \
-                        env, [](const Napi::CallbackInfo& info) { return ::qf::guarded(info, fn); }, name))
+// Registers an entry point. Its boundary starts before node-addon-api builds the
+// CallbackInfo (which allocates for more than six arguments), so even that failure
+// is a QF_OUT_OF_MEMORY error naming the op.
+#define QF_EXPORT(exports, name, fn) ::qf::export_function(env, exports, name, fn)
+
+namespace qf {
+void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&));
+}  // namespace qf

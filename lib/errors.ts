@@ -51,8 +51,15 @@ export function invalidParameter(
 export function fromNative(e: unknown): QuantformError {
   if (e instanceof QuantformError) return e;
   const err = e as { code?: string; message?: string };
-  const code = (typeof err?.code === 'string' && err.code.startsWith('QF_') ? err.code : 'QF_INTERNAL') as ErrorCode;
-  const out = new QuantformError(code, err?.message ?? String(e), { cause: e });
+  let code = (typeof err?.code === 'string' && err.code.startsWith('QF_') ? err.code : 'QF_INTERNAL') as ErrorCode;
+  let message = err?.message ?? String(e);
+  // node-addon-api's last-resort boundary (CPP_EXCEPTIONS_ALL, around its ObjectWrap
+  // and AsyncWorker glue) reports a C++ exception by its what() alone
+  if (code === 'QF_INTERNAL' && message === 'std::bad_alloc') {
+    code = 'QF_OUT_OF_MEMORY';
+    message = 'native call: out of memory (std::bad_alloc)';
+  }
+  const out = new QuantformError(code, message, { cause: e });
   Error.captureStackTrace?.(out, fromNative);
   return out;
 }

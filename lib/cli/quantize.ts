@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { calibrationFromFile, calibrationFromText } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
 import { saveGptq } from '../export/save.js';
+import { parseJsonObject } from '../io/json.js';
 import { methodNames } from '../methods/index.js';
 import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../methods/quantize-model.js';
 import type { Bits } from '../ops/quant.js';
@@ -46,7 +47,7 @@ function numberOption(v: string): number {
 
 /** Evaluation ids of a shared/data/reference protocol file (token_ids, window). */
 export function readEvalIds(file: string): { ids: number[]; window: number } {
-  const j = JSON.parse(readFileSync(file, 'utf8')) as { token_ids?: number[]; window?: number };
+  const j = parseJsonObject(readFileSync(file, 'utf8'), file) as { token_ids?: number[]; window?: number };
   if (!Array.isArray(j.token_ids)) throw new QuantformError('QF_CORRUPT_FILE', `${file} holds no token_ids`);
   return { ids: j.token_ids, window: j.window ?? 256 };
 }

@@ -9,6 +9,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { fromNative, invalidParameter, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
+import { parseJsonObject } from '../io/json.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
@@ -292,7 +293,7 @@ export function readHfConfig(dir: string): { cfg: Record<string, unknown>; shape
   const file = path.join(dir, 'config.json');
   let cfg: Record<string, unknown>;
   try {
-    cfg = JSON.parse(readFileSync(file, 'utf8'));
+    cfg = parseJsonObject(readFileSync(file, 'utf8'), file);
   } catch (e) {
     throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
@@ -321,7 +322,7 @@ export interface TextTokenizer {
 export function loadCalibrationTokenizer(dir: string): TextTokenizer {
   const read = (f: string) => {
     try {
-      return JSON.parse(readFileSync(path.join(dir, f), 'utf8'));
+      return parseJsonObject(readFileSync(path.join(dir, f), 'utf8'), path.join(dir, f));
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot read ${path.join(dir, f)}: ${(e as Error).message}`, { cause: e });
     }

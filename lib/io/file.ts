@@ -11,11 +11,18 @@ export class CheckpointFile {
 
   constructor(path: string) {
     this.path = path;
+    let st;
     try {
       this.fd = openSync(path, 'r');
-      this.size = fstatSync(this.fd).size;
+      st = fstatSync(this.fd);
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    this.size = st.size;
+    if (!st.isFile()) {
+      closeSync(this.fd);
+      this.fd = null;
+      throw new QuantformError('QF_IO', `Cannot read ${path}: not a regular file`);
     }
   }
 
@@ -30,7 +37,12 @@ export class CheckpointFile {
     const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(this.fd, buf, done, length - done, offset + done);
+      let n: number;
+      try {
+        n = readSync(this.fd, buf, done, length - done, offset + done);
+      } catch (e) {
+        throw new QuantformError('QF_IO', `${this.path}: reading ${what} failed: ${(e as Error).message}`, { cause: e });
+      }
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }

@@ -4,6 +4,7 @@
 // packages on the registry either pull in a tensor library or do not write.
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { QuantformError } from '../errors.js';
+import { parseJsonObject } from './json.js';
 
 export type SafeDType = 'F32' | 'F16' | 'BF16' | 'I32';
 export type SafeData = Float32Array | Uint16Array | Int32Array;
@@ -40,7 +41,7 @@ export function readSafetensors(file: string): Map<string, SafeTensor> {
   if (n > buf.length - 8) throw corrupt(`header length ${n} exceeds the file`);
   let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
   try {
-    header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    header = parseJsonObject(buf.subarray(8, 8 + n).toString('utf8'), `${file}: header`) as typeof header;
   } catch {
     throw corrupt('header is not JSON');
   }
@@ -48,7 +49,10 @@ export function readSafetensors(file: string): Map<string, SafeTensor> {
   const base = 8 + n;
   for (const [name, t] of Object.entries(header)) {
     if (name === '__metadata__') continue;
-    if (!(t.dtype in BYTES)) throw new QuantformError('QF_UNSUPPORTED', `${file}: tensor ${name} has unsupported dtype ${t.dtype}`);
+    if (!t || typeof t !== 'object' || typeof t.dtype !== 'string' || !Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0) ||
+        !Array.isArray(t.data_offsets) || t.data_offsets.length !== 2 || !t.data_offsets.every((o) => Number.isSafeInteger(o)))
+      throw corrupt(`tensor ${name} needs a dtype, a shape of non-negative integers and a data_offsets pair`);
+    if (!Object.hasOwn(BYTES, t.dtype)) throw new QuantformError('QF_UNSUPPORTED', `${file}: tensor ${name} has unsupported dtype ${t.dtype}`);
     const dtype = t.dtype as SafeDType;
     const [b, e] = t.data_offsets;
     const count = t.shape.reduce((a, c) => a * c, 1);
@@ -70,7 +74,7 @@ export function readSafetensorsMetadata(file: string): Record<string, string> {
   if (buf.length < 8) throw new QuantformError('QF_CORRUPT_FILE', `${file} is not a valid safetensors file`);
   const n = Number(buf.readBigUInt64LE(0));
   try {
-    return (JSON.parse(buf.subarray(8, 8 + n).toString('utf8')).__metadata__ ?? {}) as Record<string, string>;
+    return ((parseJsonObject(buf.subarray(8, 8 + n).toString('utf8'), `${file}: header`).__metadata__ ?? {}) as Record<string, string>);
   } catch {
     throw new QuantformError('QF_CORRUPT_FILE', `${file} is not a valid safetensors file: header is not JSON`);
   }

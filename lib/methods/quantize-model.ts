@@ -7,6 +7,7 @@ import type { CalibrationSet } from '../engine/calib.js';
 import { invalidParameter, is, QuantformError } from '../errors.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
 import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { trainStateFromCheckpoint } from './checkpoint.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
@@ -106,9 +107,7 @@ function readCheckpoint(file: string, expect: string): TrainState {
   if (meta.fingerprint !== expect)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Checkpoint ${file} was written for another model, calibration set or configuration: it cannot be resumed with these options`);
-  const arena = t.get('arena');
-  if (!arena || arena.dtype !== 'F32') throw new QuantformError('QF_CORRUPT_FILE', `Checkpoint ${file} holds no F32 arena`);
-  return { step: Number(meta.step), arena: arena.data as Float32Array, lossCurve: JSON.parse(meta.lossCurve) };
+  return trainStateFromCheckpoint(file, meta, t.get('arena'));
 }
 
 function relError(a: Float32Array, b: Float32Array): number {

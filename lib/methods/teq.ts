@@ -215,6 +215,9 @@ export const teq: QuantMethod = {
     const curve: number[] = [];
     let start = 0;
     if (ctx.resume) {
+      const total = ctx.train.loss === 'e2e' ? ctx.train.steps : ctx.train.steps * s.layers;
+      if (ctx.resume.step > total)
+        throw new QuantformError('QF_CORRUPT_FILE', `The checkpoint is at step ${ctx.resume.step}, past the ${total} steps of this run`);
       opt.load({ step: ctx.resume.step, arena: ctx.resume.arena });
       curve.push(...ctx.resume.lossCurve);
       start = ctx.resume.step;

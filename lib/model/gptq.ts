@@ -13,6 +13,7 @@ import type { Bits } from '../ops/quant.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import { dequantizeGptq, fromGptq, type GptqFormat } from '../export/gptq.js';
 import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
+import { parseJsonObject } from '../io/json.js';
 
 const LAYER_HF: Record<string, string> = {
   attn_norm: 'input_layernorm', ffn_norm: 'post_attention_layernorm', wq: 'self_attn.q_proj', wk: 'self_attn.k_proj',
@@ -23,7 +24,7 @@ const LAYER_HF: Record<string, string> = {
 export function gptqConfig(dir: string): { bits: Bits; format: GptqFormat } | null {
   let json: { quantization_config?: { quant_method?: string; bits?: number; checkpoint_format?: string } };
   try {
-    json = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    json = parseJsonObject(readFileSync(path.join(dir, 'config.json'), 'utf8'), path.join(dir, 'config.json'));
   } catch {
     return null;
   }
@@ -45,7 +46,7 @@ export class GptqCheckpoint implements Checkpoint {
     if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `${path} is not a GPTQ checkpoint (no quantization_config with quant_method 'gptq')`);
     this.q = q;
     const cfgPath = `${path}/config.json`;
-    this.config = configFromHf(JSON.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
+    this.config = configFromHf(parseJsonObject(readFileSync(cfgPath, 'utf8'), cfgPath), cfgPath);
     this.tensors = readSafetensors(`${path}/model.safetensors`);
     if (this.tensors.has('lm_head.weight')) this.config.tiedEmbeddings = false;
   }

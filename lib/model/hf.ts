@@ -10,6 +10,7 @@ import type { Checkpoint } from './checkpoint.js';
 import { configFromHf, weightShape, type LlamaConfig } from './config.js';
 import { CheckpointFile } from '../io/file.js';
 import { readTensor, validateLayout, type StoredDType, type StoredTensor } from '../io/tensors.js';
+import { parseJson, parseJsonObject } from '../io/json.js';
 
 /** Headers beyond this are refused before allocation (real ones are a few MB). */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -25,7 +26,7 @@ export function readSafetensorsHeader(file: CheckpointFile): StoredTensor[] {
   if (len > MAX_HEADER_BYTES) throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header length ${len} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(file.read(8, len, 'header').toString('utf8')) as Record<string, unknown>;
+    header = parseJson(file.read(8, len, 'header').toString('utf8'), `${file.path}: header`) as Record<string, unknown>;
   } catch (e) {
     throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header is not valid JSON (${(e as Error).message})`, { cause: e });
   }
@@ -72,7 +73,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
     const cfgPath = join(path, 'config.json');
     let json: Record<string, unknown>;
     try {
-      json = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+      json = parseJsonObject(readFileSync(cfgPath, 'utf8'), cfgPath);
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot read ${cfgPath}: ${(e as Error).message}`, { cause: e });
     }
@@ -83,7 +84,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
     else if (existsSync(index)) {
       let map: Record<string, string>;
       try {
-        map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
+        map = (parseJsonObject(readFileSync(index, 'utf8'), index) as { weight_map: Record<string, string> }).weight_map;
       } catch (e) {
         throw new QuantformError('QF_CORRUPT_FILE', `${index}: not a valid index (${(e as Error).message})`, { cause: e });
       }
@@ -107,7 +108,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
       if (this.tensors.has('model.layers.0.self_attn.q_proj.bias'))
         throw new QuantformError('QF_UNSUPPORTED', `${path}: q/k/v projection biases (Qwen2 style) are not supported`);
       // every expected tensor present with the shape config.json implies
-      for (const n of [...this.weightNamesForCheck()]) this.stored(n);
+      for (const n of this.weightNamesForCheck()) this.stored(n);  // lazily: a config claiming 2^31 layers fails at the first missing one
     } catch (e) {
       this.close();
       throw e;

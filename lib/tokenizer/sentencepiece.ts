@@ -4,7 +4,7 @@
 // has the highest score (leftmost on ties). A heap with lazy invalidation makes it
 // O(n log n) instead of run.c's O(n^2), with the same merge order.
 // Vocabularies come from llama2.c tokenizer.bin files or GGUF metadata.
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is } from '../errors.js';
 import { CheckpointFile, FileCursor } from '../io/file.js';
 import type { Tokenizer } from './tokenizer.js';
 
@@ -148,6 +148,9 @@ class PairHeap {
 
 /** llama2.c tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes. */
 export function loadLlama2cTokenizer(file: string, vocabSize: number): SentencePieceBpe {
+  if (!is.string(file) || file.length === 0) throw invalidParameter('path of a tokenizer.bin file', 'file', file);
+  // the file does not record its vocabulary size: it comes from the model's header
+  if (!is.positiveInteger(vocabSize)) throw invalidParameter('positive integer (the model\'s vocabulary size)', 'vocabSize', vocabSize);
   const f = new CheckpointFile(file);
   try {
     const c = new FileCursor(f);

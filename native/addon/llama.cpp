@@ -21,20 +21,17 @@ struct I32Span {
 };
 
 I32Span arg_i32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    fail(error(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name));
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(error(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached"));
-  return I32Span{reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
+  const Span s = arg_int32(info, i, name);
+  return I32Span{static_cast<int32_t*>(s.data), s.len};
 }
 
 float* f32(const Span& s) { return static_cast<float*>(s.data); }
 
 Napi::Float32Array new_f32(Napi::Env env, size_t n, float** data) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, n);
-  *data = a.Data();
-  return a;
+  Span s;
+  Napi::Object a = make_float_array(env, DType::F32, n, &s);
+  *data = static_cast<float*>(s.data);
+  return a.As<Napi::Float32Array>();
 }
 
 void check(const Status& st) {

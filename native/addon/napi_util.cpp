@@ -1,6 +1,9 @@
 #include "napi_util.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -68,31 +71,53 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i) { return info[i].IsNull() || info[i].IsUndefined(); }
 
 namespace {
-Napi::TypedArray typed_array(const Napi::CallbackInfo& info, size_t i, const char* name) {
+struct View {
+  napi_typedarray_type type;
+  void* data;
+  size_t len;
+};
+
+// A typed array's element type, data and length, or an ArgError: not a typed array,
+// backed by a SharedArrayBuffer (another thread may write it while a kernel reads,
+// and N-API gives no ArrayBuffer view of it), or detached.
+View typed_array(const Napi::CallbackInfo& info, size_t i, const char* name) {
   const Napi::Value v = info[i];
   if (!v.IsTypedArray()) fail(Code::InvalidArgument, std::string("Expected typed array for ") + name + " but received " + js_type(v));
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
-  return ta;
+  napi_env env = info.Env();
+  View r{};
+  napi_value ab = nullptr;
+  size_t offset = 0;
+  if (napi_get_typedarray_info(env, v, &r.type, &r.len, &r.data, &ab, &offset) != napi_ok)
+    fail(Code::InvalidArgument, std::string("Cannot read the typed array passed for ") + name);
+  bool is_ab = false, detached = false;
+  napi_is_arraybuffer(env, ab, &is_ab);
+  if (!is_ab) fail(Code::InvalidArgument, std::string("Expected a non-shared buffer for ") + name + " but received a SharedArrayBuffer view");
+  if (napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok || detached)
+    fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
+  if (r.len == 0) r.data = nullptr;
+  return r;
 }
 }  // namespace
 
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
-  Napi::TypedArray ta = typed_array(info, i, name);
+  const View ta = typed_array(info, i, name);
   const napi_typedarray_type want = dtype == DType::F32 ? napi_float32_array : napi_uint16_array;
-  if (ta.TypedArrayType() != want)
+  if (ta.type != want)
     fail(Code::DtypeMismatch, std::string("Expected ") + (dtype == DType::F32 ? "Float32Array" : "Uint16Array") +
                                   " for " + name + " (" + dtype_name(dtype) + ")");
-  uint8_t* base = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return Span{base, ta.ElementLength(), dtype};
+  return Span{ta.data, ta.len, dtype};
 }
 
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::TypedArray ta = typed_array(info, i, name);
-  if (ta.TypedArrayType() != napi_uint8_array)
-    fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
-  uint8_t* base = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return Span{base, ta.ElementLength(), DType::F32};
+  const View ta = typed_array(info, i, name);
+  if (ta.type != napi_uint8_array) fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
+  return Span{ta.data, ta.len, DType::F32};
+}
+
+Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const View ta = typed_array(info, i, name);
+  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  return Span{ta.data, ta.len, DType::F32};
 }
 
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
@@ -105,15 +130,52 @@ Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType d
   return arg_span(info, i, "zeros", dtype);
 }
 
-Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
-  if (dtype == DType::F32) {
-    Napi::Float32Array a = Napi::Float32Array::New(env, n);
-    *out = Span{a.Data(), n, dtype};
-    return a;
+// V8 aborts the process, rather than throwing, when ArrayBuffer::New cannot allocate
+// or a typed array is longer than it allows; so outputs are zeroed native memory
+// (calloc: a failure is QF_OUT_OF_MEMORY) handed to V8 as an external ArrayBuffer.
+Napi::Value make_typed_array(Napi::Env env, napi_typedarray_type type, size_t n, void** data) {
+  const size_t elem = type == napi_float32_array || type == napi_int32_array ? 4 : type == napi_uint16_array ? 2 : 1;
+  if (n > kMaxOutputElements)
+    throw ArgError{error(Code::ShapeMismatch, "An output of " + std::to_string(n) + " elements exceeds the " +
+                                                  std::to_string(kMaxOutputElements) + " a typed array can hold")};
+  void* p = std::calloc(std::max<size_t>(n, 1), elem);
+  if (!p) throw std::bad_alloc();
+  napi_value ab = nullptr, ta = nullptr;
+  napi_status st = napi_create_external_arraybuffer(env, p, n * elem, [](napi_env, void* d, void*) { std::free(d); }, nullptr, &ab);
+  if (st != napi_ok) {
+    std::free(p);
+    NAPI_THROW_IF_FAILED(env, st, Napi::Value());
   }
-  Napi::Uint16Array a = Napi::Uint16Array::New(env, n);
-  *out = Span{a.Data(), n, dtype};
-  return a;
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, n, ab, 0, &ta), Napi::Value());
+  *data = p;
+  return Napi::Value(env, ta);
+}
+
+Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
+  void* p = nullptr;
+  Napi::Value a = make_typed_array(env, dtype == DType::F32 ? napi_float32_array : napi_uint16_array, n, &p);
+  *out = Span{p, n, dtype};
+  return a.As<Napi::Object>();
+}
+
+Napi::Uint8Array make_bytes(Napi::Env env, size_t n, Span* out) {
+  void* p = nullptr;
+  Napi::Value a = make_typed_array(env, napi_uint8_array, n, &p);
+  *out = Span{p, n, DType::F32};
+  return a.As<Napi::Uint8Array>();
+}
+
+Status input_len(const Span& s, size_t want, const char* name, const char* unit) {
+  if (s.len == want) return Status::Ok();
+  return error(Code::ShapeMismatch, "Expected " + std::to_string(want) + " " + unit + " for " + name + " but received " +
+                                        std::to_string(s.len));
+}
+
+Napi::Value fail_op(const Napi::CallbackInfo& info, bool async, const Status& st) {
+  if (!async) throw ArgError{st};
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(info.Env());
+  d.Reject(to_js_error(info.Env(), st).Value());
+  return d.Promise();
 }
 
 namespace {

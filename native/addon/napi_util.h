@@ -30,6 +30,8 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name);
 // A Float32Array (f32) or Uint16Array (f16/bf16, as `dtype` says) or Uint8Array (bytes).
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype);
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+// An Int32Array (token ids, targets), carried as a Span of 4-byte elements.
+Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
 // (bits, groupSize, symmetric) at info[i], info[i + 1], info[i + 2]; f16_params false.
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i);
@@ -80,7 +82,22 @@ Napi::Value guarded(const Napi::CallbackInfo& info, const char* op, F&& fn) {
   return info.Env().Undefined();
 }
 
+// Output arrays (zeroed). A length beyond kMaxOutputElements is an ArgError; an
+// allocation failure std::bad_alloc: never V8's process abort.
+constexpr size_t kMaxOutputElements = size_t(1) << 32;
+Napi::Value make_typed_array(Napi::Env env, napi_typedarray_type type, size_t n, void** data);
 Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out);
+Napi::Uint8Array make_bytes(Napi::Env env, size_t n, Span* out);
+// Inputs whose length sizes an output are checked before the output is allocated
+// (the kernels check again); the message matches the kernels' own.
+Status input_len(const Span& s, size_t want, const char* name, const char* unit = "elements");
+// A failed check: thrown for a sync call, a rejected promise for an async one.
+Napi::Value fail_op(const Napi::CallbackInfo& info, bool async, const Status& st);
+#define QF_PRECHECK(info, async, expr)                                   \
+  do {                                                                   \
+    const ::qf::Status qf_pre_ = (expr);                                 \
+    if (!qf_pre_.ok()) return ::qf::fail_op((info), (async), qf_pre_);   \
+  } while (0)
 
 void register_backend(Napi::Env env, Napi::Object exports);
 void register_quant(Napi::Env env, Napi::Object exports);

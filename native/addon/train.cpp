@@ -17,15 +17,7 @@ Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : f32(info, i, name);
 }
 
-// Int32Array (token ids, targets): carried as a Span of 4-byte elements.
-Span i32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    fail(std::string("Expected Int32Array for ") + name);
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(std::string("Expected attached buffer for ") + name + " but it is detached");
-  return Span{static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ElementLength(), DType::F32};
-}
+Span i32(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int32(info, i, name); }
 
 float arg_f(const Napi::CallbackInfo& info, size_t i, const char* name) { return (float)arg_number(info, i, name); }
 

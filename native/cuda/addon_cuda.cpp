@@ -75,8 +75,8 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   check(check_spec(spec, N, K));
   check(expect("w", w, (size_t)(N * K)));
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
-  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)));
-  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss, zs{nullptr, 0, DType::F32};
+  Span cs, ss, zs{nullptr, 0, DType::F32};
+  Napi::Uint8Array codes = make_bytes(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)), &cs);
   Napi::Object out = Napi::Object::New(env);
   out.Set("codes", codes);
   out.Set("scales", make_float_array(env, DType::F32, (size_t)N * G, &ss));

@@ -186,6 +186,8 @@ export interface NativeBinding {
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  /** Index of the first NaN/Inf of `data` (f16/bf16 as Uint16Array bits), or -1. */
+  firstNonFinite(data: FloatArray, dtype: NativeDType): number;
   /**
    * Tests only, present when QUANTFORM_FAULT_ALLOC is set at load (native/addon/fault_alloc.cpp):
    * returns the addon's allocations since the previous call, then fails the n-th from now (0: none).

@@ -13,6 +13,8 @@ import { parseJsonObject } from '../io/json.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
+import { weightShape } from '../model/config.js';
+import { checkFinite } from '../ops/finite.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -189,7 +191,13 @@ export class TrainableLlama {
           tgt[b * window + t] = ids[(w0 + b) * window + t + 1];
         }
       const nll = await this.nll(tok, tgt, B, window, quant);
-      for (let i = 0; i < nll.length; i++) sum += nll[i];
+      for (let i = 0; i < nll.length; i++) {
+        if (!Number.isFinite(nll[i])) {
+          const w = w0 + Math.floor(i / window);
+          throw new QuantformError('QF_NON_FINITE', `Window ${w} (ids ${w * window}..${(w + 1) * window}) has a ${nll[i]} negative log-likelihood: the model's logits are not finite there, so there is no perplexity to report`);
+        }
+        sum += nll[i];
+      }
     }
     const n = nWin * window;
     return { meanNll: sum / n, ppl: Math.exp(sum / n), predictions: n };
@@ -230,17 +238,22 @@ export class TrainableLlama {
       vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
       tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
     };
-    const embed = ck.weight('embed');
+    const weight = (name: string): Float32Array => {
+      const w = ck.weight(name);
+      checkFinite(w, `${ck.path}: ${name}`, weightShape(c, name));
+      return w;
+    };
+    const embed = weight('embed');
     const lay = blockLayout(shape);
     const blocks: Float32Array[] = [];
     for (let l = 0; l < shape.layers; l++) {
       const b = new Float32Array(lay.total);
-      b.set(ck.weight(`layers.${l}.attn_norm`), lay.g1.offset);
-      b.set(ck.weight(`layers.${l}.ffn_norm`), lay.g2.offset);
-      for (const n of LINEARS) b.set(ck.weight(`layers.${l}.${RUNTIME_LINEAR[n]}`), lay.linears[n].offset);
+      b.set(weight(`layers.${l}.attn_norm`), lay.g1.offset);
+      b.set(weight(`layers.${l}.ffn_norm`), lay.g2.offset);
+      for (const n of LINEARS) b.set(weight(`layers.${l}.${RUNTIME_LINEAR[n]}`), lay.linears[n].offset);
       blocks.push(b);
     }
-    return new TrainableLlama(shape, embed, ck.weight('final_norm'), shape.tied ? embed : ck.weight('lm_head'), blocks, hf);
+    return new TrainableLlama(shape, embed, weight('final_norm'), shape.tied ? embed : weight('lm_head'), blocks, hf);
   }
 
   static fromHfDir(dir: string): TrainableLlama {
@@ -254,6 +267,7 @@ export class TrainableLlama {
       if (t) {
         if (t.dtype !== 'F32' || t.data.length !== rows * cols)
           throw new QuantformError('QF_CORRUPT_FILE', `${file}: ${name}.weight should be F32 [${rows}, ${cols}] but is ${t.dtype} [${t.shape}]`);
+        checkFinite(t.data as Float32Array, `${file}: ${name}.weight`, rows > 1 ? [rows, cols] : undefined);
         return t.data as Float32Array;
       }
       const qw = st.get(name + '.qweight');
@@ -264,8 +278,10 @@ export class TrainableLlama {
           return v.data;
         };
         const fmt: GptqFormat = q.checkpoint_format === 'gptq_v2' ? 'gptq_v2' : 'gptq';
-        return dequantizeGptq({ qweight: qw.data as Int32Array, qzeros: part('.qzeros') as Int32Array, scales: part('.scales') as Uint16Array,
+        const w = dequantizeGptq({ qweight: qw.data as Int32Array, qzeros: part('.qzeros') as Int32Array, scales: part('.scales') as Uint16Array,
           gIdx: part('.g_idx') as Int32Array }, rows, cols, q.bits as Bits, fmt);
+        checkFinite(w, `${file}: ${name} (dequantized)`, [rows, cols]);
+        return w;
       }
       throw new QuantformError('QF_CORRUPT_FILE', `${file}: tensor ${name}.weight is missing`);
     };

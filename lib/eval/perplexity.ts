@@ -4,7 +4,7 @@
 // once; with stride < ctx only the last `stride` predictions of each window after
 // the first are scored (the usual sliding-window protocol). NLL = logsumexp - logit
 // of the target, accumulated in double.
-import { invalidParameter, is } from '../errors.js';
+import { QuantformError, invalidParameter, is } from '../errors.js';
 import type { Model } from '../model/model.js';
 
 export interface PerplexityOptions {
@@ -110,6 +110,8 @@ export async function evaluatePerplexity(
       const first = w === 0 ? 0 : Math.max(0, starts[w - 1] + ctx - s);
       let ws = 0;
       for (let t = first; t < T; t++) ws += logSoftmaxNll(logits, (b * T + t) * V, V, ids[s + t + 1]);
+      if (!Number.isFinite(ws))
+        throw new QuantformError('QF_NON_FINITE', `Window ${w} (ids ${s}..${s + T}) has a ${ws} negative log-likelihood: the model's logits are not finite there, so there is no perplexity to report`);
       perWindow.push(ws / (T - first));
       sum += ws;
       count += T - first;

@@ -8,6 +8,7 @@ import { invalidParameter, is, QuantformError } from '../errors.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
 import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
 import { trainStateFromCheckpoint } from './checkpoint.js';
+import { checkFinite } from '../ops/finite.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
@@ -136,6 +137,8 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
     throw invalidParameter(`seqLen <= ${source.shape.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
   if (cal) for (const id of cal.tokens) if (id < 0 || id >= source.shape.vocab) throw invalidParameter(`token ids in [0, ${source.shape.vocab})`, 'calibration.tokens', id);
 
+  // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
+  for (const [name, t] of source.tensors()) checkFinite(t.data as Float32Array, name, t.shape);
   const model = source.clone();
   const ck = hooks.checkpoint;
   const fp = ck ? fingerprint(source, opts, train, quant) : '';

@@ -4,6 +4,7 @@ import { existsSync, statSync } from 'node:fs';
 import { QuantformError, fromNative, invalidParameter, is } from '../errors.js';
 import { native, type NativeLlamaModel } from '../native.js';
 import { Tensor } from '../ops/tensor.js';
+import { checkFinite, checkQuantizedFinite } from '../ops/finite.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { LINEAR_WEIGHTS, invFreq, weightNames, weightShape, type LlamaConfig } from './config.js';
@@ -76,9 +77,14 @@ export class Model {
       for (const name of weightNames(cfg)) {
         const q = checkpoint.quantizedWeight?.(name) ?? null;
         if (q) {
+          checkQuantizedFinite(q, `${checkpoint.path}: ${name}`);
           this.handle.setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
           this.linears.set(name, new QuantizedLinear(q));
-        } else this.handle.setWeight(name, checkpoint.weight(name));
+        } else {
+          const w = checkpoint.weight(name);
+          checkFinite(w, `${checkpoint.path}: ${name}`, weightShape(cfg, name));
+          this.handle.setWeight(name, w);
+        }
       }
     } catch (e) {
       this.handle?.dispose();
@@ -116,8 +122,13 @@ export class Model {
     try {
       if (linear instanceof QuantizedLinear) {
         const q = linear.weight;
+        checkQuantizedFinite(q, name);
         this.live().setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
-      } else this.live().setWeight(name, linear.toFloat32());
+      } else {
+        const w = linear.toFloat32();
+        checkFinite(w, name, [o, i]);
+        this.live().setWeight(name, w);
+      }
     } catch (e) {
       throw fromNative(e);
     }

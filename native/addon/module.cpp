@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_matmul(env, exports);
   qf::register_probe(env, exports);
   qf::register_train(env, exports);
+  qf::register_finite(env, exports);
   qf::register_fault(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;

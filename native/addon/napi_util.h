@@ -105,6 +105,7 @@ void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
 void register_train(Napi::Env env, Napi::Object exports);
+void register_finite(Napi::Env env, Napi::Object exports);
 // faultAlloc(n), exported only when QUANTFORM_FAULT_ALLOC is set at load (fault_alloc.cpp)
 void register_fault(Napi::Env env, Napi::Object exports);
 

@@ -48,6 +48,7 @@ const TEMPLATES: Record<string, () => Args> = {
   measureMachine: () => [4096, 1, 0.001, 1, false],
   matmul: () => [f32(48), 'f32', 3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32', false],
   faultAlloc: () => [0],
+  firstNonFinite: () => [f32(40), 'f32'],
   'train.trainGemm': () => [f32(18), f32(48), f32(96), 3, 6, 16, false, true, false],
   'train.rmsnormForward': () => [f32(24), f32(3), f32(24), f32(8), 3, 8, 1e-5],
   'train.rmsnormBackward': () => [f32(24), f32(8), f32(24), f32(24), f32(8), f32(3), 3, 8],

@@ -31,7 +31,8 @@ const underAsan = () => (process.env.LD_PRELOAD ?? '').includes('asan');
 /** Runs `cases` in order; returns every result (failures included). */
 export async function runCases(cases: CaseSpec[], o: HarnessOptions = {}): Promise<CaseResult[]> {
   const timeoutMs = o.timeoutMs ?? 10_000;
-  const rssCapKb = (o.rssCapMb ?? 256) * 1024;
+  // ASan keeps freed memory in quarantine (256 MB by default): peaks mean little there
+  const rssCapKb = (o.rssCapMb ?? (underAsan() ? 2048 : 256)) * 1024;
   const asMb = underAsan() ? 0 : (o.addressSpaceMb ?? 3072);
   const entry = bundleChild('test/fuzz/child.ts');
   const results: CaseResult[] = [];

@@ -2,7 +2,7 @@
 // written as a GPTQ checkpoint. Progress bar (step, loss, steps/s, ETA), atomic
 // checkpoints every N steps next to the output, --resume, Ctrl-C leaves a resumable
 // checkpoint, and the output directory appears only when complete.
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
@@ -15,6 +15,7 @@ import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../m
 import type { Bits } from '../ops/quant.js';
 import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
 import { intOption } from './model-arg.js';
+import { lockOutput } from './out-lock.js';
 import { DEMO_DEFAULTS, demo, type Demo } from './demo.js';
 
 interface QuantizeCliOpts {
@@ -114,6 +115,8 @@ export function registerQuantize(program: Command): void {
           'outlier channels) on built-in calibration text; pass --model DIR for a real checkpoint');
       }
       const out = path.resolve(o.out ?? defaultOut(o));
+      // held until this process exits, also on errors; a SIGKILL leaves a stale lock, taken over by the next run
+      process.once('exit', lockOutput(out));
       if (existsSync(out)) throw new QuantformError('QF_IO', `Output directory ${out} already exists: choose another --out or remove it`);
       const model = dm ? dm.model : TrainableLlama.fromHfDir(o.model!);
       if (o.seqLen > model.shape.maxSeq)
@@ -134,6 +137,12 @@ export function registerQuantize(program: Command): void {
       const ckpt = `${out}.ckpt.safetensors`;
       if (!o.resume && existsSync(ckpt))
         throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
+      // half-written checkpoints of killed runs (this run holds the lock: none is being written)
+      for (const f of readdirSync(path.dirname(ckpt)).filter((n) => n.startsWith(`${path.basename(ckpt)}.tmp-`)))
+        rmSync(path.join(path.dirname(ckpt), f), { force: true });
+      // a run killed before its first checkpoint left nothing to resume: it starts over
+      const resume = o.resume === true && existsSync(ckpt);
+      if (o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
       const bar = new cliProgress.SingleBar({
         format: '{phase} |{bar}| {value}/{total} loss {loss} | {sps} steps/s | ETA {eta_formatted}',
         hideCursor: true, etaBuffer: 50,
@@ -150,7 +159,7 @@ export function registerQuantize(program: Command): void {
         q = await quantizeModel(model, opts, {
           signal: abort.signal,
           checkpoint: { path: ckpt, every: o.checkpointEvery },
-          resume: o.resume === true,
+          resume,
           onProgress: (e) => {
             if (e.phase !== barPhase) {
               if (barPhase) bar.stop();

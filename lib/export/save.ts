@@ -3,7 +3,7 @@
 // config.json with quantization_config, the tokenizer files, quantform_report.json
 // and the loss curve as loss.svg. The directory appears only when complete: it is
 // written as a temp directory next to `out` and renamed at the end.
-import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
 import type { QuantizedModel } from '../methods/quantize-model.js';
@@ -20,6 +20,28 @@ export interface SaveOptions {
   format?: GptqFormat;
 }
 
+/** Temp directories of writers that were killed mid-write (their pid is gone). */
+function removeStaleTemps(dest: string): void {
+  const prefix = `.${path.basename(dest)}.tmp-`;
+  let names: string[] = [];
+  try {
+    names = readdirSync(path.dirname(dest)).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const pid = Number(n.slice(prefix.length));
+    let alive = false;
+    try {
+      process.kill(pid, 0);
+      alive = true;
+    } catch (e) {
+      alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+    }
+    if (!alive && pid !== process.pid) rmSync(path.join(path.dirname(dest), n), { recursive: true, force: true });
+  }
+}
+
 export function saveGptq(q: QuantizedModel, out: string, opts: SaveOptions = {}): void {
   const dest = path.resolve(out);
   if (existsSync(dest)) throw new QuantformError('QF_IO', `Output directory ${dest} already exists: choose another --out or remove it`);
@@ -27,6 +49,7 @@ export function saveGptq(q: QuantizedModel, out: string, opts: SaveOptions = {})
   if (format === 'gptq' && !q.quant.symmetric)
     throw new QuantformError('QF_INVALID_ARGUMENT', "Asymmetric models need checkpoint_format 'gptq_v2': v1 stores z - 1, which overflows for z = 0");
   const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-${process.pid}`);
+  removeStaleTemps(dest);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   try {

@@ -163,7 +163,13 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
       await nb.blockForward(fpCfgAll, to.subarray(n * S * D, (n + 1) * S * D), fpActs, from.subarray(n * S * D, (n + 1) * S * D), model.blocks[l], null, true);
     return to;
   };
-  for (let l = 0; l < firstLayer; l++) xin = await forwardFp(l, xin);
+  // blocks finished before a resume: zero moments, as the uninterrupted run left them
+  // (a checkpoint written at a block's last step still holds that block's moments)
+  for (let l = 0; l < firstLayer; l++) {
+    opt.arena.fill(0, 2 * P + l * A, 2 * P + (l + 1) * A);
+    opt.arena.fill(0, 3 * P + l * A, 3 * P + (l + 1) * A);
+    xin = await forwardFp(l, xin);
+  }
   for (let l = firstLayer; l < L; l++) {
     const yout = await forwardFp(l, xin);  // fp32 targets
     const alpha = opt.params.subarray(l * A, (l + 1) * A), dalpha = opt.grads.subarray(l * A, (l + 1) * A);

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
 import type { Checkpoint } from './checkpoint.js';
-import { configFromHf, weightShape, type LlamaConfig } from './config.js';
+import { LAYER_WEIGHTS, configFromHf, weightShape, type LlamaConfig } from './config.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Bits } from '../ops/quant.js';
@@ -49,6 +49,14 @@ export class GptqCheckpoint implements Checkpoint {
     this.config = configFromHf(parseJsonObject(readFileSync(cfgPath, 'utf8'), cfgPath), cfgPath);
     this.tensors = readSafetensors(`${path}/model.safetensors`);
     if (this.tensors.has('lm_head.weight')) this.config.tiedEmbeddings = false;
+    // every weight config.json implies is present (plain or quantized) before anything
+    // is sized by it; layer by layer, so a config claiming 2^31 layers fails at the first gap
+    const present = (name: string) => this.tensors.has(`${this.hf(name)}.weight`) || this.tensors.has(`${this.hf(name)}.qweight`);
+    for (const n of ['embed', 'final_norm', ...(this.config.tiedEmbeddings ? [] : ['lm_head'])])
+      if (!present(n)) throw new QuantformError('QF_CORRUPT_FILE', `${path}: tensor '${this.hf(n)}.weight' is missing`);
+    for (let l = 0; l < this.config.nLayers; l++)
+      for (const w of LAYER_WEIGHTS)
+        if (!present(`layers.${l}.${w}`)) throw new QuantformError('QF_CORRUPT_FILE', `${path}: layer ${l} has no ${this.hf(`layers.${l}.${w}`)} weight`);
   }
 
   private hf(name: string): string {

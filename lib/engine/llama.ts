@@ -6,14 +6,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { fromNative, invalidParameter, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { parseJsonObject } from '../io/json.js';
 import { dequantizeGptq, type GptqFormat } from '../export/gptq.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { weightShape } from '../model/config.js';
+import { needConfig, weightShape } from '../model/config.js';
 import { checkFinite } from '../ops/finite.js';
 
 export interface LlamaShape {
@@ -50,7 +50,15 @@ export interface Slot {
 }
 
 /** Offsets in the block arena: g1 | wq | wk | wv | wo | g2 | wg | wu | wd (train_ops.h). */
+/** A LlamaShape passed in by a caller: sizes are positive integers. */
+function needShape(s: unknown): asserts s is LlamaShape {
+  need.object(s, 'shape');
+  const o = s as Record<string, unknown>;
+  for (const k of ['hidden', 'intermediate', 'layers', 'heads', 'kvHeads', 'headDim', 'vocab', 'maxSeq'] as const) need.positiveInteger(o[k], `shape.${k}`);
+}
+
 export function blockLayout(s: LlamaShape): { g1: Slot; g2: Slot; linears: Record<LinearName, Slot>; total: number } {
+  needShape(s);
   const D = s.hidden, F = s.intermediate, Dq = s.heads * s.headDim, Dkv = s.kvHeads * s.headDim;
   let o = 0;
   const slot = (rows: number, cols: number): Slot => { const r = { offset: o, rows, cols }; o += rows * cols; return r; };
@@ -82,6 +90,16 @@ export class TrainableLlama {
 
   constructor(shape: LlamaShape, embed: Float32Array, finalNorm: Float32Array, lmHead: Float32Array, blocks: Float32Array[],
     hfConfig: Record<string, unknown>) {
+    needShape(shape);
+    need.finiteNumber(shape.rmsEps, 'shape.rmsEps');
+    need.finiteNumber(shape.ropeTheta, 'shape.ropeTheta');
+    need.bool(shape.tied, 'shape.tied');
+    const V = shape.vocab * shape.hidden;
+    for (const [name, a, n] of [['embed', embed, V], ['finalNorm', finalNorm, shape.hidden], ['lmHead', lmHead, V]] as const)
+      if (!(a instanceof Float32Array) || a.length !== n) throw invalidParameter(`Float32Array of ${n} elements`, name, a, 'QF_SHAPE_MISMATCH');
+    if (!Array.isArray(blocks) || blocks.length !== shape.layers || !blocks.every((b) => b instanceof Float32Array))
+      throw invalidParameter(`array of ${shape.layers} Float32Array block arenas`, 'blocks', blocks);
+    need.object(hfConfig, 'hfConfig');
     this.shape = shape;
     this.embed = embed;
     this.finalNorm = finalNorm;
@@ -226,6 +244,9 @@ export class TrainableLlama {
    * RoPE layout the training forward uses.
    */
   static fromCheckpoint(ck: Checkpoint): TrainableLlama {
+    need.object(ck, 'checkpoint');
+    need.func(ck.weight, 'checkpoint.weight');
+    needConfig(ck.config, 'checkpoint.config');
     const c = ck.config;
     if (c.ropeScaling) throw new QuantformError('QF_UNSUPPORTED', `${ck.path}: rope_scaling is not supported by the training forward yet`);
     const shape: LlamaShape = {
@@ -257,6 +278,7 @@ export class TrainableLlama {
   }
 
   static fromHfDir(dir: string): TrainableLlama {
+    need.string(dir, 'dir');
     const { cfg, shape } = readHfConfig(dir);
     const file = path.join(dir, 'model.safetensors');
     if (!existsSync(file)) throw new QuantformError('QF_IO', `No model.safetensors in ${dir} (sharded checkpoints are not supported yet)`);
@@ -336,6 +358,7 @@ export interface TextTokenizer {
 }
 
 export function loadCalibrationTokenizer(dir: string): TextTokenizer {
+  need.string(dir, 'dir');
   const read = (f: string) => {
     try {
       return parseJsonObject(readFileSync(path.join(dir, f), 'utf8'), path.join(dir, f));

@@ -5,8 +5,8 @@
 // written as a temp directory next to `out` and renamed at the end.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
-import type { QuantizedModel } from '../methods/quantize-model.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
+import { needQuantizedModel, type QuantizedModel } from '../methods/quantize-model.js';
 import { toGptq, type GptqFormat } from './gptq.js';
 import { writeSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { lossCurveSvg } from './svg.js';
@@ -43,6 +43,11 @@ function removeStaleTemps(dest: string): void {
 }
 
 export function saveGptq(q: QuantizedModel, out: string, opts: SaveOptions = {}): void {
+  needQuantizedModel(q);
+  need.string(out, 'out');
+  need.object(opts, 'options');
+  if (opts.tokenizerDir !== undefined) need.string(opts.tokenizerDir, 'options.tokenizerDir');
+  if (opts.format !== undefined && !is.oneOf(opts.format, ['gptq', 'gptq_v2'] as const)) throw invalidParameter("'gptq' or 'gptq_v2'", 'options.format', opts.format);
   const dest = path.resolve(out);
   if (existsSync(dest)) throw new QuantformError('QF_IO', `Output directory ${dest} already exists: choose another --out or remove it`);
   const format: GptqFormat = opts.format ?? (q.quant.symmetric ? 'gptq' : 'gptq_v2');

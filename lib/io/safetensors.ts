@@ -3,7 +3,7 @@
 // then the raw little-endian data). Written here rather than taken from npm: the
 // packages on the registry either pull in a tensor library or do not write.
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { parseJsonObject } from './json.js';
 
 export type SafeDType = 'F32' | 'F16' | 'BF16' | 'I32';
@@ -29,6 +29,7 @@ function view(dtype: SafeDType, buf: Buffer, begin: number, end: number): SafeDa
 }
 
 export function readSafetensors(file: string): Map<string, SafeTensor> {
+  need.string(file, 'file');
   let buf: Buffer;
   try {
     buf = readFileSync(file);
@@ -65,6 +66,7 @@ export function readSafetensors(file: string): Map<string, SafeTensor> {
 
 /** The __metadata__ strings of a safetensors file. */
 export function readSafetensorsMetadata(file: string): Record<string, string> {
+  need.string(file, 'file');
   let buf: Buffer;
   try {
     buf = readFileSync(file);
@@ -82,6 +84,17 @@ export function readSafetensorsMetadata(file: string): Record<string, string> {
 
 /** Writes tensors (sorted by name) to `file` atomically: a temp file, fsync, rename. */
 export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata?: Record<string, string>): void {
+  need.string(file, 'file');
+  need.instance(tensors, Map, 'tensors');
+  if (metadata !== undefined && !(is.object(metadata) && Object.values(metadata).every((v) => typeof v === 'string')))
+    throw invalidParameter('object of strings', 'metadata', metadata);
+  const kinds = { F32: Float32Array, F16: Uint16Array, BF16: Uint16Array, I32: Int32Array } as const;
+  for (const [name, t] of tensors) {
+    need.object(t, `tensors '${name}'`);
+    if (!is.oneOf(t.dtype, Object.keys(kinds) as SafeDType[])) throw invalidParameter("'F32', 'F16', 'BF16' or 'I32'", `tensors '${name}'.dtype`, t.dtype);
+    if (!Array.isArray(t.shape) || !t.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('array of non-negative integers', `tensors '${name}'.shape`, t.shape);
+    if (!(t.data instanceof kinds[t.dtype])) throw invalidParameter(`${kinds[t.dtype].name} for ${t.dtype}`, `tensors '${name}'.data`, t.data, 'QF_DTYPE_MISMATCH');
+  }
   const names = [...tensors.keys()].sort();
   const header: Record<string, unknown> = {};
   if (metadata) header.__metadata__ = metadata;

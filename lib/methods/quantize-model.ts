@@ -4,14 +4,14 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
-import { invalidParameter, is, QuantformError } from '../errors.js';
+import { invalidParameter, is, need, QuantformError } from '../errors.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
 import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
 import { trainStateFromCheckpoint } from './checkpoint.js';
 import { checkFinite } from '../ops/finite.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
-import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
+import { blockLayout, HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
 
 export interface QuantizeModelOptions {
@@ -111,6 +111,16 @@ function readCheckpoint(file: string, expect: string): TrainState {
   return trainStateFromCheckpoint(file, meta, t.get('arena'));
 }
 
+/** A QuantizedModel passed in by a caller: quantizeModel's result shape. */
+export function needQuantizedModel(q: unknown): asserts q is QuantizedModel {
+  need.object(q, 'quantized model');
+  const o = q as Record<string, unknown>;
+  need.instance(o.model, TrainableLlama, 'quantized model.model');
+  need.instance(o.linears, Map, 'quantized model.linears');
+  need.object(o.quant, 'quantized model.quant');
+  need.object(o.report, 'quantized model.report');
+}
+
 function relError(a: Float32Array, b: Float32Array): number {
   let e = 0, d = 0;
   for (let i = 0; i < a.length; i++) {
@@ -122,7 +132,11 @@ function relError(a: Float32Array, b: Float32Array): number {
 
 export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelOptions, hooks: QuantizeModelHooks = {}): Promise<QuantizedModel> {
   const t0 = performance.now();
+  need.instance(source, TrainableLlama, 'model');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  need.object(hooks, 'hooks');
+  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.checkpoint !== undefined) { need.object(hooks.checkpoint, 'hooks.checkpoint'); need.string(hooks.checkpoint.path, 'hooks.checkpoint.path'); }
   const method = getMethod(opts.method);
   if (!is.oneOf(opts.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', opts.bits, 'QF_UNSUPPORTED_BITS');
   const groupSize = opts.groupSize ?? 128;
@@ -181,6 +195,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
 
 /** The quantized model as fp32 weights (each linear dequantized), for evaluation. */
 export function dequantizedModel(q: QuantizedModel): TrainableLlama {
+  needQuantizedModel(q);
   const m = q.model.clone();
   for (let l = 0; l < m.shape.layers; l++)
     for (const n of LINEARS) m.linear(l, n).set(dequantize(q.linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!).data as Float32Array);

@@ -5,11 +5,11 @@
 // Q = RTN fake-quant recomputed every step (native block step, teq = true), Q's
 // rounding straight-through. Merge: gamma <- gamma / alpha, W <- W diag(alpha), so the
 // quantized model carries no extra op.
-import { fromNative, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native } from '../native.js';
 import { seededRandom } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { HF_LINEAR, type TrainableLlama } from '../engine/llama.js';
+import { HF_LINEAR, TrainableLlama } from '../engine/llama.js';
 import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
 
 /**
@@ -19,7 +19,11 @@ import type { MethodContext, MethodResult, QuantMethod, TrainState } from './typ
  * heads of each kv head), up_proj rows / alpha_d and down_proj columns * alpha_d.
  */
 export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array, extra = false): void {
+  need.instance(model, TrainableLlama, 'model');
+  need.bool(extra, 'extra');
   const s = model.shape, D = s.hidden, A = model.alphaPerLayer(extra);
+  if (!(alpha instanceof Float32Array) || alpha.length !== s.layers * A)
+    throw invalidParameter(`Float32Array of ${s.layers} x ${A} scales`, 'alpha', alpha, 'QF_SHAPE_MISMATCH');
   const Dkv = s.kvHeads * s.headDim, rep = s.heads / s.kvHeads;
   const scaleCols = (w: Float32Array, K: number, a: ArrayLike<number>) => {
     for (let r = 0; r < w.length / K; r++) for (let i = 0; i < K; i++) w[r * K + i] *= a[i];

@@ -1,5 +1,5 @@
 // The model description every loader produces, whatever the file format.
-import { QuantformError, is } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 
 export interface Llama3RopeScaling {
   ropeType: 'llama3';
@@ -34,7 +34,17 @@ export const LAYER_WEIGHTS = ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'ffn_norm', '
 export type LayerWeight = (typeof LAYER_WEIGHTS)[number];
 export const LINEAR_WEIGHTS: readonly LayerWeight[] = ['wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down'];
 
+/** A LlamaConfig passed in by a caller: an object whose sizes are positive integers. */
+export function needConfig(cfg: unknown, name = 'config'): asserts cfg is LlamaConfig {
+  need.object(cfg, name);
+  const c = cfg as Record<string, unknown>;
+  for (const k of ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'headDim', 'vocabSize', 'maxSeq'] as const)
+    if (!is.positiveInteger(c[k])) throw invalidParameter('positive integer', `${name}.${k}`, c[k]);
+  need.bool(c.tiedEmbeddings, `${name}.tiedEmbeddings`);
+}
+
 export function weightNames(cfg: LlamaConfig): string[] {
+  needConfig(cfg);
   const names = ['embed', 'final_norm'];
   if (!cfg.tiedEmbeddings) names.push('lm_head');
   for (let l = 0; l < cfg.nLayers; l++) for (const w of LAYER_WEIGHTS) names.push(`layers.${l}.${w}`);
@@ -42,6 +52,8 @@ export function weightNames(cfg: LlamaConfig): string[] {
 }
 
 export function weightShape(cfg: LlamaConfig, name: string): number[] {
+  needConfig(cfg);
+  need.string(name, 'name');
   const C = cfg.dim, F = cfg.hiddenDim, Q = cfg.nHeads * cfg.headDim, KV = cfg.nKvHeads * cfg.headDim;
   if (name === 'embed' || name === 'lm_head') return [cfg.vocabSize, C];
   if (name === 'final_norm') return [C];
@@ -70,6 +82,8 @@ export function validateConfig(cfg: LlamaConfig, source: string): void {
 
 /** RoPE inverse frequencies (headDim/2), with Llama 3 rope_scaling applied as transformers does. */
 export function invFreq(cfg: LlamaConfig): Float32Array {
+  needConfig(cfg);
+  need.finiteNumber(cfg.ropeTheta, 'config.ropeTheta');
   const half = cfg.headDim / 2;
   const out = new Float32Array(half);
   for (let i = 0; i < half; i++) out[i] = 1 / Math.pow(cfg.ropeTheta, (2 * i) / cfg.headDim);
@@ -92,6 +106,8 @@ export function invFreq(cfg: LlamaConfig): Float32Array {
 
 /** Reads Hugging Face config.json fields into a LlamaConfig. */
 export function configFromHf(json: Record<string, unknown>, source: string): LlamaConfig {
+  need.object(json, 'json');
+  need.string(source, 'source');
   const num = (k: string, dflt?: number): number => {
     const v = json[k];
     if (v === undefined || v === null) {

@@ -4,7 +4,7 @@
 // dequantizes to fp32 for callers that need floats (and for act-order checkpoints).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import type { Checkpoint } from './checkpoint.js';
 import { LAYER_WEIGHTS, configFromHf, weightShape, type LlamaConfig } from './config.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
@@ -42,6 +42,7 @@ export class GptqCheckpoint implements Checkpoint {
   private readonly q: { bits: Bits; format: GptqFormat };
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     const q = gptqConfig(path);
     if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `${path} is not a GPTQ checkpoint (no quantization_config with quant_method 'gptq')`);
     this.q = q;

@@ -3,7 +3,7 @@
 // range validated before any weight is read; weights are read one at a time.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -18,6 +18,7 @@ const DTYPES: Record<string, StoredDType> = { F32: 'F32', F16: 'F16', BF16: 'BF1
 
 /** Parses one .safetensors file's header into stored tensors (no weight bytes read). */
 export function readSafetensorsHeader(file: CheckpointFile): StoredTensor[] {
+  need.instance(file, CheckpointFile, 'file');
   if (file.size < 8) throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: ${file.size} bytes is too short for a safetensors header length`);
   const len64 = file.read(0, 8, 'header length').readBigUInt64LE(0);
   if (len64 > BigInt(file.size - 8))

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-import { QuantformError, invalidParameter, is } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { parseJsonObject } from '../io/json.js';
 import type { LlamaConfig } from '../model/config.js';
 import type { Tokenizer } from './tokenizer.js';
@@ -40,6 +40,9 @@ class HfTokenizerAdapter implements Tokenizer {
 }
 
 export function loadHfTokenizer(dir: string, cfg: LlamaConfig): Tokenizer {
+  need.string(dir, 'dir');
+  need.object(cfg, 'config');
+  for (const k of ['vocabSize', 'bosId', 'eosId'] as const) need.nonNegativeInteger(cfg[k], `config.${k}`);
   const file = path.join(dir, 'tokenizer.json');
   // older Llama/Mistral repositories ship only the SentencePiece model
   if (!existsSync(file) && existsSync(path.join(dir, 'tokenizer.model'))) return loadSentencePieceTokenizer(path.join(dir, 'tokenizer.model'));

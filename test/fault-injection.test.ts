@@ -41,10 +41,13 @@ describe('fault injection', () => {
   });
 
   it.skipIf(!hasNm || !existsSync(addon))('the replaced operator new stays inside the addon (local symbols only)', () => {
-    const all = execFileSync('nm', [addon], { encoding: 'utf8' });
+    // the dynamic symbol table decides interposition; the full one (absent from a --strip build) shows the local copies
+    const all = execFileSync('nm', [addon], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     const news = all.split('\n').filter((l) => / _Znwm$| _Znam$| _ZdlPv$/.test(l));
-    expect(news.length).toBe(3);
-    for (const l of news) expect(l, l).toMatch(/ t /);
+    if (all.trim().length > 0) {
+      expect(news.length).toBe(3);
+      for (const l of news) expect(l, l).toMatch(/ t /);
+    }
     const dyn = execFileSync('nm', ['-D', '--defined-only', addon], { encoding: 'utf8' });
     expect(dyn).not.toMatch(/_Znwm|_ZdlPv/);
   });

@@ -101,7 +101,7 @@ export function registerQuantize(program: Command): void {
     .option('--skip-docs <n>', "documents to skip at the start of --calib (default: 200 when it is split by <|endoftext|>, keeping TinyStories evaluation stories out)", intOption)
     .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
-    .option('--resume', 'continue from the checkpoint next to --out')
+    .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();

@@ -245,10 +245,10 @@ export function native(): NativeBinding {
       { cause: e },
     );
   }
-  if (cached.abiVersion !== 1) {
+  if (cached.abiVersion !== 2) {
     const v = cached.abiVersion;
     cached = undefined;
-    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 1: rebuild it with \`npm run build:native\``);
+    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 2: rebuild it with \`npm run build:native\``);
   }
   return cached;
 }

@@ -11,7 +11,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_train(env, exports);
   qf::register_finite(env, exports);
   qf::register_fault(env, exports);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  // 2: firstNonFinite; outputs in external buffers; SharedArrayBuffer views refused
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 }  // namespace

@@ -6,11 +6,14 @@ export type KernelPolicy = 'auto' | 'ref' | 'avx2' | 'avx512';
 
 export interface BackendInfo extends NativeBackendInfo {
   cuda: CudaInfo;
+  /** engine kernel -> the tier whose code runs it under the active policy (a tier without its own runs 'ref') */
+  engineKernels: Record<string, 'ref' | 'avx2' | 'avx512'>;
 }
 
-/** CPU features, the kernel tier in use, threads, and CUDA availability. */
+/** CPU features, the kernel tier in use, threads, which tier runs each engine kernel, and CUDA availability. */
 export function backendInfo(): BackendInfo {
-  return { ...native().backendInfo(), cuda: cudaInfo() };
+  const n = native();
+  return { ...n.backendInfo(), engineKernels: Object.fromEntries(n.engine.kernels().map((k) => [k.name, k.active])), cuda: cudaInfo() };
 }
 
 /** Forces a kernel tier (for tests and comparisons); 'auto' returns to the best one. */

@@ -8,19 +8,21 @@ export {
   fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, packedRowBytes, numGroups,
   SUPPORTED_BITS, type Bits, type QuantOptions, type FakeQuantParams, type FakeQuantGrads, type DequantizeOptions,
 } from './ops/quant.js';
+export { GptqHessian, gptqQuantize, gptqQuantizeAsync, gptqObjective, type GptqOptions, type GptqResult } from './ops/gptq.js';
+export { quantLinearBackward, quantLinearBackwardAsync, cudaQuantLinearBackward, type QuantLinearBackwardOptions, type QuantLinearGrads } from './ops/qlinear.js';
 export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './ops/cuda-quant.js';
 export {
   loadModel, openCheckpoint, Model, type LoadOptions, type ForwardOptions, type ForwardResult,
 } from './model/model.js';
-export { type Checkpoint, type CheckpointFormat } from './model/checkpoint.js';
+export { type Checkpoint, type CheckpointFormat, type TensorSource } from './model/checkpoint.js';
 export {
-  type LlamaConfig, type Llama3RopeScaling, configFromHf, invFreq, weightNames, weightShape, LINEAR_WEIGHTS,
+  type LlamaConfig, type Llama3RopeScaling, configFromHf, hfConfigFromLlama, invFreq, weightNames, weightShape, LINEAR_WEIGHTS,
 } from './model/config.js';
 export { type Linear, Fp32Linear, QuantizedLinear } from './model/linear.js';
 export { SyntheticCheckpoint, ByteTokenizer, LLAMA2_7B, type SyntheticOptions } from './model/synthetic.js';
-export { permuteInterleavedToHalf, permuteHalfToInterleaved } from './model/convert.js';
-export { readSafetensorsHeader } from './model/hf.js';
-export { readGgufHeader, type GgufHeader } from './model/gguf.js';
+export { permuteInterleavedToHalf, permuteHalfToInterleaved, interleavedToHalfRows } from './model/convert.js';
+export { SafetensorsCheckpoint } from './model/hf.js';
+export { readGgufHeader, GgufCheckpoint, type GgufHeader, type GgufTensor } from './model/gguf.js';
 export { type Tokenizer } from './tokenizer/tokenizer.js';
 export { SentencePieceBpe, loadLlama2cTokenizer } from './tokenizer/sentencepiece.js';
 export { loadSentencePieceTokenizer, readSentencePieceModel, type SentencePieceModel } from './tokenizer/sentencepiece-model.js';
@@ -29,16 +31,32 @@ export {
   evaluatePerplexity, encodeEvalText, type PerplexityOptions, type PerplexityProgress, type PerplexityResult,
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
-export { quantizeModel, dequantizedModel, type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport } from './methods/quantize-model.js';
+export {
+  quantizeModel, dequantizedModel, quantizeCheckpointRtn, quantizedCheckpoint, memoryNeed,
+  type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks, type MemoryNeed,
+} from './methods/quantize-model.js';
 export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
 export { mergeTeqScales } from './methods/teq.js';
-export { TrainableLlama, loadCalibrationTokenizer, blockLayout, type LlamaShape, type BlockQuant, type TextTokenizer } from './engine/llama.js';
+export { TrainableLlama, blockLayout, type LlamaShape, type BlockQuant } from './engine/llama.js';
 export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './engine/optim.js';
 export { calibrationFromFile, calibrationFromText, type CalibrationOptions, type CalibrationSet } from './engine/calib.js';
-export { saveGptq, type SaveOptions } from './export/save.js';
+export { saveGptq, GptqWriter, gptqSourceOf, type SaveOptions, type GptqSource } from './export/save.js';
+export { exportGguf, encodeDirect, type GgufExportOptions, type ExportReport, type TensorExport, type Fidelity } from './export/gguf.js';
+export { exportOnnx, matMulNBitsParts, type OnnxExportOptions } from './export/onnx.js';
+export { GGML_TYPES, ggmlType, ggmlTypeById, type GgmlType, type GgmlTypeName, type CanonicalParts } from './export/ggml.js';
+export {
+  vocabFromCheckpoint, vocabFromTokenizerJson, vocabFromSentencePiece, tokenizerJsonFromVocab, checkVocab, spmTokenizer, TOKEN_TYPE, type SpmVocab,
+} from './export/vocab.js';
 export { GptqCheckpoint } from './model/gptq.js';
 export { toGptq, packGptq, dequantizeGptq, type GptqFormat, type GptqLinear } from './export/gptq.js';
-export { readSafetensors, writeSafetensors, type SafeTensor } from './io/safetensors.js';
+export {
+  readSafetensors, readSafetensorsMetadata, readSafetensorsHeader, parseSafetensorsHeader, writeSafetensors, SafetensorsCheckpointFiles,
+  SafetensorsWriter, DEFAULT_MAX_SHARD_BYTES, type SafeTensor, type SafeDType, type TensorSpec, type SafetensorsHeader, type SafetensorsWriterOptions,
+} from './io/safetensors.js';
+export { readTensor, type StoredTensor, type StoredDType, type ReadOptions } from './io/tensors.js';
+export { CheckpointFile } from './io/file.js';
+export { writeFileAtomic, AtomicFile, AtomicDir } from './io/atomic.js';
+export { ActivationStore, defaultMemoryBudget, type ActivationStoreOptions, type ActivationDType } from './io/activation-store.js';
 export {
   matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,

@@ -46,6 +46,19 @@ export interface NativeLlamaConfig {
   tied: boolean;
 }
 
+/** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */
+export interface NativeStoredWeight {
+  name: string;
+  /** names the tensor (and its file) in errors: a failed read, a NaN/Inf found once read */
+  what: string;
+  fd: number;
+  offset: number;
+  dtype: NativeDType;
+  rows: number;
+  cols: number;
+  dstRow: Int32Array | null;
+}
+
 /** native/addon/llama.cpp LlamaModel: weights and KV cache in native memory. */
 export interface NativeLlamaModel {
   /** name: embed | final_norm | lm_head | layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|w_gate|w_up|w_down> */
@@ -54,70 +67,158 @@ export interface NativeLlamaModel {
   setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
+  /**
+   * Stored f32/f16/bf16 tensors read and widened straight into the model (native/include/quantform/convert.h
+   * read_tensor_f32), their storage first touched in parallel; all or nothing.
+   */
+  setWeightsFromFile(entries: NativeStoredWeight[]): void;
   /** tokens (B*T) at positions pos0.. -> logits (B, T, V), or (B, V) when lastOnly */
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: false): Float32Array;
   forward(tokens: Int32Array, B: number, T: number, pos0: number, lastOnly: boolean, async: true): Promise<Float32Array>;
   dispose(): void;
 }
 
-/** Shapes and quantization of one Llama block step (native/include/quantform/train_ops.h). */
+/**
+ * One Llama block step (native/include/quantform/engine.h, BlockDesc). Shape names are
+ * the engine's: B sequences of T positions, hidden D, intermediate F, Hq query heads,
+ * Hkv key/value heads of size hd.
+ */
 export interface NativeBlockConfig {
-  batch: number;
-  seq: number;
-  hidden: number;
-  intermediate: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  rmsEps: number;
-  ropeTheta: number;
-  /** 0: linears stay fp32; else RTN fake-quant of every linear with these bits. */
+  B: number;
+  T: number;
+  D: number;
+  F: number;
+  Hq: number;
+  Hkv: number;
+  hd: number;
+  /** RMSNorm epsilon */
+  eps: number;
+  /** (hd / 2) RoPE inverse frequencies, rope_theta and any rope_scaling applied (lib/model/config.ts invFreq) */
+  invFreq: Float32Array;
+  /** 0: linears stay fp32; else RTN fake quant of every linear with these bits, recomputed per call. */
   bits: number;
   groupSize: number;
   symmetric: boolean;
-  /** TEQ scales alpha (2, hidden) present. */
+  /** TEQ scales alpha (2, D) present. */
   teq: boolean;
   /** With teq: also v-channel scales on o_proj's input and intermediate scales on down_proj's input. */
   teqExtra?: boolean;
 }
 
-/** The training family (native/addon/train.cpp): caller-owned outputs, lengths re-checked natively. */
-export interface NativeTrainBinding {
-  trainGemm(C: Float32Array, A: Float32Array, B: Float32Array, M: number, N: number, K: number, transA: boolean,
+/** Offsets of one block tensor in the parameter arena (floats). */
+export interface NativeTensorSlot {
+  offset: number;
+  rows: number;
+  cols: number;
+}
+
+/** The arena layout, computed natively: attn_norm | wq | wk | wv | wo | ffn_norm | w_gate | w_up | w_down. */
+export interface NativeBlockLayout {
+  total: number;
+  attn_norm: NativeTensorSlot;
+  wq: NativeTensorSlot;
+  wk: NativeTensorSlot;
+  wv: NativeTensorSlot;
+  wo: NativeTensorSlot;
+  ffn_norm: NativeTensorSlot;
+  w_gate: NativeTensorSlot;
+  w_up: NativeTensorSlot;
+  w_down: NativeTensorSlot;
+}
+
+/** Offsets (floats) of a training forward's saved activations (engine.h, BlockSavedLayout); aliases share offsets. */
+export interface NativeBlockSavedLayout {
+  total: number;
+  /** (BT, D) the block input */ x: number;
+  rstd1: number;
+  /** (BT, D) rmsnorm(x) * attn_norm */ xn1: number;
+  /** (BT, D) the q/k/v input */ xs1: number;
+  q: number;
+  k: number;
+  v: number;
+  /** (B, Hq, T, T) */ probs: number;
+  /** (BT, Dq) attention output */ att: number;
+  /** (BT, Dq) the o_proj input */ atts: number;
+  h: number;
+  rstd2: number;
+  xn2: number;
+  /** (BT, D) the gate/up input */ xs2: number;
+  g: number;
+  u: number;
+  /** (BT, F) silu(g) * u */ a: number;
+  /** (BT, F) the down_proj input */ as: number;
+  eff: number;
+}
+
+/** Which tier's code runs an engine kernel under each policy (engine.kernels()). */
+export interface NativeKernelImpl {
+  name: string;
+  ref: 'ref';
+  avx2: 'ref' | 'avx2';
+  avx512: 'ref' | 'avx512';
+  active: 'ref' | 'avx2' | 'avx512';
+}
+
+/** An argument of a single engine op: buffers (null = absent optional buffer), ids, dims, flags. */
+export type EngineOpArg = Float32Array | Int32Array | number | boolean | null;
+
+/**
+ * The engine (native/addon/engine.cpp). Every op of QF_ENGINE_OPS is bound as
+ * engine.<camelCase name>(...args[, async]) with caller-owned outputs; the ones lib/
+ * calls are typed here, every op is reachable through `op()` in tests.
+ */
+export interface NativeEngine {
+  /** camelCase names of every op in the native op list */
+  ops(): string[];
+  kernels(): NativeKernelImpl[];
+  gemm(C: Float32Array, A: Float32Array, B: Float32Array, M: number, N: number, K: number, transA: boolean,
     transB: boolean, accumulate: boolean): void;
-  rmsnormForward(out: Float32Array, rstd: Float32Array, x: Float32Array, w: Float32Array, T: number, D: number, eps: number): void;
-  rmsnormBackward(dx: Float32Array, dw: Float32Array, dout: Float32Array, x: Float32Array, w: Float32Array,
-    rstd: Float32Array, T: number, D: number): void;
-  swigluForward(h: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
-  swigluBackward(dg: Float32Array, du: Float32Array, dh: Float32Array, g: Float32Array, u: Float32Array, T: number, F: number): void;
-  rope(x: Float32Array, T: number, seq: number, heads: number, headDim: number, theta: number, inverse: boolean): void;
-  attentionForward(out: Float32Array, probs: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array,
-    batch: number, seq: number, heads: number, kvHeads: number, headDim: number): void;
-  attentionBackward(dq: Float32Array, dk: Float32Array, dv: Float32Array, dout: Float32Array, probs: Float32Array,
-    q: Float32Array, k: Float32Array, v: Float32Array, batch: number, seq: number, heads: number, kvHeads: number,
-    headDim: number): void;
-  crossEntropyForward(loss: Float32Array, logits: Float32Array, targets: Int32Array, T: number, V: number): void;
-  crossEntropyBackward(probs: Float32Array, targets: Int32Array, T: number, V: number, scale: number): void;
-  embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, T: number, V: number, D: number): void;
-  embeddingBackward(dtable: Float32Array, dout: Float32Array, ids: Int32Array, T: number, V: number, D: number): void;
-  teqScaleBackward(dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
-    dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number): void;
-  /** TEQ weight side: g (N, K) w.r.t. Q(W diag(alpha)) becomes the gradient w.r.t. W diag(alpha) (f16 RTN parameters). */
-  rtnFakeQuantBackward(g: Float32Array, W: Float32Array, alpha: Float32Array, N: number, K: number, bits: number,
-    groupSize: number, symmetric: boolean): void;
-  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
-    weightDecay: number, minValue: number, async: false): void;
-  adamwStep(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
+  embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, BT: number, V: number, D: number): void;
+  rmsnormForward(out: Float32Array, rstd: Float32Array | null, x: Float32Array, w: Float32Array, BT: number, D: number, eps: number): void;
+  teqExpandVScales(out: Float32Array, av: Float32Array, Hq: number, Hkv: number, hd: number): void;
+  adamw(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, minValue: number, async: true): Promise<void>;
-  blockSizes(config: NativeBlockConfig): { params: number; activations: number; alpha: number };
-  blockForward(config: NativeBlockConfig, out: Float32Array, activations: Float32Array, x: Float32Array,
-    params: Float32Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
+  blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number };
+  blockLayout(config: NativeBlockConfig): NativeBlockLayout;
+  blockSavedLayout(config: NativeBlockConfig): NativeBlockSavedLayout;
+  /** out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation) */
+  blockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
+    params: Float32Array | Uint16Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
   blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, dalpha: Float32Array | null,
-    dout: Float32Array, activations: Float32Array, params: Float32Array, alpha: Float32Array | null,
+    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array, alpha: Float32Array | null,
     async: boolean): Promise<void> | void;
+  /** TEQ's merge of alpha (blockSizes().alpha) into one f32 arena, in place */
+  blockMergeScales(config: NativeBlockConfig, params: Float32Array, alpha: Float32Array): void;
   lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,
-    x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, T: number, D: number,
+    x: Float32Array, normWeight: Float32Array, head: Float32Array, targets: Int32Array, BT: number, D: number,
     V: number, eps: number, lossScale: number, async: boolean): Promise<void> | void;
+}
+
+/** A single engine op by its camelCase name (tests enumerate them). */
+export function engineOp(name: string): (...args: EngineOpArg[]) => void | Promise<void> {
+  const fn = (native().engine as unknown as Record<string, unknown>)[name];
+  if (typeof fn !== 'function') throw new QuantformError('QF_INVALID_ARGUMENT', `No engine op named '${name}'`);
+  return fn as (...args: EngineOpArg[]) => void | Promise<void>;
+}
+
+/** Scalars of one GPTQ call (native/include/quantform/gptq.h). */
+export interface NativeGptqConfig {
+  rows: number;
+  cols: number;
+  bits: number;
+  groupSize: number;
+  symmetric: boolean;
+  paramDtype: 'f32' | 'f16';
+  /** fraction of mean(diag H) added to the diagonal */
+  damp: number;
+  /** columns per lazy batch, 1..512 */
+  blockSize: number;
+  paramsFrom: 'updated' | 'batch-start';
+}
+
+export interface NativeGptqResult extends NativeQuantized {
+  /** sum over rows and columns of e^2 / 2, e = (w - ŵ) / U[c, c] */
+  loss: number;
 }
 
 /** A repacked weight owned by native code (native/include/quantform/matmul_ops.h). */
@@ -134,9 +235,32 @@ export interface NativeMachineLimits {
   threads: number;
 }
 
+/** native/include/quantform/spill_buffer.h: f32/bf16 storage in RAM up to a budget, the rest in an unlinked mmap'd temp file. */
+export interface NativeSpillBuffer {
+  /** elements [offset, offset + src.length) <- src */
+  write(offset: number, src: Float32Array): void;
+  /** dst <- elements [offset, offset + dst.length) */
+  read(offset: number, dst: Float32Array): void;
+  info(): { elements: number; memoryElements: number; file: string | null };
+  dispose(): void;
+}
+
+/** Checkpoint I/O (native/addon/io.cpp). */
+export interface NativeIoBinding {
+  /** A (rows, cols) tensor at byte `offset` of `fd` -> out (rows * cols) f32; source row s to row dstRow[s]. */
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: false): void;
+  readTensor(fd: number, offset: number, dtype: NativeDType, rows: number, cols: number, dstRow: Int32Array | null,
+    out: Float32Array, what: string, async: true): Promise<void>;
+  /** f32 -> bf16, f16 -> f32 or bf16 -> f32 on the active kernel tier. */
+  convert(dst: FloatArray, dstDtype: NativeDType, src: FloatArray, srcDtype: NativeDType): void;
+  SpillBuffer: new (elements: number, dtype: 'f32' | 'bf16', memoryElements: number, dir: string) => NativeSpillBuffer;
+}
+
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
 export interface NativeBinding {
-  train: NativeTrainBinding;
+  engine: NativeEngine;
+  io: NativeIoBinding;
   abiVersion: number;
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;
@@ -163,16 +287,6 @@ export interface NativeBinding {
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: false): NativeFakeQuantGrads;
   fakeQuantBackward(g: Float32Array, w: Float32Array, scales: Float32Array, zeros: Float32Array | null,
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<NativeFakeQuantGrads>;
-  // Llama forward ops (native/include/quantform/llama_ops.h for layouts)
-  embeddingForward(tokens: Int32Array, wte: Float32Array, C: number): Float32Array;
-  rmsnormForward(inp: Float32Array, weight: Float32Array, C: number, eps: number): { out: Float32Array; rstd: Float32Array };
-  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: false): Float32Array;
-  matmulForward(inp: Float32Array, weight: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, async: true): Promise<Float32Array>;
-  ropeForward(x: Float32Array, pos: Int32Array, cos: Float32Array, sin: Float32Array, H: number, HS: number): Float32Array;
-  attentionForward(q: Float32Array, kcache: Float32Array, vcache: Float32Array, B: number, T: number, NH: number, NKV: number,
-    HS: number, S: number, pos0: number): { out: Float32Array; att: Float32Array };
-  swigluForward(gate: Float32Array, up: Float32Array): Float32Array;
-  residualForward(a: Float32Array, b: Float32Array): Float32Array;
   LlamaModel: new (config: NativeLlamaConfig) => NativeLlamaModel;
   matmulPrepare(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number,
     K: number, bits: number, groupSize: number, symmetric: boolean): NativePreparedWeight;
@@ -186,6 +300,24 @@ export interface NativeBinding {
     groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
+  // GPTQ (native/include/quantform/gptq.h)
+  /** H (K, K) = H n/(n + T) + 2/(n + T) xᵀx for x (T, K), n = rowsBefore (0 overwrites H). */
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: false): void;
+  gptqHessianAccumulate(H: Float32Array, x: Float32Array, T: number, K: number, rowsBefore: number, async: true): Promise<void>;
+  /** U (K, K) = upper Cholesky factor of (H + damp mean(diag H) I)^-1 (dead inputs' diagonal set to 1). */
+  gptqInverseFactor(U: Float32Array, H: Float32Array, K: number, damp: number): void;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: false): NativeGptqResult;
+  gptqQuantize(w: Float32Array, H: Float32Array, config: NativeGptqConfig, async: true): Promise<NativeGptqResult>;
+  /**
+   * Quantized-linear backward (native/include/quantform/qlinear.h): gradInput (M, K) = gradOutput (M, N) · Ŵ,
+   * overwritten; gradScales (N, G) += Σ_{k ∈ g} (q - z) (gradOutputᵀ x)[n, k]. Either output may be null.
+   */
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: false): void;
+  quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
+    x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
+    K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<void>;
   /** Index of the first NaN/Inf of `data` (f16/bf16 as Uint16Array bits), or -1. */
   firstNonFinite(data: FloatArray, dtype: NativeDType): number;
   /**
@@ -245,10 +377,10 @@ export function native(): NativeBinding {
       { cause: e },
     );
   }
-  if (cached.abiVersion !== 2) {
+  if (cached.abiVersion !== 3) {
     const v = cached.abiVersion;
     cached = undefined;
-    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 2: rebuild it with \`npm run build:native\``);
+    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 3: rebuild it with \`npm run build:native\``);
   }
   return cached;
 }

@@ -17,6 +17,18 @@ describe('backendInfo', () => {
     if (!i.cuda.available) expect(i.cuda.reason).toMatch(/\w/);
   });
 
+  it('says which tier runs each engine kernel under the active policy', () => {
+    const best = backendInfo();
+    expect(best.engineKernels.gemm).toBe(best.tier);
+    expect(Object.keys(best.engineKernels)).toContain('attentionBackward');
+    setKernelPolicy('ref');
+    try {
+      expect(new Set(Object.values(backendInfo().engineKernels))).toEqual(new Set(['ref']));
+    } finally {
+      setKernelPolicy('auto');
+    }
+  });
+
   it('setKernelPolicy switches tiers and back', () => {
     const best = backendInfo().bestTier;
     expect(setKernelPolicy('ref')).toBe('ref');

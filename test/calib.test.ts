@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { calibrationFromFile, calibrationFromText } from '../lib/engine/calib.js';
-import { loadCalibrationTokenizer } from '../lib/engine/llama.js';
+import { openCheckpoint } from '../lib/model/model.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const tsFile = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
@@ -36,8 +36,11 @@ describe('calibration sampler', () => {
     expect(() => calibrationFromText('tiny', charEncode, { samples: 0 })).toThrow(/Expected positive integer for samples but received 0/);
   });
 
-  it.skipIf(!haveShared)('TinyStories calibration skipping 200 stories shares no window with the evaluation ids', () => {
-    const tok = loadCalibrationTokenizer(modelDir);
+  it.skipIf(!haveShared)('TinyStories calibration skipping 200 stories shares no window with the evaluation ids', async () => {
+    const ck = openCheckpoint(modelDir);
+    const t = await ck.tokenizer();
+    ck.close();
+    const tok = { encode: (d: string) => t.encode(d, { bos: true }) };
     const s = calibrationFromFile(tsFile, tok.encode, { samples: 16, seqLen: 64, seed: 1, skipDocuments: 200 });
     const evalIds: number[] = JSON.parse(readFileSync(path.join(shared, 'data/reference/ppl_tinystories_tok512.json'), 'utf8')).token_ids;
     const evalStr = ',' + evalIds.join(',') + ',';

@@ -1,6 +1,8 @@
 // Native code never terminates the process: with QUANTFORM_FAULT_ALLOC the addon's
 // allocations fail on demand, and every allocation of every op family (quant,
-// matmul, model forward, model loading, the training block step, sync and async,
+// matmul, model forward, model loading and streaming RTN, the engine's ops and block
+// step, GPTQ, the quantized-linear backward, checkpoint reads and the activation
+// store, sync and async,
 // on the calling thread, the pool's workers and libuv's) must end in a
 // QuantformError QF_OUT_OF_MEMORY, after which the same call gives the reference
 // result bit for bit. The ops run in a child process: a broken boundary aborts it,
@@ -61,7 +63,7 @@ describe('fault injection', () => {
       `${x.cleanFailures} failed cleanly, ${x.unaffected} unaffected`);
     const total = reports.reduce((s, x) => s + x.cleanFailures, 0);
     console.log(`fault injection: ${total} allocation points failed cleanly in ${reports.length} ops\n${lines.join('\n')}`);
-    for (const family of ['quant', 'matmul', 'model', 'loader', 'train']) expect(reports.some((x) => x.family === family)).toBe(true);
+    for (const family of ['quant', 'matmul', 'model', 'loader', 'train', 'engine', 'gptq', 'qlinear', 'io']) expect(reports.some((x) => x.family === family)).toBe(true);
     for (const mode of ['sync', 'async']) expect(reports.some((x) => x.mode === mode)).toBe(true);
     for (const x of reports) {
       expect(x.bad, `${x.name}: ${x.bad.join('; ')}`).toEqual([]);

@@ -11,7 +11,8 @@ import { describe, expect, it } from 'vitest';
 import { FORMATS } from './fuzz/formats.js';
 import { isFailure, runCases, summarize } from './fuzz/harness.js';
 import type { CaseResult, CaseSpec } from './fuzz/protocol.js';
-import { napiTargets } from './fuzz/napi.js';
+import { napiTargets, untemplated } from './fuzz/napi.js';
+import { native } from '../lib/native.js';
 
 const CASES = Number(process.env.QF_FUZZ_CASES ?? 300);
 // fixed seeds: a CI failure reproduces with `npm run fuzz -- --formats <f> --seed <s> --cases 1`
@@ -54,7 +55,12 @@ describe('fuzz: the N-API boundary', () => {
   it('enumerates every export at run time (functions added later are covered)', () => {
     const targets = napiTargets();
     console.log(`napi targets (${targets.length}): ${targets.join(', ')}`);
-    for (const t of ['quantize', 'matmul', 'new LlamaModel', 'LlamaModel#forward', 'train.blockBackward', 'train.lmHeadLoss']) expect(targets).toContain(t);
+    const bare = untemplated();
+    if (bare.length) console.log(`napi targets without a valid-call template (random arguments only): ${bare.join(', ')}`);
+    for (const t of ['quantize', 'matmul', 'new LlamaModel', 'LlamaModel#forward', 'LlamaModel#setWeightsFromFile', 'engine.gemm', 'engine.blockBackward',
+      'engine.lmHeadLoss', 'io.readTensor', 'new io.SpillBuffer', 'io.SpillBuffer#read', 'gptqQuantize', 'quantLinearBackward']) expect(targets).toContain(t);
+    // every engine op of the native list is a target: the binder registers them all
+    for (const op of native().engine.ops()) expect(targets).toContain(`engine.${op}`);
   });
 
   it(`${CASES * 5} random calls: every inconsistent one is rejected with a coded error, none crashes`, async () => {

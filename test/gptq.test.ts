@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { dequantizeGptq, fromGptq, packGptq, toGptq } from '../lib/export/gptq.js';
 import { f16ToF32, f32ToF16 } from '../lib/io/half.js';
 import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/io/safetensors.js';
-import { Tensor, dequantize, quantize, type Bits } from '../lib/index.js';
+import { Tensor, dequantize, quantize, unpack, type Bits } from '../lib/index.js';
 
 function randW(N: number, K: number, seed: number): Tensor {
   let s = seed;
@@ -83,6 +83,20 @@ describe('GPTQ packing', () => {
     const zeroAtZero = packGptq(new Uint8Array(N * K), new Float32Array(N * 2), q.scales as Uint16Array, N, K, 4, 8, 'gptq');
     expect(fromGptq(zeroAtZero, N, K, 4, 'gptq')).toBeNull(); // stored 15 reads as z = 16
   });
+
+  for (const bits of [2, 3, 4, 8] as Bits[])
+    it(`${bits}-bit: rows of whole words pack by transpose exactly as the per-code loop does, and read back (odd N, several tiles)`, () => {
+      const N = 131, K = 256;  // 131 x (K b / 32) words: more than one 64 x 64 tile, ragged
+      const q = quantize(randW(N, K, 3 + bits), { bits, groupSize: 64, paramDtype: 'f16' });
+      const fast = toGptq(q, 'gptq_v2');
+      const zeros = Float32Array.from(q.zeros as Uint16Array, (h) => f16ToF32(h));
+      const loop = packGptq(unpack(q.codes, [N, K], bits), zeros, q.scales as Uint16Array, N, K, bits, 64, 'gptq_v2');
+      expect(fast.qweightShape).toEqual(loop.qweightShape);
+      expect(Buffer.from(fast.qweight.buffer).equals(Buffer.from(loop.qweight.buffer))).toBe(true);
+      expect(Buffer.from(fast.qzeros.buffer).equals(Buffer.from(loop.qzeros.buffer))).toBe(true);
+      const back = fromGptq(fast, N, K, bits, 'gptq_v2')!;
+      expect(Buffer.from(back.codes).equals(Buffer.from(q.codes))).toBe(true);
+    });
 
   it('f16 helpers round-trip every finite half', () => {
     for (let h = 0; h < 0x7c00; h += 7) expect(f32ToF16(f16ToF32(h))).toBe(h);

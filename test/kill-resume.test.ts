@@ -5,12 +5,12 @@
 // exist or be complete; `--resume` must finish from whatever is left and give the
 // uninterrupted run's output bit for bit (same seed). Two runs started at once
 // into the same --out: one wins, the other gets a clear error, nothing is mixed.
-// Runs on stories260K from ../shared when present, else on the built-in model.
+// Runs on the bundled stories260K (assets/) with the bundled calibration stories.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, watch } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ByteTokenizer, SyntheticCheckpoint, TrainableLlama, calibrationFromText, quantizeModel, type QuantizeModelOptions } from '../lib/index.js';
+import { ByteTokenizer, SyntheticCheckpoint, TrainableLlama, calibrationFromText, loadModel, quantizeModel, type QuantizeModelOptions } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
 import { seededRandom } from '../lib/engine/calib.js';
 
@@ -18,19 +18,16 @@ const root = packageRoot();
 const cli = path.join(root, 'dist', 'cli.js');
 const haveCli = existsSync(cli);
 if (!haveCli) console.warn(`kill-resume: skipped, ${cli} not built (run npx tsup)`);
-const shared = path.resolve(process.cwd(), '../shared');
-const model = path.join(shared, 'models/stories260K-hf'), calib = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
-const real = existsSync(model) && existsSync(calib);
-if (!real) console.warn('kill-resume: ../shared/models/stories260K-hf absent, using the built-in synthetic model');
+const model = path.join(root, 'assets', 'stories260K'), calib = path.join(root, 'assets', 'tinystories', 'valid-stories-201-400.txt');
 
 // on disk (not /tmp, which may be tmpfs): fsync takes long enough for a kill to land inside a write
 const work = mkdtempSync(path.join(root, '.cache', 'kill-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-const args = (out: string) => [cli, 'quantize', ...(real ? ['--model', model, '--calib', calib] : []), '--method', 'teq', '--bits', '4',
+const args = (out: string) => [cli, 'quantize', '--model', model, '--calib', calib, '--method', 'teq', '--bits', '4',
   '--group-size', '32', '--samples', '8', '--seq-len', '64', '--steps', '40', '--checkpoint-every', '4', '--seed', '3',
-  // 50 stories are plenty for 8 windows of 64 tokens, and encoding all 1000 would dominate every run
-  ...(real ? ['--skip-docs', '950'] : []), '--out', out];
+  // 50 stories are plenty for 8 windows of 64 tokens
+  '--skip-docs', '150', '--out', out];
 
 /** The output's content that must be deterministic: everything but the timings of the report. */
 function contents(out: string): Record<string, string> {
@@ -66,7 +63,7 @@ function killAt(out: string, trigger: Trigger, delayMs: number): Promise<{ kille
   return new Promise((resolve) => {
     const inside = trigger.startsWith('preload ') ? trigger.slice(8) : null;
     const child = spawn(process.execPath, [...(inside ? ['--require', preload] : []), ...args(out)], {
-      cwd: dir, stdio: 'ignore', env: { ...process.env, ...(inside ? { QF_KILL_AT: inside } : {}) },
+      cwd: dir, stdio: 'ignore', env: { ...process.env, ...(inside ? { QF_KILL_AT: inside, QF_KILL_OUT: out } : {}) },
     });
     let at = inside ? `inside the product at ${inside}` : 'before any trigger', done = false;
     const kill = (why: string) => {
@@ -150,7 +147,7 @@ describe.skipIf(!haveCli)('SIGKILL at any point loses nothing', () => {
         how = /starting from step 0/.test(r.stdout) ? 'resumed from step 0 (no checkpoint was left)' : 'resumed from the last checkpoint';
         // nothing of the killed run remains: no temp files, lock or checkpoint
         expect(readdirSync(dir).sort(), `trial ${i}: leftovers`).toEqual(['out']);
-        TrainableLlama.fromHfDir(out);  // and it loads
+        (await loadModel(out)).dispose();  // and it loads
       }
       expect(k.killed, `trial ${i}: the kill happened (${k.at})`).toBe(true);
       lines.push(`  ${trigger.padEnd(28)} killed ${k.killed ? k.at : `-- ${k.at}`}; left [${left.join(', ')}]; ${how}`);

@@ -6,6 +6,7 @@ import {
   backendInfo, dequantize, matmul, matmulAsync, matmulF32, prepareMatmulWeight, quantize, setKernelPolicy,
   Tensor, unprepareMatmulWeight, type Bits, type QuantizedTensor,
 } from '../lib/index.js';
+import { gaussian, nmse } from './helpers/numeric.js';
 
 // Named tolerances (NMSE = sum (a - b)^2 / sum b^2).
 /** fp32 accumulation vs the float64 oracle (K <= 600 here: relative error ~1e-7). */
@@ -14,34 +15,6 @@ const F32_NMSE = 1e-10;
 const INT8_VS_REF_NMSE = 1e-10;
 /** The int8-activation error budget vs fp32: per-row step max|x|/127 on Gaussian x gives ~1e-4. */
 const INT8_BUDGET_NMSE = 1e-3;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function gaussian(n: number, seed: number, scale = 1): Float32Array {
-  const r = rng(seed);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = scale * Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
-  return out;
-}
-
-function nmse(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return num / den;
-}
 
 function oracle(x: Float32Array, M: number, q: QuantizedTensor): Float32Array {
   const w = dequantize(q).data as Float32Array;

@@ -2,7 +2,7 @@
 // the same model (dtypes, shards, GGUF versions, llama2.c shared/unshared head), and
 // every kind of corrupt file gets a clear error naming the file and tensor, without
 // allocating what a lying header asks for.
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -82,6 +82,21 @@ describe('every layout loads to the same model', () => {
     const e = ck.weight('embed');
     expect(e[3]).toBe(Math.fround(f16Value(f16Bits(w('embed')[3]))));
     ck.close();
+  });
+
+  it('F16 and BF16 GGUF load through the native model as the same rounded weights in HF layout do (q/k reordered while read)', () => {
+    for (const dt of ['F16', 'BF16'] as const) {
+      const g = path.join(fresh(`gguf-${dt}`), 'm.gguf');
+      writeFileSync(g, ggufBytes(cfg, w, { dtype: dt }));
+      const h = fresh(`hf-${dt}`);
+      writeHfDir(h, cfg, w, dt);
+      const a = logitsOf(g), b = logitsOf(h);
+      expect(maxDiff(a, b), dt).toBe(0);
+      expect(maxDiff(a, reference), dt).toBeGreaterThan(0);  // really rounded, not the f32 weights
+      const ck = openCheckpoint(g);
+      expect(ck.weight('layers.1.wk')).toEqual(openCheckpoint(h).weight('layers.1.wk'));
+      ck.close();
+    }
   });
 
   it('llama2.c .bin with unshared and shared classifier', () => {
@@ -165,11 +180,15 @@ describe('bad input: clear errors naming file and tensor, no huge allocations', 
     expect(code(() => openCheckpoint(size)).message).toMatch(/tensor 'model\.norm\.weight' \(F32 \[33\]\) needs 132 bytes but its byte range holds 128/);
   });
 
-  it('unknown dtype', () => {
+  it('unknown dtype, and a weight stored as integers', () => {
     const d = hfDir((b) => b, (h) => { (h['model.norm.weight'] as { dtype: string }).dtype = 'I4'; });
     const e = code(() => openCheckpoint(d));
     expect(e.code).toBe('QF_UNSUPPORTED');
-    expect(e.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype "I4"; supported: F32, F16, BF16/);
+    expect(e.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype "I4", which is not a safetensors dtype/);
+    const i32 = hfDir((b) => b, (h) => { (h['model.norm.weight'] as { dtype: string }).dtype = 'I32'; });
+    const f = code(() => openCheckpoint(i32));
+    expect(f.code).toBe('QF_UNSUPPORTED');
+    expect(f.message).toMatch(/model\.safetensors: tensor 'model\.norm\.weight' has dtype I32; supported: F32, F16, BF16/);
   });
 
   it('shapes that contradict config.json, and missing tensors', () => {
@@ -205,11 +224,35 @@ describe('bad input: clear errors naming file and tensor, no huge allocations', 
     // the first key's string length (v3: u64 at byte 24) claims 2^50 bytes
     expect(code(() => openCheckpoint(gguf({}, (b) => { const c = Buffer.from(b); c.writeBigUInt64LE(2n ** 50n, 24); return c; }))).message)
       .toMatch(/metadata key 0 length 1125899906842624 runs past the end of the file/);
-    const q4 = code(() => openCheckpoint(gguf({ ggmlType: 2 })));
-    expect(q4.code).toBe('QF_UNSUPPORTED');
-    expect(q4.message).toMatch(/tensor 'token_embd\.weight' has ggml type 2; supported: 0 \(F32\), 1 \(F16\)/);
+    const iq = code(() => openCheckpoint(gguf({ ggmlType: 16 })));
+    expect(iq.code).toBe('QF_UNSUPPORTED');
+    expect(iq.message).toMatch(/tensor 'token_embd\.weight' has ggml type IQ2_XXS \(16\); quantform reads F32, F16, BF16, Q4_0, Q4_1/);
+    expect(code(() => openCheckpoint(gguf({ ggmlType: 99 }))).message).toMatch(/has ggml type unknown \(99\)/);
     expect(code(() => openCheckpoint(gguf({}, (b) => b.subarray(0, b.length - 64)))).message).toMatch(/tensor '.*' spans bytes .* past the end of the file/);
     expect(code(() => openCheckpoint(gguf({}, (b) => b.subarray(0, 200)))).message).toMatch(/m\.gguf: tensor count 21 cannot fit in the \d+ bytes left/);
+  });
+
+  it('GGUF metadata that disagrees with its tensors', () => {
+    const ffn = code(() => openCheckpoint(gguf({ meta: { hiddenDim: 41 } })));
+    expect(ffn.code).toBe('QF_SHAPE_MISMATCH');
+    expect(ffn.message).toMatch(/m\.gguf: tensor 'blk\.0\.ffn_gate\.weight' has shape \[40, 32\] but the metadata implies \[41, 32\]/);
+    expect(code(() => openCheckpoint(gguf({ meta: { nLayers: 3 } }))).message).toMatch(/m\.gguf: tensor 'blk\.2\.attn_norm\.weight' is missing/);
+  });
+
+  it('sharded safetensors: an index naming a missing shard, and one that misplaces a tensor', () => {
+    const d = fresh('shards');
+    writeHfDir(d, cfg, w, 'F32', 3);
+    rmSync(path.join(d, 'model-00002-of-00003.safetensors'));
+    const e = code(() => openCheckpoint(d));
+    expect(e.code).toBe('QF_IO');
+    expect(e.message).toMatch(/model\.safetensors\.index\.json: names shard model-00002-of-00003\.safetensors \(for tensor '.*'\), which does not exist in /);
+    const m = fresh('shards-misplaced');
+    writeHfDir(m, cfg, w, 'F32', 3);
+    const idxFile = path.join(m, 'model.safetensors.index.json');
+    const idx = JSON.parse(readFileSync(idxFile, 'utf8'));
+    idx.weight_map['model.norm.weight'] = idx.weight_map['model.norm.weight'] === 'model-00001-of-00003.safetensors' ? 'model-00002-of-00003.safetensors' : 'model-00001-of-00003.safetensors';
+    writeFileSync(idxFile, JSON.stringify(idx));
+    expect(code(() => openCheckpoint(m)).message).toMatch(/index\.json: maps tensor 'model\.norm\.weight' to model-0000\d-of-00003\.safetensors but it is in model-0000\d-of-00003\.safetensors/);
   });
 
   it('GGUF array claiming more elements than the file holds', () => {

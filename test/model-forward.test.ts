@@ -11,8 +11,9 @@ import { availableTiers, withTier } from './helpers/tiers.js';
 
 // fp32 forward vs float64 oracle over a few layers: relative max error on logits.
 const ORACLE_REL = 1e-4;
-// same math, different summation order / exp polynomial per tier
-const TIER_ABS = 1e-4;
+// same math per tier: the SIMD tiers accumulate in f32 (and use a polynomial exp), the
+// reference in f64; max |difference| relative to max |logit|
+const TIER_REL = 1.5e-4;
 // KV cache vs full pass and batch vs single: the same kernels on the same rows;
 // only GEMM blocking (M < 4 takes the dot-product path) may differ.
 const CACHE_ABS = 1e-4;
@@ -147,9 +148,12 @@ describe('KV cache, batches and tiers', () => {
     const m = await loadModel({ synthetic: { ...small, outlierChannels: 3 } });
     const tokens = Array.from({ length: 40 }, (_, i) => (i * 7) % 37);
     const ref = withTier('ref', () => m.forward(tokens).logits);
+    const scale = ref.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
     for (const t of availableTiers()) {
       const got = withTier(t, () => m.forward(tokens).logits);
-      for (let i = 0; i < ref.length; i++) expect(Math.abs(got[i] - ref[i]), t).toBeLessThan(TIER_ABS);
+      let d = 0;
+      for (let i = 0; i < ref.length; i++) d = Math.max(d, Math.abs(got[i] - ref[i]));
+      expect(d / scale, t).toBeLessThan(TIER_REL);
     }
     m.dispose();
   });

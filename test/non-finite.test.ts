@@ -1,5 +1,5 @@
 // NaN and Inf weights are found where every format passes (the Checkpoint -> model
-// paths, the trainer, quantizeModel) and reported with the tensor's name and first
+// paths, natively read weights, the trainer, quantizeModel, the streaming RTN) and reported with the tensor's name and first
 // index; a perplexity that comes out non-finite is an error naming the window,
 // never a `ppl NaN` result. The scan kernel: every tier against a plain-JS oracle.
 import { execFileSync } from 'node:child_process';
@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, TrainableLlama, evaluatePerplexity, loadModel, openCheckpoint, quantizeModel,
+  ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, TrainableLlama, evaluatePerplexity, loadModel, openCheckpoint, quantizeCheckpointRtn,
+  quantizeModel,
 } from '../lib/index.js';
 import { firstNonFinite } from '../lib/ops/finite.js';
 import { packageRoot } from '../lib/native.js';
@@ -110,7 +111,15 @@ describe('loading refuses non-finite weights, naming the tensor and the first in
     expect(err(() => TrainableLlama.fromCheckpoint(openCheckpoint(d))).message).toMatch(/layers\.1\.ffn_norm holds Infinity at index 7/);
     const f32 = fresh();
     writeHfDir(f32, cfg, poisoned('layers.0.attn_norm', 2, NaN), 'F32');
-    expect(err(() => TrainableLlama.fromHfDir(f32)).message).toMatch(/input_layernorm\.weight holds NaN at index 2/);
+    expect(err(() => TrainableLlama.fromCheckpoint(openCheckpoint(f32))).message).toMatch(/layers\.0\.attn_norm holds NaN at index 2/);
+  });
+
+  it('HF F16, read natively into the model: the NaN of a linear is found there, with row and column', () => {
+    const d = fresh();
+    writeHfDir(d, cfg, poisoned('layers.1.w_down', 2 * cfg.hiddenDim + 3, NaN), 'F16');
+    const e = err(() => new Model(openCheckpoint(d), new ByteTokenizer(40)));
+    expect(e.code).toBe('QF_NON_FINITE');
+    expect(e.message).toMatch(/layers\.1\.w_down holds NaN at \[2, 3\] \(flat index 51\): NaN and Inf weights cannot be run or quantized/);
   });
 
   it('GGUF and llama2.c: -Inf in the lm_head and a NaN in wv', async () => {
@@ -131,7 +140,28 @@ describe('loading refuses non-finite weights, naming the tensor and the first in
     m.finalNorm[4] = NaN;
     const e = await errAsync(() => quantizeModel(m, { method: 'rtn', bits: 4, groupSize: 8 }));
     expect(e.code).toBe('QF_NON_FINITE');
-    expect(e.message).toMatch(/model\.norm\.weight holds NaN at index 4/);
+    expect(e.message).toMatch(/final_norm holds NaN at index 4/);
+  });
+
+  it('the streaming RTN (quantize --method rtn) checks linears, norms and embeddings as they stream, writing nothing', async () => {
+    for (const [tensor, index, dtype, want] of [
+      ['layers.0.wk', 5, 'BF16', /layers\.0\.wk holds NaN at \[0, 5\]/],
+      ['layers.1.attn_norm', 3, 'F16', /layers\.1\.attn_norm holds 0x7c00 at index 3/],
+      ['embed', 17, 'F32', /embed holds -Infinity at \[1, 1\]/],
+    ] as const) {
+      const d = fresh();
+      writeHfDir(d, cfg, poisoned(tensor, index, tensor === 'embed' ? -Infinity : tensor === 'layers.0.wk' ? NaN : Infinity), dtype);
+      const out = path.join(tmp, `rtn-${dirs}`);
+      const ck = openCheckpoint(d);
+      try {
+        const e = await errAsync(() => quantizeCheckpointRtn(ck, out, { bits: 4, groupSize: 8 }));
+        expect(e.code, tensor).toBe('QF_NON_FINITE');
+        expect(e.message).toMatch(want);
+      } finally {
+        ck.close();
+      }
+      expect(existsSync(out)).toBe(false);
+    }
   });
 });
 
@@ -154,12 +184,6 @@ describe('a non-finite perplexity is an error naming the window', () => {
     } finally {
       m.dispose();
     }
-  });
-  it('TrainableLlama.perplexity (the quantize CLI\'s --eval-ids)', async () => {
-    const t = TrainableLlama.fromCheckpoint(new Overflowing(synth));
-    const e = await errAsync(() => t.perplexity(Array.from({ length: 33 }, (_, i) => 3 + i), 8));
-    expect(e.code).toBe('QF_NON_FINITE');
-    expect(e.message).toMatch(/^Window 0 \(ids 0\.\.8\)/);
   });
 
   const cli = path.join(packageRoot(), 'dist', 'cli.js');

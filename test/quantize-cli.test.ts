@@ -1,27 +1,49 @@
-// The main job: `quantform quantize` with no --model runs on the built-in
-// synthetic Llama and calibration text, writes a loadable GPTQ directory and
-// reports held-out logit error vs fp32 for RTN and the method. Also: the training
-// model built from a runtime checkpoint computes the runtime's logits.
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+// The main job and `quantize` on every format. Without --model, `quantform quantize`
+// runs TEQ on the bundled stories260K and prints real perplexities (fp32, RTN, the
+// method) on held-out TinyStories; with --model it takes whatever `eval` takes. The
+// llama2.c, GGUF and Hugging Face copies of stories260K quantize with RTN to
+// bit-identical codes, scales and zeros. RTN streams into sharded output that
+// loads back; an interrupted or refused run leaves nothing behind.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { ByteTokenizer, Model, SyntheticCheckpoint } from '../lib/index.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, loadModel, openCheckpoint } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
 import { TrainableLlama } from '../lib/engine/llama.js';
-import { DEMO_MODEL } from '../lib/cli/demo.js';
+import { SYNTHETIC_MODEL } from '../lib/cli/demo.js';
+import { quantizeCheckpointRtn } from '../lib/methods/quantize-model.js';
+import { SafetensorsCheckpointFiles } from '../lib/io/safetensors.js';
+import { readRaw } from '../lib/io/tensors.js';
+import '../lib/methods/index.js';
 
 const cli = path.join(packageRoot(), 'dist', 'cli.js');
 const haveCli = existsSync(cli);
 if (!haveCli) console.warn(`quantize-cli: CLI cases skipped, ${cli} not built (run npx tsup)`);
+const shared = path.resolve(process.cwd(), '../shared');
+const models = path.join(shared, 'models');
+const copies = {
+  llama2c: path.join(models, 'stories260K/stories260K.bin'),
+  gguf: path.join(models, 'stories260K/tinyllamas-stories-260k-f32.gguf'),
+  hf: path.join(models, 'stories260K-hf'),
+};
+const haveCopies = Object.values(copies).every((p) => existsSync(p));
+if (!haveCopies) console.log(`quantize-cli: ${models} not found, the three-format tests are skipped`);
 
 // two independent forward implementations (training engine, runtime) on the same weights
 const ENGINES_NMSE = 1e-10;
+// shared/data/MANIFEST.md: stories260K on the first 20,480 predictions of TinyStories valid (llama2.c run.c, fp32)
+const REFERENCE_PPL = 3.836085;
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'qf-quantize-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const run = (args: string[], cwd = tmp) => execFileSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const leftovers = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.tmp'));
 
 describe('TrainableLlama.fromCheckpoint', () => {
   it('computes the runtime model\'s logits on the synthetic checkpoint (GQA, outliers)', async () => {
-    const ck = new SyntheticCheckpoint({ ...DEMO_MODEL, nLayers: 2 });
+    const ck = new SyntheticCheckpoint({ ...SYNTHETIC_MODEL, nLayers: 2 });
     const trainable = TrainableLlama.fromCheckpoint(ck);
     const runtime = new Model(ck, new ByteTokenizer(ck.config.vocabSize));
     const tokens = Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % ck.config.vocabSize);
@@ -35,26 +57,125 @@ describe('TrainableLlama.fromCheckpoint', () => {
   });
 });
 
-describe.skipIf(!haveCli)('quantform quantize without --model', () => {
-  it('quantizes the built-in model, saves GPTQ, and compares RTN and TEQ on held-out text', () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'qf-demo-'));
-    try {
-      const out = execFileSync(process.execPath, [cli, 'quantize', '--steps', '4', '--samples', '4'], { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-      expect(out).toMatch(/no --model: quantizing the built-in synthetic Llama/);
-      const m = /held-out logits vs fp32 .* NMSE: rtn ([\d.e+-]+), teq ([\d.e+-]+)/.exec(out);
-      expect(m).not.toBeNull();
-      expect(Number(m![1])).toBeGreaterThan(0);
-      expect(Number(m![2])).toBeGreaterThan(0);
-      const saved = path.join(dir, 'quantized-synthetic-teq-w4g32');
-      const cfg = JSON.parse(readFileSync(path.join(saved, 'config.json'), 'utf8'));
-      expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 32 });
-      expect(TrainableLlama.fromHfDir(saved).shape.layers).toBe(DEMO_MODEL.nLayers);
-      // a second run does not overwrite the first
-      execFileSync(process.execPath, [cli, 'quantize', '--method', 'rtn'], { cwd: dir, stdio: 'ignore' });
-      execFileSync(process.execPath, [cli, 'quantize', '--method', 'rtn'], { cwd: dir, stdio: 'ignore' });
-      expect(existsSync(path.join(dir, 'quantized-synthetic-rtn-w4g32-2'))).toBe(true);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
+describe.skipIf(!haveCli)('quantform quantize without --model: the bundled stories260K', () => {
+  it('quantizes it, saves GPTQ, and prints fp32, RTN and TEQ perplexities on held-out stories', () => {
+    const dir = mkdtempSync(path.join(tmp, 'main-'));
+    const out = run(['quantize', '--steps', '6', '--samples', '8'], dir);
+    expect(out).toMatch(/no --model: teq W4 g32 sym on the bundled stories260K/);
+    const m = /perplexity on valid-stories-1-64\.txt \((\d+) predictions .*\): fp32 ([\d.]+), rtn ([\d.]+), teq \(reloaded from quantized-stories260K-teq-w4g32-sym\) ([\d.]+)/.exec(out);
+    expect(m, out).not.toBeNull();
+    const [n, fp, rtn, teq] = [Number(m![1]), Number(m![2]), Number(m![3]), Number(m![4])];
+    expect(n).toBe(20480);
+    expect(Math.abs(fp - REFERENCE_PPL)).toBeLessThan(1e-4);  // the bundled text and model reproduce the reference protocol
+    expect(rtn).toBeGreaterThan(fp);
+    expect(teq).toBeGreaterThan(fp);
+    expect(teq).toBeLessThan(rtn * 1.05);  // 6 steps cannot win much, but must not wreck the model
+    const saved = path.join(dir, 'quantized-stories260K-teq-w4g32-sym');
+    const cfg = JSON.parse(readFileSync(path.join(saved, 'config.json'), 'utf8'));
+    expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 32, sym: true, checkpoint_format: 'gptq' });
+    expect(existsSync(path.join(saved, 'tokenizer.json'))).toBe(true);
+    expect(leftovers(dir)).toEqual([]);
+    // a second run does not overwrite the first
+    run(['quantize', '--method', 'rtn'], dir);
+    run(['quantize', '--method', 'rtn'], dir);
+    expect(existsSync(path.join(dir, 'quantized-stories260K-rtn-w4g32-sym-2'))).toBe(true);
+  });
+
+  it('--model synthetic keeps the random outlier Llama available', () => {
+    const out = run(['quantize', '--model', 'synthetic', '--method', 'rtn', '--out', path.join(tmp, 'synth')]);
+    expect(out).toMatch(/rtn W4 g128 asym/);
+    expect(JSON.parse(readFileSync(path.join(tmp, 'synth', 'config.json'), 'utf8')).num_hidden_layers).toBe(SYNTHETIC_MODEL.nLayers);
+  });
+
+  it('--max-memory too small for one block: a clear error naming the numbers, nothing written', () => {
+    const r = spawnSync(process.execPath, [cli, 'quantize', '--method', 'rtn', '--max-memory', '0.0001', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/--max-memory 0\.0001 GB is too small for one block of .*stories260K: RTN holds one tensor at a time; the largest, embed \[512, 64\], needs 0\.3 MB/);
+    const t = spawnSync(process.execPath, [cli, 'quantize', '--max-memory', '0.001', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
+    expect(t.stderr).toMatch(/--max-memory 0\.001 GB is too small for one block of .*: teq holds the whole model in fp32 \(0\.3M parameters/);
+    expect(existsSync(path.join(tmp, 'nomem'))).toBe(false);
+    expect(leftovers(tmp)).toEqual([]);
+  });
+});
+
+describe.skipIf(!haveCopies)('every format quantizes (stories260K: llama2.c, GGUF, Hugging Face)', () => {
+  it('RTN gives bit-identical codes, scales and zeros from all three copies', async () => {
+    const tensors: Record<string, Map<string, Buffer>> = {};
+    for (const [k, p] of Object.entries(copies)) {
+      const ck = openCheckpoint(p);
+      const out = path.join(tmp, `rtn-${k}`);
+      await quantizeCheckpointRtn(ck, out, { bits: 4, groupSize: 32 });
+      ck.close();
+      const st = SafetensorsCheckpointFiles.dir(out);
+      tensors[k] = new Map([...st.tensors.values()].filter((t) => /\.(qweight|qzeros|scales|g_idx)$/.test(t.name)).map((t) => [t.name, readRaw(t)]));
+      st.close();
     }
+    expect(tensors.hf.size).toBe(5 * 7 * 4);
+    for (const k of ['llama2c', 'gguf'])
+      for (const [name, b] of tensors.hf) expect(tensors[k].get(name)?.equals(b), `${k} ${name}`).toBe(true);
+    // and each loads back (the GGUF copy stores its own output.weight, so it is untied; the others share the embedding)
+    for (const k of Object.keys(copies)) {
+      const m = await loadModel(path.join(tmp, `rtn-${k}`));
+      expect(m.forward([1, 403, 407]).logits.length).toBe(3 * 512);
+      m.dispose();
+    }
+  });
+
+  it.skipIf(!haveCli)('the CLI takes a llama2.c .bin and a .gguf (TEQ, the checkpoint\'s own tokenizer), and the output generates', () => {
+    const bin = run(['quantize', '--model', copies.llama2c, '--method', 'rtn', '--group-size', '32', '--out', path.join(tmp, 'cli-bin')]);
+    expect(bin).toMatch(/rtn W4 g32 asym/);
+    expect(existsSync(path.join(tmp, 'cli-bin', 'tokenizer.bin'))).toBe(true);  // llama2.c sources carry their vocabulary along
+    const gg = run(['quantize', '--model', copies.gguf, '--steps', '3', '--samples', '4', '--group-size', '32', '--out', path.join(tmp, 'cli-gguf'),
+      '--calib', path.join(packageRoot(), 'assets/tinystories/valid-stories-201-400.txt'), '--skip-docs', '0',
+      '--eval-text', path.join(packageRoot(), 'assets/tinystories/valid-stories-1-64.txt'), '--eval-tokens', '1024']);
+    expect(gg).toMatch(/perplexity on valid-stories-1-64\.txt \(1024 predictions .*\): fp32 [\d.]+, rtn [\d.]+, teq \(reloaded from cli-gguf\) [\d.]+/);
+    const gen = run(['generate', '--model', path.join(tmp, 'cli-gguf'), '--prompt', 'Once upon a time', '--max-tokens', '8']);
+    expect(gen).toMatch(/^Once upon a time/);
+  });
+});
+
+describe('streaming RTN output', () => {
+  const ck = () => new SyntheticCheckpoint({ dim: 64, hiddenDim: 96, nLayers: 3, nHeads: 4, nKvHeads: 2, vocabSize: 300, maxSeq: 64, seed: 5 });
+  it('shards above maxShardBytes (index + model-0000N-of-0000M) and loads back to the single-file model', async () => {
+    const one = path.join(tmp, 'st-one'), many = path.join(tmp, 'st-many');
+    await quantizeCheckpointRtn(ck(), one, { bits: 4, groupSize: 32 });
+    await quantizeCheckpointRtn(ck(), many, { bits: 4, groupSize: 32 }, { save: { maxShardBytes: 40000 } });
+    const files = readdirSync(many).filter((f) => f.endsWith('.safetensors')).sort();
+    expect(files.length).toBeGreaterThan(2);
+    expect(files[0]).toBe(`model-00001-of-${String(files.length).padStart(5, '0')}.safetensors`);
+    const index = JSON.parse(readFileSync(path.join(many, 'model.safetensors.index.json'), 'utf8'));
+    expect(new Set(Object.values(index.weight_map))).toEqual(new Set(files));
+    expect(index.metadata.total_size).toBeGreaterThan(0);
+    expect(readdirSync(one).filter((f) => f.endsWith('.safetensors'))).toEqual(['model.safetensors']);
+    // synthetic weights come with no tokenizer files: the model is built with its byte tokenizer
+    const open = (d: string) => new Model(openCheckpoint(d), new ByteTokenizer(300));
+    const a = open(one), b = open(many);
+    const tokens = [1, 5, 9, 13, 2, 7];
+    expect(b.forward(tokens).logits).toEqual(a.forward(tokens).logits);
+    a.dispose();
+    b.dispose();
+  });
+
+  it('a read error half-way through (a truncated shard) leaves neither the output nor a temp directory', async () => {
+    const out = path.join(tmp, 'st-fail');
+    const good = ck();
+    const failing = Object.assign(Object.create(Object.getPrototypeOf(good)) as SyntheticCheckpoint, good, {
+      weight: (n: string) => {
+        if (n === 'layers.1.w_up') throw new QuantformError('QF_CORRUPT_FILE', 'x.safetensors: unexpected end of file reading tensor w_up');
+        return good.weight(n);
+      },
+    });
+    await expect(quantizeCheckpointRtn(failing, out, { bits: 4 })).rejects.toThrow(/unexpected end of file reading tensor w_up/);
+    expect(existsSync(out)).toBe(false);
+    expect(leftovers(tmp)).toEqual([]);
+  });
+
+  it('an abort mid-way (Ctrl-C) leaves neither the output nor a temp directory', async () => {
+    const out = path.join(tmp, 'st-abort');
+    const ac = new AbortController();
+    await expect(quantizeCheckpointRtn(ck(), out, { bits: 4 }, { signal: ac.signal, onProgress: (e) => { if (e.step === 5) ac.abort(); } }))
+      .rejects.toMatchObject({ code: 'QF_ABORTED', message: expect.stringMatching(/interrupted after 5 of \d+ tensors; nothing was written/) });
+    expect(existsSync(out)).toBe(false);
+    expect(leftovers(tmp)).toEqual([]);
   });
 });

@@ -10,12 +10,14 @@ import { saveGptq } from '../lib/export/save.js';
 import { readSafetensorsMetadata } from '../lib/io/safetensors.js';
 import { mergeTeqScales } from '../lib/methods/teq.js';
 import '../lib/methods/index.js';
-import { dequantizedModel, quantizeModel } from '../lib/methods/quantize-model.js';
+import { dequantizedModel, quantizedCheckpoint, quantizeModel } from '../lib/methods/quantize-model.js';
 import { Model, openCheckpoint } from '../lib/model/model.js';
 import { QuantizedLinear } from '../lib/model/linear.js';
 import { ByteTokenizer } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
-import { blockLayout, loadCalibrationTokenizer, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { blockLayout, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { evaluatePerplexity } from '../lib/eval/perplexity.js';
+import { maxRel, rng } from './helpers/numeric.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const modelDir = path.join(shared, 'models/stories260K-hf');
@@ -26,14 +28,9 @@ if (!haveModel) console.log(`teq: ${modelDir} not found, stories260K tests skipp
 /** logits of the transformed model vs the original, max |diff| / max |logit| */
 const PRESERVE_REL_TOL = 1e-5;
 
-function rand(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
-}
-
 function syntheticModel(seed: number): TrainableLlama {
   const shape: LlamaShape = { hidden: 32, intermediate: 48, layers: 2, heads: 4, kvHeads: 2, headDim: 8, vocab: 64, maxSeq: 64, rmsEps: 1e-5, ropeTheta: 10000, tied: true };
-  const r = rand(seed);
+  const r = rng(seed);
   const lay = blockLayout(shape);
   const blocks = Array.from({ length: shape.layers }, () => {
     const b = Float32Array.from({ length: lay.total }, () => (r() - 0.5) * 0.4);
@@ -50,10 +47,15 @@ function syntheticModel(seed: number): TrainableLlama {
   return new TrainableLlama(shape, embed, new Float32Array(shape.hidden).fill(1), embed, blocks, hf);
 }
 
-function maxRel(a: Float32Array, b: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < a.length; i++) { d = Math.max(d, Math.abs(a[i] - b[i])); m = Math.max(m, Math.abs(b[i])); }
-  return d / m;
+/** A training model and the tokenizer of any checkpoint path (the loader every format shares). */
+async function trainable(p: string): Promise<{ m: TrainableLlama; encode: (d: string) => number[]; tok: Awaited<ReturnType<Checkpoint['tokenizer']>> }> {
+  const ck = openCheckpoint(p);
+  try {
+    const tok = await ck.tokenizer();
+    return { m: TrainableLlama.fromCheckpoint(ck), encode: (d) => tok.encode(d, { bos: true }), tok };
+  } finally {
+    ck.close();
+  }
 }
 
 describe('TEQ merge preserves the function (quantization off)', () => {
@@ -61,7 +63,7 @@ describe('TEQ merge preserves the function (quantization off)', () => {
     it(`synthetic model, random scales in [0.3, 3]${extra ? ', with the v->o and up->down scales' : ''}`, async () => {
       const m = syntheticModel(1);
       const t = m.clone();
-      const r = rand(2);
+      const r = rng(2);
       const alpha = Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(extra) }, () => 0.3 + 2.7 * r());
       mergeTeqScales(t, alpha, extra);
       const tokens = Int32Array.from({ length: 2 * 20 }, (_, i) => (i * 37) % 64);
@@ -73,9 +75,9 @@ describe('TEQ merge preserves the function (quantization off)', () => {
     });
 
   it.skipIf(!haveModel)('stories260K (GQA), with the extra scales', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
+    const { m } = await trainable(modelDir);
     const t = m.clone();
-    const r = rand(3);
+    const r = rng(3);
     mergeTeqScales(t, Float32Array.from({ length: m.shape.layers * m.alphaPerLayer(true) }, () => 0.5 + 1.5 * r()), true);
     const tokens = Int32Array.from({ length: 64 }, (_, i) => 1 + ((i * 101) % 500));
     expect(maxRel(await t.logits(tokens, 1, 64), await m.logits(tokens, 1, 64))).toBeLessThan(PRESERVE_REL_TOL);
@@ -86,9 +88,8 @@ const synthCal = () => calibrationFromText('x'.repeat(3000), (d) => Array.from(d
 
 describe('TEQ training', () => {
   it.skipIf(!haveModel)('lowers the training loss on a fixed batch of stories260K (e2e and block-wise)', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadCalibrationTokenizer(modelDir);
-    const cal = calibrationFromFile(tsFile, tok.encode, { samples: 4, seqLen: 128, skipDocuments: 200 });
+    const { m, encode } = await trainable(modelDir);
+    const cal = calibrationFromFile(tsFile, encode, { samples: 4, seqLen: 128, skipDocuments: 200 });
     for (const loss of ['e2e', 'block'] as const) {
       const steps = 40;
       const q = await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps, batchSize: 4, lr: 2e-3, warmup: 0, schedule: 'constant', loss });
@@ -142,7 +143,7 @@ describe('TEQ training', () => {
     const long = calibrationFromText('x'.repeat(300), (d) => Array.from(d, () => 5), { samples: 1, seqLen: 128 });
     await expect(quantizeModel(m, { method: 'teq', bits: 4, calibration: long })).rejects.toThrow(/Expected seqLen <= 64 \(the model's context\) for seqLen but received 128/);
     await expect(quantizeModel(m, { method: 'teq', bits: 4 })).rejects.toThrow(/needs calibration data/);
-    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq' for method but received 'gptq-magic'/);
+    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq' for method but received 'gptq-magic'/);
     await expect(quantizeModel(m, { method: 'rtn', bits: 5 as never })).rejects.toThrow(/bits/);
   });
 });
@@ -159,7 +160,7 @@ describe('GPTQ checkpoint round trip', () => {
         expect(() => saveGptq(q, out)).toThrow(/already exists/);
         const cfg = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'));
         expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 16, sym, desc_act: false, checkpoint_format: sym ? 'gptq' : 'gptq_v2' });
-        const back = TrainableLlama.fromHfDir(out);
+        const back = TrainableLlama.fromCheckpoint(openCheckpoint(out));
         const want = dequantizedModel(q);
         for (let l = 0; l < m.shape.layers; l++) expect(back.blocks[l]).toEqual(want.blocks[l]);
         expect(back.embed).toEqual(want.embed);
@@ -185,19 +186,27 @@ describe('GPTQ checkpoint round trip', () => {
         viaFp32.dispose();
         ck.close();
       }
-      expect(readdirSync(dir).filter((f) => f.includes('.tmp-'))).toEqual([]);
+      expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true });
     }
   });
 
   it.skipIf(!haveModel)('stories260K: TEQ W3 beats RTN W3 on held-out TinyStories windows after 150 steps', async () => {
-    const m = TrainableLlama.fromHfDir(modelDir);
-    const tok = loadCalibrationTokenizer(modelDir);
-    const cal = calibrationFromFile(tsFile, tok.encode, { samples: 32, seqLen: 256, skipDocuments: 200 });
+    const { m, encode, tok } = await trainable(modelDir);
+    const cal = calibrationFromFile(tsFile, encode, { samples: 32, seqLen: 256, skipDocuments: 200 });
     const ids: number[] = JSON.parse(readFileSync(path.join(shared, 'data/reference/ppl_tinystories_tok512.json'), 'utf8')).token_ids.slice(0, 16 * 256 + 1);
-    const rtn = await dequantizedModel(await quantizeModel(m, { method: 'rtn', bits: 3, groupSize: 32 })).perplexity(ids);
-    const teq = await dequantizedModel(await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps: 150 })).perplexity(ids);
-    expect(teq.ppl).toBeLessThan(rtn.ppl);
+    // the one evaluator, on the INT4 kernels the saved checkpoint would run on
+    const ppl = async (q: Awaited<ReturnType<typeof quantizeModel>>) => {
+      const model = new Model(quantizedCheckpoint(q, tok), tok);
+      try {
+        return (await evaluatePerplexity(model, { ids }, { ctx: 256, stride: 256 })).ppl;
+      } finally {
+        model.dispose();
+      }
+    };
+    const rtn = await ppl(await quantizeModel(m, { method: 'rtn', bits: 3, groupSize: 32 }));
+    const teq = await ppl(await quantizeModel(m, { method: 'teq', bits: 3, groupSize: 32, calibration: cal, steps: 150 }));
+    expect(teq).toBeLessThan(rtn);
   });
 });

@@ -99,7 +99,8 @@ export function registerBenchModel(bench: Command): void {
       const [M, N, K] = [512, 4096, 4096];
       const a = new Float32Array(M * K).map((_, i) => ((i * 2654435761) % 1000) / 1000 - 0.5);
       const w = new Float32Array(N * K).map((_, i) => ((i * 40503) % 1000) / 1000 - 0.5);
-      const g = paired(() => nat.matmulForward(a, w, null, M, N, K, false), 2 * M * N * K, o.repeats);
+      const y = new Float32Array(M * N);
+      const g = paired(() => nat.engine.gemm(y, a, w, M, N, K, false, true, false), 2 * M * N * K, o.repeats);
       const gemm = { M, N, K, seconds: g.seconds, gflops: g.gflops, pctOfPeak: g.pct };
       log(`GEMM ${M}x${N}x${K}: median ${(g.seconds * 1000).toFixed(1)} ms, ${g.gflops.toFixed(1)} GFLOP/s = ${g.pct.toFixed(1)} % of the adjacent peak`);
       const results: ModelBench[] = [];

@@ -7,9 +7,11 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { calibrationFromFile } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
-import { dequantizedModel, quantizeModel } from '../methods/quantize-model.js';
+import { evaluatePerplexity } from '../eval/perplexity.js';
+import { quantizedCheckpoint, quantizeModel } from '../methods/quantize-model.js';
+import { Model, openCheckpoint } from '../model/model.js';
 import type { Bits } from '../ops/quant.js';
-import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
+import { TrainableLlama } from '../engine/llama.js';
 import '../methods/index.js';
 import { intOption } from './model-arg.js';
 import { readEvalIds } from './quantize.js';
@@ -43,13 +45,22 @@ export function registerBenchTeq(bench: Command): void {
       const text = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
       const ref = path.join(shared, 'data/reference/ppl_tinystories_tok512.json');
       for (const f of [dir, text, ref]) if (!existsSync(f)) throw new QuantformError('QF_IO', `bench teq needs ${f}`);
-      const model = TrainableLlama.fromHfDir(dir);
-      const tok = loadCalibrationTokenizer(dir);
+      const ck = openCheckpoint(dir);
+      const model = TrainableLlama.fromCheckpoint(ck);
+      const tok = await ck.tokenizer();
       const { ids, window } = readEvalIds(ref);
-      const cal = calibrationFromFile(text, tok.encode, { samples: o.samples, seqLen: o.seqLen, skipDocuments: 200 });
+      const cal = calibrationFromFile(text, (d) => tok.encode(d, { bos: true }), { samples: o.samples, seqLen: o.seqLen, skipDocuments: 200 });
       const rows: { config: string; method: string; ppl: number; seconds: number }[] = [];
+      // the one evaluator on loaded models; quantized results run on the INT4 kernels as their GPTQ export would
+      const ppl = async (m: Model) => {
+        try {
+          return await evaluatePerplexity(m, { ids }, { ctx: window, stride: window });
+        } finally {
+          m.dispose();
+        }
+      };
       let t0 = performance.now();
-      const fp = await model.perplexity(ids, window);
+      const fp = await ppl(new Model(ck, tok));
       rows.push({ config: '-', method: 'fp32', ppl: fp.ppl, seconds: (performance.now() - t0) / 1000 });
       const log = (s: string) => { if (!o.json) console.log(s); };
       log(`fp32: ppl ${fp.ppl.toFixed(4)} (reference 3.836085)`);
@@ -60,7 +71,7 @@ export function registerBenchTeq(bench: Command): void {
           const q = await quantizeModel(model, { method: method === 'teq+' ? 'teq' : method, bits: bits as Bits, groupSize: 32, symmetric: sym,
             calibration: cal, steps: o.steps, batchSize: o.batchSize, loss: o.loss, extraScales: method === 'teq+' });
           const seconds = (performance.now() - t0) / 1000;
-          const p = await dequantizedModel(q).perplexity(ids, window);
+          const p = await ppl(new Model(quantizedCheckpoint(q, tok), tok));
           rows.push({ config, method, ppl: p.ppl, seconds });
           log(`${config} ${method}: ppl ${p.ppl.toFixed(4)}, quantize ${seconds.toFixed(1)} s`);
         }

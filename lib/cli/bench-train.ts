@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { backendInfo } from '../backend.js';
 import { measureMachineSync } from '../bench/machine.js';
+import { openCheckpoint } from '../model/model.js';
 import { LLAMA2_7B } from '../model/synthetic.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import { calibrationFromText } from '../engine/calib.js';
@@ -24,9 +25,9 @@ function median(xs: number[]): number {
 /** GEMM flops of one block step as executed: linears 3x forward (forward, dX, dW); attention
  *  scores and values computed over the full S x S square (causal masking after the GEMM), 3x. */
 function blockStepFlops(c: NativeBlockConfig): { linear: number; attention: number } {
-  const T = c.batch * c.seq, D = c.hidden, Dq = c.heads * c.headDim, Dkv = c.kvHeads * c.headDim;
-  const linFwd = 2 * T * (D * Dq * 2 + D * Dkv * 2 + 3 * D * c.intermediate);
-  const attFwd = 2 * 2 * c.batch * c.heads * c.seq * c.seq * c.headDim;
+  const BT = c.B * c.T, D = c.D, Dq = c.Hq * c.hd, Dkv = c.Hkv * c.hd;
+  const linFwd = 2 * BT * (D * Dq * 2 + D * Dkv * 2 + 3 * D * c.F);
+  const attFwd = 2 * 2 * c.B * c.Hq * c.T * c.T * c.hd;
   return { linear: 3 * linFwd, attention: 3 * attFwd };
 }
 
@@ -45,15 +46,15 @@ function fill(a: Float32Array, seed: number, scale: number): void {
 }
 
 async function timeBlockStep(cfg: NativeBlockConfig, repeats: number): Promise<{ fwd: number; bwd: number }> {
-  const nb = native().train;
+  const nb = native().engine;
   const sz = nb.blockSizes(cfg);
-  const T = cfg.batch * cfg.seq, D = cfg.hidden;
-  const params = new Float32Array(sz.params), grads = new Float32Array(sz.params), acts = new Float32Array(sz.activations);
+  const T = cfg.B * cfg.T, D = cfg.D;
+  const params = new Float32Array(sz.params), grads = new Float32Array(sz.params), acts = new Float32Array(sz.saved);
   fill(params, 1, 0.04);
   const x = new Float32Array(T * D), out = new Float32Array(T * D), dx = new Float32Array(T * D), dout = new Float32Array(T * D);
   fill(x, 2, 2);
   fill(dout, 3, 1e-3);
-  const alpha = cfg.teq ? new Float32Array(2 * D).fill(1) : null, dalpha = cfg.teq ? new Float32Array(2 * D) : null;
+  const alpha = cfg.teq ? new Float32Array(sz.alpha).fill(1) : null, dalpha = cfg.teq ? new Float32Array(sz.alpha) : null;
   const fwd: number[] = [], bwd: number[] = [];
   for (let r = 0; r <= repeats; r++) {
     const t0 = performance.now();
@@ -80,9 +81,10 @@ export function registerBenchTrain(bench: Command): void {
       const probes = [measureMachineSync({ parts: ['fma'], seconds: 1.0 }).fmaGflops];
       const log = (s: string) => { if (!o.json) console.log(s); };
       log(`cpu: ${info.cpu}, tier ${info.tier}, ${info.threads} threads`);
+      const hd = LLAMA2_7B.dim / LLAMA2_7B.nHeads;
       const base: NativeBlockConfig = {
-        batch: 1, seq: o.seq, hidden: LLAMA2_7B.dim, intermediate: LLAMA2_7B.hiddenDim, heads: LLAMA2_7B.nHeads,
-        kvHeads: LLAMA2_7B.nKvHeads, headDim: LLAMA2_7B.dim / LLAMA2_7B.nHeads, rmsEps: 1e-5, ropeTheta: 10000,
+        B: 1, T: o.seq, D: LLAMA2_7B.dim, F: LLAMA2_7B.hiddenDim, Hq: LLAMA2_7B.nHeads, Hkv: LLAMA2_7B.nKvHeads, hd, eps: 1e-5,
+        invFreq: Float32Array.from({ length: hd / 2 }, (_, i) => 1 / Math.pow(10000, (2 * i) / hd)),
         bits: 0, groupSize: 128, symmetric: false, teq: false,
       };
       const results = [];
@@ -96,7 +98,7 @@ export function registerBenchTrain(bench: Command): void {
         const peak = Math.max(...probes);
         const f = blockStepFlops(cfg);
         const gflops = (f.linear + f.attention) / (t.fwd + t.bwd) / 1e9;
-        const r = { name, tokens: cfg.batch * cfg.seq, forwardSeconds: t.fwd, backwardSeconds: t.bwd, stepSeconds: t.fwd + t.bwd,
+        const r = { name, tokens: cfg.B * cfg.T, forwardSeconds: t.fwd, backwardSeconds: t.bwd, stepSeconds: t.fwd + t.bwd,
           gemmGflop: (f.linear + f.attention) / 1e9, gflops, peakGflops: peak, pctOfPeak: (100 * gflops) / peak };
         results.push(r);
         log(`7B block, ${r.tokens} tokens, ${name}: forward ${t.fwd.toFixed(2)} s + backward ${t.bwd.toFixed(2)} s = ${r.stepSeconds.toFixed(2)} s; ` +
@@ -105,7 +107,9 @@ export function registerBenchTrain(bench: Command): void {
       let stories: { steps: number; seconds: number; secondsPer1000: number } | null = null;
       const dir = path.resolve(process.cwd(), '../shared/models/stories260K-hf');
       if (existsSync(dir)) {
-        const model = TrainableLlama.fromHfDir(dir);
+        const ck = openCheckpoint(dir);
+        const model = TrainableLlama.fromCheckpoint(ck);
+        ck.close();
         // synthetic calibration ids: speed does not depend on the text
         const cal = calibrationFromText('x'.repeat(40000), (d) => Array.from(d, (_, i) => 3 + ((i * 7919) % 500)), { samples: 32, seqLen: 256 });
         const steps = 100;

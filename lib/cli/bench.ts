@@ -1,8 +1,12 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchGptq } from './bench-gptq.js';
+import { registerBenchGptqOps } from './bench-gptq-ops.js';
+import { registerBenchLoad } from './bench-load.js';
 import { registerBenchModel } from './bench-model.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
+import { registerBenchScale } from './bench-scale.js';
 import { registerBenchTeq } from './bench-teq.js';
 import { registerBenchTrain } from './bench-train.js';
 
@@ -12,5 +16,9 @@ export function registerBench(program: Command): void {
   registerBenchModel(bench);
   registerBenchTrain(bench);
   registerBenchTeq(bench);
+  registerBenchGptq(bench);
+  registerBenchGptqOps(bench);
   registerBenchMatmul(bench);
+  registerBenchLoad(bench);
+  registerBenchScale(bench);
 }

@@ -1,60 +1,54 @@
-// The built-in default of `quantform quantize` when no --model is given: a
-// synthetic Llama with outlier channels (the runtime's deterministic builder) and
-// a short calibration text written for this package, so the main job runs on a
-// fresh install with nothing to download. Held-out windows of the same text
-// measure how far each quantized model's logits move from the fp32 model's.
-import { ByteTokenizer, SyntheticCheckpoint, type SyntheticOptions } from '../model/synthetic.js';
-import { TrainableLlama } from '../engine/llama.js';
+// The default of `quantform quantize` when no --model is given: the bundled
+// stories260K (assets/stories260K, a real 260K-parameter Llama trained on
+// TinyStories) with calibration stories 201-400 of TinyStories validation and
+// held-out stories 1-64, all shipped in the package (assets/README.md), so the
+// main job prints real perplexities on a fresh install with nothing to download.
+// `--model synthetic` selects the deterministic random Llama with outlier
+// channels instead (benchmarks, shapes without a download).
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { QuantformError } from '../errors.js';
+import { packageRoot } from '../native.js';
+import type { SyntheticOptions } from '../model/synthetic.js';
 
-export const DEMO_MODEL: SyntheticOptions = {
+export const SYNTHETIC_MODEL: SyntheticOptions = {
   dim: 256, hiddenDim: 688, nLayers: 4, nHeads: 8, nKvHeads: 4, vocabSize: 512, maxSeq: 512, seed: 1,
   outlierChannels: 6, outlierScale: 30,
 };
 
-/**
- * Defaults that keep the demo well under a minute on two cores. The block-wise
- * loss (each block's output against the fp32 block's) is the objective that
- * means something for a random model; next-token cross-entropy needs a model
- * that has learned the text.
- */
-export const DEMO_DEFAULTS: Record<string, number | string> = { samples: 32, seqLen: 128, steps: 150, groupSize: 32, loss: 'block' };
-
-const DEMO_TEXT = `
-A quantized model keeps most of what its full-precision parent knew while storing each weight in a few bits.
-The trick is in choosing where the rounding error lands. Round-to-nearest treats every weight alike, so a
-single channel with unusually large values stretches the grid for its whole group and the small weights
-beside it collapse onto a handful of levels. Trainable methods look at the data instead: they learn scales
-that move the difficulty from the weights into the activations, or step sizes that fit each group, and they
-check their choices against the outputs of the original network rather than against the weights alone.
-The workshop on the hill kept its ledgers in pencil. Every evening the keeper copied the day's numbers into
-a second book, rounding each to the nearest whole unit, and every month she compared the totals. The
-differences were small but never zero, and she learned that the order of the sums mattered as much as the
-rounding itself. When the river rose in spring the ledgers were carried upstairs, and the pencil marks,
-being light, were easy to carry. A lamp, a scale, a row of jars: each jar held seeds sorted by size, and the
-smallest seeds were the hardest to count because they slipped between the marks on the measuring cup.
-Children who visited were asked to guess the number of seeds in a jar. Most guesses were too low for the
-jars of tiny seeds and too high for the jars of beans, and the keeper wrote each guess beside the true count
-so that, over the years, the book showed how people round what they cannot see.
-Engineers do the same with numbers they cannot afford to store in full. They measure, compare, and adjust,
-and the best of them write down not only the result but the error, so the next person knows what was lost.
-`.trim();
-
-export interface Demo {
-  model: TrainableLlama;
-  /** tokens for calibration (the first two thirds of the text) and for evaluation (the rest) */
-  calibrationText: string;
-  evalIds: number[];
-  encode: (text: string) => number[];
+export function assetPath(...parts: string[]): string {
+  return path.join(packageRoot(), 'assets', ...parts);
 }
 
-export function demo(): Demo {
-  const ck = new SyntheticCheckpoint(DEMO_MODEL);
-  const tok = new ByteTokenizer(ck.config.vocabSize);
-  const cut = Math.floor((DEMO_TEXT.length * 2) / 3);
-  return {
-    model: TrainableLlama.fromCheckpoint(ck),
-    calibrationText: DEMO_TEXT.slice(0, cut),
-    evalIds: tok.encode(DEMO_TEXT.slice(cut)),
-    encode: (t: string) => tok.encode(t),
-  };
+export const DEFAULT_MODEL = { dir: () => assetPath('stories260K'), name: 'stories260K' };
+export const DEFAULT_CALIBRATION = () => assetPath('tinystories', 'valid-stories-201-400.txt');
+export const DEFAULT_EVAL_TEXT = () => assetPath('tinystories', 'valid-stories-1-64.txt');
+/** The reference protocol's prediction count (shared/data/reference: 80 windows of 256). */
+export const DEFAULT_EVAL_TOKENS = 20480;
+
+/**
+ * Defaults of the main job, unless the user chose: TEQ's reference schedule
+ * (1000 steps, batch 2 x 256 tokens from 128 calibration windows), INT4 with
+ * groups of 32, symmetric (the plain GPTQ v1 layout every GPTQ loader reads),
+ * with the extra mergeable v->o and up->down scales. Measured on 2 cores with the
+ * bundled texts (README): 40-50 s of training; perplexity fp32 3.836, RTN 4.376,
+ * TEQ 4.202, a third of RTN's loss recovered. (Asymmetric W4 g32: RTN 4.143 ->
+ * TEQ 4.098, a smaller win; W3 g32: 6.517 -> 5.605.)
+ */
+export const DEFAULT_JOB: Record<string, number | string | boolean> = {
+  method: 'teq', bits: 4, groupSize: 32, sym: true, samples: 128, seqLen: 256, steps: 1000, loss: 'e2e', teqExtra: true, skipDocs: 0,
+};
+
+/** A bundled text without its leading '#' notice lines (the CDLA-Sharing change notice). */
+export function readAssetText(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new QuantformError('QF_IO', `Cannot read the bundled text ${file}: ${(e as Error).message} (is the package's assets/ folder missing?)`, { cause: e });
+  }
+  const lines = text.split('\n');
+  let i = 0;
+  while (i < lines.length && lines[i].startsWith('#')) i++;
+  return lines.slice(i).join('\n');
 }

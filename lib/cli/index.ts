@@ -6,9 +6,11 @@ import { registerBench } from './bench.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerQuantize } from './quantize.js';
+import { registerExport } from './export.js';
+import { VERSION } from '../version.js';
 
 const program = new Command();
-program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version('0.1.0');
+program.name('quantform').description('Trainable low-bit quantization for Llama-family models').version(VERSION);
 
 program
   .command('info')
@@ -23,6 +25,7 @@ program
 registerEval(program);
 registerGenerate(program);
 registerQuantize(program);
+registerExport(program);
 registerBench(program);
 
 try {

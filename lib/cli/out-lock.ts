@@ -5,16 +5,7 @@
 // loss) is stale and taken over, which is what `--resume` after a crash needs.
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { QuantformError } from '../errors.js';
-
-function alive(pid: number): boolean {
-  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { processAlive } from '../io/atomic.js';
 
 /** Takes the lock of `out` or throws QF_IO naming the process that holds it; returns the release. */
 export function lockOutput(out: string): () => void {
@@ -38,7 +29,7 @@ export function lockOutput(out: string): () => void {
     } catch {
       // removed by its owner in between: try again below
     }
-    if (alive(Number(holder))) throw busy(holder);
+    if (processAlive(Number(holder))) throw busy(holder);
     rmSync(lock, { force: true });
     if (!create()) throw busy('unknown');  // another run took over the stale lock first
   }

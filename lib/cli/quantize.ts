@@ -1,25 +1,41 @@
-// quantform quantize: RTN or a trainable method on a Hugging Face Llama directory,
-// written as a GPTQ checkpoint. Progress bar (step, loss, steps/s, ETA), atomic
-// checkpoints every N steps next to the output, --resume, Ctrl-C leaves a resumable
-// checkpoint, and the output directory appears only when complete.
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+// quantform quantize: RTN or a trainable method on any checkpoint `eval` loads
+// (Hugging Face single or sharded, llama2.c .bin, GGUF, GPTQ directories), written
+// as a GPTQ directory. RTN streams tensor by tensor (bounded memory at any model
+// size); trainable methods show a progress bar (step, loss, steps/s, ETA), write
+// atomic checkpoints every N steps next to the output, continue with --resume,
+// and leave a resumable checkpoint on Ctrl-C. The output directory appears only
+// when complete. Perplexities come from the one evaluator (lib/eval/perplexity.ts)
+// on loaded models: fp32, and the result as saved.
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
-import { calibrationFromFile, calibrationFromText } from '../engine/calib.js';
+import { calibrationFromText, type CalibrationSet } from '../engine/calib.js';
+import { TrainableLlama } from '../engine/llama.js';
 import { QuantformError } from '../errors.js';
-import { saveGptq } from '../export/save.js';
-import { parseJsonObject } from '../io/json.js';
-import { methodNames } from '../methods/index.js';
-import { dequantizedModel, quantizeModel, type QuantizeModelOptions } from '../methods/quantize-model.js';
+import { evaluatePerplexity } from '../eval/perplexity.js';
+import { saveGptq, tokenizerDirOf, type SaveOptions } from '../export/save.js';
+import { methodNames, type ProgressEvent } from '../methods/index.js';
+import {
+  memoryNeed, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
+} from '../methods/quantize-model.js';
+import type { Checkpoint } from '../model/checkpoint.js';
+import { Model, loadModel, openCheckpoint } from '../model/model.js';
+import { SyntheticCheckpoint } from '../model/synthetic.js';
 import type { Bits } from '../ops/quant.js';
-import { loadCalibrationTokenizer, TrainableLlama } from '../engine/llama.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import {
+  DEFAULT_CALIBRATION, DEFAULT_EVAL_TEXT, DEFAULT_EVAL_TOKENS, DEFAULT_JOB, DEFAULT_MODEL, SYNTHETIC_MODEL, readAssetText,
+} from './demo.js';
+import { parseJsonObject } from '../io/json.js';
 import { intOption } from './model-arg.js';
 import { lockOutput } from './out-lock.js';
-import { DEMO_DEFAULTS, demo, type Demo } from './demo.js';
+import { checkExportFormat, runExport } from './export.js';
 
 interface QuantizeCliOpts {
   model?: string;
+  tokenizer?: string;
   method: string;
   bits: number;
   groupSize: number;
@@ -38,6 +54,13 @@ interface QuantizeCliOpts {
   checkpointEvery: number;
   resume?: boolean;
   evalIds?: string;
+  evalText?: string;
+  evalTokens?: number;
+  maxMemory?: number;
+  shardSize: number;
+  format?: string;
+  damp?: number;
+  gptqParams?: 'updated' | 'batch-start' | 'best';
 }
 
 function numberOption(v: string): number {
@@ -48,47 +71,84 @@ function numberOption(v: string): number {
 
 /** Evaluation ids of a shared/data/reference protocol file (token_ids, window). */
 export function readEvalIds(file: string): { ids: number[]; window: number } {
-  const j = parseJsonObject(readFileSync(file, 'utf8'), file) as { token_ids?: number[]; window?: number };
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  const j = parseJsonObject(text, file) as { token_ids?: number[]; window?: number };
   if (!Array.isArray(j.token_ids)) throw new QuantformError('QF_CORRUPT_FILE', `${file} holds no token_ids`);
   return { ids: j.token_ids, window: j.window ?? 256 };
 }
 
 /** ./quantized-<model>-<method>-w<bits>g<group>[-sym], numbered if taken. */
-function defaultOut(o: QuantizeCliOpts): string {
-  const name = o.model ? path.basename(path.resolve(o.model)) : 'synthetic';
+function defaultOut(name: string, o: QuantizeCliOpts): string {
   const base = `quantized-${name}-${o.method}-w${o.bits}g${o.groupSize}${o.sym ? '-sym' : ''}`;
   let out = base;
   for (let i = 2; existsSync(out); i++) out = `${base}-${i}`;
   return out;
 }
 
-/** The demo's evidence: held-out logits of RTN and of the method against fp32. */
-async function reportDemo(dm: Demo, q: Awaited<ReturnType<typeof quantizeModel>>, bits: Bits, groupSize: number, symmetric: boolean): Promise<void> {
-  const T = 128;
-  const n = Math.floor((dm.evalIds.length - 1) / T);
-  const tokens = Int32Array.from(dm.evalIds.slice(0, n * T));
-  const ref = await dm.model.logits(tokens, n, T);
-  const nmse = async (m: TrainableLlama) => {
-    const y = await m.logits(tokens, n, T);
-    let num = 0, den = 0;
-    for (let i = 0; i < y.length; i++) { num += (y[i] - ref[i]) ** 2; den += ref[i] ** 2; }
-    return num / den;
+/** Text as documents for calibration: a bundled asset without its notice lines, else the file as it is. */
+function readText(file: string, bundled: boolean): string {
+  if (bundled) return readAssetText(file);
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+interface EvalSpec {
+  label: string;
+  run(model: Model): Promise<{ ppl: number; nPredicted: number }>;
+}
+
+function evalSpec(o: QuantizeCliOpts, defaultJob: boolean): EvalSpec | null {
+  if (o.evalIds) {
+    const { ids, window } = readEvalIds(o.evalIds);
+    return { label: path.basename(o.evalIds), run: (m) => evaluatePerplexity(m, { ids }, { ctx: window, stride: window }) };
+  }
+  const file = o.evalText ?? (defaultJob ? DEFAULT_EVAL_TEXT() : undefined);
+  if (!file) return null;
+  const text = readText(file, !o.evalText);
+  const maxTokens = o.evalTokens ?? (defaultJob ? DEFAULT_EVAL_TOKENS : undefined);
+  return { label: path.basename(file), run: (m) => evaluatePerplexity(m, text, { ctx: 256, stride: 256, maxTokens }) };
+}
+
+function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => void; stop: () => void } {
+  const bar = new cliProgress.SingleBar({
+    format: '{phase} |{bar}| {value}/{total} loss {loss} | {sps} steps/s | ETA {eta_formatted}',
+    hideCursor: true, etaBuffer: 50,
+  }, cliProgress.Presets.shades_classic);
+  let phase = '';
+  return {
+    onProgress: (e) => {
+      if (e.phase !== phase) {
+        if (phase) bar.stop();
+        phase = e.phase;
+        bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
+      }
+      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && e.phase === 'train' && blockLoss ? ` block ${e.layer}` : ''),
+        loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
+    },
+    stop: () => { if (phase) bar.stop(); phase = ''; },
   };
-  const rtn = dequantizedModel(await quantizeModel(dm.model, { method: 'rtn', bits, groupSize, symmetric }));
-  const mine = dequantizedModel(q);
-  console.log(`held-out logits vs fp32 (${n} x ${T} tokens of text the calibration never saw), NMSE: ` +
-    `rtn ${(await nmse(rtn)).toExponential(3)}, ${q.report.method} ${(await nmse(mine)).toExponential(3)}`);
 }
 
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description('quantize a Hugging Face Llama checkpoint (rtn | teq) and save it in GPTQ format')
-    .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json); default: a built-in synthetic Llama with outlier channels and calibration text, nothing to download')
+    .description(`quantize a Llama checkpoint (${methodNames().join(' | ')}) and save it in GPTQ format; without --model, the bundled stories260K`)
+    .option('--model <path>', 'what `eval --model` accepts: Hugging Face directory (single or sharded safetensors), llama2.c .bin, .gguf, GPTQ directory; ' +
+      "'synthetic' for the built-in random Llama with outlier channels; default: the bundled stories260K with TinyStories calibration and held-out text")
+    .option('--tokenizer <file>', 'llama2.c tokenizer.bin when it is not next to a .bin checkpoint')
     .option('--method <name>', `method: ${methodNames().join(' | ')}`, 'teq')
     .option('--bits <n>', 'bits per weight: 2, 3, 4 or 8', intOption, 4)
     .option('--group-size <n>', 'weights per quantization group along the input dimension', intOption, 128)
-    .option('--sym', 'symmetric quantization (no zero points)')
+    .option('--sym', 'symmetric quantization (no zero points; the default job uses it)')
+    .option('--no-sym', 'asymmetric quantization (integer zero points)')
     .option('--calib <file>', 'calibration text (trainable methods)')
     .option('--samples <n>', 'calibration windows', intOption, 128)
     .option('--seq-len <n>', 'tokens per calibration window', intOption, 256)
@@ -102,105 +162,145 @@ export function registerQuantize(program: Command): void {
     .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
-    .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json) to evaluate fp32 and the result')
+    .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
+    .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
+    .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
+    .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
+    .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
+    .option('--max-memory <GB>', 'memory quantization may use (default: what the OS reports available)', numberOption)
+    .option('--shard-size <GB>', 'split the output safetensors into shards of at most this size', numberOption, 5)
+    .option('--format <gguf|onnx>', 'also export the saved checkpoint (quantform export) next to --out: <out>.gguf or <out>-onnx/')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
       const t0 = performance.now();
-      let dm: Demo | null = null;
-      if (!o.model) {
-        dm = demo();
-        // the demo's own defaults, unless the user chose
-        for (const [k, v] of Object.entries(DEMO_DEFAULTS))
-          if (cmd.getOptionValueSource(k) === 'default') (o as unknown as Record<string, number | string>)[k] = v;
-        console.log(`no --model: quantizing the built-in synthetic Llama (${dm.model.shape.layers} layers, hidden ${dm.model.shape.hidden}, ` +
-          'outlier channels) on built-in calibration text; pass --model DIR for a real checkpoint');
-      }
-      const out = path.resolve(o.out ?? defaultOut(o));
+      if (o.format !== undefined) checkExportFormat(o.format);
+      const defaultJob = !o.model;
+      if (defaultJob)
+        for (const [k, v] of Object.entries(DEFAULT_JOB))
+          if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
+      const synthetic = o.model === 'synthetic';
+      const source = defaultJob ? DEFAULT_MODEL.dir() : synthetic ? 'synthetic' : path.resolve(o.model!);
+      const name = defaultJob ? DEFAULT_MODEL.name : synthetic ? 'synthetic' : path.basename(source).replace(/\.(bin|gguf)$/, '');
+      const out = path.resolve(o.out ?? defaultOut(name, o));
       // held until this process exits, also on errors; a SIGKILL leaves a stale lock, taken over by the next run
       process.once('exit', lockOutput(out));
       if (existsSync(out)) throw new QuantformError('QF_IO', `Output directory ${out} already exists: choose another --out or remove it`);
-      const model = dm ? dm.model : TrainableLlama.fromHfDir(o.model!);
-      if (o.seqLen > model.shape.maxSeq)
-        throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${model.shape.maxSeq} (the model's context) but received ${o.seqLen}`);
-      const opts: QuantizeModelOptions = {
-        method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
-        batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true,
-      };
-      if (dm && !o.calib) {
-        opts.calibration = calibrationFromText(dm.calibrationText, dm.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed });
-      } else if (o.calib) {
-        const text = readFileSync(o.calib, 'utf8');
-        const skip = o.skipDocs ?? (text.includes('<|endoftext|>') ? 200 : 0);
-        const tok = dm ? { encode: dm.encode } : loadCalibrationTokenizer(o.model!);
-        opts.calibration = calibrationFromFile(o.calib, tok.encode, { samples: o.samples, seqLen: o.seqLen, seed: o.seed, skipDocuments: skip });
-        console.log(`calibration: ${o.samples} x ${o.seqLen} tokens from ${o.calib} (${opts.calibration.streamLength} tokens after skipping ${skip} documents)`);
-      }
-      const ckpt = `${out}.ckpt.safetensors`;
-      if (!o.resume && existsSync(ckpt))
-        throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
-      // half-written checkpoints of killed runs (this run holds the lock: none is being written)
-      for (const f of readdirSync(path.dirname(ckpt)).filter((n) => n.startsWith(`${path.basename(ckpt)}.tmp-`)))
-        rmSync(path.join(path.dirname(ckpt), f), { force: true });
-      // a run killed before its first checkpoint left nothing to resume: it starts over
-      const resume = o.resume === true && existsSync(ckpt);
-      if (o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
-      const bar = new cliProgress.SingleBar({
-        format: '{phase} |{bar}| {value}/{total} loss {loss} | {sps} steps/s | ETA {eta_formatted}',
-        hideCursor: true, etaBuffer: 50,
-      }, cliProgress.Presets.shades_classic);
-      let barPhase = '';
-      const abort = new AbortController();
-      const onSigint = () => {
-        process.stderr.write('\nCtrl-C: saving a checkpoint after this step...\n');
-        abort.abort();
-      };
-      process.on('SIGINT', onSigint);
-      let q;
+      if (!(o.shardSize > 0)) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --shard-size but received ${o.shardSize}`);
+      const ck: Checkpoint = synthetic ? new SyntheticCheckpoint(SYNTHETIC_MODEL) : openCheckpoint(source, { tokenizer: o.tokenizer });
       try {
-        q = await quantizeModel(model, opts, {
-          signal: abort.signal,
-          checkpoint: { path: ckpt, every: o.checkpointEvery },
-          resume,
-          onProgress: (e) => {
-            if (e.phase !== barPhase) {
-              if (barPhase) bar.stop();
-              barPhase = e.phase;
-              bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
+        const maxMemory = o.maxMemory !== undefined ? o.maxMemory * 1e9 : os.freemem();
+        if (!(maxMemory > 0)) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --max-memory but received ${o.maxMemory}`);
+        const need = memoryNeed(ck.config, o.method, { samples: o.samples, seqLen: o.seqLen, batchSize: o.batchSize });
+        if (need.bytes > maxMemory)
+          throw new QuantformError('QF_INVALID_ARGUMENT',
+            `${o.maxMemory !== undefined ? `--max-memory ${o.maxMemory} GB` : `The ${(maxMemory / 1e9).toFixed(2)} GB of available memory`} is too small for one block of ${source}: ${need.what}`);
+        if (defaultJob)
+          console.log(`no --model: ${o.method} W${o.bits} g${o.groupSize}${o.sym ? ' sym' : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
+            'calibration TinyStories stories 201-400, evaluation on held-out stories 1-64; pass --model PATH for your own checkpoint');
+        const tokenizer = await ck.tokenizer();
+        const save: SaveOptions = { tokenizerDir: tokenizerDirOf(ck), tokenizer, maxShardBytes: o.shardSize * 1e9 };
+        const evaluation = evalSpec(o, defaultJob);
+        const abort = new AbortController();
+        const onSigint = () => {
+          process.stderr.write(o.method === 'rtn' ? '\nCtrl-C: stopping; nothing is written...\n' : '\nCtrl-C: saving a checkpoint after this step...\n');
+          abort.abort();
+        };
+        process.on('SIGINT', onSigint);
+        const bar = progressBar(o.loss === 'block');
+        const ckpt = `${out}.ckpt.safetensors`;
+        let report: QuantizeReport;
+        let rtnInMemory: Model | null = null;
+        try {
+          if (o.method === 'rtn') {
+            report = await quantizeCheckpointRtn(ck, out, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true },
+              { signal: abort.signal, onProgress: bar.onProgress, save });
+          } else {
+            if (o.seqLen > ck.config.maxSeq)
+              throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${ck.config.maxSeq} (the model's context) but received ${o.seqLen}`);
+            const calibration = calibrationOf(o, defaultJob, synthetic, tokenizer);
+            if (!o.resume && existsSync(ckpt))
+              throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
+            // a run killed before its first checkpoint left nothing to resume: it starts over
+            const resume = o.resume === true && existsSync(ckpt);
+            if (o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
+            const model = TrainableLlama.fromCheckpoint(ck);
+            const opts: QuantizeModelOptions = {
+              method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
+              batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
+              gptq: { damp: o.damp, paramsFrom: o.gptqParams },
+            };
+            const q = await quantizeModel(model, opts, {
+              signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume, onProgress: bar.onProgress,
+            });
+            bar.stop();
+            saveGptq(q, out, save);
+            rmSync(ckpt, { force: true });
+            report = q.report;
+            if (evaluation) {
+              // the baseline the method is measured against: plain RTN of the same weights, in memory
+              const rtn = await quantizeModel(model, { method: 'rtn', bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
+              rtnInMemory = new Model(quantizedCheckpoint(rtn, tokenizer), tokenizer);
             }
-            bar.update(e.step, { phase: e.phase + (e.layer !== undefined && e.phase === 'train' && opts.loss === 'block' ? ` block ${e.layer}` : ''),
-              loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
-          },
-        });
-      } catch (e) {
-        if (barPhase) bar.stop();
-        if (e instanceof QuantformError && e.code === 'QF_ABORTED') {
-          console.error(`${e.message}: ${ckpt}. Continue with the same command and --resume.`);
-          process.exitCode = 130;
-          return;
+          }
+        } catch (e) {
+          bar.stop();
+          if (e instanceof QuantformError && e.code === 'QF_ABORTED') {
+            console.error(o.method === 'rtn' ? `${e.message}.` : `${e.message}: ${ckpt}. Continue with the same command and --resume.`);
+            process.exitCode = 130;
+            return;
+          }
+          throw e;
+        } finally {
+          bar.stop();
+          process.off('SIGINT', onSigint);
         }
-        throw e;
+        printReport(report, t0, out);
+        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtnInMemory, out, report.method);
+        console.log(`saved ${out}`);
       } finally {
-        process.off('SIGINT', onSigint);
+        ck.close();
       }
-      if (barPhase) bar.stop();
-      saveGptq(q, out, { tokenizerDir: o.model });
-      rmSync(ckpt, { force: true });
-      const r = q.report;
-      console.log(`\n${r.method} W${r.bits} g${r.groupSize} ${r.symmetric ? 'sym' : 'asym'}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-      if (r.lossCurve.length) {
-        const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
-        const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
-        console.log(`loss: first ${k} steps ${avg(r.lossCurve.slice(0, k)).toFixed(4)} -> last ${k} steps ${avg(r.lossCurve.slice(-k)).toFixed(4)} (curve: ${path.join(out, 'loss.svg')})`);
-      }
-      console.log('relative weight error ||Q(W) - W|| / ||W||, RTN before -> after (scales undone):');
-      for (const l of r.linears) console.log(`  ${l.name.padEnd(40)} ${l.errorBefore.toFixed(5)} -> ${l.errorAfter.toFixed(5)}`);
-      if (o.evalIds) {
-        const { ids, window } = readEvalIds(o.evalIds);
-        const fp = await model.perplexity(ids, window);
-        const back = TrainableLlama.fromHfDir(out);  // the saved GPTQ checkpoint, dequantized to fp32
-        const qp = await back.perplexity(ids, window);
-        console.log(`perplexity (${path.basename(o.evalIds)}): fp32 ${fp.ppl.toFixed(4)}, ${r.method} (reloaded from ${out}) ${qp.ppl.toFixed(4)}`);
-      }
-      if (dm) await reportDemo(dm, q, o.bits as Bits, o.groupSize, o.sym === true);
-      console.log(`saved ${out}`);
+      if (o.format) await runExport({ model: out, format: o.format });
     });
+}
+
+function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boolean, tok: Tokenizer): CalibrationSet {
+  const file = o.calib ?? (defaultJob || synthetic ? DEFAULT_CALIBRATION() : undefined);
+  if (!file) throw new QuantformError('QF_INVALID_ARGUMENT', `Method '${o.method}' needs calibration text: pass --calib FILE`);
+  const text = readText(file, !o.calib);
+  const skip = o.skipDocs ?? (o.calib && text.includes('<|endoftext|>') ? 200 : 0);
+  const cal = calibrationFromText(text, (d) => tok.encode(d, { bos: true }), { samples: o.samples, seqLen: o.seqLen, seed: o.seed, skipDocuments: skip });
+  console.log(`calibration: ${o.samples} x ${o.seqLen} tokens from ${o.calib ?? path.basename(file)} (${cal.streamLength} tokens${skip ? ` after skipping ${skip} documents` : ''})`);
+  return cal;
+}
+
+function printReport(r: QuantizeReport, t0: number, out: string): void {
+  console.log(`\n${r.method} W${r.bits} g${r.groupSize} ${r.symmetric ? 'sym' : 'asym'}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  if (r.lossCurve.length) {
+    const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
+    const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+    console.log(`loss: first ${k} steps ${avg(r.lossCurve.slice(0, k)).toFixed(4)} -> last ${k} steps ${avg(r.lossCurve.slice(-k)).toFixed(4)} (curve: ${path.join(out, 'loss.svg')})`);
+  }
+  const mean = (f: (l: QuantizeReport['linears'][number]) => number) => r.linears.reduce((s, l) => s + f(l), 0) / r.linears.length;
+  console.log(`relative weight error ||Q(W) - W|| / ||W||, mean over ${r.linears.length} linears: ${r.method === 'rtn' ? mean((l) => l.errorAfter).toFixed(5)
+    : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (scales undone)`} (per linear: ${path.join(out, 'quantform_report.json')})`);
+}
+
+/** fp32 (the source, loaded), RTN (in memory, when the method is not RTN) and the result as saved (reloaded), on the same text. */
+async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string): Promise<void> {
+  const rows: [string, Model][] = [];
+  try {
+    rows.push(['fp32', typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
+    if (rtn) rows.push(['rtn', rtn]);
+    rows.push([`${method} (reloaded from ${path.basename(out)})`, await loadModel(out)]);
+    const parts: string[] = [];
+    let n = 0;
+    for (const [label, m] of rows) {
+      const r = await ev.run(m);
+      n = r.nPredicted;
+      parts.push(`${label} ${r.ppl.toFixed(4)}`);
+    }
+    console.log(`perplexity on ${ev.label} (${n} predictions of text the calibration never saw): ${parts.join(', ')}`);
+  } finally {
+    for (const [, m] of rows) m.dispose();
+  }
 }

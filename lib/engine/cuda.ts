@@ -1,11 +1,11 @@
-// CUDA variants of the training family (quantform_cuda.node), when a GPU is present.
+// CUDA variants of engine kernels (quantform_cuda.node), when a GPU is present.
 import { cudaBinding } from '../ops/cuda.js';
 import { fromNative, QuantformError } from '../errors.js';
 
 type TeqScaleBackward = (dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
   dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number) => void;
 
-/** The TEQ scale backward on the GPU (same contract as the CPU `train.teqScaleBackward`). */
+/** The TEQ scale backward on the GPU (same contract as the CPU `engine.teqScaleBackward`). */
 export function cudaTeqScaleBackward(dalpha: Float32Array, dx: Float32Array | null, dxs: Float32Array, x: Float32Array, T: number,
   dws: Float32Array, W: Float32Array, N: number, alpha: Float32Array, K: number): void {
   const b = cudaBinding();

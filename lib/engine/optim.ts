@@ -53,7 +53,7 @@ export class AdamW {
     this.step++;
     const o = this.opts;
     try {
-      await native().train.adamwStep(this.arena, this.size, this.step, lr, o.betas[0], o.betas[1], o.eps, o.weightDecay, o.minValue, true);
+      await native().engine.adamw(this.arena, this.size, this.step, lr, o.betas[0], o.betas[1], o.eps, o.weightDecay, o.minValue, true);
     } catch (e) {
       throw fromNative(e);
     }

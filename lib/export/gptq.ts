@@ -9,6 +9,19 @@
 //   g_idx   int32 (K) = k / G (desc_act false)
 // Dequantization: w[n, k] = scales[g, n] * (q[k, n] - z[g, n]), g = g_idx[k].
 // quantform's own layout (formats.h) is row-major over N; this module converts.
+//
+// The 3-bit layout written out (AutoGPTQ / GPTQModel pack(); their torch
+// dequantizer reads it with the `wf` shift table): 32 codes per 3 int32 words,
+//   word 0: codes 0-9 at bits 3j .. 3j+2, code 10's bits 0-1 at bits 30-31
+//   word 1: code 10's bit 2 at bit 0, codes 11-20 at bits 3(j-11)+1 .., code 21's bit 0 at bit 31
+//   word 2: code 21's bits 1-2 at bits 0-1, codes 22-31 at bits 3(j-22)+2 ..
+// which is exactly code k at bit 3k of one little-endian stream, the layout of
+// every other width too (2/4/8: code k at bit b*k, never straddling). qzeros use
+// the same stream along N. GPTQ tools need K % 32 == 0 (qweight has K/32*b rows)
+// and N % 32 == 0 for qzeros; quantform pads other shapes with zero bits to whole
+// words and reads them back (stories260K's K = 172), but only quantform loads
+// those. Checked against an independent re-implementation of the tools' pack and
+// unpack logic: scripts/gptq_pack_oracle.py, test/gptq-pack.test.ts.
 import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { pack, QuantizedTensor, unpack, type Bits } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
@@ -51,7 +64,6 @@ function getBits(words: Int32Array, base: number, stride: number, bitPos: number
   return v;
 }
 
-/** codes8 (N, K) one code per byte, zeros (N, G) integer zero points, scales (N, G) f16 bits -> GPTQ tensors. */
 /** Checks the sizes and format every GPTQ conversion takes. */
 function needGptqArgs(N: number, K: number, bits: Bits, format: GptqFormat): void {
   need.positiveInteger(N, 'N');
@@ -69,19 +81,11 @@ function needGptqTensors(l: unknown): void {
   need.instance(o.gIdx, Int32Array, 'gIdx');
 }
 
-export function packGptq(codes8: Uint8Array, zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number,
-  bits: Bits, groupSize: number, format: GptqFormat): GptqLinear {
-  needGptqArgs(N, K, bits, format);
-  need.positiveInteger(groupSize, 'groupSize');
-  const G0 = Math.ceil(K / groupSize);
-  if (!(codes8 instanceof Uint8Array) || codes8.length !== N * K) throw invalidParameter(`Uint8Array of ${N * K} codes`, 'codes8', codes8, 'QF_SHAPE_MISMATCH');
-  if (!(zeros instanceof Float32Array) || zeros.length !== N * G0) throw invalidParameter(`Float32Array of ${N * G0} zero points`, 'zeros', zeros, 'QF_SHAPE_MISMATCH');
-  if (!(scalesF16 instanceof Uint16Array) || scalesF16.length !== N * G0) throw invalidParameter(`Uint16Array of ${N * G0} f16 scales`, 'scalesF16', scalesF16, 'QF_SHAPE_MISMATCH');
+/** qzeros (G, ceil(N b / 32)), scales (G, N) and g_idx (K) from zeros (N, G) integer zero points and scales (N, G) f16 bits. */
+function packGptqParams(zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number, bits: Bits, groupSize: number, format: GptqFormat):
+  Omit<GptqLinear, 'qweight' | 'qweightShape'> {
   const G = Math.ceil(K / groupSize);
-  const rows = Math.ceil((K * bits) / 32), zcols = Math.ceil((N * bits) / 32);
-  const qweight = new Int32Array(rows * N);
-  for (let n = 0; n < N; n++)
-    for (let k = 0; k < K; k++) setBits(qweight, n, N, k * bits, codes8[n * K + k], bits);
+  const zcols = Math.ceil((N * bits) / 32);
   const qzeros = new Int32Array(G * zcols);
   const mask = (1 << bits) - 1;
   const scales = new Uint16Array(G * N);
@@ -94,7 +98,54 @@ export function packGptq(codes8: Uint8Array, zeros: Float32Array, scalesF16: Uin
       scales[g * N + n] = scalesF16[n * G + g];
     }
   const gIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / groupSize));
-  return { qweight, qzeros, scales, gIdx, qweightShape: [rows, N], qzerosShape: [G, zcols], scalesShape: [G, N] };
+  return { qzeros, scales, gIdx, qzerosShape: [G, zcols], scalesShape: [G, N] };
+}
+
+/** codes8 (N, K) one code per byte, zeros (N, G) integer zero points, scales (N, G) f16 bits -> GPTQ tensors. */
+export function packGptq(codes8: Uint8Array, zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number,
+  bits: Bits, groupSize: number, format: GptqFormat): GptqLinear {
+  needGptqArgs(N, K, bits, format);
+  need.positiveInteger(groupSize, 'groupSize');
+  const G = Math.ceil(K / groupSize);
+  if (!(codes8 instanceof Uint8Array) || codes8.length !== N * K) throw invalidParameter(`Uint8Array of ${N * K} codes`, 'codes8', codes8, 'QF_SHAPE_MISMATCH');
+  if (!(zeros instanceof Float32Array) || zeros.length !== N * G) throw invalidParameter(`Float32Array of ${N * G} zero points`, 'zeros', zeros, 'QF_SHAPE_MISMATCH');
+  if (!(scalesF16 instanceof Uint16Array) || scalesF16.length !== N * G) throw invalidParameter(`Uint16Array of ${N * G} f16 scales`, 'scalesF16', scalesF16, 'QF_SHAPE_MISMATCH');
+  const rows = Math.ceil((K * bits) / 32);
+  const qweight = new Int32Array(rows * N);
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) setBits(qweight, n, N, k * bits, codes8[n * K + k], bits);
+  return { qweight, qweightShape: [rows, N], ...packGptqParams(zeros, scalesF16, N, K, bits, groupSize, format) };
+}
+
+/**
+ * dst (C, R) = src (R, C) transposed, 32-bit words, in 64 x 64 tiles (a plain
+ * loop misses the cache on every store at Llama widths).
+ */
+function transposeWords(dst: Int32Array, src: Int32Array, R: number, C: number): void {
+  const T = 64;
+  for (let r0 = 0; r0 < R; r0 += T) {
+    const r1 = Math.min(R, r0 + T);
+    for (let c0 = 0; c0 < C; c0 += T) {
+      const c1 = Math.min(C, c0 + T);
+      for (let r = r0; r < r1; r++) {
+        const row = r * C;
+        for (let c = c0; c < c1; c++) dst[c * R + r] = src[row + c];
+      }
+    }
+  }
+}
+
+/**
+ * The codes of formats.h as 32-bit words (N, K b / 32) when every row is a whole
+ * number of words: then a row's words are exactly its GPTQ qweight column, and
+ * packing is a transpose instead of a loop over every code. Null otherwise.
+ */
+function rowWords(codes: Uint8Array, N: number, K: number, bits: Bits): Int32Array | null {
+  if ((K * bits) % 32 !== 0 || codes.length !== (N * K * bits) / 8) return null;
+  if (codes.byteOffset % 4 === 0) return new Int32Array(codes.buffer, codes.byteOffset, codes.length / 4);
+  const copy = new Uint8Array(codes.length);
+  copy.set(codes);
+  return new Int32Array(copy.buffer);
 }
 
 /** GPTQ tensors -> fp32 weight (N, K). */
@@ -146,9 +197,19 @@ export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: U
   if (l.scales.length !== G * N || l.qzeros.length !== G * zcols)
     throw new QuantformError('QF_SHAPE_MISMATCH', `GPTQ scales/qzeros do not match ${G} groups of a (${N}, ${K}) linear`);
   const qmax = 2 ** bits - 1;
-  const codes8 = new Uint8Array(N * K);
-  for (let n = 0; n < N; n++)
-    for (let k = 0; k < K; k++) codes8[n * K + k] = getBits(l.qweight, n, N, k * bits, bits);
+  let codes: Uint8Array;
+  if ((K * bits) % 32 === 0) {
+    // whole words per row: the rows of formats.h are the qweight columns (see rowWords)
+    const W = (K * bits) / 32;
+    const words = new Int32Array(N * W);
+    transposeWords(words, l.qweight, W, N);
+    codes = new Uint8Array(words.buffer);
+  } else {
+    const codes8 = new Uint8Array(N * K);
+    for (let n = 0; n < N; n++)
+      for (let k = 0; k < K; k++) codes8[n * K + k] = getBits(l.qweight, n, N, k * bits, bits);
+    codes = pack(codes8, [N, K], bits);
+  }
   const scales = new Uint16Array(N * G);
   const zeros = new Uint16Array(N * G);
   let symmetric = true;
@@ -161,7 +222,7 @@ export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: U
       scales[n * G + g] = l.scales[g * N + n];
       zeros[n * G + g] = f32ToF16(z);
     }
-  return new QuantizedTensor(pack(codes8, [N, K], bits), scales, symmetric ? null : zeros, [N, K], bits, groupSize, symmetric, 'f16');
+  return new QuantizedTensor(codes, scales, symmetric ? null : zeros, [N, K], bits, groupSize, symmetric, 'f16');
 }
 
 /** A quantform QuantizedTensor with f16 parameters -> GPTQ tensors. */
@@ -172,10 +233,14 @@ export function toGptq(q: QuantizedTensor, format: GptqFormat): GptqLinear {
   if (q.bits === 8 && format === 'gptq') throw new QuantformError('QF_UNSUPPORTED', '8-bit v1 zero points overflow: use gptq_v2');
   const [N, K] = q.shape;
   const G = q.numGroups;
-  const codes8 = unpack(q.codes, [N, K], q.bits);
   const zeros = new Float32Array(N * G);
   if (q.symmetric) zeros.fill(2 ** (q.bits - 1));
   else for (let i = 0; i < N * G; i++) zeros[i] = f16ToF32((q.zeros as Uint16Array)[i]);
-  return packGptq(codes8, zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format);
+  const words = rowWords(q.codes, N, K, q.bits);
+  if (!words) return packGptq(unpack(q.codes, [N, K], q.bits), zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format);
+  const W = (K * q.bits) / 32;
+  const qweight = new Int32Array(W * N);
+  transposeWords(qweight, words, N, W);
+  return { qweight, qweightShape: [W, N], ...packGptqParams(zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format) };
 }
 

@@ -7,28 +7,34 @@ import { QuantformError } from '../errors.js';
 export class CheckpointFile {
   readonly path: string;
   readonly size: number;
-  private fd: number | null;
+  private handle: number | null;
 
   constructor(path: string) {
     this.path = path;
     let st;
     try {
-      this.fd = openSync(path, 'r');
-      st = fstatSync(this.fd);
+      this.handle = openSync(path, 'r');
+      st = fstatSync(this.handle);
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
     this.size = st.size;
     if (!st.isFile()) {
-      closeSync(this.fd);
-      this.fd = null;
+      closeSync(this.handle);
+      this.handle = null;
       throw new QuantformError('QF_IO', `Cannot read ${path}: not a regular file`);
     }
   }
 
+  /** The OS file descriptor, for native positional reads (valid until close()). */
+  get fd(): number {
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed`);
+    return this.handle;
+  }
+
   /** Bytes [offset, offset + length); `what` names the thing read, for the error message. */
   read(offset: number, length: number, what: string): Buffer {
-    if (this.fd === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
       throw new QuantformError(
         'QF_CORRUPT_FILE',
@@ -39,7 +45,7 @@ export class CheckpointFile {
     while (done < length) {
       let n: number;
       try {
-        n = readSync(this.fd, buf, done, length - done, offset + done);
+        n = readSync(this.handle, buf, done, length - done, offset + done);
       } catch (e) {
         throw new QuantformError('QF_IO', `${this.path}: reading ${what} failed: ${(e as Error).message}`, { cause: e });
       }
@@ -50,8 +56,8 @@ export class CheckpointFile {
   }
 
   close(): void {
-    if (this.fd !== null) closeSync(this.fd);
-    this.fd = null;
+    if (this.handle !== null) closeSync(this.handle);
+    this.handle = null;
   }
 }
 

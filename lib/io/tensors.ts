@@ -1,11 +1,23 @@
 // Tensors stored in checkpoint files, described by name, shape, dtype and byte
-// range, and fetched lazily by name (one positional read per tensor).
-import { QuantformError } from '../errors.js';
+// range, and fetched lazily by name. Float tensors are read and widened to fp32 in
+// native code (native/include/quantform/convert.h): large positional reads on the
+// thread pool, F16/BF16 converted in SIMD while the bytes are in cache.
+import { QuantformError, fromNative } from '../errors.js';
+import { native, type NativeDType } from '../native.js';
 import { CheckpointFile } from './file.js';
 
-export type StoredDType = 'F32' | 'F16' | 'BF16';
+/** Every element type of the safetensors format (GGUF's float types are a subset). */
+export type StoredDType =
+  | 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2'
+  | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
 
-export const DTYPE_BYTES: Record<StoredDType, number> = { F32: 4, F16: 2, BF16: 2 };
+export const DTYPE_BYTES: Record<StoredDType, number> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
+};
+
+/** The dtypes readTensor widens to fp32. */
+export const FLOAT_DTYPES: readonly StoredDType[] = ['F32', 'F16', 'BF16'];
+const NATIVE: Partial<Record<StoredDType, NativeDType>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 export interface StoredTensor {
   name: string;
@@ -17,12 +29,16 @@ export interface StoredTensor {
   nbytes: number;
 }
 
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
 /** Checks byte ranges: inside the file, sized by shape x dtype, no two tensors overlapping. */
 export function validateLayout(tensors: StoredTensor[]): void {
   const byFile = new Map<CheckpointFile, StoredTensor[]>();
   for (const t of tensors) {
-    const n = t.shape.reduce((a, b) => a * b, 1);
-    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n))
+    const n = numel(t.shape);
+    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || !Number.isSafeInteger(n * 8))
       throw new QuantformError('QF_CORRUPT_FILE', `${t.file.path}: tensor '${t.name}' has an invalid shape [${t.shape.join(', ')}]`);
     if (t.nbytes !== n * DTYPE_BYTES[t.dtype])
       throw new QuantformError('QF_CORRUPT_FILE', `${t.file.path}: tensor '${t.name}' (${t.dtype} [${t.shape.join(', ')}]) needs ${n * DTYPE_BYTES[t.dtype]} bytes but its byte range holds ${t.nbytes}`);
@@ -42,26 +58,62 @@ export function validateLayout(tensors: StoredTensor[]): void {
   }
 }
 
-function f16ToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
+/** (rows, cols) of a stored tensor as the native reader walks it: the last dimension is a row. */
+export function rowsCols(t: StoredTensor): [number, number] {
+  if (t.shape.length === 0) return [1, 1];
+  const cols = t.shape[t.shape.length - 1];
+  return [cols === 0 ? 0 : numel(t.shape) / cols, cols];
 }
 
-/** Reads one tensor as fp32 (F16 and BF16 widen exactly). */
-export function readTensor(t: StoredTensor): Float32Array {
-  const buf = t.file.read(t.offset, t.nbytes, `tensor '${t.name}'`);
-  const n = t.nbytes / DTYPE_BYTES[t.dtype];
-  const out = new Float32Array(n);
-  if (t.dtype === 'F32') {
-    new Uint8Array(out.buffer).set(buf);
-  } else if (t.dtype === 'BF16') {
-    const u32 = new Uint32Array(out.buffer);
-    for (let i = 0; i < n; i++) u32[i] = buf.readUInt16LE(2 * i) << 16;
-  } else {
-    for (let i = 0; i < n; i++) out[i] = f16ToF32(buf.readUInt16LE(2 * i));
+/** The native dtype of a float tensor; a clear error for the others. */
+export function nativeFloatDtype(t: StoredTensor): NativeDType {
+  const d = NATIVE[t.dtype];
+  if (!d)
+    throw new QuantformError('QF_UNSUPPORTED', `${t.file.path}: tensor '${t.name}' has dtype ${t.dtype}; quantform reads float tensors as F32, F16 or BF16`);
+  return d;
+}
+
+export interface ReadOptions {
+  /** source row s lands in row dstRow[s] (a permutation of the rows: RoPE layouts) */
+  dstRow?: Int32Array | null;
+  /** destination (rows * cols floats); default a new array */
+  out?: Float32Array;
+}
+
+/** Reads one float tensor as fp32 (F16 and BF16 widen exactly; see convert.h for NaNs). */
+export function readTensor(t: StoredTensor, opts: ReadOptions = {}): Float32Array {
+  const dtype = nativeFloatDtype(t);
+  const [rows, cols] = rowsCols(t);
+  const out = opts.out ?? new Float32Array(rows * cols);
+  if (out.length !== rows * cols)
+    throw new QuantformError('QF_SHAPE_MISMATCH', `Expected a destination of ${rows * cols} floats for tensor '${t.name}' but received ${out.length}`);
+  try {
+    native().io.readTensor(t.file.fd, t.offset, dtype, rows, cols, opts.dstRow ?? null, out, `tensor '${t.name}' of ${t.file.path}`, false);
+  } catch (e) {
+    throw fromNative(e);
   }
+  return out;
+}
+
+/** The raw little-endian bytes of a tensor (integer tensors: GPTQ codes, indices). */
+export function readRaw(t: StoredTensor): Buffer {
+  return t.file.read(t.offset, t.nbytes, `tensor '${t.name}'`);
+}
+
+/** An I32 tensor (GPTQ qweight, qzeros, g_idx). */
+export function readInt32(t: StoredTensor): Int32Array {
+  if (t.dtype !== 'I32') throw new QuantformError('QF_CORRUPT_FILE', `${t.file.path}: tensor '${t.name}' should be I32 but is ${t.dtype}`);
+  const b = readRaw(t);
+  const out = new Int32Array(b.length / 4);
+  new Uint8Array(out.buffer).set(b);
+  return out;
+}
+
+/** A 16-bit tensor's bits (F16/BF16 kept as stored: GPTQ scales). */
+export function readUint16(t: StoredTensor): Uint16Array {
+  if (DTYPE_BYTES[t.dtype] !== 2) throw new QuantformError('QF_CORRUPT_FILE', `${t.file.path}: tensor '${t.name}' should be 16-bit but is ${t.dtype}`);
+  const b = readRaw(t);
+  const out = new Uint16Array(b.length / 2);
+  new Uint8Array(out.buffer).set(b);
   return out;
 }

@@ -2,9 +2,11 @@
 import { registerMethod } from './registry.js';
 import { rtn } from './rtn.js';
 import { teq } from './teq.js';
+import { gptq } from './gptq.js';
 
 registerMethod(rtn);
 registerMethod(teq);
+registerMethod(gptq);
 
 export { getMethod, methodNames, registerMethod } from './registry.js';
 export type { MethodContext, MethodResult, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';

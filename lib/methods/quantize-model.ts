@@ -1,21 +1,33 @@
 // quantizeModel: the one entry point of model quantization. A registered method
 // (lib/methods) transforms the fp32 model exactly (or not at all), then every linear
-// is RTN-quantized with f16 scales, the parameters the GPTQ export stores.
+// the method did not quantize itself (MethodResult.linears) is RTN-quantized with
+// f16 scales, the parameters the GPTQ export stores.
+// quantizeCheckpointRtn: RTN streamed straight from any checkpoint to a GPTQ
+// directory, one tensor at a time (read, quantize, write, drop), for models larger
+// than memory. quantizedCheckpoint: a result as a runtime Checkpoint, so the one
+// evaluator (lib/eval) scores it on the INT4 kernels without writing it first.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
-import { invalidParameter, is, need, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
-import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { getMethod, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
 import { trainStateFromCheckpoint } from './checkpoint.js';
 import { checkFinite } from '../ops/finite.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
+import { GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
+import { FLOAT_DTYPES, readRaw, readTensor, type StoredTensor } from '../io/tensors.js';
+import type { Checkpoint } from '../model/checkpoint.js';
+import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
+import { hfModuleName } from '../model/hf.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import type { GptqMethodOptions } from './gptq.js';
 
 export interface QuantizeModelOptions {
-  /** A registered method: 'rtn', 'teq'. */
+  /** A registered method: 'rtn', 'gptq', 'teq'. */
   method: string;
   bits: Bits;
   /** Default 128 (capped at each linear's input size). */
@@ -35,6 +47,8 @@ export interface QuantizeModelOptions {
   seed?: number;
   /** TEQ: also the mergeable v->o and up->down scales. Default false. */
   extraScales?: boolean;
+  /** GPTQ: damping, lazy batch, where group parameters are read. */
+  gptq?: GptqMethodOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -50,7 +64,7 @@ export interface QuantizeModelHooks {
 export interface LinearReport {
   name: string;
   shape: [number, number];
-  /** ||Q(W) - W|| / ||W|| of plain RTN on the original weight */
+  /** ||Q(W) - W|| / ||W|| of plain RTN on the original weight (streamed RTN: on 2^20 weights in 16 row blocks above 2^21) */
   errorBefore: number;
   /** the same for the quantized result, measured in the original function space (scales undone) */
   errorAfter: number;
@@ -71,7 +85,7 @@ export interface QuantizedModel {
   /** the transformed fp32 model the linears were quantized from (norms already merged) */
   model: TrainableLlama;
   quant: BlockQuant;
-  /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> RTN-quantized weight */
+  /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> quantized weight (RTN, or the method's own) */
   linears: Map<string, QuantizedTensor>;
   report: QuantizeReport;
 }
@@ -138,12 +152,8 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
   if (hooks.checkpoint !== undefined) { need.object(hooks.checkpoint, 'hooks.checkpoint'); need.string(hooks.checkpoint.path, 'hooks.checkpoint.path'); }
   const method = getMethod(opts.method);
-  if (!is.oneOf(opts.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', opts.bits, 'QF_UNSUPPORTED_BITS');
-  const groupSize = opts.groupSize ?? 128;
-  if (!is.positiveInteger(groupSize)) throw invalidParameter('positive integer', 'groupSize', groupSize);
-  const symmetric = opts.symmetric ?? false;
-  if (!is.bool(symmetric)) throw invalidParameter('boolean', 'symmetric', symmetric);
-  const quant: BlockQuant = { bits: opts.bits, groupSize, symmetric };
+  const quant = quantSpec(opts);
+  const { groupSize, symmetric } = quant;
   const train = resolveTrain(opts);
   const cal = opts.calibration;
   if (method.needsCalibration && !cal) throw new QuantformError('QF_INVALID_ARGUMENT', `Method '${method.name}' needs calibration data (options.calibration)`);
@@ -152,20 +162,27 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   if (cal) for (const id of cal.tokens) if (id < 0 || id >= source.shape.vocab) throw invalidParameter(`token ids in [0, ${source.shape.vocab})`, 'calibration.tokens', id);
 
   // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
-  for (const [name, t] of source.tensors()) checkFinite(t.data as Float32Array, name, t.shape);
+  for (const [name, w, shape] of source.weights()) checkFinite(w, name, shape);
   const model = source.clone();
   const ck = hooks.checkpoint;
   const fp = ck ? fingerprint(source, opts, train, quant) : '';
   const resume = hooks.resume ? readCheckpoint(ck?.path ?? '', fp) : undefined;
   if (hooks.resume && !ck) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
   const tTrain = performance.now();
-  const res = await method.prepare(model, {
-    quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
-    checkpoint: ck ? async (s: TrainState) => {
-      writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
-        { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
-    } : undefined,
-  });
+  let res: MethodResult;
+  try {
+    res = await method.prepare(model, {
+      quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
+      checkpoint: ck ? async (s: TrainState) => {
+        writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
+          { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
+      } : undefined,
+    });
+  } catch (e) {
+    // a method (registered by name, possibly a user's) that calls the binding directly and
+    // lets its error through still ends in a QuantformError with the native code
+    throw fromNative(e);
+  }
   const trainSeconds = (performance.now() - tTrain) / 1000;
 
   const linears = new Map<string, QuantizedTensor>();
@@ -176,7 +193,11 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
       const name = `model.layers.${l}.${HF_LINEAR[n]}`;
       const { rows, cols } = lay.linears[n];
       const w = model.linear(l, n).slice();
-      const q = quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
+      // a method that quantized this linear itself (GPTQ) keeps its codes and scales
+      const own = res.linears?.get(name);
+      if (own && (own.shape[0] !== rows || own.shape[1] !== cols || own.bits !== quant.bits || own.symmetric !== symmetric || own.groupSize !== Math.min(groupSize, cols)))
+        throw new QuantformError('QF_INTERNAL', `Method '${method.name}' returned ${name} as [${own.shape}] INT${own.bits} g${own.groupSize}, not [${rows}, ${cols}] INT${quant.bits} g${Math.min(groupSize, cols)}`);
+      const q = own ?? quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
       linears.set(name, q);
       const orig = source.linear(l, n);
       const before = dequantize(quantize(new Tensor(orig.slice(), [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' })).data as Float32Array;
@@ -200,4 +221,177 @@ export function dequantizedModel(q: QuantizedModel): TrainableLlama {
   for (let l = 0; l < m.shape.layers; l++)
     for (const n of LINEARS) m.linear(l, n).set(dequantize(q.linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!).data as Float32Array);
   return m;
+}
+
+function quantSpec(o: { bits: Bits; groupSize?: number; symmetric?: boolean }): BlockQuant {
+  if (!is.oneOf(o.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', o.bits, 'QF_UNSUPPORTED_BITS');
+  const groupSize = o.groupSize ?? 128;
+  if (!is.positiveInteger(groupSize)) throw invalidParameter('positive integer', 'groupSize', groupSize);
+  const symmetric = o.symmetric ?? false;
+  if (!is.bool(symmetric)) throw invalidParameter('boolean', 'symmetric', symmetric);
+  return { bits: o.bits, groupSize, symmetric };
+}
+
+/**
+ * ||dequant(q) - w|| / ||w||, on evenly spaced blocks of about 2^20 weights in all
+ * when the matrix is larger: the report then costs a few percent of quantizing
+ * instead of doubling it, and blocks of whole rows keep the estimate unbiased
+ * across row-wise outliers.
+ */
+function sampledRelError(q: QuantizedTensor, w: Float32Array): number {
+  const [N, K] = q.shape;
+  const G = q.numGroups, rowBytes = q.codes.length / N;
+  const chunks = N * K <= 1 << 21 ? 1 : 16;
+  const rowsPer = chunks === 1 ? N : Math.max(1, Math.floor((1 << 20) / K / chunks));
+  let e = 0, d = 0;
+  for (let c = 0; c < chunks; c++) {
+    const r0 = chunks === 1 ? 0 : Math.floor((c * (N - rowsPer)) / (chunks - 1)), r1 = Math.min(N, r0 + rowsPer);
+    const part = new QuantizedTensor(q.codes.subarray(r0 * rowBytes, r1 * rowBytes), q.scales.subarray(r0 * G, r1 * G),
+      q.zeros ? q.zeros.subarray(r0 * G, r1 * G) : null, [r1 - r0, K], q.bits, q.groupSize, q.symmetric, q.paramDtype);
+    const back = dequantize(part).data as Float32Array;
+    for (let i = 0, o = r0 * K; i < back.length; i++, o++) {
+      e += (back[i] - w[o]) ** 2;
+      d += w[o] ** 2;
+    }
+  }
+  return Math.sqrt(e / Math.max(d, 1e-30));
+}
+
+/** The NaN/Inf check of a float tensor copied as stored (F32, F16 or BF16 bytes). */
+function checkStoredFinite(raw: Buffer, t: StoredTensor, what: string): void {
+  // typed views need an aligned offset: small reads come from Buffer's shared pool
+  const bytes = raw.byteOffset % 4 === 0 ? raw : new Uint8Array(raw);
+  const view = t.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+    : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  checkFinite(view, what, t.shape, t.dtype === 'F32' ? 'f32' : t.dtype === 'F16' ? 'f16' : 'bf16');
+}
+
+export interface StreamHooks {
+  onProgress?: (e: ProgressEvent) => void;
+  /** Ctrl-C: stops after the tensor being written with QF_ABORTED; nothing is left behind */
+  signal?: AbortSignal;
+  /** where the tokenizer comes from, shard size, GPTQ format */
+  save?: SaveOptions;
+}
+
+/**
+ * RTN from any runtime Checkpoint straight into a GPTQ directory, one tensor at a
+ * time: each linear is read (natively widened to fp32), quantized, packed, written
+ * and dropped; norms and embeddings are copied as stored. Peak memory is about
+ * ten bytes per weight of the largest linear, whatever the model's size.
+ */
+export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: { bits: Bits; groupSize?: number; symmetric?: boolean },
+  hooks: StreamHooks = {}): Promise<QuantizeReport> {
+  const t0 = performance.now();
+  if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  const quant = quantSpec(opts);
+  const reports: LinearReport[] = [];
+  let scratch = new Float32Array(0);
+  // a stored float tensor in kernel order is copied byte for byte; anything else is written as fp32
+  const stored = (name: string) => {
+    const s = ck.tensorSource?.(name) ?? null;
+    return s && !s.dstRow && FLOAT_DTYPES.includes(s.tensor.dtype) ? s.tensor : null;
+  };
+  const src: GptqSource = {
+    config: ck.config,
+    hfConfig: ck.hfConfig ?? hfConfigFromLlama(ck.config),
+    quant,
+    plainDtype: (name) => (stored(name)?.dtype ?? 'F32') as 'F32' | 'F16' | 'BF16',
+    plain: (name) => {
+      const t = stored(name);
+      if (!t) {
+        const w = ck.weight(name);
+        checkFinite(w, `${ck.path}: ${name}`, weightShape(ck.config, name));
+        return w;
+      }
+      const raw = readRaw(t);
+      checkStoredFinite(raw, t, `${ck.path}: ${name}`);
+      return raw;
+    },
+    linear: (name) => {
+      const [N, K] = weightShape(ck.config, name);
+      const s = ck.tensorSource?.(name) ?? null;
+      // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
+      if (s && scratch.length < N * K) scratch = new Float32Array(N * K);
+      const w = s ? readTensor(s.tensor, { dstRow: s.dstRow, out: scratch.subarray(0, N * K) }) : ck.weight(name);
+      checkFinite(w, `${ck.path}: ${name}`, [N, K]);
+      const q = quantize(new Tensor(w, [N, K]), { bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16' });
+      const err = sampledRelError(q, w);
+      reports.push({ name: hfModuleName(name), shape: [N, K], errorBefore: err, errorAfter: err });
+      return q;
+    },
+  };
+  // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
+  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
+  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+  const writer = new GptqWriter(src, out, save);
+  try {
+    const total = writer.names.length;
+    for (let i = 1, name = writer.step(); name !== null; i++, name = writer.step()) {
+      const sec = (performance.now() - t0) / 1000;
+      const layer = /^layers\.(\d+)\./.exec(name);
+      hooks.onProgress?.({ phase: 'quantize', step: i, totalSteps: total, loss: NaN, lr: 0, stepsPerSecond: i / sec, etaSeconds: ((total - i) * sec) / i,
+        layer: layer ? Number(layer[1]) : undefined });
+      if (hooks.signal?.aborted) throw new QuantformError('QF_ABORTED', `Quantization interrupted after ${i} of ${total} tensors; nothing was written to ${out}`);
+      await new Promise((r) => setImmediate(r));  // lets Ctrl-C and progress output through between tensors
+    }
+    const totalSeconds = (performance.now() - t0) / 1000;
+    const report: QuantizeReport = { method: 'rtn', bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, linears: reports, lossCurve: [], trainSeconds: 0, totalSeconds };
+    writer.finish(report);
+    return report;
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+}
+
+/**
+ * A quantizeModel result as a runtime Checkpoint: the block linears are handed to
+ * the model packed (they run on the dequant-matmul kernels, as the saved GPTQ
+ * directory would), norms and embeddings as transformed by the method.
+ */
+export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Checkpoint {
+  const src = gptqSourceOf(q);
+  return {
+    format: 'memory',
+    path: `memory:${q.report.method}-w${q.quant.bits}g${q.quant.groupSize}`,
+    config: src.config,
+    hfConfig: src.hfConfig,
+    weight: (name) => (isQuantizedLinear(name) ? dequantize(src.linear(name)).data as Float32Array : src.plain(name) as Float32Array),
+    quantizedWeight: (name) => (isQuantizedLinear(name) ? src.linear(name) : null),
+    tokenizer: async () => tokenizer,
+    close: () => {},
+  };
+}
+
+export interface MemoryNeed {
+  bytes: number;
+  /** what is held at the peak, in words, for errors and logs */
+  what: string;
+}
+
+/**
+ * The memory one step of quantization holds at its peak (weights, their packed
+ * form, training state): what --max-memory must at least allow. RTN streams one
+ * linear at a time; TEQ trains the whole model in fp32 until the block-wise
+ * trainer streams blocks.
+ */
+export function memoryNeed(cfg: LlamaConfig, method: string, train: { samples?: number; seqLen?: number; batchSize?: number } = {}): MemoryNeed {
+  const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
+  if (method === 'rtn') {
+    let worst = { name: '', n: 0 };
+    for (const name of weightNames(cfg)) {
+      const n = weightShape(cfg, name).reduce((a, b) => a * b, 1);
+      if (n > worst.n) worst = { name, n };
+    }
+    // fp32 weight + its dequantized copy (error report) + one byte per code while packing + packed codes
+    const bytes = worst.n * 10;
+    return { bytes, what: `RTN holds one tensor at a time; the largest, ${worst.name} [${weightShape(cfg, worst.name).join(', ')}], needs ${gb(bytes)}` };
+  }
+  const params = weightNames(cfg).reduce((a, n) => a + weightShape(cfg, n).reduce((x, y) => x * y, 1), 0);
+  const T = (train.batchSize ?? 2) * (train.seqLen ?? 256);
+  // source + working copy of every weight, Adam state for the scales, one block's activations and the logits
+  const acts = T * (cfg.dim * 16 + cfg.hiddenDim * 4 + cfg.vocabSize * 2) * 4;
+  const bytes = params * 8 + acts;
+  return { bytes, what: `${method} holds the whole model in fp32 (${(params / 1e6).toFixed(1)}M parameters, source and working copy) plus activations of ${T} tokens: ${gb(bytes)}` };
 }

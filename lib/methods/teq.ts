@@ -17,46 +17,30 @@ import type { MethodContext, MethodResult, QuantMethod, TrainState } from './typ
  * gamma <- gamma / alpha, W <- W diag(alpha) for {q, k, v} and {gate, up}; with
  * `extra`, v_proj rows / alpha_v and o_proj columns * alpha_v (repeated over the q
  * heads of each kv head), up_proj rows / alpha_d and down_proj columns * alpha_d.
+ * The merge is the engine's (block_merge_scales), one call per layer.
  */
 export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array, extra = false): void {
   need.instance(model, TrainableLlama, 'model');
   need.bool(extra, 'extra');
-  const s = model.shape, D = s.hidden, A = model.alphaPerLayer(extra);
-  if (!(alpha instanceof Float32Array) || alpha.length !== s.layers * A)
-    throw invalidParameter(`Float32Array of ${s.layers} x ${A} scales`, 'alpha', alpha, 'QF_SHAPE_MISMATCH');
-  const Dkv = s.kvHeads * s.headDim, rep = s.heads / s.kvHeads;
-  const scaleCols = (w: Float32Array, K: number, a: ArrayLike<number>) => {
-    for (let r = 0; r < w.length / K; r++) for (let i = 0; i < K; i++) w[r * K + i] *= a[i];
-  };
-  const divRows = (w: Float32Array, K: number, a: ArrayLike<number>) => {
-    for (let r = 0; r < w.length / K; r++) for (let i = 0; i < K; i++) w[r * K + i] /= a[r];
-  };
-  for (let l = 0; l < s.layers; l++) {
-    const base = l * A;
-    for (const [which, names, off] of [
-      ['input', ['q_proj', 'k_proj', 'v_proj'], 0],
-      ['post', ['gate_proj', 'up_proj'], D],
-    ] as const) {
-      const a = alpha.subarray(base + off, base + off + D);
-      const g = model.norm(l, which);
-      for (let i = 0; i < D; i++) g[i] /= a[i];
-      for (const n of names) scaleCols(model.linear(l, n), D, a);
-    }
-    if (!extra) continue;
-    const av = alpha.subarray(base + 2 * D, base + 2 * D + Dkv);
-    const ao = expandVScales(av, s.heads, rep, s.headDim);
-    divRows(model.linear(l, 'v_proj'), D, av);
-    scaleCols(model.linear(l, 'o_proj'), s.heads * s.headDim, ao);
-    const ad = alpha.subarray(base + 2 * D + Dkv, base + A);
-    divRows(model.linear(l, 'up_proj'), D, ad);
-    scaleCols(model.linear(l, 'down_proj'), s.intermediate, ad);
+  const A = model.alphaPerLayer(extra);
+  if (!(alpha instanceof Float32Array) || alpha.length !== model.shape.layers * A)
+    throw invalidParameter(`Float32Array of ${model.shape.layers} x ${A} scales`, 'alpha', alpha, 'QF_SHAPE_MISMATCH');
+  const cfg = model.blockConfig(1, 1, null, true, extra);
+  try {
+    for (let l = 0; l < model.shape.layers; l++) native().engine.blockMergeScales(cfg, model.blocks[l], alpha.subarray(l * A, (l + 1) * A));
+  } catch (e) {
+    throw fromNative(e);
   }
 }
 
 /** (Hq * hd) the v-channel scales repeated for the q heads that read each kv head. */
-function expandVScales(av: Float32Array, heads: number, rep: number, hd: number): Float32Array {
-  const ao = new Float32Array(heads * hd);
-  for (let h = 0; h < heads; h++) for (let d = 0; d < hd; d++) ao[h * hd + d] = av[Math.floor(h / rep) * hd + d];
+function expandVScales(model: TrainableLlama, av: Float32Array): Float32Array {
+  const s = model.shape, ao = new Float32Array(s.heads * s.headDim);
+  try {
+    native().engine.teqExpandVScales(ao, av, s.heads, s.kvHeads, s.headDim);
+  } catch (e) {
+    throw fromNative(e);
+  }
   return ao;
 }
 
@@ -101,12 +85,12 @@ function nonFinite(step: number, loss: number): QuantformError {
 }
 
 async function trainEndToEnd(model: TrainableLlama, ctx: MethodContext, opt: AdamW, curve: number[], start: number): Promise<void> {
-  const nb = native().train;
+  const nb = native().engine;
   const cal = ctx.calibration!;
   const s = model.shape, D = s.hidden, L = s.layers;
   const B = Math.min(ctx.train.batchSize, cal.samples), S = cal.seqLen, T = B * S;
   const cfg = model.blockConfig(B, S, ctx.quant, true, ctx.train.extraScales);
-  const actN = nb.blockSizes(cfg).activations;
+  const actN = nb.blockSizes(cfg).saved;
   const A = model.alphaPerLayer(ctx.train.extraScales);
   const acts = Array.from({ length: L }, () => new Float32Array(actN));  // saved activations, one block each
   const xs = Array.from({ length: L + 1 }, () => new Float32Array(T * D));  // (T, D) block inputs/outputs
@@ -143,7 +127,7 @@ async function trainEndToEnd(model: TrainableLlama, ctx: MethodContext, opt: Ada
 }
 
 async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: AdamW, curve: number[], start: number): Promise<void> {
-  const nb = native().train;
+  const nb = native().engine;
   const cal = ctx.calibration!;
   const s = model.shape, D = s.hidden, L = s.layers;
   const N = cal.samples, S = cal.seqLen;
@@ -154,9 +138,8 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
   let xin: Float32Array = new Float32Array(N * S * D);
   nb.embeddingForward(xin, cal.tokens, model.embed, N * S, s.vocab, D);
   const fpCfgAll = model.blockConfig(1, S, null, false);
-  const fpActs = new Float32Array(nb.blockSizes(fpCfgAll).activations);
   const cfg = model.blockConfig(B, S, ctx.quant, true, ctx.train.extraScales);
-  const acts = new Float32Array(nb.blockSizes(cfg).activations);
+  const acts = new Float32Array(nb.blockSizes(cfg).saved);
   const A = model.alphaPerLayer(ctx.train.extraScales);
   const xb = new Float32Array(T * D), yb = new Float32Array(T * D), out = new Float32Array(T * D), dout = new Float32Array(T * D), dx = new Float32Array(T * D);
   const trainer = new Trainer(ctx, total);
@@ -164,7 +147,7 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
   const forwardFp = async (l: number, from: Float32Array): Promise<Float32Array> => {
     const to = new Float32Array(N * S * D);
     for (let n = 0; n < N; n++)
-      await nb.blockForward(fpCfgAll, to.subarray(n * S * D, (n + 1) * S * D), fpActs, from.subarray(n * S * D, (n + 1) * S * D), model.blocks[l], null, true);
+      await nb.blockForward(fpCfgAll, to.subarray(n * S * D, (n + 1) * S * D), null, from.subarray(n * S * D, (n + 1) * S * D), model.blocks[l], null, true);
     return to;
   };
   // blocks finished before a resume: zero moments, as the uninterrupted run left them
@@ -249,7 +232,7 @@ export const teq: QuantMethod = {
       if (!extra) continue;
       const av = at(2 * D, Dkv), ad = at(2 * D + Dkv, s.intermediate);
       outputScales.set(name('v_proj'), av);
-      inputScales.set(name('o_proj'), expandVScales(av, s.heads, s.heads / s.kvHeads, s.headDim));
+      inputScales.set(name('o_proj'), expandVScales(model, av));
       outputScales.set(name('up_proj'), ad);
       inputScales.set(name('down_proj'), ad);
     }

@@ -1,10 +1,12 @@
 // What a quantization method is: a named, optional, exact transformation of the
 // fp32 model (trained on calibration data or not) that runs before every linear is
-// round-to-nearest quantized. Methods register by name (lib/methods/index.ts);
+// round-to-nearest quantized, or that quantizes linears itself (MethodResult.linears). Methods register by name (lib/methods/index.ts);
 // quantizeModel looks them up and never changes when a method is added.
 import type { CalibrationSet } from '../engine/calib.js';
 import type { ScheduleKind } from '../engine/optim.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
+import type { QuantizedTensor } from '../ops/quant.js';
+import type { GptqMethodOptions } from './gptq.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -62,6 +64,8 @@ export interface MethodContext {
   checkpointEvery: number;
   /** state to continue from (resume) */
   resume?: TrainState;
+  /** GPTQ's options (damping, lazy batch, where group parameters are read) */
+  gptq?: GptqMethodOptions;
 }
 
 export interface MethodResult {
@@ -73,6 +77,12 @@ export interface MethodResult {
   inputScales?: Map<string, Float32Array>;
   /** Per-output-row scales folded into linears (rows of W divided by them). */
   outputScales?: Map<string, Float32Array>;
+  /**
+   * Linears the method quantized itself (HF linear names -> f16-parameter tensors of
+   * the context's bits, group size and symmetry), e.g. GPTQ's codes and scales:
+   * quantizeModel keeps these instead of round-to-nearest quantizing those weights.
+   */
+  linears?: Map<string, QuantizedTensor>;
 }
 
 export interface QuantMethod {

@@ -44,11 +44,20 @@ export function needConfig(cfg: unknown, name = 'config'): asserts cfg is LlamaC
 }
 
 export function weightNames(cfg: LlamaConfig): string[] {
+  return [...eachWeightName(cfg)];
+}
+
+/**
+ * weightNames one at a time: a loader checking a file's tensors against a config
+ * it has not yet trusted (nLayers up to 2^31) fails at the first missing tensor
+ * instead of building billions of names first.
+ */
+export function* eachWeightName(cfg: LlamaConfig): Generator<string> {
   needConfig(cfg);
-  const names = ['embed', 'final_norm'];
-  if (!cfg.tiedEmbeddings) names.push('lm_head');
-  for (let l = 0; l < cfg.nLayers; l++) for (const w of LAYER_WEIGHTS) names.push(`layers.${l}.${w}`);
-  return names;
+  yield 'embed';
+  yield 'final_norm';
+  if (!cfg.tiedEmbeddings) yield 'lm_head';
+  for (let l = 0; l < cfg.nLayers; l++) for (const w of LAYER_WEIGHTS) yield `layers.${l}.${w}`;
 }
 
 export function weightShape(cfg: LlamaConfig, name: string): number[] {
@@ -160,4 +169,20 @@ export function configFromHf(json: Record<string, unknown>, source: string): Lla
   };
   validateConfig(cfg, source);
   return cfg;
+}
+
+/** A Hugging Face config.json describing `cfg` (for checkpoints that came without one: llama2.c, GGUF, synthetic). */
+export function hfConfigFromLlama(c: LlamaConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
+    num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,
+    vocab_size: c.vocabSize, max_position_embeddings: c.maxSeq, rms_norm_eps: c.normEps, rope_theta: c.ropeTheta,
+    tie_word_embeddings: c.tiedEmbeddings, bos_token_id: c.bosId, eos_token_id: c.eosId, hidden_act: 'silu', torch_dtype: 'float32',
+  };
+  if (c.ropeScaling)
+    out.rope_scaling = {
+      rope_type: 'llama3', factor: c.ropeScaling.factor, low_freq_factor: c.ropeScaling.lowFreqFactor,
+      high_freq_factor: c.ropeScaling.highFreqFactor, original_max_position_embeddings: c.ropeScaling.originalMaxPositionEmbeddings,
+    };
+  return out;
 }

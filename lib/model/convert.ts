@@ -42,3 +42,31 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
       }
   return out;
 }
+
+/**
+ * The same reordering as a row map for loaders that scatter rows while reading:
+ * source row h*HS + 2i + j lands in row h*HS + j*HS/2 + i (rows = heads * HS).
+ * It is also the row order of permuteHalfToInterleaved (out row r is source row dst[r]).
+ */
+export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
+  const hs = rows / heads, half = hs / 2;
+  const dst = new Int32Array(rows);
+  for (let h = 0; h < heads; h++)
+    for (let i = 0; i < half; i++)
+      for (let j = 0; j < 2; j++) dst[h * hs + 2 * i + j] = h * hs + j * half + i;
+  return dst;
+}
+
+/**
+ * Row order of permuteInterleavedToHalf for a (heads * HS)-row weight: out row r is
+ * in row order[r], for permuting weights that are not fp32 (quantized rows).
+ */
+export function interleavedToHalfOrder(heads: number, rows: number): Int32Array {
+  const dst = interleavedToHalfRows(heads, rows);
+  const order = new Int32Array(rows);
+  for (let s = 0; s < rows; s++) order[dst[s]] = s;
+  return order;
+}
+
+/** The inverse order (permuteHalfToInterleaved). */
+export const halfToInterleavedOrder = interleavedToHalfRows;

@@ -1,26 +1,49 @@
-// GGUF (llama.cpp) checkpoints, versions 1-3, F32/F16 tensors, with the embedded
-// SentencePiece vocabulary. Every count and length in the header is checked
-// against the bytes left in the file before anything is allocated for it.
+// GGUF (llama.cpp) checkpoints, versions 1-3, with the embedded SentencePiece
+// vocabulary. Tensors of every ggml type in lib/export/ggml.ts: F32, F16, BF16 and
+// the block-quantized Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K. Linear weights in a
+// block type are handed to the model in quantform's canonical packed format
+// (quantizedWeight: Q4_0 and Q8_0 exactly with their f16 scales; the others with
+// f32 per-(sub-)block scales and zero points), so they run on the INT2/INT4/INT8
+// kernels; weight() dequantizes any of them bit for bit as llama.cpp does (for
+// training and for embeddings and norms). Every count, length, type and byte range
+// in the header is checked against the file before anything is allocated for it.
 // RoPE: llama.cpp's converters store q/k in the interleaved order; they are
 // permuted to rotate_half at load (convert.ts).
 import { QuantformError, need } from '../errors.js';
 import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Checkpoint } from './checkpoint.js';
-import { validateConfig, weightShape, type LlamaConfig } from './config.js';
-import { permuteInterleavedToHalf } from './convert.js';
+import type { Checkpoint, TensorSource } from './checkpoint.js';
+import { LINEAR_WEIGHTS, validateConfig, weightShape, type LlamaConfig } from './config.js';
+import { interleavedToHalfOrder, interleavedToHalfRows, permuteInterleavedToHalf } from './convert.js';
 import { CheckpointFile, FileCursor } from '../io/file.js';
-import { readTensor, validateLayout, type StoredTensor } from '../io/tensors.js';
+import { readTensor, type StoredDType } from '../io/tensors.js';
+import { GGML_TYPES, ggmlBytes, ggmlTypeById, ggmlTypeLabel, type GgmlType } from '../export/ggml.js';
+import { fromParts, permuteRows } from '../export/canonical.js';
+import type { QuantizedTensor } from '../ops/quant.js';
+
+/** ggml float types the native reader widens (io/tensors.ts). */
+const NATIVE_FLOAT: Partial<Record<string, StoredDType>> = { F32: 'F32', F16: 'F16', BF16: 'BF16' };
 
 const GGUF_MAGIC = 0x46554747;  // "GGUF" little-endian
 type Value = number | bigint | boolean | string | Value[] | Buffer[];
 
+export interface GgufTensor {
+  name: string;
+  /** row-major shape (ggml's ne reversed): a linear is [out, in] */
+  shape: number[];
+  /** (ne0, ne1, ...) as ggml stores them, fastest dimension first */
+  ne: number[];
+  type: GgmlType;
+  file: CheckpointFile;
+  /** absolute byte offset in `file` */
+  offset: number;
+  nbytes: number;
+}
+
 export interface GgufHeader {
   version: number;
   metadata: Map<string, Value>;
-  tensors: StoredTensor[];
-  /** (ne0, ne1, ...) of each tensor as ggml stores them, fastest dimension first */
-  dims: Map<string, number[]>;
+  tensors: GgufTensor[];
 }
 
 function corrupt(file: CheckpointFile, msg: string): QuantformError {
@@ -100,22 +123,40 @@ export function readGgufHeader(file: CheckpointFile): GgufHeader {
   const align = Number(metadata.get('general.alignment') ?? 32);
   if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0) throw corrupt(file, `general.alignment ${align} is not a power of two`);
   const dataStart = Math.ceil(c.pos / align) * align;
-  const tensors: StoredTensor[] = [];
-  const dims = new Map<string, number[]>();
+  const tensors: GgufTensor[] = [];
+  const names = new Set<string>();
   for (const t of infos) {
-    if (t.type !== 0 && t.type !== 1)
-      throw new QuantformError('QF_UNSUPPORTED', `${file.path}: tensor '${t.name}' has ggml type ${t.type}; supported: 0 (F32), 1 (F16)`);
-    const dtype = t.type === 0 ? 'F32' : 'F16';
+    const type = ggmlTypeById(t.type);
+    if (!type)
+      throw new QuantformError('QF_UNSUPPORTED', `${file.path}: tensor '${t.name}' has ggml type ${ggmlTypeLabel(t.type)}; quantform reads ${GGML_TYPES.map((g) => g.name).join(', ')}`);
+    if (names.has(t.name)) throw corrupt(file, `tensor '${t.name}' appears twice`);
+    names.add(t.name);
     const n = t.ne.reduce((a, b) => a * b, 1);
-    if (!Number.isSafeInteger(n * 4)) throw corrupt(file, `tensor '${t.name}' has an impossible size`);
-    tensors.push({ name: t.name, shape: [...t.ne].reverse(), dtype, file, offset: dataStart + t.off, nbytes: n * (dtype === 'F32' ? 4 : 2) });
-    dims.set(t.name, t.ne);
+    if (!Number.isSafeInteger(n * 4)) throw corrupt(file, `tensor '${t.name}' has an impossible size [${t.ne.join(', ')}]`);
+    if (t.ne[0] % type.blockSize !== 0)
+      throw corrupt(file, `tensor '${t.name}' (${type.name}) has rows of ${t.ne[0]} values, not a multiple of the block size ${type.blockSize}`);
+    if (t.off % align !== 0) throw corrupt(file, `tensor '${t.name}' has offset ${t.off}, not a multiple of the alignment ${align}`);
+    tensors.push({ name: t.name, shape: [...t.ne].reverse(), ne: t.ne, type, file, offset: dataStart + t.off, nbytes: ggmlBytes(type, n) });
   }
-  validateLayout(tensors);
-  return { version, metadata, tensors, dims };
+  checkRanges(file, tensors);
+  return { version, metadata, tensors };
 }
 
-function ggufName(name: string): string {
+/** Every tensor inside the file, no two overlapping. */
+function checkRanges(file: CheckpointFile, tensors: GgufTensor[]): void {
+  for (const t of tensors)
+    if (t.offset + t.nbytes > file.size)
+      throw corrupt(file, `tensor '${t.name}' spans bytes [${t.offset}, ${t.offset + t.nbytes}) past the end of the file (${file.size} bytes; ${t.type.name} [${t.ne.join(', ')}], truncated?)`);
+  const sorted = [...tensors].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    const p = sorted[i - 1], t = sorted[i];
+    if (p.nbytes > 0 && t.nbytes > 0 && t.offset < p.offset + p.nbytes)
+      throw corrupt(file, `tensors '${p.name}' [${p.offset}, ${p.offset + p.nbytes}) and '${t.name}' [${t.offset}, ${t.offset + t.nbytes}) overlap`);
+  }
+}
+
+/** llama.cpp's tensor name of a canonical weight name ('layers.0.wq' -> 'blk.0.attn_q.weight'). */
+export function ggufName(name: string): string {
   if (name === 'embed') return 'token_embd.weight';
   if (name === 'final_norm') return 'output_norm.weight';
   if (name === 'lm_head') return 'output.weight';
@@ -132,7 +173,7 @@ export class GgufCheckpoint implements Checkpoint {
   readonly config: LlamaConfig;
   readonly header: GgufHeader;
   private readonly file: CheckpointFile;
-  private readonly byName = new Map<string, StoredTensor>();
+  private readonly byName = new Map<string, GgufTensor>();
 
   constructor(readonly path: string) {
     this.file = new CheckpointFile(path);
@@ -161,7 +202,7 @@ export class GgufCheckpoint implements Checkpoint {
         nLayers: num('block_count'),
         nHeads,
         nKvHeads: num('attention.head_count_kv', nHeads),
-        headDim: dim / nHeads,
+        headDim: num('attention.key_length', dim / nHeads),
         vocabSize: vocab,
         maxSeq: num('context_length', 2048),
         normEps: num('attention.layer_norm_rms_epsilon', 1e-5),
@@ -172,6 +213,8 @@ export class GgufCheckpoint implements Checkpoint {
         eosId: Number(md.get('tokenizer.ggml.eos_token_id') ?? 2),
       };
       validateConfig(this.config, path);
+      if (this.byName.has('rope_freqs.weight'))
+        throw new QuantformError('QF_UNSUPPORTED', `${path}: rope_freqs.weight (per-dimension RoPE frequency factors, Llama 3 rope_scaling) is not supported by quantform's GGUF loader`);
       for (const n of ['embed', 'final_norm', ...(this.config.tiedEmbeddings ? [] : ['lm_head'])]) this.stored(n);
       for (let l = 0; l < this.config.nLayers; l++)
         for (const w of ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'ffn_norm', 'w_gate', 'w_up', 'w_down']) this.stored(`layers.${l}.${w}`);
@@ -181,7 +224,7 @@ export class GgufCheckpoint implements Checkpoint {
     }
   }
 
-  private stored(name: string): StoredTensor {
+  private stored(name: string): GgufTensor {
     const g = ggufName(name);
     const t = this.byName.get(g);
     if (!t) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${g}' is missing`);
@@ -191,12 +234,54 @@ export class GgufCheckpoint implements Checkpoint {
     return t;
   }
 
-  weight(name: string): Float32Array {
-    const w = readTensor(this.stored(name));
+  /** The ggml type a weight is stored in (canonical name), e.g. 'Q4_0'. */
+  storedType(name: string): GgmlType {
+    return this.stored(name).type;
+  }
+
+  private read(t: GgufTensor): Uint8Array {
+    return this.file.read(t.offset, t.nbytes, `tensor '${t.name}'`);
+  }
+
+  /** q/k rows: llama.cpp's interleaved order -> rotate_half; null for other weights. */
+  private ropeHeads(name: string): number | null {
     const kind = name.split('.')[2];
-    if (kind === 'wq') return permuteInterleavedToHalf(w, this.config.nHeads, this.config.dim);
-    if (kind === 'wk') return permuteInterleavedToHalf(w, this.config.nKvHeads, this.config.dim);
-    return w;
+    return kind === 'wq' ? this.config.nHeads : kind === 'wk' ? this.config.nKvHeads : null;
+  }
+
+  /** Float tensors (F32/F16/BF16) are read and widened natively, straight into their destination. */
+  tensorSource(name: string): TensorSource | null {
+    const t = this.stored(name);
+    const dtype = NATIVE_FLOAT[t.type.name];
+    if (!dtype) return null;
+    const heads = this.ropeHeads(name);
+    return {
+      tensor: { name: t.name, shape: t.shape, dtype, file: t.file, offset: t.offset, nbytes: t.nbytes },
+      dstRow: heads === null ? null : interleavedToHalfRows(heads, t.shape[0]),
+    };
+  }
+
+  weight(name: string): Float32Array {
+    const src = this.tensorSource(name);
+    if (src) return readTensor(src.tensor, { dstRow: src.dstRow });
+    const t = this.stored(name);
+    const n = t.ne.reduce((a, b) => a * b, 1);
+    const w = t.type.dequantize(this.read(t), n);
+    const heads = this.ropeHeads(name);
+    return heads === null ? w : permuteInterleavedToHalf(w, heads, this.config.dim);
+  }
+
+  /** Linear weights in a block type, in canonical form for the quantized kernels (no fp32 copy). */
+  quantizedWeight(name: string): QuantizedTensor | null {
+    const linear = name === 'lm_head' || LINEAR_WEIGHTS.some((w) => name.endsWith(`.${w}`));
+    const t = this.stored(name);
+    if (!linear || !t.type.toCanonical) return null;
+    const [N, K] = t.shape;
+    const parts = t.type.toCanonical(this.read(t), N, K);
+    if (!parts) return null;
+    const q = fromParts(parts, N, K);
+    const heads = this.ropeHeads(name);
+    return heads === null ? q : permuteRows(q, interleavedToHalfOrder(heads, N));
   }
 
   async tokenizer(): Promise<Tokenizer> {

@@ -2,23 +2,21 @@
 // a runtime Checkpoint: quantizedWeight() hands each linear over in the canonical
 // packed format, so the model runs it on the dequant-matmul kernels; weight()
 // dequantizes to fp32 for callers that need floats (and for act-order checkpoints).
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError, need } from '../errors.js';
-import type { Checkpoint } from './checkpoint.js';
-import { LAYER_WEIGHTS, configFromHf, weightShape, type LlamaConfig } from './config.js';
+import type { Checkpoint, TensorSource } from './checkpoint.js';
+import { configFromHf, eachWeightName, weightShape, type LlamaConfig } from './config.js';
+import { hfModuleName, readHfConfigJson } from './hf.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
+import { loadLlama2cTokenizer } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Bits } from '../ops/quant.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import { dequantizeGptq, fromGptq, type GptqFormat } from '../export/gptq.js';
-import { readSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { parseJsonObject } from '../io/json.js';
-
-const LAYER_HF: Record<string, string> = {
-  attn_norm: 'input_layernorm', ffn_norm: 'post_attention_layernorm', wq: 'self_attn.q_proj', wk: 'self_attn.k_proj',
-  wv: 'self_attn.v_proj', wo: 'self_attn.o_proj', w_gate: 'mlp.gate_proj', w_up: 'mlp.up_proj', w_down: 'mlp.down_proj',
-};
+import { SafetensorsCheckpointFiles } from '../io/safetensors.js';
+import { readInt32, readTensor, readUint16, type StoredTensor } from '../io/tensors.js';
 
 /** The quantization_config of a model directory's config.json when it is a GPTQ checkpoint, else null. */
 export function gptqConfig(dir: string): { bits: Bits; format: GptqFormat } | null {
@@ -36,9 +34,11 @@ export function gptqConfig(dir: string): { bits: Bits; format: GptqFormat } | nu
 }
 
 export class GptqCheckpoint implements Checkpoint {
-  readonly format = 'safetensors' as const;
+  readonly format = 'gptq' as const;
   readonly config: LlamaConfig;
-  private readonly tensors: Map<string, SafeTensor>;
+  /** config.json as stored */
+  readonly hfConfig: Record<string, unknown>;
+  private readonly st: SafetensorsCheckpointFiles;
   private readonly q: { bits: Bits; format: GptqFormat };
 
   constructor(readonly path: string) {
@@ -46,67 +46,68 @@ export class GptqCheckpoint implements Checkpoint {
     const q = gptqConfig(path);
     if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `${path} is not a GPTQ checkpoint (no quantization_config with quant_method 'gptq')`);
     this.q = q;
-    const cfgPath = `${path}/config.json`;
-    this.config = configFromHf(parseJsonObject(readFileSync(cfgPath, 'utf8'), cfgPath), cfgPath);
-    this.tensors = readSafetensors(`${path}/model.safetensors`);
-    if (this.tensors.has('lm_head.weight')) this.config.tiedEmbeddings = false;
-    // every weight config.json implies is present (plain or quantized) before anything
-    // is sized by it; layer by layer, so a config claiming 2^31 layers fails at the first gap
-    const present = (name: string) => this.tensors.has(`${this.hf(name)}.weight`) || this.tensors.has(`${this.hf(name)}.qweight`);
-    for (const n of ['embed', 'final_norm', ...(this.config.tiedEmbeddings ? [] : ['lm_head'])])
-      if (!present(n)) throw new QuantformError('QF_CORRUPT_FILE', `${path}: tensor '${this.hf(n)}.weight' is missing`);
-    for (let l = 0; l < this.config.nLayers; l++)
-      for (const w of LAYER_WEIGHTS)
-        if (!present(`layers.${l}.${w}`)) throw new QuantformError('QF_CORRUPT_FILE', `${path}: layer ${l} has no ${this.hf(`layers.${l}.${w}`)} weight`);
+    this.hfConfig = readHfConfigJson(path);
+    this.config = configFromHf(this.hfConfig, `${path}/config.json`);
+    this.st = SafetensorsCheckpointFiles.dir(path);
+    if (this.st.get('lm_head.weight') || this.st.get('lm_head.qweight')) this.config.tiedEmbeddings = false;
+    try {
+      // every weight config.json implies is present (plain or quantized) before anything is
+      // sized by it; one at a time, so a config claiming 2^31 layers fails at the first gap
+      for (const n of eachWeightName(this.config)) {
+        const base = hfModuleName(n);
+        if (!this.st.get(`${base}.weight`) && !this.st.get(`${base}.qweight`))
+          throw new QuantformError('QF_CORRUPT_FILE', `${path}: neither '${base}.weight' nor '${base}.qweight' is stored`);
+      }
+    } catch (e) {
+      this.st.close();
+      throw e;
+    }
   }
 
-  private hf(name: string): string {
-    if (name === 'embed') return 'model.embed_tokens';
-    if (name === 'final_norm') return 'model.norm';
-    if (name === 'lm_head') return 'lm_head';
-    const m = /^layers\.(\d+)\.(\w+)$/.exec(name);
-    if (!m || !LAYER_HF[m[2]]) throw new QuantformError('QF_INVALID_ARGUMENT', `Unknown weight name '${name}'`);
-    return `model.layers.${m[1]}.${LAYER_HF[m[2]]}`;
+  private part(name: string): StoredTensor {
+    const t = this.st.get(name);
+    if (!t) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${name}' is missing`);
+    return t;
+  }
+
+  private gptqTensors(base: string) {
+    return {
+      qweight: readInt32(this.part(`${base}.qweight`)), qzeros: readInt32(this.part(`${base}.qzeros`)),
+      scales: readUint16(this.part(`${base}.scales`)), gIdx: readInt32(this.part(`${base}.g_idx`)),
+    };
+  }
+
+  tensorSource(name: string): TensorSource | null {
+    const t = this.st.get(`${hfModuleName(name)}.weight`);
+    if (!t) return null;
+    const want = weightShape(this.config, name);
+    if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i]))
+      throw new QuantformError('QF_SHAPE_MISMATCH', `${t.file.path}: tensor '${t.name}' has shape [${t.shape.join(', ')}] but config.json implies [${want.join(', ')}]`);
+    return { tensor: t, dstRow: null };
   }
 
   weight(name: string): Float32Array {
-    const base = this.hf(name);
-    const shape = weightShape(this.config, name);
-    const n = shape.reduce((a, b) => a * b, 1);
-    const plain = this.tensors.get(`${base}.weight`);
-    if (plain) {
-      if (plain.dtype !== 'F32' || plain.data.length !== n)
-        throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: ${base}.weight should be F32 [${shape}] but is ${plain.dtype} [${plain.shape}]`);
-      return plain.data as Float32Array;
-    }
-    const part = (s: string) => {
-      const t = this.tensors.get(base + s);
-      if (!t) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${base}${s}' is missing`);
-      return t.data;
-    };
-    const [N, K] = shape;
-    return dequantizeGptq({ qweight: part('.qweight') as Int32Array, qzeros: part('.qzeros') as Int32Array,
-      scales: part('.scales') as Uint16Array, gIdx: part('.g_idx') as Int32Array }, N, K, this.q.bits, this.q.format);
+    const src = this.tensorSource(name);
+    if (src) return readTensor(src.tensor);
+    const [N, K] = weightShape(this.config, name);
+    return dequantizeGptq(this.gptqTensors(hfModuleName(name)), N, K, this.q.bits, this.q.format);
   }
 
   quantizedWeight(name: string): QuantizedTensor | null {
-    const base = this.hf(name);
-    if (this.tensors.has(`${base}.weight`) || !this.tensors.has(`${base}.qweight`)) return null;
-    const part = (s: string) => {
-      const t = this.tensors.get(base + s);
-      if (!t) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${base}${s}' is missing`);
-      return t.data;
-    };
+    const base = hfModuleName(name);
+    if (this.st.get(`${base}.weight`) || !this.st.get(`${base}.qweight`)) return null;
     const [N, K] = weightShape(this.config, name);
-    return fromGptq({ qweight: part('.qweight') as Int32Array, qzeros: part('.qzeros') as Int32Array,
-      scales: part('.scales') as Uint16Array, gIdx: part('.g_idx') as Int32Array }, N, K, this.q.bits, this.q.format);
+    return fromGptq(this.gptqTensors(base), N, K, this.q.bits, this.q.format);
   }
 
+  /** tokenizer.json, or the llama2.c tokenizer.bin quantform writes for checkpoints that came without one (llama2.c, GGUF). */
   async tokenizer(): Promise<Tokenizer> {
+    const bin = path.join(this.path, 'tokenizer.bin');
+    if (!existsSync(path.join(this.path, 'tokenizer.json')) && existsSync(bin)) return loadLlama2cTokenizer(bin, this.config.vocabSize);
     return loadHfTokenizer(this.path, this.config);
   }
 
   close(): void {
-    this.tensors.clear();
+    this.st.close();
   }
 }

@@ -2,15 +2,15 @@
 // n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size means
 // an unshared classifier follows), then fp32 weights in a fixed order. The
 // tokenizer is a separate tokenizer.bin (found next to the checkpoint, or given).
-// RoPE: llama2.c rotates interleaved pairs; q/k rows are permuted at load.
+// RoPE: llama2.c rotates interleaved pairs; q/k rows are permuted while they are read.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { QuantformError } from '../errors.js';
 import { loadLlama2cTokenizer } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Checkpoint } from './checkpoint.js';
+import type { Checkpoint, TensorSource } from './checkpoint.js';
 import { validateConfig, type LlamaConfig } from './config.js';
-import { permuteInterleavedToHalf } from './convert.js';
+import { interleavedToHalfRows } from './convert.js';
 import { CheckpointFile } from '../io/file.js';
 import { readTensor, validateLayout, type StoredTensor } from '../io/tensors.js';
 
@@ -65,14 +65,17 @@ export class Llama2cCheckpoint implements Checkpoint {
     }
   }
 
-  weight(name: string): Float32Array {
+  tensorSource(name: string): TensorSource {
     const t = this.byName.get(name);
     if (!t || name === 'freq_cis') throw new QuantformError('QF_INVALID_ARGUMENT', `${this.path}: no weight '${name}'`);
-    const w = readTensor(t);
     const kind = name.split('.')[2];
-    if (kind === 'wq') return permuteInterleavedToHalf(w, this.config.nHeads, this.config.dim);
-    if (kind === 'wk') return permuteInterleavedToHalf(w, this.config.nKvHeads, this.config.dim);
-    return w;
+    const heads = kind === 'wq' ? this.config.nHeads : kind === 'wk' ? this.config.nKvHeads : 0;
+    return { tensor: t, dstRow: heads ? interleavedToHalfRows(heads, t.shape[0]) : null };
+  }
+
+  weight(name: string): Float32Array {
+    const s = this.tensorSource(name);
+    return readTensor(s.tensor, { dstRow: s.dstRow });
   }
 
   async tokenizer(): Promise<Tokenizer> {

@@ -2,13 +2,14 @@
 // memory (one LlamaModel per Model) and whose forward pass is one native call.
 import { existsSync, statSync } from 'node:fs';
 import { QuantformError, fromNative, invalidParameter, is, need } from '../errors.js';
-import { native, type NativeLlamaModel } from '../native.js';
+import { native, type NativeLlamaModel, type NativeStoredWeight } from '../native.js';
 import { Tensor } from '../ops/tensor.js';
 import { checkFinite, checkQuantizedFinite } from '../ops/finite.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
 import { LINEAR_WEIGHTS, invFreq, needConfig, weightNames, weightShape, type LlamaConfig } from './config.js';
 import { CheckpointFile } from '../io/file.js';
+import { nativeFloatDtype, rowsCols } from '../io/tensors.js';
 import { GgufCheckpoint } from './gguf.js';
 import { Fp32Linear, QuantizedLinear, type Linear } from './linear.js';
 import { Llama2cCheckpoint } from './llama2c.js';
@@ -79,20 +80,30 @@ export class Model {
         dim: cfg.dim, hiddenDim: cfg.hiddenDim, nLayers: cfg.nLayers, nHeads: cfg.nHeads, nKvHeads: cfg.nKvHeads,
         headDim: cfg.headDim, vocabSize: cfg.vocabSize, maxSeq, normEps: cfg.normEps, invFreq: invFreq(cfg), tied: cfg.tiedEmbeddings,
       });
-      // one tensor at a time: read, copy into native memory, drop. Quantized
-      // checkpoints hand their linears over packed: they run on the INT4 kernels.
+      // one tensor at a time. A stored float tensor is read and widened natively
+      // straight into the model's memory; quantized checkpoints hand their linears
+      // over packed (they run on the INT4 kernels); anything else (synthetic,
+      // dequantized) goes through weight().
+      const stored: NativeStoredWeight[] = [];
       for (const name of weightNames(cfg)) {
         const q = checkpoint.quantizedWeight?.(name) ?? null;
+        const src = q ? null : checkpoint.tensorSource?.(name) ?? null;
         if (q) {
           checkQuantizedFinite(q, `${checkpoint.path}: ${name}`);
           this.handle.setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
           this.linears.set(name, new QuantizedLinear(q));
+        } else if (src) {
+          // read natively into the model, scanned for NaN/Inf there (llama.cpp check_finite_weight)
+          const [rows, cols] = rowsCols(src.tensor);
+          stored.push({ name, what: `${checkpoint.path}: ${name}`, fd: src.tensor.file.fd, offset: src.tensor.offset,
+            dtype: nativeFloatDtype(src.tensor), rows, cols, dstRow: src.dstRow });
         } else {
           const w = checkpoint.weight(name);
           checkFinite(w, `${checkpoint.path}: ${name}`, weightShape(cfg, name));
           this.handle.setWeight(name, w);
         }
       }
+      this.handle.setWeightsFromFile(stored);
     } catch (e) {
       this.handle?.dispose();
       throw fromNative(e);

@@ -14,6 +14,8 @@ export interface CudaInfo {
   memoryBytes?: number;
   driverVersion?: number;
   runtimeVersion?: number;
+  /** the quantform_cuda.node that was loaded (absent when none was found) */
+  module?: string;
 }
 
 /** A weight resident on the GPU (native/cuda/matmul_addon.cpp). */
@@ -31,14 +33,15 @@ export interface CudaBinding {
   [op: string]: unknown;
 }
 
-let state: { binding?: CudaBinding; reason?: string } | undefined;
+let state: { binding?: CudaBinding; reason?: string; module?: string } | undefined;
 
 function candidates(): string[] {
   const root = packageRoot();
   const out: string[] = [];
   if (process.env.QUANTFORM_CUDA_ADDON) out.push(path.resolve(process.env.QUANTFORM_CUDA_ADDON));
   out.push(path.join(root, 'build', 'Release', 'quantform_cuda.node'));
-  out.push(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'quantform_cuda.node'));
+  // the npm package's prebuild: in cuda/, where node-gyp-build does not mistake it for the CPU addon
+  out.push(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'cuda', 'quantform_cuda.node'));
   return out;
 }
 
@@ -51,6 +54,7 @@ export function cudaBinding(): CudaBinding | undefined {
     state.reason = 'quantform_cuda.node is not built: run `npm run build:native` on a machine with nvcc (see README)';
     return undefined;
   }
+  state.module = file;
   try {
     const b = createRequire(import.meta.url)(file) as CudaBinding;
     const info = b.cudaInfo();
@@ -64,6 +68,7 @@ export function cudaBinding(): CudaBinding | undefined {
 
 export function cudaInfo(): CudaInfo {
   const b = cudaBinding();
-  if (!b) return { available: false, reason: state?.reason };
-  return b.cudaInfo();
+  const module = state?.module;
+  if (!b) return { available: false, reason: state?.reason, ...(module ? { module } : {}) };
+  return { ...b.cudaInfo(), ...(module ? { module } : {}) };
 }

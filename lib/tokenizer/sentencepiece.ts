@@ -32,6 +32,11 @@ export class SentencePieceBpe implements Tokenizer {
     this.byteBase = b0 >= 0 ? b0 : 3;
   }
 
+  /** The scored pieces (UTF-8 bytes, ' ' for spaces), for exporters that write the vocabulary out. */
+  vocabulary(): { pieces: Buffer[]; scores: Float32Array } {
+    return { pieces: this.pieces.map((p) => Buffer.from(p, 'latin1')), scores: this.scores.slice() };
+  }
+
   encode(text: string, opts: { bos?: boolean } = {}): number[] {
     if (!is.string(text)) throw invalidParameter('string', 'text', text);
     const ids: number[] = [];
@@ -89,6 +94,21 @@ export class SentencePieceBpe implements Tokenizer {
     const m = /^<0x([0-9A-Fa-f]{2})>$/.exec(p);
     if (m) return Buffer.from([parseInt(m[1], 16)]);
     return Buffer.from(p, 'latin1');
+  }
+
+  /** The vocabulary as a llama2.c tokenizer.bin (loadLlama2cTokenizer reads it back), for checkpoints written without tokenizer.json. */
+  toLlama2cBytes(): Buffer {
+    const bytes = this.pieces.map((p) => Buffer.from(p, 'latin1'));
+    const head = Buffer.alloc(4);
+    head.writeInt32LE(Math.max(1, ...bytes.map((b) => b.length)));
+    const parts: Buffer[] = [head];
+    bytes.forEach((b, i) => {
+      const e = Buffer.alloc(8);
+      e.writeFloatLE(this.scores[i], 0);
+      e.writeInt32LE(b.length, 4);
+      parts.push(e, b);
+    });
+    return Buffer.concat(parts);
   }
 
   decode(ids: readonly number[]): string {

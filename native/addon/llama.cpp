@@ -1,14 +1,15 @@
-// N-API entry points of the Llama family: one function per forward op (for tests
-// and for callers composing their own graphs) and the LlamaModel class, which
-// keeps weights and the KV cache in native memory and runs a whole forward pass
-// per call. Arguments arrive validated by lib/model/; lengths are re-checked in
-// llama_ops.cpp / llama_model.cpp.
+// The LlamaModel class: weights and the KV cache in native memory, a whole forward
+// pass per call (the engine's block step for every layer). The single ops live in
+// engine.cpp. Arguments arrive validated by lib/model/; lengths are re-checked in
+// llama_model.cpp.
 #include <atomic>
+#include <cmath>
 #include <memory>
 
 #include "napi_util.h"
+#include "quantform/convert.h"
+#include "quantform/finite.h"
 #include "quantform/llama_model.h"
-#include "quantform/llama_ops.h"
 
 namespace qf {
 namespace {
@@ -38,112 +39,17 @@ void check(const Status& st) {
   if (!st.ok()) fail(st);
 }
 
-// embeddingForward(tokens Int32Array (N), wte (V, C), C) -> (N, C)
-Napi::Value embedding_js(const Napi::CallbackInfo& info) {
-  I32Span tok = arg_i32(info, 0, "tokens");
-  Span wte = arg_span(info, 1, "wte", DType::F32);
-  const int64_t C = arg_int(info, 2, "C");
-  float* o;
-  Napi::Float32Array out = new_f32(info.Env(), tok.len * (size_t)std::max<int64_t>(C, 0), &o);
-  check(embedding_forward(o, out.ElementLength(), tok.data, tok.len, f32(wte), wte.len, C));
-  return out;
-}
-
-// rmsnormForward(inp (N, C), weight (C), C, eps) -> { out (N, C), rstd (N) }
-Napi::Value rmsnorm_js(const Napi::CallbackInfo& info) {
-  Span inp = arg_span(info, 0, "inp", DType::F32);
-  Span w = arg_span(info, 1, "weight", DType::F32);
-  const int64_t C = arg_int(info, 2, "C");
-  const float eps = (float)arg_number(info, 3, "eps");
-  if (C <= 0) fail(error(Code::InvalidArgument, "Expected positive integer for C but received " + std::to_string(C)));
-  float *o, *r;
-  Napi::Float32Array out = new_f32(info.Env(), inp.len, &o);
-  Napi::Float32Array rstd = new_f32(info.Env(), inp.len / (size_t)C, &r);
-  check(rmsnorm_forward(o, out.ElementLength(), r, rstd.ElementLength(), f32(inp), inp.len, f32(w), w.len, C, eps));
-  Napi::Object res = Napi::Object::New(info.Env());
-  res.Set("out", out);
-  res.Set("rstd", rstd);
-  return res;
-}
-
-// matmulForward(inp (M, K), weight (N, K), bias (N) | null, M, N, K, async) -> (M, N)
-Napi::Value matmul_js(const Napi::CallbackInfo& info) {
-  Span inp = arg_span(info, 0, "inp", DType::F32);
-  Span w = arg_span(info, 1, "weight", DType::F32);
-  Span bias{nullptr, 0, DType::F32};
-  if (!arg_is_null(info, 2)) bias = arg_span(info, 2, "bias", DType::F32);
-  const int64_t M = arg_int(info, 3, "M"), N = arg_int(info, 4, "N"), K = arg_int(info, 5, "K");
-  const bool async = arg_bool(info, 6, "async");
-  if (M <= 0 || N <= 0 || K <= 0 || M > ((int64_t)1 << 31) || N > ((int64_t)1 << 31))
-    fail(error(Code::InvalidArgument, "Expected positive M, N, K below 2^31 but received M=" + std::to_string(M) +
-                                          ", N=" + std::to_string(N) + ", K=" + std::to_string(K)));
-  float* o;
-  Napi::Float32Array out = new_f32(info.Env(), (size_t)(M * N), &o);
-  const size_t no = out.ElementLength();
-  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
-  return run_op(info, async, {info[0], info[1], info[2], out},
-                [=] { return matmul_forward(o, no, f32(inp), inp.len, f32(w), w.len, f32(bias), bias.len, M, N, K); },
-                [ref](Napi::Env) { return ref->Value(); });
-}
-
-// ropeForward(x (N, H, HS), pos Int32Array (N), cos (S, HS/2), sin (S, HS/2), H, HS) -> rotated copy
-Napi::Value rope_js(const Napi::CallbackInfo& info) {
-  Span x = arg_span(info, 0, "x", DType::F32);
-  I32Span pos = arg_i32(info, 1, "pos");
-  Span c = arg_span(info, 2, "cos", DType::F32);
-  Span s = arg_span(info, 3, "sin", DType::F32);
-  const int64_t H = arg_int(info, 4, "H"), HS = arg_int(info, 5, "HS");
-  if (c.len != s.len) fail(error(Code::ShapeMismatch, "Expected cos and sin tables of equal length but received " + std::to_string(c.len) + " and " + std::to_string(s.len)));
-  float* o;
-  Napi::Float32Array out = new_f32(info.Env(), x.len, &o);
-  std::copy(f32(x), f32(x) + x.len, o);
-  check(rope_forward(o, out.ElementLength(), pos.data, pos.len, f32(c), f32(s), c.len, H, HS));
-  return out;
-}
-
-// attentionForward(q (B, T, NH, HS), kc, vc (B, S, NKV, HS), B, T, NH, NKV, HS, S, pos0)
-//   -> { out (B, T, NH, HS), att (B, NH, T, pos0 + T) }
-Napi::Value attention_js(const Napi::CallbackInfo& info) {
-  Span q = arg_span(info, 0, "q", DType::F32);
-  Span kc = arg_span(info, 1, "kcache", DType::F32);
-  Span vc = arg_span(info, 2, "vcache", DType::F32);
-  const int64_t B = arg_int(info, 3, "B"), T = arg_int(info, 4, "T"), NH = arg_int(info, 5, "NH"),
-                NKV = arg_int(info, 6, "NKV"), HS = arg_int(info, 7, "HS"), S = arg_int(info, 8, "S"),
-                pos0 = arg_int(info, 9, "pos0");
-  if (kc.len != vc.len) fail(error(Code::ShapeMismatch, "Expected kcache and vcache of equal length but received " + std::to_string(kc.len) + " and " + std::to_string(vc.len)));
-  if (B <= 0 || T <= 0 || NH <= 0 || pos0 < 0 || B * NH * T * (pos0 + T) > ((int64_t)1 << 31))
-    fail(error(Code::InvalidArgument, "Expected positive B, T, NH and pos0 >= 0 with B*NH*T*(pos0+T) < 2^31"));
-  float *o, *a;
-  Napi::Float32Array out = new_f32(info.Env(), q.len, &o);
-  Napi::Float32Array att = new_f32(info.Env(), (size_t)(B * NH * T * (pos0 + T)), &a);
-  check(attention_forward(o, out.ElementLength(), a, att.ElementLength(), f32(q), q.len, f32(kc), f32(vc), kc.len, B, T,
-                          NH, NKV, HS, S, pos0));
-  Napi::Object res = Napi::Object::New(info.Env());
-  res.Set("out", out);
-  res.Set("att", att);
-  return res;
-}
-
-// swigluForward(gate, up) -> silu(gate) * up
-Napi::Value swiglu_js(const Napi::CallbackInfo& info) {
-  Span g = arg_span(info, 0, "gate", DType::F32);
-  Span u = arg_span(info, 1, "up", DType::F32);
-  if (g.len != u.len) fail(error(Code::ShapeMismatch, "Expected gate and up of equal length but received " + std::to_string(g.len) + " and " + std::to_string(u.len)));
-  float* o;
-  Napi::Float32Array out = new_f32(info.Env(), g.len, &o);
-  check(swiglu_forward(o, out.ElementLength(), f32(g), f32(u), u.len));
-  return out;
-}
-
-// residualForward(a, b) -> a + b
-Napi::Value residual_js(const Napi::CallbackInfo& info) {
-  Span a = arg_span(info, 0, "a", DType::F32);
-  Span b = arg_span(info, 1, "b", DType::F32);
-  if (a.len != b.len) fail(error(Code::ShapeMismatch, "Expected a and b of equal length but received " + std::to_string(a.len) + " and " + std::to_string(b.len)));
-  float* o;
-  Napi::Float32Array out = new_f32(info.Env(), a.len, &o);
-  check(residual_forward(o, out.ElementLength(), f32(a), f32(b), b.len));
-  return out;
+// The message lib/ops/finite.ts checkFinite gives, for weights read natively
+// (straight from the file into the model: no JS array to scan).
+Status check_finite_weight(const float* w, int64_t rows, int64_t cols, const std::string& what) {
+  const int64_t i = first_non_finite(w, rows * cols);
+  if (i < 0) return Status::Ok();
+  const float v = w[i];
+  const std::string val = std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+  const std::string at = rows > 1 ? "[" + std::to_string(i / cols) + ", " + std::to_string(i % cols) + "] (flat index " +
+                                        std::to_string(i) + ")"
+                                  : "index " + std::to_string(i);
+  return error(Code::NonFinite, what + " holds " + val + " at " + at + ": NaN and Inf weights cannot be run or quantized");
 }
 
 double get_number(const Napi::Object& o, const char* key) {
@@ -165,6 +71,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod("setWeight", &LlamaModelWrap::SetWeight),
                         InstanceMethod("setQuantizedWeight", &LlamaModelWrap::SetQuantizedWeight),
+                        InstanceMethod("setWeightsFromFile", &LlamaModelWrap::SetWeightsFromFile),
                         InstanceMethod("missing", &LlamaModelWrap::Missing),
                         InstanceMethod("forward", &LlamaModelWrap::Forward),
                         InstanceMethod("dispose", &LlamaModelWrap::Dispose)});
@@ -186,11 +93,8 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       c.vocab_size = get_int(o, "vocabSize");
       c.max_seq = get_int(o, "maxSeq");
       c.norm_eps = (float)get_number(o, "normEps");
-      Napi::Value f = o.Get("invFreq");
-      if (!f.IsTypedArray() || f.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-        fail(error(Code::InvalidArgument, "Expected Float32Array for config.invFreq"));
-      Napi::Float32Array fa = f.As<Napi::Float32Array>();
-      c.inv_freq.assign(fa.Data(), fa.Data() + fa.ElementLength());
+      const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
+      c.inv_freq.assign(f32(f), f32(f) + f.len);
       std::unique_ptr<LlamaModel> m;
       check(LlamaModel::create(c, &m));
       model_ = std::move(m);
@@ -212,6 +116,65 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
       check(m.set_weight(name, f32(w), w.len));
+      return info.Env().Undefined();
+    });
+  }
+
+  // setWeightsFromFile([{ name, what, fd, offset, dtype, rows, cols, dstRow: Int32Array | null }]): stored
+  // tensors read and widened straight into the model's storage (convert.h read_tensor_f32),
+  // no JS-side copy; the storage of all of them is first touched in parallel. Each is
+  // scanned for NaN/Inf once read (`what` names it in that error).
+  Napi::Value SetWeightsFromFile(const Napi::CallbackInfo& info) {
+    return guard(info, "LlamaModel.setWeightsFromFile", [&] {
+      LlamaModel& m = live();
+      if (!info[0].IsArray()) fail(error(Code::InvalidArgument, "Expected an array of stored tensors for entries"));
+      Napi::Array a = info[0].As<Napi::Array>();
+      struct Entry {
+        std::string name, what;
+        int64_t fd, offset, rows, cols;
+        DType dtype;
+        int32_t* perm;
+        size_t perm_len;
+      };
+      std::vector<Entry> es(a.Length());
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        if (!a.Get(i).IsObject()) fail(error(Code::InvalidArgument, "Expected an object for entries[" + std::to_string(i) + "]"));
+        Napi::Object o = a.Get(i).As<Napi::Object>();
+        Entry& e = es[i];
+        const Napi::Value name = o.Get("name"), what = o.Get("what"), dt = o.Get("dtype"), perm = o.Get("dstRow");
+        if (!name.IsString() || !what.IsString() || !dt.IsString())
+          fail(error(Code::InvalidArgument, "Expected string name, what and dtype for entries[" + std::to_string(i) + "]"));
+        e.name = name.As<Napi::String>().Utf8Value();
+        e.what = what.As<Napi::String>().Utf8Value();
+        const std::string d = dt.As<Napi::String>().Utf8Value();
+        if (d == "f32") e.dtype = DType::F32;
+        else if (d == "f16") e.dtype = DType::F16;
+        else if (d == "bf16") e.dtype = DType::BF16;
+        else fail(error(Code::DtypeMismatch, "Expected 'f32', 'f16' or 'bf16' for the dtype of '" + e.name + "' but received '" + d + "'"));
+        e.fd = get_int(o, "fd");
+        e.offset = get_int(o, "offset");
+        e.rows = get_int(o, "rows");
+        e.cols = get_int(o, "cols");
+        if (e.fd > 0x7fffffff || (e.cols > 0 && e.rows > ((int64_t)1 << 40) / e.cols))
+          fail(error(Code::InvalidArgument, "Expected fd < 2^31 and rows * cols < 2^40 for '" + e.name + "' but received fd=" +
+                                                std::to_string(e.fd) + ", rows=" + std::to_string(e.rows) + ", cols=" + std::to_string(e.cols)));
+        e.perm = nullptr;
+        e.perm_len = 0;
+        if (!perm.IsNull() && !perm.IsUndefined()) {
+          const Span p = value_int32(info.Env(), perm, ("the dstRow of '" + e.name + "'").c_str());
+          e.perm = static_cast<int32_t*>(p.data);
+          e.perm_len = p.len;
+        }
+      }
+      std::vector<LlamaModel::WeightFill> items;
+      items.reserve(es.size());
+      for (const Entry& e : es)
+        items.push_back({e.name, (size_t)(e.rows * e.cols), [&e](float* dst) {
+                           QF_TRY(read_tensor_f32((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.perm, e.perm_len, dst,
+                                                  (size_t)(e.rows * e.cols), e.what.c_str()));
+                           return check_finite_weight(dst, e.rows, e.cols, e.what);
+                         }});
+      check(m.fill_weights(items));
       return info.Env().Undefined();
     });
   }
@@ -250,7 +213,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       I32Span tok = arg_i32(info, 0, "tokens");
       const int64_t B = arg_int(info, 1, "B"), T = arg_int(info, 2, "T"), pos0 = arg_int(info, 3, "pos0");
       const bool last_only = arg_bool(info, 4, "lastOnly"), async = arg_bool(info, 5, "async");
-      if (B <= 0 || T <= 0 || (size_t)(B * T) != tok.len)
+      if (B <= 0 || T <= 0 || (size_t)T > tok.len || (size_t)B > tok.len / (size_t)T || (size_t)(B * T) != tok.len)
         fail(error(Code::ShapeMismatch, "Expected B*T tokens (B=" + std::to_string(B) + ", T=" + std::to_string(T) +
                                             ") but received " + std::to_string(tok.len)));
       const int64_t V = m.config().vocab_size;
@@ -300,15 +263,6 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
 
 }  // namespace
 
-void register_llama(Napi::Env env, Napi::Object exports) {
-  QF_EXPORT(exports, "embeddingForward", embedding_js);
-  QF_EXPORT(exports, "rmsnormForward", rmsnorm_js);
-  QF_EXPORT(exports, "matmulForward", matmul_js);
-  QF_EXPORT(exports, "ropeForward", rope_js);
-  QF_EXPORT(exports, "attentionForward", attention_js);
-  QF_EXPORT(exports, "swigluForward", swiglu_js);
-  QF_EXPORT(exports, "residualForward", residual_js);
-  exports.Set("LlamaModel", LlamaModelWrap::Define(env));
-}
+void register_llama(Napi::Env env, Napi::Object exports) { exports.Set("LlamaModel", LlamaModelWrap::Define(env)); }
 
 }  // namespace qf

@@ -80,10 +80,8 @@ struct View {
 // A typed array's element type, data and length, or an ArgError: not a typed array,
 // backed by a SharedArrayBuffer (another thread may write it while a kernel reads,
 // and N-API gives no ArrayBuffer view of it), or detached.
-View typed_array(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
+View typed_array(napi_env env, const Napi::Value& v, const char* name) {
   if (!v.IsTypedArray()) fail(Code::InvalidArgument, std::string("Expected typed array for ") + name + " but received " + js_type(v));
-  napi_env env = info.Env();
   View r{};
   napi_value ab = nullptr;
   size_t offset = 0;
@@ -99,8 +97,8 @@ View typed_array(const Napi::CallbackInfo& info, size_t i, const char* name) {
 }
 }  // namespace
 
-Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
-  const View ta = typed_array(info, i, name);
+Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype) {
+  const View ta = typed_array(env, v, name);
   const napi_typedarray_type want = dtype == DType::F32 ? napi_float32_array : napi_uint16_array;
   if (ta.type != want)
     fail(Code::DtypeMismatch, std::string("Expected ") + (dtype == DType::F32 ? "Float32Array" : "Uint16Array") +
@@ -108,16 +106,28 @@ Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType 
   return Span{ta.data, ta.len, dtype};
 }
 
+Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) {
+  const View ta = typed_array(env, v, name);
+  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  return Span{ta.data, ta.len, DType::F32};
+}
+
+Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
+  return value_span(info.Env(), info[i], name, dtype);
+}
+
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const View ta = typed_array(info, i, name);
+  const View ta = typed_array(info.Env(), info[i], name);
   if (ta.type != napi_uint8_array) fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
   return Span{ta.data, ta.len, DType::F32};
 }
 
-Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const View ta = typed_array(info, i, name);
-  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
-  return Span{ta.data, ta.len, DType::F32};
+Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name) { return value_int32(info.Env(), info[i], name); }
+
+I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional) {
+  if (optional && arg_is_null(info, i)) return I32Array{nullptr, 0};
+  const Span s = arg_int32(info, i, name);
+  return I32Array{static_cast<int32_t*>(s.data), s.len};
 }
 
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
@@ -272,7 +282,7 @@ void throw_js(Napi::Env env, const Status& st) {
 
 namespace {
 struct Entry {
-  const char* name;
+  std::string op;  // the name errors carry: "<ns>.<name>" for a nested export
   Napi::Value (*fn)(const Napi::CallbackInfo&);
 };
 
@@ -282,18 +292,19 @@ napi_value call_entry(napi_env env, napi_callback_info cbinfo) noexcept {
   const Entry* e = static_cast<const Entry*>(data);
   try {
     Napi::CallbackInfo info(env, cbinfo);
-    return guarded(info, e->name, [&] { return e->fn(info); });
+    return guarded(info, e->op.c_str(), [&] { return e->fn(info); });
   } catch (const Napi::Error& err) {
     err.ThrowAsJavaScriptException();
   } catch (...) {
-    throw_js(Napi::Env(env), status_from_exception(std::current_exception(), e->name));
+    throw_js(Napi::Env(env), status_from_exception(std::current_exception(), e->op.c_str()));
   }
   return nullptr;
 }
 }  // namespace
 
-void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
-  auto entry = std::make_unique<Entry>(Entry{name, fn});
+void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&),
+                     const char* ns) {
+  auto entry = std::make_unique<Entry>(Entry{ns ? std::string(ns) + "." + name : std::string(name), fn});
   napi_value f = nullptr;
   NAPI_THROW_IF_FAILED_VOID(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, call_entry, entry.get(), &f));
   // one Entry per function object (each worker_thread loads the module anew)

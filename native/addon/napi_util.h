@@ -32,7 +32,17 @@ Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType 
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
 // An Int32Array (token ids, targets), carried as a Span of 4-byte elements.
 Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
+// The same checks for a typed array that is not an argument itself (a config
+// object's field): kind, SharedArrayBuffer refused, detached refused.
+Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype);
+Span value_int32(Napi::Env env, const Napi::Value& v, const char* name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
+struct I32Array {
+  int32_t* data;
+  size_t len;
+};
+// An Int32Array at info[i]; with `optional`, null or undefined gives {nullptr, 0}.
+I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional);
 // (bits, groupSize, symmetric) at info[i], info[i + 1], info[i + 2]; f16_params false.
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i);
 // Zero points at info[i]: an empty span when symmetric, else a required array of `dtype`.
@@ -104,7 +114,10 @@ void register_quant(Napi::Env env, Napi::Object exports);
 void register_llama(Napi::Env env, Napi::Object exports);
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_probe(Napi::Env env, Napi::Object exports);
-void register_train(Napi::Env env, Napi::Object exports);
+void register_engine(Napi::Env env, Napi::Object exports);
+void register_io(Napi::Env env, Napi::Object exports);
+void register_gptq(Napi::Env env, Napi::Object exports);
+void register_qlinear(Napi::Env env, Napi::Object exports);
 void register_finite(Napi::Env env, Napi::Object exports);
 // faultAlloc(n), exported only when QUANTFORM_FAULT_ALLOC is set at load (fault_alloc.cpp)
 void register_fault(Napi::Env env, Napi::Object exports);
@@ -114,8 +127,12 @@ void register_fault(Napi::Env env, Napi::Object exports);
 // Registers an entry point. Its boundary starts before node-addon-api builds the
 // CallbackInfo (which allocates for more than six arguments), so even that failure
 // is a QF_OUT_OF_MEMORY error naming the op.
+// QF_EXPORT_IN: an entry point of a nested object (exports.engine, exports.io); its
+// errors name it "<ns>.<name>".
 #define QF_EXPORT(exports, name, fn) ::qf::export_function(env, exports, name, fn)
+#define QF_EXPORT_IN(exports, ns, name, fn) ::qf::export_function(env, exports, name, fn, ns)
 
 namespace qf {
-void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&));
+void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&),
+                     const char* ns = nullptr);
 }  // namespace qf

@@ -31,4 +31,10 @@ Status first_non_finite(const Span& s, int64_t* index) {
   return Status::Ok();
 }
 
+int64_t first_non_finite(const float* p, int64_t n) {
+  int64_t index = -1;
+  first_non_finite(Span{const_cast<float*>(p), (size_t)n, DType::F32}, &index);
+  return index;
+}
+
 }  // namespace qf

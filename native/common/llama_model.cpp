@@ -1,45 +1,32 @@
 // The native Llama model: weights, RoPE tables, KV cache and the whole forward
-// pass in one call (llama_model.h). Activations are allocated per call, sized by
-// (B, T); the cache persists across calls for incremental decoding.
+// pass in one call (llama_model.h). Every layer is the engine's block_forward over
+// the layer's cache; activations live in a workspace reused across calls, the cache
+// persists across calls for incremental decoding.
 #include "quantform/llama_model.h"
-#include "quantform/formats.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
-#include "quantform/llama_ops.h"
+#include "quantform/formats.h"
+#include "quantform/threadpool.h"
 
 namespace qf {
 
-#define QF_TRY(expr)           \
-  do {                         \
-    Status st_ = (expr);       \
-    if (!st_.ok()) return st_; \
-  } while (0)
-
-Status linear_forward(float* y, const float* x, const Linear& lin, int64_t M) {
-  switch (lin.kind) {
-    case Linear::Kind::F32:
-      return matmul_forward(y, (size_t)(M * lin.out), x, (size_t)(M * lin.in), lin.w.data(), lin.w.size(), nullptr,
-                            0, M, lin.out, lin.in);
-    case Linear::Kind::Quantized: {
-      const size_t G = (size_t)qf_num_groups(lin.in, lin.spec.group_size);
-      const CanonicalWeight cw{Span{(void*)lin.codes.data(), lin.codes.size(), DType::F32},
-                               Span{(void*)lin.scales.data(), (size_t)lin.out * G, lin.param_dtype},
-                               Span{lin.zeros.empty() ? nullptr : (void*)lin.zeros.data(),
-                                    lin.zeros.empty() ? 0 : (size_t)lin.out * G, lin.param_dtype},
-                               lin.out, lin.in, lin.spec};
-      return dequant_matmul(Span{y, (size_t)(M * lin.out), DType::F32}, Span{(void*)x, (size_t)(M * lin.in), DType::F32},
-                            M, &cw, lin.prepared.get(), MatmulAccuracy::F32);
-    }
-  }
-  return error(Code::Internal, "unknown Linear kind");
+CanonicalWeight Linear::canonical() const {
+  const size_t G = (size_t)qf_num_groups(in, spec.group_size);
+  return CanonicalWeight{Span{(void*)codes.data(), codes.size(), DType::F32},
+                         Span{(void*)scales.data(), (size_t)out * G, param_dtype},
+                         Span{zeros.empty() ? nullptr : (void*)zeros.data(), zeros.empty() ? 0 : (size_t)out * G, param_dtype},
+                         out, in, spec};
 }
 
 namespace {
 
-constexpr int64_t kAttentionChunk = 128;  // queries per attention call in forward()
+// Workspace floats LlamaModel keeps between calls (64 MB).
+constexpr size_t kKeepWorkspaceFloats = (size_t)16 << 20;
 
 struct Slot {
   std::vector<float>* vec;
@@ -69,13 +56,9 @@ Status LlamaModel::create(const LlamaConfig& c, std::unique_ptr<LlamaModel>* out
   const int64_t half = c.head_dim / 2;
   m->rope_cos_.resize((size_t)(c.max_seq * half));
   m->rope_sin_.resize((size_t)(c.max_seq * half));
-  for (int64_t p = 0; p < c.max_seq; p++)
-    for (int64_t i = 0; i < half; i++) {
-      // angle in float as the references (run.c, transformers) compute it, cos/sin in double
-      const float angle = (float)p * c.inv_freq[(size_t)i];
-      m->rope_cos_[(size_t)(p * half + i)] = (float)std::cos((double)angle);
-      m->rope_sin_[(size_t)(p * half + i)] = (float)std::sin((double)angle);
-    }
+  QF_TRY(rope_tables(Span{m->rope_cos_.data(), m->rope_cos_.size(), DType::F32},
+                     Span{m->rope_sin_.data(), m->rope_sin_.size(), DType::F32},
+                     Span{(void*)c.inv_freq.data(), c.inv_freq.size(), DType::F32}, c.max_seq, c.head_dim));
   *out = std::move(m);
   return Status::Ok();
 }
@@ -96,17 +79,15 @@ bool slot_for(const std::string& name, const LlamaConfig& c, std::vector<float>*
   if (end != name.c_str() + dot || l < 0 || l >= c.n_layers) return false;
   LlamaLayer& L = (*layers)[(size_t)l];
   const std::string w = name.substr(dot + 1);
-  if (w == "attn_norm") *s = {&L.attn_norm, nullptr, 1, C};
-  else if (w == "ffn_norm") *s = {&L.ffn_norm, nullptr, 1, C};
-  else if (w == "wq") *s = {nullptr, &L.wq, Q, C};
-  else if (w == "wk") *s = {nullptr, &L.wk, KV, C};
-  else if (w == "wv") *s = {nullptr, &L.wv, KV, C};
-  else if (w == "wo") *s = {nullptr, &L.wo, C, Q};
-  else if (w == "w_gate") *s = {nullptr, &L.w_gate, F, C};
-  else if (w == "w_up") *s = {nullptr, &L.w_up, F, C};
-  else if (w == "w_down") *s = {nullptr, &L.w_down, C, F};
-  else return false;
-  return true;
+  if (w == "attn_norm") { *s = {&L.attn_norm, nullptr, 1, C}; return true; }
+  if (w == "ffn_norm") { *s = {&L.ffn_norm, nullptr, 1, C}; return true; }
+  const int64_t rows[kBlockLinears] = {Q, KV, KV, C, F, F, C}, cols[kBlockLinears] = {C, C, C, Q, C, C, F};
+  for (int j = 0; j < kBlockLinears; j++)
+    if (w == kBlockLinearNames[j]) {
+      *s = {nullptr, &L.linear[j], rows[j], cols[j]};
+      return true;
+    }
+  return false;
 }
 
 }  // namespace
@@ -126,6 +107,65 @@ Status LlamaModel::set_weight(const std::string& name, const float* data, size_t
     s.lin->out = s.rows;
     s.lin->in = s.cols;
     s.lin->w.assign(data, data + n);
+  }
+  return Status::Ok();
+}
+
+Status LlamaModel::fill_weights(const std::vector<WeightFill>& items) {
+  std::vector<Slot> slots(items.size());
+  for (size_t i = 0; i < items.size(); i++) {
+    const WeightFill& it = items[i];
+    Slot& s = slots[i];
+    if (!slot_for(it.name, cfg_, &embed_, &final_norm_, &lm_head_, &layers_, &s))
+      return error(Code::InvalidArgument, "Unknown weight name '" + it.name + "'");
+    if (it.n != (size_t)(s.rows * s.cols))
+      return error(Code::ShapeMismatch, "Expected " + std::to_string(s.rows * s.cols) + " elements (" + std::to_string(s.rows) +
+                                            ", " + std::to_string(s.cols) + ") for weight '" + it.name + "' but received " +
+                                            std::to_string(it.n));
+  }
+  // first touch balanced over the pool: largest first, each to the least loaded thread
+  const int T = num_threads();
+  std::vector<size_t> order(items.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return items[a].n > items[b].n; });
+  std::vector<std::vector<size_t>> bins((size_t)T);
+  std::vector<size_t> load((size_t)T, 0);
+  for (size_t i : order) {
+    const size_t b = (size_t)(std::min_element(load.begin(), load.end()) - load.begin());
+    bins[b].push_back(i);
+    load[b] += items[i].n;
+  }
+  std::vector<std::vector<float>> bufs(items.size());
+  std::atomic<bool> oom{false};
+  parallel_for(T, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++)
+      for (size_t i : bins[(size_t)b]) {
+        try {
+          bufs[i].resize(items[i].n);
+        } catch (...) {  // bad_alloc must not leave the pool's thread
+          oom.store(true);
+          return;
+        }
+      }
+  });
+  if (oom.load()) {
+    size_t total = 0;
+    for (const WeightFill& it : items) total += it.n * sizeof(float);
+    return error(Code::OutOfMemory, "loading weights: out of memory allocating " + std::to_string(total) + " bytes for the " + std::to_string(items.size()) + " weights being loaded");
+  }
+  for (size_t i = 0; i < items.size(); i++) QF_TRY(items[i].fill(bufs[i].data()));
+  for (size_t i = 0; i < items.size(); i++) {
+    Slot& s = slots[i];
+    if (s.vec) {
+      *s.vec = std::move(bufs[i]);
+    } else {
+      s.lin->kind = Linear::Kind::F32;
+      s.lin->out = s.rows;
+      s.lin->in = s.cols;
+      s.lin->w = std::move(bufs[i]);
+      s.lin->codes.clear();
+      s.lin->prepared.reset();
+    }
   }
   return Status::Ok();
 }
@@ -177,10 +217,8 @@ std::vector<std::string> LlamaModel::missing() const {
     const std::string p = "layers." + std::to_string(l) + ".";
     if (L.attn_norm.empty()) out.push_back(p + "attn_norm");
     if (L.ffn_norm.empty()) out.push_back(p + "ffn_norm");
-    const Linear* lins[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
-    const char* names[] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
-    for (int i = 0; i < 7; i++)
-      if (!is_set(*lins[i])) out.push_back(p + names[i]);
+    for (int j = 0; j < kBlockLinears; j++)
+      if (!is_set(L.linear[j])) out.push_back(p + kBlockLinearNames[j]);
   }
   return out;
 }
@@ -205,74 +243,67 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   if (n_logits != (size_t)(rows_out * V))
     return error(Code::ShapeMismatch, "Expected " + std::to_string(rows_out * V) + " logits but received " + std::to_string(n_logits));
 
-  const int64_t C = c.dim, F = c.hidden_dim, NH = c.n_heads, NKV = c.n_kv_heads, HS = c.head_dim, S = c.max_seq;
-  const int64_t N = B * T, Q = NH * HS, KV = NKV * HS, Lk = pos0 + T;
-  const size_t layer_cache = (size_t)(B * S * KV);
+  const int64_t D = c.dim, S = c.max_seq, Dkv = c.n_kv_heads * c.head_dim, BT = B * T;
+  const size_t layer_cache = (size_t)(B * S * Dkv);
   if (pos0 == 0 && (cache_b_ != B || kcache_.size() != layer_cache * (size_t)c.n_layers)) {
-    kcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);  // (L, B, S, NKV, HS)
+    kcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);  // (layers, B, S, Hkv, hd)
     vcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);
   }
   cache_b_ = B;
   cache_len_ = 0;  // invalid until this call completes
 
-  std::vector<float> x((size_t)(N * C)), h((size_t)(N * C));  // (B, T, C)
-  std::vector<float> q((size_t)(N * Q)), k((size_t)(N * KV)), v((size_t)(N * KV));  // (B, T, NH|NKV, HS)
-  std::vector<float> att_out((size_t)(N * Q));                                      // (B, T, NH, HS)
-  // attention runs per sequence in chunks of queries, so its probabilities buffer stays
-  // (1, NH, chunk, L) instead of (B, NH, T, L) (2 GB for one 4096-token 7B prefill)
-  const int64_t chunk = std::min<int64_t>(T, kAttentionChunk);
-  std::vector<float> att((size_t)(NH * chunk * Lk));                                 // (1, NH, chunk, L)
-  std::vector<float> gate((size_t)(N * F)), up((size_t)(N * F));                    // (B, T, F)
-  std::vector<int32_t> pos((size_t)N);                                              // (B, T)
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t t = 0; t < T; t++) pos[(size_t)(b * T + t)] = (int32_t)(pos0 + t);
-
-  QF_TRY(embedding_forward(x.data(), x.size(), tokens, n_tokens, embed_.data(), embed_.size(), C));
+  std::vector<float> x((size_t)(BT * D));  // (B, T, D) the residual stream
+  const Span xs{x.data(), x.size(), DType::F32};
+  QF_TRY(embedding_forward(xs, IdSpan{tokens, n_tokens}, Span{embed_.data(), embed_.size(), DType::F32}, BT,
+                           c.vocab_size, D));
+  BlockDesc d;
+  d.dims = BlockDims{B, T, D, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim};
+  d.eps = c.norm_eps;
+  d.rope_cos = rope_cos_.data();
+  d.rope_sin = rope_sin_.data();
+  d.rope_len = S;
+  std::vector<CanonicalWeight> canon(kBlockLinears);  // views the descriptors point at
   for (int64_t l = 0; l < c.n_layers; l++) {
     LlamaLayer& L = layers_[(size_t)l];
-    float* kcache = kcache_.data() + (size_t)l * layer_cache;  // (B, S, NKV, HS)
-    float* vcache = vcache_.data() + (size_t)l * layer_cache;
-    QF_TRY(rmsnorm_forward(h.data(), h.size(), nullptr, 0, x.data(), x.size(), L.attn_norm.data(), L.attn_norm.size(), C, c.norm_eps));
-    QF_TRY(linear_forward(q.data(), h.data(), L.wq, N));
-    QF_TRY(linear_forward(k.data(), h.data(), L.wk, N));
-    QF_TRY(linear_forward(v.data(), h.data(), L.wv, N));
-    QF_TRY(rope_forward(q.data(), q.size(), pos.data(), pos.size(), rope_cos_.data(), rope_sin_.data(), rope_cos_.size(), NH, HS));
-    QF_TRY(rope_forward(k.data(), k.size(), pos.data(), pos.size(), rope_cos_.data(), rope_sin_.data(), rope_cos_.size(), NKV, HS));
-    for (int64_t b = 0; b < B; b++) {
-      std::copy(k.begin() + b * T * KV, k.begin() + (b + 1) * T * KV, kcache + (b * S + pos0) * KV);
-      std::copy(v.begin() + b * T * KV, v.begin() + (b + 1) * T * KV, vcache + (b * S + pos0) * KV);
-    }
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-        const int64_t tc = std::min(chunk, T - t0), L = pos0 + t0 + tc;
-        const size_t rows = (size_t)((b * T + t0) * Q);  // offset of (b, t0) in (B, T, NH, HS)
-        QF_TRY(attention_forward(att_out.data() + rows, (size_t)(tc * Q), att.data(), (size_t)(NH * tc * L), q.data() + rows,
-                                 (size_t)(tc * Q), kcache + b * S * KV, vcache + b * S * KV, (size_t)(S * KV), 1, tc, NH, NKV,
-                                 HS, S, pos0 + t0));
+    d.attn_norm = WeightSource{WeightSource::Kind::F32, L.attn_norm.data()};
+    d.ffn_norm = WeightSource{WeightSource::Kind::F32, L.ffn_norm.data()};
+    for (int j = 0; j < kBlockLinears; j++) {
+      const Linear& lin = L.linear[j];
+      if (lin.kind == Linear::Kind::F32) {
+        d.linear[j] = WeightSource{WeightSource::Kind::F32, lin.w.data()};
+      } else {
+        canon[(size_t)j] = lin.canonical();
+        d.linear[j] = WeightSource{WeightSource::Kind::Quantized, nullptr, &canon[(size_t)j], lin.prepared.get()};
       }
-    QF_TRY(linear_forward(h.data(), att_out.data(), L.wo, N));
-    QF_TRY(residual_forward(x.data(), x.size(), x.data(), h.data(), h.size()));
-    QF_TRY(rmsnorm_forward(h.data(), h.size(), nullptr, 0, x.data(), x.size(), L.ffn_norm.data(), L.ffn_norm.size(), C, c.norm_eps));
-    QF_TRY(linear_forward(gate.data(), h.data(), L.w_gate, N));
-    QF_TRY(linear_forward(up.data(), h.data(), L.w_up, N));
-    QF_TRY(swiglu_forward(gate.data(), gate.size(), gate.data(), up.data(), up.size()));
-    QF_TRY(linear_forward(h.data(), gate.data(), L.w_down, N));
-    QF_TRY(residual_forward(x.data(), x.size(), x.data(), h.data(), h.size()));
+    }
+    KvCache kv{kcache_.data() + (size_t)l * layer_cache, vcache_.data() + (size_t)l * layer_cache, S, pos0};
+    QF_TRY(block_forward(xs, Span{nullptr, 0, DType::F32}, xs, d, &kv, &ws_));
   }
   const float* final_in = x.data();
   std::vector<float> last;
   if (last_only) {
-    last.resize((size_t)(B * C));  // (B, C): the last position of every sequence
-    for (int64_t b = 0; b < B; b++) std::copy(x.begin() + ((b + 1) * T - 1) * C, x.begin() + (b + 1) * T * C, last.begin() + b * C);
+    last.resize((size_t)(B * D));  // (B, D): the last position of every sequence
+    for (int64_t b = 0; b < B; b++) std::copy(x.begin() + ((b + 1) * T - 1) * D, x.begin() + (b + 1) * T * D, last.begin() + b * D);
     final_in = last.data();
   }
-  std::vector<float> hn((size_t)(rows_out * C));  // (rows_out, C)
-  QF_TRY(rmsnorm_forward(hn.data(), hn.size(), nullptr, 0, final_in, hn.size(), final_norm_.data(), final_norm_.size(), C, c.norm_eps));
-  if (tied_ && !is_set(lm_head_))
-    QF_TRY(matmul_forward(logits, n_logits, hn.data(), hn.size(), embed_.data(), embed_.size(), nullptr, 0, rows_out, V, C));
-  else
-    QF_TRY(linear_forward(logits, hn.data(), lm_head_, rows_out));
+  std::vector<float> hn((size_t)(rows_out * D));  // (rows_out, D)
+  QF_TRY(rmsnorm_forward(Span{hn.data(), hn.size(), DType::F32}, Span{nullptr, 0, DType::F32},
+                         Span{(void*)final_in, hn.size(), DType::F32}, Span{final_norm_.data(), final_norm_.size(), DType::F32},
+                         rows_out, D, c.norm_eps));
+  const Span ls{logits, n_logits, DType::F32}, hs{hn.data(), hn.size(), DType::F32};
+  if (lm_head_.kind == Linear::Kind::Quantized) {
+    const CanonicalWeight cw = lm_head_.canonical();
+    QF_TRY(dequant_matmul(ls, hs, rows_out, &cw, lm_head_.prepared.get(), MatmulAccuracy::F32));
+  } else {
+    const float* head = tied_ && !is_set(lm_head_) ? embed_.data() : lm_head_.w.data();
+    const int64_t slots = scratch_slots();
+    QF_TRY(ws_.reserve((size_t)(slots * kGemmPackFloats), "the LM head"));
+    gemm_run(logits, V, StridedMat{hn.data(), D, 1}, StridedMat{head, 1, D}, rows_out, V, D, false, ws_.data(), slots);
+  }
   cache_len_ = pos0 + T;
+  // a long prefill's activations are not kept for the decode steps that follow (a
+  // 4096-token 7B prefill needs ~0.8 GB of them); decode-sized workspaces stay
+  if (ws_.capacity() > kKeepWorkspaceFloats) ws_.release();
   return Status::Ok();
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "quantform/dispatch.h"
+#include "quantform/engine.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
 #include "quantform/threadpool.h"
@@ -35,10 +36,11 @@ Status expect(const char* name, size_t got, size_t want) {
 // Rows of x per parallel chunk: at least ~16K elements of work per task.
 int64_t row_grain(int64_t K) { return K >= 16384 ? 1 : 16384 / K; }
 
-// Output tiles are handed out in pairs: the GEMM kernels decode 32 rows at once.
-void for_tile_pairs(int64_t tiles, const std::function<void(int64_t, int64_t)>& fn) {
-  parallel_for((tiles + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
-    fn(2 * p0, 2 * p1 < tiles ? 2 * p1 : tiles);
+// Output tiles are handed out in pairs (the GEMM kernels decode 32 rows at once),
+// fn(slot, t0, t1) with slot-private scratch (parallel_slots).
+void for_tile_pairs(int64_t tiles, int64_t slots, const std::function<void(int64_t, int64_t, int64_t)>& fn) {
+  parallel_slots((tiles + 1) / 2, 1, slots, [&](int64_t s, int64_t p0, int64_t p1) {
+    fn(s, 2 * p0, 2 * p1 < tiles ? 2 * p1 : tiles);
   });
 }
 
@@ -135,47 +137,55 @@ std::vector<float> widen_x(const Span& x) {
 
 Status run_prepared(float* y, const float* x, int64_t M, const PreparedInt4& p, MatmulAccuracy accuracy) {
   const PackedInt4View v = p.view();
-  const int64_t tiles = p.NP / QF_MM_NT;
+  const int64_t tiles = p.NP / QF_MM_NT, slots = scratch_slots();
+  // per-slot decode panels, allocated here: nothing inside the parallel bodies allocates
   if (accuracy == MatmulAccuracy::Int8) {
     const Int8Activations a = prepare_int8(x, M, p.K, p.KP, p.G, p.group_size, true);
     const MatmulInt8Kernels& kt = matmul_int8_kernels();
-    for_tile_pairs(tiles, [&](int64_t t0, int64_t t1) {
-      std::vector<uint8_t> scratch(M > QF_MM_GEMV_MAX_M ? (size_t)matmul_int8_scratch_bytes(p.KP) : 0);
-      kt.matmul_int8(y, a.xq.data(), a.xs.data(), a.xsumq.data(), M, v, t0, t1, scratch.empty() ? nullptr : scratch.data());
+    const int64_t per = M > QF_MM_GEMV_MAX_M ? matmul_int8_scratch_bytes(p.KP) : 0;
+    std::vector<uint8_t> scratch((size_t)(slots * per));
+    for_tile_pairs(tiles, slots, [&](int64_t s, int64_t t0, int64_t t1) {
+      kt.matmul_int8(y, a.xq.data(), a.xs.data(), a.xsumq.data(), M, v, t0, t1, per ? scratch.data() + s * per : nullptr);
     });
     return Status::Ok();
   }
   const F32Activations a = prepare_f32(x, M, p.K, p.KP, p.G, p.group_size);
   const MatmulKernels& kt = matmul_kernels();
-  for_tile_pairs(tiles, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scratch(M > QF_MM_GEMV_MAX_M ? (size_t)matmul_scratch_floats(p.KP) : 0);
-    kt.matmul_f32(y, a.x.data(), a.xsum.data(), M, v, t0, t1, scratch.empty() ? nullptr : scratch.data());
+  const int64_t per = M > QF_MM_GEMV_MAX_M ? matmul_scratch_floats(p.KP) : 0;
+  Workspace ws;
+  QF_TRY(ws.reserve((size_t)(slots * per), "dequant_matmul"));
+  for_tile_pairs(tiles, slots, [&](int64_t s, int64_t t0, int64_t t1) {
+    kt.matmul_f32(y, a.x.data(), a.xsum.data(), M, v, t0, t1, per ? ws.data() + s * per : nullptr);
   });
   return Status::Ok();
 }
 
 // Any bits and group size: dequantize 64 rows at a time with the active quant
-// tier, then multiply with the active fp32 GEMM.
-void run_generic(float* y, const float* x, int64_t M, const CanonicalWeight& w, const float* scales,
-                 const float* zeros) {
+// tier, then multiply with the engine's fp32 GEMM.
+Status run_generic(float* y, const float* x, int64_t M, const CanonicalWeight& w, const float* scales,
+                   const float* zeros) {
   const int64_t N = w.N, K = w.K, G = qf_num_groups(K, w.spec.group_size);
   const int64_t rb = qf_packed_row_bytes(w.spec.bits, K);
-  const int64_t tiles = (N + QF_MM_NT - 1) / QF_MM_NT;
+  const int64_t tiles = (N + QF_MM_NT - 1) / QF_MM_NT, slots = scratch_slots();
   constexpr int64_t kBlockTiles = 4;
+  const int64_t per = kBlockTiles * QF_MM_NT * K + kGemmPackFloats;  // (64, K) dequantized rows + GEMM packing
+  Workspace ws;
+  QF_TRY(ws.reserve((size_t)(slots * per), "dequant_matmul"));
   const QuantKernels& qk = quant_kernels();
-  const MatmulKernels& mk = matmul_kernels();
+  const EngineKernels& ek = engine_kernels();
   const uint8_t* codes = static_cast<const uint8_t*>(w.codes.data);
-  for_tile_pairs(tiles, [&](int64_t t0, int64_t t1) {
-    std::vector<float> wbuf((size_t)(kBlockTiles * QF_MM_NT * K));  // (64, K)
-    std::vector<float> scratch((size_t)matmul_scratch_floats(round_up(K, QF_MM_KC)));
+  for_tile_pairs(tiles, slots, [&](int64_t s, int64_t t0, int64_t t1) {
+    float* wbuf = ws.data() + s * per;
+    float* pack = wbuf + kBlockTiles * QF_MM_NT * K;
     for (int64_t tb = t0; tb < t1; tb += kBlockTiles) {
       const int64_t te = tb + kBlockTiles < t1 ? tb + kBlockTiles : t1;
       const int64_t r0 = tb * QF_MM_NT, r1 = te * QF_MM_NT < N ? te * QF_MM_NT : N;
-      qk.dequantize(wbuf.data(), codes + r0 * rb, scales + r0 * G, zeros ? zeros + r0 * G : nullptr, 0, r1 - r0, K,
-                    w.spec);
-      mk.sgemm_nt(y, x, wbuf.data(), M, N, K, tb, te, scratch.data());
+      qk.dequantize(wbuf, codes + r0 * rb, scales + r0 * G, zeros ? zeros + r0 * G : nullptr, 0, r1 - r0, K, w.spec);
+      // y[:, r0:r1] (M, rows) = x (M, K) . wbuf (rows, K)^T
+      ek.gemm(y + r0, N, StridedMat{x, K, 1}, StridedMat{wbuf, 1, K}, M, r1 - r0, K, false, 0, r1 - r0, pack);
     }
   });
+  return Status::Ok();
 }
 
 }  // namespace
@@ -331,8 +341,7 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
     });
     return Status::Ok();
   }
-  run_generic(yf, xf, M, *canon, s32.data(), zp);
-  return Status::Ok();
+  return run_generic(yf, xf, M, *canon, s32.data(), zp);
 }
 
 Status sgemm_nt(Span y, Span x, Span w, int64_t M, int64_t N, int64_t K) {
@@ -343,13 +352,11 @@ Status sgemm_nt(Span y, Span x, Span w, int64_t M, int64_t N, int64_t K) {
   if (w.dtype != DType::F32) return error(Code::DtypeMismatch, "Expected f32 weights");
   if (!(st = expect("w", w.len, (size_t)(N * K))).ok()) return st;
   if (x.dtype != DType::F32) return error(Code::DtypeMismatch, "Expected f32 x");
-  const MatmulKernels& kt = matmul_kernels();
-  const float* wf = static_cast<const float*>(w.data);
-  for_tile_pairs((N + QF_MM_NT - 1) / QF_MM_NT, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scratch((size_t)matmul_scratch_floats(round_up(K, QF_MM_KC)));
-    kt.sgemm_nt(static_cast<float*>(y.data), static_cast<const float*>(x.data), wf + t0 * QF_MM_NT * K, M, N, K, t0,
-                t1, scratch.data());
-  });
+  const int64_t slots = scratch_slots();
+  const StridedMat a{static_cast<const float*>(x.data), K, 1}, b{static_cast<const float*>(w.data), 1, K};
+  Workspace ws;
+  QF_TRY(ws.reserve((size_t)(slots * gemm_pack_floats(M, a, b)), "sgemm"));
+  gemm_run(static_cast<float*>(y.data), N, a, b, M, N, K, false, ws.data(), slots);
   return Status::Ok();
 }
 

@@ -1,9 +1,9 @@
 #include "quantform/quant_ops.h"
 
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "quantform/engine.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
 #include "quantform/threadpool.h"
@@ -97,17 +97,16 @@ Status quantize(Span codes, Span scales, Span zeros, Span w, int64_t N, int64_t 
     if (!spec.symmetric) { z32.resize((size_t)(N * G)); zp = z32.data(); }
   }
   const QuantKernels& kt = quant_kernels();
-  std::vector<int64_t> bad_rows;
-  std::mutex bad_mu;
-  parallel_for(N, row_grain(K), [&](int64_t r0, int64_t r1) {
-    const int64_t bad = kt.quantize(static_cast<uint8_t*>(codes.data), sp, zp, wf, r0, r1, K, spec);
-    if (bad >= 0) { std::lock_guard<std::mutex> lk(bad_mu); bad_rows.push_back(bad); }
+  // one slot per chunk, sized here: the parallel bodies only store into it
+  const int64_t slots = scratch_slots();
+  std::vector<int64_t> bad_rows((size_t)slots, -1);
+  parallel_slots(N, row_grain(K), slots, [&](int64_t s, int64_t r0, int64_t r1) {
+    bad_rows[(size_t)s] = kt.quantize(static_cast<uint8_t*>(codes.data), sp, zp, wf, r0, r1, K, spec);
   });
-  if (!bad_rows.empty()) {
-    int64_t first = bad_rows[0];
-    for (int64_t b : bad_rows) first = b < first ? b : first;
-    return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(first) + " holds NaN or Inf");
-  }
+  int64_t first = -1;
+  for (int64_t b : bad_rows)
+    if (b >= 0 && (first < 0 || b < first)) first = b;
+  if (first >= 0) return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(first) + " holds NaN or Inf");
   if (spec.f16_params) {
     uint16_t* sh = static_cast<uint16_t*>(scales.data);
     for (size_t i = 0; i < s32.size(); i++) sh[i] = f32_to_f16(s32[i]);
@@ -184,14 +183,15 @@ Status dequantize(Span w, Span codes, Span scales, Span zeros, int64_t N, int64_
     });
     return Status::Ok();
   }
-  parallel_for(N, row_grain(K), [&](int64_t r0, int64_t r1) {
-    std::vector<float> row((size_t)K);
+  const int64_t slots = scratch_slots();
+  std::vector<float> rows((size_t)(slots * K));  // (slots, K): one f32 row per chunk, allocated here
+  parallel_slots(N, row_grain(K), slots, [&](int64_t s, int64_t r0, int64_t r1) {
+    float* row = rows.data() + s * K;
     uint16_t* out = static_cast<uint16_t*>(w.data);
     for (int64_t r = r0; r < r1; r++) {
       // the kernel writes row r at offset r*K: shift the base so it lands in `row`
-      kt.dequantize(row.data() - r * K, static_cast<const uint8_t*>(codes.data), sp, zp, r, r + 1, K, spec);
-      for (int64_t k = 0; k < K; k++)
-        out[r * K + k] = w.dtype == DType::F16 ? f32_to_f16(row[(size_t)k]) : f32_to_bf16(row[(size_t)k]);
+      kt.dequantize(row - r * K, static_cast<const uint8_t*>(codes.data), sp, zp, r, r + 1, K, spec);
+      for (int64_t k = 0; k < K; k++) out[r * K + k] = w.dtype == DType::F16 ? f32_to_f16(row[k]) : f32_to_bf16(row[k]);
     }
   });
   return Status::Ok();

@@ -6,10 +6,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "quantform/engine.h"
 #include "quantform/matmul.h"
 #include "quantform/probe.h"
 #include "quantform/quant.h"
-#include "quantform/train.h"
 
 namespace qf {
 namespace {
@@ -131,9 +131,40 @@ const QuantKernels& quant_kernels() {
   return select_kernels(quant_kernels_ref, quant_kernels_avx2, quant_kernels_avx512);
 }
 
-// No AVX2 training table: AVX2-only machines train on the reference kernels.
-const TrainKernels& train_kernels() {
-  return select_kernels(train_kernels_ref, train_kernels_ref, train_kernels_avx512);
+namespace {
+// A tier's engine table with the entries it leaves null taken from the reference.
+EngineKernels resolve(const EngineKernels& tier) {
+  EngineKernels k = tier;
+#define QF_FILL_FROM_REF(name, sig) \
+  if (!k.name) k.name = engine_kernels_ref.name;
+  QF_ENGINE_KERNELS(QF_FILL_FROM_REF)
+#undef QF_FILL_FROM_REF
+  return k;
+}
+
+const EngineKernels& raw_engine_table(Tier t) {
+  switch (t) {
+    case Tier::Avx512: return engine_kernels_avx512;
+    case Tier::Avx2: return engine_kernels_avx2;
+    default: return engine_kernels_ref;
+  }
+}
+}  // namespace
+
+const EngineKernels& engine_kernels() {
+  // copying pointers runs no tier code, so all three resolve on any CPU
+  static const EngineKernels ref = resolve(engine_kernels_ref), avx2 = resolve(engine_kernels_avx2),
+                             avx512 = resolve(engine_kernels_avx512);
+  return select_kernels(ref, avx2, avx512);
+}
+
+std::vector<KernelImpl> engine_kernel_impls(Tier t) {
+  const EngineKernels& k = raw_engine_table(t);
+  std::vector<KernelImpl> out;
+#define QF_REPORT_IMPL(name, sig) out.push_back(KernelImpl{#name, k.name ? tier_name(t) : tier_name(Tier::Ref)});
+  QF_ENGINE_KERNELS(QF_REPORT_IMPL)
+#undef QF_REPORT_IMPL
+  return out;
 }
 
 const MatmulKernels& matmul_kernels() {

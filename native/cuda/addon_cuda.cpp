@@ -8,10 +8,12 @@
 
 #include "../addon/napi_util.h"
 #include "quant_cuda.h"
+#include "quantform/finite.h"
 #include "quantform/formats.h"
 
 namespace qf {
-void register_train_cuda(Napi::Env env, Napi::Object exports);  // addon_train_cuda.cpp
+void register_engine_cuda(Napi::Env env, Napi::Object exports);  // addon_engine_cuda.cpp
+void register_qlinear_cuda(Napi::Env env, Napi::Object exports);  // qlinear_addon.cpp
 namespace {
 
 Napi::Value cuda_info(const Napi::CallbackInfo& info) {
@@ -73,7 +75,7 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   const QuantSpec spec = arg_quant_spec(info, 3);
   const bool async = arg_bool(info, 6, "async");
   check(check_spec(spec, N, K));
-  check(expect("w", w, (size_t)(N * K)));
+  QF_PRECHECK(info, async, expect("w", w, (size_t)(N * K)));
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
   Span cs, ss, zs{nullptr, 0, DType::F32};
   Napi::Uint8Array codes = make_bytes(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)), &cs);
@@ -85,10 +87,9 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   return run_op(info, async, {info[0], out},
                 [=]() -> Status {
                   const float* wp = static_cast<const float*>(w.data);
-                  for (int64_t r = 0; r < N; r++)
-                    for (int64_t k = 0; k < K; k++)
-                      if (!std::isfinite(wp[r * K + k]))
-                        return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(r) + " holds NaN or Inf");
+                  const int64_t bad = first_non_finite(wp, N * K);
+                  if (bad >= 0)
+                    return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(bad / K) + " holds NaN or Inf");
                   return quantize_cuda(static_cast<uint8_t*>(cs.data), static_cast<float*>(ss.data),
                                        static_cast<float*>(zs.data), wp, N, K, spec);
                 },
@@ -185,7 +186,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "dequantize", dequantize_js);
   QF_EXPORT(exports, "fakeQuantForward", fq_forward_js);
   QF_EXPORT(exports, "fakeQuantBackward", fq_backward_js);
-  register_train_cuda(env, exports);
+  register_engine_cuda(env, exports);
+  register_qlinear_cuda(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -203,12 +203,6 @@ Status grid_fits(int64_t N, int64_t G) {
   return Status::Ok();
 }
 
-#define QF_TRY(expr)                   \
-  do {                                 \
-    ::qf::Status qf_st_ = (expr);      \
-    if (!qf_st_.ok()) return qf_st_;   \
-  } while (0)
-
 }  // namespace
 
 Status quantize_cuda(uint8_t* codes, float* scales, float* zeros, const float* w, int64_t N, int64_t K,

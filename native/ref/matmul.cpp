@@ -80,17 +80,6 @@ void matmul_f32_ref(float* y, const float* x, const float* xsum, int64_t M, cons
     }
 }
 
-void sgemm_nt_ref(float* y, const float* x, const float* wf, int64_t M, int64_t N, int64_t K, int64_t t0,
-                  int64_t t1, float* scratch) {
-  const int64_t n1 = t1 * QF_MM_NT < N ? t1 * QF_MM_NT : N;
-  for (int64_t n = t0 * QF_MM_NT; n < n1; n++)
-    for (int64_t m = 0; m < M; m++) {
-      double acc = 0;
-      for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * (double)wf[(n - t0 * QF_MM_NT) * K + k];
-      y[m * N + n] = (float)acc;
-    }
-}
-
 // Position of k inside a permuted xq row (matmul.h): even k first, then odd k.
 int64_t permuted(int64_t k) {
   const int64_t j = k % QF_MM_KC;
@@ -117,7 +106,7 @@ void matmul_int8_ref(float* y, const int8_t* xq, const float* xs, const float* x
 
 }  // namespace
 
-const MatmulKernels matmul_kernels_ref = {matmul_f32_ref, sgemm_nt_ref};
+const MatmulKernels matmul_kernels_ref = {matmul_f32_ref};
 const MatmulInt8Kernels matmul_int8_kernels_ref = {matmul_int8_ref};
 
 }  // namespace qf

@@ -9,16 +9,18 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, Tensor, TrainableLlama, calibrationFromText, dequantize, dequantizeAsync,
-  fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync, matmul, matmulAsync, matmulF32,
-  openCheckpoint, pack, packAsync, prepareMatmulWeight, quantize, quantizeAsync, quantizeModel, unpack, unpackAsync,
+  ActivationStore, ByteTokenizer, GptqHessian, Model, QuantformError, SafetensorsCheckpointFiles, SyntheticCheckpoint, Tensor, TrainableLlama,
+  calibrationFromText, dequantize, dequantizeAsync, fakeQuantize, fakeQuantizeAsync, fakeQuantizeBackward, fakeQuantizeBackwardAsync,
+  gptqQuantize, gptqQuantizeAsync, matmul, matmulAsync, matmulF32, openCheckpoint, pack, packAsync, prepareMatmulWeight, quantLinearBackward,
+  quantLinearBackwardAsync, quantize, quantizeAsync, quantizeCheckpointRtn, quantizeModel, readTensor, unpack, unpackAsync,
 } from '../../lib/index.js';
-import { native } from '../../lib/native.js';
+import { fromNative } from '../../lib/errors.js';
+import { engineOp, native } from '../../lib/native.js';
 import { ggufBytes, writeHfDir } from '../helpers/writers.js';
 
 interface Op {
   name: string;
-  family: 'quant' | 'matmul' | 'model' | 'train' | 'loader';
+  family: 'quant' | 'matmul' | 'model' | 'train' | 'loader' | 'engine' | 'gptq' | 'qlinear' | 'io';
   mode: 'sync' | 'async';
   run: () => unknown;
 }
@@ -84,6 +86,72 @@ function ops(tmp: string): Op[] {
   const hfDir = path.join(tmp, 'hf-f16');
   mkdirSync(hfDir);
   writeHfDir(hfDir, ck.config, (n) => ck.weight(n), 'F16');
+  const bfDir = path.join(tmp, 'hf-bf16');
+  mkdirSync(bfDir);
+  writeHfDir(bfDir, ck.config, (n) => ck.weight(n), 'BF16');
+  const bfFiles = SafetensorsCheckpointFiles.dir(bfDir);
+  const embedStored = bfFiles.get('model.embed_tokens.weight')!;
+  let rtnRuns = 0;
+  const rtnOut = () => path.join(tmp, `rtn-${rtnRuns++}`);
+
+  // engine ops on their own (the block step's pieces), with the scratch they allocate;
+  // called on the binding as lib/engine does, their errors mapped as lib maps them
+  const viaLib = <T>(f: () => T) => (): T => {
+    try {
+      const r = f();
+      return (r instanceof Promise ? r.catch((e: unknown) => { throw fromNative(e); }) : r) as T;
+    } catch (e) {
+      throw fromNative(e);
+    }
+  };
+  const B = 2, T = 24, Hq = 4, Hkv = 2, hd = 8, Dq = Hq * hd, Dkv = Hkv * hd, V = 64, D = 32;
+  const q = rand(B * T * Dq, 7), kv = rand(B * T * Dkv, 8), vv = rand(B * T * Dkv, 9);
+  const fwd = () => {
+    const out = new Float32Array(B * T * Dq), probs = new Float32Array(B * Hq * T * T);
+    engineOp('attentionForward')(out, probs, q, kv, vv, B, T, Hq, Hkv, hd, T, 0);
+    return { out, probs };
+  };
+  const saved = fwd();
+  const attnBackward = (a: boolean) => {
+    const dq = new Float32Array(B * T * Dq), dk = new Float32Array(B * T * Dkv), dv = new Float32Array(B * T * Dkv);
+    const r = engineOp('attentionBackward')(dq, dk, dv, rand(B * T * Dq, 10), saved.probs, q, kv, vv, B, T, Hq, Hkv, hd, ...(a ? [true] : []));
+    return r ? r.then(() => [dq, dk, dv]) : [dq, dk, dv];
+  };
+  const gemm = () => {
+    const C = new Float32Array(37 * 45);
+    engineOp('gemm')(C, rand(37 * 301, 11), rand(301 * 45, 12), 37, 45, 301, false, false, false);
+    return C;
+  };
+  const lmHead = async () => {
+    const nll = new Float32Array(B * T), dx = new Float32Array(B * T * D), dn = new Float32Array(D), dh = new Float32Array(V * D);
+    await native().engine.lmHeadLoss(nll, dx, dn, dh, rand(B * T * D, 13), rand(D, 14), rand(V * D, 15), Int32Array.from({ length: B * T }, (_, i) => (i * 5) % V),
+      B * T, D, V, 1e-5, 1, true);
+    return [nll, dx, dn, dh];
+  };
+  const blk = trainable.blockConfig(2, 16, { bits: 4, groupSize: 16, symmetric: false }, true, true);
+  const sizes = native().engine.blockSizes(blk);
+  const alpha = Float32Array.from({ length: sizes.alpha }, (_, i) => 1 + (i % 5) / 10);
+  const xin = rand(2 * 16 * synth.dim, 16);
+  const blockStep = async () => {
+    const out = new Float32Array(xin.length), sv = new Float32Array(sizes.saved);
+    await native().engine.blockForward(blk, out, sv, xin, trainable.blocks[0], alpha, true);
+    const dx = new Float32Array(xin.length), grads = new Float32Array(sizes.params), dalpha = new Float32Array(sizes.alpha);
+    await native().engine.blockBackward(blk, dx, grads, dalpha, rand(xin.length, 17), sv, trainable.blocks[0], alpha, true);
+    return [out, dx, grads, dalpha];
+  };
+
+  // GPTQ and the quantized-linear backward
+  const Kg = 96, Ng = 40;
+  const wg = new Tensor(rand(Ng * Kg, 18), [Ng, Kg]);
+  const calibRows = rand(64 * Kg, 19);
+  const hessian = () => {
+    const h = new GptqHessian(Kg);
+    h.add(calibRows);
+    return h;
+  };
+  const Hg = hessian();
+  const qg = quantize(wg, { bits: 4, groupSize: 32, paramDtype: 'f32' });
+  const gy = rand(5 * Ng, 20), gx = rand(5 * Kg, 21);
   const gguf = path.join(tmp, 'model.gguf');
   writeFileSync(gguf, ggufBytes(ck.config, (n) => ck.weight(n), { dtype: 'F16' }));
   const logitsOf = (m: Model) => {
@@ -120,6 +188,27 @@ function ops(tmp: string): Op[] {
     { name: 'new Model (synthetic)', family: 'loader', mode: 'sync', run: () => logitsOf(new Model(new SyntheticCheckpoint(synth), bt)) },
     { name: 'openCheckpoint HF F16', family: 'loader', mode: 'sync', run: () => logitsOf(new Model(openCheckpoint(hfDir), bt)) },
     { name: 'openCheckpoint GGUF F16', family: 'loader', mode: 'sync', run: () => logitsOf(new Model(openCheckpoint(gguf), bt)) },
+    { name: 'openCheckpoint HF BF16 + io.readTensor', family: 'io', mode: 'sync', run: () => readTensor(embedStored) },
+    { name: 'ActivationStore write/read (SpillBuffer)', family: 'io', mode: 'sync', run: () => {
+      const st = new ActivationStore({ samples: 4, tokens: 16, hidden: 24, dtype: 'bf16', maxMemoryBytes: 2 * 16 * 24 * 2, tmpDir: tmp });
+      try {
+        for (let s = 0; s < 4; s++) st.write(s, rand(16 * 24, 30 + s));
+        return st.read(0, 4);
+      } finally {
+        st.dispose();
+      }
+    } },
+    { name: 'engine.gemm (packing scratch)', family: 'engine', mode: 'sync', run: viaLib(gemm) },
+    { name: 'engine.attentionForward', family: 'engine', mode: 'sync', run: viaLib(fwd) },
+    { name: 'engine.attentionBackward', family: 'engine', mode: 'sync', run: viaLib(() => attnBackward(false)) },
+    { name: 'engine.attentionBackward', family: 'engine', mode: 'async', run: viaLib(() => attnBackward(true)) },
+    { name: 'engine.lmHeadLoss', family: 'engine', mode: 'async', run: viaLib(lmHead) },
+    { name: 'engine.blockForward + blockBackward (TEQ extra, fake quant)', family: 'engine', mode: 'async', run: viaLib(blockStep) },
+    { name: 'GptqHessian.add', family: 'gptq', mode: 'sync', run: () => hessian().H },
+    { name: 'gptqQuantize', family: 'gptq', mode: 'sync', run: () => gptqQuantize(wg, Hg, { bits: 4, groupSize: 32 }) },
+    { name: 'gptqQuantizeAsync batch-start', family: 'gptq', mode: 'async', run: () => gptqQuantizeAsync(wg, Hg, { bits: 3, groupSize: 24, blockSize: 16, paramsFrom: 'batch-start' }) },
+    { name: 'quantLinearBackward', family: 'qlinear', mode: 'sync', run: () => quantLinearBackward(gy, gx, qg) },
+    { name: 'quantLinearBackwardAsync', family: 'qlinear', mode: 'async', run: () => quantLinearBackwardAsync(gy, gx, qg) },
     { name: 'TrainableLlama.logits (block forward)', family: 'train', mode: 'async', run: () => trainable.logits(tok, 2, 16) },
     { name: 'TrainableLlama.logits fake-quant', family: 'train', mode: 'async', run: () => trainable.logits(tok, 2, 16, { bits: 4, groupSize: 16, symmetric: false }) },
     {
@@ -129,6 +218,22 @@ function ops(tmp: string): Op[] {
     {
       name: 'quantizeModel teq block loss', family: 'train', mode: 'async',
       run: async () => (await quantizeModel(trainable, { method: 'teq', bits: 3, groupSize: 16, calibration, steps: 1, batchSize: 2, loss: 'block', extraScales: true })).linears,
+    },
+    {
+      name: 'quantizeModel gptq (Hessians, factor, quantize)', family: 'gptq', mode: 'async',
+      run: async () => (await quantizeModel(trainable, { method: 'gptq', bits: 4, groupSize: 16, calibration })).linears,
+    },
+    {
+      name: 'quantizeCheckpointRtn (streamed, HF F16 -> GPTQ dir)', family: 'loader', mode: 'async',
+      run: async () => {
+        const c = openCheckpoint(hfDir);
+        try {
+          const r = await quantizeCheckpointRtn(c, rtnOut(), { bits: 4, groupSize: 16 });
+          return r.linears.map((l) => l.errorAfter);
+        } finally {
+          c.close();
+        }
+      },
     },
   ];
 }

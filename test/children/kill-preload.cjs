@@ -9,12 +9,16 @@
 //   checkpoint-remove:1  the output in place, the checkpoint not yet deleted
 'use strict';
 const fs = require('fs');
+const path = require('path');
 const [event, nthText] = (process.env.QF_KILL_AT || '').split(':');
 const nth = Number(nthText || 1);
 const die = () => process.kill(process.pid, 'SIGKILL');
-const isCkptTmp = (p) => /\.ckpt\.safetensors\.tmp-\d+$/.test(p);
-const isOutTmpDir = (p) => /[\\/]\.[^\\/]+\.tmp-\d+$/.test(p);
-const isOutModel = (p) => /[\\/]\.[^\\/]+\.tmp-\d+[\\/]model\.safetensors\.tmp-\d+$/.test(p);
+// temp names of lib/io/atomic.ts: .<name>.<pid>.<8 hex>.tmp next to <name>; QF_KILL_OUT is --out
+const out = process.env.QF_KILL_OUT || '';
+const tempOf = (dir, name, p) => path.dirname(p) === dir && new RegExp(`^\\.${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.\\d+\\.[0-9a-f]{8}\\.tmp$`).test(path.basename(p));
+const isCkptTmp = (p) => tempOf(path.dirname(out), `${path.basename(out)}.ckpt.safetensors`, p);
+const isOutTmpDir = (p) => tempOf(path.dirname(out), path.basename(out), p);
+const isOutModel = (p) => isOutTmpDir(path.dirname(p)) && tempOf(path.dirname(p), 'model.safetensors', p);
 
 const files = new Map();  // fd -> { path, index of this kind of file }
 const opened = { ckpt: 0, out: 0 };

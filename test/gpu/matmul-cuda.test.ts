@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   cudaInfo, matmul, matmulAsync, prepareMatmulWeightCuda, quantize, setKernelPolicy, Tensor, type QuantizedTensor,
 } from '../../lib/index.js';
+import { gaussian, nmse } from '../helpers/numeric.js';
 
 /** GEMV (M <= 8): fp32 math in a different summation order than the reference. */
 const CUDA_GEMV_NMSE = 1e-10;
@@ -15,23 +16,6 @@ const CUDA_BF16_NMSE = 1e-4;
 const info = cudaInfo();
 const reason = info.available ? '' : `no usable CUDA: ${info.reason}`;
 if (!info.available) console.log(`CUDA matmul tests skipped: ${reason}`);
-
-function gaussian(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0;
-  const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) + 0.5) / 4294967296;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = scale * Math.sqrt(-2 * Math.log(r())) * Math.cos(2 * Math.PI * r());
-  return out;
-}
-
-function nmse(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return num / den;
-}
 
 function reference(x: Tensor, q: QuantizedTensor): Float32Array {
   setKernelPolicy('ref');

@@ -109,13 +109,4 @@ export function randomWeights(n: number, seed: number, outlierEvery = 97): Float
   return out;
 }
 
-/** Normalized mean squared error, sum((a-b)^2) / sum(b^2). */
-export function nmse(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den === 0 ? num : num / den;
-}
+export { nmse } from './numeric.js';

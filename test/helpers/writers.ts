@@ -6,10 +6,12 @@ import { permuteHalfToInterleaved, weightNames, weightShape, type LlamaConfig } 
 
 export type Dt = 'F32' | 'F16' | 'BF16';
 
-/** binary32 -> binary16 bits, round to nearest even (normal range; tests use small weights). */
+/** binary32 -> binary16 bits, round to nearest even (tests use small weights; NaN and +-Inf map to theirs). */
 export function f16Bits(x: number): number {
   const f = new Float32Array([x]), u = new Uint32Array(f.buffer)[0];
   const sign = (u >>> 16) & 0x8000, exp = ((u >>> 23) & 0xff) - 127 + 15, mant = u & 0x7fffff;
+  if (Number.isNaN(x)) return sign | 0x7e00;
+  if (exp >= 31) return sign | 0x7c00;
   if (exp <= 0) {
     if (exp < -10) return sign;
     const m = (mant | 0x800000) >>> (1 - exp + 13);
@@ -112,7 +114,9 @@ function ggufName(name: string): string {
 
 export interface GgufOpts {
   version?: number;
-  dtype?: 'F32' | 'F16';
+  dtype?: Dt;
+  /** metadata values that disagree with the tensors written */
+  meta?: Partial<Pick<LlamaConfig, 'hiddenDim' | 'nLayers' | 'nHeads'>>;
   magic?: number;
   tensorCount?: bigint;
   /** replaces the ggml type of every tensor */
@@ -141,9 +145,9 @@ export function ggufBytes(cfg: LlamaConfig, w: (n: string) => Float32Array, o: G
   str('general.architecture'); u32(8); str('llama');
   kvU32('llama.context_length', cfg.maxSeq);
   kvU32('llama.embedding_length', cfg.dim);
-  kvU32('llama.block_count', cfg.nLayers);
-  kvU32('llama.feed_forward_length', cfg.hiddenDim);
-  kvU32('llama.attention.head_count', cfg.nHeads);
+  kvU32('llama.block_count', o.meta?.nLayers ?? cfg.nLayers);
+  kvU32('llama.feed_forward_length', o.meta?.hiddenDim ?? cfg.hiddenDim);
+  kvU32('llama.attention.head_count', o.meta?.nHeads ?? cfg.nHeads);
   kvU32('llama.attention.head_count_kv', cfg.nKvHeads);
   kvF32('llama.attention.layer_norm_rms_epsilon', cfg.normEps);
   kvU32('general.alignment', 32);
@@ -165,7 +169,7 @@ export function ggufBytes(cfg: LlamaConfig, w: (n: string) => Float32Array, o: G
     str(ggufName(n));
     u32(shape.length);
     for (const d of [...shape].reverse()) cnt(d);
-    u32(o.ggmlType ?? (dt === 'F32' ? 0 : 1));
+    u32(o.ggmlType ?? (dt === 'F32' ? 0 : dt === 'F16' ? 1 : 30));
     const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(off)); parts.push(b);
     const bytes = encode(data, dt);
     const padded = Buffer.alloc(Math.ceil(bytes.length / 32) * 32);

@@ -176,40 +176,8 @@ void matmul_f32_avx2(float* y, const float* x, const float* xsum, int64_t M, con
   }
 }
 
-float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-}
-
-void sgemm_nt_avx2(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K, int64_t t0,
-                   int64_t t1, float* scratch) {
-  const int64_t n_begin = t0 * QF_MM_NT, n_end = t1 * QF_MM_NT < N ? t1 * QF_MM_NT : N;
-  if (M <= 8) {
-    for (int64_t n = n_begin; n < n_end; n++) {
-      const float* wr = w + (n - n_begin) * K;
-      for (int64_t m = 0; m < M; m++) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K; k += 8) {
-          const __m256i mk = mask8(K - k);
-          acc = _mm256_fmadd_ps(_mm256_maskload_ps(x + m * K + k, mk), _mm256_maskload_ps(wr + k, mk), acc);
-        }
-        y[m * N + n] = hsum(acc);
-      }
-    }
-    return;
-  }
-  for (int64_t t = t0; t < t1; t += 2) {
-    const int64_t n0 = t * QF_MM_NT, rows = n_end - n0 < 32 ? n_end - n0 : 32;
-    const float* wr = w + (n0 - n_begin) * K;
-    for (int64_t k = 0; k < K; k++)
-      for (int64_t r = 0; r < 32; r++) scratch[k * 32 + r] = r < rows ? wr[r * K + k] : 0.f;
-    gemm_panel(y + n0, N, x, K, M, scratch, K, rows);
-  }
-}
-
 }  // namespace
 
-const MatmulKernels matmul_kernels_avx2 = {matmul_f32_avx2, sgemm_nt_avx2};
+const MatmulKernels matmul_kernels_avx2 = {matmul_f32_avx2};
 
 }  // namespace qf

@@ -254,51 +254,8 @@ void matmul_f32_avx512(float* y, const float* x, const float* xsum, int64_t M, c
   }
 }
 
-// Baseline: plain fp32 weights. Decode-size M reads each weight row once with a
-// dot product per row of x; larger M transposes 32 rows into the same panel the
-// INT4 GEMM uses, so the two differ only in where the panel comes from.
-template <int MR>
-void sgemv_rows(float* y, const float* x, const float* w, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; n++) {
-    const float* wr = w + (n - n0) * K;
-    __m512 acc[MR];
-    for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 mk = lanes_below(K - k);
-      const __m512 b = _mm512_maskz_loadu_ps(mk, wr + k);
-      for (int m = 0; m < MR; m++) acc[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, x + m * K + k), b, acc[m]);
-    }
-    for (int m = 0; m < MR; m++) y[m * N + n] = _mm512_reduce_add_ps(acc[m]);
-  }
-}
-
-void sgemm_nt_avx512(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K, int64_t t0,
-                     int64_t t1, float* scratch) {
-  const int64_t n_begin = t0 * QF_MM_NT, n_end = t1 * QF_MM_NT < N ? t1 * QF_MM_NT : N;
-  if (M <= 8) {
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const float* xb = x + m0 * K;
-      float* yb = y + m0 * N;
-      switch (M - m0 < 4 ? M - m0 : 4) {
-        case 1: sgemv_rows<1>(yb, xb, w, N, K, n_begin, n_end); break;
-        case 2: sgemv_rows<2>(yb, xb, w, N, K, n_begin, n_end); break;
-        case 3: sgemv_rows<3>(yb, xb, w, N, K, n_begin, n_end); break;
-        default: sgemv_rows<4>(yb, xb, w, N, K, n_begin, n_end); break;
-      }
-    }
-    return;
-  }
-  for (int64_t t = t0; t < t1; t += 2) {
-    const int64_t n0 = t * QF_MM_NT, rows = n_end - n0 < 32 ? n_end - n0 : 32;
-    const float* wr = w + (n0 - n_begin) * K;
-    for (int64_t k = 0; k < K; k++)
-      for (int64_t r = 0; r < 32; r++) scratch[k * 32 + r] = r < rows ? wr[r * K + k] : 0.f;
-    gemm_panel(y + n0, N, x, K, M, scratch, K, lanes_below(rows), lanes_below(rows - 16));
-  }
-}
-
 }  // namespace
 
-const MatmulKernels matmul_kernels_avx512 = {matmul_f32_avx512, sgemm_nt_avx512};
+const MatmulKernels matmul_kernels_avx512 = {matmul_f32_avx512};
 
 }  // namespace qf

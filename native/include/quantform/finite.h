@@ -27,5 +27,7 @@ int64_t first_non_finite_bf16_ref(const uint16_t* p, int64_t n);
 
 // Index of the first NaN/Inf of `s` (f32, f16 or bf16), or -1; parallel over the pool.
 Status first_non_finite(const Span& s, int64_t* index);
+// The same for a buffer the caller already checked: p[0, n) f32.
+int64_t first_non_finite(const float* p, int64_t n);
 
 }  // namespace qf

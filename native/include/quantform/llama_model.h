@@ -1,41 +1,37 @@
-// A Llama-family model held in native memory: weights in the layouts of
-// llama_ops.h, a KV cache, and a forward pass that runs the whole network in one
-// call (lib/model/model.ts drives it through the LlamaModel N-API class).
-//
-// Forward of one layer l on x (B, T, C):
-//   h   = rmsnorm(x, attn_norm)                      (B, T, C)
-//   q   = h @ wq^T (B, T, NH, HS); k, v = h @ wk^T, h @ wv^T  (B, T, NKV, HS)
-//   rope(q), rope(k); k, v -> cache[:, pos0 : pos0 + T]
-//   a   = attention(q, cache) @ wo^T; x += a
-//   h   = rmsnorm(x, ffn_norm)
-//   x  += (silu(h @ w_gate^T) * (h @ w_up^T)) @ w_down^T   hidden (B, T, F)
-// logits = rmsnorm(x, final_norm) @ lm_head^T                (B, T, V)
+// A Llama-family model held in native memory: weights in the engine's layouts
+// (engine.h), a KV cache, and a forward pass that runs the whole network in one
+// call (lib/model/model.ts drives it through the LlamaModel N-API class):
+//   x = embed[tokens] (B, T, D); every layer: x = block_forward(x) with the layer's
+//   KV cache (B, S, Hkv, hd) at pos0; logits = rmsnorm(x, final_norm) . lm_head^T (B, T, V).
+// The block step is the one the trainer runs (engine_block.cpp).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "quantform/engine.h"
 #include "quantform/matmul_ops.h"
 #include "quantform/status.h"
 
 namespace qf {
 
 struct LlamaConfig {
-  int64_t dim = 0;         // C
+  int64_t dim = 0;         // D
   int64_t hidden_dim = 0;  // F (intermediate_size)
   int64_t n_layers = 0;
-  int64_t n_heads = 0;     // NH
-  int64_t n_kv_heads = 0;  // NKV, divides NH
-  int64_t head_dim = 0;    // HS, even
+  int64_t n_heads = 0;     // Hq
+  int64_t n_kv_heads = 0;  // Hkv, divides Hq
+  int64_t head_dim = 0;    // hd, even
   int64_t vocab_size = 0;  // V
   int64_t max_seq = 0;     // S: RoPE table and KV cache capacity
   float norm_eps = 1e-5f;
-  std::vector<float> inv_freq;  // (HS/2) rope_theta and rope_scaling applied
+  std::vector<float> inv_freq;  // (hd/2) rope_theta and rope_scaling applied
 };
 
 // Every linear layer is one of these: a weight (out, in) applied as x @ w^T.
-//   F32:       w (out, in), the fp32 GEMM.
+//   F32:       w (out, in), the engine's fp32 GEMM.
 //   Quantized: the canonical packed weight (formats.h) and, for INT4 with a group
 //              size the kernels support, its repacked form (matmul.h); the
 //              dequant-matmul kernels read it directly, no fp32 copy is kept.
@@ -48,15 +44,12 @@ struct Linear {
   DType param_dtype = DType::F32;
   QuantSpec spec{};
   std::unique_ptr<PreparedInt4> prepared;  // null when the layout has no fast kernel
+  CanonicalWeight canonical() const;        // Quantized: views of codes/scales/zeros
 };
 
-// x (M, in) -> y (M, out)
-Status linear_forward(float* y, const float* x, const Linear& lin, int64_t M);
-
 struct LlamaLayer {
-  std::vector<float> attn_norm, ffn_norm;  // (C)
-  Linear wq, wk, wv, wo;                    // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
-  Linear w_gate, w_up, w_down;              // (F, C) (F, C) (C, F)
+  std::vector<float> attn_norm, ffn_norm;  // (D)
+  Linear linear[kBlockLinears];            // wq (Dq, D) wk, wv (Dkv, D) wo (D, Dq) w_gate, w_up (F, D) w_down (D, F)
 };
 
 class LlamaModel {
@@ -64,9 +57,20 @@ class LlamaModel {
   static Status create(const LlamaConfig& cfg, std::unique_ptr<LlamaModel>* out);
 
   const LlamaConfig& config() const { return cfg_; }
-  // Names: embed (V, C), final_norm (C), lm_head (V, C), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
+  // Names: embed (V, D), final_norm (D), lm_head (V, D), layers.<l>.<attn_norm|ffn_norm|wq|wk|wv|wo|
   // w_gate|w_up|w_down>. data holds n floats; the expected shape is checked.
   Status set_weight(const std::string& name, const float* data, size_t n);
+  // set_weight for loaders that produce the floats in place (read_tensor_f32 straight
+  // from a checkpoint file), many weights at once: fresh storage for all of them is
+  // first touched on the thread pool (the page faults of gigabytes of new memory are
+  // the larger part of a load), then each item's fill(dst) writes its n floats. The
+  // weights are replaced only when every fill succeeds.
+  struct WeightFill {
+    std::string name;
+    size_t n;
+    std::function<Status(float*)> fill;
+  };
+  Status fill_weights(const std::vector<WeightFill>& items);
   // A quantized linear (name as above, not a norm or the embedding); w's shape must be the slot's.
   Status set_quantized_weight(const std::string& name, const CanonicalWeight& w);
   // Missing weights, named (lm_head falls back to embed when tied).
@@ -83,10 +87,10 @@ class LlamaModel {
   Linear lm_head_;
   bool tied_ = false;
   std::vector<LlamaLayer> layers_;
-  std::vector<float> rope_cos_, rope_sin_;  // (S, HS/2)
-  std::vector<bool> set_;                   // which weights arrived
+  std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2)
   int64_t cache_b_ = 0, cache_len_ = 0;
-  std::vector<float> kcache_, vcache_;      // (L, B, S, NKV, HS)
+  std::vector<float> kcache_, vcache_;      // (layers, B, S, Hkv, hd)
+  Workspace ws_;                            // reused by every forward (one at a time)
 };
 
 }  // namespace qf

@@ -58,11 +58,6 @@ struct MatmulKernels {
   // (null when M <= QF_MM_GEMV_MAX_M).
   void (*matmul_f32)(float* y, const float* x, const float* xsum, int64_t M, const PackedInt4View& w,
                      int64_t t0, int64_t t1, float* scratch);
-  // Plain fp32 GEMM y (M, N) = x (M, K) · W (N, K)ᵀ (the benchmark's baseline and
-  // the generic path's second half) for tiles of 16 output columns [t0, t1);
-  // w points at output row 16*t0; scratch as above for KP = ceil(K/8)*8.
-  void (*sgemm_nt)(float* y, const float* x, const float* w, int64_t M, int64_t N, int64_t K, int64_t t0,
-                   int64_t t1, float* scratch);
 };
 
 struct MatmulInt8Kernels {

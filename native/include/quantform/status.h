@@ -35,3 +35,14 @@ struct Status {
 inline Status error(Code c, std::string msg) { return Status{c, std::move(msg)}; }
 
 }  // namespace qf
+
+// Returns the Status of `expr` from the enclosing function when it is not Ok.
+#define QF_TRY(expr)                  \
+  do {                                \
+    ::qf::Status qf_st_ = (expr);     \
+    if (!qf_st_.ok()) return qf_st_;  \
+  } while (0)
+
+namespace qf {
+
+}  // namespace qf

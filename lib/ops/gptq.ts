@@ -1,0 +1,145 @@
+// GPTQ primitives (Frantar et al. 2022): the Hessian of a linear's calibration
+// inputs, accumulated batch by batch, and the quantization of its weight against
+// it. The output is the canonical QuantizedTensor (formats.h), so every consumer of
+// RTN output (dequantize, matmul, saveGptq) takes it unchanged. Algorithm, damping,
+// dead inputs and the two readings of group parameters: native/include/quantform/gptq.h.
+import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { native, type NativeGptqConfig } from '../native.js';
+import { dequantize, matrix, QuantizedTensor, resolveQuantOptions, type QuantOptions } from './quant.js';
+import { checkBuffer, Tensor } from './tensor.js';
+
+export interface GptqOptions extends QuantOptions {
+  /** Fraction of the mean diagonal of H added to its diagonal. Default 0.01 (the reference's percdamp). */
+  damp?: number;
+  /** Columns per lazy batch, 1..512. Default 128. Results do not depend on it with paramsFrom 'updated'. */
+  blockSize?: number;
+  /**
+   * Where a group's scale and zero point are read from when the column loop reaches
+   * the group: 'updated' (default) from the weights with every earlier column's error
+   * applied; 'batch-start' from the weights as they were at the start of the current
+   * lazy batch, as IST-DASLab/gptq, AutoGPTQ and GPTQModel compute them.
+   */
+  paramsFrom?: 'updated' | 'batch-start';
+}
+
+export interface GptqResult {
+  q: QuantizedTensor;
+  /** GPTQ's own error sum, Σ e² / 2 with e = (w - ŵ) / U[c, c] (the reference prints it as 'error'). */
+  loss: number;
+}
+
+/**
+ * H = 2/n Σ xᵀx over every row x of the calibration inputs of one linear (n rows
+ * so far), fed batch by batch so the inputs never need to be held at once.
+ */
+export class GptqHessian {
+  /** (K, K) row-major, symmetric */
+  readonly H: Float32Array;
+  private n = 0;
+
+  constructor(readonly K: number) {
+    if (!is.positiveInteger(K)) throw invalidParameter('positive integer', 'K', K);
+    this.H = new Float32Array(K * K);
+  }
+
+  /** Rows accumulated so far. */
+  get rows(): number {
+    return this.n;
+  }
+
+  private check(x: Float32Array): number {
+    if (!(x instanceof Float32Array) || x.length % this.K !== 0)
+      throw invalidParameter(`Float32Array with a multiple of ${this.K} elements`, 'x', x, 'QF_SHAPE_MISMATCH');
+    checkBuffer(x, 'x');
+    return x.length / this.K;
+  }
+
+  /** Adds the rows of x (T, K). */
+  add(x: Float32Array): void {
+    const T = this.check(x);
+    try {
+      native().gptqHessianAccumulate(this.H, x, T, this.K, this.n, false);
+    } catch (e) {
+      throw fromNative(e);
+    }
+    this.n += T;
+  }
+
+  async addAsync(x: Float32Array): Promise<void> {
+    const T = this.check(x);
+    try {
+      await native().gptqHessianAccumulate(this.H, x, T, this.K, this.n, true);
+    } catch (e) {
+      throw fromNative(e);
+    }
+    this.n += T;
+  }
+}
+
+function gptqArgs(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions) {
+  const [N, K] = matrix(w, 'weights');
+  if (w.dtype !== 'f32') throw invalidParameter('f32 tensor', 'weights', w.dtype, 'QF_DTYPE_MISMATCH');
+  const o = resolveQuantOptions({ ...opts, paramDtype: opts.paramDtype ?? 'f16' }, K);
+  const h = H instanceof GptqHessian ? H.H : H;
+  if (H instanceof GptqHessian && H.rows === 0) throw new QuantformError('QF_INVALID_ARGUMENT', 'The Hessian holds no calibration rows yet');
+  if (!(h instanceof Float32Array) || h.length !== K * K)
+    throw invalidParameter(`Float32Array of ${K * K} elements (K x K)`, 'H', h, 'QF_SHAPE_MISMATCH');
+  checkBuffer(h, 'H');
+  const damp = opts.damp ?? 0.01;
+  if (!is.finiteNumber(damp) || damp < 0) throw invalidParameter('number >= 0', 'damp', damp);
+  const blockSize = opts.blockSize ?? 128;
+  if (!is.positiveInteger(blockSize) || blockSize > 512) throw invalidParameter('integer in [1, 512]', 'blockSize', blockSize);
+  const paramsFrom = opts.paramsFrom ?? 'updated';
+  if (!is.oneOf(paramsFrom, ['updated', 'batch-start'] as const)) throw invalidParameter("'updated' or 'batch-start'", 'paramsFrom', paramsFrom);
+  const config: NativeGptqConfig = {
+    rows: N, cols: K, bits: o.bits, groupSize: o.groupSize, symmetric: o.symmetric, paramDtype: o.paramDtype, damp, blockSize, paramsFrom,
+  };
+  return { N, K, o, h, config };
+}
+
+/** GPTQ-quantizes w (N, K) f32 against the Hessian of its inputs (not modified). */
+export function gptqQuantize(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions): GptqResult {
+  const a = gptqArgs(w, H, opts);
+  let r;
+  try {
+    r = native().gptqQuantize(w.data as Float32Array, a.h, a.config, false);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  return { q: new QuantizedTensor(r.codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
+}
+
+export async function gptqQuantizeAsync(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions): Promise<GptqResult> {
+  const a = gptqArgs(w, H, opts);
+  let r;
+  try {
+    r = await native().gptqQuantize(w.data as Float32Array, a.h, a.config, true);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  return { q: new QuantizedTensor(r.codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
+}
+
+/**
+ * GPTQ's objective, tr((W - Ŵ) H (W - Ŵ)ᵀ), for w (N, K) and its quantized (or any
+ * fp32 (N, K)) approximation: the output error on the calibration inputs, times 2/n.
+ */
+export function gptqObjective(w: Tensor, approx: QuantizedTensor | Float32Array, H: Float32Array | GptqHessian): number {
+  const [N, K] = matrix(w, 'weights');
+  const h = H instanceof GptqHessian ? H.H : H;
+  if (!(h instanceof Float32Array) || h.length !== K * K) throw invalidParameter(`Float32Array of ${K * K} elements`, 'H', h, 'QF_SHAPE_MISMATCH');
+  const wh = approx instanceof QuantizedTensor ? (dequantize(approx).data as Float32Array) : approx;
+  if (!(wh instanceof Float32Array) || wh.length !== N * K) throw invalidParameter(`Float32Array of ${N * K} elements`, 'approx', wh, 'QF_SHAPE_MISMATCH');
+  const wd = w.data as Float32Array;
+  const E = new Float32Array(N * K);
+  for (let i = 0; i < E.length; i++) E[i] = wd[i] - wh[i];
+  const EH = new Float32Array(N * K);
+  try {
+    native().engine.gemm(EH, E, h, N, K, K, false, false, false);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  let s = 0;
+  for (let i = 0; i < E.length; i++) s += EH[i] * E[i];
+  return s;
+}

@@ -1,0 +1,364 @@
+// N-API entry points of the engine (registered as exports.engine):
+//   - every op of QF_ENGINE_OPS, bound without per-op code: each parameter of the op's
+//     C++ signature is unwrapped by its type (Span: Float32Array or null, IdSpan:
+//     Int32Array, int64_t: integer, float: number, bool: boolean), an optional last
+//     `async` argument runs it on a worker thread; outputs are caller-owned (the
+//     ops check every length natively, so nothing here is sized by an argument)
+//   - ops() and kernels(): the op list and which tier implements each kernel
+//   - the block step: the config object and buffers are copied into a baton
+//     (BlockDesc) on the main thread; the worker computes on it with no N-API calls.
+// Lengths are checked natively by the ops (engine_ops.cpp, engine_block.cpp).
+#include <cctype>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "napi_util.h"
+#include "quantform/dispatch.h"
+#include "quantform/engine.h"
+
+namespace qf {
+namespace {
+
+[[noreturn]] void fail(Code c, std::string msg) { throw ArgError{error(c, std::move(msg))}; }
+
+std::string camel(const char* snake) {
+  std::string out;
+  for (const char* p = snake; *p; p++) {
+    if (*p == '_' && p[1]) out += (char)std::toupper((unsigned char)*++p);
+    else out += *p;
+  }
+  return out;
+}
+
+std::vector<std::string> split_names(const char* list) {
+  std::vector<std::string> out(1);
+  for (const char* p = list; *p; p++) {
+    if (*p == ',') out.emplace_back();
+    else if (*p != ' ') out.back() += *p;
+  }
+  return out;
+}
+
+constexpr size_t count_names(const char* s) { return *s == 0 ? 1 : (*s == ',' ? 1 : 0) + count_names(s + 1); }
+template <class... A>
+constexpr size_t arity(Status (*)(A...)) { return sizeof...(A); }
+
+IdSpan arg_ids(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const Span s = arg_int32(info, i, name);
+  return IdSpan{static_cast<const int32_t*>(s.data), s.len};
+}
+
+void check_status(const Status& st) {
+  if (!st.ok()) throw ArgError{st};
+}
+
+Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
+}
+
+// One parameter of an op, unwrapped by its C++ type.
+template <class T>
+struct Unwrap;
+template <>
+struct Unwrap<Span> {
+  static Span get(const Napi::CallbackInfo& info, size_t i, const char* name) { return f32_or_null(info, i, name); }
+};
+template <>
+struct Unwrap<IdSpan> {
+  static IdSpan get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_ids(info, i, name); }
+};
+template <>
+struct Unwrap<int64_t> {
+  static int64_t get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int(info, i, name); }
+};
+template <>
+struct Unwrap<float> {
+  static float get(const Napi::CallbackInfo& info, size_t i, const char* name) { return (float)arg_number(info, i, name); }
+};
+template <>
+struct Unwrap<bool> {
+  static bool get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_bool(info, i, name); }
+};
+
+template <class... A, size_t... I>
+std::tuple<A...> unwrap_all(const Napi::CallbackInfo& info, const std::vector<std::string>& names,
+                            std::index_sequence<I...>) {
+  return std::tuple<A...>{Unwrap<A>::get(info, I, names[I].c_str())...};
+}
+
+// fn(args...) now, or on a worker thread when an extra `true` follows the arguments.
+template <class... A>
+Napi::Value call_op(const Napi::CallbackInfo& info, Status (*fn)(A...), const char* op, const char* arg_list) {
+  constexpr size_t n = sizeof...(A);
+  const std::vector<std::string> names = split_names(arg_list);
+  if (info.Length() != n && info.Length() != n + 1)
+    fail(Code::InvalidArgument, "Expected " + std::to_string(n) + " arguments (" + arg_list + ") [, async] for " + camel(op) +
+                                    " but received " + std::to_string(info.Length()));
+  const bool async = info.Length() == n + 1 && arg_bool(info, n, "async");
+  const std::tuple<A...> args = unwrap_all<A...>(info, names, std::index_sequence_for<A...>{});
+  std::vector<Napi::Value> keep;
+  for (size_t i = 0; i < n; i++) keep.push_back(info[i]);
+  return run_op(info, async, std::move(keep), [fn, args] { return std::apply(fn, args); },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+#define QF_BIND_OP(name, args)                                                                        \
+  static_assert(count_names(args) == arity(&::qf::name), "argument names of " #name " do not match"); \
+  Napi::Value name##_js(const Napi::CallbackInfo& info) { return call_op(info, &::qf::name, #name, args); }
+QF_ENGINE_OPS(QF_BIND_OP)
+#undef QF_BIND_OP
+
+// ops() -> camelCase names of every op of the list (the test enumerator reads it).
+Napi::Value ops_js(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env());
+  uint32_t i = 0;
+#define QF_OP_NAME(name, args) a.Set(i++, camel(#name));
+  QF_ENGINE_OPS(QF_OP_NAME)
+#undef QF_OP_NAME
+  return a;
+}
+
+// kernels() -> [{ name, ref, avx2, avx512, active }]: which tier's code runs each kernel
+// when that tier (or the active one) is selected.
+Napi::Value kernels_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::vector<KernelImpl> tiers[3] = {engine_kernel_impls(Tier::Ref), engine_kernel_impls(Tier::Avx2),
+                                            engine_kernel_impls(Tier::Avx512)};
+  const std::vector<KernelImpl> active = engine_kernel_impls(active_tier());
+  Napi::Array a = Napi::Array::New(env, active.size());
+  for (size_t i = 0; i < active.size(); i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", camel(active[i].name));
+    o.Set("ref", tiers[0][i].impl);
+    o.Set("avx2", tiers[1][i].impl);
+    o.Set("avx512", tiers[2][i].impl);
+    o.Set("active", active[i].impl);
+    a.Set((uint32_t)i, o);
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------------------
+// The block step
+// ---------------------------------------------------------------------------
+
+double get_number(const Napi::Object& o, const char* key) {
+  const Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) fail(Code::InvalidArgument, std::string("Expected number for config.") + key);
+  return v.As<Napi::Number>().DoubleValue();
+}
+int64_t get_int(const Napi::Object& o, const char* key) {
+  const double d = get_number(o, key);
+  if (!(d >= -9007199254740991.0 && d <= 9007199254740991.0) || d != (double)(int64_t)d)
+    fail(Code::InvalidArgument, std::string("Expected integer for config.") + key + " but received " + std::to_string(d));
+  return (int64_t)d;
+}
+bool get_bool(const Napi::Object& o, const char* key, bool dflt) {
+  const Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return dflt;
+  if (!v.IsBoolean()) fail(Code::InvalidArgument, std::string("Expected boolean for config.") + key);
+  return v.As<Napi::Boolean>().Value();
+}
+
+// A block description and what it owns: a copy of the RoPE inverse frequencies (the
+// tables for positions [0, T) are built on the worker) and the tables themselves.
+struct BlockBaton {
+  BlockDesc desc;
+  std::vector<float> inv_freq;        // (hd/2)
+  std::vector<float> cos, sin;        // (T, hd/2)
+  Status tables() {
+    const int64_t half = desc.dims.hd / 2, T = desc.dims.T;
+    cos.resize((size_t)(T * half));
+    sin.resize((size_t)(T * half));
+    QF_TRY(rope_tables(Span{cos.data(), cos.size(), DType::F32}, Span{sin.data(), sin.size(), DType::F32},
+                       Span{inv_freq.data(), inv_freq.size(), DType::F32}, T, desc.dims.hd));
+    desc.rope_cos = cos.data();
+    desc.rope_sin = sin.data();
+    desc.rope_len = T;
+    return Status::Ok();
+  }
+};
+
+// config: { B, T, D, F, Hq, Hkv, hd, eps, invFreq: Float32Array (hd/2), bits (0: no fake quant),
+//           groupSize, symmetric, teq, teqExtra? }
+std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsObject()) fail(Code::InvalidArgument, "Expected a block config object");
+  const Napi::Object o = info[i].As<Napi::Object>();
+  auto b = std::make_shared<BlockBaton>();
+  BlockDesc& d = b->desc;
+  d.dims = BlockDims{get_int(o, "B"), get_int(o, "T"), get_int(o, "D"), get_int(o, "F"),
+                     get_int(o, "Hq"), get_int(o, "Hkv"), get_int(o, "hd")};
+  d.eps = (float)get_number(o, "eps");
+  const int64_t bits = get_int(o, "bits");
+  d.rtn = bits != 0;
+  d.rtn_spec = QuantSpec{(int)bits, get_int(o, "groupSize"), get_bool(o, "symmetric", false), true};
+  d.teq.on = get_bool(o, "teq", false);
+  d.teq.extra = get_bool(o, "teqExtra", false);
+  check_status(check_block(d));
+  const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
+  if ((int64_t)f.len != d.dims.hd / 2)
+    fail(Code::ShapeMismatch, "Expected hd/2 = " + std::to_string(d.dims.hd / 2) + " elements for config.invFreq but received " +
+                                  std::to_string(f.len));
+  const float* fp = static_cast<const float*>(f.data);
+  b->inv_freq.assign(fp, fp + f.len);
+  return b;
+}
+
+// The parameter arena: Float32Array (f32) or Uint16Array (bf16).
+Span arena_span(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const Napi::Value v = info[i];
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array)
+    return arg_span(info, i, name, DType::BF16);
+  return arg_span(info, i, name, DType::F32);
+}
+
+void set_teq_alpha(BlockDesc* d, const Span& alpha) {
+  if (!d->teq.on) {
+    if (alpha.data) fail(Code::InvalidArgument, "Expected alpha null when config.teq is false");
+    return;
+  }
+  const int64_t want = block_alpha_count(*d);
+  if (!alpha.data || (int64_t)alpha.len != want)
+    fail(Code::ShapeMismatch, "Expected " + std::to_string(want) + " elements for alpha but received " +
+                                  std::to_string(alpha.data ? (int64_t)alpha.len : 0));
+  d->teq.alpha = static_cast<const float*>(alpha.data);
+}
+
+// blockSizes(config) -> { params, saved, alpha }
+Napi::Value block_sizes_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("params", (double)block_param_count(b->desc.dims));
+  o.Set("saved", (double)block_saved_count(b->desc));
+  o.Set("alpha", (double)block_alpha_count(b->desc));
+  return o;
+}
+
+// blockLayout(config) -> { total, attn_norm: { offset, rows, cols }, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down }
+Napi::Value block_layout_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const BlockLayout L = block_layout(b->desc.dims);
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  auto put = [&](const BlockTensorSlot& s) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("offset", (double)s.offset);
+    t.Set("rows", (double)s.rows);
+    t.Set("cols", (double)s.cols);
+    o.Set(s.name, t);
+  };
+  put(L.attn_norm);
+  for (int j = kWq; j <= kWo; j++) put(L.linear[j]);
+  put(L.ffn_norm);
+  for (int j = kWGate; j <= kWDown; j++) put(L.linear[j]);
+  o.Set("total", (double)L.total);
+  return o;
+}
+
+// blockSavedLayout(config) -> { total, x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff }
+Napi::Value block_saved_layout_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const BlockSavedLayout L = block_saved_layout(b->desc);
+  Napi::Object o = Napi::Object::New(info.Env());
+  const std::pair<const char*, int64_t> at[] = {{"x", L.x},       {"rstd1", L.rstd1}, {"xn1", L.xn1}, {"xs1", L.xs1},
+                                                {"q", L.q},       {"k", L.k},         {"v", L.v},     {"probs", L.probs},
+                                                {"att", L.att},   {"atts", L.atts},   {"h", L.h},     {"rstd2", L.rstd2},
+                                                {"xn2", L.xn2},   {"xs2", L.xs2},     {"g", L.g},     {"u", L.u},
+                                                {"a", L.a},       {"as", L.as},       {"eff", L.eff}, {"total", L.total}};
+  for (const auto& kv : at) o.Set(kv.first, (double)kv.second);
+  return o;
+}
+
+// blockForward(config, out, saved | null, x, params, alpha | null, async)
+Napi::Value block_forward_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span out = arg_span(info, 1, "out", DType::F32), saved = f32_or_null(info, 2, "saved"),
+             x = arg_span(info, 3, "x", DType::F32), params = arena_span(info, 4, "params"),
+             alpha = f32_or_null(info, 5, "alpha");
+  check_status(block_bind_arena(&b->desc, params));
+  set_teq_alpha(&b->desc, alpha);
+  return run_op(info, arg_bool(info, 6, "async"), {info[1], info[2], info[3], info[4], info[5]},
+                [b, out, saved, x] {
+                  QF_TRY(b->tables());
+                  Workspace ws;
+                  return block_forward(out, saved, x, b->desc, nullptr, &ws);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+// blockBackward(config, dx, grads | null, dalpha | null, dout, saved, params, alpha | null, async)
+Napi::Value block_backward_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span dx = arg_span(info, 1, "dx", DType::F32), grads = f32_or_null(info, 2, "grads"),
+             dalpha = f32_or_null(info, 3, "dalpha"), dout = arg_span(info, 4, "dout", DType::F32),
+             saved = arg_span(info, 5, "saved", DType::F32), params = arena_span(info, 6, "params"),
+             alpha = f32_or_null(info, 7, "alpha");
+  check_status(block_bind_arena(&b->desc, params));
+  set_teq_alpha(&b->desc, alpha);
+  BlockGrads g;
+  if (grads.data) {
+    if ((int64_t)grads.len != block_param_count(b->desc.dims))
+      fail(Code::ShapeMismatch, "Expected " + std::to_string(block_param_count(b->desc.dims)) +
+                                    " elements for grads but received " + std::to_string(grads.len));
+    g.params = static_cast<float*>(grads.data);
+  }
+  if (b->desc.teq.on) {
+    if (!dalpha.data || (int64_t)dalpha.len != block_alpha_count(b->desc))
+      fail(Code::ShapeMismatch, "Expected " + std::to_string(block_alpha_count(b->desc)) + " elements for dalpha but received " +
+                                    std::to_string(dalpha.data ? (int64_t)dalpha.len : 0));
+    g.alpha = static_cast<float*>(dalpha.data);
+  }
+  return run_op(info, arg_bool(info, 8, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7]},
+                [b, g, dx, dout, saved] {
+                  QF_TRY(b->tables());
+                  Workspace ws;
+                  return block_backward(dx, g, dout, saved, b->desc, &ws);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+// blockMergeScales(config, params, alpha): TEQ's merge into one f32 arena, in place.
+Napi::Value block_merge_scales_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  check_status(block_merge_scales(arg_span(info, 1, "params", DType::F32), arg_span(info, 2, "alpha", DType::F32),
+                                  b->desc.dims, b->desc.teq.extra));
+  return info.Env().Undefined();
+}
+
+// lmHeadLoss(nll, dx | null, dnorm | null, dhead | null, x, normWeight, head, targets, BT, D, V, eps, lossScale, async)
+Napi::Value lm_head_loss_js(const Napi::CallbackInfo& info) {
+  const Span nll = arg_span(info, 0, "nll", DType::F32), dx = f32_or_null(info, 1, "dx"),
+             dnorm = f32_or_null(info, 2, "dnorm"), dhead = f32_or_null(info, 3, "dhead"),
+             x = arg_span(info, 4, "x", DType::F32), nw = arg_span(info, 5, "normWeight", DType::F32),
+             head = arg_span(info, 6, "head", DType::F32);
+  const IdSpan targets = arg_ids(info, 7, "targets");
+  const int64_t BT = arg_int(info, 8, "BT"), D = arg_int(info, 9, "D"), V = arg_int(info, 10, "V");
+  const float eps = (float)arg_number(info, 11, "eps"), scale = (float)arg_number(info, 12, "lossScale");
+  return run_op(info, arg_bool(info, 13, "async"), {info[0], info[1], info[2], info[3], info[4], info[5], info[6], info[7]},
+                [=] { return lm_head_loss(nll, dx, dnorm, dhead, x, nw, head, targets, BT, D, V, eps, scale); },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+}  // namespace
+
+void register_engine(Napi::Env env, Napi::Object root) {
+  Napi::Object exports = Napi::Object::New(env);
+  root.Set("engine", exports);
+#define QF_REGISTER_OP(name, args) QF_EXPORT_IN(exports, "engine", camel(#name).c_str(), name##_js);
+  QF_ENGINE_OPS(QF_REGISTER_OP)
+#undef QF_REGISTER_OP
+  QF_EXPORT_IN(exports, "engine", "ops", ops_js);
+  QF_EXPORT_IN(exports, "engine", "kernels", kernels_js);
+  QF_EXPORT_IN(exports, "engine", "blockSizes", block_sizes_js);
+  QF_EXPORT_IN(exports, "engine", "blockLayout", block_layout_js);
+  QF_EXPORT_IN(exports, "engine", "blockSavedLayout", block_saved_layout_js);
+  QF_EXPORT_IN(exports, "engine", "blockForward", block_forward_js);
+  QF_EXPORT_IN(exports, "engine", "blockBackward", block_backward_js);
+  QF_EXPORT_IN(exports, "engine", "blockMergeScales", block_merge_scales_js);
+  QF_EXPORT_IN(exports, "engine", "lmHeadLoss", lm_head_loss_js);
+}
+
+}  // namespace qf

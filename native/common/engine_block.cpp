@@ -1,0 +1,851 @@
+// The Llama block step (engine.h): layouts, the forward that the runtime model and
+// the trainer share, its backward, TEQ's fake quantization and merge, and the LM
+// head loss. Buffers of one call come from a Workspace reserved here, on the
+// calling thread, before any parallel work.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "quantform/engine.h"
+#include "quantform/formats.h"
+#include "quantform/numeric.h"
+#include "quantform/threadpool.h"
+
+namespace qf {
+
+const char* const kBlockLinearNames[kBlockLinears] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
+
+namespace {
+
+std::string num(int64_t v) { return std::to_string(v); }
+
+Status positive(const char* name, int64_t v) {
+  if (v <= 0 || v > ((int64_t)1 << 31))
+    return error(Code::InvalidArgument, std::string("Expected positive integer below 2^31 for ") + name +
+                                            " but received " + num(v));
+  return Status::Ok();
+}
+
+Status need(const char* name, const Span& s, int64_t want, const char* shape) {
+  if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
+  if (s.data == nullptr && want > 0)
+    return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");
+  if ((int64_t)s.len != want)
+    return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " elements " + shape + " for " + name +
+                                          " but received " + num((int64_t)s.len));
+  return Status::Ok();
+}
+
+float* F(const Span& s) { return static_cast<float*>(s.data); }
+int64_t grain_rows(int64_t cols) { return cols >= 8192 ? 1 : 8192 / cols; }
+
+// (rows, cols) of linear j.
+void linear_shape(const BlockDims& d, int j, int64_t* rows, int64_t* cols) {
+  const int64_t r[kBlockLinears] = {d.Dq(), d.Dkv(), d.Dkv(), d.D, d.F, d.F, d.D};
+  const int64_t c[kBlockLinears] = {d.D, d.D, d.D, d.Dq(), d.D, d.D, d.F};
+  *rows = r[j];
+  *cols = c[j];
+}
+
+int64_t max_linear(const BlockDims& d) {
+  int64_t m = 0, r, c;
+  for (int j = 0; j < kBlockLinears; j++) {
+    linear_shape(d, j, &r, &c);
+    m = std::max(m, r * c);
+  }
+  return m;
+}
+
+// Effective weights differ from the stored ones: Q(W diag(alpha)).
+bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on; }
+
+// Saved activations of one training forward (floats), in order (engine.h).
+using SavedLayout = BlockSavedLayout;
+
+SavedLayout saved_layout(const BlockDesc& d) {
+  const BlockDims& m = d.dims;
+  const int64_t BT = m.BT(), D = m.D, F_ = m.F, Dq = m.Dq(), Dkv = m.Dkv();
+  const bool teq = d.teq.on, extra = d.teq.on && d.teq.extra;
+  SavedLayout L;
+  int64_t o = 0;
+  auto take = [&o](int64_t n) { const int64_t at = o; o += n; return at; };
+  L.x = take(BT * D);                               // (BT, D) block input
+  L.rstd1 = take(BT);                               // (BT)
+  L.xn1 = take(BT * D);                             // (BT, D) rmsnorm(x) * attn_norm
+  L.xs1 = teq ? take(BT * D) : L.xn1;               // (BT, D) xn1 / alpha1: the q/k/v input
+  L.q = take(BT * Dq);                              // (B, T, Hq, hd) after RoPE
+  L.k = take(BT * Dkv);                             // (B, T, Hkv, hd) after RoPE
+  L.v = take(BT * Dkv);                             // (B, T, Hkv, hd)
+  L.probs = take(m.B * m.Hq * m.T * m.T);           // (B, Hq, T, T)
+  L.att = take(BT * Dq);                            // (BT, Dq) attention output
+  L.atts = extra ? take(BT * Dq) : L.att;           // (BT, Dq) att / alpha_o: the o_proj input
+  L.h = take(BT * D);                               // (BT, D) x + attention half
+  L.rstd2 = take(BT);                               // (BT)
+  L.xn2 = take(BT * D);                             // (BT, D)
+  L.xs2 = teq ? take(BT * D) : L.xn2;               // (BT, D) the gate/up input
+  L.g = take(BT * F_);                              // (BT, F)
+  L.u = take(BT * F_);                              // (BT, F)
+  L.a = take(BT * F_);                              // (BT, F) silu(g) * u
+  L.as = extra ? take(BT * F_) : L.a;               // (BT, F) a / alpha_d: the down_proj input
+  L.eff = has_eff(d) ? take(block_param_count(m)) : 0;  // effective weights, parameter-arena layout
+  L.total = o;
+  return L;
+}
+
+// Pointers to one forward's activations: into the saved buffer (training) or the
+// workspace (inference, where x, rstd, probabilities and effective weights are null).
+struct Acts {
+  float *x, *rstd1, *xn1, *xs1, *q, *k, *v, *probs, *att, *atts, *h, *rstd2, *xn2, *xs2, *g, *u, *a, *as, *eff;
+};
+
+Acts acts_in(float* s, const SavedLayout& L) {
+  return Acts{s + L.x,  s + L.rstd1, s + L.xn1, s + L.xs1, s + L.q,   s + L.k,     s + L.v,
+              s + L.probs, s + L.att, s + L.atts, s + L.h, s + L.rstd2, s + L.xn2, s + L.xs2,
+              s + L.g,  s + L.u,     s + L.a,   s + L.as,  s + L.eff};
+}
+
+// A bump allocator over a Workspace: sizes are summed first (plan), the workspace
+// reserved once, then the same sequence of takes hands out pointers.
+class Carve {
+ public:
+  explicit Carve(float* base) : base_(base) {}
+  float* take(int64_t n) {
+    float* p = base_ ? base_ + used_ : nullptr;
+    used_ += (n + 15) / 16 * 16;  // 64-byte aligned slices
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  float* base_;
+  int64_t used_ = 0;
+};
+
+void widen_bf16(float* dst, const uint16_t* src, int64_t n) {
+  parallel_for(n, 1 << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) dst[i] = bf16_to_f32(src[i]);
+  });
+}
+
+// The f32 values of a norm or linear: the source itself, or widened into `scratch`.
+const float* f32_of(const WeightSource& s, int64_t n, float* scratch) {
+  if (s.kind == WeightSource::Kind::F32) return static_cast<const float*>(s.data);
+  widen_bf16(scratch, static_cast<const uint16_t*>(s.data), n);
+  return scratch;
+}
+
+// dst (rows, K) = src / scale per column (scale null: copy).
+void scale_cols_div(float* dst, const float* src, const float* scale, int64_t rows, int64_t K) {
+  parallel_for(rows, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+      for (int64_t k = 0; k < K; k++) dst[r * K + k] = src[r * K + k] / scale[k];
+  });
+}
+
+// ws (N, K) = Q(W . diag(alpha)) (alpha null: W; Q off: no rounding); ws may alias W.
+Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N, int64_t K, const BlockDesc& d) {
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++)
+      for (int64_t k = 0; k < K; k++) ws[n * K + k] = alpha ? W[n * K + k] * alpha[k] : W[n * K + k];
+  });
+  if (!d.rtn) return Status::Ok();
+  QuantSpec spec = d.rtn_spec;
+  spec.group_size = std::min<int64_t>(spec.group_size, K);
+  const int64_t G = qf_num_groups(K, spec.group_size);
+  std::vector<uint8_t> codes((size_t)(N * qf_packed_row_bytes(spec.bits, K)));
+  std::vector<uint16_t> s16((size_t)(N * G)), z16((size_t)(N * G));
+  std::vector<float> s32, z32;
+  const DType pd = spec.f16_params ? DType::F16 : DType::F32;
+  void* sp = s16.data();
+  void* zp = z16.data();
+  if (pd == DType::F32) {
+    s32.resize((size_t)(N * G));
+    z32.resize((size_t)(N * G));
+    sp = s32.data();
+    zp = z32.data();
+  }
+  const Span cs{codes.data(), codes.size(), DType::F32}, ss{sp, (size_t)(N * G), pd},
+      zs{spec.symmetric ? nullptr : zp, spec.symmetric ? 0 : (size_t)(N * G), pd}, wsp{ws, (size_t)(N * K), DType::F32};
+  QF_TRY(quantize(cs, ss, zs, wsp, N, K, spec));
+  return dequantize(wsp, cs, ss, zs, N, K, spec);
+}
+
+// Backward of v -> Q(v), the RTN fake quant of v = W diag(alpha) with parameters chosen
+// from v itself, as the TEQ reference computes it: rounding is straight-through (dv = g
+// inside the range, 0 where clamped), the step size s = (max - min) / qmax (symmetric:
+// max|v| / (2^(b-1) - 1)) gets the LSQ term ds = sum g (round(v/s) - v/s) (clamped:
+// g (bound - z)) and passes it to the group's extreme elements; the zero point is
+// rounded, so it carries no gradient. g (N, K) is replaced by dv.
+Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int64_t K, const QuantSpec& spec_in) {
+  QuantSpec spec = spec_in;
+  spec.group_size = std::min<int64_t>(spec.group_size, K);
+  const int64_t G = qf_num_groups(K, spec.group_size);
+  std::vector<float> v((size_t)(N * K)), dv((size_t)(N * K)), ds((size_t)(N * G)), dz((size_t)(N * G));  // (N, K), (N, G)
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++)
+      for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = W[n * K + k] * alpha[k];
+  });
+  std::vector<uint8_t> codes((size_t)(N * qf_packed_row_bytes(spec.bits, K)));
+  std::vector<uint16_t> sh((size_t)(N * G)), zh((size_t)(N * G));
+  const Span cs{codes.data(), codes.size(), DType::F32}, ss{sh.data(), sh.size(), DType::F16},
+      zs{spec.symmetric ? nullptr : zh.data(), spec.symmetric ? 0 : zh.size(), DType::F16}, vs{v.data(), v.size(), DType::F32};
+  QF_TRY(quantize(cs, ss, zs, vs, N, K, spec));
+  std::vector<float> s32((size_t)(N * G)), z32((size_t)(N * G));
+  for (size_t i = 0; i < sh.size(); i++) {
+    s32[i] = f16_to_f32(sh[i]);
+    z32[i] = spec.symmetric ? 0.f : f16_to_f32(zh[i]);
+  }
+  QuantSpec fq = spec;
+  fq.f16_params = false;
+  QF_TRY(fake_quant_backward(Span{dv.data(), dv.size(), DType::F32}, Span{ds.data(), ds.size(), DType::F32},
+                             Span{spec.symmetric ? nullptr : dz.data(), spec.symmetric ? 0 : dz.size(), DType::F32},
+                             Span{g, (size_t)(N * K), DType::F32}, vs, Span{s32.data(), s32.size(), DType::F32},
+                             Span{spec.symmetric ? nullptr : z32.data(), spec.symmetric ? 0 : z32.size(), DType::F32}, N, K, fq));
+  const float qmax = spec.symmetric ? (float)((1 << (spec.bits - 1)) - 1) : (float)((1 << spec.bits) - 1);
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; n++) {
+      for (int64_t gi = 0; gi < G; gi++) {
+        const float dd = ds[(size_t)(n * G + gi)] / qmax;
+        const int64_t k0 = gi * spec.group_size, k1 = std::min(K, k0 + spec.group_size);
+        int64_t imax = k0, imin = k0;
+        for (int64_t k = k0; k < k1; k++) {
+          if (v[(size_t)(n * K + k)] > v[(size_t)(n * K + imax)]) imax = k;
+          if (v[(size_t)(n * K + k)] < v[(size_t)(n * K + imin)]) imin = k;
+        }
+        const float hi = v[(size_t)(n * K + imax)], lo = v[(size_t)(n * K + imin)];
+        if (spec.symmetric) {
+          // s = max(|lo|, |hi|) / qmax
+          if (-lo > hi) dv[(size_t)(n * K + imin)] -= dd;
+          else if (hi > 0.f) dv[(size_t)(n * K + imax)] += dd;
+        } else {
+          // s = (max(hi, 0) - min(lo, 0)) / qmax
+          if (hi > 0.f) dv[(size_t)(n * K + imax)] += dd;
+          if (lo < 0.f) dv[(size_t)(n * K + imin)] -= dd;
+        }
+      }
+      std::copy(dv.begin() + n * K, dv.begin() + (n + 1) * K, g + n * K);
+    }
+  });
+  return Status::Ok();
+}
+
+Status check_sources(const BlockDesc& d, bool training) {
+  const BlockDims& m = d.dims;
+  for (const WeightSource* s : {&d.attn_norm, &d.ffn_norm}) {
+    if (s->kind == WeightSource::Kind::Quantized)
+      return error(Code::InvalidArgument, "Expected F32 or BF16 norm weights but received a quantized source");
+    if (!s->data) return error(Code::InvalidArgument, "Expected norm weights but received none");
+  }
+  for (int j = 0; j < kBlockLinears; j++) {
+    const WeightSource& s = d.linear[j];
+    int64_t rows, cols;
+    linear_shape(m, j, &rows, &cols);
+    if (s.kind != WeightSource::Kind::Quantized) {
+      if (!s.data) return error(Code::InvalidArgument, std::string("Expected weights for ") + kBlockLinearNames[j] + " but received none");
+      continue;
+    }
+    if (!s.canon && !s.prepared)
+      return error(Code::InvalidArgument, std::string("Expected a quantized weight for ") + kBlockLinearNames[j] + " but received none");
+    const int64_t N = s.prepared ? s.prepared->N : s.canon->N, K = s.prepared ? s.prepared->K : s.canon->K;
+    if (N != rows || K != cols)
+      return error(Code::ShapeMismatch, std::string("Expected a (") + num(rows) + ", " + num(cols) + ") weight for " +
+                                            kBlockLinearNames[j] + " but received (" + num(N) + ", " + num(K) + ")");
+    if (training || has_eff(d))
+      return error(Code::InvalidArgument, std::string("Quantized weight sources are inference-only, but ") +
+                                              kBlockLinearNames[j] + " is quantized in a block with " +
+                                              (training ? "saved activations" : "TEQ or fake quantization"));
+  }
+  return Status::Ok();
+}
+
+// y (M, N) = x (M, K) . W^T for W (N, K) f32.
+void matmul_nt(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K, bool acc, float* pack,
+               int64_t slots) {
+  gemm_run(y, N, StridedMat{x, K, 1}, StridedMat{W, 1, K}, M, N, K, acc, pack, slots);
+}
+// dx (M, K) [+]= dy (M, N) . W (N, K)
+void matmul_nn(float* dx, const float* dy, const float* W, int64_t M, int64_t N, int64_t K, bool acc, float* pack,
+               int64_t slots) {
+  gemm_run(dx, K, StridedMat{dy, N, 1}, StridedMat{W, K, 1}, M, K, N, acc, pack, slots);
+}
+// dW (N, K) [+]= dy (M, N)^T . x (M, K)
+void matmul_tn(float* dW, const float* dy, const float* x, int64_t M, int64_t N, int64_t K, bool acc, float* pack,
+               int64_t slots) {
+  gemm_run(dW, K, StridedMat{dy, 1, N}, StridedMat{x, K, 1}, N, K, M, acc, pack, slots);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Layouts
+// ---------------------------------------------------------------------------
+
+BlockLayout block_layout(const BlockDims& d) {
+  BlockLayout L;
+  int64_t o = 0;
+  auto slot = [&o](const char* name, int64_t rows, int64_t cols) {
+    const BlockTensorSlot s{name, o, rows, cols};
+    o += rows * cols;
+    return s;
+  };
+  int64_t r, c;
+  L.attn_norm = slot("attn_norm", 1, d.D);
+  for (int j = kWq; j <= kWo; j++) {
+    linear_shape(d, j, &r, &c);
+    L.linear[j] = slot(kBlockLinearNames[j], r, c);
+  }
+  L.ffn_norm = slot("ffn_norm", 1, d.D);
+  for (int j = kWGate; j <= kWDown; j++) {
+    linear_shape(d, j, &r, &c);
+    L.linear[j] = slot(kBlockLinearNames[j], r, c);
+  }
+  L.total = o;
+  return L;
+}
+
+int64_t block_param_count(const BlockDims& d) { return block_layout(d).total; }
+
+int64_t block_alpha_count(const BlockDesc& d) {
+  if (!d.teq.on) return 0;
+  return 2 * d.dims.D + (d.teq.extra ? d.dims.Dkv() + d.dims.F : 0);
+}
+
+int64_t block_saved_count(const BlockDesc& d) { return saved_layout(d).total; }
+BlockSavedLayout block_saved_layout(const BlockDesc& d) { return saved_layout(d); }
+
+Status check_block(const BlockDesc& d) {
+  const BlockDims& m = d.dims;
+  QF_TRY(positive("B", m.B));
+  QF_TRY(positive("T", m.T));
+  QF_TRY(positive("D", m.D));
+  QF_TRY(positive("F", m.F));
+  QF_TRY(positive("Hq", m.Hq));
+  QF_TRY(positive("Hkv", m.Hkv));
+  QF_TRY(positive("hd", m.hd));
+  if (m.Hq % m.Hkv != 0)
+    return error(Code::InvalidArgument, "Expected Hkv dividing Hq but received Hq=" + num(m.Hq) + ", Hkv=" + num(m.Hkv));
+  if (m.hd % 2 != 0) return error(Code::InvalidArgument, "Expected even hd but received " + num(m.hd));
+  if (!(d.eps > 0.f) || !std::isfinite(d.eps))
+    return error(Code::InvalidArgument, "Expected positive finite eps but received " + std::to_string(d.eps));
+  if (d.teq.extra && !d.teq.on) return error(Code::InvalidArgument, "Expected teq together with teqExtra");
+  if (d.rtn) {
+    if (!qf_bits_supported(d.rtn_spec.bits))
+      return error(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} but received " + num(d.rtn_spec.bits));
+    if (d.rtn_spec.group_size <= 0)
+      return error(Code::InvalidArgument, "Expected positive groupSize but received " + num(d.rtn_spec.group_size));
+  }
+  if (d.learned_fq.active())
+    return error(Code::Unsupported, "Learned fake quantization (EfficientQAT) is not implemented in the block step yet");
+  if (d.fpt.active()) return error(Code::Unsupported, "FPTQuant transforms are not implemented in the block step yet");
+  // (B, Hq, T, T) probabilities and friends: refuse sizes no buffer could hold
+  const double saved = (double)m.B * m.Hq * m.T * m.T + 12.0 * m.BT() * (double)(m.D + m.F + m.Dq());
+  if (saved > 4.0e9)
+    return error(Code::OutOfMemory, "A block step of B=" + num(m.B) + ", T=" + num(m.T) + " needs " +
+                                        std::to_string((int64_t)saved) + " floats of activations, above the 4e9 limit");
+  return Status::Ok();
+}
+
+Status block_bind_arena(BlockDesc* d, Span arena) {
+  const BlockLayout L = block_layout(d->dims);
+  if (arena.dtype == DType::F16) return error(Code::DtypeMismatch, "Expected an f32 or bf16 parameter arena but received f16");
+  if ((int64_t)arena.len != L.total)
+    return error(Code::ShapeMismatch, "Expected " + num(L.total) + " elements for the block parameter arena but received " +
+                                          num((int64_t)arena.len));
+  const WeightSource::Kind kind = arena.dtype == DType::BF16 ? WeightSource::Kind::BF16 : WeightSource::Kind::F32;
+  const size_t esize = dtype_size(arena.dtype);
+  auto at = [&](const BlockTensorSlot& s) {
+    WeightSource w;
+    w.kind = kind;
+    w.data = static_cast<const uint8_t*>(arena.data) + (size_t)s.offset * esize;
+    return w;
+  };
+  d->attn_norm = at(L.attn_norm);
+  d->ffn_norm = at(L.ffn_norm);
+  for (int j = 0; j < kBlockLinears; j++) d->linear[j] = at(L.linear[j]);
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvCache* cache, Workspace* ws) {
+  QF_TRY(check_block(d));
+  const bool training = saved.data != nullptr;
+  if (training && cache) return error(Code::InvalidArgument, "Expected saved activations or a KV cache, not both");
+  QF_TRY(check_sources(d, training));
+  const BlockDims& m = d.dims;
+  const int64_t B = m.B, T = m.T, BT = m.BT(), D = m.D, F_ = m.F, Dq = m.Dq(), Dkv = m.Dkv(), hd = m.hd;
+  QF_TRY(need("out", out, BT * D, "(BT, D)"));
+  QF_TRY(need("x", x, BT * D, "(BT, D)"));
+  const SavedLayout SL = saved_layout(d);
+  if (training) QF_TRY(need("saved", saved, SL.total, "(block_saved_count)"));
+  const int64_t pos0 = cache ? cache->pos0 : 0, S = cache ? cache->S : T, L = pos0 + T;
+  if (cache && (!cache->k || !cache->v || pos0 < 0 || L > S))
+    return error(Code::InvalidArgument, "Expected a KV cache with pos0 + T <= S but received pos0=" + num(pos0) +
+                                            ", T=" + num(T) + ", S=" + num(S));
+  if (!d.rope_cos || !d.rope_sin || d.rope_len < L)
+    return error(Code::InvalidArgument, "Expected RoPE tables covering positions [0, " + num(L) + ") but received " +
+                                            num(d.rope_len) + " positions");
+  const int64_t NA = block_alpha_count(d);
+  if (d.teq.on) {
+    if (!d.teq.alpha) return error(Code::InvalidArgument, "Expected TEQ scales alpha but received none");
+    for (int64_t i = 0; i < NA; i++)
+      if (!(d.teq.alpha[i] > 0.f))
+        return error(Code::InvalidArgument, "Expected positive alpha but alpha[" + num(i) + "] is " + std::to_string(d.teq.alpha[i]));
+  }
+  const bool bf16 = d.attn_norm.kind == WeightSource::Kind::BF16 || d.ffn_norm.kind == WeightSource::Kind::BF16 ||
+                    std::any_of(d.linear, d.linear + kBlockLinears,
+                                [](const WeightSource& w) { return w.kind == WeightSource::Kind::BF16; });
+  const bool extra = d.teq.on && d.teq.extra;
+  const int64_t slots = scratch_slots();
+  const int64_t per_slot = std::max(kGemmPackFloats, attention_scratch_floats(L));
+
+  // Workspace: slot scratch, widened weights and, without a saved buffer, the activations
+  // (the saved layout minus x, rstd, probabilities and effective weights; a overwrites g).
+  Acts A;
+  float *pack, *norms, *wide, *ao;
+  auto carve = [&](Carve& c) {
+    pack = c.take(slots * per_slot);
+    norms = c.take(bf16 ? 2 * D : 0);                                      // (2, D) widened norms
+    wide = c.take(bf16 || (!training && has_eff(d)) ? max_linear(m) : 0);  // (N, K) one linear at a time
+    ao = c.take(extra ? Dq : 0);                                           // (Dq) expanded alpha_v
+    if (training) {
+      A = acts_in(F(saved), SL);
+      return;
+    }
+    A = Acts{};
+    A.xn1 = c.take(BT * D);
+    A.xs1 = d.teq.on ? c.take(BT * D) : A.xn1;
+    A.q = c.take(BT * Dq);
+    A.k = c.take(BT * Dkv);
+    A.v = c.take(BT * Dkv);
+    A.att = c.take(BT * Dq);
+    A.atts = extra ? c.take(BT * Dq) : A.att;
+    A.h = c.take(BT * D);
+    A.xn2 = c.take(BT * D);
+    A.xs2 = d.teq.on ? c.take(BT * D) : A.xn2;
+    A.g = c.take(BT * F_);
+    A.u = c.take(BT * F_);
+    A.a = A.g;
+    A.as = extra ? c.take(BT * F_) : A.a;
+  };
+  {
+    Carve plan(nullptr);
+    carve(plan);
+    QF_TRY(ws->reserve((size_t)plan.used(), "block_forward"));
+  }
+  Carve c(ws->data());
+  carve(c);
+
+  const float* g1 = f32_of(d.attn_norm, D, norms);
+  const float* g2 = f32_of(d.ffn_norm, D, norms + D);
+  const float* a1 = d.teq.on ? d.teq.alpha : nullptr;
+  const float* a2 = d.teq.on ? d.teq.alpha + D : nullptr;
+  const float* ad = extra ? d.teq.alpha + 2 * D + Dkv : nullptr;
+  if (extra) QF_TRY(teq_expand_v_scales(Span{ao, (size_t)Dq, DType::F32}, Span{(void*)(d.teq.alpha + 2 * D), (size_t)Dkv, DType::F32},
+                                        m.Hq, m.Hkv, hd));
+  const float* aop = extra ? ao : nullptr;
+  const float* alpha_in[kBlockLinears] = {a1, a1, a1, aop, a2, a2, ad};
+  const BlockLayout PL = block_layout(m);
+
+  // Effective weights: training computes all seven up front into the saved buffer (the
+  // backward reads them); otherwise one at a time into `wide` just before its GEMM.
+  if (training && has_eff(d)) {
+    for (int j = 0; j < kBlockLinears; j++) {
+      int64_t rows, cols;
+      linear_shape(m, j, &rows, &cols);
+      const float* w = f32_of(d.linear[j], rows * cols, wide);
+      QF_TRY(effective_weight(A.eff + PL.linear[j].offset, w, alpha_in[j], rows, cols, d));
+    }
+  }
+  // y (BT, rows) = xin (BT, cols) . W_j^T
+  auto linear = [&](int j, float* y, const float* xin) -> Status {
+    int64_t rows, cols;
+    linear_shape(m, j, &rows, &cols);
+    const WeightSource& src = d.linear[j];
+    if (src.kind == WeightSource::Kind::Quantized)
+      return dequant_matmul(Span{y, (size_t)(BT * rows), DType::F32}, Span{(void*)xin, (size_t)(BT * cols), DType::F32},
+                            BT, src.canon, src.prepared, MatmulAccuracy::F32);
+    const float* w;
+    if (training && has_eff(d)) {
+      w = A.eff + PL.linear[j].offset;
+    } else if (has_eff(d)) {
+      // bf16: widened into `wide`, then scaled and fake-quantized there in place
+      QF_TRY(effective_weight(wide, f32_of(src, rows * cols, wide), alpha_in[j], rows, cols, d));
+      w = wide;
+    } else {
+      w = f32_of(src, rows * cols, wide);
+    }
+    matmul_nt(y, xin, w, BT, rows, cols, false, pack, slots);
+    return Status::Ok();
+  };
+  const EngineKernels& k = engine_kernels();
+  std::vector<int32_t> pos((size_t)BT);  // (B, T) positions pos0 + t
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) pos[(size_t)(b * T + t)] = (int32_t)(pos0 + t);
+
+  const float* xin = F(x);
+  float* xs = training ? A.x : const_cast<float*>(xin);
+  if (training) std::memcpy(xs, xin, (size_t)(BT * D) * sizeof(float));
+  // ---- attention half ----
+  float* rstd1 = A.rstd1;
+  float* xn1 = A.xn1;
+  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn1, rstd1, xs, g1, r0, r1, D, d.eps); });
+  float* xs1 = A.xs1;
+  if (a1) scale_cols_div(xs1, xn1, a1, BT, D);
+  float* q = A.q;
+  float* kk = A.k;
+  float* vv = A.v;
+  QF_TRY(linear(kWq, q, xs1));
+  QF_TRY(linear(kWk, kk, xs1));
+  QF_TRY(linear(kWv, vv, xs1));
+  parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
+    k.rope(q, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hq, hd, false);
+    k.rope(kk, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hkv, hd, false);
+  });
+  const float* kc = kk;
+  const float* vc = vv;
+  if (cache) {
+    for (int64_t b = 0; b < B; b++) {
+      std::memcpy(cache->k + (b * S + pos0) * Dkv, kk + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
+      std::memcpy(cache->v + (b * S + pos0) * Dkv, vv + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
+    }
+    kc = cache->k;
+    vc = cache->v;
+  }
+  float* att = A.att;
+  float* probs = A.probs;
+  const int64_t items = B * m.Hq * ((T + kAttnChunk - 1) / kAttnChunk);
+  parallel_slots(items, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
+    k.attention_forward(att, probs, q, kc, vc, i0, i1, T, m.Hq, m.Hkv, hd, S, pos0, pack + sl * per_slot);
+  });
+  float* atts = A.atts;
+  if (aop) scale_cols_div(atts, att, aop, BT, Dq);
+  float* h = A.h;
+  QF_TRY(linear(kWo, h, atts));
+  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(h, h, xs, i0, i1); });
+  // ---- MLP half ----
+  float* rstd2 = A.rstd2;
+  float* xn2 = A.xn2;
+  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn2, rstd2, h, g2, r0, r1, D, d.eps); });
+  float* xs2 = A.xs2;
+  if (a2) scale_cols_div(xs2, xn2, a2, BT, D);
+  float* gg = A.g;
+  float* uu = A.u;
+  QF_TRY(linear(kWGate, gg, xs2));
+  QF_TRY(linear(kWUp, uu, xs2));
+  float* aa = A.a;
+  parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_forward(aa, gg, uu, i0, i1); });
+  float* as = A.as;
+  if (ad) scale_cols_div(as, aa, ad, BT, F_);
+  float* o = F(out);  // may alias x: x is not read after the residual above
+  QF_TRY(linear(kWDown, o, as));
+  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(o, o, h, i0, i1); });
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+
+Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span saved, const BlockDesc& d, Workspace* ws) {
+  QF_TRY(check_block(d));
+  QF_TRY(check_sources(d, true));
+  const BlockDims& m = d.dims;
+  const int64_t BT = m.BT(), T = m.T, D = m.D, F_ = m.F, Dq = m.Dq(), Dkv = m.Dkv(), hd = m.hd;
+  const SavedLayout SL = saved_layout(d);
+  QF_TRY(need("dx", dx_s, BT * D, "(BT, D)"));
+  QF_TRY(need("dout", dout_s, BT * D, "(BT, D)"));
+  QF_TRY(need("saved", saved, SL.total, "(block_saved_count)"));
+  if (!d.rope_cos || !d.rope_sin || d.rope_len < T)
+    return error(Code::InvalidArgument, "Expected RoPE tables covering positions [0, " + num(T) + ") but received " +
+                                            num(d.rope_len) + " positions");
+  if (d.teq.on && (!d.teq.alpha || !grads.alpha))
+    return error(Code::InvalidArgument, "Expected TEQ scales alpha and their gradient dalpha but received none");
+  const Acts A = acts_in(F(saved), SL);
+  const BlockLayout PL = block_layout(m);
+  const bool extra = d.teq.on && d.teq.extra, eff = has_eff(d);
+  const bool bf16 = d.attn_norm.kind == WeightSource::Kind::BF16 || d.ffn_norm.kind == WeightSource::Kind::BF16 ||
+                    std::any_of(d.linear, d.linear + kBlockLinears,
+                                [](const WeightSource& w) { return w.kind == WeightSource::Kind::BF16; });
+  const int64_t slots = scratch_slots(), rep = m.Hq / m.Hkv;
+  const int64_t per_slot = std::max(kGemmPackFloats, attention_backward_scratch_floats(T, rep));
+  const int64_t maxw = max_linear(m);
+
+  float *pack, *norms, *wide, *wgrad, *ao, *dao, *da, *das, *dg, *du, *dn, *dnp, *dh, *datt, *datts, *dq, *dk, *dv;
+  auto carve = [&](Carve& c) {
+    pack = c.take(slots * per_slot);
+    norms = c.take(bf16 ? 2 * D : 0);          // (2, D) widened norms
+    wide = c.take(bf16 ? maxw : 0);            // (N, K) one linear's widened weights at a time
+    wgrad = c.take(d.teq.on ? maxw : 0);       // (N, K) gradient of an effective weight
+    ao = c.take(extra ? Dq : 0);               // (Dq) expanded alpha_v
+    dao = c.take(extra ? Dq : 0);              // (Dq) its gradient
+    da = c.take(BT * F_);                      // (BT, F)
+    das = c.take(extra ? BT * F_ : 0);         // (BT, F) gradient of a / alpha_d
+    dg = c.take(BT * F_);
+    du = c.take(BT * F_);
+    dn = c.take(BT * D);                       // (BT, D)
+    dnp = c.take(BT * D);
+    dh = c.take(BT * D);
+    datt = c.take(BT * Dq);                    // (BT, Dq)
+    datts = c.take(extra ? BT * Dq : 0);
+    dq = c.take(BT * Dq);
+    dk = c.take(BT * Dkv);                     // (BT, Dkv)
+    dv = c.take(BT * Dkv);
+  };
+  {
+    Carve plan(nullptr);
+    carve(plan);
+    QF_TRY(ws->reserve((size_t)plan.used(), "block_backward"));
+  }
+  Carve cv(ws->data());
+  carve(cv);
+
+  const float* g1 = f32_of(d.attn_norm, D, norms);
+  const float* g2 = f32_of(d.ffn_norm, D, norms + D);
+  const float* a1 = d.teq.on ? d.teq.alpha : nullptr;
+  const float* a2 = d.teq.on ? d.teq.alpha + D : nullptr;
+  const float* ad = extra ? d.teq.alpha + 2 * D + Dkv : nullptr;
+  if (extra) {
+    QF_TRY(teq_expand_v_scales(Span{ao, (size_t)Dq, DType::F32}, Span{(void*)(d.teq.alpha + 2 * D), (size_t)Dkv, DType::F32},
+                               m.Hq, m.Hkv, hd));
+    std::fill(dao, dao + Dq, 0.f);
+  }
+  const float* aop = extra ? ao : nullptr;
+  float* gr = grads.params;
+  float* dalpha = grads.alpha;
+  const float* dout = F(dout_s);
+  float* dx = F(dx_s);
+  const EngineKernels& k = engine_kernels();
+
+  // The weights the forward multiplied by: effective (saved) or stored (widened when bf16).
+  int widened = -1;  // the linear `wide` holds
+  auto raw = [&](int j) -> const float* {
+    int64_t rows, cols;
+    linear_shape(m, j, &rows, &cols);
+    if (d.linear[j].kind == WeightSource::Kind::F32) return static_cast<const float*>(d.linear[j].data);
+    if (widened != j) f32_of(d.linear[j], rows * cols, wide);
+    widened = j;
+    return wide;
+  };
+  auto used = [&](int j) { return eff ? A.eff + PL.linear[j].offset : raw(j); };
+  // dW_j from dy (BT, N) and the linear's input xin (BT, K). Without a scale the
+  // effective weight's gradient passes straight to W (accumulated into grads); with one,
+  // it goes through the fake quant's backward, then to the scale and (times alpha) to W.
+  Status status;
+  auto weight_grad = [&](int j, const float* dy, const float* xin, const float* alpha, float* dalpha_grp) {
+    int64_t N, K;
+    linear_shape(m, j, &N, &K);
+    const int64_t off = PL.linear[j].offset;
+    if (!alpha) {
+      if (gr) matmul_tn(gr + off, dy, xin, BT, N, K, true, pack, slots);
+      return;
+    }
+    matmul_tn(wgrad, dy, xin, BT, N, K, false, pack, slots);  // d Q(W diag a) (N, K)
+    const float* W = raw(j);
+    if (d.rtn && status.ok()) status = rtn_backward(wgrad, W, alpha, N, K, d.rtn_spec);  // -> d (W diag a)
+    parallel_for((K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+      k.teq_scale_backward(dalpha_grp, nullptr, nullptr, nullptr, 0, wgrad, W, N, alpha, b0 * 16, std::min(K, b1 * 16), K);
+    });
+    if (gr)
+      parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+        for (int64_t n = r0; n < r1; n++)
+          for (int64_t c = 0; c < K; c++) gr[off + n * K + c] += wgrad[n * K + c] * alpha[c];
+      });
+  };
+  // The activation side of a scale: dalpha += -sum dxs x / alpha^2, dx = dxs / alpha.
+  auto scale_grad = [&](float* dalpha_grp, float* dxo, const float* dxs, const float* xin, const float* alpha, int64_t K) {
+    parallel_for((K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+      k.teq_scale_backward(dalpha_grp, dxo, dxs, xin, BT, nullptr, nullptr, 0, alpha, b0 * 16, std::min(K, b1 * 16), K);
+    });
+  };
+  auto rmsnorm_bwd = [&](float* dxo, float* dw, const float* dy, const float* xin, const float* w, const float* rstd) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_backward(dxo, dy, xin, w, rstd, r0, r1, D); });
+    if (dw)
+      parallel_for((D + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+        k.rmsnorm_backward_weight(dw, dy, xin, rstd, BT, b0 * 16, std::min(D, b1 * 16), D);
+      });
+  };
+
+  // ---- MLP half: out = h + down(silu(g) * u) ----
+  if (ad) {
+    matmul_nn(das, dout, used(kWDown), BT, D, F_, false, pack, slots);
+    weight_grad(kWDown, dout, A.as, ad, dalpha + 2 * D + Dkv);
+    scale_grad(dalpha + 2 * D + Dkv, da, das, A.a, ad, F_);
+  } else {
+    matmul_nn(da, dout, used(kWDown), BT, D, F_, false, pack, slots);
+    weight_grad(kWDown, dout, A.a, nullptr, nullptr);
+  }
+  parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_backward(dg, du, da, A.g, A.u, i0, i1); });
+  matmul_nn(dn, dg, used(kWGate), BT, F_, D, false, pack, slots);
+  matmul_nn(dn, du, used(kWUp), BT, F_, D, true, pack, slots);
+  weight_grad(kWGate, dg, A.xs2, a2, a2 ? dalpha + D : nullptr);
+  weight_grad(kWUp, du, A.xs2, a2, a2 ? dalpha + D : nullptr);
+  const float* dn2 = dn;
+  if (a2) {
+    scale_grad(dalpha + D, dnp, dn, A.xn2, a2, D);
+    dn2 = dnp;
+  }
+  rmsnorm_bwd(dh, gr ? gr + PL.ffn_norm.offset : nullptr, dn2, A.h, g2, A.rstd2);
+  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dh, dh, dout, i0, i1); });
+
+  // ---- attention half: h = x + o(attn(rope(q xs1), rope(k xs1), v xs1)) ----
+  if (aop) {
+    matmul_nn(datts, dh, used(kWo), BT, D, Dq, false, pack, slots);
+    weight_grad(kWo, dh, A.atts, aop, dao);
+    scale_grad(dao, datt, datts, A.att, aop, Dq);
+    // the q heads sharing a kv head share its v-channel scales
+    float* dav = dalpha + 2 * D;
+    for (int64_t h = 0; h < m.Hq; h++)
+      for (int64_t i = 0; i < hd; i++) dav[(h / rep) * hd + i] += dao[h * hd + i];
+  } else {
+    matmul_nn(datt, dh, used(kWo), BT, D, Dq, false, pack, slots);
+    weight_grad(kWo, dh, A.att, nullptr, nullptr);
+  }
+  parallel_slots(m.B * m.Hkv, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
+    k.attention_backward(dq, dk, dv, datt, A.probs, A.q, A.k, A.v, i0, i1, T, m.Hq, m.Hkv, hd, pack + sl * per_slot);
+  });
+  std::vector<int32_t> pos((size_t)BT);  // (B, T) positions t
+  for (int64_t r = 0; r < BT; r++) pos[(size_t)r] = (int32_t)(r % T);
+  parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
+    k.rope(dq, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hq, hd, true);
+    k.rope(dk, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hkv, hd, true);
+  });
+  matmul_nn(dn, dq, used(kWq), BT, Dq, D, false, pack, slots);
+  matmul_nn(dn, dk, used(kWk), BT, Dkv, D, true, pack, slots);
+  matmul_nn(dn, dv, used(kWv), BT, Dkv, D, true, pack, slots);
+  weight_grad(kWq, dq, A.xs1, a1, dalpha);
+  weight_grad(kWk, dk, A.xs1, a1, dalpha);
+  weight_grad(kWv, dv, A.xs1, a1, dalpha);
+  const float* dn1 = dn;
+  if (a1) {
+    scale_grad(dalpha, dnp, dn, A.xn1, a1, D);
+    dn1 = dnp;
+  }
+  rmsnorm_bwd(dx, gr ? gr + PL.attn_norm.offset : nullptr, dn1, A.x, g1, A.rstd1);
+  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dx, dx, dh, i0, i1); });
+  return status;
+}
+
+// ---------------------------------------------------------------------------
+// Merges, RTN backward op, LM head
+// ---------------------------------------------------------------------------
+
+Status block_merge_scales(Span arena, Span alpha, const BlockDims& d, bool extra) {
+  BlockDesc desc;
+  desc.dims = d;
+  desc.eps = 1.f;
+  desc.teq.on = true;
+  desc.teq.extra = extra;
+  QF_TRY(check_block(desc));
+  const BlockLayout L = block_layout(d);
+  QF_TRY(need("arena", arena, L.total, "(block_param_count)"));
+  const int64_t NA = block_alpha_count(desc), D = d.D, Dq = d.Dq(), Dkv = d.Dkv();
+  QF_TRY(need("alpha", alpha, NA, "(block_alpha_count)"));
+  const float* a = F(alpha);
+  for (int64_t i = 0; i < NA; i++)
+    if (!(a[i] > 0.f) || !std::isfinite(a[i]))
+      return error(Code::InvalidArgument, "Expected positive finite alpha but alpha[" + num(i) + "] is " + std::to_string(a[i]));
+  float* w = F(arena);
+  // W (rows, K) *= diag(s) (columns) or rows /= s
+  auto scale_cols = [&](const BlockTensorSlot& t, const float* sc) {
+    float* p = w + t.offset;
+    parallel_for(t.rows, grain_rows(t.cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = 0; c < t.cols; c++) p[r * t.cols + c] *= sc[c];
+    });
+  };
+  auto div_rows = [&](const BlockTensorSlot& t, const float* sc) {
+    float* p = w + t.offset;
+    parallel_for(t.rows, grain_rows(t.cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = 0; c < t.cols; c++) p[r * t.cols + c] /= sc[r];
+    });
+  };
+  const float* a1 = a;
+  const float* a2 = a + D;
+  for (int64_t i = 0; i < D; i++) w[L.attn_norm.offset + i] /= a1[i];
+  for (int j : {kWq, kWk, kWv}) scale_cols(L.linear[j], a1);
+  for (int64_t i = 0; i < D; i++) w[L.ffn_norm.offset + i] /= a2[i];
+  for (int j : {kWGate, kWUp}) scale_cols(L.linear[j], a2);
+  if (!extra) return Status::Ok();
+  const float* av = a + 2 * D;
+  const float* ad = a + 2 * D + Dkv;
+  std::vector<float> ao((size_t)Dq);  // (Dq)
+  QF_TRY(teq_expand_v_scales(Span{ao.data(), ao.size(), DType::F32}, Span{(void*)av, (size_t)Dkv, DType::F32}, d.Hq, d.Hkv, d.hd));
+  div_rows(L.linear[kWv], av);
+  scale_cols(L.linear[kWo], ao.data());
+  div_rows(L.linear[kWUp], ad);
+  scale_cols(L.linear[kWDown], ad);
+  return Status::Ok();
+}
+
+Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K, int64_t bits, int64_t group_size,
+                               bool symmetric) {
+  const QuantSpec spec{(int)bits, group_size, symmetric, true};
+  if (bits < 0 || bits > 64) return error(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} but received " + num(bits));
+  QF_TRY(check_spec(spec, N, K));
+  QF_TRY(need("g", g, N * K, "(N, K)"));
+  QF_TRY(need("W", W, N * K, "(N, K)"));
+  QF_TRY(need("alpha", alpha, K, "(K)"));
+  return rtn_backward(F(g), F(W), F(alpha), N, K, spec);
+}
+
+Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, IdSpan targets,
+                    int64_t BT, int64_t D, int64_t V, float eps, float loss_scale) {
+  QF_TRY(positive("BT", BT));
+  QF_TRY(positive("D", D));
+  QF_TRY(positive("V", V));
+  QF_TRY(need("nll", nll, BT, "(BT)"));
+  QF_TRY(need("x", x, BT * D, "(BT, D)"));
+  QF_TRY(need("normWeight", norm_w, D, "(D)"));
+  QF_TRY(need("head", head, V * D, "(V, D)"));
+  if (!targets.data || (int64_t)targets.len != BT)
+    return error(Code::ShapeMismatch, "Expected " + num(BT) + " ids for targets but received " + num((int64_t)targets.len));
+  for (int64_t i = 0; i < BT; i++)
+    if (targets.data[i] >= V)
+      return error(Code::InvalidArgument, "Expected targets in [0, " + num(V) + ") but targets[" + num(i) + "] is " +
+                                              num(targets.data[i]));
+  const bool backward = dx.data != nullptr;
+  if (backward) QF_TRY(need("dx", dx, BT * D, "(BT, D)"));
+  if (dnorm.data) QF_TRY(need("dnorm", dnorm, D, "(D)"));
+  if (dhead.data) QF_TRY(need("dhead", dhead, V * D, "(V, D)"));
+  const int64_t slots = scratch_slots();
+  float *pack, *n, *rstd, *logits, *dn;
+  auto carve = [&](Carve& c) {
+    pack = c.take(slots * kGemmPackFloats);
+    n = c.take(BT * D);        // (BT, D) normed input
+    rstd = c.take(BT);         // (BT)
+    logits = c.take(BT * V);   // (BT, V)
+    dn = c.take(backward ? BT * D : 0);
+  };
+  Workspace ws;
+  {
+    Carve plan(nullptr);
+    carve(plan);
+    QF_TRY(ws.reserve((size_t)plan.used(), "lm_head_loss"));
+  }
+  Carve cv(ws.data());
+  carve(cv);
+  const EngineKernels& k = engine_kernels();
+  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(n, rstd, F(x), F(norm_w), r0, r1, D, eps); });
+  matmul_nt(logits, n, F(head), BT, V, D, false, pack, slots);
+  parallel_for(BT, grain_rows(V), [&](int64_t r0, int64_t r1) { k.cross_entropy_forward(F(nll), logits, targets.data, r0, r1, V); });
+  if (!backward) return Status::Ok();
+  parallel_for(BT, grain_rows(V), [&](int64_t r0, int64_t r1) {
+    k.cross_entropy_backward(logits, targets.data, r0, r1, V, loss_scale);
+  });
+  matmul_nn(dn, logits, F(head), BT, V, D, false, pack, slots);
+  if (dhead.data) matmul_tn(F(dhead), logits, n, BT, V, D, true, pack, slots);
+  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_backward(F(dx), dn, F(x), F(norm_w), rstd, r0, r1, D); });
+  if (dnorm.data)
+    parallel_for((D + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+      k.rmsnorm_backward_weight(F(dnorm), dn, F(x), rstd, BT, b0 * 16, std::min(D, b1 * 16), D);
+    });
+  return Status::Ok();
+}
+
+}  // namespace qf

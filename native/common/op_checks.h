@@ -1,0 +1,33 @@
+// Argument checks shared by the GPTQ and quantized-linear ops: a length the
+// native side did not check is an out-of-bounds write.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "quantform/finite.h"  // first_non_finite, which the checks of these ops call
+#include "quantform/quant_ops.h"
+#include "quantform/status.h"
+
+namespace qf {
+
+// s holds exactly `want` elements of `dtype` (a buffer unless want == 0).
+inline Status need_span(const char* name, const Span& s, int64_t want, DType dtype) {
+  if (s.dtype != dtype)
+    return error(Code::DtypeMismatch, std::string("Expected ") + dtype_name(dtype) + " for " + name + " but received " +
+                                          dtype_name(s.dtype));
+  if (s.data == nullptr && want > 0)
+    return error(Code::InvalidArgument, std::string("Expected a buffer for ") + name + " but received none");
+  if ((int64_t)s.len != want)
+    return error(Code::ShapeMismatch, std::string("Expected ") + std::to_string(want) + " elements for " + name +
+                                          " but received " + std::to_string(s.len));
+  return Status::Ok();
+}
+
+// A dimension in [1, 2^20]: products of two stay far from overflow.
+inline Status check_dim(const char* name, int64_t v) {
+  if (v <= 0 || v > (int64_t(1) << 20))
+    return error(Code::InvalidArgument, std::string("Expected ") + name + " in [1, 1048576] but received " + std::to_string(v));
+  return Status::Ok();
+}
+
+}  // namespace qf

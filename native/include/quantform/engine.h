@@ -1,0 +1,484 @@
+// The Llama engine: one op table per tier for every forward and backward op of a
+// Llama block, one strided fp32 GEMM, and one block step that the runtime model
+// (with a KV cache), the trainer and every method (TEQ now; EfficientQAT and
+// FPTQuant next) all run. llm.c conventions: one function per op and direction,
+// arguments ordered outputs, saved statistics, inputs, then ranges and dims; each
+// forward saves what its backward needs only when it is handed a buffer for it
+// (null in inference).
+//
+// Shape names (the same in every layer of the code, TS config included):
+//   B    sequences in a batch              T    positions per sequence in this call
+//   BT   rows of activations (B * T)       D    hidden size (dim)
+//   F    intermediate size of the MLP      V    vocabulary size
+//   Hq   query heads   Hkv  key/value heads (GQA: q head h reads kv head h / (Hq / Hkv))
+//   hd   head size (even)   Dq = Hq * hd   Dkv = Hkv * hd
+//   S    KV-cache capacity in positions    pos0 position of the call's first token
+//   L    keys a query block attends: pos0 + T
+//
+// Layouts (every checkpoint format is normalised to these at load, lib/model/):
+//   activations      (B, T, D) row-major = (BT, D)
+//   weights          (out, in) row-major, as Hugging Face stores nn.Linear
+//   q                (B, T, Hq, hd)    k, v (B, T, Hkv, hd)
+//   KV cache         (B, S, Hkv, hd); training runs with the block's own k, v as the
+//                    cache: S = T, pos0 = 0
+//   probabilities    (B, Hq, T, L), entries past the causal limit are 0
+//   RoPE             Hugging Face rotate_half: within a head, element i < hd/2 pairs with
+//                    i + hd/2 and both rotate by pos * inv_freq[i] (llama2.c and GGUF q/k
+//                    rows are permuted to this at load)
+//   RoPE tables      cos, sin (S, hd/2) from inv_freq (rope_theta and Llama 3 rope_scaling
+//                    applied by whoever builds inv_freq), built by rope_tables()
+//
+// Adding an op: one line in QF_ENGINE_KERNELS (the table entry) and one in
+// QF_ENGINE_OPS plus its declaration below (this file); the _ref kernel
+// (native/ref/engine.cpp); the checked whole-tensor op (native/common/engine_ops.cpp);
+// a test case (test/engine-ops.test.ts fails while an op has none). A SIMD kernel
+// (native/cpu/<isa>/engine.cpp) is optional: a tier that leaves an entry null runs
+// the reference. The addon binds every op of the list without per-op code.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quantform/dispatch.h"
+#include "quantform/matmul_ops.h"
+#include "quantform/quant.h"
+#include "quantform/quant_ops.h"
+#include "quantform/status.h"
+
+namespace qf {
+
+// ---------------------------------------------------------------------------
+// Kernels: the per-tier table. Kernels work on a range of rows / columns /
+// elements / work items so the ops below can split them over the thread pool;
+// they trust their arguments (the ops checked them) and never allocate: scratch
+// comes in as a pointer owned by the calling thread.
+// ---------------------------------------------------------------------------
+
+// Strided operand of the GEMM: element (r, c) of a logical matrix is p[r*rs + c*cs],
+// so A . B, A . B^T, A^T . B are one kernel.
+struct StridedMat {
+  const float* p;
+  int64_t rs, cs;
+};
+
+// Floats of private scratch one gemm call needs (packed B panels and A tiles).
+constexpr int64_t kGemmPackFloats = 256 * 1024 + 16 * 256 * 8 + 64;
+// Attention runs over blocks of this many queries: an inference prefill never
+// holds more than (kAttnChunk, L) scores per thread, whatever T is.
+constexpr int64_t kAttnChunk = 64;
+// Private scratch of one attention_forward thread over L keys: a block of scores
+// (kAttnChunk, L) plus GEMM packing.
+inline int64_t attention_scratch_floats(int64_t L) { return kAttnChunk * L + kGemmPackFloats; }
+// Private scratch of one attention_backward thread (T positions, rep = Hq / Hkv q heads per
+// kv head): a block of score gradients (kAttnChunk, T), per-head row statistics (3 rep, T)
+// for the reference, GEMM packing.
+inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
+  return (kAttnChunk + 3 * rep) * T + kGemmPackFloats;
+}
+
+// X(name, signature). Order = table order (tier tables are designated initializers).
+#define QF_ENGINE_KERNELS(X)                                                                                         \
+  /* C (M, N) row stride ldc, columns [n0, n1) = (accumulate ? C : 0) + A (M, K) . B (K, N);                         \
+     pack: gemm_pack_floats(M, A, B) floats (none on the decode paths). */                                           \
+  X(gemm, void(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K,                   \
+      bool accumulate, int64_t n0, int64_t n1, float* pack))                                                         \
+  /* out (BT, D) rows [r0, r1) = table[ids[r]]; table (V, D). */                                                     \
+  X(embedding_forward, void(float* out, const int32_t* ids, const float* table, int64_t r0, int64_t r1,              \
+      int64_t D))                                                                                                    \
+  /* dtable (V, D) rows [v0, v1) += sum over r with ids[r] == v of dout[r] (each thread owns a vocab range). */      \
+  X(embedding_backward, void(float* dtable, const float* dout, const int32_t* ids, int64_t BT, int64_t v0,           \
+      int64_t v1, int64_t D))                                                                                        \
+  /* out (BT, D) rows [r0, r1) = x * rstd * w, rstd (BT) = 1 / sqrt(mean(x^2) + eps), saved when non-null. */        \
+  X(rmsnorm_forward, void(float* out, float* rstd, const float* x, const float* w, int64_t r0, int64_t r1,           \
+      int64_t D, float eps))                                                                                         \
+  /* dx (BT, D) rows [r0, r1) = d/dx <dout, rmsnorm(x)> (overwritten). */                                            \
+  X(rmsnorm_backward, void(float* dx, const float* dout, const float* x, const float* w, const float* rstd,          \
+      int64_t r0, int64_t r1, int64_t D))                                                                            \
+  /* dw (D) columns [c0, c1) += sum_r dout[r, c] * x[r, c] * rstd[r]. */                                             \
+  X(rmsnorm_backward_weight, void(float* dw, const float* dout, const float* x, const float* rstd,                   \
+      int64_t BT, int64_t c0, int64_t c1, int64_t D))                                                                \
+  /* x (BT, H, hd) rows [r0, r1) rotated in place to position pos[r]; cos, sin (S, hd/2);                            \
+     inverse: the transpose rotation (the backward). */                                                              \
+  X(rope, void(float* x, const int32_t* pos, const float* cos, const float* sin, int64_t r0, int64_t r1,             \
+      int64_t H, int64_t hd, bool inverse))                                                                          \
+  /* Causal attention, work items [i0, i1) of B * Hq * ceil(T / kAttnChunk): (b, h, query block). Query t            \
+     of sequence b sits at position pos0 + t and attends keys 0 .. pos0 + t of the cache.                            \
+     out (B, T, Hq, hd); probs (B, Hq, T, L) or null; q (B, T, Hq, hd); k, v (B, S, Hkv, hd) holding                 \
+     positions [0, L); scratch: attention_scratch_floats(L). */                                                      \
+  X(attention_forward, void(float* out, float* probs, const float* q, const float* k, const float* v,                \
+      int64_t i0, int64_t i1, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd,                                        \
+      int64_t S, int64_t pos0, float* scratch))                                                                      \
+  /* Backward of attention_forward at pos0 = 0, S = T; work items [i0, i1) of B * Hkv (the q heads sharing a         \
+     kv head accumulate into its dk, dv). dq (B, T, Hq, hd), dk, dv (B, T, Hkv, hd) overwritten; probs               \
+     (B, Hq, T, T) saved by the forward; scratch: attention_backward_scratch_floats(T, Hq / Hkv). */                 \
+  X(attention_backward, void(float* dq, float* dk, float* dv, const float* dout, const float* probs,                 \
+      const float* q, const float* k, const float* v, int64_t i0, int64_t i1,                                        \
+      int64_t T, int64_t Hq, int64_t Hkv, int64_t hd, float* scratch))                                               \
+  /* out [i0, i1) = silu(g) * u, silu(g) = g / (1 + exp(-g)). */                                                     \
+  X(swiglu_forward, void(float* out, const float* g, const float* u, int64_t i0, int64_t i1))                        \
+  /* dg, du [i0, i1) overwritten: d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g). */                               \
+  X(swiglu_backward, void(float* dg, float* du, const float* dout, const float* g, const float* u,                   \
+      int64_t i0, int64_t i1))                                                                                       \
+  /* out [i0, i1) = a + b (the residual stream); out may alias a. */                                                 \
+  X(residual_forward, void(float* out, const float* a, const float* b, int64_t i0, int64_t i1))                      \
+  /* Rows [r0, r1): logits (BT, V) become softmax probabilities, loss[r] = logsumexp - logit[target[r]];             \
+     targets < 0 are ignored (loss 0). */                                                                            \
+  X(cross_entropy_forward, void(float* loss, float* logits, const int32_t* targets, int64_t r0,                      \
+      int64_t r1, int64_t V))                                                                                        \
+  /* dlogits (BT, V) = scale * (probs - onehot(target)), in place over probs; ignored rows get 0. */                 \
+  X(cross_entropy_backward, void(float* probs, const int32_t* targets, int64_t r0, int64_t r1, int64_t V,            \
+      float scale))                                                                                                  \
+  /* TEQ scale, columns [c0, c1) of alpha (K); forward xs = x / alpha, ws = W . diag(alpha):                         \
+       dalpha[k] += sum_n dws[n, k] W[n, k] - sum_r dxs[r, k] x[r, k] / alpha[k]^2                                   \
+       dx (BT, K) = dxs / alpha (written when dx != null)                                                            \
+     BT = 0 skips the activation side, N = 0 the weight side. */                                                     \
+  X(teq_scale_backward, void(float* dalpha, float* dx, const float* dxs, const float* x, int64_t BT,                 \
+      const float* dws, const float* W, int64_t N, const float* alpha, int64_t c0,                                   \
+      int64_t c1, int64_t K))                                                                                        \
+  /* AdamW over elements [i0, i1) of an arena [params P | grads P | m P | v P]:                                      \
+       m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2                                                                   \
+       p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p);  p = max(p, pmin) */                              \
+  X(adamw, void(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1,                   \
+      float b2, float eps, float wd, float pmin))
+
+template <class Fn>
+using KernelPtr = Fn*;
+
+struct EngineKernels {
+#define QF_KERNEL_MEMBER(name, sig) KernelPtr<sig> name;
+  QF_ENGINE_KERNELS(QF_KERNEL_MEMBER)
+#undef QF_KERNEL_MEMBER
+};
+
+// Tier tables as written: a null entry means "this tier runs the reference".
+extern const EngineKernels engine_kernels_ref;
+extern const EngineKernels engine_kernels_avx2;
+extern const EngineKernels engine_kernels_avx512;
+
+// The active tier's table with null entries filled from the reference.
+const EngineKernels& engine_kernels();
+
+// Which tier's code runs each kernel: name -> "ref" | "avx2" | "avx512", for the
+// active tier (backendInfo) or for a given one (tests).
+struct KernelImpl {
+  const char* name;
+  const char* impl;
+};
+std::vector<KernelImpl> engine_kernel_impls(Tier tier);
+
+// ---------------------------------------------------------------------------
+// Scratch: everything a call needs is allocated on the calling thread before
+// any parallel work starts, so a parallel_for body never allocates (a bad_alloc
+// on a worker thread would terminate Node).
+// ---------------------------------------------------------------------------
+
+class Workspace {
+ public:
+  // At least `floats` floats (grown, never shrunk; contents not kept). OutOfMemory
+  // names `what` and the size when the allocation fails.
+  Status reserve(size_t floats, const char* what);
+  float* data() { return buf_.get(); }
+  size_t capacity() const { return cap_; }
+  void release() {
+    buf_.reset();
+    cap_ = 0;
+  }
+
+ private:
+  std::unique_ptr<float[]> buf_;
+  size_t cap_ = 0;
+};
+
+// Slots of private scratch a parallel call may use: one per pool thread.
+int64_t scratch_slots();
+// Splits [0, n) into at most `slots` contiguous chunks of at least `grain` items and
+// runs fn(slot, begin, end) over the pool. Every slot index runs on one thread only,
+// so scratch indexed by slot is private to it.
+void parallel_slots(int64_t n, int64_t grain, int64_t slots,
+                    const std::function<void(int64_t, int64_t, int64_t)>& fn);
+
+// Scratch of one gemm call: none for the decode shapes every tier runs without
+// packing (M < 4 with weight rows contiguous in k, or B rows contiguous in n).
+inline int64_t gemm_pack_floats(int64_t M, StridedMat A, StridedMat B) {
+  return M < 4 && ((B.rs == 1 && A.cs == 1) || B.cs == 1) ? 0 : kGemmPackFloats;
+}
+
+// C (M, N) row stride ldc = [C +] A (M, K) . B (K, N) over the pool: threads split
+// output columns in whole packed panels, or rows when the matrix is narrow.
+// pack: slots * gemm_pack_floats(M, A, B) floats (more is fine).
+void gemm_run(float* C, int64_t ldc, StridedMat A, StridedMat B, int64_t M, int64_t N, int64_t K, bool accumulate,
+              float* pack, int64_t slots);
+
+// ---------------------------------------------------------------------------
+// Ops: whole tensors. Every length is checked against the dims (a wrong length
+// would be an out-of-bounds access), then the work is split over the thread
+// pool. A Span whose data is null is an absent optional buffer.
+// X(name, JS argument names): the addon binds each as engine.<camelCase name>(...args[, async]).
+// ---------------------------------------------------------------------------
+
+// Token ids, positions and targets.
+struct IdSpan {
+  const int32_t* data;
+  size_t len;
+};
+
+#define QF_ENGINE_OPS(X)                                                                                             \
+  X(gemm, "C, A, B, M, N, K, transA, transB, accumulate")                                                            \
+  X(embedding_forward, "out, ids, table, BT, V, D")                                                                  \
+  X(embedding_backward, "dtable, dout, ids, BT, V, D")                                                               \
+  X(rmsnorm_forward, "out, rstd, x, w, BT, D, eps")                                                                  \
+  X(rmsnorm_backward, "dx, dw, dout, x, w, rstd, BT, D")                                                             \
+  X(rope_tables, "cos, sin, invFreq, S, hd")                                                                         \
+  X(rope_forward, "x, pos, cos, sin, BT, H, hd")                                                                     \
+  X(rope_backward, "dx, pos, cos, sin, BT, H, hd")                                                                   \
+  X(attention_forward, "out, probs, q, k, v, B, T, Hq, Hkv, hd, S, pos0")                                            \
+  X(attention_backward, "dq, dk, dv, dout, probs, q, k, v, B, T, Hq, Hkv, hd")                                       \
+  X(swiglu_forward, "out, g, u, BT, F")                                                                              \
+  X(swiglu_backward, "dg, du, dout, g, u, BT, F")                                                                    \
+  X(residual_forward, "out, a, b, n")                                                                                \
+  X(cross_entropy_forward, "loss, logits, targets, BT, V")                                                           \
+  X(cross_entropy_backward, "probs, targets, BT, V, scale")                                                          \
+  X(teq_scale_backward, "dalpha, dx, dxs, x, BT, dws, W, N, alpha, K")                                               \
+  X(teq_expand_v_scales, "out, av, Hq, Hkv, hd")                                                                     \
+  X(rtn_fake_quant_backward, "g, W, alpha, N, K, bits, groupSize, symmetric")                                        \
+  X(adamw, "arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue")
+
+// C (M, N) = [C +] A (M, K) . B (K, N); trans_a: A is stored (K, M); trans_b: B is stored (N, K).
+Status gemm(Span C, Span A, Span B, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b, bool accumulate);
+// out (BT, D) = table (V, D)[ids (BT)].
+Status embedding_forward(Span out, IdSpan ids, Span table, int64_t BT, int64_t V, int64_t D);
+// dtable (V, D) accumulated from dout (BT, D).
+Status embedding_backward(Span dtable, Span dout, IdSpan ids, int64_t BT, int64_t V, int64_t D);
+// out (BT, D); rstd (BT) or null (inference); x (BT, D); w (D).
+Status rmsnorm_forward(Span out, Span rstd, Span x, Span w, int64_t BT, int64_t D, float eps);
+// dx (BT, D) overwritten; dw (D) accumulated, or null; dout, x (BT, D); w (D); rstd (BT) from the forward.
+Status rmsnorm_backward(Span dx, Span dw, Span dout, Span x, Span w, Span rstd, int64_t BT, int64_t D);
+// cos, sin (S, hd/2): angle p * inv_freq[i] rounded to f32 (as run.c and transformers compute it), cos/sin in double.
+Status rope_tables(Span cos, Span sin, Span inv_freq, int64_t S, int64_t hd);
+// x (BT, H, hd) rotated in place to positions pos (BT) in [0, S); cos, sin (S, hd/2).
+Status rope_forward(Span x, IdSpan pos, Span cos, Span sin, int64_t BT, int64_t H, int64_t hd);
+// dx (BT, H, hd) rotated back in place (the transpose of rope_forward).
+Status rope_backward(Span dx, IdSpan pos, Span cos, Span sin, int64_t BT, int64_t H, int64_t hd);
+// out (B, T, Hq, hd); probs (B, Hq, T, pos0 + T) or null; q (B, T, Hq, hd); k, v (B, S, Hkv, hd).
+Status attention_forward(Span out, Span probs, Span q, Span k, Span v, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
+      int64_t hd, int64_t S, int64_t pos0);
+// dq (B, T, Hq, hd), dk, dv (B, T, Hkv, hd) overwritten; probs (B, Hq, T, T).
+Status attention_backward(Span dq, Span dk, Span dv, Span dout, Span probs, Span q, Span k, Span v, int64_t B,
+      int64_t T, int64_t Hq, int64_t Hkv, int64_t hd);
+// out, g, u (BT, F).
+Status swiglu_forward(Span out, Span g, Span u, int64_t BT, int64_t F);
+// dg, du overwritten; dout, g, u (BT, F).
+Status swiglu_backward(Span dg, Span du, Span dout, Span g, Span u, int64_t BT, int64_t F);
+// out (n) = a + b; out may alias a.
+Status residual_forward(Span out, Span a, Span b, int64_t n);
+// loss (BT); logits (BT, V) become probabilities; targets (BT), < 0 ignored.
+Status cross_entropy_forward(Span loss, Span logits, IdSpan targets, int64_t BT, int64_t V);
+// probs (BT, V) become scale * dloss/dlogits.
+Status cross_entropy_backward(Span probs, IdSpan targets, int64_t BT, int64_t V, float scale);
+// dalpha (K) accumulated; dx (BT, K) written unless null; dxs, x (BT, K); dws, W (N, K); alpha (K) > 0.
+Status teq_scale_backward(Span dalpha, Span dx, Span dxs, Span x, int64_t BT, Span dws, Span W, int64_t N, Span alpha,
+      int64_t K);
+// out (Dq): the v-channel scales av (Dkv) repeated for the q heads that read each kv head (the o_proj input scale).
+Status teq_expand_v_scales(Span out, Span av, int64_t Hq, int64_t Hkv, int64_t hd);
+// TEQ's weight side: g (N, K), the gradient w.r.t. Q(W diag(alpha)) (RTN fake quant with f16 parameters
+// chosen from W diag(alpha)), is replaced by the gradient w.r.t. W diag(alpha).
+Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K, int64_t bits, int64_t group_size,
+                               bool symmetric);
+// arena (4 P): one AdamW step at step >= 1.
+Status adamw(Span arena, int64_t P, int64_t step, float lr, float b1, float b2, float eps, float wd, float pmin);
+
+// ---------------------------------------------------------------------------
+// The block step.
+//
+//   xn1 = rmsnorm(x) * attn_norm                         (BT, D)   TEQ: xs1 = xn1 / alpha1
+//   q = xs1 Wq^T, k = xs1 Wk^T, v = xs1 Wv^T            rope(q), rope(k) at pos0 + t
+//   att = attention(q, k, v | cache)                     (BT, Dq)  TEQ extra: att / alpha_o
+//   h = x + att Wo^T
+//   xn2 = rmsnorm(h) * ffn_norm                          (BT, D)   TEQ: xs2 = xn2 / alpha2
+//   out = h + (silu(xs2 Wg^T) * (xs2 Wu^T)) Wd^T         (BT, F)   TEQ extra: / alpha_d
+//
+// With TEQ every linear of a scaled group multiplies by Q(W diag(alpha)) (Q = RTN fake
+// quant when enabled), which equals the unscaled block exactly when Q is off.
+// ---------------------------------------------------------------------------
+
+// The linears of a block, in arena order.
+enum BlockLinear : int { kWq = 0, kWk, kWv, kWo, kWGate, kWUp, kWDown, kBlockLinears };
+// Runtime names of the block tensors (LlamaModel weight names, the layout keys TS reads).
+extern const char* const kBlockLinearNames[kBlockLinears];  // wq wk wv wo w_gate w_up w_down
+
+struct BlockDims {
+  int64_t B = 0, T = 0, D = 0, F = 0, Hq = 0, Hkv = 0, hd = 0;
+  int64_t BT() const { return B * T; }
+  int64_t Dq() const { return Hq * hd; }
+  int64_t Dkv() const { return Hkv * hd; }
+};
+
+// Where a block tensor's values come from.
+//   F32:        data = float (rows, cols)
+//   BF16:       data = uint16_t (rows, cols) bfloat16, widened per linear into call scratch
+//               (end-to-end training can then hold the frozen weights in half the memory)
+//   Quantized:  canon = the packed weight (formats.h), prepared = its repacked INT4 form or
+//               null; runs on the dequant-matmul kernels (inference only: no backward)
+struct WeightSource {
+  enum class Kind : int { F32 = 0, BF16, Quantized } kind = Kind::F32;
+  const void* data = nullptr;
+  const CanonicalWeight* canon = nullptr;
+  const PreparedInt4* prepared = nullptr;
+};
+
+// TEQ (methods/teq.ts): trainable per-input-channel scales, merged after training.
+struct TeqScales {
+  bool on = false;
+  // With `extra`: also alpha_v (Dkv) on o_proj's input (repeated over the q heads of each kv
+  // head, mergeable into v_proj rows) and alpha_d (F) on down_proj's input (into up_proj rows).
+  bool extra = false;
+  // (block_alpha_count) > 0: alpha1 (D) input-norm group {q, k, v} | alpha2 (D)
+  // post-attention-norm group {gate, up} | alpha_v (Dkv) | alpha_d (F).
+  const float* alpha = nullptr;
+};
+
+// EfficientQAT slot (Chen et al. 2024, issue 10; not implemented yet: block_forward returns
+// Unsupported when set). Block-AP trains the weights, the norms and every group's step size and
+// zero point block by block through LSQ-style fake quantization, per linear:
+//   w_q = fake_quant_forward(w, scales, zeros)          (quant.h: clamp(round(w/s) + round(z)) ...)
+// and its backward fake_quant_backward (dw straight-through, dscales, dzeros) in block_backward,
+// gradients into BlockGrads::fq_scales / fq_zeros. E2E-QP trains only the step sizes end to end
+// with the codes frozen: a Quantized WeightSource with trainable scales (the quantized-linear
+// backward dX = dY . dequant(W), ds_g = sum_{k in g} (q_k - z_g) (dY^T X)_k).
+struct LearnedFakeQuant {
+  QuantSpec spec{4, 128, false, false};
+  const float* scales[kBlockLinears] = {};  // (out, G) per linear; null entries are not quantized
+  const float* zeros[kBlockLinears] = {};   // (out, G), null when symmetric
+  bool active() const {
+    for (const float* s : scales)
+      if (s) return true;
+    return false;
+  }
+};
+
+// FPTQuant slot (van Breugel et al. 2025, issue 11; not implemented yet: block_forward returns
+// Unsupported when set). Function-preserving transforms, exact with quantization off; all but
+// S_n merge into the weights (in block_merge_scales, next to TEQ's merge):
+struct FptTransforms {
+  // T_k, pre-RoPE: per kv head and RoPE pair (i, i + hd/2) a scale s > 0 and an angle phi; the key
+  // pair becomes s R(phi) pair, the pairs of its q heads s^-1 R(phi) pair (both commute with RoPE).
+  const float* qk_scale = nullptr;  // (Hkv, hd/2)
+  const float* qk_angle = nullptr;  // (Hkv, hd/2)
+  // T_v: per kv head an invertible matrix A after v_proj, A^-1 before o_proj (every q head of the
+  // group).
+  const float* v_matrix = nullptr;  // (Hkv, hd, hd)
+  // T_u: intermediate-channel scales, W_up <- diag(s) W_up, W_down <- W_down diag(s)^-1 (the gate
+  // is left alone: SiLU is not scale-equivariant).
+  const float* mlp_scale = nullptr;  // (F)
+  // S_n, dynamic per-token residual scaling: one scalar c per token carried along the residual
+  // (c = 1 at the embedding), updated by each sub-block from the RMS its RMSNorm computes.
+  const float* residual_c_in = nullptr;  // (BT); null: off
+  float* residual_c_out = nullptr;       // (BT)
+  // Static per-tensor activation quantizers at the linear inputs (q/k/v share one, gate/up share
+  // one, o_proj, down_proj) and static per-head KV-cache scales, trained LSQ-style.
+  enum ActInput : int { kActQkv = 0, kActO, kActGateUp, kActDown, kActInputs };
+  QuantSpec act_spec{8, 0, true, false};
+  const float* act_scale[kActInputs] = {};  // (1) each; null: that input stays fp
+  const float* kv_scale = nullptr;           // (2, Hkv): keys, values
+  bool active() const {
+    if (qk_scale || qk_angle || v_matrix || mlp_scale || residual_c_in || kv_scale) return true;
+    for (const float* s : act_scale)
+      if (s) return true;
+    return false;
+  }
+};
+
+// One block as a baton: copied from JS (or built by LlamaModel) on the main thread,
+// read by block_forward / block_backward on a worker thread. Pointers are borrowed.
+struct BlockDesc {
+  BlockDims dims;
+  float eps = 1e-5f;
+  // RoPE tables (rope_len, hd/2) covering positions [0, pos0 + T).
+  const float* rope_cos = nullptr;
+  const float* rope_sin = nullptr;
+  int64_t rope_len = 0;
+  // The 9 block tensors: norms (D) as F32 or BF16 sources, linears (out, in).
+  WeightSource attn_norm, ffn_norm;
+  WeightSource linear[kBlockLinears];
+  // Method options (absent = plain block).
+  TeqScales teq;
+  bool rtn = false;  // RTN fake quant of every linear's effective weight, recomputed per call
+  QuantSpec rtn_spec{4, 128, false, true};
+  LearnedFakeQuant learned_fq;  // EfficientQAT (slot)
+  FptTransforms fpt;            // FPTQuant (slot)
+};
+
+// Inference state of one layer: positions [0, pos0) are cached; block_forward writes
+// positions [pos0, pos0 + T). k, v (B, S, Hkv, hd).
+struct KvCache {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t S = 0;
+  int64_t pos0 = 0;
+};
+
+// Gradient outputs of block_backward (accumulated; each may be null).
+struct BlockGrads {
+  float* params = nullptr;  // (block_param_count) in the arena layout below
+  float* alpha = nullptr;   // (block_alpha_count) TEQ scales
+  // EfficientQAT slot: gradients of LearnedFakeQuant's (out, G) step sizes and zero points.
+  float* fq_scales[kBlockLinears] = {};
+  float* fq_zeros[kBlockLinears] = {};
+};
+
+// Block parameter arena (floats) in this order, the layout TS reads through
+// block_layout(): attn_norm (D) | wq (Dq, D) | wk (Dkv, D) | wv (Dkv, D) | wo (D, Dq) |
+// ffn_norm (D) | w_gate (F, D) | w_up (F, D) | w_down (D, F).
+struct BlockTensorSlot {
+  const char* name;
+  int64_t offset, rows, cols;
+};
+struct BlockLayout {
+  BlockTensorSlot attn_norm, ffn_norm, linear[kBlockLinears];
+  int64_t total;
+};
+BlockLayout block_layout(const BlockDims& d);
+int64_t block_param_count(const BlockDims& d);
+// Floats of TEQ scales the block expects (0 when TEQ is off).
+int64_t block_alpha_count(const BlockDesc& d);
+// Floats of saved activations one training forward writes (block_backward reads them).
+int64_t block_saved_count(const BlockDesc& d);
+// Where they are (offsets in floats), for callers that read a block's intermediate values
+// (GPTQ's Hessians read the linears' inputs): x (BT, D) the block input | rstd1 (BT) |
+// xn1 (BT, D) rmsnorm(x) * attn_norm | xs1 (BT, D) the q/k/v input, xn1 / alpha1 (= xn1
+// without TEQ) | q (BT, Dq) after RoPE | k, v (BT, Dkv) | probs (B, Hq, T, T) | att (BT, Dq) |
+// atts (BT, Dq) the o_proj input (= att without the extra scales) | h (BT, D) | rstd2 | xn2 |
+// xs2 the gate/up input | g, u (BT, F) | a (BT, F) silu(g) * u | as the down_proj input |
+// eff the effective weights in arena layout (with TEQ or fake quant). Aliases share offsets.
+struct BlockSavedLayout {
+  int64_t x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff, total;
+};
+BlockSavedLayout block_saved_layout(const BlockDesc& d);
+// Dims, eps, options and their combinations.
+Status check_block(const BlockDesc& d);
+// Fills d.attn_norm .. d.linear from one arena in block_layout order, f32 or bf16; checks its length.
+Status block_bind_arena(BlockDesc* d, Span arena);
+
+// out (BT, D) = block(x (BT, D)); out may alias x.
+//   saved != null (block_saved_count floats): training; k, v are the block's own (pos0 = 0).
+//   cache != null, saved null: the inference step, attending the cache at cache->pos0.
+//   both null: a cache-less forward from position 0 (evaluation of a trainable model).
+Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvCache* cache, Workspace* ws);
+// dx (BT, D) from dout (BT, D) and the saved activations of block_forward.
+Status block_backward(Span dx, const BlockGrads& grads, Span dout, Span saved, const BlockDesc& d, Workspace* ws);
+
+// Merges trained TEQ scales into one arena: attn_norm /= alpha1, Wq, Wk, Wv *= diag(alpha1);
+// ffn_norm /= alpha2, Wg, Wu *= diag(alpha2); with extra: Wv rows /= alpha_v, Wo *= diag(expanded
+// alpha_v), Wu rows /= alpha_d, Wd *= diag(alpha_d). The block's function is unchanged.
+// Later transforms (FPTQuant) merge here too.
+Status block_merge_scales(Span arena, Span alpha, const BlockDims& d, bool extra);
+
+// Final RMSNorm + LM head + cross-entropy. nll (BT); with dx: the backward of
+// loss_scale * sum(nll): dx (BT, D), dnorm (D) and dhead (V, D) accumulated when given.
+Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, IdSpan targets,
+      int64_t BT, int64_t D, int64_t V, float eps, float loss_scale);
+
+}  // namespace qf

@@ -13,7 +13,7 @@ const tmp = mkdtempSync(path.join(tmpdir(), 'qf-validation-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 // functions whose every parameter is optional: calling them bare is a valid call
-const ALL_OPTIONAL = new Set(['backendInfo', 'cudaInfo', 'methodNames', 'measureMachine', 'measureMachineSync', 'SyntheticCheckpoint', 'QuantformError']);
+const ALL_OPTIONAL = new Set(['backendInfo', 'cudaInfo', 'methodNames', 'measureMachine', 'measureMachineSync', 'SyntheticCheckpoint', 'QuantformError', 'defaultMemoryBudget']);
 const SHARP = /^Expected .+ for .+ but received .+/;
 
 type AnyFn = (...a: unknown[]) => unknown;
@@ -52,7 +52,12 @@ describe('wrong arguments from plain JS get a coded error naming the parameter',
   writeFileSync(tokFile, tokenizerBinBytes(['<unk>', '<s>', '</s>', 'a', 'b']));
   const w = api.Tensor.fromArray([1, 2, 3, 4, 5, 6], [2, 3]);
   const q = api.quantize(w, { bits: 4, groupSize: 3 });
-  const cfg = new api.SyntheticCheckpoint({ dim: 16, hiddenDim: 24, nLayers: 1, nHeads: 2, vocabSize: 32, maxSeq: 16 }).config;
+  const synth = new api.SyntheticCheckpoint({ dim: 16, hiddenDim: 24, nLayers: 1, nHeads: 2, vocabSize: 32, maxSeq: 16 });
+  const cfg = synth.config;
+  const vocab = { tokens: ['<unk>', '<s>', '</s>'], scores: new Float32Array(3), types: Uint8Array.of(2, 3, 3), bosId: 1, eosId: 2, unkId: 0, padId: null,
+    addBos: true, addEos: false, addSpacePrefix: true, source: 'test' };
+  const source: api.GptqSource = { config: cfg, hfConfig: {}, quant: { bits: 4, groupSize: 16, symmetric: true }, plainDtype: () => 'F32',
+    plain: () => new Float32Array(0), linear: () => q };
   const cases: [string, () => unknown, RegExp][] = [
     ['loadLlama2cTokenizer(file) without the vocabulary size', () => js(api.loadLlama2cTokenizer)(tokFile),
       /^Expected positive integer \(the model's vocabulary size\) for vocabSize but received undefined$/],
@@ -93,6 +98,51 @@ describe('wrong arguments from plain JS get a coded error naming the parameter',
     ['configFromHf(null)', () => js(api.configFromHf)(null, 'x'), /^Expected object for json but received null$/],
     ['loadHfTokenizer(dir, {})', () => js(api.loadHfTokenizer)(tmp, {}), /^Expected non-negative integer for config\.vocabSize but received undefined$/],
     ['measureMachineSync("fast")', () => js(api.measureMachineSync)('fast'), /^Expected options object for options but received 'fast' of type string$/],
+    // main's loader, GPTQ, exporters and I/O
+    ['exportGguf(checkpoint, out, { floatType: "Q4" })', () => api.exportGguf(synth, path.join(tmp, 'x.gguf'), { floatType: 'Q4' as 'F16' }),
+      /^Expected 'F32' or 'F16' for options\.floatType but received 'Q4' of type string$/],
+    ['exportGguf({}, out): an object that is not a Checkpoint', () => js(api.exportGguf)({}, path.join(tmp, 'x.gguf')), /^Expected non-empty string for model\.path but received undefined$/],
+    ['exportOnnx(dir, out, { accuracyLevel: 7 })', () => api.exportOnnx(tmp, path.join(tmp, 'onnx'), { accuracyLevel: 7 as 4 }),
+      /^Expected one of 0, 1, 2, 3, 4 for options\.accuracyLevel but received 7 of type number$/],
+    ['exportOnnx(checkpoint, 42)', () => js(api.exportOnnx)(synth, 42), /^Expected non-empty string for out but received 42 of type number$/],
+    ['encodeDirect(q, "Q2_K")', () => js(api.encodeDirect)(q, 'Q2_K'), /^Expected 'Q4_0', 'Q4_1', 'Q5_0' or 'Q8_0' for type but received 'Q2_K' of type string$/],
+    ['ggmlType("Q9_9")', () => js(api.ggmlType)('Q9_9'), /^Expected a ggml type quantform writes \(.*Q4_0.*\) for name but received 'Q9_9' of type string$/],
+    ['ggmlTypeById(-1)', () => api.ggmlTypeById(-1), /^Expected non-negative integer for id but received -1 of type number$/],
+    ['matMulNBitsParts(Float32Array)', () => js(api.matMulNBitsParts)(new Float32Array(4)), /^Expected QuantizedTensor for q but received Float32Array/],
+    ['tokenizerJsonFromVocab with scores of the wrong length', () => api.tokenizerJsonFromVocab({ ...vocab, scores: new Float32Array(1) }),
+      /^Expected Float32Array of 3 scores for vocab\.scores but received Float32Array of length 1$/],
+    ['spmTokenizer with a bos id outside the vocabulary', () => api.spmTokenizer({ ...vocab, bosId: 5 }), /^Expected token id in \[0, 3\) for vocab\.bosId but received 5 of type number$/],
+    ['checkVocab(vocab, not a tokenizer)', () => js(api.checkVocab)(vocab, {}), /^Expected function for tok\.encode but received undefined$/],
+    ['vocabFromSentencePiece("bytes")', () => js(api.vocabFromSentencePiece)('bytes', 'x'), /^Expected Uint8Array for buf but received 'bytes' of type string$/],
+    ['vocabFromTokenizerJson(json, null)', () => js(api.vocabFromTokenizerJson)({}, null, 'x'), /^Expected object for config but received null$/],
+    ['vocabFromCheckpoint(a path)', () => js(api.vocabFromCheckpoint)(tmp), /^Expected object for checkpoint but received '.*' of type string$/],
+    ['new GptqHessian(1.5)', () => new api.GptqHessian(1.5), /^Expected positive integer for K but received 1\.5 of type number$/],
+    ['gptqQuantize with blockSize 0', () => api.gptqQuantize(w, new Float32Array(9), { bits: 4, groupSize: 3, blockSize: 0 }),
+      /^Expected integer in \[1, 512\] for blockSize but received 0 of type number$/],
+    ['quantLinearBackward with a short x', () => api.quantLinearBackward(new Float32Array(2), new Float32Array(2), q),
+      /^Expected Float32Array of 3 elements \(M, K\) for x but received Float32Array of length 2$/],
+    ['new ActivationStore({ samples: 0 })', () => new api.ActivationStore({ samples: 0, tokens: 4, hidden: 4 }), /^Expected positive integer for samples but received 0 of type number$/],
+    ['quantizeCheckpointRtn(not a checkpoint)', () => js(api.quantizeCheckpointRtn)({ path: 'p' }, path.join(tmp, 'r'), { bits: 4 }),
+      /^Expected object for checkpoint\.config but received undefined$/],
+    ['quantizedCheckpoint(q, "tokenizer")', () => js(api.quantizedCheckpoint)({}, 'tok'), /^Expected TrainableLlama for quantized model\.model but received undefined$/],
+    ['memoryNeed(cfg, "rtn", { samples: -1 })', () => api.memoryNeed(cfg, 'rtn', { samples: -1 }), /^Expected positive integer for train\.samples but received -1 of type number$/],
+    ['new GptqWriter(source without plain())', () => new api.GptqWriter({ ...source, plain: undefined } as unknown as api.GptqSource, path.join(tmp, 'g')),
+      /^Expected function for source\.plain but received undefined$/],
+    ['saveGptq options.maxShardBytes -1', () => new api.GptqWriter(source, path.join(tmp, 'g'), { maxShardBytes: -1 }),
+      /^Expected positive number for options\.maxShardBytes but received -1 of type number$/],
+    ['new SafetensorsWriter(dir, "specs")', () => js((a: unknown, b: unknown) => new api.SafetensorsWriter(a as string, b as api.TensorSpec[]))(tmp, 'specs'),
+      /^Expected array of \{ name, dtype, shape \} for specs but received 'specs' of type string$/],
+    ['new SafetensorsWriter with a shape that is not an array', () => new api.SafetensorsWriter(tmp, [{ name: 'a', dtype: 'F32', shape: 3 as unknown as number[] }]),
+      /^Expected non-negative integer dimensions for shape of a but received 3 of type number$/],
+    ['SafetensorsCheckpointFiles.dir(42)', () => js(api.SafetensorsCheckpointFiles.dir)(42), /^Expected non-empty string for dir but received 42 of type number$/],
+    ['readTensor with a file that is a path', () => js(api.readTensor)({ name: 't', shape: [2], dtype: 'F32', file: 'model.safetensors', offset: 0, nbytes: 8 }),
+      /^Expected CheckpointFile for tensor\.file but received 'model\.safetensors' of type string$/],
+    ['readTensor with a dtype that is no safetensors dtype', () => js(api.readTensor)({ name: 't', shape: [2], dtype: 'toString', file: null, offset: 0, nbytes: 8 }),
+      /^Expected a safetensors dtype for tensor\.dtype but received 'toString' of type string$/],
+    ['interleavedToHalfRows(3, 10)', () => api.interleavedToHalfRows(3, 10), /^Expected a multiple of 2 x heads = 6 \(even head size\) for rows but received 10 of type number$/],
+    ['hfConfigFromLlama({ dim: 8 })', () => js(api.hfConfigFromLlama)({ dim: 8 }), /^Expected positive integer for config\.hiddenDim but received undefined$/],
+    ['writeFileAtomic(file, 42)', () => js(api.writeFileAtomic)(path.join(tmp, 'f'), 42), /^Expected string or Uint8Array for data but received 42 of type number$/],
+    ['new AtomicDir("")', () => new api.AtomicDir(''), /^Expected non-empty string for dest but received '' of type string$/],
   ];
   for (const [what, call, msg] of cases)
     it(what, async () => {

@@ -76,7 +76,7 @@ function needGptqSource(src: unknown): asserts src is GptqSource {
   for (const f of ['plainDtype', 'plain', 'linear'] as const) need.func(o[f], `source.${f}`);
 }
 
-function needSaveOptions(opts: unknown): asserts opts is SaveOptions {
+export function needSaveOptions(opts: unknown): asserts opts is SaveOptions {
   need.object(opts, 'options');
   const o = opts as Record<string, unknown>;
   if (o.tokenizerDir !== undefined) need.string(o.tokenizerDir, 'options.tokenizerDir');

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, need } from '../errors.js';
 
 const live = new Set<string>();
 let hooked = false;
@@ -74,6 +74,7 @@ export class AtomicFile {
   private fd: number | null;
 
   constructor(dest: string) {
+    need.string(dest, 'dest');
     this.dest = dest;
     removeStaleTemps(dest);
     this.path = tempSibling(dest);
@@ -124,6 +125,8 @@ export class AtomicFile {
 
 /** Writes a whole file atomically. */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  need.string(file, 'file');
+  if (typeof data !== 'string' && !(data instanceof Uint8Array)) throw invalidParameter('string or Uint8Array', 'data', data);
   const f = new AtomicFile(file);
   try {
     f.write(typeof data === 'string' ? Buffer.from(data) : data);
@@ -145,6 +148,7 @@ export class AtomicDir {
   private done = false;
 
   constructor(dest: string) {
+    need.string(dest, 'dest');
     this.dest = path.resolve(dest);
     if (existsSync(this.dest)) throw new QuantformError('QF_IO', `Output directory ${this.dest} already exists: choose another --out or remove it`);
     removeStaleTemps(this.dest);

@@ -2,7 +2,7 @@
 // not ask for by offset, so a model larger than memory can be fetched tensor by
 // tensor, and a lying header cannot make us allocate what the file does not hold.
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 
 export class CheckpointFile {
   readonly path: string;
@@ -10,6 +10,7 @@ export class CheckpointFile {
   private handle: number | null;
 
   constructor(path: string) {
+    need.string(path, 'path');
     this.path = path;
     let st;
     try {

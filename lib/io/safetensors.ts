@@ -32,6 +32,7 @@ export interface SafetensorsHeader {
 
 /** Parses one .safetensors file's header (no tensor bytes read); every range validated. */
 export function parseSafetensorsHeader(file: CheckpointFile): SafetensorsHeader {
+  need.instance(file, CheckpointFile, 'file');
   if (file.size < 8) throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: ${file.size} bytes is too short for a safetensors header length`);
   const len64 = file.read(0, 8, 'header length').readBigUInt64LE(0);
   if (len64 > BigInt(file.size - 8))
@@ -71,6 +72,7 @@ export function parseSafetensorsHeader(file: CheckpointFile): SafetensorsHeader 
 
 /** The tensors of one .safetensors file's header (no tensor bytes read). */
 export function readSafetensorsHeader(file: CheckpointFile): StoredTensor[] {
+  need.instance(file, CheckpointFile, 'file');
   return parseSafetensorsHeader(file).tensors;
 }
 
@@ -86,6 +88,8 @@ export class SafetensorsCheckpointFiles {
   readonly files: CheckpointFile[] = [];
 
   private constructor(files: string[], what: string, expected?: Map<string, string>) {
+    if (!Array.isArray(files) || files.length === 0 || !files.every((f) => is.string(f) && f.length > 0))
+      throw invalidParameter('non-empty array of file paths (use SafetensorsCheckpointFiles.file or .dir)', 'files', files);
     let metadata: Record<string, string> | null = null;
     try {
       for (const f of files) {
@@ -115,6 +119,7 @@ export class SafetensorsCheckpointFiles {
 
   /** One .safetensors file. */
   static file(file: string): SafetensorsCheckpointFiles {
+    need.string(file, 'file');
     return new SafetensorsCheckpointFiles([file], file);
   }
 
@@ -123,6 +128,8 @@ export class SafetensorsCheckpointFiles {
    * `${base}.safetensors.index.json` (every shard must exist and hold what the index says).
    */
   static dir(dir: string, base = 'model'): SafetensorsCheckpointFiles {
+    need.string(dir, 'dir');
+    need.string(base, 'base');
     const single = path.join(dir, `${base}.safetensors`), index = path.join(dir, `${base}.safetensors.index.json`);
     if (existsSync(single)) return new SafetensorsCheckpointFiles([single], single);
     if (!existsSync(index)) throw new QuantformError('QF_IO', `${dir}: neither ${base}.safetensors nor ${base}.safetensors.index.json exists`);
@@ -248,6 +255,14 @@ export class SafetensorsWriter {
   private readonly base: string;
 
   constructor(readonly dir: string, specs: TensorSpec[], opts: SafetensorsWriterOptions = {}) {
+    need.string(dir, 'dir');
+    if (!Array.isArray(specs)) throw invalidParameter('array of { name, dtype, shape }', 'specs', specs);
+    specs.forEach((sp, i) => { need.object(sp, `specs[${i}]`); need.string(sp.name, `specs[${i}].name`); });
+    need.object(opts, 'options');
+    if (opts.metadata !== undefined && !(is.object(opts.metadata) && Object.values(opts.metadata).every((v) => typeof v === 'string')))
+      throw invalidParameter('object of strings', 'options.metadata', opts.metadata);
+    if (opts.base !== undefined) need.string(opts.base, 'options.base');
+    if (opts.singleFile !== undefined) need.string(opts.singleFile, 'options.singleFile');
     const max = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
     if (!is.finiteNumber(max) || max <= 0) throw invalidParameter('positive number', 'maxShardBytes', max);
     const base = opts.base ?? 'model';
@@ -256,7 +271,7 @@ export class SafetensorsWriter {
     let used = 0, total = 0;
     for (const spec of specs) {
       if (!Object.hasOwn(DTYPE_BYTES, spec.dtype)) throw invalidParameter('a safetensors dtype', `dtype of ${spec.name}`, spec.dtype);
-      if (!spec.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('non-negative integer dimensions', `shape of ${spec.name}`, spec.shape);
+      if (!Array.isArray(spec.shape) || !spec.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('non-negative integer dimensions', `shape of ${spec.name}`, spec.shape);
       if (this.plan.has(spec.name)) throw invalidParameter('unique tensor names', 'specs', spec.name);
       const nbytes = numel(spec.shape) * DTYPE_BYTES[spec.dtype];
       if (used > 0 && used + nbytes > max) {

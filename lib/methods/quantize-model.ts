@@ -18,10 +18,10 @@ import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from
 import { Tensor } from '../ops/tensor.js';
 import { blockLayout, HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import { GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
+import { GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
 import { FLOAT_DTYPES, readRaw, readTensor, type StoredTensor } from '../io/tensors.js';
-import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
+import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import { hfConfigFromLlama, needConfig, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
@@ -283,7 +283,13 @@ export interface StreamHooks {
 export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: { bits: Bits; groupSize?: number; symmetric?: boolean },
   hooks: StreamHooks = {}): Promise<QuantizeReport> {
   const t0 = performance.now();
+  needCheckpoint(ck);
+  need.string(out, 'out');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  need.object(hooks, 'hooks');
+  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.signal !== undefined) need.instance(hooks.signal, AbortSignal, 'hooks.signal');
+  if (hooks.save !== undefined) needSaveOptions(hooks.save);
   const quant = quantSpec(opts);
   const reports: LinearReport[] = [];
   let scratch = new Float32Array(0);
@@ -352,6 +358,8 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
  */
 export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Checkpoint {
   const src = gptqSourceOf(q);
+  need.object(tokenizer, 'tokenizer');
+  need.func(tokenizer.encode, 'tokenizer.encode');
   return {
     format: 'memory',
     path: `memory:${q.report.method}-w${q.quant.bits}g${q.quant.groupSize}`,
@@ -377,6 +385,10 @@ export interface MemoryNeed {
  * trainer streams blocks.
  */
 export function memoryNeed(cfg: LlamaConfig, method: string, train: { samples?: number; seqLen?: number; batchSize?: number } = {}): MemoryNeed {
+  needConfig(cfg);
+  need.string(method, 'method');
+  need.object(train, 'train');
+  for (const k of ['samples', 'seqLen', 'batchSize'] as const) if (train[k] !== undefined) need.positiveInteger(train[k], `train.${k}`);
   const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
   if (method === 'rtn') {
     let worst = { name: '', n: 0 };

@@ -173,6 +173,7 @@ export function configFromHf(json: Record<string, unknown>, source: string): Lla
 
 /** A Hugging Face config.json describing `cfg` (for checkpoints that came without one: llama2.c, GGUF, synthetic). */
 export function hfConfigFromLlama(c: LlamaConfig): Record<string, unknown> {
+  needConfig(c);
   const out: Record<string, unknown> = {
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
     num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,

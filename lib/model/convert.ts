@@ -2,7 +2,7 @@
 // Meta's original checkpoints, llama2.c .bin files and GGUF files (llama.cpp's
 // converters write q/k in the interleaved (2i, 2i + 1) order) need their q/k rows
 // reordered once at load.
-import { QuantformError, need } from '../errors.js';
+import { QuantformError, invalidParameter, need } from '../errors.js';
 
 function checkPermute(w: Float32Array, heads: number, cols: number): void {
   need.instance(w, Float32Array, 'w');
@@ -49,6 +49,9 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
  * It is also the row order of permuteHalfToInterleaved (out row r is source row dst[r]).
  */
 export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
+  need.positiveInteger(heads, 'heads');
+  need.positiveInteger(rows, 'rows');
+  if (rows % (2 * heads) !== 0) throw invalidParameter(`a multiple of 2 x heads = ${2 * heads} (even head size)`, 'rows', rows);
   const hs = rows / heads, half = hs / 2;
   const dst = new Int32Array(rows);
   for (let h = 0; h < heads; h++)

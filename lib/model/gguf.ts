@@ -176,6 +176,7 @@ export class GgufCheckpoint implements Checkpoint {
   private readonly byName = new Map<string, GgufTensor>();
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     this.file = new CheckpointFile(path);
     try {
       this.header = readGgufHeader(this.file);

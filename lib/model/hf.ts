@@ -4,7 +4,7 @@
 // are then read one at a time (lib/io/safetensors.ts, the one reader).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import { parseJsonObject } from '../io/json.js';
 import { SafetensorsCheckpointFiles } from '../io/safetensors.js';
 import { readTensor, type StoredTensor } from '../io/tensors.js';
@@ -50,6 +50,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
   private readonly st: SafetensorsCheckpointFiles;
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     this.hfConfig = readHfConfigJson(path);
     const cfg = configFromHf(this.hfConfig, `${path}/config.json`);
     this.st = SafetensorsCheckpointFiles.dir(path);

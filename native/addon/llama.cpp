@@ -158,6 +158,9 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         if (e.fd > 0x7fffffff || (e.cols > 0 && e.rows > ((int64_t)1 << 40) / e.cols))
           fail(error(Code::InvalidArgument, "Expected fd < 2^31 and rows * cols < 2^40 for '" + e.name + "' but received fd=" +
                                                 std::to_string(e.fd) + ", rows=" + std::to_string(e.rows) + ", cols=" + std::to_string(e.cols)));
+        // the model allocates each weight before reading it: a range past the file's end is
+        // refused first, so no allocation is sized by what the entry claims
+        check(check_tensor_range((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.what.c_str()));
         e.perm = nullptr;
         e.perm_len = 0;
         if (!perm.IsNull() && !perm.IsUndefined()) {

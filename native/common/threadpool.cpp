@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -27,12 +28,32 @@ namespace {
 // idle pool takes no CPU.
 constexpr auto kSpin = std::chrono::microseconds(200);
 
+// Marks the current thread as running a job body for its lifetime, also when the
+// body throws (a leaked flag would run every later job of this thread serially).
+class InJob {
+ public:
+  explicit InJob(bool* flag) : flag_(flag), was_(*flag) { *flag_ = true; }
+  ~InJob() { *flag_ = was_; }
+  InJob(const InJob&) = delete;
+  InJob& operator=(const InJob&) = delete;
+
+ private:
+  bool* flag_;
+  bool was_;
+};
+
 // One job at a time. A job is published as one 64-bit ticket (generation, chunk
 // count, next chunk index); a thread claims chunk i by a CAS that advances the index
 // within the same generation, so a thread that wakes up late for a finished job can
 // never claim a chunk of the next one. Chunks are claimed dynamically: a thread
 // descheduled by another process (a shared machine) delays only the chunk it holds,
 // the others take the rest. The caller works too and waits for the last chunk.
+// Exceptions: a body that throws on any thread (std::bad_alloc from scratch
+// buffers, most often) must not reach the thread's top frame, where it would call
+// std::terminate and take the host process down. The first one is kept, chunks not
+// yet started are skipped (counted done without running: their results would be
+// discarded anyway), chunks already running finish, and the caller rethrows it once
+// the job is complete.
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -45,13 +66,20 @@ class Pool {
     if (n <= 0) n = (int)std::max(1u, std::thread::hardware_concurrency());
     stop_workers();
     stopping_.store(false);
-    for (int i = 0; i + 1 < n; i++) workers_.emplace_back([this, i] { worker_loop(i + 1); });
+    // thread creation can fail (EAGAIN, bad_alloc): keep the workers that started
+    // and a size that tells the truth, then report the failure
+    try {
+      for (int i = 0; i + 1 < n; i++) workers_.emplace_back([this, i] { worker_loop(i + 1); });
+    } catch (...) {
+      size_.store((int)workers_.size() + 1, std::memory_order_relaxed);
+      throw;
+    }
     size_.store(n, std::memory_order_relaxed);
   }
 
   void run(int64_t n, int64_t grain, int64_t max_chunks, const ChunkFn& fn) {
     if (n <= 0) return;
-    if (in_job_) {  // nested: run serially on this thread
+    if (in_job_) {  // nested: run serially on this thread; exceptions go to the outer body
       fn(thread_index_, 0, n);
       return;
     }
@@ -60,13 +88,14 @@ class Pool {
     grain = std::max<int64_t>(1, grain);
     const int64_t chunks = std::min<int64_t>({std::max<int64_t>(1, max_chunks), (n + grain - 1) / grain, kMaxChunks});
     if (chunks <= 1 || workers_.empty()) {
-      in_job_ = true;
+      InJob mark(&in_job_);
       fn(thread_index_, 0, n);
-      in_job_ = false;
       return;
     }
     fn_ = &fn;
     n_ = n;
+    error_ = nullptr;
+    cancelled_.store(false, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
     ticket_.store(gen << 32 | (uint64_t)chunks << 16, std::memory_order_seq_cst);
@@ -77,6 +106,15 @@ class Pool {
     thread_index_ = 0;
     work(gen);
     wait_done(chunks);
+    if (cancelled_.load(std::memory_order_relaxed)) {
+      std::exception_ptr err;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        err = std::move(error_);
+        error_ = nullptr;
+      }
+      std::rethrow_exception(err);
+    }
   }
 
  private:
@@ -85,7 +123,7 @@ class Pool {
 
   // Claims and runs chunks of generation `gen` until none is left.
   void work(uint64_t gen) {
-    in_job_ = true;
+    InJob mark(&in_job_);
     for (;;) {
       uint64_t t = ticket_.load(std::memory_order_acquire);
       if ((t >> 32) != gen) break;
@@ -93,13 +131,20 @@ class Pool {
       if (c >= chunks) break;
       if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
       // the job cannot end before this chunk is done, so fn_ and n_ are still its own
-      (*fn_)(thread_index_, n_ * c / chunks, n_ * (c + 1) / chunks);
+      if (!cancelled_.load(std::memory_order_acquire)) {
+        try {
+          (*fn_)(thread_index_, n_ * c / chunks, n_ * (c + 1) / chunks);
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(mu_);
+          if (!error_) error_ = std::current_exception();
+          cancelled_.store(true, std::memory_order_release);
+        }
+      }
       if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == chunks && caller_sleeping_.load(std::memory_order_seq_cst)) {
         std::lock_guard<std::mutex> lk(mu_);
         done_cv_.notify_all();
       }
     }
-    in_job_ = false;
   }
 
   void wait_done(int64_t chunks) {
@@ -155,6 +200,8 @@ class Pool {
   std::vector<std::thread> workers_;
   const ChunkFn* fn_ = nullptr;
   int64_t n_ = 0;
+  std::exception_ptr error_;           // first exception of the running job (under mu_)
+  std::atomic<bool> cancelled_{false};  // a body of the running job threw
   std::atomic<uint64_t> ticket_{0};  // generation << 32 | chunks << 16 | next chunk
   std::atomic<int64_t> done_{0};
   std::atomic<int> sleepers_{0};

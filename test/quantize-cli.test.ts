@@ -92,7 +92,9 @@ describe.skipIf(!haveCli)('quantform quantize without --model: the bundled stori
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/--max-memory 0\.0001 GB is too small for one block of .*stories260K: RTN holds one tensor at a time; the largest, embed \[512, 64\], needs 0\.3 MB/);
     const t = spawnSync(process.execPath, [cli, 'quantize', '--max-memory', '0.001', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
-    expect(t.stderr).toMatch(/--max-memory 0\.001 GB is too small for one block of .*: teq holds the whole model in fp32 \(0\.3M parameters/);
+    expect(t.stderr).toMatch(/--max-memory 0\.001 GB is too small for the end-to-end stage of .*stories260K: teq \(end-to-end loss\) holds the fp32 embedding .*one block's saved activations \(7\.1 MB\).*: 10\.6 MB in all/);
+    const b = spawnSync(process.execPath, [cli, 'quantize', '--loss', 'block', '--max-memory', '0.005', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
+    expect(b.stderr).toMatch(/--max-memory 0\.005 GB is too small for one block of .*stories260K: teq \(block loss\) holds the block's fp32 weights \(0\.2 MB\), .*: 11\.3 MB in all/);
     expect(existsSync(path.join(tmp, 'nomem'))).toBe(false);
     expect(leftovers(tmp)).toEqual([]);
   });

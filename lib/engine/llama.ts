@@ -8,7 +8,7 @@ import { fromNative, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, invFreq as modelInvFreq } from '../model/config.js';
+import { hfConfigFromLlama, invFreq as modelInvFreq, type LlamaConfig } from '../model/config.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -43,7 +43,7 @@ export function blockConfigOf(s: LlamaShape, B: number, T: number, quant?: Block
 export const LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEARS)[number];
 /** The runtime's names of the same linears (lib/model/config.ts). */
-const RUNTIME_LINEAR: Record<LinearName, string> = {
+export const RUNTIME_LINEAR: Record<LinearName, string> = {
   q_proj: 'wq', k_proj: 'wk', v_proj: 'wv', o_proj: 'wo', gate_proj: 'w_gate', up_proj: 'w_up', down_proj: 'w_down',
 };
 
@@ -182,13 +182,8 @@ export class TrainableLlama {
    * RoPE layout the training forward uses.
    */
   static fromCheckpoint(ck: Checkpoint): TrainableLlama {
-    const c = ck.config;
-    // the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs
-    const shape: LlamaShape = {
-      hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
-      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
-    };
-    const hf = ck.hfConfig ?? hfConfigFromLlama(c);
+    const shape = shapeOfConfig(ck.config);
+    const hf = ck.hfConfig ?? hfConfigFromLlama(ck.config);
     const embed = ck.weight('embed');
     const lay = blockLayout(shape);
     const blocks: Float32Array[] = [];
@@ -201,4 +196,12 @@ export class TrainableLlama {
     }
     return new TrainableLlama(shape, embed, ck.weight('final_norm'), shape.tied ? embed : ck.weight('lm_head'), blocks, hf);
   }
+}
+
+/** The training shape of a runtime config (RoPE tables from inv_freq, so Llama 3 rope_scaling trains as it runs). */
+export function shapeOfConfig(c: LlamaConfig): LlamaShape {
+  return {
+    hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
+    vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
+  };
 }

@@ -27,20 +27,28 @@ export class CheckpointFile {
 
   /** Bytes [offset, offset + length); `what` names the thing read, for the error message. */
   read(offset: number, length: number, what: string): Buffer {
+    if (!Number.isSafeInteger(length) || length < 0 || length > this.size)
+      throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: ${what} spans ${length} bytes but the file has ${this.size} bytes (truncated or corrupt)`);
+    const buf = Buffer.allocUnsafe(length);
+    this.readInto(offset, buf, what);
+    return buf;
+  }
+
+  /** Bytes [offset, offset + dst.length) into dst (a view of a caller's buffer: no copy). */
+  readInto(offset: number, dst: Uint8Array, what: string): void {
+    const length = dst.length;
     if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
       throw new QuantformError(
         'QF_CORRUPT_FILE',
         `${this.path}: ${what} spans bytes [${offset}, ${offset + length}) but the file has ${this.size} bytes (truncated or corrupt)`,
       );
-    const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(this.handle, buf, done, length - done, offset + done);
+      const n = readSync(this.handle, dst, done, length - done, offset + done);
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }
-    return buf;
   }
 
   close(): void {

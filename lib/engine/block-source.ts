@@ -1,0 +1,236 @@
+// Where the quantize pipeline (lib/engine/pipeline.ts) gets a model's weights from,
+// one block at a time: a runtime Checkpoint of any format (read lazily, tensor by
+// tensor, natively widened) or a TrainableLlama already in memory. Every tensor is
+// checked against the config when it is read, so a checkpoint that disagrees with
+// its config half-way through is a clear error naming the tensor, never a wrong
+// block. Frozen copies (end-to-end losses) come as bf16 when that is exact (the
+// checkpoint stores BF16) and as fp32 otherwise, unless the caller asks for bf16.
+import { createHash } from 'node:crypto';
+import { fromNative, QuantformError } from '../errors.js';
+import { native } from '../native.js';
+import { FLOAT_DTYPES, readTensor, rowsCols } from '../io/tensors.js';
+import type { Checkpoint } from '../model/checkpoint.js';
+import { hfConfigFromLlama, LAYER_WEIGHTS, weightShape, type LlamaConfig } from '../model/config.js';
+import { blockLayout, RUNTIME_LINEAR, LINEARS, shapeOfConfig, type LlamaShape, type TrainableLlama } from './llama.js';
+
+/** The LlamaConfig of a training model (its shape, and bos/eos from its config.json). */
+export function configOfModel(m: TrainableLlama): LlamaConfig {
+  const s = m.shape, h = m.hfConfig;
+  const id = (v: unknown, d: number) => (typeof v === 'number' ? v : Array.isArray(v) && typeof v[0] === 'number' ? v[0] : d);
+  return {
+    architecture: 'LlamaForCausalLM', dim: s.hidden, hiddenDim: s.intermediate, nLayers: s.layers, nHeads: s.heads, nKvHeads: s.kvHeads,
+    headDim: s.headDim, vocabSize: s.vocab, maxSeq: s.maxSeq, normEps: s.rmsEps, ropeTheta: s.ropeTheta, ropeScaling: null,
+    tiedEmbeddings: s.tied, bosId: id(h.bos_token_id, 1), eosId: id(h.eos_token_id, 2),
+  };
+}
+
+export type FrozenDType = 'f32' | 'bf16';
+export type PlainDType = 'F32' | 'F16' | 'BF16';
+
+/** A model's weights, block by block (canonical names of lib/model/config.ts). */
+export interface BlockSource {
+  readonly config: LlamaConfig;
+  readonly shape: LlamaShape;
+  /** config.json fields the output keeps */
+  readonly hfConfig: Record<string, unknown>;
+  /** where it comes from, for messages */
+  readonly path: string;
+  /** 'bf16' when every block tensor is stored as BF16 (a bf16 frozen copy is then exact), else 'f32' */
+  readonly exactFrozen: FrozenDType;
+  /** block l as one fp32 arena (blockLayout order), into `out` when given */
+  readBlock(l: number, out?: Float32Array): Float32Array;
+  /** block l as one bf16 arena (exact when exactFrozen is 'bf16', else rounded to nearest even) */
+  readBlockBf16(l: number, out?: Uint16Array): Uint16Array;
+  /** block l's fp32 arena without a copy, for sources already in memory (read-only) */
+  resident?(l: number): Float32Array;
+  /** one linear (rows, cols) fp32, into `out` when given */
+  readLinear(name: string, out?: Float32Array): Float32Array;
+  /** embed, final_norm, lm_head (or a block norm) as fp32 */
+  weight(name: string): Float32Array;
+  /** a norm or embedding as stored, for copying it to the output unchanged */
+  stored(name: string): { dtype: PlainDType; data: () => ArrayBufferView };
+  /** a digest of the weights (resume fingerprints): exact for small models, sampled for large ones */
+  identity(): string;
+}
+
+function numel(s: readonly number[]): number {
+  return s.reduce((a, b) => a * b, 1);
+}
+
+/** Weights up to this many bytes are hashed whole for identity(); larger ones by size, head and tail. */
+const FULL_HASH_BYTES = 1 << 28;
+const SAMPLE_BYTES = 1 << 16;
+
+/** A Checkpoint read block by block: only the block being asked for is read, each tensor checked. */
+export function checkpointBlocks(ck: Checkpoint): BlockSource {
+  const cfg = ck.config;
+  const shape = shapeOfConfig(cfg);
+  const lay = blockLayout(shape);
+  const what = (name: string) => `${ck.path}: tensor '${name}'`;
+  const source = (name: string) => {
+    const s = ck.tensorSource?.(name) ?? null;
+    return s && FLOAT_DTYPES.includes(s.tensor.dtype) ? s : null;
+  };
+  // a tensor whose size disagrees with the config is refused before anything reads it
+  const check = (name: string, got: number) => {
+    const want = weightShape(cfg, name);
+    if (got !== numel(want))
+      throw new QuantformError('QF_SHAPE_MISMATCH', `${what(name)} holds ${got} values but the config implies [${want.join(', ')}] (${numel(want)})`);
+  };
+  const read = (name: string, out?: Float32Array): Float32Array => {
+    const n = numel(weightShape(cfg, name));
+    const s = source(name);
+    if (s) {
+      const [rows, cols] = rowsCols(s.tensor);
+      check(name, rows * cols);
+      return readTensor(s.tensor, { dstRow: s.dstRow, out: out ?? new Float32Array(n) });
+    }
+    const w = ck.weight(name);
+    check(name, w.length);
+    if (!out) return w;
+    out.set(w);
+    return out;
+  };
+  const blockNames = (l: number) => LAYER_WEIGHTS.map((w) => `layers.${l}.${w}`);
+  const slotOf = (w: (typeof LAYER_WEIGHTS)[number]) =>
+    w === 'attn_norm' ? lay.g1 : w === 'ffn_norm' ? lay.g2 : lay.linears[LINEARS.find((n) => RUNTIME_LINEAR[n] === w)!];
+  const allBf16 = Array.from({ length: cfg.nLayers }, (_, l) => blockNames(l)).flat().every((n) => source(n)?.tensor.dtype === 'BF16');
+  const checkLayer = (l: number) => {
+    if (!Number.isInteger(l) || l < 0 || l >= cfg.nLayers)
+      throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a block index in [0, ${cfg.nLayers}) but received ${l}`);
+  };
+  return {
+    config: cfg,
+    shape,
+    hfConfig: ck.hfConfig ?? hfConfigFromLlama(cfg),
+    path: ck.path,
+    exactFrozen: allBf16 ? 'bf16' : 'f32',
+    readBlock(l, out) {
+      checkLayer(l);
+      const arena = out ?? new Float32Array(lay.total);
+      for (const w of LAYER_WEIGHTS) {
+        const s = slotOf(w), n = 'rows' in s ? s.rows * s.cols : shape.hidden;
+        read(`layers.${l}.${w}`, arena.subarray(s.offset, s.offset + n));
+      }
+      return arena;
+    },
+    readBlockBf16(l, out) {
+      checkLayer(l);
+      const arena = out ?? new Uint16Array(lay.total);
+      let wide: Float32Array | null = null;
+      for (const w of LAYER_WEIGHTS) {
+        const name = `layers.${l}.${w}`;
+        const s = slotOf(w), n = 'rows' in s ? s.rows * s.cols : shape.hidden;
+        const dst = arena.subarray(s.offset, s.offset + n);
+        const src = source(name);
+        if (src && src.tensor.dtype === 'BF16' && !src.dstRow) {
+          check(name, numel(src.tensor.shape));
+          src.tensor.file.readInto(src.tensor.offset, new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength), `tensor '${src.tensor.name}'`);
+          continue;
+        }
+        // widened once (the row permutation of RoPE layouts applies there), then rounded: exact for BF16 sources
+        if (!wide || wide.length < n) wide = new Float32Array(n);
+        const f = read(name, wide.subarray(0, n));
+        try {
+          native().io.convert(dst, 'bf16', f, 'f32');
+        } catch (e) {
+          throw fromNative(e);
+        }
+      }
+      return arena;
+    },
+    readLinear: (name, out) => read(name, out),
+    weight: (name) => read(name),
+    stored(name) {
+      const s = source(name);
+      if (s && !s.dstRow) {
+        check(name, numel(s.tensor.shape));
+        const t = s.tensor;
+        return { dtype: t.dtype as PlainDType, data: () => t.file.read(t.offset, t.nbytes, `tensor '${t.name}'`) };
+      }
+      return { dtype: 'F32', data: () => read(name) };
+    },
+    identity() {
+      const h = createHash('sha256');
+      h.update(JSON.stringify(cfg));
+      const names = ['embed', 'final_norm', ...(cfg.tiedEmbeddings ? [] : ['lm_head']), ...Array.from({ length: cfg.nLayers }, (_, l) => blockNames(l)).flat()];
+      const total = names.reduce((a, n) => a + numel(weightShape(cfg, n)) * 4, 0);
+      for (const n of names) {
+        const s = source(n);
+        if (total <= FULL_HASH_BYTES || !s) {
+          const w = read(n);
+          h.update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
+          continue;
+        }
+        const t = s.tensor;
+        const k = Math.min(SAMPLE_BYTES, t.nbytes);
+        h.update(`${n}:${t.dtype}:${t.nbytes}`);
+        h.update(t.file.read(t.offset, k, `tensor '${t.name}'`));
+        h.update(t.file.read(t.offset + t.nbytes - k, k, `tensor '${t.name}'`));
+      }
+      return h.digest('hex');
+    },
+  };
+}
+
+/** A TrainableLlama as a block source (its arenas are copied out, never modified). */
+export function modelBlocks(m: TrainableLlama): BlockSource {
+  const lay = blockLayout(m.shape);
+  const cfg = configOfModel(m);
+  const plain = (name: string): Float32Array => {
+    if (name === 'embed') return m.embed;
+    if (name === 'final_norm') return m.finalNorm;
+    if (name === 'lm_head') return m.lmHead;
+    const p = /^layers\.(\d+)\.(attn_norm|ffn_norm)$/.exec(name);
+    if (!p) throw new QuantformError('QF_INVALID_ARGUMENT', `Unknown plain weight name '${name}'`);
+    return m.norm(Number(p[1]), p[2] === 'attn_norm' ? 'input' : 'post');
+  };
+  const linearOf = (name: string): Float32Array => {
+    const p = /^layers\.(\d+)\.(\w+)$/.exec(name);
+    const n = p ? LINEARS.find((x) => RUNTIME_LINEAR[x] === p[2]) : undefined;
+    if (!p || !n) throw new QuantformError('QF_INVALID_ARGUMENT', `Unknown linear weight name '${name}'`);
+    return m.linear(Number(p[1]), n);
+  };
+  return {
+    config: cfg,
+    shape: m.shape,
+    hfConfig: m.hfConfig,
+    path: 'memory',
+    exactFrozen: 'f32',
+    readBlock(l, out) {
+      const arena = out ?? new Float32Array(lay.total);
+      arena.set(m.blocks[l]);
+      return arena;
+    },
+    resident: (l) => m.blocks[l],
+    readBlockBf16(l, out) {
+      const arena = out ?? new Uint16Array(lay.total);
+      try {
+        native().io.convert(arena, 'bf16', m.blocks[l], 'f32');
+      } catch (e) {
+        throw fromNative(e);
+      }
+      return arena;
+    },
+    readLinear(name, out) {
+      const w = linearOf(name);
+      if (!out) return w.slice();
+      out.set(w);
+      return out;
+    },
+    weight: plain,
+    stored: (name) => ({ dtype: 'F32', data: () => plain(name) }),
+    identity() {
+      const h = createHash('sha256');
+      h.update(JSON.stringify({ ...m.shape, invFreq: m.shape.invFreq ? Array.from(m.shape.invFreq) : null }));
+      h.update(new Uint8Array(m.embed.buffer, m.embed.byteOffset, m.embed.byteLength));
+      for (const b of m.blocks) h.update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+      return h.digest('hex');
+    },
+  };
+}
+
+/** Bytes of one block's fp32 arena. */
+export function blockBytes(shape: LlamaShape): number {
+  return blockLayout(shape).total * 4;
+}

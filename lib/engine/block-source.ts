@@ -45,6 +45,12 @@ export interface BlockSource {
   resident?(l: number): Float32Array;
   /** one linear (rows, cols) fp32, into `out` when given */
   readLinear(name: string, out?: Float32Array): Float32Array;
+  /**
+   * One linear's stored bits when it is stored as BF16 or F16 in kernel row order
+   * (into `out`, which must hold it); null otherwise (then readLinear). RTN quantizes
+   * these directly: no fp32 copy of the weight is ever written.
+   */
+  readLinearHalf?(name: string, out: Uint16Array): { dtype: 'bf16' | 'f16'; data: Uint16Array } | null;
   /** embed, final_norm, lm_head (or a block norm) as fp32 */
   weight(name: string): Float32Array;
   /** a norm or embedding as stored, for copying it to the output unchanged */
@@ -140,6 +146,16 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
       return arena;
     },
     readLinear: (name, out) => read(name, out),
+    readLinearHalf(name, out) {
+      const src = source(name);
+      if (!src || src.dstRow || (src.tensor.dtype !== 'BF16' && src.tensor.dtype !== 'F16')) return null;
+      const n = numel(src.tensor.shape);
+      check(name, n);
+      if (out.length < n) throw new QuantformError('QF_INTERNAL', `readLinearHalf: a buffer of ${out.length} for ${n} values of '${name}'`);
+      const data = out.subarray(0, n);
+      src.tensor.file.readInto(src.tensor.offset, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), `tensor '${src.tensor.name}'`);
+      return { dtype: src.tensor.dtype === 'BF16' ? 'bf16' : 'f16', data };
+    },
     weight: (name) => read(name),
     stored(name) {
       const s = source(name);

@@ -196,6 +196,23 @@ function rowsOf(w: Float32Array, K: number, rows: [number, number][]): Float32Ar
   return out;
 }
 
+/** Rows `rows` of a (?, K) bf16 / f16 matrix, one after another, widened to fp32. */
+function widenRows(h: Uint16Array, dtype: 'bf16' | 'f16', K: number, rows: [number, number][]): Float32Array {
+  const n = rows.reduce((a, [r0, r1]) => a + (r1 - r0) * K, 0);
+  const picked = new Uint16Array(n), out = new Float32Array(n);
+  let o = 0;
+  for (const [r0, r1] of rows) {
+    picked.set(h.subarray(r0 * K, r1 * K), o);
+    o += (r1 - r0) * K;
+  }
+  try {
+    native().io.convert(out, 'f32', picked, dtype);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  return out;
+}
+
 /** RTN with the f16 parameters the GPTQ export stores. */
 export function rtnLinear(w: Float32Array, N: number, K: number, q: BlockQuant): QuantizedTensor {
   return quantize(new Tensor(w, [N, K]), { bits: q.bits, groupSize: Math.min(q.groupSize, K), symmetric: q.symmetric, paramDtype: 'f16' });
@@ -362,7 +379,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
         errorAfter: relErrorOnRows(q, orig, rows, res?.inputScales?.[n], res?.outputScales?.[n]) });
     };
     let arena: Float32Array | null = null;
-    let scratch = new Float32Array(0);
+    let scratch = new Float32Array(0), halves = new Uint16Array(0);
     for (let l = 0; l < L; l++) {
       if (!method.block) {
         // RTN: one tensor at a time, nothing of the block held
@@ -372,12 +389,22 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
           else {
             const n = LINEARS.find((x) => RUNTIME_LINEAR[x] === w)!;
             const { rows, cols } = lay.linears[n];
-            // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
-            if (scratch.length < rows * cols) scratch = new Float32Array(rows * cols);
-            const wt = src.readLinear(name, scratch.subarray(0, rows * cols));
-            const q = rtnLinear(wt, rows, cols, quant);
             const sr = sampleRows(rows, cols);
-            const err = relErrorOnRows(q, rowsOf(wt, cols, sr), sr);
+            // one buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
+            if (halves.length < rows * cols) halves = new Uint16Array(rows * cols);
+            const half = src.readLinearHalf?.(name, halves) ?? null;
+            let q: QuantizedTensor, orig: Float32Array;
+            if (half) {
+              // the stored bf16 / f16 bits quantized as they are (widened in cache by the kernel), the report's rows widened alone
+              q = quantize(new Tensor(half.data, [rows, cols], half.dtype), { bits: quant.bits, groupSize: Math.min(quant.groupSize, cols), symmetric: quant.symmetric, paramDtype: 'f16' });
+              orig = widenRows(half.data, half.dtype, cols, sr);
+            } else {
+              if (scratch.length < rows * cols) scratch = new Float32Array(rows * cols);
+              const wt = src.readLinear(name, scratch.subarray(0, rows * cols));
+              q = rtnLinear(wt, rows, cols, quant);
+              orig = rowsOf(wt, cols, sr);
+            }
+            const err = relErrorOnRows(q, orig, sr);
             reports.push({ name: `model.layers.${l}.${HF_LINEAR[n]}`, shape: [rows, cols], errorBefore: err, errorAfter: err });
             sink.linear(name, q);
           }

@@ -37,6 +37,8 @@ export interface BlockSource {
   readonly path: string;
   /** 'bf16' when every block tensor is stored as BF16 (a bf16 frozen copy is then exact), else 'f32' */
   readonly exactFrozen: FrozenDType;
+  /** every block linear is stored as BF16 / F16 in kernel row order (readLinearHalf never returns null) */
+  readonly halfLinears: boolean;
   /** block l as one fp32 arena (blockLayout order), into `out` when given */
   readBlock(l: number, out?: Float32Array): Float32Array;
   /** block l as one bf16 arena (exact when exactFrozen is 'bf16', else rounded to nearest even) */
@@ -51,6 +53,8 @@ export interface BlockSource {
    * these directly: no fp32 copy of the weight is ever written.
    */
   readLinearHalf?(name: string, out: Uint16Array): { dtype: 'bf16' | 'f16'; data: Uint16Array } | null;
+  /** readLinearHalf with the bytes read on a libuv worker (the caller awaits it before closing the checkpoint) */
+  readLinearHalfAsync?(name: string, out: Uint16Array): Promise<{ dtype: 'bf16' | 'f16'; data: Uint16Array } | null>;
   /** embed, final_norm, lm_head (or a block norm) as fp32 */
   weight(name: string): Float32Array;
   /** a norm or embedding as stored, for copying it to the output unchanged */
@@ -97,10 +101,22 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     out.set(w);
     return out;
   };
+  // a linear stored as BF16 / F16 in kernel row order: where its bytes go in `out`
+  const half = (name: string, out: Uint16Array) => {
+    const src = source(name);
+    if (!src || src.dstRow || (src.tensor.dtype !== 'BF16' && src.tensor.dtype !== 'F16')) return null;
+    const n = numel(src.tensor.shape);
+    check(name, n);
+    if (out.length < n) throw new QuantformError('QF_INTERNAL', `readLinearHalf: a buffer of ${out.length} for ${n} values of '${name}'`);
+    const data = out.subarray(0, n);
+    return { src: src.tensor, dtype: src.tensor.dtype === 'BF16' ? 'bf16' as const : 'f16' as const, data, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+  };
   const blockNames = (l: number) => LAYER_WEIGHTS.map((w) => `layers.${l}.${w}`);
   const slotOf = (w: (typeof LAYER_WEIGHTS)[number]) =>
     w === 'attn_norm' ? lay.g1 : w === 'ffn_norm' ? lay.g2 : lay.linears[LINEARS.find((n) => RUNTIME_LINEAR[n] === w)!];
   const allBf16 = Array.from({ length: cfg.nLayers }, (_, l) => blockNames(l)).flat().every((n) => source(n)?.tensor.dtype === 'BF16');
+  const halfLinears = Array.from({ length: cfg.nLayers }, (_, l) => LINEARS.map((n) => `layers.${l}.${RUNTIME_LINEAR[n]}`)).flat()
+    .every((n) => { const t = source(n); return t !== null && !t.dstRow && (t.tensor.dtype === 'BF16' || t.tensor.dtype === 'F16'); });
   const checkLayer = (l: number) => {
     if (!Number.isInteger(l) || l < 0 || l >= cfg.nLayers)
       throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a block index in [0, ${cfg.nLayers}) but received ${l}`);
@@ -111,6 +127,7 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     hfConfig: ck.hfConfig ?? hfConfigFromLlama(cfg),
     path: ck.path,
     exactFrozen: allBf16 ? 'bf16' : 'f32',
+    halfLinears,
     readBlock(l, out) {
       checkLayer(l);
       const arena = out ?? new Float32Array(lay.total);
@@ -147,14 +164,14 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     },
     readLinear: (name, out) => read(name, out),
     readLinearHalf(name, out) {
-      const src = source(name);
-      if (!src || src.dstRow || (src.tensor.dtype !== 'BF16' && src.tensor.dtype !== 'F16')) return null;
-      const n = numel(src.tensor.shape);
-      check(name, n);
-      if (out.length < n) throw new QuantformError('QF_INTERNAL', `readLinearHalf: a buffer of ${out.length} for ${n} values of '${name}'`);
-      const data = out.subarray(0, n);
-      src.tensor.file.readInto(src.tensor.offset, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), `tensor '${src.tensor.name}'`);
-      return { dtype: src.tensor.dtype === 'BF16' ? 'bf16' : 'f16', data };
+      const h = half(name, out);
+      if (h) h.src.file.readInto(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
+      return h && { dtype: h.dtype, data: h.data };
+    },
+    async readLinearHalfAsync(name, out) {
+      const h = half(name, out);
+      if (h) await h.src.file.readIntoAsync(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
+      return h && { dtype: h.dtype, data: h.data };
     },
     weight: (name) => read(name),
     stored(name) {
@@ -213,6 +230,7 @@ export function modelBlocks(m: TrainableLlama): BlockSource {
     hfConfig: m.hfConfig,
     path: 'memory',
     exactFrozen: 'f32',
+    halfLinears: false,
     readBlock(l, out) {
       const arena = out ?? new Float32Array(lay.total);
       arena.set(m.blocks[l]);

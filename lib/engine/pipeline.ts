@@ -258,6 +258,8 @@ export function planBlockPass(src: BlockSource, method: BlockMethod, o: BlockPas
       if (n > worst.n) worst = { name, n };
     }
     items = [{ what: `one tensor at a time; the largest, ${worst.name} [${weightShape(cfg, worst.name).join(', ')}],`, bytes: worst.n * 10 }];
+    // bf16 / f16 linears: read as stored into two buffers by turns (the next one arrives while this one is quantized)
+    if (src.halfLinears) items.push({ what: 'two read buffers of the largest linear', bytes: largestLinear(s) * 4 });
   } else {
     const S = cal?.seqLen ?? 1, N = cal?.samples ?? 1, D = s.hidden;
     const maxLinear = largestLinear(s);
@@ -323,6 +325,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
     stores.push(st);
     return st;
   };
+  let ahead: Promise<{ dtype: 'bf16' | 'f16'; data: Uint16Array } | null> | null = null;
   try {
     let xfp = fp ? newStore() : null, yfp = fp ? newStore() : null;
     const xq = needs.quantInputs ? newStore() : null;
@@ -379,7 +382,13 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
         errorAfter: relErrorOnRows(q, orig, rows, res?.inputScales?.[n], res?.outputScales?.[n]) });
     };
     let arena: Float32Array | null = null;
-    let scratch = new Float32Array(0), halves = new Uint16Array(0);
+    let scratch = new Float32Array(0);
+    // RTN: linears in the order they are written, read as stored half bits into two buffers by turns
+    const linearNames = method.block ? [] : Array.from({ length: L }, (_, l) => LINEARS.map((n) => `layers.${l}.${RUNTIME_LINEAR[n]}`)).flat();
+    const halves = linearNames.length && src.halfLinears && src.readLinearHalfAsync ? [0, 1].map(() => new Uint16Array(largestLinear(s))) : [];
+    const fetchHalf = (i: number) => (halves.length ? src.readLinearHalfAsync!(linearNames[i], halves[i & 1]) : Promise.resolve(null));
+    let li = 0;
+    ahead = null;
     for (let l = 0; l < L; l++) {
       if (!method.block) {
         // RTN: one tensor at a time, nothing of the block held
@@ -390,15 +399,19 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
             const n = LINEARS.find((x) => RUNTIME_LINEAR[x] === w)!;
             const { rows, cols } = lay.linears[n];
             const sr = sampleRows(rows, cols);
-            // one buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
-            if (halves.length < rows * cols) halves = new Uint16Array(rows * cols);
-            const half = src.readLinearHalf?.(name, halves) ?? null;
+            if (linearNames[li] !== name) throw new QuantformError('QF_INTERNAL', `RTN read ${linearNames[li]} ahead of ${name}`);
+            // the next linear's bytes arrive (a libuv worker) while this one is quantized
+            const half = await (ahead ?? fetchHalf(li));
+            ahead = li + 1 < linearNames.length ? fetchHalf(li + 1) : null;
+            ahead?.catch(() => {});  // awaited below or in the finally: never an unhandled rejection
+            li++;
             let q: QuantizedTensor, orig: Float32Array;
             if (half) {
               // the stored bf16 / f16 bits quantized as they are (widened in cache by the kernel), the report's rows widened alone
               q = quantize(new Tensor(half.data, [rows, cols], half.dtype), { bits: quant.bits, groupSize: Math.min(quant.groupSize, cols), symmetric: quant.symmetric, paramDtype: 'f16' });
               orig = widenRows(half.data, half.dtype, cols, sr);
             } else {
+              // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
               if (scratch.length < rows * cols) scratch = new Float32Array(rows * cols);
               const wt = src.readLinear(name, scratch.subarray(0, rows * cols));
               q = rtnLinear(wt, rows, cols, quant);
@@ -463,6 +476,8 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
     }
     return reports;
   } finally {
+    // a read still in flight finishes before the caller may close the checkpoint under it
+    await (ahead as Promise<unknown> | null)?.catch(() => {});
     for (const st of stores) st.dispose();
   }
 }

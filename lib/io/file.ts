@@ -1,7 +1,7 @@
 // Positional reads from a checkpoint file: nothing is read that the caller did
 // not ask for by offset, so a model larger than memory can be fetched tensor by
 // tensor, and a lying header cannot make us allocate what the file does not hold.
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, read, readSync } from 'node:fs';
 import { QuantformError } from '../errors.js';
 
 export class CheckpointFile {
@@ -46,6 +46,26 @@ export class CheckpointFile {
     let done = 0;
     while (done < length) {
       const n = readSync(this.handle, dst, done, length - done, offset + done);
+      if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
+      done += n;
+    }
+  }
+
+  /**
+   * readInto on a libuv worker, so the caller computes while the bytes arrive. The
+   * caller awaits it before close() (a descriptor closed under a pending read could
+   * be reused by another file).
+   */
+  async readIntoAsync(offset: number, dst: Uint8Array, what: string): Promise<void> {
+    const length = dst.length;
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
+      throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: ${what} spans bytes [${offset}, ${offset + length}) but the file has ${this.size} bytes (truncated or corrupt)`);
+    const fd = this.handle;
+    let done = 0;
+    while (done < length) {
+      const n = await new Promise<number>((resolve, reject) =>
+        read(fd, dst, done, length - done, offset + done, (e, got) => (e ? reject(new QuantformError('QF_IO', `${this.path}: cannot read ${what}: ${e.message}`, { cause: e })) : resolve(got))));
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }

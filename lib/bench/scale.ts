@@ -66,6 +66,8 @@ const r = await q.quantizeCheckpoint(ck, ${JSON.stringify(c.out)}, opts, { onPro
   if (e.phase === 'train') globalThis.stepDone.push(t);
 } });
 globalThis.trainSeconds = r.trainSeconds;
+globalThis.readSeconds = r.readSeconds;
+globalThis.writeSeconds = r.writeSeconds;
 ck.close();`;
 }
 
@@ -75,8 +77,10 @@ export const SCALE_METHODS: ScaleMethod[] = [
     description: 'RTN W4 g128, streamed tensor by tensor into GPTQ (quantizeCheckpointRtn)',
     script: (c) => `const q = await import(${JSON.stringify(c.index)});
 const ck = q.openCheckpoint(${JSON.stringify(c.model)});
-await q.quantizeCheckpointRtn(ck, ${JSON.stringify(c.out)}, { bits: 4, groupSize: 128 },
+const r = await q.quantizeCheckpointRtn(ck, ${JSON.stringify(c.out)}, { bits: 4, groupSize: 128 },
   { onProgress: (e) => { if (e.layer !== undefined) globalThis.layerDone[e.layer] = performance.now() - globalThis.t0; } });
+globalThis.readSeconds = r.readSeconds;
+globalThis.writeSeconds = r.writeSeconds;
 ck.close();`,
   },
   {
@@ -119,6 +123,10 @@ export interface ScaleRun {
   /** median time of a training step (end-to-end: the whole model), null when it has none */
   secondsPerStep: number | null;
   trainSeconds: number | null;
+  /** of wallSeconds, the wait for checkpoint reads (the pipeline's own count; overlapped reads count only their wait) */
+  readWaitSeconds: number;
+  /** of wallSeconds, writing the output (writes and fsyncs) */
+  writeSeconds: number;
   peakRssBytes: number;
   outputBytes: number;
   /** what the run planned to hold (lib/methods/quantize-model.ts quantizePlan) */
@@ -181,9 +189,9 @@ export async function benchScale(o: ScaleOptions = {}): Promise<ScaleResult> {
     const shards = writeSyntheticHf(model, cfg, 'BF16', 5e9).map((f) => path.join(model, f));
     const writeSeconds = (performance.now() - t0) / 1000;
     log(`wrote a Llama-2-7B-shaped BF16 checkpoint (${layers} layers, ${(bytes / 1e9).toFixed(1)} GB, ${shards.length} shards) in ${writeSeconds.toFixed(1)} s`);
-    const readSeconds = readAll(shards);
+    const reads = [readAll(shards)];
     const mem = await measureMachine({ parts: ['read'] });
-    log(`one thread reads it in ${readSeconds.toFixed(1)} s (${(bytes / readSeconds / 1e9).toFixed(2)} GB/s); memory read ${mem.readGBps.toFixed(1)} GB/s`);
+    log(`one thread reads it in ${reads[0].toFixed(1)} s (${(bytes / reads[0] / 1e9).toFixed(2)} GB/s); memory read ${mem.readGBps.toFixed(1)} GB/s`);
     const index = pathToFileURL(path.join(packageRoot(), 'dist', 'index.js')).href;
     const runs: ScaleRun[] = [];
     const skipped: { method: string; why: string }[] = [];
@@ -200,27 +208,30 @@ export async function benchScale(o: ScaleOptions = {}): Promise<ScaleResult> {
       writeFileSync(file, `globalThis.layerDone = []; globalThis.stepDone = []; globalThis.t0 = performance.now();\n${m.script(ctx)}\n` +
         'const p = globalThis.plan;\n' +
         'process.stdout.write(JSON.stringify({ wall: (performance.now() - globalThis.t0) / 1000, layerDone: globalThis.layerDone, stepDone: globalThis.stepDone, ' +
-        'trainSeconds: globalThis.trainSeconds ?? null, maxRss: process.resourceUsage().maxRSS * 1024, plan: p ? { fixedBytes: p.block.fixedBytes, ' +
+        'trainSeconds: globalThis.trainSeconds ?? null, readSeconds: globalThis.readSeconds, writeSeconds: globalThis.writeSeconds, maxRss: process.resourceUsage().maxRSS * 1024, plan: p ? { fixedBytes: p.block.fixedBytes, ' +
         'storeBytes: p.block.storeBytes, storeRamBytes: p.block.storeRamBytes, keepSaved: p.endToEnd?.keepSaved, cachedBlocks: p.endToEnd?.cachedBlocks } : null }));');
       t0 = performance.now();
       const r = spawnSync(process.execPath, [file], { encoding: 'utf8', maxBuffer: 1 << 24 });
       if (r.status !== 0) throw new QuantformError('QF_INTERNAL', `bench scale ${name} failed (${r.status}): ${r.stderr.trim().split('\n').slice(-4).join(' | ')}`);
       const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as {
-        wall: number; layerDone: number[]; stepDone: number[]; trainSeconds: number | null; maxRss: number; plan: ScaleRun['plan'];
+        wall: number; layerDone: number[]; stepDone: number[]; trainSeconds: number | null; readSeconds: number; writeSeconds: number; maxRss: number; plan: ScaleRun['plan'];
       };
       const per = res.layerDone.slice(1).map((t, i) => (t - res.layerDone[i]) / 1000);
       const steps = res.stepDone.slice(1).map((t, i) => (t - res.stepDone[i]) / 1000);
       const run: ScaleRun = {
         method: name, wallSeconds: res.wall, secondsPerBlock: per.length ? median(per) : res.wall,
         secondsPerStep: steps.length ? median(steps) : res.stepDone.length ? res.stepDone[0] / 1000 : null, trainSeconds: res.trainSeconds,
-        peakRssBytes: res.maxRss, outputBytes: dirBytes(out), plan: res.plan,
+        readWaitSeconds: res.readSeconds, writeSeconds: res.writeSeconds, peakRssBytes: res.maxRss, outputBytes: dirBytes(out), plan: res.plan,
       };
       runs.push(run);
-      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall, ${run.secondsPerBlock.toFixed(2)} s per block` +
+      // the machine limit again after each run (page cache and load change while others run): the median is reported
+      reads.push(readAll(shards));
+      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall (${run.readWaitSeconds.toFixed(1)} s waiting for reads, ${run.writeSeconds.toFixed(1)} s writing), ${run.secondsPerBlock.toFixed(2)} s per block` +
         `${run.secondsPerStep !== null ? `, ${run.secondsPerStep.toFixed(2)} s per training step` : ''}, peak RSS ${(run.peakRssBytes / 1e9).toFixed(2)} GB, ` +
         `output ${(run.outputBytes / 1e9).toFixed(2)} GB${run.plan?.keepSaved !== undefined ? ` (end-to-end: ${run.plan.keepSaved} of ${layers} blocks keep their saved activations, ${run.plan.cachedBlocks} cached)` : ''}`);
       rmSync(out, { recursive: true, force: true });
     }
+    const readSeconds = median(reads);
     return {
       shape: { layers, dim: cfg.dim, hiddenDim: cfg.hiddenDim, heads: cfg.nHeads, vocab: cfg.vocabSize, dtype: 'BF16' },
       checkpointBytes: bytes, shards: shards.length, writeSeconds, readSeconds, readGBps: bytes / readSeconds / 1e9, memReadGBps: mem.readGBps,

@@ -299,6 +299,8 @@ export interface BlockPassHooks {
   onProgress?: (e: { step: number; totalSteps: number; layer?: number }) => void;
   /** appended to the abort message (RTN: where nothing was written) */
   abortNote?: string;
+  /** readMs grows by the time spent reading the checkpoint (a read overlapped with compute: only the wait for it) */
+  timing?: { readMs: number };
 }
 
 const BLOCK_NORMS = ['attn_norm', 'ffn_norm'] as const;
@@ -326,6 +328,15 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
     return st;
   };
   let ahead: Promise<{ dtype: 'bf16' | 'f16'; data: Uint16Array } | null> | null = null;
+  const timing = hooks.timing ?? { readMs: 0 };
+  const reading = <T>(f: () => T): T => {
+    const t = performance.now();
+    try {
+      return f();
+    } finally {
+      timing.readMs += performance.now() - t;
+    }
+  };
   try {
     let xfp = fp ? newStore() : null, yfp = fp ? newStore() : null;
     const xq = needs.quantInputs ? newStore() : null;
@@ -356,7 +367,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
       }
     };
     if (count > 0) {
-      const embed = src.weight('embed');  // (V, D), dropped after this
+      const embed = reading(() => src.weight('embed'));  // (V, D), dropped after this
       for (let s0 = 0; s0 < N; s0 += chunk) {
         const n = Math.min(chunk, N - s0), x = xbuf.subarray(0, n * S * D);
         try {
@@ -394,14 +405,16 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
         // RTN: one tensor at a time, nothing of the block held
         for (const w of ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'ffn_norm', 'w_gate', 'w_up', 'w_down'] as const) {
           const name = `layers.${l}.${w}`;
-          if (w === 'attn_norm' || w === 'ffn_norm') sink.plain(name, src.stored(name).data());
+          if (w === 'attn_norm' || w === 'ffn_norm') sink.plain(name, reading(() => src.stored(name).data()));
           else {
             const n = LINEARS.find((x) => RUNTIME_LINEAR[x] === w)!;
             const { rows, cols } = lay.linears[n];
             const sr = sampleRows(rows, cols);
             if (linearNames[li] !== name) throw new QuantformError('QF_INTERNAL', `RTN read ${linearNames[li]} ahead of ${name}`);
             // the next linear's bytes arrive (a libuv worker) while this one is quantized
+            const waited = performance.now();
             const half = await (ahead ?? fetchHalf(li));
+            timing.readMs += performance.now() - waited;
             ahead = li + 1 < linearNames.length ? fetchHalf(li + 1) : null;
             ahead?.catch(() => {});  // awaited below or in the finally: never an unhandled rejection
             li++;
@@ -413,7 +426,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
             } else {
               // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
               if (scratch.length < rows * cols) scratch = new Float32Array(rows * cols);
-              const wt = src.readLinear(name, scratch.subarray(0, rows * cols));
+              const wt = reading(() => src.readLinear(name, scratch.subarray(0, rows * cols)));
               q = rtnLinear(wt, rows, cols, quant);
               orig = rowsOf(wt, cols, sr);
             }
@@ -426,7 +439,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
         await new Promise((r) => setImmediate(r));  // lets Ctrl-C and progress output through between blocks
         continue;
       }
-      arena = src.readBlock(l, arena ?? undefined);
+      arena = reading(() => src.readBlock(l, arena ?? undefined));
       // the original weights the report compares against (sampled rows) and plain RTN's error on them
       const orig = LINEARS.map((n) => {
         const { offset, rows, cols } = lay.linears[n];
@@ -443,7 +456,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
       sink.block?.(l, arena);
       for (const w of BLOCK_NORMS) {
         const name = `layers.${l}.${w}`, slot = w === 'attn_norm' ? lay.g1 : lay.g2;
-        sink.plain(name, method.rewritesNorms ? arena.subarray(slot.offset, slot.offset + D) : src.stored(name).data());
+        sink.plain(name, method.rewritesNorms ? arena.subarray(slot.offset, slot.offset + D) : reading(() => src.stored(name).data()));
         tensorDone(l);
       }
       const qs = LINEARS.map((n, i) => {
@@ -471,7 +484,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
       hooks.onProgress?.({ step: l + 1, totalSteps: L, layer: l });
     }
     for (const name of ['embed', 'final_norm', ...(s.tied ? [] : ['lm_head'])]) {
-      sink.plain(name, src.stored(name).data());
+      sink.plain(name, reading(() => src.stored(name).data()));
       tensorDone();
     }
     return reports;

@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
 import { invalidParameter, is, QuantformError } from '../errors.js';
 import type { ActivationDType } from '../io/activation-store.js';
+import { writeTiming } from '../io/atomic.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
 import { getMethod, type MethodRun, type ProgressEvent, type QuantMethod, type TrainOptions, type TrainState } from './index.js';
 import { dequantize, SUPPORTED_BITS, type Bits, type QuantizedTensor } from '../ops/quant.js';
@@ -85,6 +86,10 @@ export interface QuantizeReport {
   linears: LinearReport[];
   lossCurve: number[];
   trainSeconds: number;
+  /** of totalSeconds, the block pass's wait for checkpoint reads (reads overlapped with compute count only their wait) */
+  readSeconds: number;
+  /** of totalSeconds, writing the output (writes and fsyncs; the process's AtomicFile time across the run) */
+  writeSeconds: number;
   totalSeconds: number;
 }
 
@@ -202,14 +207,16 @@ async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hoo
     }
   } : undefined;
   const sec = () => (performance.now() - t0) / 1000;
+  const timing = { readMs: 0 }, written = writeTiming.ms;
   const linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block }, p.block, open, {
-    signal: hooks.signal, abortNote,
+    signal: hooks.signal, abortNote, timing,
     onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
       etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
   });
   const q = p.quant;
   return { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
-    trainSeconds: trainMs / 1000, totalSeconds: sec() };
+    trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
+    writeSeconds: (writeTiming.ms - written) / 1000, totalSeconds: sec() };
 }
 
 /** A method on a model in memory; the result (and the transformed fp32 model) in memory. */
@@ -280,9 +287,12 @@ export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: Quan
     const w = writer;
     return { plain: (name, data) => w.writePlain(name, data), linear: (name, q) => w.writeLinear(name, q) };
   };
+  const written = writeTiming.ms;
   try {
     const report = await execute(src, p, open, hooks, `; nothing was written to ${out}`);
     writer!.finish(report);
+    // the returned report counts the shards' final fsyncs too (the saved one cannot)
+    report.writeSeconds = (writeTiming.ms - written) / 1000;
     return report;
   } catch (e) {
     (writer as GptqWriter | null)?.abort();

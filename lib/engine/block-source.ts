@@ -6,12 +6,13 @@
 // block. Frozen copies (end-to-end losses) come as bf16 when that is exact (the
 // checkpoint stores BF16) and as fp32 otherwise, unless the caller asks for bf16.
 import { createHash } from 'node:crypto';
-import { fromNative, QuantformError } from '../errors.js';
+import { fromNative, need, QuantformError } from '../errors.js';
 import { native } from '../native.js';
 import { FLOAT_DTYPES, readTensor, rowsCols } from '../io/tensors.js';
-import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, LAYER_WEIGHTS, weightShape, type LlamaConfig } from '../model/config.js';
-import { blockLayout, RUNTIME_LINEAR, LINEARS, shapeOfConfig, type LlamaShape, type TrainableLlama } from './llama.js';
+import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import { checkFinite } from '../ops/finite.js';
+import { hfConfigFromLlama, LAYER_WEIGHTS, needConfig, weightShape, type LlamaConfig } from '../model/config.js';
+import { blockLayout, RUNTIME_LINEAR, LINEARS, shapeOfConfig, TrainableLlama, type LlamaShape } from './llama.js';
 
 /** The LlamaConfig of a training model (its shape, and bos/eos from its config.json). */
 export function configOfModel(m: TrainableLlama): LlamaConfig {
@@ -71,8 +72,18 @@ function numel(s: readonly number[]): number {
 const FULL_HASH_BYTES = 1 << 28;
 const SAMPLE_BYTES = 1 << 16;
 
+/** A BlockSource passed in by a caller (plain JS): its config and readers. */
+export function needBlockSource(src: unknown, name = 'src'): asserts src is BlockSource {
+  need.object(src, name);
+  const o = src as Record<string, unknown>;
+  needConfig(o.config, `${name}.config`);
+  need.object(o.shape, `${name}.shape`);
+  for (const f of ['readBlock', 'readBlockBf16', 'readLinear', 'weight', 'stored'] as const) need.func(o[f], `${name}.${f}`);
+}
+
 /** A Checkpoint read block by block: only the block being asked for is read, each tensor checked. */
 export function checkpointBlocks(ck: Checkpoint): BlockSource {
+  needCheckpoint(ck);
   const cfg = ck.config;
   const shape = shapeOfConfig(cfg);
   const lay = blockLayout(shape);
@@ -87,7 +98,15 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     if (got !== numel(want))
       throw new QuantformError('QF_SHAPE_MISMATCH', `${what(name)} holds ${got} values but the config implies [${want.join(', ')}] (${numel(want)})`);
   };
+  // every tensor passes the one NaN/Inf check as it is read, in the dtype it was read as
+  const finite = (name: string, data: Float32Array | Uint16Array, dtype: 'f32' | 'f16' | 'bf16' = 'f32') =>
+    checkFinite(data, `${ck.path}: ${name}`, weightShape(cfg, name), dtype);
   const read = (name: string, out?: Float32Array): Float32Array => {
+    const w = readUnchecked(name, out);
+    finite(name, w);
+    return w;
+  };
+  const readUnchecked = (name: string, out?: Float32Array): Float32Array => {
     const n = numel(weightShape(cfg, name));
     const s = source(name);
     if (s) {
@@ -101,6 +120,7 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     out.set(w);
     return out;
   };
+
   // a linear stored as BF16 / F16 in kernel row order: where its bytes go in `out`
   const half = (name: string, out: Uint16Array) => {
     const src = source(name);
@@ -149,6 +169,7 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
         if (src && src.tensor.dtype === 'BF16' && !src.dstRow) {
           check(name, numel(src.tensor.shape));
           src.tensor.file.readInto(src.tensor.offset, new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength), `tensor '${src.tensor.name}'`);
+          finite(name, dst, 'bf16');
           continue;
         }
         // widened once (the row permutation of RoPE layouts applies there), then rounded: exact for BF16 sources
@@ -165,13 +186,17 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
     readLinear: (name, out) => read(name, out),
     readLinearHalf(name, out) {
       const h = half(name, out);
-      if (h) h.src.file.readInto(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
-      return h && { dtype: h.dtype, data: h.data };
+      if (!h) return null;
+      h.src.file.readInto(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
+      finite(name, h.data, h.dtype);
+      return { dtype: h.dtype, data: h.data };
     },
     async readLinearHalfAsync(name, out) {
       const h = half(name, out);
-      if (h) await h.src.file.readIntoAsync(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
-      return h && { dtype: h.dtype, data: h.data };
+      if (!h) return null;
+      await h.src.file.readIntoAsync(h.src.offset, h.bytes, `tensor '${h.src.name}'`);
+      finite(name, h.data, h.dtype);
+      return { dtype: h.dtype, data: h.data };
     },
     weight: (name) => read(name),
     stored(name) {
@@ -179,7 +204,17 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
       if (s && !s.dstRow) {
         check(name, numel(s.tensor.shape));
         const t = s.tensor;
-        return { dtype: t.dtype as PlainDType, data: () => t.file.read(t.offset, t.nbytes, `tensor '${t.name}'`) };
+        return {
+          dtype: t.dtype as PlainDType,
+          data: () => {
+            const raw = t.file.read(t.offset, t.nbytes, `tensor '${t.name}'`);
+            // typed views need an aligned offset: small reads come from Buffer's shared pool
+            const bytes = raw.byteOffset % 4 === 0 ? raw : new Uint8Array(raw);
+            finite(name, t.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+              : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2), t.dtype === 'F32' ? 'f32' : t.dtype === 'F16' ? 'f16' : 'bf16');
+            return raw;
+          },
+        };
       }
       return { dtype: 'F32', data: () => read(name) };
     },
@@ -208,6 +243,7 @@ export function checkpointBlocks(ck: Checkpoint): BlockSource {
 
 /** A TrainableLlama as a block source (its arenas are copied out, never modified). */
 export function modelBlocks(m: TrainableLlama): BlockSource {
+  need.instance(m, TrainableLlama, 'model');
   const lay = blockLayout(m.shape);
   const cfg = configOfModel(m);
   const plain = (name: string): Float32Array => {

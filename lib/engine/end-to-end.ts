@@ -21,9 +21,9 @@
 // when handed a buffer of step.savedFloats, and its backward accumulates the method's
 // gradients. TEQ's: the engine's block step with the block's alpha; EfficientQAT's E2E-QP
 // can hand packed weights to its own step the same way.
-import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { native } from '../native.js';
-import type { BlockSource, FrozenDType } from './block-source.js';
+import { needBlockSource, type BlockSource, type FrozenDType } from './block-source.js';
 import { blockLayout, LINEARS } from './llama.js';
 import { defaultBudget, formatBytes, type MemoryItem } from './pipeline.js';
 
@@ -80,6 +80,9 @@ export class EndToEnd {
 
   /** The memory plan of a run (throws when the fixed part exceeds the budget). */
   static plan(src: BlockSource, savedFloats: number, o: EndToEndOptions): EndToEndPlan {
+    needBlockSource(src);
+    if (!is.positiveInteger(savedFloats)) throw invalidParameter('positive integer', 'savedFloats', savedFloats);
+    need.object(o, 'options');
     if (!is.positiveInteger(o.batch)) throw invalidParameter('positive integer', 'batch', o.batch);
     if (!is.positiveInteger(o.seq)) throw invalidParameter('positive integer', 'seq', o.seq);
     const budget = o.maxMemoryBytes ?? defaultBudget();
@@ -114,6 +117,10 @@ export class EndToEnd {
   }
 
   constructor(private readonly src: BlockSource, private readonly step: E2EStep, private readonly o: EndToEndOptions) {
+    needBlockSource(src);
+    need.object(step, 'step');
+    need.func(step.forward, 'step.forward');
+    need.func(step.backward, 'step.backward');
     this.plan = EndToEnd.plan(src, step.savedFloats, o);
     const s = src.shape, T = o.batch * o.seq, D = s.hidden, L = s.layers;
     this.embed = src.weight('embed');

@@ -41,7 +41,7 @@
 //
 // End-to-end losses run on frozen weights: lib/engine/end-to-end.ts (EndToEnd).
 import os from 'node:os';
-import { QuantformError, fromNative, invalidParameter, is } from '../errors.js';
+import { QuantformError, fromNative, invalidParameter, is, need } from '../errors.js';
 import { ActivationStore, type ActivationDType } from '../io/activation-store.js';
 import { native } from '../native.js';
 import { dequantize, quantize, QuantizedTensor } from '../ops/quant.js';
@@ -49,7 +49,7 @@ import { Tensor } from '../ops/tensor.js';
 import { weightShape } from '../model/config.js';
 import type { CalibrationSet } from './calib.js';
 import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type LinearName, type LlamaShape } from './llama.js';
-import type { BlockSource } from './block-source.js';
+import { needBlockSource, type BlockSource } from './block-source.js';
 
 export interface ActivationNeeds {
   fpInputs: boolean;
@@ -237,7 +237,21 @@ function largestLinear(shape: LlamaShape): number {
  * What a block pass holds at its peak, checked against the budget before anything
  * is read or written: too small for one block is a clear error with the numbers.
  */
+/** A BlockMethod passed in by a caller (plain JS). */
+function needBlockMethod(m: unknown): asserts m is BlockMethod {
+  need.object(m, 'method');
+  const o = m as Record<string, unknown>;
+  need.object(o.needs, 'method.needs');
+  need.func(o.memory, 'method.memory');
+  if (o.block !== undefined) need.func(o.block, 'method.block');
+}
+
 export function planBlockPass(src: BlockSource, method: BlockMethod, o: BlockPassOptions): BlockPassPlan {
+  needBlockSource(src);
+  needBlockMethod(method);
+  need.object(o, 'options');
+  need.object(o.quant, 'options.quant');
+  need.string(o.label, 'options.label');
   const budget = o.maxMemoryBytes ?? defaultBudget();
   if (!is.finiteNumber(budget) || budget <= 0) throw invalidParameter('positive number of bytes', 'maxMemoryBytes', budget);
   const dtype = o.activationDtype ?? 'f32';
@@ -311,6 +325,12 @@ const BLOCK_NORMS = ['attn_norm', 'ffn_norm'] as const;
  */
 export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: BlockPassPlan, openSink: () => BlockSink,
   hooks: BlockPassHooks = {}): Promise<LinearReport[]> {
+  needBlockSource(src);
+  needBlockMethod(method);
+  need.object(plan, 'plan');
+  need.object(plan.options, 'plan.options');
+  need.func(openSink, 'openSink');
+  need.object(hooks, 'hooks');
   const o = plan.options, s = src.shape, quant = o.quant;
   const cal = o.calibration;
   const needs = method.needs;

@@ -151,7 +151,11 @@ class GptqMethodRun implements MethodRun {
     this.o = resolve(ctx.gptq);
     if (cal.seqLen > ctx.shape.maxSeq) throw invalidParameter(`seqLen <= ${ctx.shape.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
     this.linears = keep ? new Map() : null;
-    this.B = forwardChunk(ctx.shape, cal.seqLen, cal.samples);
+    try {
+      this.B = forwardChunk(ctx.shape, cal.seqLen, cal.samples);
+    } catch (e) {
+      throw fromNative(e);
+    }
   }
 
   memory(): MemoryItem[] {
@@ -170,7 +174,11 @@ class GptqMethodRun implements MethodRun {
     const D = s.hidden, S = b.calibration.seqLen, Ns = b.calibration.samples, B = this.B;
     const lay = blockLayout(s), arena = b.arena, xq = b.quantInputs!;
     // the block step's saved activations and one chunk of inputs and outputs, (B * seq, D): allocated once, reused by every block
-    this.bufs ??= { blockIn: new BlockInputs(ctx, S, B), x: new Float32Array(B * S * D), y: new Float32Array(B * S * D) };
+    try {
+      this.bufs ??= { blockIn: new BlockInputs(ctx, S, B), x: new Float32Array(B * S * D), y: new Float32Array(B * S * D) };
+    } catch (e) {
+      throw fromNative(e);
+    }
     const { blockIn, x, y } = this.bufs;
     const total = s.layers * SEQUENCE.length;
     const out: Partial<Record<LinearName, QuantizedTensor>> = {};

@@ -11,11 +11,13 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
-import { invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import type { ActivationDType } from '../io/activation-store.js';
 import { writeTiming } from '../io/atomic.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
 import { getMethod, type MethodRun, type ProgressEvent, type QuantMethod, type TrainOptions, type TrainState } from './index.js';
+import { trainStateFromCheckpoint } from './checkpoint.js';
+import { checkFinite } from '../ops/finite.js';
 import { dequantize, SUPPORTED_BITS, type Bits, type QuantizedTensor } from '../ops/quant.js';
 import { checkpointBlocks, modelBlocks, type BlockSource, type FrozenDType } from '../engine/block-source.js';
 import type { EndToEndPlan } from '../engine/end-to-end.js';
@@ -24,8 +26,8 @@ import type { ScheduleKind } from '../engine/optim.js';
 import {
   planBlockPass, rtnLinear, runBlockPass, type BlockPassPlan, type BlockResult, type BlockSink, type LinearReport, type PipelineBlock,
 } from '../engine/pipeline.js';
-import { GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type SaveOptions } from '../export/save.js';
-import type { Checkpoint } from '../model/checkpoint.js';
+import { GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type SaveOptions } from '../export/save.js';
+import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import { weightShape } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -134,9 +136,17 @@ function readCheckpoint(file: string, expect: string): TrainState {
   if (meta.fingerprint !== expect)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Checkpoint ${file} was written for another model, calibration set or configuration: it cannot be resumed with these options`);
-  const arena = t.get('arena');
-  if (!arena || arena.dtype !== 'F32') throw new QuantformError('QF_CORRUPT_FILE', `Checkpoint ${file} holds no F32 arena`);
-  return { step: Number(meta.step), arena: arena.data as Float32Array, lossCurve: JSON.parse(meta.lossCurve) };
+  return trainStateFromCheckpoint(file, meta, t.get('arena'));
+}
+
+/** A QuantizedModel passed in by a caller: quantizeModel's result shape. */
+export function needQuantizedModel(q: unknown): asserts q is QuantizedModel {
+  need.object(q, 'quantized model');
+  const o = q as Record<string, unknown>;
+  need.instance(o.model, TrainableLlama, 'quantized model.model');
+  need.instance(o.linears, Map, 'quantized model.linears');
+  need.object(o.quant, 'quantized model.quant');
+  need.object(o.report, 'quantized model.report');
 }
 
 interface Prepared {
@@ -150,6 +160,10 @@ interface Prepared {
 /** Options checked, the method started (resumed), and both stages' memory planned: everything that can fail before any work. */
 function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeModelHooks): Prepared {
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  need.object(hooks, 'hooks');
+  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.signal !== undefined) need.instance(hooks.signal, AbortSignal, 'hooks.signal');
+  if (hooks.checkpoint !== undefined) { need.object(hooks.checkpoint, 'hooks.checkpoint'); need.string(hooks.checkpoint.path, 'hooks.checkpoint.path'); }
   const method = getMethod(opts.method);
   const quant = quantSpec(opts);
   const train = resolveTrain(opts);
@@ -164,26 +178,33 @@ function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeMo
   if (hooks.resume && !ck) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
   const fp = ck && method.needsCalibration ? fingerprint(src, opts, train, quant) : '';
   const resume = hooks.resume ? readCheckpoint(ck?.path ?? '', fp) : undefined;
-  const run = method.start({
-    shape: s, quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
-    gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype,
-    checkpoint: ck ? async (st: TrainState) => {
-      writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [st.arena.length], data: st.arena }]]),
-        { fingerprint: fp, step: String(st.step), lossCurve: JSON.stringify(st.lossCurve) });
-    } : undefined,
-  });
-  const label = `${method.name}${method.needsCalibration && method.name === 'teq' ? ` (${train.loss === 'block' ? 'block' : 'end-to-end'} loss)` : ''}`;
-  // in the order they run: an end-to-end stage first, then the block pass
-  const endToEnd = run.planEndToEnd?.(src) ?? null;
-  const block = planBlockPass(src, run, {
-    calibration: cal, quant, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, activationDtype: opts.activationDtype,
-    tmpDir: opts.tmpDir, label: method.name === 'rtn' ? 'RTN' : label,
-  });
-  return { method, run, quant, block, endToEnd };
+  try {
+    const run = method.start({
+      shape: s, quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
+      gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype,
+      checkpoint: ck ? async (st: TrainState) => {
+        writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [st.arena.length], data: st.arena }]]),
+          { fingerprint: fp, step: String(st.step), lossCurve: JSON.stringify(st.lossCurve) });
+      } : undefined,
+    });
+    // in the order they run: an end-to-end stage first, then the block pass
+    const endToEnd = run.planEndToEnd?.(src) ?? null;
+    const label = `${method.name}${method.needsCalibration && method.name === 'teq' ? ` (${train.loss === 'block' ? 'block' : 'end-to-end'} loss)` : ''}`;
+    const block = planBlockPass(src, run, {
+      calibration: cal, quant, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, activationDtype: opts.activationDtype,
+      tmpDir: opts.tmpDir, label: method.name === 'rtn' ? 'RTN' : label,
+    });
+    return { method, run, quant, block, endToEnd };
+  } catch (e) {
+    // a method (registered by name, possibly a user's) that calls the binding directly and
+    // lets its error through still ends in a QuantformError with the native code
+    throw fromNative(e);
+  }
 }
 
 /** The memory a run of `opts` on `ck` (or a model in memory) will hold; throws the too-small error quantize would. */
 export function quantizePlan(model: Checkpoint | TrainableLlama, opts: QuantizeModelOptions): { block: BlockPassPlan; endToEnd: EndToEndPlan | null } {
+  if (!(model instanceof TrainableLlama)) needCheckpoint(model);
   const p = prepare(model instanceof TrainableLlama ? modelBlocks(model) : checkpointBlocks(model), opts, {});
   return { block: p.block, endToEnd: p.endToEnd };
 }
@@ -195,24 +216,36 @@ async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hoo
   const run = p.run;
   if (run.endToEnd) {
     const t = performance.now();
-    await run.endToEnd(src);
-    trainMs += performance.now() - t;
+    try {
+      await run.endToEnd(src);
+    } catch (e) {
+      throw fromNative(e);  // as prepare(): a method's own native call still ends in a QuantformError
+    } finally {
+      trainMs += performance.now() - t;
+    }
   }
   const block = run.block ? async (b: PipelineBlock): Promise<BlockResult> => {
     const t = performance.now();
     try {
       return await run.block!(b);
+    } catch (e) {
+      throw fromNative(e);
     } finally {
       trainMs += performance.now() - t;
     }
   } : undefined;
   const sec = () => (performance.now() - t0) / 1000;
   const timing = { readMs: 0 }, written = writeTiming.ms;
-  const linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block }, p.block, open, {
-    signal: hooks.signal, abortNote, timing,
-    onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
-      etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
-  });
+  let linears: LinearReport[];
+  try {
+    linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block }, p.block, open, {
+      signal: hooks.signal, abortNote, timing,
+      onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
+        etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
+    });
+  } catch (e) {
+    throw fromNative(e);
+  }
   const q = p.quant;
   return { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
     trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
@@ -222,8 +255,12 @@ async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hoo
 /** A method on a model in memory; the result (and the transformed fp32 model) in memory. */
 export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelOptions, hooks: QuantizeModelHooks = {}): Promise<QuantizedModel> {
   const t0 = performance.now();
+  need.instance(source, TrainableLlama, 'model');
   const src = modelBlocks(source);
   const p = prepare(src, opts, hooks);
+  // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
+  // (a Checkpoint's tensors are checked as checkpointBlocks reads them)
+  for (const [name, w, shape] of source.weights()) checkFinite(w, name, shape);
   const linears = new Map<string, QuantizedTensor>();
   const blocks: Float32Array[] = source.blocks.map(() => new Float32Array(0));
   const sink: BlockSink = {
@@ -244,6 +281,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
 
 /** The quantized model as fp32 weights (each linear dequantized), for evaluation. */
 export function dequantizedModel(q: QuantizedModel): TrainableLlama {
+  needQuantizedModel(q);
   const m = q.model.clone();
   for (let l = 0; l < m.shape.layers; l++)
     for (const n of LINEARS) m.linear(l, n).set(dequantize(q.linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!).data as Float32Array);
@@ -272,6 +310,10 @@ export interface StreamHooks extends QuantizeModelHooks {
  * is left (trainable methods keep their resumable checkpoint).
  */
 export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: QuantizeModelOptions, hooks: StreamHooks = {}): Promise<QuantizeReport> {
+  needCheckpoint(ck);
+  need.string(out, 'out');
+  need.object(hooks, 'hooks');
+  if (hooks.save !== undefined) needSaveOptions(hooks.save);
   const src = checkpointBlocks(ck);
   const p = prepare(src, opts, hooks);
   // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
@@ -308,6 +350,8 @@ export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: Quan
  */
 export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: { bits: Bits; groupSize?: number; symmetric?: boolean },
   hooks: StreamHooks = {}): Promise<QuantizeReport> {
+  needCheckpoint(ck);
+  need.string(out, 'out');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   return quantizeCheckpoint(ck, out, { method: 'rtn', bits: opts.bits, groupSize: opts.groupSize, symmetric: opts.symmetric }, hooks);
 }
@@ -319,6 +363,8 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
  */
 export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Checkpoint {
   const src = gptqSourceOf(q);
+  need.object(tokenizer, 'tokenizer');
+  need.func(tokenizer.encode, 'tokenizer.encode');
   return {
     format: 'memory',
     path: `memory:${q.report.method}-w${q.quant.bits}g${q.quant.groupSize}`,
@@ -336,6 +382,8 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
  * time, nothing written): the baseline a method is compared against, at any size.
  */
 export function rtnCheckpoint(ck: Checkpoint, opts: { bits: Bits; groupSize?: number; symmetric?: boolean }): Checkpoint {
+  needCheckpoint(ck);
+  if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   const quant = quantSpec(opts);
   const src = checkpointBlocks(ck);
   const rtn = (name: string) => {

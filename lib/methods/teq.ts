@@ -5,13 +5,13 @@
 // Q = RTN fake-quant recomputed every step (native block step, teq = true), Q's
 // rounding straight-through. Merge: gamma <- gamma / alpha, W <- W diag(alpha), so the
 // quantized model carries no extra op.
-import { fromNative, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import type { BlockSource } from '../engine/block-source.js';
 import { seededRandom } from '../engine/calib.js';
 import { EndToEnd, type EndToEndPlan, type FrozenBlock } from '../engine/end-to-end.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, TrainableLlama, type LinearName, type LlamaShape } from '../engine/llama.js';
 import { NO_ACTIVATIONS, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock } from '../engine/pipeline.js';
 import type { MethodContext, MethodRun, QuantMethod, TrainState } from './types.js';
 
@@ -23,9 +23,11 @@ import type { MethodContext, MethodRun, QuantMethod, TrainState } from './types.
  * The merge is the engine's (block_merge_scales), one call per layer.
  */
 export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array, extra = false): void {
+  need.instance(model, TrainableLlama, 'model');
+  need.bool(extra, 'extra');
   const A = model.alphaPerLayer(extra);
-  if (alpha.length !== model.shape.layers * A)
-    throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${model.shape.layers * A} TEQ scales (layers x ${A}) but received ${alpha.length}`);
+  if (!(alpha instanceof Float32Array) || alpha.length !== model.shape.layers * A)
+    throw invalidParameter(`Float32Array of ${model.shape.layers} x ${A} scales`, 'alpha', alpha, 'QF_SHAPE_MISMATCH');
   const cfg = model.blockConfig(1, 1, null, true, extra);
   try {
     for (let l = 0; l < model.shape.layers; l++) native().engine.blockMergeScales(cfg, model.blocks[l], alpha.subarray(l * A, (l + 1) * A));
@@ -113,6 +115,9 @@ class TeqRun implements MethodRun {
     this.opt = new AdamW(s.layers * this.A, { lr: t.lr, betas: t.betas, weightDecay: t.weightDecay, minValue: 1e-5 });
     this.opt.params.fill(1);
     if (ctx.resume) {
+      const total = t.loss === 'e2e' ? t.steps : t.steps * s.layers;
+      if (ctx.resume.step > total)
+        throw new QuantformError('QF_CORRUPT_FILE', `The checkpoint is at step ${ctx.resume.step}, past the ${total} steps of this run`);
       this.opt.load({ step: ctx.resume.step, arena: ctx.resume.arena });
       this.curve.push(...ctx.resume.lossCurve);
       this.done = ctx.resume.step;

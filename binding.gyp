@@ -31,8 +31,15 @@
                     "-mavx512vnni", "-mavx512bf16"]
     },
     {
+      "target_name": "qf_avx512bf16",
+      "type": "static_library",
+      "sources": ["<!@(node cmake/sources.cjs avx512bf16)"],
+      "cflags_cc": ["-Wno-maybe-uninitialized", "-mavx2", "-mfma", "-mf16c", "-mbmi2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                    "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+    },
+    {
       "target_name": "quantform",
-      "dependencies": ["qf_avx2", "qf_avx512", "qf_avx512vnni"],
+      "dependencies": ["qf_avx2", "qf_avx512", "qf_avx512vnni", "qf_avx512bf16"],
       "sources": ["<!@(node cmake/sources.cjs common)", "<!@(node cmake/sources.cjs ref)",
                   "<!@(node cmake/sources.cjs cpu)", "<!@(node cmake/sources.cjs addon)"],
       "ldflags": ["-Wl,--exclude-libs,ALL", "-static-libstdc++", "-static-libgcc", "-pthread",

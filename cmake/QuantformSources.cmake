@@ -1,6 +1,6 @@
 # Reads the per-folder source lists from cmake/sources.cjs (shared with binding.gyp).
 find_program(QF_NODE NAMES node nodejs REQUIRED)
-foreach(set common ref cpu avx2 avx512 avx512vnni addon cuda)
+foreach(set common ref cpu avx2 avx512 avx512vnni avx512bf16 addon cuda)
   execute_process(COMMAND ${QF_NODE} ${CMAKE_CURRENT_SOURCE_DIR}/cmake/sources.cjs ${set} --cmake
                   OUTPUT_VARIABLE _files RESULT_VARIABLE _rc)
   if(NOT _rc EQUAL 0)

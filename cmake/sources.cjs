@@ -13,6 +13,7 @@ const sets = {
   avx2: 'native/cpu/avx2',
   avx512: 'native/cpu/avx512',
   avx512vnni: 'native/cpu/avx512vnni',
+  avx512bf16: 'native/cpu/avx512bf16',
   addon: 'native/addon',
   cuda: 'native/cuda',
 };

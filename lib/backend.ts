@@ -32,3 +32,12 @@ export function setThreads(n: number): number {
   if (!is.nonNegativeInteger(n) || n > 1024) throw invalidParameter('integer in [0, 1024]', 'threads', n);
   return native().setThreads(n);
 }
+
+/**
+ * Lets the bf16 matmul use AMX tiles (default; QUANTFORM_AMX=0 starts with them off) or
+ * keeps it on AVX-512 BF16 dot products. Returns whether AMX is in use now.
+ */
+export function setAmx(enabled: boolean): boolean {
+  if (typeof enabled !== 'boolean') throw invalidParameter('boolean', 'enabled', enabled);
+  return native().setAmx(enabled);
+}

@@ -1,7 +1,7 @@
 // quantform's public API.
 export { QuantformError, type ErrorCode } from './errors.js';
 export { Tensor, type DType } from './ops/tensor.js';
-export { backendInfo, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
+export { backendInfo, setAmx, setKernelPolicy, setThreads, type BackendInfo, type KernelPolicy } from './backend.js';
 export { cudaInfo, type CudaInfo } from './ops/cuda.js';
 export {
   QuantizedTensor, quantize, quantizeAsync, dequantize, dequantizeAsync, pack, packAsync, unpack, unpackAsync,
@@ -58,8 +58,8 @@ export { CheckpointFile } from './io/file.js';
 export { writeFileAtomic, AtomicFile, AtomicDir } from './io/atomic.js';
 export { ActivationStore, defaultMemoryBudget, type ActivationStoreOptions, type ActivationDType } from './io/activation-store.js';
 export {
-  matmul, matmulAsync, matmulF32, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
+  matmul, matmulAsync, matmulF32, matmulPath, prepareMatmulWeight, unprepareMatmulWeight, hasFastLayout, PreparedMatmulWeight,
   prepareMatmulWeightCuda, CudaMatmulWeight,
-  type MatmulAccuracy, type MatmulOptions,
+  type MatmulAccuracy, type MatmulOptions, type MatmulPath,
 } from './ops/matmul.js';
 export { measureMachine, measureMachineSync, type MachineLimits, type MeasureOptions, type ProbePart } from './bench/machine.js';

@@ -17,6 +17,8 @@ export interface NativeBackendInfo {
   cpu: string;
   features: Record<string, boolean>;
   envPolicy: string | null;
+  /** whether the bf16 matmul runs on AMX tiles, and why not (CPU, OS permission, policy, setAmx(false)) */
+  amx: { active: boolean; reason: string | null };
 }
 
 export interface NativeQuantized {
@@ -44,6 +46,8 @@ export interface NativeLlamaConfig {
   /** (headDim / 2) RoPE inverse frequencies */
   invFreq: Float32Array;
   tied: boolean;
+  /** the quantized linears' matmul accuracy (default 'fp32') */
+  accuracy?: 'fp32' | 'int8' | 'bf16';
 }
 
 /** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */
@@ -258,6 +262,9 @@ export interface NativeIoBinding {
 }
 
 /** The CPU addon's functions (native/addon). Arguments are validated in TS first. */
+/** Kernel families of the dequant-matmul (native/include/quantform/matmul_ops.h MatmulPath). */
+export type NativeMatmulPath = 'auto' | 'fp32' | 'split' | 'int8' | 'bf16' | 'generic' | 'reference';
+
 export interface NativeBinding {
   engine: NativeEngine;
   io: NativeIoBinding;
@@ -265,6 +272,7 @@ export interface NativeBinding {
   backendInfo(): NativeBackendInfo;
   setKernelPolicy(policy: string): string;
   setThreads(n: number): number;
+  setAmx(enabled: boolean): boolean;
   quantize(w: FloatArray, dtype: NativeDType, N: number, K: number, bits: number, groupSize: number,
     symmetric: boolean, paramDtype: 'f32' | 'f16', async: false): NativeQuantized;
   quantize(w: FloatArray, dtype: NativeDType, N: number, K: number, bits: number, groupSize: number,
@@ -294,10 +302,13 @@ export interface NativeBinding {
   matmulDispose(handle: NativePreparedWeight): void;
   matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
     scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
-    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: false): Float32Array;
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8' | 'bf16', path: NativeMatmulPath, async: false): Float32Array;
   matmul(x: FloatArray, xDtype: NativeDType, M: number, handle: NativePreparedWeight | null, codes: Uint8Array,
     scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16', N: number, K: number, bits: number,
-    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8', async: true): Promise<Float32Array>;
+    groupSize: number, symmetric: boolean, accuracy: 'fp32' | 'int8' | 'bf16', path: NativeMatmulPath, async: true): Promise<Float32Array>;
+  matmulPath(M: number, handle: NativePreparedWeight | null, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null,
+    paramDtype: 'f32' | 'f16', N: number, K: number, bits: number, groupSize: number, symmetric: boolean,
+    accuracy: 'fp32' | 'int8' | 'bf16'): Exclude<NativeMatmulPath, 'auto'>;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: false): Float32Array;
   sgemm(x: Float32Array, w: Float32Array, M: number, N: number, K: number, async: true): Promise<Float32Array>;
   // GPTQ (native/include/quantform/gptq.h)

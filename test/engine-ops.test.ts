@@ -275,6 +275,9 @@ const CASES: Record<string, () => void> = {
       // B, T, Hq, Hkv, hd, S, pos0
       [1, 1, 1, 1, 8, 4, 0], [2, 7, 4, 2, 8, 16, 0], [2, 3, 8, 8, 17, 20, 5], [1, 5, 6, 1, 64, 40, 30], [3, 1, 4, 4, 128, 33, 32],
       [1, 19, 2, 1, 33, 19, 0], [1, 150, 2, 1, 6, 160, 4],  // several query blocks, keys past the block
+      // decode steps: the q heads of a kv head run as one block (TinyLlama's 32 / 4 at a ragged cache length,
+      // more heads per kv head than a block holds, several sequences)
+      [2, 1, 32, 4, 64, 300, 257], [1, 1, 70, 1, 8, 9, 5], [3, 1, 12, 3, 20, 7, 0], [1, 1, 6, 2, 17, 40, 39],
     ];
     for (const [B, T, Hq, Hkv, hd, S, pos0] of cases)
       it(`B=${B} T=${T} Hq=${Hq} Hkv=${Hkv} hd=${hd} S=${S} pos0=${pos0}: ref vs float64 oracle, probabilities optional, tiers vs ref`, () => {

@@ -3,7 +3,7 @@
 // and multiplied in float64 here, independently of the matmul code.
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  backendInfo, dequantize, matmul, matmulAsync, matmulF32, prepareMatmulWeight, quantize, setKernelPolicy,
+  backendInfo, dequantize, matmul, matmulAsync, matmulF32, matmulPath, prepareMatmulWeight, quantize, setAmx, setKernelPolicy,
   Tensor, unprepareMatmulWeight, type Bits, type QuantizedTensor,
 } from '../lib/index.js';
 import { gaussian, nmse } from './helpers/numeric.js';
@@ -50,6 +50,7 @@ const cases: [number, number, number, number | 'channel'][] = [
 
 afterEach(() => {
   setKernelPolicy('auto');
+  setAmx(true);
 });
 
 describe('canonical reference', () => {
@@ -95,9 +96,12 @@ describe.each(tiers)('fp32 accuracy, %s tier', (tier) => {
       setKernelPolicy(tier);
       const p = prepareMatmulWeight(q);
       const y = matmul(new Tensor(x, [M, K]), p).data as Float32Array;
+      // the fp32 kernels themselves (auto takes the split path at small M on VNNI)
+      const yf = matmul(new Tensor(x, [M, K]), p, { path: 'fp32' }).data as Float32Array;
       const yq = matmul(new Tensor(x, [M, K]), q).data as Float32Array;
       setKernelPolicy('auto');
       expect(nmse(y, want), `prepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
+      expect(nmse(yf, want), `prepared fp32 path sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
       expect(nmse(yq, want), `unprepared sym=${sym} ${pd}`).toBeLessThan(F32_NMSE);
     }
   });
@@ -174,6 +178,140 @@ describe('int8 accuracy', () => {
   });
 });
 
+describe('split accuracy (fp32 activations as three int8 digits)', () => {
+  // K with a ragged last block, groups of 24 / 48 (blocks of 8 / 16 k), per-channel (blocks of 32),
+  // every row-block remainder up to M = 16
+  const splitCases: [number, number, number, number | 'channel'][] = [
+    ...cases.filter(([M]) => M <= 16), [5, 19, 96, 24], [6, 21, 144, 48], [13, 17, 200, 'channel'], [4, 70, 1000, 64], [11, 3, 8, 8],
+  ];
+
+  function splitRef(x: Float32Array, M: number, K: number, p: ReturnType<typeof prepareMatmulWeight>): Float32Array {
+    setKernelPolicy('ref');
+    try {
+      return matmul(new Tensor(x, [M, K]), p, { path: 'split' }).data as Float32Array;
+    } finally {
+      setKernelPolicy('auto');
+    }
+  }
+
+  it('the scalar split reference is as close to the float64 oracle as fp32 accumulation', () => {
+    for (const [M, N, K, gs] of splitCases)
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 11 * M + N, pd);
+        const x = gaussian(M * K, 5 + M);
+        expect(nmse(splitRef(x, M, K, prepareMatmulWeight(q)), oracle(x, M, q)), `M=${M} N=${N} K=${K} gs=${gs}`).toBeLessThan(F32_NMSE);
+      }
+  });
+
+  it.skipIf(!vnni)('the VNNI split kernel equals its scalar reference bit for bit (skipped without VNNI)', () => {
+    for (const [M, N, K, gs] of splitCases)
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f32'], [false, 'f16'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 7 * M + N, pd);
+        // outlier channels: a block's step follows its own largest value
+        const x = gaussian(M * K, 9 + K).map((v, i) => (i % 37 === 0 ? v * 300 : v));
+        const p = prepareMatmulWeight(q);
+        const y = matmul(new Tensor(x, [M, K]), p, { path: 'split' }).data as Float32Array;
+        const want = splitRef(x, M, K, p);
+        expect(Buffer.from(y.buffer).equals(Buffer.from(want.buffer)), `M=${M} N=${N} K=${K} gs=${gs} sym=${sym} ${pd}`).toBe(true);
+      }
+  });
+
+  it.skipIf(!vnni)('decode sizes take the split path on VNNI; a non-finite activation gives NaN, zeros give zeros', () => {
+    const q = weight(33, 100, 4, 32, true, 4);
+    const p = prepareMatmulWeight(q);
+    expect(matmulPath(1, p)).toBe('split');
+    expect(matmulPath(16, p)).toBe('split');
+    expect(matmulPath(17, p)).toBe('fp32');
+    expect(matmulPath(1, p, { accuracy: 'int8' })).toBe('int8');
+    for (const bad of [NaN, Infinity]) {
+      const x = gaussian(100, 1);
+      x[40] = bad;
+      const y = matmul(new Tensor(x, [1, 100]), p).data as Float32Array;
+      expect(y.every((v) => Number.isNaN(v))).toBe(true);
+    }
+    expect((matmul(new Tensor(new Float32Array(100), [1, 100]), p).data as Float32Array).every((v) => v === 0)).toBe(true);
+  });
+
+  it('a path the weight or M cannot take is an error naming why', () => {
+    const q = weight(9, 100, 3, 32, false, 1);
+    expect(matmulPath(1, q)).toMatch(/^(generic|reference)$/);
+    expect(() => matmul(new Tensor(gaussian(100, 1), [1, 100]), q, { path: 'split' })).toThrow(/path 'split' needs INT4 with groupSize a multiple of 8.*bits=3/);
+    const p = prepareMatmulWeight(weight(9, 64, 4, 32, true, 2));
+    expect(() => matmul(new Tensor(gaussian(17 * 64, 1), [17, 64]), p, { path: 'split' })).toThrow(/path 'split' runs up to M=16 rows but received M=17/);
+    expect(() => matmul(new Tensor(gaussian(64, 1), [1, 64]), p, { path: 'fast' as never })).toThrow(/Expected 'auto', 'fp32', 'split', 'int8', 'bf16', 'generic', 'reference' for path but received 'fast'/);
+  });
+});
+
+describe('bf16 accuracy (weights and activations rounded to bf16, fp32 sums)', () => {
+  /** bf16 keeps 8 significant bits: each product carries ~2^-9 relative error, NMSE ~1e-5 on Gaussian data. */
+  const BF16_BUDGET_NMSE = 1e-4;
+  /** the same exact bf16 products summed in fp32 (kernels) or float64 (reference). */
+  const BF16_VS_REF_NMSE = 1e-11;
+  const bf16 = info.features.avx512bf16 && tiers.includes('avx512');
+  const amx = bf16 && info.features.amxBf16 && info.amx.active;
+  if (!bf16) console.log('matmul tests: no AVX-512 BF16 on this CPU: the bf16 kernels are not tested here');
+  else if (!amx) console.log(`matmul tests: AMX not in use (${info.amx.reason ?? 'unknown'}): the AMX bf16 kernel is not tested here`);
+  // M = 1, 2, 3, 7 (forced), one row past a 32-row block, a 12-row register block remainder; K ragged
+  // against the 32-k step and the 64-k code line; odd N and N past one pair of 16-column tiles
+  const bfCases: [number, number, number, number | 'channel'][] = [
+    ...cases, [17, 33, 200, 64], [33, 65, 72, 'channel'], [45, 97, 1000, 64], [64, 3, 8, 8], [25, 130, 520, 40],
+  ];
+
+  function bf16Ref(x: Float32Array, M: number, K: number, p: ReturnType<typeof prepareMatmulWeight>): Float32Array {
+    setKernelPolicy('ref');
+    try {
+      return matmul(new Tensor(x, [M, K]), p, { accuracy: 'bf16', path: 'bf16' }).data as Float32Array;
+    } finally {
+      setKernelPolicy('auto');
+    }
+  }
+
+  it('the scalar bf16 reference stays within the bf16 budget of the float64 oracle', () => {
+    for (const [M, N, K, gs] of bfCases.slice(0, 8))
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 13 * M + N, pd);
+        const x = gaussian(M * K, 3 + M);
+        const e = nmse(bf16Ref(x, M, K, prepareMatmulWeight(q)), oracle(x, M, q));
+        expect(e, `M=${M} N=${N} K=${K} gs=${gs}`).toBeLessThan(BF16_BUDGET_NMSE);
+        expect(e).toBeGreaterThan(F32_NMSE);
+      }
+  });
+
+  for (const kernel of ['avx512bf16', 'amx'] as const)
+    it.skipIf(kernel === 'amx' ? !amx : !bf16)(`the ${kernel} kernel equals the scalar bf16 reference (skipped without ${kernel})`, () => {
+      setAmx(kernel === 'amx');
+      for (const [M, N, K, gs] of bfCases)
+        for (const [sym, pd] of [[false, 'f32'], [true, 'f16']] as const) {
+          const q = weight(N, K, 4, gs, sym, 5 * M + N, pd);
+          const x = gaussian(M * K, 7 + K).map((v, i) => (i % 41 === 0 ? v * 200 : v));
+          const p = prepareMatmulWeight(q);
+          const y = matmul(new Tensor(x, [M, K]), p, { accuracy: 'bf16', path: 'bf16' }).data as Float32Array;
+          expect(nmse(y, bf16Ref(x, M, K, p)), `M=${M} N=${N} K=${K} gs=${gs} sym=${sym} ${pd}`).toBeLessThan(BF16_VS_REF_NMSE);
+        }
+    });
+
+  it.skipIf(!bf16)('auto takes bf16 for prefill rows and split/fp32 below; setAmx and backendInfo agree', () => {
+    const p = prepareMatmulWeight(weight(33, 100, 4, 32, true, 4));
+    expect(matmulPath(17, p, { accuracy: 'bf16' })).toBe('bf16');
+    expect(matmulPath(16, p, { accuracy: 'bf16' })).toBe(vnni ? 'split' : 'fp32');
+    expect(matmulPath(17, p)).toBe('fp32');
+    expect(setAmx(false)).toBe(false);
+    expect(backendInfo().amx).toEqual({ active: false, reason: expect.stringMatching(/turned off/) });
+    const x = new Tensor(gaussian(40 * 100, 2), [40, 100]);
+    const dp = matmul(x, p, { accuracy: 'bf16' }).data as Float32Array;
+    setAmx(true);
+    expect(nmse(matmul(x, p, { accuracy: 'bf16' }).data as Float32Array, dp)).toBeLessThan(BF16_VS_REF_NMSE);
+  });
+
+  it('bad input: a format without the fast layout, a non-boolean setAmx, an unknown accuracy', () => {
+    const q = weight(9, 100, 3, 32, false, 1);
+    expect(() => matmul(new Tensor(gaussian(100 * 20, 1), [20, 100]), q, { accuracy: 'bf16', path: 'bf16' }))
+      .toThrow(/path 'bf16' needs INT4 with groupSize a multiple of 8.*bits=3/);
+    expect(() => setAmx(1 as never)).toThrow(/Expected boolean for enabled but received 1/);
+    expect(() => matmul(new Tensor(gaussian(100, 1), [1, 100]), q, { accuracy: 'fp16' as never })).toThrow(/Expected 'fp32', 'int8' or 'bf16' for accuracy/);
+  });
+});
+
 describe('API', () => {
   it('folds leading dimensions, accepts f16/bf16 activations, and async matches sync', async () => {
     const q = weight(24, 64, 4, 32, false, 1);
@@ -212,7 +350,7 @@ describe('API', () => {
     const q = weight(8, 32, 4, 32, false, 1);
     expect(() => matmul(new Tensor(new Float32Array(31), [31]), q)).toThrow(/Expected x with last dimension K=32 .* received shape \[31\]/);
     expect(() => matmul(new Tensor(new Float32Array(32), [32]), q, { accuracy: 'fp64' as never })).toThrow(
-      /Expected 'fp32' or 'int8' for accuracy but received 'fp64' of type string/);
+      /Expected 'fp32', 'int8' or 'bf16' for accuracy but received 'fp64' of type string/);
     expect(() => matmul(new Tensor(new Float32Array(32), [32]), {} as never)).toThrow(/Expected QuantizedTensor, PreparedMatmulWeight or CudaMatmulWeight for weight/);
     expect(() => matmulF32(new Tensor(new Float32Array(32), [32]), new Tensor(new Float32Array(30), [1, 30]))).toThrow(
       /Expected x with last dimension K=30/);

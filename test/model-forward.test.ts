@@ -3,7 +3,7 @@
 // batches against single sequences, tiers against each other, and the Linear hook.
 import { describe, expect, it } from 'vitest';
 import {
-  Fp32Linear, QuantizedLinear, SyntheticCheckpoint, Tensor, dequantize, invFreq, loadModel, quantize, weightNames,
+  Fp32Linear, QuantizedLinear, SyntheticCheckpoint, Tensor, backendInfo, dequantize, invFreq, loadModel, quantize, weightNames,
   type LlamaConfig,
 } from '../lib/index.js';
 import { native } from '../lib/native.js';
@@ -231,6 +231,26 @@ describe('Linear hook', () => {
       expect(() => m.setLinear('layers.9.wq', ql)).toThrow(/linear names/);
       m.dispose();
     });
+
+  it('accuracy bf16 / int8 runs the quantized linears on those paths: logits within their budgets of fp32', async () => {
+    // per-row int8 activations (~1e-4 per matmul) and bf16 (~5e-6) compound over 2 layers and the head
+    const BF16_MODEL_NMSE = 1e-4, INT8_MODEL_NMSE = 1e-2;
+    const models = await Promise.all((['fp32', 'bf16', 'int8'] as const).map((accuracy) => loadModel({ synthetic: small }, { accuracy })));
+    for (const m of models)
+      for (const name of weightNames(m.config).filter((n) => /\.(wq|wk|wv|wo|w_gate|w_up|w_down)$/.test(n))) {
+        const w = m.linear(name) as Fp32Linear;
+        m.setLinear(name, new QuantizedLinear(quantize(w.weight, { bits: 4, groupSize: 'channel', symmetric: true })));
+      }
+    const tokens = Array.from({ length: 40 }, (_, i) => (i * 7) % 37);  // 40 rows: the prefill paths
+    const [f, b, i8] = models.map((m) => m.forward(tokens).logits);
+    const bf16 = backendInfo().features.avx512bf16 && backendInfo().tier === 'avx512';
+    if (bf16) expect(nmseOf(b, f)).toBeGreaterThan(0);
+    expect(nmseOf(b, f)).toBeLessThan(BF16_MODEL_NMSE);
+    expect(nmseOf(i8, f)).toBeGreaterThan(0);
+    expect(nmseOf(i8, f)).toBeLessThan(INT8_MODEL_NMSE);
+    for (const m of models) m.dispose();
+    await expect(loadModel({ synthetic: small }, { accuracy: 'fp16' as never })).rejects.toThrow(/Expected 'fp32', 'int8' or 'bf16' for accuracy but received 'fp16'/);
+  });
 
   it('the native model re-checks a quantized weight it is handed', async () => {
     const m = await loadModel({ synthetic: small });

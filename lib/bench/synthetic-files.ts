@@ -12,6 +12,7 @@ import { f32ToF16 } from '../io/half.js';
 import { hfModuleName } from '../model/hf.js';
 import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { SyntheticCheckpoint, type SyntheticOptions } from '../model/synthetic.js';
+import { TOKEN_TYPE, type SpmVocab } from '../export/vocab.js';
 
 export type HalfDType = 'F16' | 'BF16';
 
@@ -26,6 +27,15 @@ export function shapeOf(o: SyntheticOptions): LlamaConfig {
 }
 
 const isNorm = (name: string) => /norm$/.test(name);
+
+/** A SentencePiece vocabulary of V pieces llama.cpp accepts: <unk> <s> </s>, the 256 byte pieces, then distinct word pieces. */
+export function syntheticVocab(V: number): SpmVocab {
+  const tokens = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)];
+  for (let i = tokens.length; i < V; i++) tokens.push(`\u2581w${i}`);
+  const types = Uint8Array.from(tokens, (_, i) => (i === 0 ? TOKEN_TYPE.UNKNOWN : i < 3 ? TOKEN_TYPE.CONTROL : i < 259 ? TOKEN_TYPE.BYTE : TOKEN_TYPE.NORMAL));
+  return { tokens, scores: Float32Array.from(tokens, (_, i) => -i), types, bosId: 1, eosId: 2, unkId: 0, padId: null,
+    addBos: true, addEos: false, addSpacePrefix: true, source: 'synthetic vocabulary' };
+}
 
 /** Bytes a checkpoint of `cfg` takes with 16-bit matrices and f32 norms. */
 export function checkpointBytes(cfg: LlamaConfig, normBytes = 4): number {
@@ -86,9 +96,7 @@ export function writeSyntheticGguf(file: string, cfg: LlamaConfig, dt: HalfDType
   const str = (s: string) => { const b = Buffer.from(s, 'utf8'); u64(b.length); head.push(b); };
   const kv = (k: string, type: number, write: () => void) => { str(k); u32(type); write(); };
   const V = cfg.vocabSize;
-  // <unk> <s> </s>, the 256 byte pieces, then distinct word pieces
-  const pieces = ['<unk>', '<s>', '</s>', ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)];
-  for (let i = pieces.length; i < V; i++) pieces.push(`\u2581w${i}`);
+  const vocab = syntheticVocab(V);
   const names = weightNames(cfg);
   let nKv = 0;
   const kvs: (() => void)[] = [];
@@ -106,12 +114,12 @@ export function writeSyntheticGguf(file: string, cfg: LlamaConfig, dt: HalfDType
   add('llama.attention.layer_norm_rms_epsilon', 6, () => { const b = Buffer.alloc(4); b.writeFloatLE(cfg.normEps); head.push(b); });
   add('llama.rope.freq_base', 6, () => { const b = Buffer.alloc(4); b.writeFloatLE(cfg.ropeTheta); head.push(b); });
   add('tokenizer.ggml.model', 8, () => str('llama'));
-  add('tokenizer.ggml.tokens', 9, () => { u32(8); u64(V); pieces.forEach(str); });
-  add('tokenizer.ggml.scores', 9, () => { u32(6); u64(V); const b = Buffer.alloc(4 * V); for (let i = 0; i < V; i++) b.writeFloatLE(-i, 4 * i); head.push(b); });
+  add('tokenizer.ggml.tokens', 9, () => { u32(8); u64(V); vocab.tokens.forEach(str); });
+  add('tokenizer.ggml.scores', 9, () => { u32(6); u64(V); const b = Buffer.alloc(4 * V); vocab.scores.forEach((x, i) => b.writeFloatLE(x, 4 * i)); head.push(b); });
   add('tokenizer.ggml.token_type', 9, () => {
     u32(5); u64(V);
     const b = Buffer.alloc(4 * V);
-    for (let i = 0; i < V; i++) b.writeInt32LE(i === 0 ? 2 : i < 3 ? 3 : i < 259 ? 6 : 1, 4 * i);
+    vocab.types.forEach((t, i) => b.writeInt32LE(t, 4 * i));
     head.push(b);
   });
   add('tokenizer.ggml.bos_token_id', 4, () => u32(1));

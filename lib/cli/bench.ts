@@ -1,5 +1,6 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchDecode } from './bench-decode.js';
 import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchLoad } from './bench-load.js';
@@ -20,5 +21,6 @@ export function registerBench(program: Command): void {
   registerBenchGptqOps(bench);
   registerBenchMatmul(bench);
   registerBenchLoad(bench);
+  registerBenchDecode(bench);
   registerBenchScale(bench);
 }

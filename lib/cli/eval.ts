@@ -2,7 +2,8 @@
 // data/reference/*.json), with a progress bar and optional JSON output.
 import { readFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import type { MatmulAccuracy } from '../ops/matmul.js';
 import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { intOption, modelFromArgs } from './model-arg.js';
@@ -15,6 +16,7 @@ interface EvalOpts {
   stride?: number;
   maxTokens?: number;
   batch: number;
+  accuracy: MatmulAccuracy;
   json?: boolean;
 }
 
@@ -29,9 +31,10 @@ export function registerEval(program: Command): void {
     .option('--stride <n>', 'distance between windows (default: ctx)', intOption)
     .option('--max-tokens <n>', 'score at most n predictions', intOption)
     .option('--batch <n>', 'windows per forward call', intOption, 8)
+    .addOption(new Option('--accuracy <a>', "the quantized linears' matmul accuracy (MatmulAccuracy)").choices(['fp32', 'int8', 'bf16']).default('fp32'))
     .option('--json', 'print the result as JSON')
     .action(async (o: EvalOpts) => {
-      const model = await modelFromArgs(o);
+      const model = await modelFromArgs(o, { accuracy: o.accuracy });
       try {
         let text: string;
         try {
@@ -56,7 +59,7 @@ export function registerEval(program: Command): void {
         });
         bar.stop();
         const out = {
-          model: o.model ?? 'synthetic:0', text: o.text, ctx: o.ctx, stride: o.stride ?? o.ctx, nIds: r.nIds, nPredicted: r.nPredicted,
+          model: o.model ?? 'synthetic:0', accuracy: o.accuracy, text: o.text, ctx: o.ctx, stride: o.stride ?? o.ctx, nIds: r.nIds, nPredicted: r.nPredicted,
           windows: r.windows, meanNll: r.meanNll, ppl: r.ppl, seconds: r.seconds, tokensPerSecond: r.tokensPerSecond,
           perWindowMeanNll: r.perWindowMeanNll,
         };

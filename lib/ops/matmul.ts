@@ -5,23 +5,44 @@
 // algorithm: native/include/quantform/matmul.h.
 import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { cudaBinding, cudaInfo, type NativeCudaWeight } from './cuda.js';
-import { native, type NativePreparedWeight } from '../native.js';
+import { native, type NativeMatmulPath, type NativePreparedWeight } from '../native.js';
 import { QuantizedTensor } from './quant.js';
 import { checkBuffer, Tensor } from './tensor.js';
 
 /**
- * 'fp32': weights are dequantized to fp32 and multiplied in fp32 (default).
+ * 'fp32': fp32-class results (default): weights decoded to fp32 and multiplied in fp32,
+ * or, for M <= 16 on AVX-512 VNNI, activations in exact 24-bit fixed point per block.
  * 'int8': activations are quantized per row to int8 (scale max|x|/127) and
  * products accumulate exactly in int32 (AVX-512 VNNI when available, else a
  * scalar path with the same numerics): faster for large M at a small, measured
  * extra error (see `quantform bench matmul`).
+ * 'bf16': for M > 16 on a CPU with AVX-512 BF16, weights and activations rounded to
+ * bf16 (products exact, fp32 sums) on AMX tiles where available; fp32-class otherwise.
  */
-export type MatmulAccuracy = 'fp32' | 'int8';
+export type MatmulAccuracy = 'fp32' | 'int8' | 'bf16';
+
+/**
+ * The kernel family that runs a matmul: 'fp32' (INT4 decoded to fp32, FMA), 'split'
+ * (fp32 activations as three exact int8 digits on AVX-512 VNNI: fp32-class accuracy,
+ * used for M <= 16 when VNNI is there), 'int8' (accuracy 'int8'), 'bf16' (accuracy 'bf16':
+ * AMX tiles or AVX-512 BF16 dot products), 'generic' (formats
+ * without a repacked layout: rows dequantized, then an fp32 GEMM), 'reference' (the
+ * scalar canonical reference, the ref tier).
+ */
+export type MatmulPath = NativeMatmulPath;
 
 export interface MatmulOptions {
   /** Default 'fp32'. */
   accuracy?: MatmulAccuracy;
+  /**
+   * Force a kernel family (tests, benchmarks); default 'auto' (see matmulPath). A path the
+   * weight's format, M or the CPU cannot take is an error, never a silent fallback.
+   */
+  path?: MatmulPath;
 }
+
+const PATHS: readonly MatmulPath[] = ['auto', 'fp32', 'split', 'int8', 'bf16', 'generic', 'reference'];
+const ACCURACIES: readonly MatmulAccuracy[] = ['fp32', 'int8', 'bf16'];
 
 /**
  * A weight ready for the matmul kernels. INT4 weights with groupSize a multiple
@@ -141,6 +162,7 @@ interface Args {
   cuda: CudaMatmulWeight | null;
   handle: NativePreparedWeight | null;
   accuracy: MatmulAccuracy;
+  path: MatmulPath;
   outShape: number[];
 }
 
@@ -157,9 +179,24 @@ function matmulArgs(x: Tensor, w: Weight, opts: MatmulOptions): Args {
     throw new QuantformError('QF_SHAPE_MISMATCH', `Expected x with last dimension K=${K} (weight [${N}, ${K}]) but received shape [${x.shape.join(', ')}]`);
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   const accuracy = opts.accuracy ?? 'fp32';
-  if (!is.oneOf(accuracy, ['fp32', 'int8'] as const)) throw invalidParameter("'fp32' or 'int8'", 'accuracy', accuracy);
-  if (cuda && accuracy !== 'fp32') throw invalidParameter("'fp32' (the CUDA kernels have no int8 path)", 'accuracy', accuracy);
-  return { x, M: x.size / K, q, cuda, handle: prepared?.handle ?? null, accuracy, outShape: [...x.shape.slice(0, -1), N] };
+  if (!is.oneOf(accuracy, ACCURACIES)) throw invalidParameter("'fp32', 'int8' or 'bf16'", 'accuracy', accuracy);
+  if (cuda && accuracy !== 'fp32') throw invalidParameter("'fp32' (the CUDA kernels have no int8 or bf16 path)", 'accuracy', accuracy);
+  const path = opts.path ?? 'auto';
+  if (!is.oneOf(path, PATHS)) throw invalidParameter(PATHS.map((p) => `'${p}'`).join(', '), 'path', path);
+  if (cuda && path !== 'auto') throw invalidParameter("'auto' (the CUDA kernels have one path)", 'path', path);
+  return { x, M: x.size / K, q, cuda, handle: prepared?.handle ?? null, accuracy, path, outShape: [...x.shape.slice(0, -1), N] };
+}
+
+/** The kernel family matmul(x, w, opts) runs for M rows of x on this CPU and kernel tier. */
+export function matmulPath(M: number, w: QuantizedTensor | PreparedMatmulWeight, opts: Omit<MatmulOptions, 'path'> = {}): Exclude<MatmulPath, 'auto'> {
+  if (!is.positiveInteger(M)) throw invalidParameter('positive integer', 'M', M);
+  const prepared = w instanceof PreparedMatmulWeight ? w : null;
+  const q: QuantizedTensor = w instanceof PreparedMatmulWeight ? w.source : w;
+  checkQuantized(q, 'weight');
+  const accuracy = opts.accuracy ?? 'fp32';
+  if (!is.oneOf(accuracy, ACCURACIES)) throw invalidParameter("'fp32', 'int8' or 'bf16'", 'accuracy', accuracy);
+  return callSync(() => native().matmulPath(M, prepared?.handle ?? null, q.codes, q.scales, q.zeros, q.paramDtype,
+    q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, accuracy));
 }
 
 /**
@@ -174,7 +211,7 @@ export function matmul(x: Tensor, w: Weight, opts: MatmulOptions = {}): Tensor {
     return new Tensor(callSync(() => cudaBinding()!.cudaMatmul(c.handle, a.x.data, a.x.dtype, a.M, false)), a.outShape, 'f32');
   }
   const y = callSync(() => native().matmul(a.x.data, a.x.dtype, a.M, a.handle, q.codes, q.scales, q.zeros, q.paramDtype,
-    q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, false));
+    q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, a.path, false));
   return new Tensor(y, a.outShape, 'f32');
 }
 
@@ -185,7 +222,7 @@ export async function matmulAsync(x: Tensor, w: Weight, opts: MatmulOptions = {}
   try {
     if (a.cuda) return new Tensor(await cudaBinding()!.cudaMatmul(a.cuda.handle, a.x.data, a.x.dtype, a.M, true), a.outShape, 'f32');
     const y = await native().matmul(a.x.data, a.x.dtype, a.M, a.handle, q.codes, q.scales, q.zeros, q.paramDtype,
-      q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, true);
+      q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric, a.accuracy, a.path, true);
     return new Tensor(y, a.outShape, 'f32');
   } catch (e) {
     throw fromNative(e);

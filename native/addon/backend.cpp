@@ -28,7 +28,15 @@ Napi::Value backend_info(const Napi::CallbackInfo& info) {
   feats.Set("avx512dq", f.avx512dq && f.os_zmm);
   feats.Set("avx512vnni", f.avx512vnni && f.os_zmm);
   feats.Set("avx512bf16", f.avx512bf16 && f.os_zmm);
+  feats.Set("amxBf16", f.amx_tile && f.amx_bf16 && f.os_amx);
+  feats.Set("amxInt8", f.amx_tile && f.amx_int8 && f.os_amx);
   o.Set("features", feats);
+  // whether the bf16 matmul runs on AMX tiles now, and why not
+  Napi::Object amx = Napi::Object::New(env);
+  amx.Set("active", amx_available());
+  const std::string why = amx_status();
+  amx.Set("reason", why.empty() ? env.Null() : Napi::Value(Napi::String::New(env, why)));
+  o.Set("amx", amx);
   const char* env_policy = getenv("QUANTFORM_KERNELS");
   o.Set("envPolicy", env_policy ? Napi::Value(Napi::String::New(env, env_policy)) : env.Null());
   return o;
@@ -54,9 +62,15 @@ Napi::Value set_threads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), num_threads());
 }
 
+Napi::Value set_amx(const Napi::CallbackInfo& info) {
+  set_amx_enabled(arg_bool(info, 0, "enabled"));
+  return Napi::Boolean::New(info.Env(), amx_available());
+}
+
 }  // namespace
 
 void register_backend(Napi::Env env, Napi::Object exports) {
+  QF_EXPORT(exports, "setAmx", set_amx);
   QF_EXPORT(exports, "backendInfo", backend_info);
   QF_EXPORT(exports, "setKernelPolicy", set_policy);
   QF_EXPORT(exports, "setThreads", set_threads);

@@ -78,7 +78,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   // new LlamaModel({ dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, maxSeq, normEps,
-  //                  invFreq: Float32Array (headDim/2), tied })
+  //                  invFreq: Float32Array (headDim/2), tied, accuracy?: 'fp32' | 'int8' | 'bf16' })
   explicit LlamaModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaModelWrap>(info) {
     guarded(info, "new LlamaModel", [&] {
       if (!info[0].IsObject()) fail(error(Code::InvalidArgument, "Expected config object"));
@@ -95,6 +95,14 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       c.norm_eps = (float)get_number(o, "normEps");
       const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
       c.inv_freq.assign(f32(f), f32(f) + f.len);
+      const Napi::Value acc = o.Get("accuracy");
+      if (!acc.IsUndefined()) {
+        const std::string s = acc.IsString() ? acc.As<Napi::String>().Utf8Value() : "";
+        if (s == "fp32") c.accuracy = MatmulAccuracy::F32;
+        else if (s == "int8") c.accuracy = MatmulAccuracy::Int8;
+        else if (s == "bf16") c.accuracy = MatmulAccuracy::Bf16;
+        else fail(error(Code::InvalidArgument, "Expected 'fp32', 'int8' or 'bf16' for config.accuracy"));
+      }
       std::unique_ptr<LlamaModel> m;
       check(LlamaModel::create(c, &m));
       model_ = std::move(m);

@@ -52,7 +52,16 @@ MatmulAccuracy arg_accuracy(const Napi::CallbackInfo& info, size_t i) {
   const std::string s = arg_string(info, i, "accuracy");
   if (s == "fp32") return MatmulAccuracy::F32;
   if (s == "int8") return MatmulAccuracy::Int8;
-  throw ArgError{error(Code::InvalidArgument, "Expected 'fp32' or 'int8' for accuracy but received '" + s + "'")};
+  if (s == "bf16") return MatmulAccuracy::Bf16;
+  throw ArgError{error(Code::InvalidArgument, "Expected 'fp32', 'int8' or 'bf16' for accuracy but received '" + s + "'")};
+}
+
+MatmulPath arg_path(const Napi::CallbackInfo& info, size_t i) {
+  const std::string s = arg_string(info, i, "path");
+  MatmulPath p;
+  if (!parse_matmul_path(s.c_str(), &p))
+    throw ArgError{error(Code::InvalidArgument, "Expected 'auto', 'fp32', 'split', 'int8', 'bf16', 'generic' or 'reference' for path but received '" + s + "'")};
+  return p;
 }
 
 // matmulPrepare(codes, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric) -> External
@@ -102,7 +111,7 @@ Napi::Value unprepare_js(const Napi::CallbackInfo& info) {
 }
 
 // matmul(x, xDtype, M, handle|null, codes, scales, zeros|null, paramDtype, N, K, bits, groupSize,
-//        symmetric, accuracy, async) -> Float32Array (M, N)
+//        symmetric, accuracy, path, async) -> Float32Array (M, N)
 Napi::Value matmul_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType xd = arg_dtype(info, 1, "xDtype");
@@ -112,7 +121,8 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
   if (!arg_is_null(info, 3)) prep = arg_prepared(info, 3);
   const CanonicalWeight w = arg_canonical(info, 4);
   const MatmulAccuracy acc = arg_accuracy(info, 13);
-  const bool async = arg_bool(info, 14, "async");
+  const MatmulPath path = arg_path(info, 14);
+  const bool async = arg_bool(info, 15, "async");
   if (M <= 0 || w.N <= 0 || w.K <= 0 || M > (int64_t(1) << 40) / w.N)
     throw ArgError{error(Code::ShapeMismatch, "Expected M in [1, 2^40 / N] but received " + std::to_string(M))};
   QF_PRECHECK(info, async, input_len(x, (size_t)(M * w.K), "x"));
@@ -121,8 +131,20 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
   Napi::Object y = make_float_array(env, DType::F32, (size_t)(M * w.N), &ys);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(y));
   return run_op(info, async, {info[0], info[4], info[5], info[6], y},
-                [=] { return dequant_matmul(ys, x, M, &w, prep.get(), acc); },
+                [=] { return dequant_matmul(ys, x, M, &w, prep.get(), acc, path); },
                 [ref](Napi::Env) { return ref->Value(); });
+}
+
+// matmulPath(M, handle|null, codes, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric, accuracy)
+//   -> the path matmul(..., 'auto') takes on this CPU and tier
+Napi::Value path_js(const Napi::CallbackInfo& info) {
+  const int64_t M = arg_int(info, 0, "M");
+  PreparedPtr prep;
+  if (!arg_is_null(info, 1)) prep = arg_prepared(info, 1);
+  const CanonicalWeight w = arg_canonical(info, 2);
+  Status st = check_canonical(w);
+  if (!st.ok()) throw ArgError{st};
+  return Napi::String::New(info.Env(), matmul_path_name(select_matmul_path(M, &w, prep.get(), arg_accuracy(info, 11))));
 }
 
 // sgemm(x, w, M, N, K, async) -> Float32Array (M, N): the fp32 baseline
@@ -151,6 +173,7 @@ void register_matmul(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "matmulUnprepare", unprepare_js);
   QF_EXPORT(exports, "matmulDispose", dispose_js);
   QF_EXPORT(exports, "matmul", matmul_js);
+  QF_EXPORT(exports, "matmulPath", path_js);
   QF_EXPORT(exports, "sgemm", sgemm_js);
 }
 

@@ -480,7 +480,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     const WeightSource& src = d.linear[j];
     if (src.kind == WeightSource::Kind::Quantized)
       return dequant_matmul(Span{y, (size_t)(BT * rows), DType::F32}, Span{(void*)xin, (size_t)(BT * cols), DType::F32},
-                            BT, src.canon, src.prepared, MatmulAccuracy::F32);
+                            BT, src.canon, src.prepared, d.accuracy);
     const float* w;
     if (training && has_eff(d)) {
       w = A.eff + PL.linear[j].offset;

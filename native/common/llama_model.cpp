@@ -270,6 +270,7 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   BlockDesc d;
   d.dims = BlockDims{B, T, D, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim};
   d.eps = c.norm_eps;
+  d.accuracy = c.accuracy;
   d.rope_cos = rope_cos_.data();
   d.rope_sin = rope_sin_.data();
   d.rope_len = S;
@@ -304,7 +305,7 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   const Span ls{logits, n_logits, DType::F32}, hs{hn.data(), hn.size(), DType::F32};
   if (lm_head_.kind == Linear::Kind::Quantized) {
     const CanonicalWeight cw = lm_head_.canonical();
-    QF_TRY(dequant_matmul(ls, hs, rows_out, &cw, lm_head_.prepared.get(), MatmulAccuracy::F32));
+    QF_TRY(dequant_matmul(ls, hs, rows_out, &cw, lm_head_.prepared.get(), c.accuracy));
   } else {
     const float* head = tied_ && !is_set(lm_head_) ? embed_.data() : lm_head_.w.data();
     const int64_t slots = scratch_slots();

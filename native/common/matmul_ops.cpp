@@ -135,11 +135,70 @@ std::vector<float> widen_x(const Span& x) {
   return out;
 }
 
-Status run_prepared(float* y, const float* x, int64_t M, const PreparedInt4& p, MatmulAccuracy accuracy) {
+// Tiles in groups of 4 (the decode kernels' widest step), claimed dynamically by the pool
+// in chunks of several groups: a thread another process holds up delays only its chunk.
+void for_tile_groups(int64_t tiles, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t groups = (tiles + 3) / 4;
+  parallel_chunks(groups, 1, 4 * num_threads(), [&](int, int64_t g0, int64_t g1) {
+    fn(4 * g0, 4 * g1 < tiles ? 4 * g1 : tiles);
+  });
+}
+
+int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
+
+Status run_split(float* y, const float* x, int64_t M, const PreparedInt4& p) {
+  const PackedInt4View v = p.view();
+  const MatmulSplitKernels& ks = matmul_split_kernels();
+  const int64_t KC = p.KP / QF_MM_KC, bc = p.G == 1 ? 4 : gcd64(p.group_size / QF_MM_KC, 4), NB = (KC + bc - 1) / bc;
+  std::vector<int8_t> xd((size_t)(M * KC * 24));  // (M, KC, 3, 8)
+  std::vector<float> sx((size_t)(M * NB)), xsum((size_t)(M * NB));
+  std::vector<int32_t> zs((size_t)(M * NB * 3));
+  ks.split_x(xd.data(), sx.data(), zs.data(), xsum.data(), x, M, p.K, p.KP, bc);
+  const SplitX sp{xd.data(), sx.data(), zs.data(), xsum.data(), bc, NB};
+  for_tile_groups(p.NP / QF_MM_NT, [&](int64_t t0, int64_t t1) { ks.matmul_split(y, sp, M, v, t0, t1); });
+  return Status::Ok();
+}
+
+// Panels built per thread for this many tile pairs at a time: A (the rounded x) is streamed
+// once per group of pairs, so more pairs read it less often, as long as their panels (2 KB per
+// pair and k-step) stay in L2 next to a 32-row block of A.
+int64_t bf16_pairs_per_item(int64_t KS) {
+  const int64_t fit = (768 << 10) / (KS * 2048);
+  return fit < 1 ? 1 : fit > 4 ? 4 : fit;
+}
+
+Status run_bf16(float* y, const float* x, int64_t M, const PreparedInt4& p) {
+  const MatmulBf16Kernels* kt = matmul_bf16_kernels();
+  if (!kt) return error(Code::Unsupported, "path 'bf16' needs AVX-512 BF16, which this CPU lacks (or the kernel policy masks)");
+  const PackedInt4View v = p.view();
+  const int64_t KS = (p.KP + QF_BF16_KSTEP - 1) / QF_BF16_KSTEP, KSP = KS * QF_BF16_KSTEP, MP = (M + 31) / 32 * 32;
+  const int64_t tiles = p.NP / QF_MM_NT, pairs = (tiles + 1) / 2, per_pair = bf16_panel_elems(p.KP);
+  const int64_t P = bf16_pairs_per_item(KS), items = (pairs + P - 1) / P, slots = num_threads();
+  std::vector<uint16_t> xb((size_t)(MP * KSP));  // (MP, KSP)
+  parallel_for(MP, 32, [&](int64_t m0, int64_t m1) {
+    kt->round_x(xb.data() + m0 * KSP, x + (m0 < M ? m0 : M) * p.K, (m1 < M ? m1 : M) - (m0 < M ? m0 : M), m1 - m0, p.K, KSP);
+  });
+  const int64_t per = P * per_pair + 2 * 32 * 32;  // panels + a (32, 32) fp32 block, in uint16
+  std::vector<uint16_t> scratch((size_t)(slots * per));
+  parallel_chunks(items, 1, items, [&](int th, int64_t i0, int64_t i1) {
+    uint16_t* panels = scratch.data() + th * per;
+    float* cbuf = reinterpret_cast<float*>(panels + P * per_pair);
+    for (int64_t it = i0; it < i1; it++) {
+      const int64_t q0 = it * P, np = pairs - q0 < P ? pairs - q0 : P;
+      for (int64_t q = 0; q < np; q++) kt->build_panel(panels + q * per_pair, v, 2 * (q0 + q));
+      kt->gemm_panels(y, p.N, 32 * q0, xb.data(), M, KSP, panels, np, cbuf);
+    }
+  });
+  return Status::Ok();
+}
+
+Status run_prepared(float* y, const float* x, int64_t M, const PreparedInt4& p, MatmulPath path) {
+  if (path == MatmulPath::Split) return run_split(y, x, M, p);
+  if (path == MatmulPath::Bf16) return run_bf16(y, x, M, p);
   const PackedInt4View v = p.view();
   const int64_t tiles = p.NP / QF_MM_NT, slots = scratch_slots();
   // per-slot decode panels, allocated here: nothing inside the parallel bodies allocates
-  if (accuracy == MatmulAccuracy::Int8) {
+  if (path == MatmulPath::Int8) {
     const Int8Activations a = prepare_int8(x, M, p.K, p.KP, p.G, p.group_size, true);
     const MatmulInt8Kernels& kt = matmul_int8_kernels();
     const int64_t per = M > QF_MM_GEMV_MAX_M ? matmul_int8_scratch_bytes(p.KP) : 0;
@@ -298,8 +357,40 @@ Status unprepare_int4(const PreparedInt4& p, Span codes, Span scales, Span zeros
   return Status::Ok();
 }
 
+const char* matmul_path_name(MatmulPath p) {
+  switch (p) {
+    case MatmulPath::Fp32: return "fp32";
+    case MatmulPath::Split: return "split";
+    case MatmulPath::Int8: return "int8";
+    case MatmulPath::Bf16: return "bf16";
+    case MatmulPath::Generic: return "generic";
+    case MatmulPath::Reference: return "reference";
+    default: return "auto";
+  }
+}
+
+bool parse_matmul_path(const char* s, MatmulPath* out) {
+  for (MatmulPath p : {MatmulPath::Auto, MatmulPath::Fp32, MatmulPath::Split, MatmulPath::Int8, MatmulPath::Bf16,
+                       MatmulPath::Generic, MatmulPath::Reference})
+    if (std::strcmp(s, matmul_path_name(p)) == 0) {
+      *out = p;
+      return true;
+    }
+  return false;
+}
+
+MatmulPath select_matmul_path(int64_t M, const CanonicalWeight* canon, const PreparedInt4* prep, MatmulAccuracy accuracy) {
+  const bool fast = prep || (canon && matmul_fast_layout(canon->spec.bits, canon->K, canon->spec.group_size));
+  if (!fast) return active_tier() == Tier::Ref ? MatmulPath::Reference : MatmulPath::Generic;
+  if (!prep && active_tier() == Tier::Ref) return MatmulPath::Reference;
+  if (accuracy == MatmulAccuracy::Int8) return MatmulPath::Int8;
+  const bool split = vnni_available() && M <= QF_MM_SPLIT_MAX_M;
+  if (accuracy == MatmulAccuracy::Bf16 && !split && matmul_bf16_kernels()) return MatmulPath::Bf16;
+  return split ? MatmulPath::Split : MatmulPath::Fp32;
+}
+
 Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, const PreparedInt4* prep,
-                      MatmulAccuracy accuracy) {
+                      MatmulAccuracy accuracy, MatmulPath path, MatmulPath* ran) {
   if (!canon && !prep) return error(Code::InvalidArgument, "Expected a weight but received none");
   const int64_t N = prep ? prep->N : canon->N, K = prep ? prep->K : canon->K;
   Status st;
@@ -308,18 +399,31 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
     return error(Code::ShapeMismatch, "Prepared weight [" + std::to_string(prep->N) + ", " + std::to_string(prep->K) +
                                           "] does not match [" + std::to_string(canon->N) + ", " + std::to_string(canon->K) + "]");
   if (!(st = check_y_x(y, x, M, N, K)).ok()) return st;
+  const bool fast = prep || matmul_fast_layout(canon->spec.bits, K, canon->spec.group_size);
+  if (path == MatmulPath::Auto) path = select_matmul_path(M, canon, prep, accuracy);
+  const std::string name = std::string("path '") + matmul_path_name(path) + "'";
+  const bool prepared_path = path == MatmulPath::Fp32 || path == MatmulPath::Split || path == MatmulPath::Int8 || path == MatmulPath::Bf16;
+  if (prepared_path && !fast)
+    return error(Code::Unsupported, name + " needs INT4 with groupSize a multiple of 8 or one group per row; received bits=" +
+                                        std::to_string(canon->spec.bits) + ", groupSize=" + std::to_string(canon->spec.group_size));
+  if (path == MatmulPath::Split && M > QF_MM_SPLIT_MAX_M)
+    return error(Code::Unsupported, name + " runs up to M=" + std::to_string(QF_MM_SPLIT_MAX_M) + " rows but received M=" + std::to_string(M));
+  if ((path == MatmulPath::Generic || path == MatmulPath::Reference) && !canon)
+    return error(Code::InvalidArgument, name + " reads the canonical weight, but only the prepared one was given");
+  if (ran) *ran = path;
   std::vector<float> wide;
   const float* xf = static_cast<const float*>(x.data);
   if (x.dtype != DType::F32) { wide = widen_x(x); xf = wide.data(); }
   float* yf = static_cast<float*>(y.data);
 
-  const bool ref = active_tier() == Tier::Ref;
-  if (prep) return run_prepared(yf, xf, M, *prep, accuracy);
-  const bool fast = matmul_fast_layout(canon->spec.bits, K, canon->spec.group_size);
-  if (fast && !ref) {
+  if (path == MatmulPath::Bf16 && !matmul_bf16_kernels())
+    return error(Code::Unsupported, name + " needs AVX-512 BF16, which this CPU lacks or the kernel policy masks (" +
+                                        tier_name(active_tier()) + " tier)");
+  if (prepared_path) {
+    if (prep) return run_prepared(yf, xf, M, *prep, path);
     PreparedInt4 tmp;
     if (!(st = prepare_int4(&tmp, *canon)).ok()) return st;
-    return run_prepared(yf, xf, M, tmp, accuracy);
+    return run_prepared(yf, xf, M, tmp, path);
   }
   // canonical paths: the references, or the generic one for other formats
   std::vector<float> s32 = widen_params(canon->scales), z32;
@@ -327,7 +431,7 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
   const float* zp = canon->spec.symmetric ? nullptr : z32.data();
   const uint8_t* codes = static_cast<const uint8_t*>(canon->codes.data);
   const QuantSpec& sp = canon->spec;
-  if (accuracy == MatmulAccuracy::Int8) {
+  if (path == MatmulPath::Reference && accuracy == MatmulAccuracy::Int8) {
     const Int8Activations a = prepare_int8(xf, M, K, K, qf_num_groups(K, sp.group_size), sp.group_size, false);
     parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       dequant_matmul_int8_ref(yf, a.xq.data(), a.xs.data(), M, codes, s32.data(), zp, N, K, sp.bits, sp.group_size,
@@ -335,7 +439,7 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
     });
     return Status::Ok();
   }
-  if (ref) {
+  if (path == MatmulPath::Reference) {
     parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
       dequant_matmul_ref(yf, xf, M, codes, s32.data(), zp, N, K, sp.bits, sp.group_size, sp.symmetric, n0, n1);
     });

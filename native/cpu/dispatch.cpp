@@ -2,9 +2,15 @@
 #include "quantform/dispatch.h"
 
 #include <atomic>
+#include <cerrno>
 #include <cpuid.h>
 #include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "quantform/engine.h"
 #include "quantform/matmul.h"
@@ -47,6 +53,10 @@ CpuFeatures detect() {
     f.avx512bw = (b >> 30) & 1;
     f.avx512vl = (b >> 31) & 1;
     f.avx512vnni = (c >> 11) & 1;
+    f.amx_bf16 = (d >> 22) & 1;
+    f.amx_tile = (d >> 24) & 1;
+    f.amx_int8 = (d >> 25) & 1;
+    if (osxsave) f.os_amx = (read_xcr0() & (3u << 17)) == (3u << 17);  // XTILECFG + XTILEDATA
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512bf16 = (a >> 5) & 1;
   }
@@ -127,6 +137,53 @@ bool vnni_available() {
   return active_tier() == Tier::Avx512 && cpu_features().avx512vnni;
 }
 
+bool bf16_available() { return active_tier() == Tier::Avx512 && cpu_features().avx512bf16; }
+
+namespace {
+
+// Linux hands out the 8 KB of AMX tile state per process on request (kernel >= 5.16):
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). Asked once; the answer is kept.
+std::string request_amx() {
+  const CpuFeatures& f = cpu_features();
+  if (!f.amx_tile || !f.amx_bf16) return "the CPU has no AMX tiles with BF16";
+  if (!f.avx512bf16) return "the CPU has AMX but no AVX-512 BF16 (needed to build the tiles)";
+  if (!f.os_amx) return "the OS does not enable the AMX tile state (XCR0)";
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return std::string("Linux refused the AMX tile permission (arch_prctl: ") + strerror(errno) + ")";
+  return "";
+#else
+  return "AMX is only requested on Linux";
+#endif
+}
+
+const std::string& amx_grant() {
+  static const std::string why = request_amx();
+  return why;
+}
+
+std::atomic<bool>& amx_switch() {
+  static std::atomic<bool> on{[] {
+    const char* env = getenv("QUANTFORM_AMX");
+    return !(env && strcmp(env, "0") == 0);
+  }()};
+  return on;
+}
+
+}  // namespace
+
+bool amx_available() { return bf16_available() && amx_switch().load(std::memory_order_relaxed) && amx_grant().empty(); }
+
+std::string amx_status() {
+  if (!amx_grant().empty()) return amx_grant();
+  if (!amx_switch().load()) return "turned off (setAmx(false) or QUANTFORM_AMX=0)";
+  if (active_tier() != Tier::Avx512) return std::string("the kernel policy is ") + tier_name(active_tier());
+  return "";
+}
+
+void set_amx_enabled(bool on) { amx_switch().store(on, std::memory_order_relaxed); }
+
 const QuantKernels& quant_kernels() {
   return select_kernels(quant_kernels_ref, quant_kernels_avx2, quant_kernels_avx512);
 }
@@ -177,6 +234,17 @@ const ProbeKernels& probe_kernels() {
 
 const MatmulInt8Kernels& matmul_int8_kernels() {
   return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
+}
+
+const MatmulSplitKernels& matmul_split_kernels() {
+  return vnni_available() ? matmul_split_kernels_avx512vnni : matmul_split_kernels_ref;
+}
+
+const MatmulBf16Kernels* matmul_bf16_kernels() {
+  if (active_tier() == Tier::Ref) return &matmul_bf16_kernels_ref;
+  if (amx_available()) return &matmul_bf16_kernels_amx_avx512bf16;
+  if (bf16_available()) return &matmul_bf16_kernels_avx512bf16;
+  return nullptr;
 }
 
 }  // namespace qf

@@ -52,6 +52,7 @@ const TEMPLATES: Record<string, () => Args> = {
   backendInfo: () => [],
   setKernelPolicy: () => ['auto'],
   setThreads: () => [2],
+  setAmx: () => [true],
   quantize: () => [f32(96), 'f32', 6, 16, 4, 8, false, 'f32', false],
   pack: () => [u8(96).map((v) => v % 16), 6, 16, 4, false],
   unpack: () => [u8(48), 6, 16, 4, false],
@@ -61,7 +62,8 @@ const TEMPLATES: Record<string, () => Args> = {
   matmulPrepare: () => [u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false],
   sgemm: () => [f32(48), f32(96), 3, 6, 16, false],
   measureMachine: () => [4096, 1, 0.001, 1, false],
-  matmul: () => [f32(48), 'f32', 3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32', false],
+  matmul: () => [f32(48), 'f32', 3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32', 'auto', false],
+  matmulPath: () => [3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32'],
   faultAlloc: () => [0],
   firstNonFinite: () => [f32(40), 'f32'],
   gptqHessianAccumulate: () => [f32(256), f32(4 * 16), 4, 16, 0, false],
@@ -325,8 +327,8 @@ export async function napiCase(seed: number): Promise<Pick<CaseResult, 'outcome'
     what = `${args.length} random arguments`;
   }
   // matmul's prepared-weight slot: a live handle, a disposed one, or a foreign object
-  if (target === 'matmul' || target === 'matmulUnprepare' || target === 'matmulDispose') {
-    const slot = target === 'matmul' ? 3 : 0;
+  if (target === 'matmul' || target === 'matmulPath' || target === 'matmulUnprepare' || target === 'matmulDispose') {
+    const slot = target === 'matmul' ? 3 : target === 'matmulPath' ? 1 : 0;
     const h = native().matmulPrepare(u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false);
     const pick = rng.int(4);
     if (pick === 1) native().matmulDispose(h);

@@ -14,7 +14,9 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, bmi2 = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false;
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool os_ymm = false, os_zmm = false;  // XCR0 says the OS saves YMM / ZMM state
+  bool os_amx = false;                  // XCR0 enables the tile config and tile data state
   std::string vendor, brand;
 };
 
@@ -27,6 +29,14 @@ bool parse_tier(const std::string& s, Tier* out);
 // Forces `t` (must be supported) or, with reset == true, returns to the best tier.
 bool set_kernel_policy(Tier t);
 bool vnni_available();             // AVX-512 VNNI usable and not masked by policy
+bool bf16_available();             // AVX-512 BF16 usable and not masked by policy
+// AMX tiles with BF16 usable: the CPU has them, the OS saves their state, Linux granted this
+// process the tile data permission (asked once, on first call), the policy is the avx512 tier and
+// set_amx_enabled(false) / QUANTFORM_AMX=0 did not turn them off.
+bool amx_available();
+// Why AMX is not used ("" when it is): for backendInfo.
+std::string amx_status();
+void set_amx_enabled(bool on);
 
 // Picks the table for the active tier. Tables of tiers the CPU lacks are never
 // returned, so their code never runs.

@@ -407,6 +407,9 @@ struct BlockDesc {
   TeqScales teq;
   bool rtn = false;  // RTN fake quant of every linear's effective weight, recomputed per call
   QuantSpec rtn_spec{4, 128, false, true};
+  // Accuracy of the quantized linears' dequant-matmul (matmul_ops.h): int8 / bf16 trade a
+  // measured error for prefill speed.
+  MatmulAccuracy accuracy = MatmulAccuracy::F32;
   LearnedFakeQuant learned_fq;  // EfficientQAT (slot)
   FptTransforms fpt;            // FPTQuant (slot)
 };

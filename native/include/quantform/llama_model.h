@@ -28,6 +28,8 @@ struct LlamaConfig {
   int64_t max_seq = 0;     // S: RoPE table and KV cache capacity
   float norm_eps = 1e-5f;
   std::vector<float> inv_freq;  // (hd/2) rope_theta and rope_scaling applied
+  // every quantized linear's dequant-matmul accuracy (the LM head's too)
+  MatmulAccuracy accuracy = MatmulAccuracy::F32;
 };
 
 // Every linear layer is one of these: a weight (out, in) applied as x @ w^T.

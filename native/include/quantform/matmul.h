@@ -26,6 +26,25 @@
 // with the inner sums exact in int32 (vpdpbusd: u8 codes x s8 activations).
 // xq rows are stored with each chunk of 8 permuted as x0 x2 x4 x6 x1 x3 x5 x7:
 // low nibbles of a code word are the even k, high nibbles the odd k.
+//
+// Split accuracy (fp32-class on VNNI, native/cpu/avx512vnni/matmul_split.cpp): x is cut into
+// blocks of bc chunks (8 k each, a block never straddles a weight group) and each block is
+// written in 24-bit fixed point, x ~ sx * xi with sx = max|x| / 8355711 and
+// xi = rint(x * (8355711 / max|x|)) in [-8355711, 8355711], as three balanced base-256
+// digits xi = 65536 h + 256 m + l (h, m, l in [-128, 127]). The int8 kernel's vpdpbusd then
+// gives each digit's sum with the codes exactly; per block and output row
+//   v = fma(float((ih << 8) + im), 256, float(il))      (|(ih << 8) + im| < 2^24: exact)
+//   v -= z * xsum  (asymmetric; symmetric starts each digit's sum at -8 sum(digit) instead)
+//   acc_g = v * sx (first block of group g), else fma(v, sx, acc_g);  y = fma(acc_g, s, y)
+// The representation error is below 2^-24 max|x| per element and the sums are exact, so the
+// result is as close to the exact product as an fp32 FMA loop gets, with 9 vector ops per
+// 64-byte line of codes instead of the fp32 decode's 24.
+//
+// bf16 accuracy (prefill, native/cpu/avx512bf16): W is dequantized to bf16 panels,
+// w = bf16(fma(q, s, -s z)), and x rounded to bf16 (both to nearest even); the products
+// are exact in fp32 and accumulate in fp32: AMX tiles (TDPBF16PS, 16 x 16 outputs x 32 k
+// per instruction) where the CPU and the OS allow them, else AVX-512 BF16 dot products
+// (vdpbf16ps, two products per fp32 lane), about 3.4x and 2x the fp32 FMA rate.
 #pragma once
 #include <cstdint>
 
@@ -67,6 +86,52 @@ struct MatmulInt8Kernels {
                       const PackedInt4View& w, int64_t t0, int64_t t1, uint8_t* scratch);
 };
 
+// Split activations (layout above).
+//   xd    int8  (M, KP/8, 3, 8): chunk c of row m holds its h, m, l digits, 8 each, in the
+//                permuted order of the int8 path (even k, then odd k)
+//   sx    f32   (M, NB)     block step, NaN when the block holds a non-finite value
+//   zs    int32 (M, NB, 3)  -8 * the sum of each digit over the block (symmetric start)
+//   xsum  f32   (M, NB)     fp32(65536 Sh + 256 Sm + Sl), the block's sum in units of sx
+// NB = ceil(KP / (8 bc)); bc = 4 for one group per row, else gcd(group_size / 8, 4).
+struct SplitX {
+  const int8_t* xd;
+  const float* sx;
+  const int32_t* zs;
+  const float* xsum;
+  int64_t bc, NB;
+};
+constexpr int32_t QF_SPLIT_MAX = 8355711;  // 127 * (65536 + 256 + 1): three balanced digits
+
+struct MatmulSplitKernels {
+  // Splits x (M, K) f32 into the buffers of SplitX (xd zero-padded to KP).
+  void (*split_x)(int8_t* xd, float* sx, int32_t* zs, float* xsum, const float* x, int64_t M, int64_t K,
+                  int64_t KP, int64_t bc);
+  // y (M, N), tiles [t0, t1), from split activations; M <= QF_MM_SPLIT_MAX_M.
+  void (*matmul_split)(float* y, const SplitX& x, int64_t M, const PackedInt4View& w, int64_t t0, int64_t t1);
+};
+// Up to this many rows of x the split kernel decodes weights in registers, rows in blocks of 4.
+constexpr int64_t QF_MM_SPLIT_MAX_M = 16;
+
+// bf16 layouts.
+//   xb     bf16 (MP, KSP): x rounded, MP = M rounded up to 32, KSP = KS * 32, KS = ceil(KP / 32)
+//          k-steps; padding rows and columns are 0
+//   panel  bf16 (KS, 2, 16, 16, 2) per pair of tiles: [k-step s][tile h][pair row r][column n][j]
+//          = w(n = 16 (t + h) + n, k = 32 s + 2 r + j); each (s, h) block is one 1 KB AMX B tile
+//          (16 rows of 64 bytes); columns past NP and k past KP are 0
+constexpr int64_t QF_BF16_KSTEP = 32;
+inline int64_t bf16_panel_elems(int64_t KP) { return (KP + QF_BF16_KSTEP - 1) / QF_BF16_KSTEP * 2 * 16 * 32; }
+
+struct MatmulBf16Kernels {
+  // xb (MP, KSP) = bf16(x (M, K)), zero padded.
+  void (*round_x)(uint16_t* xb, const float* x, int64_t M, int64_t MP, int64_t K, int64_t KSP);
+  // panel of tiles t, t + 1 (the second may be past NP: zeros).
+  void (*build_panel)(uint16_t* panel, const PackedInt4View& w, int64_t t);
+  // y (M, N) row stride N, columns [n0, n0 + 32 np) clipped to N = xb (MP, KSP) . panels^T for np
+  // consecutive panels; cbuf: 32 x 32 floats of scratch.
+  void (*gemm_panels)(float* y, int64_t N, int64_t n0, const uint16_t* xb, int64_t M, int64_t KSP, const uint16_t* panels,
+                      int64_t np, float* cbuf);
+};
+
 // Scratch per thread, in floats (f32) or bytes (int8): one decoded panel of
 // 32 output rows over the whole of KP.
 inline int64_t matmul_scratch_floats(int64_t KP) { return KP * 32 + 64; }
@@ -78,8 +143,19 @@ extern const MatmulKernels matmul_kernels_avx512;
 extern const MatmulInt8Kernels matmul_int8_kernels_ref;
 extern const MatmulInt8Kernels matmul_int8_kernels_avx512vnni;
 
-const MatmulKernels& matmul_kernels();          // the active tier's table
-const MatmulInt8Kernels& matmul_int8_kernels();  // VNNI when vnni_available(), else ref
+extern const MatmulSplitKernels matmul_split_kernels_ref;
+extern const MatmulSplitKernels matmul_split_kernels_avx512vnni;
+extern const MatmulBf16Kernels matmul_bf16_kernels_ref;
+// gemm_panels on AVX-512 BF16 dot products; the AMX table shares round_x and build_panel.
+extern const MatmulBf16Kernels matmul_bf16_kernels_avx512bf16;
+extern const MatmulBf16Kernels matmul_bf16_kernels_amx_avx512bf16;
+
+const MatmulKernels& matmul_kernels();            // the active tier's table
+const MatmulInt8Kernels& matmul_int8_kernels();    // VNNI when vnni_available(), else ref
+const MatmulSplitKernels& matmul_split_kernels();  // VNNI when vnni_available(), else ref
+// AMX when amx_available(), else AVX-512 BF16 when bf16_available(), else null (no bf16 path);
+// the ref tier's table under the ref policy.
+const MatmulBf16Kernels* matmul_bf16_kernels();
 
 // Canonical-format references (any bits, any group size): the definition of correct.
 // y (M, N); x (M, K) f32; codes (N, row_bytes); scales, zeros (N, G) f32 (zeros

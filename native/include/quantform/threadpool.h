@@ -16,5 +16,12 @@ void set_num_threads(int n);
 // job stops chunks not yet started, and parallel_for rethrows it on the calling
 // thread after the running chunks end. Nothing escapes a worker thread.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+// fn(thread, begin, end): thread in [0, num_threads()) is the pool thread running the
+// chunk (the caller is 0), for per-thread scratch.
+using ChunkFn = std::function<void(int, int64_t, int64_t)>;
+// Like parallel_for with up to max_chunks chunks (more than threads balances a
+// machine where another process takes a core: threads claim chunks as they come).
+// Which items form chunk c does not depend on which thread runs it.
+void parallel_chunks(int64_t n, int64_t grain, int64_t max_chunks, const ChunkFn& fn);
 
 }  // namespace qf

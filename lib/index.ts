@@ -32,10 +32,16 @@ export {
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
 export {
-  quantizeModel, dequantizedModel, quantizeCheckpointRtn, quantizedCheckpoint, memoryNeed,
-  type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks, type MemoryNeed,
+  quantizeModel, quantizeCheckpoint, quantizePlan, dequantizedModel, quantizeCheckpointRtn, quantizedCheckpoint, rtnCheckpoint,
+  type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks,
 } from './methods/quantize-model.js';
-export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
+export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodRun, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
+export { checkpointBlocks, modelBlocks, type BlockSource, type FrozenDType } from './engine/block-source.js';
+export {
+  planBlockPass, runBlockPass, NO_ACTIVATIONS, type ActivationNeeds, type BlockMethod, type BlockPassOptions, type BlockPassPlan, type BlockResult,
+  type BlockSink, type MemoryItem, type PipelineBlock,
+} from './engine/pipeline.js';
+export { EndToEnd, type E2EStep, type EndToEndOptions, type EndToEndPlan, type FrozenBlock } from './engine/end-to-end.js';
 export { mergeTeqScales } from './methods/teq.js';
 export { TrainableLlama, blockLayout, type LlamaShape, type BlockQuant } from './engine/llama.js';
 export { AdamW, learningRate, type AdamWOptions, type ScheduleKind, type ScheduleOptions } from './engine/optim.js';

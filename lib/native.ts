@@ -287,6 +287,9 @@ export interface NativeBinding {
   dequantize(codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean, outDtype: NativeDType,
     async: true, out?: FloatArray | null): Promise<FloatArray>;
+  /** canonical codes + f16 (N, G) params -> GPTQ qweight, qzeros, scales (G, N) into caller-owned arrays */
+  gptqPack(qweight: Int32Array, qzeros: Int32Array, scalesOut: Uint16Array, codes: Uint8Array, scales: Uint16Array, zeros: Uint16Array | null,
+    N: number, K: number, bits: number, groupSize: number, symmetric: boolean, v1: boolean, async: false): void;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
     bits: number, groupSize: number, symmetric: boolean, async: false): Float32Array;
   fakeQuantForward(w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,

@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { dequantizeGptq, fromGptq, packGptq, toGptq } from '../lib/export/gptq.js';
+import { dequantizeGptq, fromGptq, packGptq, toGptq, toGptqRef } from '../lib/export/gptq.js';
+import { native } from '../lib/native.js';
 import { f16ToF32, f32ToF16 } from '../lib/io/half.js';
 import { readSafetensors, writeSafetensors, type SafeTensor } from '../lib/io/safetensors.js';
 import { Tensor, dequantize, quantize, unpack, type Bits } from '../lib/index.js';
@@ -21,6 +22,38 @@ function randW(N: number, K: number, seed: number): Tensor {
 }
 
 describe('GPTQ packing', () => {
+  it('the native packing (a transpose of words) equals the TS bit loops on awkward shapes, every width, both formats', () => {
+    let cases = 0;
+    for (const bits of [2, 3, 4, 8] as Bits[])
+      for (const [N, K] of [[1, 8], [3, 9], [7, 31], [65, 172], [130, 256], [33, 300]])
+        for (const gs of [8, 32, 1 << 20])
+          for (const sym of [false, true])
+            for (const fmt of ['gptq', 'gptq_v2'] as const) {
+              if (bits === 8 && fmt === 'gptq') continue;
+              const q = quantize(randW(N, K, N * 31 + K + bits), { bits, groupSize: Math.min(gs, K), symmetric: sym, paramDtype: 'f16' });
+              const a = toGptq(q, fmt), b = toGptqRef(q, fmt);
+              const what = `${bits}-bit [${N}, ${K}] g${Math.min(gs, K)} ${sym ? 'sym' : 'asym'} ${fmt}`;
+              expect([a.qweightShape, a.qzerosShape, a.scalesShape], what).toEqual([b.qweightShape, b.qzerosShape, b.scalesShape]);
+              expect(Buffer.from(a.qweight.buffer).equals(Buffer.from(b.qweight.buffer)), `${what} qweight`).toBe(true);
+              expect(Buffer.from(a.qzeros.buffer).equals(Buffer.from(b.qzeros.buffer)), `${what} qzeros`).toBe(true);
+              expect(Buffer.from(a.scales.buffer).equals(Buffer.from(b.scales.buffer)), `${what} scales`).toBe(true);
+              expect(Array.from(a.gIdx), `${what} g_idx`).toEqual(Array.from(b.gIdx));
+              cases++;
+            }
+    expect(cases).toBe(4 * 6 * 3 * 2 * 2 - 6 * 3 * 2);
+  });
+
+  it('the native packing re-checks what it is handed: lengths, zero points, 8-bit v1', () => {
+    const q = quantize(randW(4, 32, 5), { bits: 4, groupSize: 16, paramDtype: 'f16' });
+    const call = (over: Partial<{ qw: Int32Array; zeros: Uint16Array; bits: number; v1: boolean }>) =>
+      native().gptqPack(over.qw ?? new Int32Array(16), new Int32Array(2), new Uint16Array(8), q.codes, q.scales as Uint16Array, over.zeros ?? (q.zeros as Uint16Array),
+        4, 32, over.bits ?? 4, 16, false, over.v1 ?? false, false);
+    expect(() => call({})).not.toThrow();
+    expect(() => call({ qw: new Int32Array(15) })).toThrow(/Expected 16 elements for qweight but received 15/);
+    expect(() => call({ zeros: Uint16Array.from(q.zeros as Uint16Array, (z, i) => (i === 3 ? f32ToF16(2.5) : z)) })).toThrow(/Expected integer zero points in \[0, 15\] but zeros\[3\] is 2\.5/);
+    expect(() => call({ zeros: new Uint16Array(7) })).toThrow(/Expected 8 elements for zeros but received 7/);
+  });
+
   for (const bits of [2, 3, 4, 8] as Bits[]) {
     it(`${bits}-bit qweight columns are the little-endian words of formats.h rows`, () => {
       const N = 5, K = 64;

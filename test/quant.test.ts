@@ -134,6 +134,25 @@ describe('dtypes', () => {
     }
   });
 
+  it('half weights widen a few rows at a time inside the parallel chunks: the same codes as their f32 values, the NaN row named', () => {
+    // K = 4097: three rows per widened chunk, chunks and pool splits that do not line up
+    const N = 37, K = 4097;
+    let s = 7;
+    const f = Float32Array.from({ length: N * K }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 3);
+    const bf = Uint16Array.from(f, (v) => new Uint32Array(new Float32Array([v]).buffer)[0] >>> 16);
+    const wide = Float32Array.from(bf, (h) => new Float32Array(new Uint32Array([h << 16]).buffer)[0]);
+    for (const symmetric of [false, true]) {
+      const opts = { bits: 4 as const, groupSize: 128, symmetric, paramDtype: 'f16' as const };
+      const a = quantize(new Tensor(bf, [N, K], 'bf16'), opts), b = quantize(new Tensor(wide, [N, K]), opts);
+      expect(Buffer.from(a.codes).equals(Buffer.from(b.codes))).toBe(true);
+      expect(Buffer.from(a.scales.buffer).equals(Buffer.from(b.scales.buffer))).toBe(true);
+      if (!symmetric) expect(Buffer.from(a.zeros!.buffer).equals(Buffer.from(b.zeros!.buffer))).toBe(true);
+    }
+    const bad = bf.slice();
+    bad[29 * K + 4000] = 0x7fc0;  // bf16 NaN
+    expect(() => quantize(new Tensor(bad, [N, K], 'bf16'), { bits: 4, groupSize: 128 })).toThrow(/row 29 holds NaN or Inf/);
+  });
+
   it('dequantizes to bf16 and f16 with round-to-nearest-even', () => {
     const q = quantize(Tensor.fromArray([1, -1, 0.5, 0.3], [1, 4]), { bits: 8, groupSize: 4, symmetric: true });
     const f32 = dequantize(q).data as Float32Array;

@@ -5,17 +5,19 @@
 // bit-identical codes, scales and zeros. RTN streams into sharded output that
 // loads back; an interrupted or refused run leaves nothing behind.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, loadModel, openCheckpoint } from '../lib/index.js';
+import { ByteTokenizer, Model, QuantformError, SyntheticCheckpoint, loadModel, openCheckpoint, type Checkpoint } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
 import { TrainableLlama } from '../lib/engine/llama.js';
 import { SYNTHETIC_MODEL } from '../lib/cli/demo.js';
 import { quantizeCheckpointRtn } from '../lib/methods/quantize-model.js';
 import { SafetensorsCheckpointFiles } from '../lib/io/safetensors.js';
 import { readRaw } from '../lib/io/tensors.js';
+import { checkpointBlocks } from '../lib/engine/block-source.js';
+import { bf16Bits, bf16Value, f16Bits, f16Value, writeHfDir } from './helpers/writers.js';
 import '../lib/methods/index.js';
 
 const cli = path.join(packageRoot(), 'dist', 'cli.js');
@@ -92,7 +94,9 @@ describe.skipIf(!haveCli)('quantform quantize without --model: the bundled stori
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/--max-memory 0\.0001 GB is too small for one block of .*stories260K: RTN holds one tensor at a time; the largest, embed \[512, 64\], needs 0\.3 MB/);
     const t = spawnSync(process.execPath, [cli, 'quantize', '--max-memory', '0.001', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
-    expect(t.stderr).toMatch(/--max-memory 0\.001 GB is too small for one block of .*: teq holds the whole model in fp32 \(0\.3M parameters/);
+    expect(t.stderr).toMatch(/--max-memory 0\.001 GB is too small for the end-to-end stage of .*stories260K: teq \(end-to-end loss\) holds the fp32 embedding .*one block's saved activations \(7\.1 MB\).*: 10\.6 MB in all/);
+    const b = spawnSync(process.execPath, [cli, 'quantize', '--loss', 'block', '--max-memory', '0.005', '--out', path.join(tmp, 'nomem')], { encoding: 'utf8' });
+    expect(b.stderr).toMatch(/--max-memory 0\.005 GB is too small for one block of .*stories260K: teq \(block loss\) holds the block's fp32 weights \(0\.2 MB\), .*: 11\.3 MB in all/);
     expect(existsSync(path.join(tmp, 'nomem'))).toBe(false);
     expect(leftovers(tmp)).toEqual([]);
   });
@@ -175,6 +179,65 @@ describe('streaming RTN output', () => {
     const ac = new AbortController();
     await expect(quantizeCheckpointRtn(ck(), out, { bits: 4 }, { signal: ac.signal, onProgress: (e) => { if (e.step === 5) ac.abort(); } }))
       .rejects.toMatchObject({ code: 'QF_ABORTED', message: expect.stringMatching(/interrupted after 5 of \d+ tensors; nothing was written/) });
+    expect(existsSync(out)).toBe(false);
+    expect(leftovers(tmp)).toEqual([]);
+  });
+
+  // RTN reads BF16 / F16 linears as their stored bits (the next one on a libuv worker while
+  // this one is quantized) and quantizes them without an fp32 copy; an F32 checkpoint of the
+  // same widened values goes through the fp32 reader and kernel, an independent path
+  const halfDir = (dt: 'BF16' | 'F16') => {
+    const dir = path.join(tmp, `half-${dt}`);
+    if (!existsSync(dir)) {
+      mkdirSync(dir);
+      const c = ck();
+      writeHfDir(dir, c.config, (n) => c.weight(n), dt);
+    }
+    return dir;
+  };
+  const quantized = (dir: string) => {
+    const st = SafetensorsCheckpointFiles.dir(dir);
+    const m = new Map([...st.tensors.values()].map((t) => [t.name, readRaw(t)]));
+    st.close();
+    return m;
+  };
+  for (const [dt, bits, value] of [['BF16', bf16Bits, bf16Value], ['F16', f16Bits, f16Value]] as const)
+    it(`${dt} linears quantize from their stored bits to what the fp32 path gives on the widened values`, async () => {
+      const c = ck(), f32 = path.join(tmp, `widened-${dt}`);
+      mkdirSync(f32);
+      writeHfDir(f32, c.config, (n) => Float32Array.from(c.weight(n), (x) => value(bits(x))), 'F32');
+      const cks: Checkpoint[] = [openCheckpoint(halfDir(dt)), openCheckpoint(f32)];
+      expect(cks.map((k) => checkpointBlocks(k).halfLinears)).toEqual([true, false]);
+      const reports = [];
+      for (const [i, k] of cks.entries()) {
+        const r = await quantizeCheckpointRtn(k, path.join(tmp, `rtn-${dt}-${i}`), { bits: 4, groupSize: 32 });
+        // the I/O the run waited for is a part of its time (bench scale prints read, write and compute)
+        expect(r.readSeconds).toBeGreaterThan(0);
+        expect(r.writeSeconds).toBeGreaterThan(0);
+        expect(r.readSeconds + r.writeSeconds).toBeLessThan(r.totalSeconds + 1);
+        reports.push(r.linears);
+        k.close();
+      }
+      const [a, b] = [0, 1].map((i) => quantized(path.join(tmp, `rtn-${dt}-${i}`)));
+      const linears = [...b.keys()].filter((n) => /\.(qweight|qzeros|scales)$/.test(n));
+      expect(linears.length).toBe(3 * 7 * 3);
+      for (const n of linears) expect(a.get(n)?.equals(b.get(n)!), n).toBe(true);
+      expect(reports[0]).toEqual(reports[1]);
+    });
+
+  it('a shard truncated after it was opened fails the read in flight: a clear error, nothing written', async () => {
+    const src = path.join(tmp, 'half-trunc');
+    mkdirSync(src);
+    const c = ck();
+    writeHfDir(src, c.config, (n) => c.weight(n), 'BF16');
+    const k = openCheckpoint(src);
+    const file = path.join(src, 'model.safetensors');
+    truncateSync(file, Math.floor(statSync(file).size * 0.6));
+    const out = path.join(tmp, 'st-trunc');
+    await expect(quantizeCheckpointRtn(k, out, { bits: 4 })).rejects.toMatchObject({
+      code: 'QF_CORRUPT_FILE', message: expect.stringMatching(/model\.safetensors: unexpected end of file reading tensor 'model\.layers\.\d\.\S+'/),
+    });
+    k.close();
     expect(existsSync(out)).toBe(false);
     expect(leftovers(tmp)).toEqual([]);
   });

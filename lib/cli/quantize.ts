@@ -12,14 +12,11 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { calibrationFromText, type CalibrationSet } from '../engine/calib.js';
-import { TrainableLlama } from '../engine/llama.js';
 import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
-import { saveGptq, tokenizerDirOf, type SaveOptions } from '../export/save.js';
-import { methodNames, type ProgressEvent } from '../methods/index.js';
-import {
-  memoryNeed, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
-} from '../methods/quantize-model.js';
+import { tokenizerDirOf, type SaveOptions } from '../export/save.js';
+import { getMethod, methodNames, type ProgressEvent } from '../methods/index.js';
+import { quantizeCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { Model, loadModel, openCheckpoint } from '../model/model.js';
 import { SyntheticCheckpoint } from '../model/synthetic.js';
@@ -57,6 +54,8 @@ interface QuantizeCliOpts {
   evalText?: string;
   evalTokens?: number;
   maxMemory?: number;
+  actDtype: 'f32' | 'bf16';
+  frozenDtype?: 'f32' | 'bf16';
   shardSize: number;
   format?: string;
   damp?: number;
@@ -167,7 +166,9 @@ export function registerQuantize(program: Command): void {
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
-    .option('--max-memory <GB>', 'memory quantization may use (default: what the OS reports available)', numberOption)
+    .option('--max-memory <GB>', 'memory quantization may use: one block, its working state, and the calibration activations in RAM (the rest spill to a temp file); default: what the OS reports available', numberOption)
+    .option('--act-dtype <f32|bf16>', 'storage of the calibration activations (bf16: half the memory, rounded)', 'f32')
+    .option('--frozen-dtype <f32|bf16>', 'end-to-end losses: frozen block weights (default: bf16 for BF16 checkpoints, else f32)')
     .option('--shard-size <GB>', 'split the output safetensors into shards of at most this size', numberOption, 5)
     .option('--format <gguf|onnx>', 'also export the saved checkpoint (quantform export) next to --out: <out>.gguf or <out>-onnx/')
     .action(async (o: QuantizeCliOpts, cmd: Command) => {
@@ -187,64 +188,53 @@ export function registerQuantize(program: Command): void {
       if (!(o.shardSize > 0)) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --shard-size but received ${o.shardSize}`);
       const ck: Checkpoint = synthetic ? new SyntheticCheckpoint(SYNTHETIC_MODEL) : openCheckpoint(source, { tokenizer: o.tokenizer });
       try {
-        const maxMemory = o.maxMemory !== undefined ? o.maxMemory * 1e9 : os.freemem();
-        if (!(maxMemory > 0)) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --max-memory but received ${o.maxMemory}`);
-        const need = memoryNeed(ck.config, o.method, { samples: o.samples, seqLen: o.seqLen, batchSize: o.batchSize });
-        if (need.bytes > maxMemory)
-          throw new QuantformError('QF_INVALID_ARGUMENT',
-            `${o.maxMemory !== undefined ? `--max-memory ${o.maxMemory} GB` : `The ${(maxMemory / 1e9).toFixed(2)} GB of available memory`} is too small for one block of ${source}: ${need.what}`);
+        if (o.maxMemory !== undefined && !(o.maxMemory > 0))
+          throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --max-memory but received ${o.maxMemory}`);
+        const maxMemoryBytes = o.maxMemory !== undefined ? o.maxMemory * 1e9 : os.freemem();
+        const budgetLabel = o.maxMemory !== undefined ? `--max-memory ${o.maxMemory} GB` : `The ${(maxMemoryBytes / 1e9).toFixed(2)} GB of available memory`;
+        for (const [flag, v] of [['--act-dtype', o.actDtype], ['--frozen-dtype', o.frozenDtype]] as const)
+          if (v !== undefined && v !== 'f32' && v !== 'bf16') throw new QuantformError('QF_INVALID_ARGUMENT', `Expected f32 or bf16 for ${flag} but received '${v}'`);
+        const method = getMethod(o.method);
         if (defaultJob)
           console.log(`no --model: ${o.method} W${o.bits} g${o.groupSize}${o.sym ? ' sym' : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
             'calibration TinyStories stories 201-400, evaluation on held-out stories 1-64; pass --model PATH for your own checkpoint');
         const tokenizer = await ck.tokenizer();
         const save: SaveOptions = { tokenizerDir: tokenizerDirOf(ck), tokenizer, maxShardBytes: o.shardSize * 1e9 };
         const evaluation = evalSpec(o, defaultJob);
+        if (method.needsCalibration && o.seqLen > ck.config.maxSeq)
+          throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${ck.config.maxSeq} (the model's context) but received ${o.seqLen}`);
+        const calibration = method.needsCalibration ? calibrationOf(o, defaultJob, synthetic, tokenizer) : undefined;
+        const ckpt = `${out}.ckpt.safetensors`;
+        const trains = method.needsCalibration;
+        if (trains && !o.resume && existsSync(ckpt))
+          throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
+        // a run killed before its first checkpoint left nothing to resume: it starts over
+        const resume = trains && o.resume === true && existsSync(ckpt);
+        if (trains && o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
         const abort = new AbortController();
         const onSigint = () => {
-          process.stderr.write(o.method === 'rtn' ? '\nCtrl-C: stopping; nothing is written...\n' : '\nCtrl-C: saving a checkpoint after this step...\n');
+          process.stderr.write(trains ? '\nCtrl-C: saving a checkpoint after this step...\n' : '\nCtrl-C: stopping; nothing is written...\n');
           abort.abort();
         };
         process.on('SIGINT', onSigint);
         const bar = progressBar(o.loss === 'block');
-        const ckpt = `${out}.ckpt.safetensors`;
+        const opts: QuantizeModelOptions = {
+          method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
+          batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
+          gptq: { damp: o.damp, paramsFrom: o.gptqParams }, maxMemoryBytes, activationDtype: o.actDtype, frozenDtype: o.frozenDtype,
+        };
         let report: QuantizeReport;
-        let rtnInMemory: Model | null = null;
         try {
-          if (o.method === 'rtn') {
-            report = await quantizeCheckpointRtn(ck, out, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true },
-              { signal: abort.signal, onProgress: bar.onProgress, save });
-          } else {
-            if (o.seqLen > ck.config.maxSeq)
-              throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${ck.config.maxSeq} (the model's context) but received ${o.seqLen}`);
-            const calibration = calibrationOf(o, defaultJob, synthetic, tokenizer);
-            if (!o.resume && existsSync(ckpt))
-              throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
-            // a run killed before its first checkpoint left nothing to resume: it starts over
-            const resume = o.resume === true && existsSync(ckpt);
-            if (o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
-            const model = TrainableLlama.fromCheckpoint(ck);
-            const opts: QuantizeModelOptions = {
-              method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
-              batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
-              gptq: { damp: o.damp, paramsFrom: o.gptqParams },
-            };
-            const q = await quantizeModel(model, opts, {
-              signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume, onProgress: bar.onProgress,
-            });
-            bar.stop();
-            saveGptq(q, out, save);
-            rmSync(ckpt, { force: true });
-            report = q.report;
-            if (evaluation) {
-              // the baseline the method is measured against: plain RTN of the same weights, in memory
-              const rtn = await quantizeModel(model, { method: 'rtn', bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
-              rtnInMemory = new Model(quantizedCheckpoint(rtn, tokenizer), tokenizer);
-            }
-          }
+          report = await quantizeCheckpoint(ck, out, opts, {
+            signal: abort.signal, onProgress: bar.onProgress, save, budgetLabel,
+            ...(trains ? { checkpoint: { path: ckpt, every: o.checkpointEvery }, resume } : {}),
+          });
+          bar.stop();
+          rmSync(ckpt, { force: true });
         } catch (e) {
           bar.stop();
           if (e instanceof QuantformError && e.code === 'QF_ABORTED') {
-            console.error(o.method === 'rtn' ? `${e.message}.` : `${e.message}: ${ckpt}. Continue with the same command and --resume.`);
+            console.error(trains ? `${e.message}: ${ckpt}. Continue with the same command and --resume.` : `${e.message}.`);
             process.exitCode = 130;
             return;
           }
@@ -254,7 +244,9 @@ export function registerQuantize(program: Command): void {
           process.off('SIGINT', onSigint);
         }
         printReport(report, t0, out);
-        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtnInMemory, out, report.method);
+        // the baseline the method is measured against: plain RTN of the same weights, quantized as the runtime loads them
+        const rtn = evaluation && o.method !== 'rtn' ? new Model(rtnCheckpoint(ck, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true }), tokenizer) : null;
+        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method);
         console.log(`saved ${out}`);
       } finally {
         ck.close();

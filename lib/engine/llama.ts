@@ -8,7 +8,7 @@ import { fromNative, invalidParameter, need, QuantformError } from '../errors.js
 import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, invFreq as modelInvFreq, needConfig, weightShape } from '../model/config.js';
+import { hfConfigFromLlama, invFreq as modelInvFreq, needConfig, weightShape, type LlamaConfig } from '../model/config.js';
 import { checkFinite } from '../ops/finite.js';
 
 export interface LlamaShape {
@@ -44,7 +44,7 @@ export function blockConfigOf(s: LlamaShape, B: number, T: number, quant?: Block
 export const LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEARS)[number];
 /** The runtime's names of the same linears (lib/model/config.ts). */
-const RUNTIME_LINEAR: Record<LinearName, string> = {
+export const RUNTIME_LINEAR: Record<LinearName, string> = {
   q_proj: 'wq', k_proj: 'wk', v_proj: 'wv', o_proj: 'wo', gate_proj: 'w_gate', up_proj: 'w_up', down_proj: 'w_down',
 };
 
@@ -220,11 +220,7 @@ export class TrainableLlama {
     need.func(ck.weight, 'checkpoint.weight');
     needConfig(ck.config, 'checkpoint.config');
     const c = ck.config;
-    // the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs
-    const shape: LlamaShape = {
-      hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
-      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
-    };
+    const shape = shapeOfConfig(c);
     const hf = ck.hfConfig ?? hfConfigFromLlama(c);
     // every weight, whatever the format, passes the one NaN/Inf check before training sees it
     const weight = (name: string): Float32Array => {
@@ -244,4 +240,12 @@ export class TrainableLlama {
     }
     return new TrainableLlama(shape, embed, weight('final_norm'), shape.tied ? embed : weight('lm_head'), blocks, hf);
   }
+}
+
+/** The training shape of a runtime config (RoPE tables from inv_freq, so Llama 3 rope_scaling trains as it runs). */
+export function shapeOfConfig(c: LlamaConfig): LlamaShape {
+  return {
+    hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
+    vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
+  };
 }

@@ -22,7 +22,8 @@
 // words and reads them back (stories260K's K = 172), but only quantform loads
 // those. Checked against an independent re-implementation of the tools' pack and
 // unpack logic: scripts/gptq_pack_oracle.py, test/gptq-pack.test.ts.
-import { QuantformError, invalidParameter, is, need } from '../errors.js';
+import { fromNative, QuantformError, invalidParameter, is, need } from '../errors.js';
+import { native } from '../native.js';
 import { pack, QuantizedTensor, unpack, type Bits } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 
@@ -135,19 +136,6 @@ function transposeWords(dst: Int32Array, src: Int32Array, R: number, C: number):
   }
 }
 
-/**
- * The codes of formats.h as 32-bit words (N, K b / 32) when every row is a whole
- * number of words: then a row's words are exactly its GPTQ qweight column, and
- * packing is a transpose instead of a loop over every code. Null otherwise.
- */
-function rowWords(codes: Uint8Array, N: number, K: number, bits: Bits): Int32Array | null {
-  if ((K * bits) % 32 !== 0 || codes.length !== (N * K * bits) / 8) return null;
-  if (codes.byteOffset % 4 === 0) return new Int32Array(codes.buffer, codes.byteOffset, codes.length / 4);
-  const copy = new Uint8Array(codes.length);
-  copy.set(codes);
-  return new Int32Array(copy.buffer);
-}
-
 /** GPTQ tensors -> fp32 weight (N, K). */
 export function dequantizeGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array },
   N: number, K: number, bits: Bits, format: GptqFormat): Float32Array {
@@ -225,7 +213,10 @@ export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: U
   return new QuantizedTensor(codes, scales, symmetric ? null : zeros, [N, K], bits, groupSize, symmetric, 'f16');
 }
 
-/** A quantform QuantizedTensor with f16 parameters -> GPTQ tensors. */
+/**
+ * A quantform QuantizedTensor with f16 parameters -> GPTQ tensors, natively: a
+ * transpose of words (native/common/gptq_pack.cpp), bit-exact with packGptq.
+ */
 export function toGptq(q: QuantizedTensor, format: GptqFormat): GptqLinear {
   need.instance(q, QuantizedTensor, 'q');
   if (!is.oneOf(format, ['gptq', 'gptq_v2'] as const)) throw invalidParameter("'gptq' or 'gptq_v2'", 'format', format);
@@ -233,14 +224,24 @@ export function toGptq(q: QuantizedTensor, format: GptqFormat): GptqLinear {
   if (q.bits === 8 && format === 'gptq') throw new QuantformError('QF_UNSUPPORTED', '8-bit v1 zero points overflow: use gptq_v2');
   const [N, K] = q.shape;
   const G = q.numGroups;
+  const W = Math.ceil((K * q.bits) / 32), zcols = Math.ceil((N * q.bits) / 32);
+  const qweight = new Int32Array(W * N), qzeros = new Int32Array(G * zcols), scales = new Uint16Array(G * N);
+  try {
+    native().gptqPack(qweight, qzeros, scales, q.codes, q.scales as Uint16Array, q.symmetric ? null : (q.zeros as Uint16Array), N, K, q.bits,
+      q.groupSize, q.symmetric, format === 'gptq', false);
+  } catch (e) {
+    throw fromNative(e);
+  }
+  const gIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / q.groupSize));
+  return { qweight, qzeros, scales, gIdx, qweightShape: [W, N], qzerosShape: [G, zcols], scalesShape: [G, N] };
+}
+
+/** The TS reference of toGptq (packGptq's bit loops), for the tests that hold the native packing to it. */
+export function toGptqRef(q: QuantizedTensor, format: GptqFormat): GptqLinear {
+  const [N, K] = q.shape;
+  const G = q.numGroups;
   const zeros = new Float32Array(N * G);
   if (q.symmetric) zeros.fill(2 ** (q.bits - 1));
   else for (let i = 0; i < N * G; i++) zeros[i] = f16ToF32((q.zeros as Uint16Array)[i]);
-  const words = rowWords(q.codes, N, K, q.bits);
-  if (!words) return packGptq(unpack(q.codes, [N, K], q.bits), zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format);
-  const W = (K * q.bits) / 32;
-  const qweight = new Int32Array(W * N);
-  transposeWords(qweight, words, N, W);
-  return { qweight, qweightShape: [W, N], ...packGptqParams(zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format) };
+  return packGptq(unpack(q.codes, [N, K], q.bits), zeros, q.scales as Uint16Array, N, K, q.bits, q.groupSize, format);
 }
-

@@ -13,7 +13,8 @@ import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { AtomicDir, writeFileAtomic } from '../io/atomic.js';
 import { DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter, type TensorSpec } from '../io/safetensors.js';
 import type { StoredDType } from '../io/tensors.js';
-import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
+import { configOfModel } from '../engine/block-source.js';
+import type { BlockQuant } from '../engine/llama.js';
 import { needQuantizedModel, type QuantizedModel, type QuantizeReport } from '../methods/quantize-model.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { needConfig, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
@@ -37,14 +38,18 @@ export function tokenizerDirOf(ck: Checkpoint): string | undefined {
   return ck.format === 'safetensors' || ck.format === 'gptq' ? ck.path : undefined;
 }
 
-/** What a GPTQ directory is written from, one canonical weight at a time (weightNames order). */
-export interface GptqSource {
+/** What the layout of a GPTQ directory is planned from (the header is planned before any bytes). */
+export interface GptqPlan {
   config: LlamaConfig;
   /** config.json fields to keep (quantization_config is added) */
   hfConfig: Record<string, unknown>;
   quant: BlockQuant;
-  /** dtype of a norm or embedding as it will be stored (the header is planned before any bytes) */
+  /** dtype of a norm or embedding as it will be stored */
   plainDtype(name: string): 'F32' | 'F16' | 'BF16';
+}
+
+/** What a GPTQ directory is written from, one canonical weight at a time (weightNames order, GptqWriter.step). */
+export interface GptqSource extends GptqPlan {
   /** bytes of a norm or embedding, little-endian, in plainDtype(name) */
   plain(name: string): ArrayBufferView;
   /** a block linear quantized with f16 parameters; called once, when it is written */
@@ -62,8 +67,8 @@ export interface SaveOptions {
   maxShardBytes?: number;
 }
 
-/** A GptqSource passed in by a caller (plain JS): its config, quantization and callbacks. */
-function needGptqSource(src: unknown): asserts src is GptqSource {
+/** A GptqPlan or GptqSource passed in by a caller (plain JS): its config, quantization and callbacks. */
+function needGptqPlan(src: unknown): asserts src is GptqPlan {
   need.object(src, 'source');
   const o = src as Record<string, unknown>;
   needConfig(o.config, 'source.config');
@@ -73,7 +78,9 @@ function needGptqSource(src: unknown): asserts src is GptqSource {
   if (!is.oneOf(q.bits, [2, 3, 4, 8] as const)) throw invalidParameter('one of 2, 3, 4, 8', 'source.quant.bits', q.bits, 'QF_UNSUPPORTED_BITS');
   need.positiveInteger(q.groupSize, 'source.quant.groupSize');
   need.bool(q.symmetric, 'source.quant.symmetric');
-  for (const f of ['plainDtype', 'plain', 'linear'] as const) need.func(o[f], `source.${f}`);
+  need.func(o.plainDtype, 'source.plainDtype');
+  // a source to pull from has both callbacks; a plan (the caller pushes the weights) has neither
+  if (o.plain !== undefined || o.linear !== undefined) for (const f of ['plain', 'linear'] as const) need.func(o[f], `source.${f}`);
 }
 
 export function needSaveOptions(opts: unknown): asserts opts is SaveOptions {
@@ -104,9 +111,14 @@ export class GptqWriter {
   readonly names: string[];
   private readonly writer: SafetensorsWriter;
   private next = 0;
+  private written = 0;
 
-  constructor(private readonly src: GptqSource, out: string, private readonly opts: SaveOptions = {}) {
-    needGptqSource(src);
+  /**
+   * `src`: a GptqSource to pull weights from with step(), or only the plan when the
+   * caller pushes them (writePlain / writeLinear, in any order: the streaming pipeline).
+   */
+  constructor(private readonly src: GptqPlan | GptqSource, out: string, private readonly opts: SaveOptions = {}) {
+    needGptqPlan(src);
     need.string(out, 'out');
     needSaveOptions(opts);
     const q = src.quant;
@@ -135,17 +147,31 @@ export class GptqWriter {
     return this.writer.files;
   }
 
-  /** Writes the next weight; returns its name, or null when every weight is written. */
+  /** Writes the next weight pulled from the source; returns its name, or null when every weight is written. */
   step(): string | null {
+    if (!('linear' in this.src)) throw new QuantformError('QF_INTERNAL', 'GptqWriter.step() needs a GptqSource, not only a plan');
     if (this.next >= this.names.length) return null;
     const name = this.names[this.next++];
+    if (isQuantizedLinear(name)) this.writeLinear(name, this.src.linear(name));
+    else this.writePlain(name, this.src.plain(name));
+    return name;
+  }
+
+  /** A norm or embedding: its bytes in the planned dtype. */
+  writePlain(name: string, data: ArrayBufferView): void {
+    try {
+      this.writer.write(`${hfModuleName(name)}.weight`, data);
+    } catch (e) {
+      this.abort();
+      throw e;
+    }
+    this.written++;
+  }
+
+  /** A block linear (f16 parameters, the plan's bits and group size) as qweight / qzeros / scales / g_idx. */
+  writeLinear(name: string, ql: QuantizedTensor): void {
     const base = hfModuleName(name);
     try {
-      if (!isQuantizedLinear(name)) {
-        this.writer.write(`${base}.weight`, this.src.plain(name));
-        return name;
-      }
-      const ql = this.src.linear(name);
       const [N, K] = weightShape(this.src.config, name);
       if (ql.shape[0] !== N || ql.shape[1] !== K || ql.bits !== this.src.quant.bits || ql.groupSize !== Math.min(this.src.quant.groupSize, K))
         throw new QuantformError('QF_SHAPE_MISMATCH', `${name}: expected a W${this.src.quant.bits} g${Math.min(this.src.quant.groupSize, K)} [${N}, ${K}] linear but received W${ql.bits} g${ql.groupSize} [${ql.shape}]`);
@@ -158,13 +184,13 @@ export class GptqWriter {
       this.abort();
       throw e;
     }
-    return name;
+    this.written++;
   }
 
   /** After the last step(): config, tokenizer, report; then the directory is renamed onto `out`. */
   finish(report: QuantizeReport): void {
     try {
-      if (this.next < this.names.length) throw new QuantformError('QF_INTERNAL', `GptqWriter.finish() after ${this.next} of ${this.names.length} weights`);
+      if (this.written < this.names.length) throw new QuantformError('QF_INTERNAL', `GptqWriter.finish() after ${this.written} of ${this.names.length} weights`);
       this.writer.finish();
       const q = this.src.quant;
       // per-channel (a group size >= every linear's K) is -1 in GPTQ tools' configs
@@ -201,23 +227,12 @@ export class GptqWriter {
   }
 }
 
-/** The LlamaConfig of a training model (its shape, and bos/eos from its config.json). */
-function configOf(m: TrainableLlama): LlamaConfig {
-  const s = m.shape, h = m.hfConfig;
-  const id = (v: unknown, d: number) => (typeof v === 'number' ? v : Array.isArray(v) && typeof v[0] === 'number' ? v[0] : d);
-  return {
-    architecture: 'LlamaForCausalLM', dim: s.hidden, hiddenDim: s.intermediate, nLayers: s.layers, nHeads: s.heads, nKvHeads: s.kvHeads,
-    headDim: s.headDim, vocabSize: s.vocab, maxSeq: s.maxSeq, normEps: s.rmsEps, ropeTheta: s.ropeTheta, ropeScaling: null,
-    tiedEmbeddings: s.tied, bosId: id(h.bos_token_id, 1), eosId: id(h.eos_token_id, 2),
-  };
-}
-
 /** The in-memory result of quantizeModel as a GptqSource (norms and embeddings fp32, as transformed). */
 export function gptqSourceOf(q: QuantizedModel): GptqSource {
   needQuantizedModel(q);
   const m = q.model;
   return {
-    config: configOf(m),
+    config: configOfModel(m),
     hfConfig: m.hfConfig,
     quant: q.quant,
     plainDtype: () => 'F32',

@@ -27,6 +27,12 @@ export function tempSibling(dest: string): string {
   return path.join(path.dirname(dest), `.${path.basename(dest)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
 }
 
+/**
+ * Milliseconds this process has spent in AtomicFile writes and fsyncs: a run's
+ * report takes the difference across it (benchmarks separate I/O from compute).
+ */
+export const writeTiming = { ms: 0 };
+
 /** Whether process `pid` exists (EPERM: it does, owned by another user). */
 export function processAlive(pid: number): boolean {
   if (!Number.isSafeInteger(pid) || pid <= 0) return false;
@@ -89,6 +95,7 @@ export class AtomicFile {
   /** Writes `data` at byte `position`, or appends when position is omitted. */
   write(data: Uint8Array, position?: number): void {
     if (this.fd === null) throw new QuantformError('QF_IO', `${this.dest} was already committed or aborted`);
+    const t0 = performance.now();
     try {
       if (position === undefined) writeAll(this.fd, data);
       else {
@@ -97,14 +104,18 @@ export class AtomicFile {
       }
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot write ${this.dest} (temp ${this.path}): ${(e as Error).message}`, { cause: e });
+    } finally {
+      writeTiming.ms += performance.now() - t0;
     }
   }
 
   /** fsync, close and rename onto the destination. */
   commit(): void {
     if (this.fd === null) throw new QuantformError('QF_IO', `${this.dest} was already committed or aborted`);
+    const t0 = performance.now();
     try {
       fsyncSync(this.fd);
+      writeTiming.ms += performance.now() - t0;
       closeSync(this.fd);
       this.fd = null;
       renameSync(this.path, this.dest);

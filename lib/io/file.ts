@@ -1,7 +1,7 @@
 // Positional reads from a checkpoint file: nothing is read that the caller did
 // not ask for by offset, so a model larger than memory can be fetched tensor by
 // tensor, and a lying header cannot make us allocate what the file does not hold.
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, read, readSync } from 'node:fs';
 import { QuantformError, need } from '../errors.js';
 
 export class CheckpointFile {
@@ -35,25 +35,53 @@ export class CheckpointFile {
 
   /** Bytes [offset, offset + length); `what` names the thing read, for the error message. */
   read(offset: number, length: number, what: string): Buffer {
+    if (!Number.isSafeInteger(length) || length < 0 || length > this.size)
+      throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: ${what} spans ${length} bytes but the file has ${this.size} bytes (truncated or corrupt)`);
+    const buf = Buffer.allocUnsafe(length);
+    this.readInto(offset, buf, what);
+    return buf;
+  }
+
+  /** Bytes [offset, offset + dst.length) into dst (a view of a caller's buffer: no copy). */
+  readInto(offset: number, dst: Uint8Array, what: string): void {
+    const length = dst.length;
     if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size)
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
       throw new QuantformError(
         'QF_CORRUPT_FILE',
         `${this.path}: ${what} spans bytes [${offset}, ${offset + length}) but the file has ${this.size} bytes (truncated or corrupt)`,
       );
-    const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       let n: number;
       try {
-        n = readSync(this.handle, buf, done, length - done, offset + done);
+        n = readSync(this.handle, dst, done, length - done, offset + done);
       } catch (e) {
         throw new QuantformError('QF_IO', `${this.path}: reading ${what} failed: ${(e as Error).message}`, { cause: e });
       }
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }
-    return buf;
+  }
+
+  /**
+   * readInto on a libuv worker, so the caller computes while the bytes arrive. The
+   * caller awaits it before close() (a descriptor closed under a pending read could
+   * be reused by another file).
+   */
+  async readIntoAsync(offset: number, dst: Uint8Array, what: string): Promise<void> {
+    const length = dst.length;
+    if (this.handle === null) throw new QuantformError('QF_IO', `${this.path} was closed before reading ${what}`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
+      throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: ${what} spans bytes [${offset}, ${offset + length}) but the file has ${this.size} bytes (truncated or corrupt)`);
+    const fd = this.handle;
+    let done = 0;
+    while (done < length) {
+      const n = await new Promise<number>((resolve, reject) =>
+        read(fd, dst, done, length - done, offset + done, (e, got) => (e ? reject(new QuantformError('QF_IO', `${this.path}: reading ${what} failed: ${e.message}`, { cause: e })) : resolve(got))));
+      if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
+      done += n;
+    }
   }
 
   close(): void {

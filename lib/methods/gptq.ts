@@ -11,12 +11,16 @@
 // codes and scales themselves (MethodResult.linears): quantizeModel keeps them.
 import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig, type NativeBlockSavedLayout } from '../native.js';
+import { modelBlocks } from '../engine/block-source.js';
 import type { CalibrationSet } from '../engine/calib.js';
-import { blockLayout, HF_LINEAR, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
+import {
+  forwardChunk, planBlockPass, quantizedRows, runBlockPass, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock,
+} from '../engine/pipeline.js';
 import { GptqHessian, gptqObjective, gptqQuantizeAsync, type GptqOptions } from '../ops/gptq.js';
 import { dequantize, quantize, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
-import type { MethodContext, MethodResult, ProgressEvent, QuantMethod } from './types.js';
+import type { MethodContext, MethodRun, ProgressEvent, QuantMethod } from './types.js';
 
 export interface GptqMethodOptions {
   /** Fraction of the mean Hessian diagonal added to it. Default 0.01. */
@@ -66,14 +70,15 @@ export class BlockInputs {
   private readonly acts: Float32Array;
   private readonly cfgs = new Map<number, { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout }>();
 
-  constructor(private readonly model: TrainableLlama, private readonly seq: number, private readonly maxBatch: number) {
+  /** `model`: a TrainableLlama or anything with its shape */
+  constructor(private readonly model: { shape: LlamaShape }, private readonly seq: number, maxBatch: number) {
     this.acts = new Float32Array(this.layout(maxBatch).lay.total);
   }
 
   private layout(batch: number): { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout } {
     let c = this.cfgs.get(batch);
     if (!c) {
-      const cfg = this.model.blockConfig(batch, this.seq, null, false);
+      const cfg = blockConfigOf(this.model.shape, batch, this.seq, null, false);
       c = { cfg, lay: this.nb.blockSavedLayout(cfg) };
       this.cfgs.set(batch, c);
     }
@@ -120,12 +125,6 @@ function resolve(o: GptqMethodOptions = {}): Required<Omit<GptqMethodOptions, 'o
   return r;
 }
 
-/** Sequences per block forward: activations of about 256 MB at most (the attention probabilities dominate). */
-function forwardBatch(model: TrainableLlama, seq: number, samples: number): number {
-  const perSeq = native().engine.blockSizes(model.blockConfig(1, seq, null, false)).saved * 4;
-  return Math.max(1, Math.min(samples, Math.floor((256 << 20) / perSeq)));
-}
-
 export interface GptqHooks {
   /** one 'train' event per group of linears (loss = GPTQ's error sum) */
   onProgress?: (e: ProgressEvent) => void;
@@ -133,62 +132,84 @@ export interface GptqHooks {
   signal?: AbortSignal;
 }
 
-/** True-sequential GPTQ of every linear of `model` (not modified) on the calibration windows. */
-export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: GptqMethodOptions = {},
-  hooks: GptqHooks = {}): Promise<GptqRun> {
-  const o = resolve(options);
-  const t0 = performance.now();
-  const s = model.shape, D = s.hidden, S = cal.seqLen, Ns = cal.samples;
-  if (S > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', S);
-  const nb = native().engine;
-  let B: number, blockIn: BlockInputs;
-  try {
-    B = forwardBatch(model, S, Ns);
-    blockIn = new BlockInputs(model, S, B);
-  } catch (e) {
-    throw fromNative(e);
-  }
-  const lay = blockLayout(s);
-  const x = new Float32Array(Ns * S * D);  // (samples * seq, D) inputs of the current block
-  const y = new Float32Array(B * S * D);   // (B * seq, D) one chunk's block output
-  try {
-    nb.embeddingForward(x, cal.tokens, model.embed, Ns * S, s.vocab, D);
-  } catch (e) {
-    throw fromNative(e);
-  }
-  const linears = new Map<string, QuantizedTensor>();
-  const stats: GptqLinearStats[] = [];
-  const total = s.layers * SEQUENCE.length;
-  let done = 0;
-  // every sample chunk through the block with the current arena; `each` sees the chunk's
-  // output (y) and saved inputs before the next chunk runs
-  const sweep = async (arena: Float32Array, each: (b0: number, bc: number) => Promise<void> | void, normOnly = false) => {
-    for (let b0 = 0; b0 < Ns; b0 += B) {
-      const bc = Math.min(B, Ns - b0);
-      const xc = x.subarray(b0 * S * D, (b0 + bc) * S * D);
-      try {
-        if (normOnly) blockIn.inputNorm(arena, xc, bc);
-        else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc);
-      } catch (e) {
-        throw fromNative(e);
-      }
-      await each(b0, bc);
+/** A GPTQ run: per block, the Hessians of each group of linears from the quantized-path inputs X_q, in true-sequential order. */
+class GptqMethodRun implements MethodRun {
+  readonly needs: ActivationNeeds = { fpInputs: false, fpTargets: false, quantInputs: true };
+  readonly rewritesNorms = false;
+  readonly stats: GptqLinearStats[] = [];
+  /** every linear's result by HF name, when kept (runGptq; a streamed run writes them and lets them go) */
+  readonly linears: Map<string, QuantizedTensor> | null;
+  private readonly o: ReturnType<typeof resolve>;
+  private readonly t0 = performance.now();
+  private done = 0;
+  private readonly B: number;
+  private bufs: { blockIn: BlockInputs; x: Float32Array; y: Float32Array } | null = null;
+
+  constructor(private readonly ctx: MethodContext, private readonly hooks: GptqHooks, keep: boolean) {
+    const cal = ctx.calibration;
+    if (!cal) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'gptq' needs calibration data");
+    this.o = resolve(ctx.gptq);
+    if (cal.seqLen > ctx.shape.maxSeq) throw invalidParameter(`seqLen <= ${ctx.shape.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
+    this.linears = keep ? new Map() : null;
+    try {
+      this.B = forwardChunk(ctx.shape, cal.seqLen, cal.samples);
+    } catch (e) {
+      throw fromNative(e);
     }
-  };
-  for (let l = 0; l < s.layers; l++) {
-    const arena = model.blocks[l].slice();  // quantized linears are replaced by their dequantized values
+  }
+
+  memory(): MemoryItem[] {
+    const s = this.ctx.shape, S = this.ctx.calibration!.seqLen, D = s.hidden, F = s.intermediate, lay = blockLayout(s);
+    const K = Math.max(D, F, s.heads * s.headDim);
+    const rowsK = Math.max(...SEQUENCE.map((g) => g.linears.reduce((a, n) => a + lay.linears[n].rows, 0) * lay.linears[g.linears[0]].cols));
+    return [
+      { what: `the Hessian and its factorization (${K} x ${K}, four copies)`, bytes: 4 * K * K * 4 },
+      { what: 'the stacked weights of one group of linears (input and working copy)', bytes: 2 * rowsK * 4 + rowsK },
+      { what: `saved activations of ${this.B} x ${S} tokens and their inputs`, bytes: native().engine.blockSizes(blockConfigOf(s, this.B, S, null, false)).saved * 4 + 2 * this.B * S * D * 4 },
+    ];
+  }
+
+  async block(b: PipelineBlock): Promise<BlockResult> {
+    const ctx = this.ctx, o = this.o, quant = ctx.quant, l = b.index, s = ctx.shape;
+    const D = s.hidden, S = b.calibration.seqLen, Ns = b.calibration.samples, B = this.B;
+    const lay = blockLayout(s), arena = b.arena, xq = b.quantInputs!;
+    // the block step's saved activations and one chunk of inputs and outputs, (B * seq, D): allocated once, reused by every block
+    try {
+      this.bufs ??= { blockIn: new BlockInputs(ctx, S, B), x: new Float32Array(B * S * D), y: new Float32Array(B * S * D) };
+    } catch (e) {
+      throw fromNative(e);
+    }
+    const { blockIn, x, y } = this.bufs;
+    const total = s.layers * SEQUENCE.length;
+    const out: Partial<Record<LinearName, QuantizedTensor>> = {};
+    // every sample chunk through the block with the current arena (quantized linears hold their dequantized values)
+    const sweep = async (each: (bc: number) => Promise<void>, normOnly: boolean) => {
+      for (let b0 = 0; b0 < Ns; b0 += B) {
+        const bc = Math.min(B, Ns - b0);
+        const xc = x.subarray(0, bc * S * D);
+        xq.read(b0, bc, xc);
+        try {
+          if (normOnly) blockIn.inputNorm(arena, xc, bc);
+          else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc);
+        } catch (e) {
+          throw fromNative(e);
+        }
+        await each(bc);
+      }
+    };
     for (const grp of SEQUENCE) {
-      if (hooks.signal?.aborted)
+      if (ctx.signal?.aborted)
         throw new QuantformError('QF_ABORTED', `GPTQ stopped before layer ${l} ${grp.linears.join('/')} (GPTQ keeps no checkpoint: a new run starts over)`);
       const K = lay.linears[grp.linears[0]].cols;
       const H = new GptqHessian(K);
-      await sweep(arena, (_b0, bc) => H.addAsync(blockIn.input(grp.input, bc)), grp.input === 'n1');
+      await sweep((bc) => H.addAsync(blockIn.input(grp.input, bc)), grp.input === 'n1');
       // the group's fp32 weights stacked along rows: (sum of rows, K)
       const rows = grp.linears.map((n) => lay.linears[n].rows);
-      const Wst = new Float32Array(rows.reduce((a, b) => a + b, 0) * K);
+      const Wst = new Float32Array(rows.reduce((a, r) => a + r, 0) * K);
       let r0 = 0;
       for (let i = 0; i < grp.linears.length; i++) {
-        Wst.set(model.linear(l, grp.linears[i]), r0 * K);
+        const sl = lay.linears[grp.linears[i]];
+        Wst.set(arena.subarray(sl.offset, sl.offset + sl.rows * sl.cols), r0 * K);
         r0 += rows[i];
       }
       const gopts: GptqOptions = {
@@ -201,8 +222,8 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
         if (o.paramsFrom !== 'best') res = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: o.paramsFrom });
         else {
           const a = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: 'updated' });
-          const b = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: 'batch-start' });
-          res = b.loss < a.loss ? b : a;
+          const c = await gptqQuantizeAsync(wt, H, { ...gopts, paramsFrom: 'batch-start' });
+          res = c.loss < a.loss ? c : a;
         }
       } catch (e) {
         const err = fromNative(e);
@@ -210,45 +231,57 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
       }
       r0 = 0;
       for (let i = 0; i < grp.linears.length; i++) {
-        const n = grp.linears[i], name = `model.layers.${l}.${HF_LINEAR[n]}`;
-        const q = sliceRows(res.q, r0, r0 + rows[i]);
+        const n = grp.linears[i], name = `model.layers.${l}.${HF_LINEAR[n]}`, sl = lay.linears[n];
+        const q = copyRows(res.q, r0, r0 + rows[i]);
         r0 += rows[i];
-        linears.set(name, q);
+        out[n] = q;
+        this.linears?.set(name, q);
         const dq = dequantize(q).data as Float32Array;
-        arena.set(dq, lay.linears[n].offset);
         const st: GptqLinearStats = { name, loss: res.loss };
         if (o.objectives) {
-          const w = new Tensor(model.linear(l, n).slice(), [rows[i], K]);
+          const w = new Tensor(arena.slice(sl.offset, sl.offset + sl.rows * sl.cols), [rows[i], K]);
           st.objective = gptqObjective(w, dq, H);
           st.rtnObjective = gptqObjective(w, quantize(w, { bits: quant.bits, groupSize: gopts.groupSize, symmetric: quant.symmetric, paramDtype: 'f16' }), H);
         }
-        stats.push(st);
+        // later groups see this linear quantized (true-sequential)
+        arena.set(dq, sl.offset);
+        this.stats.push(st);
       }
-      done++;
-      const sec = (performance.now() - t0) / 1000;
-      hooks.onProgress?.({ phase: 'train', step: done, totalSteps: total, loss: res.loss, lr: 0, stepsPerSecond: done / sec, etaSeconds: (total - done) * sec / done, layer: l });
+      this.done++;
+      const sec = (performance.now() - this.t0) / 1000;
+      this.hooks.onProgress?.({ phase: 'train', step: this.done, totalSteps: total, loss: res.loss, lr: 0, stepsPerSecond: this.done / sec,
+        etaSeconds: (total - this.done) * sec / this.done, layer: l });
     }
-    // the next block's inputs: this block fully quantized (a chunk's inputs are read only by its own forward)
-    await sweep(arena, (b0, bc) => x.set(y.subarray(0, bc * S * D), b0 * S * D));
+    return { linears: out };
   }
-  return { linears, stats, seconds: (performance.now() - t0) / 1000 };
+
+  lossCurve(): number[] {
+    return [];
+  }
 }
 
-/** Rows [r0, r1) of a quantized matrix (rows are independent in the packed format). */
-function sliceRows(q: QuantizedTensor, r0: number, r1: number): QuantizedTensor {
-  const [, K] = q.shape;
-  const rb = q.codes.length / q.shape[0], G = q.numGroups;
-  return new QuantizedTensor(q.codes.slice(r0 * rb, r1 * rb), q.scales.slice(r0 * G, r1 * G), q.zeros ? q.zeros.slice(r0 * G, r1 * G) : null,
-    [r1 - r0, K], q.bits, q.groupSize, q.symmetric, q.paramDtype);
+/** True-sequential GPTQ of every linear of `model` (not modified) on the calibration windows, through the block pipeline. */
+export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: GptqMethodOptions = {},
+  hooks: GptqHooks = {}): Promise<GptqRun> {
+  const t0 = performance.now();
+  const train = { steps: 1, lr: 1, betas: [0.9, 0.9] as [number, number], weightDecay: 0, schedule: 'constant' as const, warmup: 0, batchSize: 1, loss: 'block' as const, seed: 0, extraScales: false };
+  const run = new GptqMethodRun({ shape: model.shape, quant, calibration: cal, train, checkpointEvery: 1, gptq: options, signal: hooks.signal }, hooks, true);
+  const src = modelBlocks(model);
+  const plan = planBlockPass(src, run, { calibration: cal, quant, label: 'gptq' });
+  await runBlockPass(src, run, plan, () => ({ plain: () => {}, linear: () => {} }));
+  return { linears: run.linears!, stats: run.stats, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Rows [r0, r1) of a quantized matrix as a tensor of its own. */
+function copyRows(q: QuantizedTensor, r0: number, r1: number): QuantizedTensor {
+  const v = quantizedRows(q, r0, r1);
+  return new QuantizedTensor(v.codes.slice(), v.scales.slice(), v.zeros ? v.zeros.slice() : null,
+    v.shape, v.bits, v.groupSize, v.symmetric, v.paramDtype);
 }
 
 export const gptq: QuantMethod = {
   name: 'gptq',
   description: 'GPTQ (Frantar et al. 2022): Hessian-aware rounding, true-sequential, damping 1 %, lazy batches of 128, act-order off',
   needsCalibration: true,
-  async prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult> {
-    if (!ctx.calibration) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'gptq' needs calibration data");
-    const run = await runGptq(model, ctx.calibration, ctx.quant, ctx.gptq, { onProgress: ctx.onProgress, signal: ctx.signal });
-    return { lossCurve: [], linears: run.linears };
-  },
+  start: (ctx) => new GptqMethodRun(ctx, { onProgress: ctx.onProgress, signal: ctx.signal }, false),
 };

@@ -9,4 +9,4 @@ registerMethod(teq);
 registerMethod(gptq);
 
 export { getMethod, methodNames, registerMethod } from './registry.js';
-export type { MethodContext, MethodResult, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';
+export type { MethodContext, MethodRun, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';

@@ -1,30 +1,39 @@
-// quantizeModel: the one entry point of model quantization. A registered method
-// (lib/methods) transforms the fp32 model exactly (or not at all), then every linear
-// the method did not quantize itself (MethodResult.linears) is RTN-quantized with
-// f16 scales, the parameters the GPTQ export stores.
-// quantizeCheckpointRtn: RTN streamed straight from any checkpoint to a GPTQ
-// directory, one tensor at a time (read, quantize, write, drop), for models larger
-// than memory. quantizedCheckpoint: a result as a runtime Checkpoint, so the one
-// evaluator (lib/eval) scores it on the INT4 kernels without writing it first.
+// The entry points of model quantization, all on the streaming block pipeline
+// (lib/engine/pipeline.ts), with the method looked up by name (lib/methods):
+//   quantizeCheckpoint   any Checkpoint -> a GPTQ directory, block by block in bounded
+//                        memory (what the CLI runs, at any model size)
+//   quantizeModel        a TrainableLlama in memory -> a QuantizedModel in memory
+//   quantizeCheckpointRtn  quantizeCheckpoint with method 'rtn' (tensor by tensor)
+//   quantizePlan         what a run will hold, checked against the budget, before it starts
+// Every linear a method does not quantize itself is RTN-quantized with f16 scales, the
+// parameters the GPTQ export stores. quantizedCheckpoint / rtnCheckpoint: results as
+// runtime Checkpoints, so the one evaluator (lib/eval) scores them on the INT4 kernels.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
 import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
+import type { ActivationDType } from '../io/activation-store.js';
+import { writeTiming } from '../io/atomic.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
-import { getMethod, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { getMethod, type MethodRun, type ProgressEvent, type QuantMethod, type TrainOptions, type TrainState } from './index.js';
 import { trainStateFromCheckpoint } from './checkpoint.js';
 import { checkFinite } from '../ops/finite.js';
-import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
-import { Tensor } from '../ops/tensor.js';
-import { blockLayout, HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
+import { dequantize, SUPPORTED_BITS, type Bits, type QuantizedTensor } from '../ops/quant.js';
+import { checkpointBlocks, modelBlocks, type BlockSource, type FrozenDType } from '../engine/block-source.js';
+import type { EndToEndPlan } from '../engine/end-to-end.js';
+import { HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import { GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
-import { FLOAT_DTYPES, readRaw, readTensor, type StoredTensor } from '../io/tensors.js';
+import {
+  planBlockPass, rtnLinear, runBlockPass, type BlockPassPlan, type BlockResult, type BlockSink, type LinearReport, type PipelineBlock,
+} from '../engine/pipeline.js';
+import { GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, needConfig, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
+import { weightShape } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
+
+export type { LinearReport } from '../engine/pipeline.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'gptq', 'teq'. */
@@ -49,6 +58,14 @@ export interface QuantizeModelOptions {
   extraScales?: boolean;
   /** GPTQ: damping, lazy batch, where group parameters are read. */
   gptq?: GptqMethodOptions;
+  /** Bytes the run may hold in RAM (weights, working sets, activations). Default: what the OS reports available. */
+  maxMemoryBytes?: number;
+  /** Storage of calibration activations: 'f32' (default, exact) or 'bf16' (half the memory, rounded). */
+  activationDtype?: ActivationDType;
+  /** Frozen weights of an end-to-end stage: default exact (bf16 for BF16 checkpoints, else fp32); 'bf16' rounds fp32 ones. */
+  frozenDtype?: FrozenDType;
+  /** Directory of activation spill files. Default the OS temp dir. */
+  tmpDir?: string;
 }
 
 export interface QuantizeModelHooks {
@@ -59,15 +76,8 @@ export interface QuantizeModelHooks {
   checkpoint?: { path: string; every?: number };
   /** Continue from `checkpoint.path`. */
   resume?: boolean;
-}
-
-export interface LinearReport {
-  name: string;
-  shape: [number, number];
-  /** ||Q(W) - W|| / ||W|| of plain RTN on the original weight (streamed RTN: on 2^20 weights in 16 row blocks above 2^21) */
-  errorBefore: number;
-  /** the same for the quantized result, measured in the original function space (scales undone) */
-  errorAfter: number;
+  /** How the memory budget is named in errors (the CLI: `--max-memory 2 GB`). */
+  budgetLabel?: string;
 }
 
 export interface QuantizeReport {
@@ -78,11 +88,15 @@ export interface QuantizeReport {
   linears: LinearReport[];
   lossCurve: number[];
   trainSeconds: number;
+  /** of totalSeconds, the block pass's wait for checkpoint reads (reads overlapped with compute count only their wait) */
+  readSeconds: number;
+  /** of totalSeconds, writing the output (writes and fsyncs; the process's AtomicFile time across the run) */
+  writeSeconds: number;
   totalSeconds: number;
 }
 
 export interface QuantizedModel {
-  /** the transformed fp32 model the linears were quantized from (norms already merged) */
+  /** the transformed fp32 model the linears were quantized from (norms merged; GPTQ: its linears dequantized) */
   model: TrainableLlama;
   quant: BlockQuant;
   /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> quantized weight (RTN, or the method's own) */
@@ -105,12 +119,12 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
   return t;
 }
 
-/** What a checkpoint must match to be resumed: the model's weights, shapes and the whole configuration. */
-function fingerprint(model: TrainableLlama, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
+/** What a checkpoint must match to be resumed: the model's weights, shapes and every option that changes the result. */
+function fingerprint(src: BlockSource, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ shape: model.shape, method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen }));
-  h.update(new Uint8Array(model.embed.buffer, model.embed.byteOffset, model.embed.byteLength));
-  for (const b of model.blocks) h.update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+  h.update(JSON.stringify({ method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen,
+    activations: o.activationDtype ?? 'f32', frozen: o.frozenDtype ?? null }));
+  h.update(src.identity());
   if (o.calibration) h.update(new Uint8Array(o.calibration.tokens.buffer, o.calibration.tokens.byteOffset, o.calibration.tokens.byteLength));
   return h.digest('hex');
 }
@@ -135,83 +149,134 @@ export function needQuantizedModel(q: unknown): asserts q is QuantizedModel {
   need.object(o.report, 'quantized model.report');
 }
 
-function relError(a: Float32Array, b: Float32Array): number {
-  let e = 0, d = 0;
-  for (let i = 0; i < a.length; i++) {
-    e += (a[i] - b[i]) ** 2;
-    d += b[i] ** 2;
-  }
-  return Math.sqrt(e / Math.max(d, 1e-30));
+interface Prepared {
+  method: QuantMethod;
+  run: MethodRun;
+  quant: BlockQuant;
+  block: BlockPassPlan;
+  endToEnd: EndToEndPlan | null;
 }
 
-export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelOptions, hooks: QuantizeModelHooks = {}): Promise<QuantizedModel> {
-  const t0 = performance.now();
-  need.instance(source, TrainableLlama, 'model');
+/** Options checked, the method started (resumed), and both stages' memory planned: everything that can fail before any work. */
+function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeModelHooks): Prepared {
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
   need.object(hooks, 'hooks');
   if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.signal !== undefined) need.instance(hooks.signal, AbortSignal, 'hooks.signal');
   if (hooks.checkpoint !== undefined) { need.object(hooks.checkpoint, 'hooks.checkpoint'); need.string(hooks.checkpoint.path, 'hooks.checkpoint.path'); }
   const method = getMethod(opts.method);
   const quant = quantSpec(opts);
-  const { groupSize, symmetric } = quant;
   const train = resolveTrain(opts);
   const cal = opts.calibration;
+  const s = src.shape;
   if (method.needsCalibration && !cal) throw new QuantformError('QF_INVALID_ARGUMENT', `Method '${method.name}' needs calibration data (options.calibration)`);
-  if (cal && cal.seqLen > source.shape.maxSeq)
-    throw invalidParameter(`seqLen <= ${source.shape.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
-  if (cal) for (const id of cal.tokens) if (id < 0 || id >= source.shape.vocab) throw invalidParameter(`token ids in [0, ${source.shape.vocab})`, 'calibration.tokens', id);
-
-  // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
-  for (const [name, w, shape] of source.weights()) checkFinite(w, name, shape);
-  const model = source.clone();
+  if (cal && cal.seqLen > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
+  if (cal) for (const id of cal.tokens) if (id < 0 || id >= s.vocab) throw invalidParameter(`token ids in [0, ${s.vocab})`, 'calibration.tokens', id);
+  if (opts.maxMemoryBytes !== undefined && !(is.finiteNumber(opts.maxMemoryBytes) && opts.maxMemoryBytes > 0))
+    throw invalidParameter('positive number of bytes', 'maxMemoryBytes', opts.maxMemoryBytes);
   const ck = hooks.checkpoint;
-  const fp = ck ? fingerprint(source, opts, train, quant) : '';
-  const resume = hooks.resume ? readCheckpoint(ck?.path ?? '', fp) : undefined;
   if (hooks.resume && !ck) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
-  const tTrain = performance.now();
-  let res: MethodResult;
+  const fp = ck && method.needsCalibration ? fingerprint(src, opts, train, quant) : '';
+  const resume = hooks.resume ? readCheckpoint(ck?.path ?? '', fp) : undefined;
   try {
-    res = await method.prepare(model, {
-      quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
-      checkpoint: ck ? async (s: TrainState) => {
-        writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
-          { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
+    const run = method.start({
+      shape: s, quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
+      gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype,
+      checkpoint: ck ? async (st: TrainState) => {
+        writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [st.arena.length], data: st.arena }]]),
+          { fingerprint: fp, step: String(st.step), lossCurve: JSON.stringify(st.lossCurve) });
       } : undefined,
     });
+    // in the order they run: an end-to-end stage first, then the block pass
+    const endToEnd = run.planEndToEnd?.(src) ?? null;
+    const label = `${method.name}${method.needsCalibration && method.name === 'teq' ? ` (${train.loss === 'block' ? 'block' : 'end-to-end'} loss)` : ''}`;
+    const block = planBlockPass(src, run, {
+      calibration: cal, quant, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, activationDtype: opts.activationDtype,
+      tmpDir: opts.tmpDir, label: method.name === 'rtn' ? 'RTN' : label,
+    });
+    return { method, run, quant, block, endToEnd };
   } catch (e) {
     // a method (registered by name, possibly a user's) that calls the binding directly and
     // lets its error through still ends in a QuantformError with the native code
     throw fromNative(e);
   }
-  const trainSeconds = (performance.now() - tTrain) / 1000;
+}
 
-  const linears = new Map<string, QuantizedTensor>();
-  const reports: LinearReport[] = [];
-  const lay = blockLayout(model.shape);
-  for (let l = 0; l < model.shape.layers; l++)
-    for (const n of LINEARS) {
-      const name = `model.layers.${l}.${HF_LINEAR[n]}`;
-      const { rows, cols } = lay.linears[n];
-      const w = model.linear(l, n).slice();
-      // a method that quantized this linear itself (GPTQ) keeps its codes and scales
-      const own = res.linears?.get(name);
-      if (own && (own.shape[0] !== rows || own.shape[1] !== cols || own.bits !== quant.bits || own.symmetric !== symmetric || own.groupSize !== Math.min(groupSize, cols)))
-        throw new QuantformError('QF_INTERNAL', `Method '${method.name}' returned ${name} as [${own.shape}] INT${own.bits} g${own.groupSize}, not [${rows}, ${cols}] INT${quant.bits} g${Math.min(groupSize, cols)}`);
-      const q = own ?? quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
-      linears.set(name, q);
-      const orig = source.linear(l, n);
-      const before = dequantize(quantize(new Tensor(orig.slice(), [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' })).data as Float32Array;
-      const after = dequantize(q).data as Float32Array;
-      const sc = res.inputScales?.get(name), rsc = res.outputScales?.get(name);
-      if (sc) for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) after[r * cols + k] /= sc[k];
-      if (rsc) for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) after[r * cols + k] *= rsc[r];
-      reports.push({ name, shape: [rows, cols], errorBefore: relError(before, orig), errorAfter: relError(after, orig) });
-      hooks.onProgress?.({ phase: 'quantize', step: reports.length, totalSteps: model.shape.layers * LINEARS.length, loss: NaN, lr: 0, stepsPerSecond: 0, etaSeconds: 0, layer: l });
+/** The memory a run of `opts` on `ck` (or a model in memory) will hold; throws the too-small error quantize would. */
+export function quantizePlan(model: Checkpoint | TrainableLlama, opts: QuantizeModelOptions): { block: BlockPassPlan; endToEnd: EndToEndPlan | null } {
+  if (!(model instanceof TrainableLlama)) needCheckpoint(model);
+  const p = prepare(model instanceof TrainableLlama ? modelBlocks(model) : checkpointBlocks(model), opts, {});
+  return { block: p.block, endToEnd: p.endToEnd };
+}
+
+/** Runs a prepared method over `src` into the sink `open()` returns; the report of every linear. */
+async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hooks: QuantizeModelHooks, abortNote: string): Promise<QuantizeReport> {
+  const t0 = performance.now();
+  let trainMs = 0;
+  const run = p.run;
+  if (run.endToEnd) {
+    const t = performance.now();
+    try {
+      await run.endToEnd(src);
+    } catch (e) {
+      throw fromNative(e);  // as prepare(): a method's own native call still ends in a QuantformError
+    } finally {
+      trainMs += performance.now() - t;
     }
-  return {
-    model, quant, linears,
-    report: { method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, trainSeconds, totalSeconds: (performance.now() - t0) / 1000 },
+  }
+  const block = run.block ? async (b: PipelineBlock): Promise<BlockResult> => {
+    const t = performance.now();
+    try {
+      return await run.block!(b);
+    } catch (e) {
+      throw fromNative(e);
+    } finally {
+      trainMs += performance.now() - t;
+    }
+  } : undefined;
+  const sec = () => (performance.now() - t0) / 1000;
+  const timing = { readMs: 0 }, written = writeTiming.ms;
+  let linears: LinearReport[];
+  try {
+    linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block }, p.block, open, {
+      signal: hooks.signal, abortNote, timing,
+      onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
+        etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
+    });
+  } catch (e) {
+    throw fromNative(e);
+  }
+  const q = p.quant;
+  return { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
+    trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
+    writeSeconds: (writeTiming.ms - written) / 1000, totalSeconds: sec() };
+}
+
+/** A method on a model in memory; the result (and the transformed fp32 model) in memory. */
+export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelOptions, hooks: QuantizeModelHooks = {}): Promise<QuantizedModel> {
+  const t0 = performance.now();
+  need.instance(source, TrainableLlama, 'model');
+  const src = modelBlocks(source);
+  const p = prepare(src, opts, hooks);
+  // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
+  // (a Checkpoint's tensors are checked as checkpointBlocks reads them)
+  for (const [name, w, shape] of source.weights()) checkFinite(w, name, shape);
+  const linears = new Map<string, QuantizedTensor>();
+  const blocks: Float32Array[] = source.blocks.map(() => new Float32Array(0));
+  const sink: BlockSink = {
+    plain: () => {},
+    linear: (name, q) => linears.set(hfModuleName(name), q),
+    block: (l, arena) => { blocks[l] = arena.slice(); },
   };
+  const report = await execute(src, p, () => sink, hooks, '');
+  const embed = source.embed.slice();
+  const model = new TrainableLlama(source.shape, embed, source.finalNorm.slice(), source.shape.tied ? embed : source.lmHead.slice(),
+    blocks.map((b, l) => (b.length ? b : source.blocks[l].slice())), source.hfConfig);
+  report.totalSeconds = (performance.now() - t0) / 1000;
+  // the map in the order of the model's linears (block by block, arena order), as the report
+  const ordered = new Map<string, QuantizedTensor>();
+  for (let l = 0; l < source.shape.layers; l++) for (const n of LINEARS) ordered.set(`model.layers.${l}.${HF_LINEAR[n]}`, linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!);
+  return { model, quant: p.quant, linears: ordered, report };
 }
 
 /** The quantized model as fp32 weights (each linear dequantized), for evaluation. */
@@ -232,46 +297,49 @@ function quantSpec(o: { bits: Bits; groupSize?: number; symmetric?: boolean }): 
   return { bits: o.bits, groupSize, symmetric };
 }
 
-/**
- * ||dequant(q) - w|| / ||w||, on evenly spaced blocks of about 2^20 weights in all
- * when the matrix is larger: the report then costs a few percent of quantizing
- * instead of doubling it, and blocks of whole rows keep the estimate unbiased
- * across row-wise outliers.
- */
-function sampledRelError(q: QuantizedTensor, w: Float32Array): number {
-  const [N, K] = q.shape;
-  const G = q.numGroups, rowBytes = q.codes.length / N;
-  const chunks = N * K <= 1 << 21 ? 1 : 16;
-  const rowsPer = chunks === 1 ? N : Math.max(1, Math.floor((1 << 20) / K / chunks));
-  let e = 0, d = 0;
-  for (let c = 0; c < chunks; c++) {
-    const r0 = chunks === 1 ? 0 : Math.floor((c * (N - rowsPer)) / (chunks - 1)), r1 = Math.min(N, r0 + rowsPer);
-    const part = new QuantizedTensor(q.codes.subarray(r0 * rowBytes, r1 * rowBytes), q.scales.subarray(r0 * G, r1 * G),
-      q.zeros ? q.zeros.subarray(r0 * G, r1 * G) : null, [r1 - r0, K], q.bits, q.groupSize, q.symmetric, q.paramDtype);
-    const back = dequantize(part).data as Float32Array;
-    for (let i = 0, o = r0 * K; i < back.length; i++, o++) {
-      e += (back[i] - w[o]) ** 2;
-      d += w[o] ** 2;
-    }
-  }
-  return Math.sqrt(e / Math.max(d, 1e-30));
-}
-
-/** The NaN/Inf check of a float tensor copied as stored (F32, F16 or BF16 bytes). */
-function checkStoredFinite(raw: Buffer, t: StoredTensor, what: string): void {
-  // typed views need an aligned offset: small reads come from Buffer's shared pool
-  const bytes = raw.byteOffset % 4 === 0 ? raw : new Uint8Array(raw);
-  const view = t.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
-    : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-  checkFinite(view, what, t.shape, t.dtype === 'F32' ? 'f32' : t.dtype === 'F16' ? 'f16' : 'bf16');
-}
-
-export interface StreamHooks {
-  onProgress?: (e: ProgressEvent) => void;
-  /** Ctrl-C: stops after the tensor being written with QF_ABORTED; nothing is left behind */
-  signal?: AbortSignal;
+export interface StreamHooks extends QuantizeModelHooks {
   /** where the tokenizer comes from, shard size, GPTQ format */
   save?: SaveOptions;
+}
+
+/**
+ * A method on any runtime Checkpoint, streamed block by block into a GPTQ directory
+ * (lib/engine/pipeline.ts): only the current block's weights, the method's working
+ * state and the calibration activations (RAM under the budget, a spill file beyond)
+ * are held. The directory appears only when complete; on an error or Ctrl-C nothing
+ * is left (trainable methods keep their resumable checkpoint).
+ */
+export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: QuantizeModelOptions, hooks: StreamHooks = {}): Promise<QuantizeReport> {
+  needCheckpoint(ck);
+  need.string(out, 'out');
+  need.object(hooks, 'hooks');
+  if (hooks.save !== undefined) needSaveOptions(hooks.save);
+  const src = checkpointBlocks(ck);
+  const p = prepare(src, opts, hooks);
+  // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
+  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
+  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+  const rewritten = (name: string) => p.run.rewritesNorms && /^layers\.\d+\.(attn_norm|ffn_norm)$/.test(name);
+  let writer: GptqWriter | null = null;
+  const open = (): BlockSink => {
+    writer = new GptqWriter({
+      config: src.config, hfConfig: src.hfConfig, quant: p.quant,
+      plainDtype: (name) => (rewritten(name) ? 'F32' : src.stored(name).dtype),
+    }, out, save);
+    const w = writer;
+    return { plain: (name, data) => w.writePlain(name, data), linear: (name, q) => w.writeLinear(name, q) };
+  };
+  const written = writeTiming.ms;
+  try {
+    const report = await execute(src, p, open, hooks, `; nothing was written to ${out}`);
+    writer!.finish(report);
+    // the returned report counts the shards' final fsyncs too (the saved one cannot)
+    report.writeSeconds = (writeTiming.ms - written) / 1000;
+    return report;
+  } catch (e) {
+    (writer as GptqWriter | null)?.abort();
+    throw e;
+  }
 }
 
 /**
@@ -282,73 +350,10 @@ export interface StreamHooks {
  */
 export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: { bits: Bits; groupSize?: number; symmetric?: boolean },
   hooks: StreamHooks = {}): Promise<QuantizeReport> {
-  const t0 = performance.now();
   needCheckpoint(ck);
   need.string(out, 'out');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
-  need.object(hooks, 'hooks');
-  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
-  if (hooks.signal !== undefined) need.instance(hooks.signal, AbortSignal, 'hooks.signal');
-  if (hooks.save !== undefined) needSaveOptions(hooks.save);
-  const quant = quantSpec(opts);
-  const reports: LinearReport[] = [];
-  let scratch = new Float32Array(0);
-  // a stored float tensor in kernel order is copied byte for byte; anything else is written as fp32
-  const stored = (name: string) => {
-    const s = ck.tensorSource?.(name) ?? null;
-    return s && !s.dstRow && FLOAT_DTYPES.includes(s.tensor.dtype) ? s.tensor : null;
-  };
-  const src: GptqSource = {
-    config: ck.config,
-    hfConfig: ck.hfConfig ?? hfConfigFromLlama(ck.config),
-    quant,
-    plainDtype: (name) => (stored(name)?.dtype ?? 'F32') as 'F32' | 'F16' | 'BF16',
-    plain: (name) => {
-      const t = stored(name);
-      if (!t) {
-        const w = ck.weight(name);
-        checkFinite(w, `${ck.path}: ${name}`, weightShape(ck.config, name));
-        return w;
-      }
-      const raw = readRaw(t);
-      checkStoredFinite(raw, t, `${ck.path}: ${name}`);
-      return raw;
-    },
-    linear: (name) => {
-      const [N, K] = weightShape(ck.config, name);
-      const s = ck.tensorSource?.(name) ?? null;
-      // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
-      if (s && scratch.length < N * K) scratch = new Float32Array(N * K);
-      const w = s ? readTensor(s.tensor, { dstRow: s.dstRow, out: scratch.subarray(0, N * K) }) : ck.weight(name);
-      checkFinite(w, `${ck.path}: ${name}`, [N, K]);
-      const q = quantize(new Tensor(w, [N, K]), { bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16' });
-      const err = sampledRelError(q, w);
-      reports.push({ name: hfModuleName(name), shape: [N, K], errorBefore: err, errorAfter: err });
-      return q;
-    },
-  };
-  // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
-  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
-  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
-  const writer = new GptqWriter(src, out, save);
-  try {
-    const total = writer.names.length;
-    for (let i = 1, name = writer.step(); name !== null; i++, name = writer.step()) {
-      const sec = (performance.now() - t0) / 1000;
-      const layer = /^layers\.(\d+)\./.exec(name);
-      hooks.onProgress?.({ phase: 'quantize', step: i, totalSteps: total, loss: NaN, lr: 0, stepsPerSecond: i / sec, etaSeconds: ((total - i) * sec) / i,
-        layer: layer ? Number(layer[1]) : undefined });
-      if (hooks.signal?.aborted) throw new QuantformError('QF_ABORTED', `Quantization interrupted after ${i} of ${total} tensors; nothing was written to ${out}`);
-      await new Promise((r) => setImmediate(r));  // lets Ctrl-C and progress output through between tensors
-    }
-    const totalSeconds = (performance.now() - t0) / 1000;
-    const report: QuantizeReport = { method: 'rtn', bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, linears: reports, lossCurve: [], trainSeconds: 0, totalSeconds };
-    writer.finish(report);
-    return report;
-  } catch (e) {
-    writer.abort();
-    throw e;
-  }
+  return quantizeCheckpoint(ck, out, { method: 'rtn', bits: opts.bits, groupSize: opts.groupSize, symmetric: opts.symmetric }, hooks);
 }
 
 /**
@@ -372,38 +377,27 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
   };
 }
 
-export interface MemoryNeed {
-  bytes: number;
-  /** what is held at the peak, in words, for errors and logs */
-  what: string;
-}
-
 /**
- * The memory one step of quantization holds at its peak (weights, their packed
- * form, training state): what --max-memory must at least allow. RTN streams one
- * linear at a time; TEQ trains the whole model in fp32 until the block-wise
- * trainer streams blocks.
+ * `ck` with every block linear RTN-quantized when the runtime asks for it (one at a
+ * time, nothing written): the baseline a method is compared against, at any size.
  */
-export function memoryNeed(cfg: LlamaConfig, method: string, train: { samples?: number; seqLen?: number; batchSize?: number } = {}): MemoryNeed {
-  needConfig(cfg);
-  need.string(method, 'method');
-  need.object(train, 'train');
-  for (const k of ['samples', 'seqLen', 'batchSize'] as const) if (train[k] !== undefined) need.positiveInteger(train[k], `train.${k}`);
-  const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
-  if (method === 'rtn') {
-    let worst = { name: '', n: 0 };
-    for (const name of weightNames(cfg)) {
-      const n = weightShape(cfg, name).reduce((a, b) => a * b, 1);
-      if (n > worst.n) worst = { name, n };
-    }
-    // fp32 weight + its dequantized copy (error report) + one byte per code while packing + packed codes
-    const bytes = worst.n * 10;
-    return { bytes, what: `RTN holds one tensor at a time; the largest, ${worst.name} [${weightShape(cfg, worst.name).join(', ')}], needs ${gb(bytes)}` };
-  }
-  const params = weightNames(cfg).reduce((a, n) => a + weightShape(cfg, n).reduce((x, y) => x * y, 1), 0);
-  const T = (train.batchSize ?? 2) * (train.seqLen ?? 256);
-  // source + working copy of every weight, Adam state for the scales, one block's activations and the logits
-  const acts = T * (cfg.dim * 16 + cfg.hiddenDim * 4 + cfg.vocabSize * 2) * 4;
-  const bytes = params * 8 + acts;
-  return { bytes, what: `${method} holds the whole model in fp32 (${(params / 1e6).toFixed(1)}M parameters, source and working copy) plus activations of ${T} tokens: ${gb(bytes)}` };
+export function rtnCheckpoint(ck: Checkpoint, opts: { bits: Bits; groupSize?: number; symmetric?: boolean }): Checkpoint {
+  needCheckpoint(ck);
+  if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  const quant = quantSpec(opts);
+  const src = checkpointBlocks(ck);
+  const rtn = (name: string) => {
+    const [N, K] = weightShape(ck.config, name);
+    return rtnLinear(src.readLinear(name), N, K, quant);
+  };
+  return {
+    format: 'memory',
+    path: `memory:rtn-w${quant.bits}g${quant.groupSize}:${ck.path}`,
+    config: ck.config,
+    hfConfig: ck.hfConfig,
+    weight: (name) => (isQuantizedLinear(name) ? dequantize(rtn(name)).data as Float32Array : src.weight(name)),
+    quantizedWeight: (name) => (isQuantizedLinear(name) ? rtn(name) : null),
+    tokenizer: () => ck.tokenizer(),
+    close: () => {},
+  };
 }

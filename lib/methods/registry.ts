@@ -6,7 +6,7 @@ const methods = new Map<string, QuantMethod>();
 export function registerMethod(m: QuantMethod): void {
   need.object(m, 'method');
   need.string(m.name, 'method.name');
-  need.func(m.prepare, 'method.prepare');
+  need.func(m.start, 'method.start');
   need.bool(m.needsCalibration, 'method.needsCalibration');
   if (typeof m.description !== 'string') throw invalidParameter('string', 'method.description', m.description);
   methods.set(m.name, m);

@@ -1,11 +1,15 @@
-// What a quantization method is: a named, optional, exact transformation of the
-// fp32 model (trained on calibration data or not) that runs before every linear is
-// round-to-nearest quantized, or that quantizes linears itself (MethodResult.linears). Methods register by name (lib/methods/index.ts);
-// quantizeModel looks them up and never changes when a method is added.
+// What a quantization method is: a named run over the blocks of a model, each handed
+// to it by the streaming pipeline (lib/engine/pipeline.ts) with its calibration
+// activations; it transforms the block exactly (TEQ's merged scales) and/or quantizes
+// linears itself (GPTQ), and every linear it leaves is round-to-nearest quantized.
+// Methods register by name (lib/methods/index.ts); the entry points look them up and
+// never change when a method is added.
 import type { CalibrationSet } from '../engine/calib.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
-import type { QuantizedTensor } from '../ops/quant.js';
+import type { BlockSource, FrozenDType } from '../engine/block-source.js';
+import type { EndToEndPlan } from '../engine/end-to-end.js';
+import type { BlockQuant, LlamaShape } from '../engine/llama.js';
+import type { BlockMethod } from '../engine/pipeline.js';
 import type { GptqMethodOptions } from './gptq.js';
 
 export interface TrainOptions {
@@ -53,6 +57,7 @@ export interface TrainState {
 }
 
 export interface MethodContext {
+  shape: LlamaShape;
   quant: BlockQuant;
   calibration?: CalibrationSet;
   train: TrainOptions;
@@ -66,29 +71,31 @@ export interface MethodContext {
   resume?: TrainState;
   /** GPTQ's options (damping, lazy batch, where group parameters are read) */
   gptq?: GptqMethodOptions;
+  /** the budget of a whole-model stage (end-to-end losses), and how errors name it */
+  maxMemoryBytes?: number;
+  budgetLabel?: string;
+  /** storage of frozen weights in a whole-model stage; default exact (bf16 for BF16 checkpoints, else fp32) */
+  frozen?: FrozenDType;
 }
 
-export interface MethodResult {
-  lossCurve: number[];
-  /**
-   * Per-input-channel scales folded into linears, by HF linear name
-   * (model.layers.<l>.self_attn.q_proj ...): the transformed weight is W diag(s).
-   */
-  inputScales?: Map<string, Float32Array>;
-  /** Per-output-row scales folded into linears (rows of W divided by them). */
-  outputScales?: Map<string, Float32Array>;
-  /**
-   * Linears the method quantized itself (HF linear names -> f16-parameter tensors of
-   * the context's bits, group size and symmetry), e.g. GPTQ's codes and scales:
-   * quantizeModel keeps these instead of round-to-nearest quantizing those weights.
-   */
-  linears?: Map<string, QuantizedTensor>;
+/**
+ * One run of a method on one model (its state lives here). The block pass
+ * (lib/engine/pipeline.ts) calls block() for every block in order; a method with an
+ * end-to-end stage runs it first, over the frozen model (lib/engine/end-to-end.ts).
+ */
+export interface MethodRun extends BlockMethod {
+  /** the end-to-end stage's memory plan, checked before anything runs (throws when it does not fit) */
+  planEndToEnd?(src: BlockSource): EndToEndPlan | null;
+  /** the whole-model stage before the block pass */
+  endToEnd?(src: BlockSource): Promise<void>;
+  /** the training loss per step so far (all stages, all blocks) */
+  lossCurve(): number[];
 }
 
 export interface QuantMethod {
   readonly name: string;
   readonly description: string;
   readonly needsCalibration: boolean;
-  /** Transforms `model` in place; the result must compute the same function in fp32. */
-  prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult>;
+  /** A run on a model of ctx.shape; throws on options the method cannot take (before anything is read). */
+  start(ctx: MethodContext): MethodRun;
 }

@@ -141,6 +141,27 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
                 [ref](Napi::Env) { return ref->Value(); });
 }
 
+// gptqPack(qweight, qzeros, scalesOut, codes, scales, zeros|null, N, K, bits, groupSize, symmetric, v1, async)
+// Caller-owned Int32Array / Uint16Array outputs (lib/export/gptq.ts sizes them; gptq_pack re-checks).
+Napi::Value gptq_pack_js(const Napi::CallbackInfo& info) {
+  I32Array qw = arg_int32_array(info, 0, "qweight", false), qz = arg_int32_array(info, 1, "qzeros", false);
+  Span so = arg_span(info, 2, "scalesOut", DType::F16);
+  Span cs = arg_bytes(info, 3, "codes");
+  Span ss = arg_span(info, 4, "scales", DType::F16);
+  const int64_t N = arg_int(info, 6, "N"), K = arg_int(info, 7, "K");
+  const QuantSpec spec = arg_quant_spec(info, 8);
+  Span zs = arg_zeros(info, 5, spec.symmetric, DType::F16);
+  const bool v1 = arg_bool(info, 11, "v1");
+  const bool async = arg_bool(info, 12, "async");
+  const GptqPackOut out{qw.data, qw.len, qz.data, qz.len, static_cast<uint16_t*>(so.data), so.len};
+  return run_op(info, async, {info[0], info[1], info[2], info[3], info[4], info[5]},
+                [=] {
+                  return gptq_pack(out, static_cast<const uint8_t*>(cs.data), cs.len, static_cast<const uint16_t*>(ss.data), ss.len,
+                                   static_cast<const uint16_t*>(zs.data), zs.len, N, K, spec, v1);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
 }  // namespace
 
 void register_quant(Napi::Env env, Napi::Object exports) {
@@ -150,6 +171,7 @@ void register_quant(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "dequantize", dequantize_js);
   QF_EXPORT(exports, "fakeQuantForward", fq_forward_js);
   QF_EXPORT(exports, "fakeQuantBackward", fq_backward_js);
+  QF_EXPORT(exports, "gptqPack", gptq_pack_js);
 }
 
 }  // namespace qf

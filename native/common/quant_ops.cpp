@@ -3,6 +3,9 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+
+#include "quantform/convert.h"
 #include "quantform/engine.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
@@ -86,9 +89,6 @@ Status quantize(Span codes, Span scales, Span zeros, Span w, int64_t N, int64_t 
   if (!(st = expect_len("w", w, (size_t)(N * K), w.dtype)).ok()) return st;
   spec.f16_params = params_f16(scales);
 
-  std::vector<float> wide;
-  const float* wf = static_cast<const float*>(w.data);
-  if (w.dtype != DType::F32) { wide = widen(w); wf = wide.data(); }
   std::vector<float> s32, z32;
   float* sp = static_cast<float*>(scales.data);
   float* zp = static_cast<float*>(zeros.data);
@@ -100,8 +100,31 @@ Status quantize(Span codes, Span scales, Span zeros, Span w, int64_t N, int64_t 
   // one slot per chunk, sized here: the parallel bodies only store into it
   const int64_t slots = scratch_slots();
   std::vector<int64_t> bad_rows((size_t)slots, -1);
+  // f16 / bf16 weights (a checkpoint's own bytes) widen a few rows at a time into per-slot
+  // scratch that stays in cache: no second copy of the matrix, no single-threaded pass
+  const bool half = w.dtype != DType::F32;
+  const int64_t sub = half ? std::max<int64_t>(1, 16384 / K) : 0;  // rows widened at once (~64 KB)
+  std::vector<float> wide((size_t)(slots * sub * K));              // (slots, sub, K)
+  const ConvertKernels& cv = convert_kernels();
+  uint8_t* cp = static_cast<uint8_t*>(codes.data);
+  const int64_t rb = qf_packed_row_bytes(spec.bits, K);
   parallel_slots(N, row_grain(K), slots, [&](int64_t s, int64_t r0, int64_t r1) {
-    bad_rows[(size_t)s] = kt.quantize(static_cast<uint8_t*>(codes.data), sp, zp, wf, r0, r1, K, spec);
+    if (!half) {
+      bad_rows[(size_t)s] = kt.quantize(cp, sp, zp, static_cast<const float*>(w.data), r0, r1, K, spec);
+      return;
+    }
+    float* buf = wide.data() + s * sub * K;
+    const uint16_t* h = static_cast<const uint16_t*>(w.data);
+    for (int64_t r = r0; r < r1; r += sub) {
+      const int64_t n = std::min(sub, r1 - r);
+      if (w.dtype == DType::F16) cv.f16_to_f32(buf, h + r * K, n * K);
+      else cv.bf16_to_f32(buf, h + r * K, n * K);
+      const int64_t bad = kt.quantize(cp + r * rb, sp + r * G, zp ? zp + r * G : nullptr, buf, 0, n, K, spec);
+      if (bad >= 0) {
+        bad_rows[(size_t)s] = r + bad;
+        return;
+      }
+    }
   });
   int64_t first = -1;
   for (int64_t b : bad_rows)

@@ -238,12 +238,16 @@ export interface NativeEngine {
     async: boolean): Promise<void> | void;
   /** The enabled transforms (and a residual rotation (D, D)) merged into one f32 arena, in place */
   fptMerge(config: NativeBlockConfig, params: Float32Array, fptParams: Float32Array, rotation: Float32Array | null): void;
+  /** Throws QF_NON_FINITE when fptParams give no valid step (non-finite, or a T_v past its condition limit) */
+  fptCheck(config: NativeBlockConfig, fptParams: Float32Array): void;
   fptMergeBackward(config: NativeBlockConfig, dFpt: Float32Array, deff: Float32Array, params: Float32Array, fptParams: Float32Array): void;
   fptRotateRows(table: Float32Array, norm: Float32Array | null, rotation: Float32Array, rows: number, D: number): void;
   actQuantError(err: Float32Array, x: Float32Array, candidates: Float32Array, n: number, bits: number, p: number): void;
   rmsnormScaledForward(out: Float32Array, rstd: Float32Array | null, x: Float32Array, w: Float32Array, c: Float32Array | null,
     BT: number, D: number, eps: number): void;
   fwht(x: Float32Array, rows: number, F: number, block: number): void;
+  /** logits (BT, V) become probabilities; loss (BT) = logsumexp - logit[target] (targets < 0: 0) */
+  crossEntropyForward(loss: Float32Array, logits: Float32Array, targets: Int32Array, BT: number, V: number): void;
   lmHeadJsd(loss: Float32Array, dx: Float32Array | null, dc: Float32Array | null, x: Float32Array, c: Float32Array | null,
     normWeight: Float32Array, head: Float32Array, tprobs: Float32Array, BT: number, D: number, V: number, eps: number,
     scale: number, async: true): Promise<void>;

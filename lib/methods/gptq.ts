@@ -10,7 +10,7 @@
 // independently, so this is exact and factors H once). The result carries the GPTQ
 // codes and scales themselves (MethodResult.linears): quantizeModel keeps them.
 import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
-import { native, type NativeBlockConfig, type NativeBlockSavedLayout } from '../native.js';
+import { native, type NativeBlockConfig, type NativeBlockSavedLayout, type NativeFptConfig } from '../native.js';
 import type { CalibrationSet } from '../engine/calib.js';
 import { blockLayout, HF_LINEAR, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
 import { GptqHessian, gptqObjective, gptqQuantizeAsync, type GptqOptions } from '../ops/gptq.js';
@@ -49,6 +49,13 @@ export interface GptqRun {
   seconds: number;
 }
 
+/** A model's merged FPTQuant block step (BlockInputs, runGptq). */
+export interface BlockFpt {
+  config: NativeFptConfig;
+  /** per layer, fpt_param_count floats */
+  params: Float32Array[];
+}
+
 /** Groups of linears that read one input, in the order a block computes them, and that input's slot. */
 const SEQUENCE: { linears: LinearName[]; input: 'n1' | 'att' | 'n2' | 'swiglu' }[] = [
   { linears: ['q_proj', 'k_proj', 'v_proj'], input: 'n1' },
@@ -64,16 +71,23 @@ const SEQUENCE: { linears: LinearName[]; input: 'n1' | 'att' | 'n2' | 'swiglu' }
 export class BlockInputs {
   private readonly nb = native().engine;
   private readonly acts: Float32Array;
+  private readonly carry: Float32Array;
   private readonly cfgs = new Map<number, { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout }>();
 
-  constructor(private readonly model: TrainableLlama, private readonly seq: number, private readonly maxBatch: number) {
+  /**
+   * fpt: the block step of a model whose FPTQuant transforms are merged (online Hadamard, S_n), with
+   * each layer's parameters: the linears' inputs are then those the quantized model's linears read.
+   */
+  constructor(private readonly model: TrainableLlama, private readonly seq: number, private readonly maxBatch: number,
+    private readonly fpt?: BlockFpt) {
     this.acts = new Float32Array(this.layout(maxBatch).lay.total);
+    this.carry = new Float32Array(maxBatch * seq);
   }
 
   private layout(batch: number): { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout } {
     let c = this.cfgs.get(batch);
     if (!c) {
-      const cfg = this.model.blockConfig(batch, this.seq, null, false);
+      const cfg = { ...this.model.blockConfig(batch, this.seq, null, false), fpt: this.fpt?.config ?? null };
       c = { cfg, lay: this.nb.blockSavedLayout(cfg) };
       this.cfgs.set(batch, c);
     }
@@ -84,10 +98,21 @@ export class BlockInputs {
     return this.layout(batch).cfg;
   }
 
-  /** Runs the block on x (batch * seq, D) with parameter arena `params`; out receives its output. */
-  async forward(params: Float32Array, x: Float32Array, out: Float32Array, batch: number): Promise<void> {
+  /**
+   * Runs block `layer` on x (batch * seq, D) with parameter arena `params`; out receives its output
+   * (with S_n, the residual itself: the carry multiplied back in).
+   */
+  async forward(params: Float32Array, x: Float32Array, out: Float32Array, batch: number, layer = 0): Promise<void> {
     const { cfg, lay } = this.layout(batch);
-    await this.nb.blockForward(cfg, out, this.acts.subarray(0, lay.total), x, params, null, true);
+    const acts = this.acts.subarray(0, lay.total);
+    if (!this.fpt) {
+      await this.nb.blockForward(cfg, out, acts, x, params, null, true);
+      return;
+    }
+    const T = batch * this.seq, D = this.model.shape.hidden, c = this.carry.subarray(0, T);
+    const sn = this.fpt.config.residualScaling === true;
+    await this.nb.fptBlockForward(cfg, out, acts, x, params, this.fpt.params[layer], null, sn ? c : null, null, true);
+    if (sn) for (let r = 0; r < T; r++) for (let i = 0; i < D; i++) out[r * D + i] *= c[r];
   }
 
   /**
@@ -135,14 +160,14 @@ export interface GptqHooks {
 
 /** True-sequential GPTQ of every linear of `model` (not modified) on the calibration windows. */
 export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: GptqMethodOptions = {},
-  hooks: GptqHooks = {}): Promise<GptqRun> {
+  hooks: GptqHooks = {}, fpt?: BlockFpt): Promise<GptqRun> {
   const o = resolve(options);
   const t0 = performance.now();
   const s = model.shape, D = s.hidden, S = cal.seqLen, Ns = cal.samples;
   if (S > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', S);
   const nb = native().engine;
   const B = forwardBatch(model, S, Ns);
-  const blockIn = new BlockInputs(model, S, B);
+  const blockIn = new BlockInputs(model, S, B, fpt);
   const lay = blockLayout(s);
   const x = new Float32Array(Ns * S * D);  // (samples * seq, D) inputs of the current block
   const y = new Float32Array(B * S * D);   // (B * seq, D) one chunk's block output
@@ -157,13 +182,14 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
   let done = 0;
   // every sample chunk through the block with the current arena; `each` sees the chunk's
   // output (y) and saved inputs before the next chunk runs
+  let layer = 0;
   const sweep = async (arena: Float32Array, each: (b0: number, bc: number) => Promise<void> | void, normOnly = false) => {
     for (let b0 = 0; b0 < Ns; b0 += B) {
       const bc = Math.min(B, Ns - b0);
       const xc = x.subarray(b0 * S * D, (b0 + bc) * S * D);
       try {
         if (normOnly) blockIn.inputNorm(arena, xc, bc);
-        else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc);
+        else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc, layer);
       } catch (e) {
         throw fromNative(e);
       }
@@ -171,6 +197,7 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
     }
   };
   for (let l = 0; l < s.layers; l++) {
+    layer = l;
     const arena = model.blocks[l].slice();  // quantized linears are replaced by their dequantized values
     for (const grp of SEQUENCE) {
       if (hooks.signal?.aborted)

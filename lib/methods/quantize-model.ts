@@ -23,6 +23,7 @@ import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '.
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { FptActivationQuant, FptQuantOptions } from './fptquant.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'gptq', 'teq'. */
@@ -47,6 +48,8 @@ export interface QuantizeModelOptions {
   extraScales?: boolean;
   /** GPTQ: damping, lazy batch, where group parameters are read. */
   gptq?: GptqMethodOptions;
+  /** FPTQuant: activation / KV bits, transforms, stages (lib/methods/fptquant.ts). */
+  fpt?: FptQuantOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -86,6 +89,8 @@ export interface QuantizedModel {
   /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> quantized weight (RTN, or the method's own) */
   linears: Map<string, QuantizedTensor>;
   report: QuantizeReport;
+  /** static activation / KV quantization and run-time transforms (FPTQuant), saved with the checkpoint */
+  activations?: FptActivationQuant;
 }
 
 function resolveTrain(o: QuantizeModelOptions): TrainOptions {
@@ -106,7 +111,7 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
 /** What a checkpoint must match to be resumed: the model's weights, shapes and the whole configuration. */
 function fingerprint(model: TrainableLlama, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ shape: model.shape, method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen }));
+  h.update(JSON.stringify({ shape: model.shape, method: o.method, quant, train: t, fpt: o.fpt ?? null, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen }));
   h.update(new Uint8Array(model.embed.buffer, model.embed.byteOffset, model.embed.byteLength));
   for (const b of model.blocks) h.update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
   if (o.calibration) h.update(new Uint8Array(o.calibration.tokens.buffer, o.calibration.tokens.byteOffset, o.calibration.tokens.byteLength));
@@ -155,6 +160,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   const tTrain = performance.now();
   const res = await method.prepare(model, {
     quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
+    fpt: opts.fpt,
     checkpoint: ck ? async (s: TrainState) => {
       writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
         { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
@@ -176,7 +182,8 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
         throw new QuantformError('QF_INTERNAL', `Method '${method.name}' returned ${name} as [${own.shape}] INT${own.bits} g${own.groupSize}, not [${rows}, ${cols}] INT${quant.bits} g${Math.min(groupSize, cols)}`);
       const q = own ?? quantize(new Tensor(w, [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' });
       linears.set(name, q);
-      const orig = source.linear(l, n);
+      // transformed linears (FPTQuant) are measured against the transformed weight they were quantized from
+      const orig = res.weightsTransformed ? w : source.linear(l, n);
       const before = dequantize(quantize(new Tensor(orig.slice(), [rows, cols]), { bits: quant.bits, groupSize: Math.min(groupSize, cols), symmetric, paramDtype: 'f16' })).data as Float32Array;
       const after = dequantize(q).data as Float32Array;
       const sc = res.inputScales?.get(name), rsc = res.outputScales?.get(name);
@@ -186,7 +193,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
       hooks.onProgress?.({ phase: 'quantize', step: reports.length, totalSteps: model.shape.layers * LINEARS.length, loss: NaN, lr: 0, stepsPerSecond: 0, etaSeconds: 0, layer: l });
     }
   return {
-    model, quant, linears,
+    model, quant, linears, activations: res.activations,
     report: { method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, trainSeconds, totalSeconds: (performance.now() - t0) / 1000 },
   };
 }
@@ -318,6 +325,7 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
     hfConfig: src.hfConfig,
     weight: (name) => (isQuantizedLinear(name) ? dequantize(src.linear(name)).data as Float32Array : src.plain(name) as Float32Array),
     quantizedWeight: (name) => (isQuantizedLinear(name) ? src.linear(name) : null),
+    activationQuant: () => q.activations ?? null,
     tokenizer: async () => tokenizer,
     close: () => {},
   };

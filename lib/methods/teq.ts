@@ -7,10 +7,11 @@
 // quantized model carries no extra op.
 import { fromNative, QuantformError } from '../errors.js';
 import { native } from '../native.js';
-import { seededRandom } from '../engine/calib.js';
+import { batchIndices } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
 import { HF_LINEAR, type TrainableLlama } from '../engine/llama.js';
-import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
+import type { MethodContext, MethodResult, QuantMethod } from './types.js';
+import { nonFinite, Trainer } from './trainer.js';
 
 /**
  * Applies trained scales, alpha (layers, A) with A = model.alphaPerLayer(extra):
@@ -40,46 +41,6 @@ function expandVScales(model: TrainableLlama, av: Float32Array): Float32Array {
     throw fromNative(e);
   }
   return ao;
-}
-
-/** Deterministic batch order: epoch e visits the samples in a seeded permutation. */
-function batchIndices(samples: number, batch: number, step: number, seed: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < batch; i++) {
-    const flat = step * batch + i;
-    const epoch = Math.floor(flat / samples);
-    const r = seededRandom(seed * 1000003 + epoch);
-    const perm = Array.from({ length: samples }, (_, j) => j);
-    for (let j = samples - 1; j > 0; j--) {
-      const k = Math.floor(r() * (j + 1));
-      [perm[j], perm[k]] = [perm[k], perm[j]];
-    }
-    out.push(perm[flat % samples]);
-  }
-  return out;
-}
-
-class Trainer {
-  private readonly t0 = performance.now();
-  private stepsDone = 0;
-  constructor(private readonly ctx: MethodContext, private readonly total: number) {}
-
-  /** Reports progress; saves a checkpoint when due or when aborted (then throws). */
-  async after(step: number, loss: number, lr: number, state: () => TrainState, layer?: number): Promise<void> {
-    const ctx = this.ctx;
-    this.stepsDone++;
-    const sec = (performance.now() - this.t0) / 1000;
-    const sps = this.stepsDone / Math.max(sec, 1e-9);
-    ctx.onProgress?.({ phase: 'train', step: step + 1, totalSteps: this.total, loss, lr, stepsPerSecond: sps, etaSeconds: (this.total - step - 1) / sps, layer });
-    const aborted = ctx.signal?.aborted === true;
-    if (ctx.checkpoint && (aborted || ((step + 1) % ctx.checkpointEvery === 0 && step + 1 < this.total))) await ctx.checkpoint(state());
-    if (aborted) throw new QuantformError('QF_ABORTED', `Training stopped at step ${step + 1} of ${this.total}; the checkpoint can be resumed`);
-  }
-}
-
-function nonFinite(step: number, loss: number): QuantformError {
-  return new QuantformError('QF_NON_FINITE',
-    `Training loss became ${loss} at step ${step + 1}: stopped; the last checkpoint (if any) holds the last good state. Try a lower lr.`);
 }
 
 async function trainEndToEnd(model: TrainableLlama, ctx: MethodContext, opt: AdamW, curve: number[], start: number): Promise<void> {

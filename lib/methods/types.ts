@@ -7,6 +7,7 @@ import type { ScheduleKind } from '../engine/optim.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { FptActivationQuant, FptQuantOptions } from './fptquant.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -34,7 +35,8 @@ export interface TrainOptions {
 }
 
 export interface ProgressEvent {
-  phase: 'train' | 'quantize';
+  /** FPTQuant: 'calibrate' (range search), 'local' (per block), 'e2e' */
+  phase: 'train' | 'quantize' | 'calibrate' | 'local' | 'e2e';
   step: number;
   totalSteps: number;
   loss: number;
@@ -66,6 +68,8 @@ export interface MethodContext {
   resume?: TrainState;
   /** GPTQ's options (damping, lazy batch, where group parameters are read) */
   gptq?: GptqMethodOptions;
+  /** FPTQuant's options (bits of activations and KV cache, transforms, stages) */
+  fpt?: FptQuantOptions;
 }
 
 export interface MethodResult {
@@ -83,6 +87,13 @@ export interface MethodResult {
    * quantizeModel keeps these instead of round-to-nearest quantizing those weights.
    */
   linears?: Map<string, QuantizedTensor>;
+  /**
+   * The linears were transformed by changes of basis the report cannot undo per channel
+   * (FPTQuant): their error is measured against the transformed weights.
+   */
+  weightsTransformed?: boolean;
+  /** Static activation / KV-cache quantization and run-time transforms the model needs (FPTQuant). */
+  activations?: FptActivationQuant;
 }
 
 export interface QuantMethod {

@@ -467,6 +467,15 @@ Napi::Value fpt_merge_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// fptCheck(config, fptParams): throws QF_NON_FINITE when the parameters give no valid step.
+Napi::Value fpt_check_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span fparams = arg_span(info, 1, "fptParams", DType::F32);
+  bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
+  check_status(fpt_check_params(fparams, b->desc.dims, b->desc.fpt));
+  return info.Env().Undefined();
+}
+
 // fptMergeBackward(config, dFpt, deff, params, fptParams): dFpt += the merge's backward of deff.
 Napi::Value fpt_merge_backward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
@@ -516,6 +525,7 @@ void register_engine(Napi::Env env, Napi::Object root) {
   QF_EXPORT(exports, "fptBlockForward", fpt_block_forward_js);
   QF_EXPORT(exports, "fptBlockBackward", fpt_block_backward_js);
   QF_EXPORT(exports, "fptMerge", fpt_merge_js);
+  QF_EXPORT(exports, "fptCheck", fpt_check_js);
   QF_EXPORT(exports, "fptMergeBackward", fpt_merge_backward_js);
 }
 

@@ -444,7 +444,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   int64_t Gmax = 1;
   if (ints)
     for (const WeightSource& w : d.linear) Gmax = std::max(Gmax, w.prepared->G);
-  const int64_t per_slot = std::max(std::max(kGemmPackFloats, attention_scratch_floats(L)),
+  const int64_t per_slot = std::max(std::max(kGemmPackFloats, qcache ? attention_q8_scratch_floats(L, hd) : attention_scratch_floats(L)),
                                     ints ? (matmul_int8_run_scratch_bytes(BT, KPmax) + 3) / 4 : 0);
 
   // Workspace: slot scratch, widened weights and, without a saved buffer, the activations

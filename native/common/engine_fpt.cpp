@@ -579,6 +579,15 @@ Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& 
   return Status::Ok();
 }
 
+Status fpt_check_params(Span params, const BlockDims& d, const FptTransforms& f) {
+  QF_TRY(check_fpt_dims(d));
+  QF_TRY(need("fptParams", params, fpt_layout(d).total, "(fpt_param_count)"));
+  FptTransforms t = f;
+  t.params = F(params);
+  fpt::Prep p;
+  return fpt::prepare(&p, d, t);
+}
+
 Status fpt_rotate_rows(Span table, Span norm, Span rotation, int64_t rows, int64_t D) {
   QF_TRY(positive("rows", rows));
   QF_TRY(positive("D", D));
@@ -735,6 +744,9 @@ Status check_quant_rows(const I8Span& xq, const Span& xsumq, int64_t rows, int64
   if (KP < K || KP % 8 != 0 || KP > K + 7)
     return error(Code::InvalidArgument, "Expected KP = K rounded up to a multiple of 8 (" + num((K + 7) / 8 * 8) +
                                             ") but received " + num(KP));
+  if (gs % 8 != 0 && gs < K)
+    return error(Code::InvalidArgument, "Expected groupSize a multiple of 8 or at least K = " + num(K) +
+                                            " (the int8 kernels' layout) but received " + num(gs));
   if (!(scale > 0.f) || !std::isfinite(scale))
     return error(Code::InvalidArgument, "Expected a positive finite scale but received " + fnum(scale));
   QF_TRY(need_i8("xq", xq, rows * KP, "(rows, KP)"));
@@ -829,7 +841,7 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   QF_TRY(need("vscale", vscale, Hkv, "(Hkv)"));
   QF_TRY(positive_values("kscale", kscale));
   QF_TRY(positive_values("vscale", vscale));
-  const int64_t L = pos0 + T, slots = scratch_slots(), per = attention_scratch_floats(L);
+  const int64_t L = pos0 + T, slots = scratch_slots(), per = attention_q8_scratch_floats(L, hd);
   Workspace ws;
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_forward_q8"));
   const EngineKernels& kt = engine_kernels();

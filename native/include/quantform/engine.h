@@ -72,6 +72,9 @@ constexpr int64_t kAttnChunk = 64;
 // Private scratch of one attention_forward thread over L keys: a block of scores
 // (kAttnChunk, L) plus GEMM packing.
 inline int64_t attention_scratch_floats(int64_t L) { return kAttnChunk * L + kGemmPackFloats; }
+// Private scratch of one attention_forward_q8 thread: attention_forward's plus the dequantized keys and
+// values of one kv head (2, L, hd).
+inline int64_t attention_q8_scratch_floats(int64_t L, int64_t hd) { return attention_scratch_floats(L) + 2 * L * hd; }
 // Private scratch of one attention_backward thread (T positions, rep = Hq / Hkv q heads per
 // kv head): a block of score gradients (kAttnChunk, T), per-head row statistics (3 rep, T)
 // for the reference, GEMM packing.
@@ -189,7 +192,7 @@ inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
   X(quant_heads, void(int8_t* q, const float* x, const float* scale, float qmax, int64_t r0, int64_t r1, int64_t H,  \
       int64_t hd))                                                                                                   \
   /* attention_forward over an int8 cache (B, S, Hkv, hd): key j of kv head g is kq * kscale[g], value vq * vscale[g]; \
-     work items as attention_forward, no probabilities; scratch attention_scratch_floats(L). */                      \
+     work items as attention_forward, no probabilities; scratch attention_q8_scratch_floats(L, hd). */                      \
   X(attention_forward_q8, void(float* out, const float* q, const int8_t* kq, const int8_t* vq, const float* kscale,  \
       const float* vscale, int64_t i0, int64_t i1, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd, int64_t S,        \
       int64_t pos0, float* scratch))                                                                                 \
@@ -643,6 +646,9 @@ Status fpt_merge(Span arena, Span rotation, const BlockDims& d, const FptTransfo
 // Backward of the merge of the enabled transforms (no rotation): dparams (fpt_param_count) += the
 // gradient of <deff, merge(arena, params)> with deff in the arena layout (linears only).
 Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& fpt);
+// Whether params (fpt_param_count) give a valid step for `fpt`: every entry finite, every scale positive,
+// each T_v within kFptMaxCond (QF_NON_FINITE naming what failed). Trainers check before a checkpoint.
+Status fpt_check_params(Span params, const BlockDims& d, const FptTransforms& fpt);
 // table (rows, D) <- table diag(norm) Q (norm null: 1): the embedding (no norm) and the LM head
 // (the final norm fused) of a residual-rotated model.
 Status fpt_rotate_rows(Span table, Span norm, Span rotation, int64_t rows, int64_t D);

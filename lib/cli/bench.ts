@@ -4,6 +4,7 @@ import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchLoad } from './bench-load.js';
 import { registerBenchModel } from './bench-model.js';
+import { registerBenchPrefill } from './bench-prefill.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
 import { registerBenchScale } from './bench-scale.js';
@@ -21,4 +22,5 @@ export function registerBench(program: Command): void {
   registerBenchMatmul(bench);
   registerBenchLoad(bench);
   registerBenchScale(bench);
+  registerBenchPrefill(bench);
 }

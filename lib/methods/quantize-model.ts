@@ -24,6 +24,7 @@ import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
 import type { FptActivationQuant, FptQuantOptions } from './fptquant.js';
+import { activationConfig } from '../model/fpt.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'gptq', 'teq'. */
@@ -80,6 +81,8 @@ export interface QuantizeReport {
   lossCurve: number[];
   trainSeconds: number;
   totalSeconds: number;
+  /** FPTQuant: static activation / KV bits and the run-time transforms */
+  activations?: { actBits: number; kvBits: number; onlineTransforms: string[]; residualRotation: boolean };
 }
 
 export interface QuantizedModel {
@@ -194,7 +197,13 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
     }
   return {
     model, quant, linears, activations: res.activations,
-    report: { method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, trainSeconds, totalSeconds: (performance.now() - t0) / 1000 },
+    report: {
+      method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, trainSeconds, totalSeconds: (performance.now() - t0) / 1000,
+      activations: res.activations ? {
+        actBits: res.activations.actBits, kvBits: res.activations.kvBits, residualRotation: res.activations.residualRotation,
+        onlineTransforms: (activationConfig(res.activations).online_transforms as string[] | undefined) ?? [],
+      } : undefined,
+    },
   };
 }
 

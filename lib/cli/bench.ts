@@ -1,5 +1,6 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchFptquant } from './bench-fptquant.js';
 import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchLoad } from './bench-load.js';
@@ -23,4 +24,5 @@ export function registerBench(program: Command): void {
   registerBenchLoad(bench);
   registerBenchScale(bench);
   registerBenchPrefill(bench);
+  registerBenchFptquant(bench);
 }

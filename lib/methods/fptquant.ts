@@ -48,7 +48,7 @@ export interface FptQuantOptions {
   /** Local stage: Adam steps per block, learning rate, windows per step. Defaults 150, 5e-3, 4. */
   localSteps?: number;
   localLr?: number;
-  /** Outlier penalty weights on activations and merged weights, and its p. Defaults 0.01, 0.01, 4. */
+  /** Outlier penalty weights on activations and merged weights, and its p. Defaults 1e-4, 1e-4, 4 (at 1e-2 it outweighed the block MSE and cost perplexity). */
   lpAct?: number;
   lpWeight?: number;
   lpP?: number;
@@ -75,7 +75,7 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
     actBits: o.actBits ?? 8, kvBits: o.kvBits ?? o.actBits ?? 8, qk: o.qk ?? true, v: o.v ?? true, mlp: o.mlp ?? true,
     residualScaling: o.residualScaling ?? true, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
     weights: o.weights ?? 'gptq', stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
-    lpAct: o.lpAct ?? 0.01, lpWeight: o.lpWeight ?? 0.01, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 1e-3,
+    lpAct: o.lpAct ?? 1e-4, lpWeight: o.lpWeight ?? 1e-4, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 1e-3,
     batchSize: o.batchSize ?? 4, rangeWindows: o.rangeWindows ?? 16, rangeP: o.rangeP ?? 2.4, teacherCacheBytes: o.teacherCacheBytes ?? 1e9,
     seed: o.seed ?? 0,
   };

@@ -113,6 +113,8 @@ export interface NativeFptConfig {
   qk?: boolean;
   v?: boolean;
   mlp?: boolean;
+  /** T_v starts from the Hadamard matrix of size hd (A = H L U) */
+  vHadamard?: boolean;
   /** the weights already hold the transforms (inference): only quantizers, S_n and the Hadamard run */
   merged?: boolean;
   /** S_n, the per-token residual carry */

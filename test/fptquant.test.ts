@@ -56,7 +56,7 @@ function blockOut(c: NativeBlockConfig, params: Float32Array, fp: Float32Array, 
 }
 
 const ALONE: [string, NativeFptConfig][] = [
-  ['T_k', { qk: true }], ['T_v', { v: true }], ['T_u', { mlp: true }], ['S_n', { residualScaling: true }],
+  ['T_k', { qk: true }], ['T_v', { v: true }], ['T_v from a Hadamard start', { v: true, vHadamard: true }], ['T_u', { mlp: true }], ['S_n', { residualScaling: true }],
   ['online Hadamard', { hadamardBlock: 16 }], ['all together', { qk: true, v: true, mlp: true, residualScaling: true, hadamardBlock: 16 }],
 ];
 
@@ -128,6 +128,18 @@ describe('FPTQuant backward', () => {
     const dfp = new Float32Array(L.total);
     eng.fptMergeBackward(c, dfp, R, params, fp);
     fdCheck(f, fp.subarray(0, L.actLogScale), dfp.subarray(0, L.actLogScale), 60, 1e-2);
+  });
+
+  it('merge: T_v from a Hadamard start (A = H L U) vs finite differences; a non-power-of-two hd or T_v off is refused', () => {
+    const c = blockCfg({ fpt: { v: true, vHadamard: true } });
+    const { params } = blockSetup(c, 15);
+    const L = eng.fptLayout(c), fp = uniform(L.total, 16, 0.3), R = uniform(params.length, 17);
+    const f = () => { const m = params.slice(); eng.fptMerge(c, m, fp, null); return dot(m, R); };
+    const dfp = new Float32Array(L.total);
+    eng.fptMergeBackward(c, dfp, R, params, fp);
+    fdCheck(f, fp.subarray(0, L.actLogScale), dfp.subarray(0, L.actLogScale), 40, 1e-2);
+    const off = { ...c, fpt: { vHadamard: true } };
+    expect(() => eng.fptMerge(off, params.slice(), new Float32Array(eng.fptLayout(off).total), null)).toThrow(/T_v off/);
   });
 });
 

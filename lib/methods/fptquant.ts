@@ -37,6 +37,8 @@ export interface FptQuantOptions {
   v?: boolean;
   mlp?: boolean;
   residualScaling?: boolean;
+  /** T_v starts from a Hadamard rotation of each value head (QuaRot's) instead of the identity (hd a power of two). Default false. */
+  valueHadamard?: boolean;
   /** QuaRot-style residual rotation (randomised Hadamard; a seeded orthogonal matrix when D is no power of two). Default false. */
   residualRotation?: boolean;
   /** Online Hadamard before down_proj over the largest power-of-two blocks dividing the intermediate size. Default false. */
@@ -73,7 +75,7 @@ type Resolved = Required<FptQuantOptions>;
 export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
   const r: Resolved = {
     actBits: o.actBits ?? 8, kvBits: o.kvBits ?? o.actBits ?? 8, qk: o.qk ?? true, v: o.v ?? true, mlp: o.mlp ?? true,
-    residualScaling: o.residualScaling ?? true, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
+    residualScaling: o.residualScaling ?? true, valueHadamard: o.valueHadamard ?? false, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
     weights: o.weights ?? 'gptq', stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
     lpAct: o.lpAct ?? 1e-4, lpWeight: o.lpWeight ?? 1e-4, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 1e-3,
     batchSize: o.batchSize ?? 4, rangeWindows: o.rangeWindows ?? 16, rangeP: o.rangeP ?? 2.4, teacherCacheBytes: o.teacherCacheBytes ?? 1e9,
@@ -81,7 +83,7 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
   };
   for (const k of ['actBits', 'kvBits'] as const)
     if (!is.oneOf(r[k], [4, 8, 16])) throw invalidParameter('4, 8 or 16', k, r[k], 'QF_UNSUPPORTED_BITS');
-  for (const k of ['qk', 'v', 'mlp', 'residualScaling', 'residualRotation', 'onlineHadamard'] as const)
+  for (const k of ['qk', 'v', 'mlp', 'residualScaling', 'valueHadamard', 'residualRotation', 'onlineHadamard'] as const)
     if (!is.bool(r[k])) throw invalidParameter('boolean', k, r[k]);
   if (!is.oneOf(r.weights, ['gptq', 'rtn'] as const)) throw invalidParameter("'gptq' or 'rtn'", 'weights', r.weights);
   if (!is.oneOf(r.stages, ['none', 'local', 'local+e2e'] as const)) throw invalidParameter("'none', 'local' or 'local+e2e'", 'stages', r.stages);
@@ -161,7 +163,7 @@ export function rotateResidual(model: TrainableLlama, Q: Float32Array): void {
 /** The engine's fpt config of a training (unmerged) or evaluation step. */
 function fptConfig(o: Resolved, hadamardBlock: number, quantized: boolean, lp: boolean): NativeFptConfig {
   return {
-    qk: o.qk, v: o.v, mlp: o.mlp, residualScaling: o.residualScaling && o.actBits < 16, hadamardBlock,
+    qk: o.qk, v: o.v, mlp: o.mlp, vHadamard: o.v && o.valueHadamard, residualScaling: o.residualScaling && o.actBits < 16, hadamardBlock,
     actBits: quantized && o.actBits < 16 ? o.actBits : 0, kvBits: quantized && o.kvBits < 16 ? o.kvBits : 0,
     lpAct: lp ? o.lpAct : 0, lpWeight: lp ? o.lpWeight : 0, lpP: o.lpP,
   };

@@ -221,6 +221,7 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
     t.on = true;
     t.qk = get_bool(f, "qk", false);
     t.v = get_bool(f, "v", false);
+    t.v_hadamard = get_bool(f, "vHadamard", false);
     t.mlp = get_bool(f, "mlp", false);
     t.merged = get_bool(f, "merged", false);
     t.residual_scaling = get_bool(f, "residualScaling", false);

@@ -66,6 +66,11 @@ Status positive_values(const char* name, const Span& s) {
 }
 bool power_of_two(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
+// Entry (i, j) of the normalised Sylvester Hadamard matrix of size n (a power of two).
+double hadamard_entry(int64_t i, int64_t j, int64_t n) {
+  return (__builtin_popcountll((unsigned long long)(i & j)) & 1 ? -1.0 : 1.0) / std::sqrt((double)n);
+}
+
 // (rows, cols) of linear j.
 void linear_shape(const BlockDims& d, int j, int64_t* rows, int64_t* cols) {
   const int64_t r[kBlockLinears] = {d.Dq(), d.Dkv(), d.Dkv(), d.D, d.F, d.F, d.D};
@@ -132,6 +137,9 @@ Status check(const BlockDesc& d) {
   if (f.hadamard_block != 0 && (!power_of_two(f.hadamard_block) || d.dims.F % f.hadamard_block != 0))
     return error(Code::InvalidArgument, "Expected an online Hadamard block that is a power of two dividing F = " +
                                             num(d.dims.F) + " but received " + num(f.hadamard_block));
+  if (f.v_hadamard && (!f.v || !power_of_two(d.dims.hd)))
+    return error(Code::InvalidArgument, "Expected the value transform on and a power-of-two hd for a Hadamard-initialised T_v but received hd = " +
+                                            num(d.dims.hd) + (f.v ? "" : " with T_v off"));
   if (f.merged && (f.qk || f.v || f.mlp))
     return error(Code::InvalidArgument, "Expected no transform flags on merged weights (they are in the weights already)");
   if (!f.params) return error(Code::InvalidArgument, "Expected FPTQuant parameters (fpt_param_count floats) but received none");
@@ -220,6 +228,22 @@ Status prepare(Prep* p, const BlockDims& dims, const FptTransforms& f) {
         for (int64_t k = i; k < hd; k++) s += Ui[(size_t)(i * hd + k)] * Li[(size_t)(k * hd + j)];
         Ai[(size_t)(i * hd + j)] = s;
       }
+    if (f.v_hadamard) {
+      // A = H (L U), A^-1 = (L U)^-1 H (H symmetric orthogonal)
+      std::vector<double> t(hh);
+      for (int64_t i = 0; i < hd; i++)
+        for (int64_t j = 0; j < hd; j++) {
+          double a = 0, b = 0;
+          for (int64_t k = 0; k < hd; k++) {
+            a += hadamard_entry(i, k, hd) * A[(size_t)(k * hd + j)];
+            b += Ai[(size_t)(i * hd + k)] * hadamard_entry(k, j, hd);
+          }
+          t[(size_t)(i * hd + j)] = a;
+          Li[(size_t)(i * hd + j)] = b;  // scratch: the new inverse
+        }
+      A = t;
+      Ai.assign(Li.begin(), Li.end());
+    }
     double na = 0, ni = 0;
     for (int64_t j = 0; j < hd; j++) {
       double ca = 0, ci = 0;
@@ -306,12 +330,24 @@ void apply_linear(int j, float* out, const float* W, const Prep& p, float* pack,
 
 namespace {
 
-// dparams of the LU parameters of head g from dA (hd, hd), the gradient w.r.t. A = L U.
-void lu_backward(float* dP, const double* dA, const Prep& p, int64_t g) {
+// dparams of the LU parameters of head g from dA_in (hd, hd), the gradient w.r.t. A = [H] L U.
+void lu_backward(float* dP, const double* dA_in, const Prep& p, int64_t g) {
   const int64_t hd = p.dims.hd;
   const size_t hh = (size_t)(hd * hd);
   const double* Lg = p.L.data() + g * hh;
   const double* Ug = p.U.data() + g * hh;
+  std::vector<double> hdA;  // with the Hadamard start: the gradient w.r.t. L U is H^T dA = H dA
+  const double* dA = dA_in;
+  if (p.f.v_hadamard) {
+    hdA.assign(hh, 0.0);
+    for (int64_t i = 0; i < hd; i++)
+      for (int64_t j = 0; j < hd; j++) {
+        double s = 0;
+        for (int64_t k = 0; k < hd; k++) s += hadamard_entry(i, k, hd) * dA_in[k * hd + j];
+        hdA[(size_t)(i * hd + j)] = s;
+      }
+    dA = hdA.data();
+  }
   for (int64_t i = 0; i < hd; i++)
     for (int64_t j = 0; j < hd; j++) {
       double s = 0;

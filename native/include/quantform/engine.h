@@ -517,6 +517,9 @@ struct FptTransforms {
   bool on = false;
   bool merged = false;
   bool qk = false, v = false, mlp = false;  // which mergeable transforms the step applies (merged = false)
+  // T_v starts from the normalised Hadamard matrix of size hd instead of the identity: A = H L U (hd a
+  // power of two), the QuaRot rotation of the value heads as the initial point of the trained T_v.
+  bool v_hadamard = false;
   bool residual_scaling = false;            // S_n
   int64_t hadamard_block = 0;               // online Hadamard before down_proj; 0: off
   int act_bits = 0;                         // 0 (fp activations), 4 or 8

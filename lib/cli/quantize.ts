@@ -65,6 +65,7 @@ interface QuantizeCliOpts {
   kvBits?: number;
   residualRotation?: boolean;
   onlineHadamard?: boolean;
+  valueHadamard?: boolean;
   fptStages?: 'none' | 'local' | 'local+e2e';
   fptWeights?: 'gptq' | 'rtn';
   localSteps?: number;
@@ -181,6 +182,7 @@ export function registerQuantize(program: Command): void {
     .option('--kv-bits <n>', 'FPTQuant: KV-cache bits, 8 | 4 | 16 (default: --a-bits)', intOption)
     .option('--residual-rotation', 'FPTQuant: merge a randomised Hadamard rotation of the residual stream (the LM head is untied)')
     .option('--online-hadamard', 'FPTQuant: grouped Hadamard before down_proj at run time (largest power-of-two block dividing the intermediate size)')
+    .option('--value-hadamard', 'FPTQuant: start T_v from a Hadamard rotation of each value head instead of the identity (head size a power of two)')
     .option('--fpt-stages <s>', "FPTQuant: 'local+e2e' (default), 'local', or 'none' (ranges only)")
     .option('--fpt-weights <q>', "FPTQuant: weight quantizer after the merge, 'gptq' (default) or 'rtn'")
     .option('--no-transforms <list>', 'FPTQuant: transforms to leave out, comma-separated from qk,v,mlp,sn (ablations)')
@@ -301,6 +303,7 @@ function fptOptionsOf(o: QuantizeCliOpts, given: (key: string) => boolean): FptQ
       throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --no-transforms from qk, v, mlp, sn but received '${t}'`);
   return {
     actBits: o.aBits ?? 8, kvBits: o.kvBits ?? o.aBits ?? 8, residualRotation: o.residualRotation === true, onlineHadamard: o.onlineHadamard === true,
+    valueHadamard: o.valueHadamard === true,
     stages: o.fptStages, weights: o.fptWeights, localSteps: o.localSteps, e2eSteps: o.e2eSteps, localLr: o.localLr, e2eLr: o.e2eLr,
     batchSize: given('batchSize') ? o.batchSize : undefined, seed: o.seed,
     qk: !off.has('qk'), v: !off.has('v'), mlp: !off.has('mlp'), residualScaling: !off.has('sn'),

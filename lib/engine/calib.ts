@@ -3,7 +3,7 @@
 // concatenated into one stream, and N windows of L tokens start at seeded random
 // offsets. The same file, tokenizer, N, L and seed always give the same windows.
 import { readFileSync } from 'node:fs';
-import { invalidParameter, is, QuantformError } from '../errors.js';
+import { invalidParameter, is, need, QuantformError } from '../errors.js';
 
 export interface CalibrationOptions {
   /** Number of windows. Default 128. */
@@ -46,6 +46,10 @@ export function seededRandom(seed: number): () => number {
 }
 
 export function calibrationFromText(text: string, encode: (doc: string) => number[], opts: CalibrationOptions = {}): CalibrationSet {
+  if (!is.string(text)) throw invalidParameter('string', 'text', text);
+  need.func(encode, 'encode');
+  need.object(opts, 'options');
+  if (opts.separator !== undefined) need.string(opts.separator, 'separator');
   const samples = opts.samples ?? 128, seqLen = opts.seqLen ?? 256, seed = opts.seed ?? 0, skip = opts.skipDocuments ?? 0;
   if (!is.positiveInteger(samples)) throw invalidParameter('positive integer', 'samples', samples);
   if (!is.positiveInteger(seqLen)) throw invalidParameter('positive integer', 'seqLen', seqLen);
@@ -54,7 +58,14 @@ export function calibrationFromText(text: string, encode: (doc: string) => numbe
   const sep = opts.separator ?? (text.includes('<|endoftext|>') ? '<|endoftext|>' : undefined);
   const docs = (sep ? text.split(sep) : [text]).map((d) => d.trim()).filter((d) => d.length > 0).slice(skip);
   const stream: number[] = [];
-  for (const d of docs) for (const id of encode(d)) stream.push(id);
+  for (const d of docs) {
+    const ids = encode(d);
+    if (!Array.isArray(ids)) throw invalidParameter('array of token ids', 'encode(text) result', ids);
+    for (const id of ids) {
+      if (!is.nonNegativeInteger(id)) throw invalidParameter('non-negative integer token ids', 'encode(text) result', id);
+      stream.push(id);
+    }
+  }
   if (stream.length < seqLen)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Calibration text is too short: ${stream.length} tokens${skip ? ` after skipping ${skip} documents` : ''}, but one sequence needs seqLen = ${seqLen}`);
@@ -69,6 +80,8 @@ export function calibrationFromText(text: string, encode: (doc: string) => numbe
 }
 
 export function calibrationFromFile(file: string, encode: (doc: string) => number[], opts: CalibrationOptions = {}): CalibrationSet {
+  need.string(file, 'file');
+  need.func(encode, 'encode');
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

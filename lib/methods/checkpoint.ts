@@ -1,0 +1,23 @@
+// The training state inside a checkpoint file (--resume), checked before training
+// trusts it: a checkpoint is a file on disk, so it may be truncated, edited or
+// written by another version. Metadata: fingerprint, step (a decimal integer),
+// lossCurve (a JSON array of one loss per step); tensor 'arena': F32 optimizer state.
+import { QuantformError } from '../errors.js';
+import { parseJson } from '../io/json.js';
+import type { SafeTensor } from '../io/safetensors.js';
+import type { TrainState } from './types.js';
+
+export function trainStateFromCheckpoint(file: string, meta: unknown, arena: SafeTensor | undefined): TrainState {
+  const corrupt = (why: string) => new QuantformError('QF_CORRUPT_FILE', `Checkpoint ${file}: ${why}`);
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw corrupt('no __metadata__ object');
+  const m = meta as Record<string, unknown>;
+  if (typeof m.step !== 'string' || !/^\d{1,15}$/.test(m.step)) throw corrupt(`step ${JSON.stringify(m.step)?.slice(0, 40)} is not a non-negative integer`);
+  const step = Number(m.step);
+  if (typeof m.lossCurve !== 'string') throw corrupt('no lossCurve');
+  const curve = parseJson(m.lossCurve, `Checkpoint ${file}: lossCurve`);
+  if (!Array.isArray(curve) || !curve.every((x) => typeof x === 'number' && Number.isFinite(x)))
+    throw corrupt('lossCurve is not an array of finite numbers');
+  if (curve.length !== step) throw corrupt(`lossCurve holds ${curve.length} losses for ${step} steps`);
+  if (!arena || arena.dtype !== 'F32' || arena.shape.length !== 1) throw corrupt('holds no 1-D F32 arena');
+  return { step, arena: arena.data as Float32Array, lossCurve: curve as number[] };
+}

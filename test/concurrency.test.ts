@@ -73,7 +73,9 @@ describe('concurrency', () => {
   });
 
   it('disposing a Model during forwardAsync: the forward finishes right; a second forward while busy and later use are errors', async () => {
-    const ck = new SyntheticCheckpoint({ dim: 64, hiddenDim: 96, nLayers: 4, nHeads: 4, vocabSize: 128, maxSeq: 256, seed: 9 });
+    // big enough that the first forward is still running when the second call comes, even when the
+    // main thread is descheduled for a few ms on a loaded machine (dim 64 x 4 layers finished first there)
+    const ck = new SyntheticCheckpoint({ dim: 256, hiddenDim: 384, nLayers: 8, nHeads: 4, vocabSize: 128, maxSeq: 256, seed: 9 });
     const tokens = Array.from({ length: 200 }, (_, i) => (i * 13) % 128);
     const ref = (() => {
       const m = new Model(ck, new ByteTokenizer(128));

@@ -14,7 +14,7 @@ import type { Checkpoint } from '../lib/model/checkpoint.js';
 import type { LlamaConfig } from '../lib/model/config.js';
 import type { ActivationQuant } from '../lib/model/fpt.js';
 import { calibrationFromText } from '../lib/engine/calib.js';
-import { dequantizedModel, quantizeModel, quantizedCheckpoint } from '../lib/methods/quantize-model.js';
+import { dequantizedModel, quantizeCheckpoint, quantizeModel, quantizedCheckpoint } from '../lib/methods/quantize-model.js';
 import { hadamardBlockOf, residualRotationMatrix, rotateResidual } from '../lib/methods/fptquant.js';
 import { saveGptq } from '../lib/export/save.js';
 import { exportGguf } from '../lib/export/gguf.js';
@@ -273,6 +273,46 @@ describe('FPTQuant method and checkpoint', () => {
     const out = path.join(tmp, 'w8a16');
     saveGptq(q, out, { tokenizer: tok, format: 'gptq_v2' });
     expect(JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config.quantform).toEqual({ method: 'fptquant', online_transforms: ['hadamard:down_proj:16'] });
+  });
+});
+
+describe('FPTQuant on the streaming pipeline', () => {
+  const syn = new SyntheticCheckpoint({ dim: 32, hiddenDim: 48, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 61, maxSeq: 64, seed: 7, outlierChannels: 2 });
+  const tok = new ByteTokenizer(61);
+  const text = Array.from({ length: 60 }, (_, i) => `story ${i} about a cat and a ${i % 7 ? 'dog' : 'bird'} that ran ${i} miles`).join('<|endoftext|>');
+  const cal = calibrationFromText(text, (d) => tok.encode(d, { bos: true }), { samples: 16, seqLen: 32, seed: 1 });
+  const opts = { method: 'fptquant', bits: 4 as const, groupSize: 1 << 20, symmetric: true, calibration: cal,
+    fpt: { localSteps: 4, e2eSteps: 4, rangeWindows: 4, batchSize: 2, actBits: 8, onlineHadamard: true, residualRotation: true } };
+
+  it('GPTQ on the merged model as a block method: quantizeCheckpoint writes what quantizeModel keeps, bit for bit', async () => {
+    const q = await quantizeModel(TrainableLlama.fromCheckpoint(syn), opts);
+    const rtn = await quantizeModel(TrainableLlama.fromCheckpoint(syn), { ...opts, fpt: { ...opts.fpt, weights: 'rtn' } });
+    const name = 'model.layers.1.mlp.down_proj';
+    // the transforms are the same (same training), the codes are GPTQ's, not RTN's
+    expect(q.activations!.actScales).toEqual(rtn.activations!.actScales);
+    expect(Buffer.compare(Buffer.from(q.linears.get(name)!.codes), Buffer.from(rtn.linears.get(name)!.codes))).not.toBe(0);
+    const out = path.join(tmp, 'streamed');
+    const report = await quantizeCheckpoint(syn, out, opts, { save: { tokenizer: tok } });
+    expect(report.activations).toEqual(q.report.activations);
+    expect(report.lossCurve).toEqual(q.report.lossCurve);
+    expect(report.linears.map((l) => l.errorAfter)).toEqual(q.report.linears.map((l) => l.errorAfter));
+    const back = new Model(openCheckpoint(out), tok), mem = new Model(quantizedCheckpoint(q, tok), tok);
+    try {
+      const tokens = Int32Array.from(cal.tokens.subarray(0, 32));
+      expect(back.activationQuant?.residualRotation).toBe(true);
+      expect(nmse(back.forward(tokens).logits, mem.forward(tokens).logits)).toBe(0);
+    } finally {
+      back.dispose();
+      mem.dispose();
+    }
+  });
+
+  it('the whole fp32 model over --max-memory: QF_OUT_OF_MEMORY naming the budget, before anything is read or written', async () => {
+    const out = path.join(tmp, 'oom');
+    await expect(quantizeCheckpoint(syn, out, { ...opts, maxMemoryBytes: 5e4 }, { budgetLabel: '--max-memory 0.00005 GB', save: { tokenizer: tok } }))
+      .rejects.toMatchObject({ code: 'QF_OUT_OF_MEMORY',
+        message: expect.stringMatching(/^--max-memory 0\.00005 GB is too small for fptquant on .*: it needs the whole model in memory, the fp32 model \(.* MB\), the fp teacher/) });
+    expect(existsSync(out)).toBe(false);
   });
 });
 

@@ -1,5 +1,5 @@
-// The streaming block pipeline: how every method (RTN, GPTQ, TEQ, and EfficientQAT /
-// FPTQuant next) quantizes a model of any size in bounded memory. One block is in
+// The streaming block pipeline: how every method (RTN, GPTQ, TEQ; FPTQuant's weights after
+// its whole-model stage) quantizes a model of any size in bounded memory. One block is in
 // memory at a time; the calibration activations live in ActivationStores (RAM under
 // the budget, an unlinked memory-mapped file beyond it); the output is written tensor
 // by tensor as blocks finish.

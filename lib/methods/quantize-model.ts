@@ -8,6 +8,8 @@
 // Every linear a method does not quantize itself is RTN-quantized with f16 scales, the
 // parameters the GPTQ export stores. quantizedCheckpoint / rtnCheckpoint: results as
 // runtime Checkpoints, so the one evaluator (lib/eval) scores them on the INT4 kernels.
+// A method with a whole-model stage (FPTQuant) gets the fp32 model (a clone, or loaded from the
+// checkpoint) after its memory is checked against the budget; the block pass reads what it made.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';

@@ -71,6 +71,8 @@ export interface NativeLlamaModel {
   setQuantizedWeight(name: string, codes: Uint8Array, scales: FloatArray, zeros: FloatArray | null, paramDtype: 'f32' | 'f16',
     N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
   missing(): string[];
+  /** FPTQuant's run-time quantizers and transforms (native llama_model.h FptRuntime); null turns them off. */
+  setFpt(opts: NativeFptRuntime | null, params?: Float32Array[]): void;
   /**
    * Stored f32/f16/bf16 tensors read and widened straight into the model (native/include/quantform/convert.h
    * read_tensor_f32), their storage first touched in parallel; all or nothing.
@@ -107,6 +109,50 @@ export interface NativeBlockConfig {
   teq: boolean;
   /** With teq: also v-channel scales on o_proj's input and intermediate scales on down_proj's input. */
   teqExtra?: boolean;
+  /** FPTQuant's transforms and quantizers (its own entry points: fptBlockForward / fptBlockBackward). */
+  fpt?: NativeFptConfig | null;
+}
+
+/** FPTQuant's part of a block config (native/include/quantform/engine.h FptTransforms). */
+export interface NativeFptConfig {
+  /** T_k (pre-RoPE q/k scale + rotation), T_v (per-kv-head value matrices), T_u (MLP scales): applied to unmerged weights */
+  qk?: boolean;
+  v?: boolean;
+  mlp?: boolean;
+  /** T_v starts from the Hadamard matrix of size hd (A = H L U) */
+  vHadamard?: boolean;
+  /** the weights already hold the transforms (inference): only quantizers, S_n and the Hadamard run */
+  merged?: boolean;
+  /** S_n, the per-token residual carry */
+  residualScaling?: boolean;
+  /** online Hadamard block before down_proj (0: off) */
+  hadamardBlock?: number;
+  /** 0 (fp), 4 or 8 */
+  actBits?: number;
+  kvBits?: number;
+  /** local-stage outlier penalty weights and its p (default 4) */
+  lpAct?: number;
+  lpWeight?: number;
+  lpP?: number;
+}
+
+/** FPTQuant at run time (LlamaModel.setFpt). */
+export interface NativeFptRuntime {
+  residualScaling: boolean;
+  hadamardBlock: number;
+  actBits: number;
+  kvBits: number;
+}
+
+/** Offsets (floats) of FPTQuant's per-block parameters (engine.h fpt_layout). */
+export interface NativeFptLayout {
+  /** (Hkv, hd/2) */ qkLogScale: number;
+  /** (Hkv, hd/2) */ qkAngle: number;
+  /** (Hkv, hd, hd) L | log diag | U */ vLu: number;
+  /** (F) */ mlpLogScale: number;
+  /** (4) qkv, o, gate/up, down */ actLogScale: number;
+  /** (2, Hkv) keys, values */ kvLogScale: number;
+  total: number;
 }
 
 /** Offsets of one block tensor in the parameter arena (floats). */
@@ -152,6 +198,12 @@ export interface NativeBlockSavedLayout {
   /** (BT, F) silu(g) * u */ a: number;
   /** (BT, F) the down_proj input */ as: number;
   eff: number;
+  /** FPTQuant: (BT) S_n carry in; K, V before their quantizer; o_proj / down_proj inputs before theirs */
+  c: number;
+  kr: number;
+  vr: number;
+  ao: number;
+  ah: number;
 }
 
 /** Which tier's code runs an engine kernel under each policy (engine.kernels()). */
@@ -164,7 +216,7 @@ export interface NativeKernelImpl {
 }
 
 /** An argument of a single engine op: buffers (null = absent optional buffer), ids, dims, flags. */
-export type EngineOpArg = Float32Array | Int32Array | number | boolean | null;
+export type EngineOpArg = Float32Array | Int32Array | Int8Array | number | boolean | null;
 
 /**
  * The engine (native/addon/engine.cpp). Every op of QF_ENGINE_OPS is bound as
@@ -182,7 +234,31 @@ export interface NativeEngine {
   teqExpandVScales(out: Float32Array, av: Float32Array, Hq: number, Hkv: number, hd: number): void;
   adamw(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, minValue: number, async: true): Promise<void>;
-  blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number };
+  blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number; fpt: number };
+  fptLayout(config: NativeBlockConfig): NativeFptLayout;
+  /** FPTQuant's block step: out (BT, D); cOut (BT) with S_n; lpOut (1) the local penalty of a training forward */
+  fptBlockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
+    params: Float32Array | Uint16Array, fptParams: Float32Array, cIn: Float32Array | null, cOut: Float32Array | null,
+    lpOut: Float32Array | null, async: boolean): Promise<void> | void;
+  /** dFpt accumulated; dc (BT): dL/dc_out in, dL/dc_in out (S_n) */
+  fptBlockBackward(config: NativeBlockConfig, dx: Float32Array, dFpt: Float32Array, dc: Float32Array | null,
+    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array, fptParams: Float32Array,
+    async: boolean): Promise<void> | void;
+  /** The enabled transforms (and a residual rotation (D, D)) merged into one f32 arena, in place */
+  fptMerge(config: NativeBlockConfig, params: Float32Array, fptParams: Float32Array, rotation: Float32Array | null): void;
+  /** Throws QF_NON_FINITE when fptParams give no valid step (non-finite, or a T_v past its condition limit) */
+  fptCheck(config: NativeBlockConfig, fptParams: Float32Array): void;
+  fptMergeBackward(config: NativeBlockConfig, dFpt: Float32Array, deff: Float32Array, params: Float32Array, fptParams: Float32Array): void;
+  fptRotateRows(table: Float32Array, norm: Float32Array | null, rotation: Float32Array, rows: number, D: number): void;
+  actQuantError(err: Float32Array, x: Float32Array, candidates: Float32Array, n: number, bits: number, p: number): void;
+  rmsnormScaledForward(out: Float32Array, rstd: Float32Array | null, x: Float32Array, w: Float32Array, c: Float32Array | null,
+    BT: number, D: number, eps: number): void;
+  fwht(x: Float32Array, rows: number, F: number, block: number): void;
+  /** logits (BT, V) become probabilities; loss (BT) = logsumexp - logit[target] (targets < 0: 0) */
+  crossEntropyForward(loss: Float32Array, logits: Float32Array, targets: Int32Array, BT: number, V: number): void;
+  lmHeadJsd(loss: Float32Array, dx: Float32Array | null, dc: Float32Array | null, x: Float32Array, c: Float32Array | null,
+    normWeight: Float32Array, head: Float32Array, tprobs: Float32Array, BT: number, D: number, V: number, eps: number,
+    scale: number, async: true): Promise<void>;
   blockLayout(config: NativeBlockConfig): NativeBlockLayout;
   blockSavedLayout(config: NativeBlockConfig): NativeBlockSavedLayout;
   /** out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation) */

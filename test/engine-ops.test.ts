@@ -7,35 +7,13 @@
 import { describe, expect, it } from 'vitest';
 import { f16ToF32, f32ToF16 } from '../lib/io/half.js';
 import { engineOp, native, type EngineOpArg } from '../lib/native.js';
-import { availableTiers, withTier } from './helpers/tiers.js';
+import { ORACLE_NMSE, TIER_NMSE, TIER_NMSE_EXP, expectTiersExact, expectTiersNear, perTier, simd, withTier } from './helpers/tiers.js';
+import { FPT_CASES } from './engine-ops-fpt.js';
 import { dot, fdCheck, nmse, sameBits, uniform } from './helpers/numeric.js';
 
 const eng = native().engine;
 const op = (name: string) => (...args: EngineOpArg[]) => engineOp(name)(...args) as void;
-const tiers = availableTiers();
-const simd = tiers.filter((t) => t !== 'ref');
 if (simd.length === 0) console.log('engine-ops: no SIMD tier on this CPU, tier comparisons skipped');
-
-// Named tolerances (NMSE = sum (a - b)^2 / sum b^2).
-/** the f64-accumulating reference vs a float64 oracle: only the final f32 rounding differs */
-const ORACLE_NMSE = 1e-12;
-/** f32 accumulation (SIMD tiers) vs the reference's f64 */
-const TIER_NMSE = 1e-11;
-/** the same plus the tiers' polynomial exp (relative error ~2 ulp) */
-const TIER_NMSE_EXP = 1e-10;
-
-/** fn under every tier, by tier name. */
-function perTier<T>(fn: () => T): Record<string, T> {
-  return Object.fromEntries(tiers.map((t) => [t, withTier(t, fn)]));
-}
-function expectTiersNear(res: Record<string, Float32Array | Float32Array[]>, tol: number, what = ''): void {
-  const ref = ([] as Float32Array[]).concat(res.ref);
-  for (const t of simd) ([] as Float32Array[]).concat(res[t]).forEach((v, i) => expect(nmse(v, ref[i]), `${what} ${t} output ${i}`).toBeLessThan(tol));
-}
-function expectTiersExact(res: Record<string, Float32Array | Float32Array[]>, what = ''): void {
-  const ref = ([] as Float32Array[]).concat(res.ref);
-  for (const t of simd) ([] as Float32Array[]).concat(res[t]).forEach((v, i) => expect(sameBits(v, ref[i]), `${what} ${t} output ${i}`).toBe(true));
-}
 
 const f = Math.fround;
 
@@ -544,11 +522,12 @@ const CASES: Record<string, () => void> = {
   },
 };
 
-for (const [name, body] of Object.entries(CASES)) describe(`engine op ${name}`, body);
+const ALL_CASES: Record<string, () => void> = { ...CASES, ...FPT_CASES };
+for (const [name, body] of Object.entries(ALL_CASES)) describe(`engine op ${name}`, body);
 
 describe('the op list (QF_ENGINE_OPS) and the kernel table', () => {
   it('every op of the native list has a case in this file, and every case an op', () => {
-    expect(Object.keys(CASES).sort()).toEqual([...eng.ops()].sort());
+    expect(Object.keys(ALL_CASES).sort()).toEqual([...eng.ops()].sort());
   });
 
   it('reports which tier implements each kernel; the reference implements all', () => {

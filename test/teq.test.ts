@@ -143,7 +143,7 @@ describe('TEQ training', () => {
     const long = calibrationFromText('x'.repeat(300), (d) => Array.from(d, () => 5), { samples: 1, seqLen: 128 });
     await expect(quantizeModel(m, { method: 'teq', bits: 4, calibration: long })).rejects.toThrow(/Expected seqLen <= 64 \(the model's context\) for seqLen but received 128/);
     await expect(quantizeModel(m, { method: 'teq', bits: 4 })).rejects.toThrow(/needs calibration data/);
-    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq' for method but received 'gptq-magic'/);
+    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq', 'fptquant' for method but received 'gptq-magic'/);
     await expect(quantizeModel(m, { method: 'rtn', bits: 5 as never })).rejects.toThrow(/bits/);
   });
 });

@@ -1,10 +1,12 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
 import { registerBenchDecode } from './bench-decode.js';
+import { registerBenchFptquant } from './bench-fptquant.js';
 import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchLoad } from './bench-load.js';
 import { registerBenchModel } from './bench-model.js';
+import { registerBenchPrefill } from './bench-prefill.js';
 import { registerBenchMatmul } from './bench-matmul.js';
 import { registerBenchQuant } from './bench-quant.js';
 import { registerBenchScale } from './bench-scale.js';
@@ -23,4 +25,6 @@ export function registerBench(program: Command): void {
   registerBenchLoad(bench);
   registerBenchDecode(bench);
   registerBenchScale(bench);
+  registerBenchPrefill(bench);
+  registerBenchFptquant(bench);
 }

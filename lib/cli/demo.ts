@@ -52,3 +52,8 @@ export function readAssetText(file: string): string {
   while (i < lines.length && lines[i].startsWith('#')) i++;
   return lines.slice(i).join('\n');
 }
+
+/** The main job with --method fptquant: calibration windows as the TEQ job; the method's own schedule (lib/methods/fptquant.ts). */
+export const DEFAULT_FPT_JOB: Record<string, number | string | boolean> = {
+  method: 'fptquant', bits: 4, samples: 128, seqLen: 256, skipDocs: 0, batchSize: 4,
+};

@@ -16,14 +16,16 @@ import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { getMethod, methodNames, type ProgressEvent } from '../methods/index.js';
-import { quantizeCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
+import { quantizeCheckpoint, quantizeModel, quantizedCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
+import { TrainableLlama } from '../engine/llama.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { Model, loadModel, openCheckpoint } from '../model/model.js';
 import { SyntheticCheckpoint } from '../model/synthetic.js';
 import type { Bits } from '../ops/quant.js';
+import type { FptQuantOptions } from '../methods/fptquant.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import {
-  DEFAULT_CALIBRATION, DEFAULT_EVAL_TEXT, DEFAULT_EVAL_TOKENS, DEFAULT_JOB, DEFAULT_MODEL, SYNTHETIC_MODEL, readAssetText,
+  DEFAULT_CALIBRATION, DEFAULT_EVAL_TEXT, DEFAULT_EVAL_TOKENS, DEFAULT_FPT_JOB, DEFAULT_JOB, DEFAULT_MODEL, SYNTHETIC_MODEL, readAssetText,
 } from './demo.js';
 import { parseJsonObject } from '../io/json.js';
 import { intOption } from './model-arg.js';
@@ -60,6 +62,19 @@ interface QuantizeCliOpts {
   format?: string;
   damp?: number;
   gptqParams?: 'updated' | 'batch-start' | 'best';
+  wBits?: number;
+  aBits?: number;
+  kvBits?: number;
+  residualRotation?: boolean;
+  onlineHadamard?: boolean;
+  valueHadamard?: boolean;
+  fptStages?: 'none' | 'local' | 'local+e2e';
+  fptWeights?: 'gptq' | 'rtn';
+  localSteps?: number;
+  e2eSteps?: number;
+  localLr?: number;
+  e2eLr?: number;
+  noTransforms?: string;
 }
 
 function numberOption(v: string): number {
@@ -83,7 +98,9 @@ export function readEvalIds(file: string): { ids: number[]; window: number } {
 
 /** ./quantized-<model>-<method>-w<bits>g<group>[-sym], numbered if taken. */
 function defaultOut(name: string, o: QuantizeCliOpts): string {
-  const base = `quantized-${name}-${o.method}-w${o.bits}g${o.groupSize}${o.sym ? '-sym' : ''}`;
+  const base = o.method === 'fptquant'
+    ? `quantized-${name}-fptquant-w${o.bits}a${o.aBits ?? 8}kv${o.kvBits ?? o.aBits ?? 8}${o.groupSize < 1 << 20 ? `g${o.groupSize}` : ''}`
+    : `quantized-${name}-${o.method}-w${o.bits}g${o.groupSize}${o.sym ? '-sym' : ''}`;
   let out = base;
   for (let i = 2; existsSync(out); i++) out = `${base}-${i}`;
   return out;
@@ -129,7 +146,7 @@ function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => vo
         phase = e.phase;
         bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
       }
-      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && e.phase === 'train' && blockLoss ? ` block ${e.layer}` : ''),
+      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && ((e.phase === 'train' && blockLoss) || e.phase === 'local' || e.phase === 'calibrate') ? ` block ${e.layer}` : ''),
         loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
     },
     stop: () => { if (phase) bar.stop(); phase = ''; },
@@ -163,6 +180,19 @@ export function registerQuantize(program: Command): void {
     .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
     .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
+    .option('--w-bits <n>', 'FPTQuant: weight bits (the same as --bits)', intOption)
+    .option('--a-bits <n>', 'FPTQuant: static activation bits, 8 | 4 | 16 (fp activations)', intOption)
+    .option('--kv-bits <n>', 'FPTQuant: KV-cache bits, 8 | 4 | 16 (default: --a-bits)', intOption)
+    .option('--residual-rotation', 'FPTQuant: merge a randomised Hadamard rotation of the residual stream (the LM head is untied)')
+    .option('--online-hadamard', 'FPTQuant: grouped Hadamard before down_proj at run time (largest power-of-two block dividing the intermediate size)')
+    .option('--value-hadamard', 'FPTQuant: start T_v from a Hadamard rotation of each value head instead of the identity (head size a power of two)')
+    .option('--fpt-stages <s>', "FPTQuant: 'local+e2e' (default), 'local', or 'none' (ranges only)")
+    .option('--fpt-weights <q>', "FPTQuant: weight quantizer after the merge, 'gptq' (default) or 'rtn'")
+    .option('--no-transforms <list>', 'FPTQuant: transforms to leave out, comma-separated from qk,v,mlp,sn (ablations)')
+    .option('--local-steps <n>', 'FPTQuant: local-stage steps per block (default 150)', intOption)
+    .option('--e2e-steps <n>', 'FPTQuant: end-to-end steps (default 200)', intOption)
+    .option('--local-lr <x>', 'FPTQuant: local-stage learning rate (default 5e-3)', numberOption)
+    .option('--e2e-lr <x>', 'FPTQuant: end-to-end learning rate (default 1e-3)', numberOption)
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
@@ -175,9 +205,16 @@ export function registerQuantize(program: Command): void {
       const t0 = performance.now();
       if (o.format !== undefined) checkExportFormat(o.format);
       const defaultJob = !o.model;
+      const fptJob = o.method === 'fptquant';
       if (defaultJob)
-        for (const [k, v] of Object.entries(DEFAULT_JOB))
+        for (const [k, v] of Object.entries(fptJob ? DEFAULT_FPT_JOB : DEFAULT_JOB))
           if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
+      if (fptJob) {
+        if (o.wBits !== undefined) o.bits = o.wBits;
+        // FPTQuant's weights: symmetric (the integer kernels read no zero points), per output channel unless --group-size
+        if (cmd.getOptionValueSource('sym') !== 'cli') o.sym = true;
+        if (cmd.getOptionValueSource('groupSize') !== 'cli') o.groupSize = 1 << 20;
+      }
       const synthetic = o.model === 'synthetic';
       const source = defaultJob ? DEFAULT_MODEL.dir() : synthetic ? 'synthetic' : path.resolve(o.model!);
       const name = defaultJob ? DEFAULT_MODEL.name : synthetic ? 'synthetic' : path.basename(source).replace(/\.(bin|gguf)$/, '');
@@ -196,7 +233,7 @@ export function registerQuantize(program: Command): void {
           if (v !== undefined && v !== 'f32' && v !== 'bf16') throw new QuantformError('QF_INVALID_ARGUMENT', `Expected f32 or bf16 for ${flag} but received '${v}'`);
         const method = getMethod(o.method);
         if (defaultJob)
-          console.log(`no --model: ${o.method} W${o.bits} g${o.groupSize}${o.sym ? ' sym' : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
+          console.log(`no --model: ${o.method} W${o.bits} ${o.groupSize >= 1 << 20 ? 'per-channel' : `g${o.groupSize}`}${o.sym ? ' sym' : ''}${fptJob ? ` A${o.aBits ?? 8} KV${o.kvBits ?? o.aBits ?? 8}` : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
             'calibration TinyStories stories 201-400, evaluation on held-out stories 1-64; pass --model PATH for your own checkpoint');
         const tokenizer = await ck.tokenizer();
         const save: SaveOptions = { tokenizerDir: tokenizerDirOf(ck), tokenizer, maxShardBytes: o.shardSize * 1e9 };
@@ -222,6 +259,7 @@ export function registerQuantize(program: Command): void {
           method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
           batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
           gptq: { damp: o.damp, paramsFrom: o.gptqParams }, maxMemoryBytes, activationDtype: o.actDtype, frozenDtype: o.frozenDtype,
+          fpt: fptJob ? fptOptionsOf(o, (k) => cmd.getOptionValueSource(k) === 'cli' || (defaultJob && k in DEFAULT_FPT_JOB)) : undefined,
         };
         let report: QuantizeReport;
         try {
@@ -245,7 +283,12 @@ export function registerQuantize(program: Command): void {
         }
         printReport(report, t0, out);
         // the baseline the method is measured against: plain RTN of the same weights, quantized as the runtime loads them
-        const rtn = evaluation && o.method !== 'rtn' ? new Model(rtnCheckpoint(ck, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true }), tokenizer) : null;
+        // (FPTQuant: and the same static activation / KV quantizers, ranges by the same search, no transforms, in memory)
+        const rtn = !evaluation || o.method === 'rtn' ? null
+          : fptJob ? new Model(quantizedCheckpoint(await quantizeModel(TrainableLlama.fromCheckpoint(ck), { ...opts, fpt: {
+            ...opts.fpt, stages: 'none', weights: 'rtn', qk: false, v: false, mlp: false, residualScaling: false, residualRotation: false,
+          } }), tokenizer), tokenizer)
+          : new Model(rtnCheckpoint(ck, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true }), tokenizer);
         if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method);
         console.log(`saved ${out}`);
       } finally {
@@ -253,6 +296,21 @@ export function registerQuantize(program: Command): void {
       }
       if (o.format) await runExport({ model: out, format: o.format });
     });
+}
+
+/** FPTQuant's options from the CLI flags (validated by the method: a-bits other than 4, 8, 16 is an error). */
+function fptOptionsOf(o: QuantizeCliOpts, given: (key: string) => boolean): FptQuantOptions {
+  const off = new Set((o.noTransforms ?? '').split(',').map((t) => t.trim()).filter((t) => t.length > 0));
+  for (const t of off)
+    if (!['qk', 'v', 'mlp', 'sn'].includes(t))
+      throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --no-transforms from qk, v, mlp, sn but received '${t}'`);
+  return {
+    actBits: o.aBits ?? 8, kvBits: o.kvBits ?? o.aBits ?? 8, residualRotation: o.residualRotation === true, onlineHadamard: o.onlineHadamard === true,
+    valueHadamard: o.valueHadamard === true,
+    stages: o.fptStages, weights: o.fptWeights, localSteps: o.localSteps, e2eSteps: o.e2eSteps, localLr: o.localLr, e2eLr: o.e2eLr,
+    batchSize: given('batchSize') ? o.batchSize : undefined, seed: o.seed,
+    qk: !off.has('qk'), v: !off.has('v'), mlp: !off.has('mlp'), residualScaling: !off.has('sn'),
+  };
 }
 
 function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boolean, tok: Tokenizer): CalibrationSet {
@@ -266,7 +324,9 @@ function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boole
 }
 
 function printReport(r: QuantizeReport, t0: number, out: string): void {
-  console.log(`\n${r.method} W${r.bits} g${r.groupSize} ${r.symmetric ? 'sym' : 'asym'}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const a = r.activations;
+  const acts = a ? ` A${a.actBits < 16 ? a.actBits : '16 (fp)'} KV${a.kvBits < 16 ? a.kvBits : '16 (fp)'} (static)${a.onlineTransforms.length ? `, online: ${a.onlineTransforms.join(', ')}` : ''}` : '';
+  console.log(`\n${r.method} W${r.bits} ${r.groupSize >= 1 << 20 ? 'per-channel' : `g${r.groupSize}`} ${r.symmetric ? 'sym' : 'asym'}${acts}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   if (r.lossCurve.length) {
     const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
     const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
@@ -274,7 +334,7 @@ function printReport(r: QuantizeReport, t0: number, out: string): void {
   }
   const mean = (f: (l: QuantizeReport['linears'][number]) => number) => r.linears.reduce((s, l) => s + f(l), 0) / r.linears.length;
   console.log(`relative weight error ||Q(W) - W|| / ||W||, mean over ${r.linears.length} linears: ${r.method === 'rtn' ? mean((l) => l.errorAfter).toFixed(5)
-    : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (scales undone)`} (per linear: ${path.join(out, 'quantform_report.json')})`);
+    : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (${r.activations ? 'of the transformed weights' : 'scales undone'})`} (per linear: ${path.join(out, 'quantform_report.json')})`);
 }
 
 /** fp32 (the source, loaded), RTN (in memory, when the method is not RTN) and the result as saved (reloaded), on the same text. */
@@ -282,7 +342,7 @@ async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, toke
   const rows: [string, Model][] = [];
   try {
     rows.push(['fp32', typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
-    if (rtn) rows.push(['rtn', rtn]);
+    if (rtn) rows.push([method === 'fptquant' ? 'rtn (same static quantizers, no transforms)' : 'rtn', rtn]);
     rows.push([`${method} (reloaded from ${path.basename(out)})`, await loadModel(out)]);
     const parts: string[] = [];
     let n = 0;

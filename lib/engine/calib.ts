@@ -90,3 +90,20 @@ export function calibrationFromFile(file: string, encode: (doc: string) => numbe
   }
   return calibrationFromText(text, encode, opts);
 }
+
+/** Deterministic batch order: epoch e visits the samples in a seeded permutation; the windows of step `step`. */
+export function batchIndices(samples: number, batch: number, step: number, seed: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < batch; i++) {
+    const flat = step * batch + i;
+    const epoch = Math.floor(flat / samples);
+    const r = seededRandom(seed * 1000003 + epoch);
+    const perm = Array.from({ length: samples }, (_, j) => j);
+    for (let j = samples - 1; j > 0; j--) {
+      const k = Math.floor(r() * (j + 1));
+      [perm[j], perm[k]] = [perm[k], perm[j]];
+    }
+    out.push(perm[flat % samples]);
+  }
+  return out;
+}

@@ -9,6 +9,7 @@ import { native, type NativeBlockConfig, type NativeBlockLayout } from '../nativ
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { hfConfigFromLlama, invFreq as modelInvFreq, needConfig, weightShape, type LlamaConfig } from '../model/config.js';
+import { activationConfig, needsRuntime } from '../model/fpt.js';
 import { checkFinite } from '../ops/finite.js';
 
 export interface LlamaShape {
@@ -102,8 +103,8 @@ export class TrainableLlama {
   readonly embed: Float32Array;
   /** (D) */
   readonly finalNorm: Float32Array;
-  /** (V, D); the same array as embed when tied */
-  readonly lmHead: Float32Array;
+  /** (V, D); the same array as embed when tied (untieHead() gives it its own copy) */
+  lmHead: Float32Array;
   /** one arena per layer, blockLayout order */
   readonly blocks: Float32Array[];
   /** the HF config.json this model came from (kept for export) */
@@ -131,10 +132,18 @@ export class TrainableLlama {
     for (const b of blocks) if (b.length !== L) throw new QuantformError('QF_SHAPE_MISMATCH', `Expected block arenas of ${L} floats but received ${b.length}`);
   }
 
+  /** Gives the LM head its own copy of the tied embedding (a transform that changes one but not the other). */
+  untieHead(): void {
+    if (!this.shape.tied) return;
+    this.lmHead = this.embed.slice();
+    this.shape.tied = false;
+    this.hfConfig.tie_word_embeddings = false;
+  }
+
   clone(): TrainableLlama {
     const embed = this.embed.slice();
-    return new TrainableLlama(this.shape, embed, this.finalNorm.slice(), this.shape.tied ? embed : this.lmHead.slice(),
-      this.blocks.map((b) => b.slice()), this.hfConfig);
+    return new TrainableLlama({ ...this.shape }, embed, this.finalNorm.slice(), this.shape.tied ? embed : this.lmHead.slice(),
+      this.blocks.map((b) => b.slice()), { ...this.hfConfig });
   }
 
   /** Floats of TEQ scales per layer: (2, D), plus (Dkv + F) with the extra v->o and up->down scales. */
@@ -220,6 +229,11 @@ export class TrainableLlama {
     need.func(ck.weight, 'checkpoint.weight');
     needConfig(ck.config, 'checkpoint.config');
     const c = ck.config;
+    const aq = ck.activationQuant?.() ?? null;
+    if (aq && needsRuntime(aq))
+      throw new QuantformError('QF_UNSUPPORTED',
+        `${ck.path} quantizes activations or applies transforms at run time (${JSON.stringify(activationConfig(aq))}): ` +
+        'its dequantized weights alone are not the model, so it cannot be trained further; start from the fp checkpoint');
     const shape = shapeOfConfig(c);
     const hf = ck.hfConfig ?? hfConfigFromLlama(c);
     // every weight, whatever the format, passes the one NaN/Inf check before training sees it

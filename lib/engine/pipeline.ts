@@ -1,5 +1,5 @@
-// The streaming block pipeline: how every method (RTN, GPTQ, TEQ, and EfficientQAT /
-// FPTQuant next) quantizes a model of any size in bounded memory. One block is in
+// The streaming block pipeline: how every method (RTN, GPTQ, TEQ; FPTQuant's weights after
+// its whole-model stage) quantizes a model of any size in bounded memory. One block is in
 // memory at a time; the calibration activations live in ActivationStores (RAM under
 // the budget, an unlinked memory-mapped file beyond it); the output is written tensor
 // by tensor as blocks finish.
@@ -18,6 +18,7 @@
 //   rewritesNorms                 block() changes the norms (then written as F32, else copied as stored)
 //   memory(): MemoryItem[]        what block() holds besides the pipeline's buffers (--max-memory)
 //   block?(b: PipelineBlock): Promise<BlockResult>
+//   forward?(layer, arena, x, out, batch)  the block step of the method's model when it is not the fp block (FPTQuant)
 //     b.index, b.shape, b.calibration, b.chunk (samples per forward the pipeline uses)
 //     b.arena        block l's fp32 working copy (blockLayout order); block() may rewrite it
 //                    (merge transforms, store dequantized values), the pipeline reads it back
@@ -97,6 +98,8 @@ export interface BlockMethod {
   readonly rewritesNorms: boolean;
   memory(): MemoryItem[];
   block?(b: PipelineBlock): Promise<BlockResult>;
+  /** block `layer`'s step when the method's model is not the plain fp block (FPTQuant merged: S_n, online Hadamard); X_fp, Y_fp and X_q go through it */
+  forward?(layer: number, arena: Float32Array, x: Float32Array, out: Float32Array, batch: number): Promise<void>;
 }
 
 /** Where the pipeline's results go (a GPTQ directory being written, or memory). */
@@ -244,6 +247,7 @@ function needBlockMethod(m: unknown): asserts m is BlockMethod {
   need.object(o.needs, 'method.needs');
   need.func(o.memory, 'method.memory');
   if (o.block !== undefined) need.func(o.block, 'method.block');
+  if (o.forward !== undefined) need.func(o.forward, 'method.forward');
 }
 
 export function planBlockPass(src: BlockSource, method: BlockMethod, o: BlockPassOptions): BlockPassPlan {
@@ -378,11 +382,12 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
     const xbuf = count > 0 ? new Float32Array(chunk * S * D) : new Float32Array(0);  // (chunk * S, D)
     const ybuf = count > 0 ? new Float32Array(chunk * S * D) : new Float32Array(0);
     // to <- block(from), chunk by chunk (to may be from: a chunk is read before it is overwritten)
-    const sweep = async (arena: Float32Array, from: ActivationStore, to: ActivationStore) => {
+    const sweep = async (l: number, arena: Float32Array, from: ActivationStore, to: ActivationStore) => {
       for (let s0 = 0; s0 < N; s0 += chunk) {
         const n = Math.min(chunk, N - s0), x = xbuf.subarray(0, n * S * D), y = ybuf.subarray(0, n * S * D);
         from.read(s0, n, x);
-        await forward(arena, x, y, n);
+        if (method.forward) await method.forward(l, arena, x, y, n);
+        else await forward(arena, x, y, n);
         to.write(s0, y);
       }
     };
@@ -468,7 +473,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
         const before = relErrorOnRows(rtnLinear(w, w.length / cols, cols, quant), w, [[0, w.length / cols]]);
         return { w, sr, before };
       });
-      if (fp) await sweep(arena, xfp!, yfp!);
+      if (fp) await sweep(l, arena, xfp!, yfp!);
       const res = await method.block({
         index: l, shape: s, calibration: cal!, arena, chunk, forward,
         fpInputs: xfp, fpTargets: needs.fpTargets ? yfp : null, quantInputs: xq,
@@ -498,7 +503,7 @@ export async function runBlockPass(src: BlockSource, method: BlockMethod, plan: 
           const { offset, rows, cols } = lay.linears[n];
           dequantize(qs[i], { out: arena!.subarray(offset, offset + rows * cols) });
         });
-        await sweep(arena, xq, xq);
+        await sweep(l, arena, xq, xq);
       }
       if (fp) [xfp, yfp] = [yfp, xfp];
       hooks.onProgress?.({ step: l + 1, totalSteps: L, layer: l });

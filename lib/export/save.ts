@@ -23,6 +23,7 @@ import type { QuantizedTensor } from '../ops/quant.js';
 import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { toGptq, type GptqFormat } from './gptq.js';
+import { activationConfig, needsRuntime, scaleTensorNames, type ActivationQuant } from '../model/fpt.js';
 import { lossCurveSvg } from './svg.js';
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model'];
@@ -46,6 +47,8 @@ export interface GptqPlan {
   quant: BlockQuant;
   /** dtype of a norm or embedding as it will be stored */
   plainDtype(name: string): 'F32' | 'F16' | 'BF16';
+  /** FPTQuant's run-time part: scale tensors and config fields (lib/model/fpt.ts) */
+  activations?: ActivationQuant;
 }
 
 /** What a GPTQ directory is written from, one canonical weight at a time (weightNames order, GptqWriter.step). */
@@ -133,6 +136,13 @@ export class GptqWriter {
       if (isQuantizedLinear(name)) specs.push(...linearSpecs(hfModuleName(name), shape[0], shape[1], q));
       else specs.push({ name: `${hfModuleName(name)}.weight`, dtype: src.plainDtype(name) as StoredDType, shape });
     }
+    const aq = src.activations && needsRuntime(src.activations) ? src.activations : null;
+    if (aq)
+      for (let l = 0; l < src.config.nLayers; l++) {
+        const n = scaleTensorNames(l);
+        if (aq.actBits < 16) specs.push({ name: n.act, dtype: 'F32', shape: [4] });
+        if (aq.kvBits < 16) specs.push({ name: n.kv, dtype: 'F32', shape: [2, src.config.nKvHeads] });
+      }
     this.dir = new AtomicDir(out);
     try {
       this.writer = new SafetensorsWriter(this.dir.path, specs, { maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { format: 'pt' } });
@@ -191,6 +201,15 @@ export class GptqWriter {
   finish(report: QuantizeReport): void {
     try {
       if (this.written < this.names.length) throw new QuantformError('QF_INTERNAL', `GptqWriter.finish() after ${this.written} of ${this.names.length} weights`);
+      const aq = this.src.activations && needsRuntime(this.src.activations) ? this.src.activations : null;
+      if (aq) {
+        const L = this.src.config.nLayers, kv = 2 * this.src.config.nKvHeads;
+        for (let l = 0; l < L; l++) {
+          const n = scaleTensorNames(l);
+          if (aq.actBits < 16) this.writer.write(n.act, aq.actScales.slice(l * 4, (l + 1) * 4));
+          if (aq.kvBits < 16) this.writer.write(n.kv, aq.kvScales.slice(l * kv, (l + 1) * kv));
+        }
+      }
       this.writer.finish();
       const q = this.src.quant;
       // per-channel (a group size >= every linear's K) is -1 in GPTQ tools' configs
@@ -200,7 +219,7 @@ export class GptqWriter {
         quantization_config: {
           quant_method: 'gptq', bits: q.bits, group_size: perChannel ? -1 : q.groupSize, sym: q.symmetric, desc_act: false,
           checkpoint_format: this.format, true_sequential: true, damp_percent: 0,
-          quantform: { method: report.method },
+          quantform: { method: report.method, ...(this.src.activations ? activationConfig(this.src.activations) : {}) },
         },
       };
       writeFileAtomic(this.dir.file('config.json'), JSON.stringify(config, null, 2) + '\n');
@@ -248,6 +267,7 @@ export function gptqSourceOf(q: QuantizedModel): GptqSource {
       if (!ql) throw new QuantformError('QF_INTERNAL', `No quantized weight for ${name}`);
       return ql;
     },
+    activations: q.activations,
   };
 }
 

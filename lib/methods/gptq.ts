@@ -8,9 +8,9 @@
 // The next block's inputs come from the quantized blocks. Linears sharing an input
 // share one Hessian and are quantized as one stacked matrix (GPTQ treats rows
 // independently, so this is exact and factors H once). The result carries the GPTQ
-// codes and scales themselves (MethodResult.linears): quantizeModel keeps them.
+// codes and scales themselves (BlockResult.linears): the pipeline writes them.
 import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
-import { native, type NativeBlockConfig, type NativeBlockSavedLayout } from '../native.js';
+import { native, type NativeBlockConfig, type NativeBlockSavedLayout, type NativeFptConfig } from '../native.js';
 import { modelBlocks } from '../engine/block-source.js';
 import type { CalibrationSet } from '../engine/calib.js';
 import { blockConfigOf, blockLayout, HF_LINEAR, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
@@ -53,6 +53,13 @@ export interface GptqRun {
   seconds: number;
 }
 
+/** A model's merged FPTQuant block step (BlockInputs, runGptq). */
+export interface BlockFpt {
+  config: NativeFptConfig;
+  /** per layer, fpt_param_count floats */
+  params: Float32Array[];
+}
+
 /** Groups of linears that read one input, in the order a block computes them, and that input's slot. */
 const SEQUENCE: { linears: LinearName[]; input: 'n1' | 'att' | 'n2' | 'swiglu' }[] = [
   { linears: ['q_proj', 'k_proj', 'v_proj'], input: 'n1' },
@@ -68,17 +75,24 @@ const SEQUENCE: { linears: LinearName[]; input: 'n1' | 'att' | 'n2' | 'swiglu' }
 export class BlockInputs {
   private readonly nb = native().engine;
   private readonly acts: Float32Array;
+  private readonly carry: Float32Array;
   private readonly cfgs = new Map<number, { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout }>();
 
-  /** `model`: a TrainableLlama or anything with its shape */
-  constructor(private readonly model: { shape: LlamaShape }, private readonly seq: number, maxBatch: number) {
+  /**
+   * `model`: a TrainableLlama or anything with its shape. fpt: the block step of a model whose
+   * FPTQuant transforms are merged (online Hadamard, S_n), with each layer's parameters: the
+   * linears' inputs are then those the quantized model's linears read.
+   */
+  constructor(private readonly model: { shape: LlamaShape }, private readonly seq: number, maxBatch: number, private readonly fpt?: BlockFpt) {
     this.acts = new Float32Array(this.layout(maxBatch).lay.total);
+    this.carry = new Float32Array(maxBatch * seq);
   }
 
   private layout(batch: number): { cfg: NativeBlockConfig; lay: NativeBlockSavedLayout } {
     let c = this.cfgs.get(batch);
     if (!c) {
-      const cfg = blockConfigOf(this.model.shape, batch, this.seq, null, false);
+      const plain = blockConfigOf(this.model.shape, batch, this.seq, null, false);
+      const cfg = this.fpt ? { ...plain, fpt: this.fpt.config } : plain;
       c = { cfg, lay: this.nb.blockSavedLayout(cfg) };
       this.cfgs.set(batch, c);
     }
@@ -89,10 +103,21 @@ export class BlockInputs {
     return this.layout(batch).cfg;
   }
 
-  /** Runs the block on x (batch * seq, D) with parameter arena `params`; out receives its output. */
-  async forward(params: Float32Array, x: Float32Array, out: Float32Array, batch: number): Promise<void> {
+  /**
+   * Runs block `layer` on x (batch * seq, D) with parameter arena `params`; out receives its output
+   * (with S_n, the residual itself: the carry multiplied back in).
+   */
+  async forward(params: Float32Array, x: Float32Array, out: Float32Array, batch: number, layer = 0): Promise<void> {
     const { cfg, lay } = this.layout(batch);
-    await this.nb.blockForward(cfg, out, this.acts.subarray(0, lay.total), x, params, null, true);
+    const acts = this.acts.subarray(0, lay.total);
+    if (!this.fpt) {
+      await this.nb.blockForward(cfg, out, acts, x, params, null, true);
+      return;
+    }
+    const T = batch * this.seq, D = this.model.shape.hidden, c = this.carry.subarray(0, T);
+    const sn = this.fpt.config.residualScaling === true;
+    await this.nb.fptBlockForward(cfg, out, acts, x, params, this.fpt.params[layer], null, sn ? c : null, null, true);
+    if (sn) for (let r = 0; r < T; r++) for (let i = 0; i < D; i++) out[r * D + i] *= c[r];
   }
 
   /**
@@ -132,8 +157,12 @@ export interface GptqHooks {
   signal?: AbortSignal;
 }
 
-/** A GPTQ run: per block, the Hessians of each group of linears from the quantized-path inputs X_q, in true-sequential order. */
-class GptqMethodRun implements MethodRun {
+/**
+ * A GPTQ run: per block, the Hessians of each group of linears from the quantized-path inputs X_q, in true-sequential order.
+ * With `fpt` (FPTQuant's merged model), the block step is the model's own (S_n, online Hadamard): for the Hessians and,
+ * through forward(), for the pipeline's X_q.
+ */
+export class GptqMethodRun implements MethodRun {
   readonly needs: ActivationNeeds = { fpInputs: false, fpTargets: false, quantInputs: true };
   readonly rewritesNorms = false;
   readonly stats: GptqLinearStats[] = [];
@@ -145,7 +174,9 @@ class GptqMethodRun implements MethodRun {
   private readonly B: number;
   private bufs: { blockIn: BlockInputs; x: Float32Array; y: Float32Array } | null = null;
 
-  constructor(private readonly ctx: MethodContext, private readonly hooks: GptqHooks, keep: boolean) {
+  readonly forward?: (layer: number, arena: Float32Array, x: Float32Array, out: Float32Array, batch: number) => Promise<void>;
+
+  constructor(private readonly ctx: MethodContext, private readonly hooks: GptqHooks, keep: boolean, private readonly fpt?: BlockFpt) {
     const cal = ctx.calibration;
     if (!cal) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'gptq' needs calibration data");
     this.o = resolve(ctx.gptq);
@@ -156,6 +187,30 @@ class GptqMethodRun implements MethodRun {
     } catch (e) {
       throw fromNative(e);
     }
+    // the pipeline's chunks are at most forwardChunk samples, so the block step's buffers fit them
+    if (fpt) this.forward = async (layer, arena, x, out, batch) => {
+      try {
+        await this.buffers(cal.seqLen).blockIn.forward(arena, x, out, batch, layer);
+      } catch (e) {
+        throw fromNative(e);
+      }
+    };
+  }
+
+  /** the block step's saved activations and one chunk of inputs and outputs, (B * seq, D): allocated once, reused by every block */
+  private buffers(S: number): { blockIn: BlockInputs; x: Float32Array; y: Float32Array } {
+    const D = this.ctx.shape.hidden, B = this.B;
+    try {
+      this.bufs ??= { blockIn: new BlockInputs(this.ctx, S, B, this.fpt), x: new Float32Array(B * S * D), y: new Float32Array(B * S * D) };
+    } catch (e) {
+      throw fromNative(e);
+    }
+    return this.bufs;
+  }
+
+  private bufsConfig(S: number): NativeBlockConfig {
+    const cfg = blockConfigOf(this.ctx.shape, this.B, S, null, false);
+    return this.fpt ? { ...cfg, fpt: this.fpt.config } : cfg;
   }
 
   memory(): MemoryItem[] {
@@ -165,7 +220,7 @@ class GptqMethodRun implements MethodRun {
     return [
       { what: `the Hessian and its factorization (${K} x ${K}, four copies)`, bytes: 4 * K * K * 4 },
       { what: 'the stacked weights of one group of linears (input and working copy)', bytes: 2 * rowsK * 4 + rowsK },
-      { what: `saved activations of ${this.B} x ${S} tokens and their inputs`, bytes: native().engine.blockSizes(blockConfigOf(s, this.B, S, null, false)).saved * 4 + 2 * this.B * S * D * 4 },
+      { what: `saved activations of ${this.B} x ${S} tokens and their inputs`, bytes: native().engine.blockSizes(this.bufsConfig(S)).saved * 4 + 2 * this.B * S * D * 4 },
     ];
   }
 
@@ -173,13 +228,7 @@ class GptqMethodRun implements MethodRun {
     const ctx = this.ctx, o = this.o, quant = ctx.quant, l = b.index, s = ctx.shape;
     const D = s.hidden, S = b.calibration.seqLen, Ns = b.calibration.samples, B = this.B;
     const lay = blockLayout(s), arena = b.arena, xq = b.quantInputs!;
-    // the block step's saved activations and one chunk of inputs and outputs, (B * seq, D): allocated once, reused by every block
-    try {
-      this.bufs ??= { blockIn: new BlockInputs(ctx, S, B), x: new Float32Array(B * S * D), y: new Float32Array(B * S * D) };
-    } catch (e) {
-      throw fromNative(e);
-    }
-    const { blockIn, x, y } = this.bufs;
+    const { blockIn, x, y } = this.buffers(S);
     const total = s.layers * SEQUENCE.length;
     const out: Partial<Record<LinearName, QuantizedTensor>> = {};
     // every sample chunk through the block with the current arena (quantized linears hold their dequantized values)
@@ -190,7 +239,7 @@ class GptqMethodRun implements MethodRun {
         xq.read(b0, bc, xc);
         try {
           if (normOnly) blockIn.inputNorm(arena, xc, bc);
-          else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc);
+          else await blockIn.forward(arena, xc, y.subarray(0, bc * S * D), bc, l);
         } catch (e) {
           throw fromNative(e);
         }

@@ -3,10 +3,12 @@ import { registerMethod } from './registry.js';
 import { rtn } from './rtn.js';
 import { teq } from './teq.js';
 import { gptq } from './gptq.js';
+import { fptquant } from './fptquant.js';
 
 registerMethod(rtn);
 registerMethod(teq);
 registerMethod(gptq);
+registerMethod(fptquant);
 
 export { getMethod, methodNames, registerMethod } from './registry.js';
 export type { MethodContext, MethodRun, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';

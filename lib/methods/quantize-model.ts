@@ -8,6 +8,8 @@
 // Every linear a method does not quantize itself is RTN-quantized with f16 scales, the
 // parameters the GPTQ export stores. quantizedCheckpoint / rtnCheckpoint: results as
 // runtime Checkpoints, so the one evaluator (lib/eval) scores them on the INT4 kernels.
+// A method with a whole-model stage (FPTQuant) gets the fp32 model (a clone, or loaded from the
+// checkpoint) after its memory is checked against the budget; the block pass reads what it made.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
@@ -24,7 +26,8 @@ import type { EndToEndPlan } from '../engine/end-to-end.js';
 import { HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
 import {
-  planBlockPass, rtnLinear, runBlockPass, type BlockPassPlan, type BlockResult, type BlockSink, type LinearReport, type PipelineBlock,
+  defaultBudget, formatBytes, planBlockPass, rtnLinear, runBlockPass, type BlockPassPlan, type BlockResult, type BlockSink, type LinearReport, type MemoryItem,
+  type PipelineBlock,
 } from '../engine/pipeline.js';
 import { GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
@@ -32,6 +35,8 @@ import { weightShape } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { FptActivationQuant, FptQuantOptions } from './fptquant.js';
+import { activationConfig } from '../model/fpt.js';
 
 export type { LinearReport } from '../engine/pipeline.js';
 
@@ -66,6 +71,8 @@ export interface QuantizeModelOptions {
   frozenDtype?: FrozenDType;
   /** Directory of activation spill files. Default the OS temp dir. */
   tmpDir?: string;
+  /** FPTQuant: activation / KV bits, transforms, stages (lib/methods/fptquant.ts). */
+  fpt?: FptQuantOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -93,6 +100,8 @@ export interface QuantizeReport {
   /** of totalSeconds, writing the output (writes and fsyncs; the process's AtomicFile time across the run) */
   writeSeconds: number;
   totalSeconds: number;
+  /** FPTQuant: static activation / KV bits and the run-time transforms */
+  activations?: { actBits: number; kvBits: number; onlineTransforms: string[]; residualRotation: boolean };
 }
 
 export interface QuantizedModel {
@@ -102,6 +111,8 @@ export interface QuantizedModel {
   /** HF linear names (model.layers.<l>.self_attn.q_proj ...) -> quantized weight (RTN, or the method's own) */
   linears: Map<string, QuantizedTensor>;
   report: QuantizeReport;
+  /** static activation / KV quantization and run-time transforms (FPTQuant), saved with the checkpoint */
+  activations?: FptActivationQuant;
 }
 
 function resolveTrain(o: QuantizeModelOptions): TrainOptions {
@@ -123,7 +134,7 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
 function fingerprint(src: BlockSource, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
   const h = createHash('sha256');
   h.update(JSON.stringify({ method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen,
-    activations: o.activationDtype ?? 'f32', frozen: o.frozenDtype ?? null }));
+    activations: o.activationDtype ?? 'f32', frozen: o.frozenDtype ?? null, ...(o.fpt ? { fpt: o.fpt } : {}) }));
   h.update(src.identity());
   if (o.calibration) h.update(new Uint8Array(o.calibration.tokens.buffer, o.calibration.tokens.byteOffset, o.calibration.tokens.byteLength));
   return h.digest('hex');
@@ -181,7 +192,7 @@ function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeMo
   try {
     const run = method.start({
       shape: s, quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
-      gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype,
+      gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype, fpt: opts.fpt,
       checkpoint: ck ? async (st: TrainState) => {
         writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [st.arena.length], data: st.arena }]]),
           { fingerprint: fp, step: String(st.step), lossCurve: JSON.stringify(st.lossCurve) });
@@ -190,9 +201,11 @@ function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeMo
     // in the order they run: an end-to-end stage first, then the block pass
     const endToEnd = run.planEndToEnd?.(src) ?? null;
     const label = `${method.name}${method.needsCalibration && method.name === 'teq' ? ` (${train.loss === 'block' ? 'block' : 'end-to-end'} loss)` : ''}`;
+    // a whole-model stage holds its model through the block pass: the blocks get the rest of the budget
+    const wholeBytes = run.whole ? planWhole(run.whole.memory(), method.name, src.path, opts.maxMemoryBytes, hooks.budgetLabel) : 0;
     const block = planBlockPass(src, run, {
-      calibration: cal, quant, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, activationDtype: opts.activationDtype,
-      tmpDir: opts.tmpDir, label: method.name === 'rtn' ? 'RTN' : label,
+      calibration: cal, quant, maxMemoryBytes: wholeBytes ? (opts.maxMemoryBytes ?? defaultBudget()) - wholeBytes : opts.maxMemoryBytes,
+      budgetLabel: hooks.budgetLabel, activationDtype: opts.activationDtype, tmpDir: opts.tmpDir, label: method.name === 'rtn' ? 'RTN' : label,
     });
     return { method, run, quant, block, endToEnd };
   } catch (e) {
@@ -202,6 +215,15 @@ function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeMo
   }
 }
 
+/** Bytes of a whole-model stage, or QF_OUT_OF_MEMORY naming the budget when they exceed it (before anything is read). */
+function planWhole(items: MemoryItem[], method: string, path: string, maxMemoryBytes: number | undefined, budgetLabel: string | undefined): number {
+  const bytes = items.reduce((a, i) => a + i.bytes, 0), budget = maxMemoryBytes ?? defaultBudget();
+  if (bytes > budget)
+    throw new QuantformError('QF_OUT_OF_MEMORY', `${budgetLabel ?? `maxMemoryBytes ${budget} (${formatBytes(budget)})`} is too small for ${method} on ${path}: ` +
+      `it needs the whole model in memory, ${items.map((i) => `${i.what} (${formatBytes(i.bytes)})`).join(', ')}: ${formatBytes(bytes)} in all`);
+  return bytes;
+}
+
 /** The memory a run of `opts` on `ck` (or a model in memory) will hold; throws the too-small error quantize would. */
 export function quantizePlan(model: Checkpoint | TrainableLlama, opts: QuantizeModelOptions): { block: BlockPassPlan; endToEnd: EndToEndPlan | null } {
   if (!(model instanceof TrainableLlama)) needCheckpoint(model);
@@ -209,11 +231,29 @@ export function quantizePlan(model: Checkpoint | TrainableLlama, opts: QuantizeM
   return { block: p.block, endToEnd: p.endToEnd };
 }
 
-/** Runs a prepared method over `src` into the sink `open()` returns; the report of every linear. */
-async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hooks: QuantizeModelHooks, abortNote: string): Promise<QuantizeReport> {
+/**
+ * Runs a prepared method over `src` into the sink `open(source)` returns; the report of every linear. A method with a
+ * whole-model stage gets the model `load()` returns, and the block pass reads the model it transformed (returned too).
+ */
+async function execute(src: BlockSource, p: Prepared, open: (src: BlockSource) => BlockSink, hooks: QuantizeModelHooks, abortNote: string,
+  load: () => TrainableLlama): Promise<{ report: QuantizeReport; whole: TrainableLlama | null }> {
   const t0 = performance.now();
   let trainMs = 0;
   const run = p.run;
+  let whole: TrainableLlama | null = null;
+  if (run.whole) {
+    whole = load();
+    const t = performance.now();
+    try {
+      await run.whole.run(whole);
+    } catch (e) {
+      throw fromNative(e);
+    } finally {
+      trainMs += performance.now() - t;
+    }
+    src = modelBlocks(whole);
+    p = { ...p, block: planBlockPass(src, run, p.block.options) };
+  }
   if (run.endToEnd) {
     const t = performance.now();
     try {
@@ -238,7 +278,9 @@ async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hoo
   const timing = { readMs: 0 }, written = writeTiming.ms;
   let linears: LinearReport[];
   try {
-    linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block }, p.block, open, {
+    const forward = run.forward?.bind(run);
+    linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block, forward }, p.block,
+      () => open(src), {
       signal: hooks.signal, abortNote, timing,
       onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
         etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
@@ -246,10 +288,13 @@ async function execute(src: BlockSource, p: Prepared, open: () => BlockSink, hoo
   } catch (e) {
     throw fromNative(e);
   }
-  const q = p.quant;
-  return { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
+  const q = p.quant, aq = run.activations?.() ?? null;
+  const report: QuantizeReport = { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
     trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
     writeSeconds: (writeTiming.ms - written) / 1000, totalSeconds: sec() };
+  if (aq) report.activations = { actBits: aq.actBits, kvBits: aq.kvBits, residualRotation: aq.residualRotation,
+    onlineTransforms: (activationConfig(aq).online_transforms as string[] | undefined) ?? [] };
+  return { report, whole };
 }
 
 /** A method on a model in memory; the result (and the transformed fp32 model) in memory. */
@@ -268,15 +313,19 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
     linear: (name, q) => linears.set(hfModuleName(name), q),
     block: (l, arena) => { blocks[l] = arena.slice(); },
   };
-  const report = await execute(src, p, () => sink, hooks, '');
-  const embed = source.embed.slice();
-  const model = new TrainableLlama(source.shape, embed, source.finalNorm.slice(), source.shape.tied ? embed : source.lmHead.slice(),
-    blocks.map((b, l) => (b.length ? b : source.blocks[l].slice())), source.hfConfig);
+  // a whole-model stage transforms a copy: the caller's model is never modified
+  const { report, whole } = await execute(src, p, () => sink, hooks, '', () => source.clone());
+  const base = whole ?? source;
+  const embed = whole ? whole.embed : source.embed.slice();
+  const model = new TrainableLlama(base.shape, embed, whole ? whole.finalNorm : source.finalNorm.slice(),
+    base.shape.tied ? embed : whole ? whole.lmHead : source.lmHead.slice(),
+    blocks.map((b, l) => (b.length ? b : whole ? whole.blocks[l] : source.blocks[l].slice())), base.hfConfig);
   report.totalSeconds = (performance.now() - t0) / 1000;
   // the map in the order of the model's linears (block by block, arena order), as the report
   const ordered = new Map<string, QuantizedTensor>();
   for (let l = 0; l < source.shape.layers; l++) for (const n of LINEARS) ordered.set(`model.layers.${l}.${HF_LINEAR[n]}`, linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!);
-  return { model, quant: p.quant, linears: ordered, report };
+  const activations = p.run.activations?.() ?? undefined;
+  return { model, quant: p.quant, linears: ordered, report, ...(activations ? { activations } : {}) };
 }
 
 /** The quantized model as fp32 weights (each linear dequantized), for evaluation. */
@@ -321,17 +370,20 @@ export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: Quan
   const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
   const rewritten = (name: string) => p.run.rewritesNorms && /^layers\.\d+\.(attn_norm|ffn_norm)$/.test(name);
   let writer: GptqWriter | null = null;
-  const open = (): BlockSink => {
+  // `from`: the checkpoint, or the model a whole-model stage transformed (opened after that stage: its activation scales are known)
+  const open = (from: BlockSource): BlockSink => {
     writer = new GptqWriter({
-      config: src.config, hfConfig: src.hfConfig, quant: p.quant,
-      plainDtype: (name) => (rewritten(name) ? 'F32' : src.stored(name).dtype),
+      config: from.config, hfConfig: from.hfConfig, quant: p.quant,
+      plainDtype: (name) => (rewritten(name) ? 'F32' : from.stored(name).dtype),
+      activations: p.run.activations?.() ?? undefined,
     }, out, save);
     const w = writer;
     return { plain: (name, data) => w.writePlain(name, data), linear: (name, q) => w.writeLinear(name, q) };
   };
   const written = writeTiming.ms;
   try {
-    const report = await execute(src, p, open, hooks, `; nothing was written to ${out}`);
+    // a whole-model stage loads the checkpoint in fp32 (its memory was checked against the budget by prepare())
+    const { report } = await execute(src, p, open, hooks, `; nothing was written to ${out}`, () => TrainableLlama.fromCheckpoint(ck));
     writer!.finish(report);
     // the returned report counts the shards' final fsyncs too (the saved one cannot)
     report.writeSeconds = (writeTiming.ms - written) / 1000;
@@ -372,6 +424,7 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
     hfConfig: src.hfConfig,
     weight: (name) => (isQuantizedLinear(name) ? dequantize(src.linear(name)).data as Float32Array : src.plain(name) as Float32Array),
     quantizedWeight: (name) => (isQuantizedLinear(name) ? src.linear(name) : null),
+    activationQuant: () => q.activations ?? null,
     tokenizer: async () => tokenizer,
     close: () => {},
   };

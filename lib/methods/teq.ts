@@ -8,12 +8,13 @@
 import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig } from '../native.js';
 import type { BlockSource } from '../engine/block-source.js';
-import { seededRandom } from '../engine/calib.js';
+import { batchIndices } from '../engine/calib.js';
 import { EndToEnd, type EndToEndPlan, type FrozenBlock } from '../engine/end-to-end.js';
 import { AdamW, learningRate } from '../engine/optim.js';
 import { blockConfigOf, TrainableLlama, type LinearName, type LlamaShape } from '../engine/llama.js';
 import { NO_ACTIVATIONS, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock } from '../engine/pipeline.js';
 import type { MethodContext, MethodRun, QuantMethod, TrainState } from './types.js';
+import { nonFinite, Trainer } from './trainer.js';
 
 /**
  * Applies trained scales, alpha (layers, A) with A = model.alphaPerLayer(extra):
@@ -45,54 +46,6 @@ function expandVScales(s: LlamaShape, av: Float32Array): Float32Array {
     throw fromNative(e);
   }
   return ao;
-}
-
-/** Deterministic batch order: epoch e visits the samples in a seeded permutation. */
-function batchIndices(samples: number, batch: number, step: number, seed: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < batch; i++) {
-    const flat = step * batch + i;
-    const epoch = Math.floor(flat / samples);
-    const r = seededRandom(seed * 1000003 + epoch);
-    const perm = Array.from({ length: samples }, (_, j) => j);
-    for (let j = samples - 1; j > 0; j--) {
-      const k = Math.floor(r() * (j + 1));
-      [perm[j], perm[k]] = [perm[k], perm[j]];
-    }
-    out.push(perm[flat % samples]);
-  }
-  return out;
-}
-
-/** Progress, checkpoints when due, and Ctrl-C (checkpoint, then QF_ABORTED), for one run over all its steps. */
-class Trainer {
-  private readonly t0 = performance.now();
-  private stepsDone = 0;
-  constructor(private readonly ctx: MethodContext, private readonly total: number) {}
-
-  /** Reports progress; saves a checkpoint when due or when aborted (then throws). */
-  async after(step: number, loss: number, lr: number, state: () => TrainState, layer?: number): Promise<void> {
-    const ctx = this.ctx;
-    this.stepsDone++;
-    const sec = (performance.now() - this.t0) / 1000;
-    const sps = this.stepsDone / Math.max(sec, 1e-9);
-    ctx.onProgress?.({ phase: 'train', step: step + 1, totalSteps: this.total, loss, lr, stepsPerSecond: sps, etaSeconds: (this.total - step - 1) / sps, layer });
-    const aborted = ctx.signal?.aborted === true;
-    if (ctx.checkpoint && (aborted || ((step + 1) % ctx.checkpointEvery === 0 && step + 1 < this.total))) await ctx.checkpoint(state());
-    if (aborted) throw new QuantformError('QF_ABORTED', `Training stopped at step ${step + 1} of ${this.total}; the checkpoint can be resumed`);
-  }
-
-  /** Ctrl-C outside a training step (while blocks are quantized): the state as it is, then QF_ABORTED. */
-  async checkAbort(done: number, state: () => TrainState): Promise<void> {
-    if (this.ctx.signal?.aborted !== true) return;
-    if (this.ctx.checkpoint) await this.ctx.checkpoint(state());
-    throw new QuantformError('QF_ABORTED', `Stopped after step ${done} of ${this.total}${this.ctx.checkpoint ? '; the checkpoint can be resumed' : ''}`);
-  }
-}
-
-function nonFinite(step: number, loss: number): QuantformError {
-  return new QuantformError('QF_NON_FINITE',
-    `Training loss became ${loss} at step ${step + 1}: stopped; the last checkpoint (if any) holds the last good state. Try a lower lr.`);
 }
 
 /** A TEQ run: the scales of every block in one AdamW arena (layers x A), trained end to end or block by block. */

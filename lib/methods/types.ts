@@ -1,16 +1,19 @@
 // What a quantization method is: a named run over the blocks of a model, each handed
 // to it by the streaming pipeline (lib/engine/pipeline.ts) with its calibration
 // activations; it transforms the block exactly (TEQ's merged scales) and/or quantizes
-// linears itself (GPTQ), and every linear it leaves is round-to-nearest quantized.
+// linears itself (GPTQ), and every linear it leaves is round-to-nearest quantized. A
+// method that needs the whole model at once (FPTQuant) declares a WholeModelStage.
 // Methods register by name (lib/methods/index.ts); the entry points look them up and
 // never change when a method is added.
 import type { CalibrationSet } from '../engine/calib.js';
 import type { ScheduleKind } from '../engine/optim.js';
 import type { BlockSource, FrozenDType } from '../engine/block-source.js';
 import type { EndToEndPlan } from '../engine/end-to-end.js';
-import type { BlockQuant, LlamaShape } from '../engine/llama.js';
-import type { BlockMethod } from '../engine/pipeline.js';
+import type { BlockQuant, LlamaShape, TrainableLlama } from '../engine/llama.js';
+import type { BlockMethod, MemoryItem } from '../engine/pipeline.js';
+import type { ActivationQuant } from '../model/fpt.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { FptQuantOptions } from './fptquant.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -38,7 +41,8 @@ export interface TrainOptions {
 }
 
 export interface ProgressEvent {
-  phase: 'train' | 'quantize';
+  /** FPTQuant: 'calibrate' (range search), 'local' (per block), 'e2e' */
+  phase: 'train' | 'quantize' | 'calibrate' | 'local' | 'e2e';
   step: number;
   totalSteps: number;
   loss: number;
@@ -76,6 +80,20 @@ export interface MethodContext {
   budgetLabel?: string;
   /** storage of frozen weights in a whole-model stage; default exact (bf16 for BF16 checkpoints, else fp32) */
   frozen?: FrozenDType;
+  /** FPTQuant's options (bits of activations and KV cache, transforms, stages) */
+  fpt?: FptQuantOptions;
+}
+
+/**
+ * The stage of a method that needs the whole fp32 model in memory (FPTQuant trains its
+ * transforms end to end against the full-precision model): quantizeModel and
+ * quantizeCheckpoint load the model (TrainableLlama.fromCheckpoint) when memory() fits
+ * the budget, run() transforms it in place, and the block pass then runs over the result.
+ */
+export interface WholeModelStage {
+  /** what the stage holds (the fp32 model, a teacher copy, ...), checked against --max-memory before anything is read */
+  memory(): MemoryItem[];
+  run(model: TrainableLlama): Promise<void>;
 }
 
 /**
@@ -88,6 +106,10 @@ export interface MethodRun extends BlockMethod {
   planEndToEnd?(src: BlockSource): EndToEndPlan | null;
   /** the whole-model stage before the block pass */
   endToEnd?(src: BlockSource): Promise<void>;
+  /** a stage on the whole model in memory before the block pass (which then reads the transformed model) */
+  whole?: WholeModelStage;
+  /** static activation / KV-cache quantization and run-time transforms the result needs (FPTQuant), known after the stages */
+  activations?(): ActivationQuant | null;
   /** the training loss per step so far (all stages, all blocks) */
   lossCurve(): number[];
 }

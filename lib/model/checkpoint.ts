@@ -5,6 +5,7 @@ import type { QuantizedTensor } from '../ops/quant.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { need } from '../errors.js';
 import { needConfig, type LlamaConfig } from './config.js';
+import type { ActivationQuant } from './fpt.js';
 
 export type CheckpointFormat = 'safetensors' | 'llama2c' | 'gguf' | 'gptq' | 'synthetic' | 'memory';
 
@@ -35,6 +36,11 @@ export interface Checkpoint {
    * dequant-matmul kernels; null (or absent) when the weight is plain fp32.
    */
   quantizedWeight?(name: string): QuantizedTensor | null;
+  /**
+   * FPTQuant's run-time part (static activation / KV-cache scales, online transforms), or null
+   * (or absent) for a weight-only model (lib/model/fpt.ts).
+   */
+  activationQuant?(): ActivationQuant | null;
   /** The tokenizer that belongs to the checkpoint. */
   tokenizer(): Promise<Tokenizer>;
   close(): void;

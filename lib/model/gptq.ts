@@ -17,6 +17,7 @@ import { dequantizeGptq, fromGptq, type GptqFormat } from '../export/gptq.js';
 import { parseJsonObject } from '../io/json.js';
 import { SafetensorsCheckpointFiles } from '../io/safetensors.js';
 import { readInt32, readTensor, readUint16, type StoredTensor } from '../io/tensors.js';
+import { readActivationQuant, type ActivationQuant } from './fpt.js';
 
 /** The quantization_config of a model directory's config.json when it is a GPTQ checkpoint, else null. */
 export function gptqConfig(dir: string): { bits: Bits; format: GptqFormat } | null {
@@ -98,6 +99,17 @@ export class GptqCheckpoint implements Checkpoint {
     if (this.st.get(`${base}.weight`) || !this.st.get(`${base}.qweight`)) return null;
     const [N, K] = weightShape(this.config, name);
     return fromGptq(this.gptqTensors(base), N, K, this.q.bits, this.q.format);
+  }
+
+  /** FPTQuant's scales and run-time transforms (quantization_config.quantform, lib/model/fpt.ts), or null. */
+  activationQuant(): ActivationQuant | null {
+    const qc = this.hfConfig.quantization_config as { quantform?: Record<string, unknown> } | undefined;
+    return readActivationQuant(qc?.quantform, this.config, this.path, (name, n) => {
+      const t = this.part(name);
+      if (t.dtype !== 'F32' || t.shape.reduce((a, b) => a * b, 1) !== n)
+        throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: tensor '${name}' must be F32 with ${n} elements but is ${t.dtype} [${t.shape.join(', ')}]`);
+      return readTensor(t);
+    });
   }
 
   /** tokenizer.json, or the llama2.c tokenizer.bin quantform writes for checkpoints that came without one (llama2.c, GGUF). */

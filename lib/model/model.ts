@@ -17,6 +17,7 @@ import { Llama2cCheckpoint } from './llama2c.js';
 import { SafetensorsCheckpoint } from './hf.js';
 import { GptqCheckpoint, gptqConfig } from './gptq.js';
 import { SyntheticCheckpoint, type SyntheticOptions } from './synthetic.js';
+import { nativeRuntime, needsRuntime, type ActivationQuant } from './fpt.js';
 
 export interface LoadOptions {
   /** llama2.c tokenizer.bin when it is not next to the checkpoint */
@@ -66,6 +67,8 @@ export class Model {
   /** positions the KV cache holds */
   readonly maxSeq: number;
   private handle: NativeLlamaModel | null = null;
+  /** FPTQuant's static activation / KV quantization and run-time transforms, when the checkpoint has them */
+  readonly activationQuant: ActivationQuant | null = null;
   private readonly linears = new Map<string, Linear>();
 
   constructor(readonly checkpoint: Checkpoint, readonly tokenizer: Tokenizer, opts: LoadOptions = {}) {
@@ -113,6 +116,12 @@ export class Model {
         }
       }
       this.handle.setWeightsFromFile(stored);
+      const aq = checkpoint.activationQuant?.() ?? null;
+      if (aq && needsRuntime(aq)) {
+        const rt = nativeRuntime(aq, cfg);
+        this.handle.setFpt(rt.opts, rt.params);
+        this.activationQuant = aq;
+      }
     } catch (e) {
       this.handle?.dispose();
       throw fromNative(e);

@@ -71,6 +71,17 @@ struct Unwrap<IdSpan> {
   static IdSpan get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_ids(info, i, name); }
 };
 template <>
+struct Unwrap<I8Span> {
+  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) {
+    const Napi::Value v = info[i];
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int8_array)
+      fail(Code::DtypeMismatch, std::string("Expected Int8Array for ") + name);
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
+    return I8Span{reinterpret_cast<int8_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
+  }
+};
+template <>
 struct Unwrap<int64_t> {
   static int64_t get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int(info, i, name); }
 };
@@ -197,6 +208,32 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
   d.rtn_spec = QuantSpec{(int)bits, get_int(o, "groupSize"), get_bool(o, "symmetric", false), true};
   d.teq.on = get_bool(o, "teq", false);
   d.teq.extra = get_bool(o, "teqExtra", false);
+  // fpt: { qk, v, mlp, residualScaling, hadamardBlock, actBits, kvBits, merged, lpAct, lpWeight, lpP }
+  const Napi::Value fv = o.Get("fpt");
+  if (!fv.IsUndefined() && !fv.IsNull()) {
+    if (!fv.IsObject()) fail(Code::InvalidArgument, "Expected an object or null for config.fpt");
+    const Napi::Object f = fv.As<Napi::Object>();
+    FptTransforms& t = d.fpt;
+    t.on = true;
+    t.qk = get_bool(f, "qk", false);
+    t.v = get_bool(f, "v", false);
+    t.v_hadamard = get_bool(f, "vHadamard", false);
+    t.mlp = get_bool(f, "mlp", false);
+    t.merged = get_bool(f, "merged", false);
+    t.residual_scaling = get_bool(f, "residualScaling", false);
+    auto opt_num = [&](const char* key, double dflt) { return f.Get(key).IsUndefined() ? dflt : get_number(f, key); };
+    auto opt_int = [&](const char* key) { return f.Get(key).IsUndefined() ? (int64_t)0 : get_int(f, key); };
+    t.hadamard_block = opt_int("hadamardBlock");
+    t.act_bits = (int)std::min<int64_t>(opt_int("actBits"), 1 << 20);
+    t.kv_bits = (int)std::min<int64_t>(opt_int("kvBits"), 1 << 20);
+    t.lp_act = (float)opt_num("lpAct", 0);
+    t.lp_weight = (float)opt_num("lpWeight", 0);
+    t.lp_p = (float)opt_num("lpP", 4);
+    // the checks below run before buffers are bound: a placeholder stands for the parameters and
+    // the carry, which the entry points check and set
+    static float placeholder = 1.f;
+    t.params = &placeholder;
+  }
   check_status(check_block(d));
   const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
   if ((int64_t)f.len != d.dims.hd / 2)
@@ -234,6 +271,7 @@ Napi::Value block_sizes_js(const Napi::CallbackInfo& info) {
   o.Set("params", (double)block_param_count(b->desc.dims));
   o.Set("saved", (double)block_saved_count(b->desc));
   o.Set("alpha", (double)block_alpha_count(b->desc));
+  o.Set("fpt", (double)fpt_layout(b->desc.dims).total);
   return o;
 }
 
@@ -267,7 +305,9 @@ Napi::Value block_saved_layout_js(const Napi::CallbackInfo& info) {
                                                 {"q", L.q},       {"k", L.k},         {"v", L.v},     {"probs", L.probs},
                                                 {"att", L.att},   {"atts", L.atts},   {"h", L.h},     {"rstd2", L.rstd2},
                                                 {"xn2", L.xn2},   {"xs2", L.xs2},     {"g", L.g},     {"u", L.u},
-                                                {"a", L.a},       {"as", L.as},       {"eff", L.eff}, {"total", L.total}};
+                                                {"a", L.a},       {"as", L.as},       {"eff", L.eff}, {"c", L.c},
+                                                {"kr", L.kr},     {"vr", L.vr},       {"ao", L.ao},   {"ah", L.ah},
+                                                {"total", L.total}};
   for (const auto& kv : at) o.Set(kv.first, (double)kv.second);
   return o;
 }
@@ -328,6 +368,119 @@ Napi::Value block_merge_scales_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// FPTQuant's parameters of one block: bound after the arena, lengths checked.
+void bind_fpt(BlockDesc* d, const Span& params, const Span& c_in, const Span& c_out, const Span& lp_out) {
+  if (!d->fpt.on) fail(Code::InvalidArgument, "Expected config.fpt for an FPTQuant block step");
+  const int64_t P = fpt_layout(d->dims).total, BT = d->dims.BT();
+  if (!params.data || (int64_t)params.len != P)
+    fail(Code::ShapeMismatch, "Expected " + std::to_string(P) + " elements for fptParams but received " +
+                                  std::to_string(params.data ? (int64_t)params.len : 0));
+  d->fpt.params = static_cast<const float*>(params.data);
+  d->fpt.c_in = nullptr;
+  d->fpt.c_out = nullptr;
+  if (c_in.data) {
+    if ((int64_t)c_in.len != BT) fail(Code::ShapeMismatch, "Expected " + std::to_string(BT) + " elements (BT) for cIn but received " + std::to_string(c_in.len));
+    d->fpt.c_in = static_cast<const float*>(c_in.data);
+  }
+  if (c_out.data) {
+    if ((int64_t)c_out.len != BT) fail(Code::ShapeMismatch, "Expected " + std::to_string(BT) + " elements (BT) for cOut but received " + std::to_string(c_out.len));
+    d->fpt.c_out = static_cast<float*>(c_out.data);
+  }
+  d->fpt.lp_out = nullptr;
+  if (lp_out.data) {
+    if (lp_out.len != 1) fail(Code::ShapeMismatch, "Expected 1 element for lpOut but received " + std::to_string(lp_out.len));
+    d->fpt.lp_out = static_cast<float*>(lp_out.data);
+  }
+}
+
+// fptLayout(config) -> { qkLogScale, qkAngle, vLu, mlpLogScale, actLogScale, kvLogScale, total }
+Napi::Value fpt_layout_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const FptLayout L = fpt_layout(b->desc.dims);
+  Napi::Object o = Napi::Object::New(info.Env());
+  const std::pair<const char*, int64_t> at[] = {{"qkLogScale", L.qk_log_scale}, {"qkAngle", L.qk_angle}, {"vLu", L.v_lu},
+                                                {"mlpLogScale", L.mlp_log_scale}, {"actLogScale", L.act_log_scale},
+                                                {"kvLogScale", L.kv_log_scale},   {"total", L.total}};
+  for (const auto& kv : at) o.Set(kv.first, (double)kv.second);
+  return o;
+}
+
+// fptBlockForward(config, out, saved | null, x, params, fptParams, cIn | null, cOut | null, lpOut | null, async)
+Napi::Value fpt_block_forward_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span out = arg_span(info, 1, "out", DType::F32), saved = f32_or_null(info, 2, "saved"),
+             x = arg_span(info, 3, "x", DType::F32), params = arena_span(info, 4, "params"),
+             fparams = arg_span(info, 5, "fptParams", DType::F32), cin = f32_or_null(info, 6, "cIn"),
+             cout = f32_or_null(info, 7, "cOut"), lp = f32_or_null(info, 8, "lpOut");
+  check_status(block_bind_arena(&b->desc, params));
+  bind_fpt(&b->desc, fparams, cin, cout, lp);
+  return run_op(info, arg_bool(info, 9, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7], info[8]},
+                [b, out, saved, x] {
+                  QF_TRY(b->tables());
+                  Workspace ws;
+                  return block_forward(out, saved, x, b->desc, nullptr, &ws);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+// fptBlockBackward(config, dx, dFpt, dc | null, dout, saved, params, fptParams, async): dFpt accumulated; with
+// residualScaling dc (BT) holds dL/dc_out and becomes dL/dc_in.
+Napi::Value fpt_block_backward_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span dx = arg_span(info, 1, "dx", DType::F32), dfpt = arg_span(info, 2, "dFpt", DType::F32),
+             dc = f32_or_null(info, 3, "dc"), dout = arg_span(info, 4, "dout", DType::F32),
+             saved = arg_span(info, 5, "saved", DType::F32), params = arena_span(info, 6, "params"),
+             fparams = arg_span(info, 7, "fptParams", DType::F32);
+  check_status(block_bind_arena(&b->desc, params));
+  bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
+  const int64_t P = fpt_layout(b->desc.dims).total, BT = b->desc.dims.BT();
+  if ((int64_t)dfpt.len != P) fail(Code::ShapeMismatch, "Expected " + std::to_string(P) + " elements for dFpt but received " + std::to_string(dfpt.len));
+  BlockGrads g;
+  g.fpt = static_cast<float*>(dfpt.data);
+  if (b->desc.fpt.residual_scaling) {
+    if (!dc.data || (int64_t)dc.len != BT)
+      fail(Code::ShapeMismatch, "Expected " + std::to_string(BT) + " elements (BT) for dc but received " + std::to_string(dc.data ? (int64_t)dc.len : 0));
+    g.dc = static_cast<float*>(dc.data);
+  }
+  return run_op(info, arg_bool(info, 8, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7]},
+                [b, g, dx, dout, saved] {
+                  QF_TRY(b->tables());
+                  Workspace ws;
+                  return block_backward(dx, g, dout, saved, b->desc, &ws);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
+// fptMerge(config, params, fptParams, rotation | null): the enabled transforms (and the residual rotation) merged
+// into one f32 arena, in place.
+Napi::Value fpt_merge_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span params = arg_span(info, 1, "params", DType::F32), fparams = arg_span(info, 2, "fptParams", DType::F32),
+             rot = f32_or_null(info, 3, "rotation");
+  bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
+  check_status(fpt_merge(params, rot, b->desc.dims, b->desc.fpt));
+  return info.Env().Undefined();
+}
+
+// fptCheck(config, fptParams): throws QF_NON_FINITE when the parameters give no valid step.
+Napi::Value fpt_check_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span fparams = arg_span(info, 1, "fptParams", DType::F32);
+  bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
+  check_status(fpt_check_params(fparams, b->desc.dims, b->desc.fpt));
+  return info.Env().Undefined();
+}
+
+// fptMergeBackward(config, dFpt, deff, params, fptParams): dFpt += the merge's backward of deff.
+Napi::Value fpt_merge_backward_js(const Napi::CallbackInfo& info) {
+  const auto b = read_config(info, 0);
+  const Span dfpt = arg_span(info, 1, "dFpt", DType::F32), deff = arg_span(info, 2, "deff", DType::F32),
+             params = arg_span(info, 3, "params", DType::F32), fparams = arg_span(info, 4, "fptParams", DType::F32);
+  bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
+  check_status(fpt_merge_backward(dfpt, deff, params, b->desc.dims, b->desc.fpt));
+  return info.Env().Undefined();
+}
+
 // lmHeadLoss(nll, dx | null, dnorm | null, dhead | null, x, normWeight, head, targets, BT, D, V, eps, lossScale, async)
 Napi::Value lm_head_loss_js(const Napi::CallbackInfo& info) {
   const Span nll = arg_span(info, 0, "nll", DType::F32), dx = f32_or_null(info, 1, "dx"),
@@ -359,6 +512,12 @@ void register_engine(Napi::Env env, Napi::Object root) {
   QF_EXPORT_IN(exports, "engine", "blockBackward", block_backward_js);
   QF_EXPORT_IN(exports, "engine", "blockMergeScales", block_merge_scales_js);
   QF_EXPORT_IN(exports, "engine", "lmHeadLoss", lm_head_loss_js);
+  QF_EXPORT_IN(exports, "engine", "fptLayout", fpt_layout_js);
+  QF_EXPORT_IN(exports, "engine", "fptBlockForward", fpt_block_forward_js);
+  QF_EXPORT_IN(exports, "engine", "fptBlockBackward", fpt_block_backward_js);
+  QF_EXPORT_IN(exports, "engine", "fptMerge", fpt_merge_js);
+  QF_EXPORT_IN(exports, "engine", "fptCheck", fpt_check_js);
+  QF_EXPORT_IN(exports, "engine", "fptMergeBackward", fpt_merge_backward_js);
 }
 
 }  // namespace qf

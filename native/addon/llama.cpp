@@ -73,6 +73,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
                         InstanceMethod("setQuantizedWeight", &LlamaModelWrap::SetQuantizedWeight),
                         InstanceMethod("setWeightsFromFile", &LlamaModelWrap::SetWeightsFromFile),
                         InstanceMethod("missing", &LlamaModelWrap::Missing),
+                        InstanceMethod("setFpt", &LlamaModelWrap::SetFpt),
                         InstanceMethod("forward", &LlamaModelWrap::Forward),
                         InstanceMethod("dispose", &LlamaModelWrap::Dispose)});
   }
@@ -204,6 +205,35 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       w.spec = arg_quant_spec(info, 7);
       w.zeros = arg_zeros(info, 3, w.spec.symmetric, pd);
       check(m.set_quantized_weight(name, w));
+      return info.Env().Undefined();
+    });
+  }
+
+  // setFpt(null) | setFpt({ residualScaling, hadamardBlock, actBits, kvBits }, params: Float32Array[] (one per
+  // layer, fpt_param_count each)): FPTQuant's run-time quantizers and transforms (llama_model.h FptRuntime).
+  Napi::Value SetFpt(const Napi::CallbackInfo& info) {
+    return guard(info, "LlamaModel.setFpt", [&] {
+      LlamaModel& m = live();
+      FptRuntime r;
+      if (!info[0].IsNull() && !info[0].IsUndefined()) {
+        if (!info[0].IsObject()) fail(error(Code::InvalidArgument, "Expected an options object or null for setFpt"));
+        const Napi::Object o = info[0].As<Napi::Object>();
+        r.on = true;
+        r.residual_scaling = o.Get("residualScaling").ToBoolean().Value();
+        r.hadamard_block = get_int(o, "hadamardBlock");
+        r.act_bits = (int)std::min<int64_t>(get_int(o, "actBits"), 1 << 20);
+        r.kv_bits = (int)std::min<int64_t>(get_int(o, "kvBits"), 1 << 20);
+        if (!info[1].IsArray()) fail(error(Code::InvalidArgument, "Expected an array of Float32Array for params"));
+        const Napi::Array a = info[1].As<Napi::Array>();
+        for (uint32_t l = 0; l < a.Length(); l++) {
+          const Napi::Value v = a.Get(l);
+          if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+            fail(error(Code::DtypeMismatch, "Expected Float32Array for params[" + std::to_string(l) + "]"));
+          const Napi::Float32Array f = v.As<Napi::Float32Array>();
+          r.params.emplace_back(f.Data(), f.Data() + f.ElementLength());
+        }
+      }
+      check(m.set_fpt(r));
       return info.Env().Undefined();
     });
   }

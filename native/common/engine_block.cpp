@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine_fpt.h"
 #include "quantform/engine.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
@@ -59,8 +60,8 @@ int64_t max_linear(const BlockDims& d) {
   return m;
 }
 
-// Effective weights differ from the stored ones: Q(W diag(alpha)).
-bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on; }
+// Effective weights differ from the stored ones: Q(W diag(alpha)), or Q(FPTQuant's merge of W).
+bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on || fpt::transforms_weights(d.fpt); }
 
 // Saved activations of one training forward (floats), in order (engine.h).
 using SavedLayout = BlockSavedLayout;
@@ -69,27 +70,35 @@ SavedLayout saved_layout(const BlockDesc& d) {
   const BlockDims& m = d.dims;
   const int64_t BT = m.BT(), D = m.D, F_ = m.F, Dq = m.Dq(), Dkv = m.Dkv();
   const bool teq = d.teq.on, extra = d.teq.on && d.teq.extra;
+  const FptTransforms& fp = d.fpt;
+  const bool sn = fp.on && fp.residual_scaling, aq = fp.on && fp.act_bits > 0, kvq = fp.on && fp.kv_bits > 0,
+             had = fp.on && fp.hadamard_block > 0;
   SavedLayout L;
   int64_t o = 0;
   auto take = [&o](int64_t n) { const int64_t at = o; o += n; return at; };
   L.x = take(BT * D);                               // (BT, D) block input
+  L.c = sn ? take(BT) : L.x;                        // (BT) S_n carry in
   L.rstd1 = take(BT);                               // (BT)
   L.xn1 = take(BT * D);                             // (BT, D) rmsnorm(x) * attn_norm
-  L.xs1 = teq ? take(BT * D) : L.xn1;               // (BT, D) xn1 / alpha1: the q/k/v input
+  L.xs1 = teq || aq ? take(BT * D) : L.xn1;         // (BT, D) the q/k/v input: xn1 / alpha1 (TEQ), quantized (FPT)
   L.q = take(BT * Dq);                              // (B, T, Hq, hd) after RoPE
   L.k = take(BT * Dkv);                             // (B, T, Hkv, hd) after RoPE
   L.v = take(BT * Dkv);                             // (B, T, Hkv, hd)
+  L.kr = kvq ? take(BT * Dkv) : L.k;                // (B, T, Hkv, hd) before the KV quantizer
+  L.vr = kvq ? take(BT * Dkv) : L.v;
   L.probs = take(m.B * m.Hq * m.T * m.T);           // (B, Hq, T, T)
   L.att = take(BT * Dq);                            // (BT, Dq) attention output
-  L.atts = extra ? take(BT * Dq) : L.att;           // (BT, Dq) att / alpha_o: the o_proj input
+  L.ao = sn ? take(BT * Dq) : L.att;                // (BT, Dq) att / (c r~1) (S_n)
+  L.atts = extra || aq ? take(BT * Dq) : L.ao;      // (BT, Dq) the o_proj input
   L.h = take(BT * D);                               // (BT, D) x + attention half
   L.rstd2 = take(BT);                               // (BT)
   L.xn2 = take(BT * D);                             // (BT, D)
-  L.xs2 = teq ? take(BT * D) : L.xn2;               // (BT, D) the gate/up input
+  L.xs2 = teq || aq ? take(BT * D) : L.xn2;         // (BT, D) the gate/up input
   L.g = take(BT * F_);                              // (BT, F)
   L.u = take(BT * F_);                              // (BT, F)
   L.a = take(BT * F_);                              // (BT, F) silu(g) * u
-  L.as = extra ? take(BT * F_) : L.a;               // (BT, F) a / alpha_d: the down_proj input
+  L.ah = sn || had ? take(BT * F_) : L.a;           // (BT, F) Hadamard(a) / (c r~2)
+  L.as = extra || aq ? take(BT * F_) : L.ah;        // (BT, F) the down_proj input
   L.eff = has_eff(d) ? take(block_param_count(m)) : 0;  // effective weights, parameter-arena layout
   L.total = o;
   return L;
@@ -98,13 +107,14 @@ SavedLayout saved_layout(const BlockDesc& d) {
 // Pointers to one forward's activations: into the saved buffer (training) or the
 // workspace (inference, where x, rstd, probabilities and effective weights are null).
 struct Acts {
-  float *x, *rstd1, *xn1, *xs1, *q, *k, *v, *probs, *att, *atts, *h, *rstd2, *xn2, *xs2, *g, *u, *a, *as, *eff;
+  float *x, *rstd1, *xn1, *xs1, *q, *k, *v, *probs, *att, *atts, *h, *rstd2, *xn2, *xs2, *g, *u, *a, *as, *eff, *c,
+      *kr, *vr, *ao, *ah;
 };
 
 Acts acts_in(float* s, const SavedLayout& L) {
-  return Acts{s + L.x,  s + L.rstd1, s + L.xn1, s + L.xs1, s + L.q,   s + L.k,     s + L.v,
-              s + L.probs, s + L.att, s + L.atts, s + L.h, s + L.rstd2, s + L.xn2, s + L.xs2,
-              s + L.g,  s + L.u,     s + L.a,   s + L.as,  s + L.eff};
+  return Acts{s + L.x,   s + L.rstd1, s + L.xn1, s + L.xs1, s + L.q,  s + L.k,    s + L.v,    s + L.probs,
+              s + L.att, s + L.atts,  s + L.h,   s + L.rstd2, s + L.xn2, s + L.xs2, s + L.g,  s + L.u,
+              s + L.a,   s + L.as,    s + L.eff, s + L.c,   s + L.kr,  s + L.vr,  s + L.ao, s + L.ah};
 }
 
 // A bump allocator over a Workspace: sizes are summed first (plan), the workspace
@@ -186,7 +196,7 @@ Status rtn_backward(float* g, const float* W, const float* alpha, int64_t N, int
   std::vector<float> v((size_t)(N * K)), dv((size_t)(N * K)), ds((size_t)(N * G)), dz((size_t)(N * G));  // (N, K), (N, G)
   parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; n++)
-      for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = W[n * K + k] * alpha[k];
+      for (int64_t k = 0; k < K; k++) v[(size_t)(n * K + k)] = alpha ? W[n * K + k] * alpha[k] : W[n * K + k];
   });
   std::vector<uint8_t> codes((size_t)(N * qf_packed_row_bytes(spec.bits, K)));
   std::vector<uint16_t> sh((size_t)(N * G)), zh((size_t)(N * G));
@@ -339,7 +349,6 @@ Status check_block(const BlockDesc& d) {
   }
   if (d.learned_fq.active())
     return error(Code::Unsupported, "Learned fake quantization (EfficientQAT) is not implemented in the block step yet");
-  if (d.fpt.active()) return error(Code::Unsupported, "FPTQuant transforms are not implemented in the block step yet");
   // BT, Dq, Dkv and the arena are formed in int64 from here on: bound them in double
   // first (each dim alone may be anything up to 2^53)
   const double bt = (double)m.B * (double)m.T, dq = (double)m.Hq * (double)m.hd, dkv = (double)m.Hkv * (double)m.hd;
@@ -348,6 +357,7 @@ Status check_block(const BlockDesc& d) {
     return error(Code::ShapeMismatch, "Expected B*T and Hq*hd below 2^31 and a parameter arena below 2^40 floats but received B=" +
                                           num(m.B) + ", T=" + num(m.T) + ", D=" + num(m.D) + ", F=" + num(m.F) + ", Hq=" +
                                           num(m.Hq) + ", Hkv=" + num(m.Hkv) + ", hd=" + num(m.hd));
+  QF_TRY(fpt::check(d));
   // (B, Hq, T, T) probabilities and friends: refuse sizes no buffer could hold
   const double saved = (double)m.B * (double)m.Hq * (double)m.T * (double)m.T + 12.0 * bt * ((double)m.D + (double)m.F + dq);
   if (saved > 4.0e9) {
@@ -394,10 +404,17 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   QF_TRY(need("x", x, BT * D, "(BT, D)"));
   const SavedLayout SL = saved_layout(d);
   if (training) QF_TRY(need("saved", saved, SL.total, "(block_saved_count)"));
+  // FPTQuant: S_n carry, static activation / KV quantizers, online Hadamard (engine.h FptTransforms)
+  const FptTransforms& fp = d.fpt;
+  const bool sn = fp.on && fp.residual_scaling, aq = fp.on && fp.act_bits > 0, kvq = fp.on && fp.kv_bits > 0;
+  const int64_t hb = fp.on ? fp.hadamard_block : 0;
+  if (sn && !fp.c_out) return error(Code::InvalidArgument, "Expected an output buffer (BT) for the S_n carry c");
+  const bool qcache = cache && kvq;  // int8 KV cache
   const int64_t pos0 = cache ? cache->pos0 : 0, S = cache ? cache->S : T, L = pos0 + T;
-  if (cache && (!cache->k || !cache->v || pos0 < 0 || L > S))
-    return error(Code::InvalidArgument, "Expected a KV cache with pos0 + T <= S but received pos0=" + num(pos0) +
-                                            ", T=" + num(T) + ", S=" + num(S));
+  if (cache && (pos0 < 0 || L > S || (qcache ? !cache->kq || !cache->vq : !cache->k || !cache->v)))
+    return error(Code::InvalidArgument, std::string("Expected a ") + (qcache ? "quantized " : "") +
+                                            "KV cache with pos0 + T <= S but received pos0=" + num(pos0) + ", T=" + num(T) +
+                                            ", S=" + num(S));
   if (!d.rope_cos || !d.rope_sin || d.rope_len < L)
     return error(Code::InvalidArgument, "Expected RoPE tables covering positions [0, " + num(L) + ") but received " +
                                             num(d.rope_len) + " positions");
@@ -408,41 +425,84 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
       if (!(d.teq.alpha[i] > 0.f))
         return error(Code::InvalidArgument, "Expected positive alpha but alpha[" + num(i) + "] is " + std::to_string(d.teq.alpha[i]));
   }
+  fpt::Prep prep;
+  if (fp.on) QF_TRY(fpt::prepare(&prep, m, fp));
+  // The integer path (FPTQuant inference): INT4 weights in the kernels' layout, activations quantized
+  // with their static scales in the epilogue of the op that produces them, int8 x int4 GEMMs.
+  int n_quantized = 0;
+  for (const WeightSource& w : d.linear) n_quantized += w.kind == WeightSource::Kind::Quantized;
+  const bool ints = aq && n_quantized > 0;
+  if (ints)
+    for (int j = 0; j < kBlockLinears; j++)
+      if (d.linear[j].kind != WeightSource::Kind::Quantized || !d.linear[j].prepared)
+        return error(Code::Unsupported, std::string("Static ") + std::to_string(fp.act_bits) +
+                                            "-bit activations run on INT4 weights in the int8 kernels' layout (group size a "
+                                            "multiple of 8 or one group per row), but " + kBlockLinearNames[j] + " is " +
+                                            (d.linear[j].kind == WeightSource::Kind::Quantized ? "in another format" : "not quantized"));
+  if (ints)
+    for (const auto& pr : {std::make_pair(kWk, kWq), std::make_pair(kWv, kWq), std::make_pair(kWUp, kWGate)})
+      if (d.linear[pr.first].prepared->group_size != d.linear[pr.second].prepared->group_size)
+        return error(Code::Unsupported, std::string("Linears that share an input share its quantized codes: ") +
+                                            kBlockLinearNames[pr.first] + " and " + kBlockLinearNames[pr.second] +
+                                            " need one group size but have " + num(d.linear[pr.first].prepared->group_size) +
+                                            " and " + num(d.linear[pr.second].prepared->group_size));
   const bool bf16 = d.attn_norm.kind == WeightSource::Kind::BF16 || d.ffn_norm.kind == WeightSource::Kind::BF16 ||
                     std::any_of(d.linear, d.linear + kBlockLinears,
                                 [](const WeightSource& w) { return w.kind == WeightSource::Kind::BF16; });
   const bool extra = d.teq.on && d.teq.extra;
+  const bool fw = fpt::transforms_weights(fp);
   const int64_t slots = scratch_slots();
-  const int64_t per_slot = std::max(kGemmPackFloats, attention_scratch_floats(L));
+  const int64_t KPmax = (std::max(std::max(D, Dq), F_) + 7) / 8 * 8;
+  int64_t Gmax = 1;
+  if (ints)
+    for (const WeightSource& w : d.linear) Gmax = std::max(Gmax, w.prepared->G);
+  const int64_t per_slot = std::max(std::max(kGemmPackFloats, qcache ? attention_q8_scratch_floats(L, hd) : attention_scratch_floats(L)),
+                                    ints ? (matmul_int8_run_scratch_bytes(BT, KPmax) + 3) / 4 : 0);
 
   // Workspace: slot scratch, widened weights and, without a saved buffer, the activations
-  // (the saved layout minus x, rstd, probabilities and effective weights; a overwrites g).
+  // (the saved layout minus x, rstd, probabilities and effective weights; a overwrites g; the
+  // FPTQuant quantizers and scalings work in place).
   Acts A;
-  float *pack, *norms, *wide, *ao;
+  float *pack, *norms, *wide, *wraw, *ao, *cb, *c2, *mul, *xsv, *xsum;
+  int8_t* xq = nullptr;
   auto carve = [&](Carve& c) {
     pack = c.take(slots * per_slot);
     norms = c.take(bf16 ? 2 * D : 0);                                      // (2, D) widened norms
     wide = c.take(bf16 || (!training && has_eff(d)) ? max_linear(m) : 0);  // (N, K) one linear at a time
+    wraw = c.take(bf16 && fw && !training ? max_linear(m) : 0);            // (N, K) its widened stored weight
     ao = c.take(extra ? Dq : 0);                                           // (Dq) expanded alpha_v
+    cb = c.take(sn && !training ? BT : 0);                                 // (BT) S_n carry in (training: saved)
+    c2 = c.take(sn ? BT : 0);                                              // (BT) carry after the attention half
+    mul = c.take(sn ? BT : 0);                                             // (BT) per-token input scale of o / down
+    xsv = c.take(ints ? BT : 0);                                           // (BT) the static scale, per row
+    xsum = c.take(ints ? BT * Gmax : 0);                                   // (BT, G) group sums of the codes
+    xq = reinterpret_cast<int8_t*>(c.take(ints ? (BT * KPmax + 3) / 4 : 0));  // (BT, KP) int8 codes
     if (training) {
       A = acts_in(F(saved), SL);
       return;
     }
     A = Acts{};
-    A.xn1 = c.take(BT * D);
+    A.rstd1 = sn || ints ? c.take(BT) : nullptr;
+    A.rstd2 = sn || ints ? c.take(BT) : nullptr;
+    A.xn1 = ints ? nullptr : c.take(BT * D);
     A.xs1 = d.teq.on ? c.take(BT * D) : A.xn1;
     A.q = c.take(BT * Dq);
     A.k = c.take(BT * Dkv);
     A.v = c.take(BT * Dkv);
+    A.kr = A.k;
+    A.vr = A.v;
     A.att = c.take(BT * Dq);
-    A.atts = extra ? c.take(BT * Dq) : A.att;
+    A.ao = A.att;
+    A.atts = extra ? c.take(BT * Dq) : A.ao;
     A.h = c.take(BT * D);
-    A.xn2 = c.take(BT * D);
+    A.xn2 = ints ? nullptr : c.take(BT * D);
     A.xs2 = d.teq.on ? c.take(BT * D) : A.xn2;
     A.g = c.take(BT * F_);
     A.u = c.take(BT * F_);
     A.a = A.g;
-    A.as = extra ? c.take(BT * F_) : A.a;
+    A.ah = A.a;
+    A.as = extra ? c.take(BT * F_) : A.ah;
+    A.c = cb;
   };
   {
     Carve plan(nullptr);
@@ -462,6 +522,8 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   const float* aop = extra ? ao : nullptr;
   const float* alpha_in[kBlockLinears] = {a1, a1, a1, aop, a2, a2, ad};
   const BlockLayout PL = block_layout(m);
+  double lp = 0;  // FPTQuant's local outlier penalty (training)
+  const bool lp_on = training && fp.on && (fp.lp_act > 0.f || fp.lp_weight > 0.f);
 
   // Effective weights: training computes all seven up front into the saved buffer (the
   // backward reads them); otherwise one at a time into `wide` just before its GEMM.
@@ -469,8 +531,14 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     for (int j = 0; j < kBlockLinears; j++) {
       int64_t rows, cols;
       linear_shape(m, j, &rows, &cols);
+      float* e = A.eff + PL.linear[j].offset;
       const float* w = f32_of(d.linear[j], rows * cols, wide);
-      QF_TRY(effective_weight(A.eff + PL.linear[j].offset, w, alpha_in[j], rows, cols, d));
+      if (fw) {
+        fpt::apply_linear(j, e, w, prep, pack, slots);  // the merge, as fpt_merge applies it
+        if (lp_on && fp.lp_weight > 0.f) lp += fpt::lp_ratio_acc(nullptr, e, rows * cols, cols, fp.lp_p, fp.lp_weight);
+        w = e;
+      }
+      QF_TRY(effective_weight(e, w, alpha_in[j], rows, cols, d));
     }
   }
   // y (BT, rows) = xin (BT, cols) . W_j^T
@@ -484,6 +552,11 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     const float* w;
     if (training && has_eff(d)) {
       w = A.eff + PL.linear[j].offset;
+    } else if (fw) {
+      // merged out of place into `wide` (bf16: from its widened copy), then fake-quantized there
+      fpt::apply_linear(j, wide, f32_of(src, rows * cols, wraw), prep, pack, slots);
+      QF_TRY(effective_weight(wide, wide, nullptr, rows, cols, d));
+      w = wide;
     } else if (has_eff(d)) {
       // bf16: widened into `wide`, then scaled and fake-quantized there in place
       QF_TRY(effective_weight(wide, f32_of(src, rows * cols, wide), alpha_in[j], rows, cols, d));
@@ -494,7 +567,20 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     matmul_nt(y, xin, w, BT, rows, cols, false, pack, slots);
     return Status::Ok();
   };
+  // y (BT, rows) = (codes in xq, scale s) . W_j^T on the int8 kernels
+  auto linear_q = [&](int j, float* y, float s) {
+    std::fill(xsv, xsv + BT, s);
+    matmul_int8_prequantized(y, xq, xsv, xsum, BT, *d.linear[j].prepared, reinterpret_cast<uint8_t*>(pack));
+  };
   const EngineKernels& k = engine_kernels();
+  const float qa = aq ? fpt::qmax_of(fp.act_bits) : 0.f, qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  // out = FQ(x) over n elements with one scale (or one per kv head: inner hd, nscale Hkv)
+  auto fake_quant = [&](float* o, const float* xi, int64_t n, const float* sc, int64_t nscale, int64_t inner, float qmax) {
+    parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) { k.act_fake_quant_forward(o, xi, sc, nscale, inner, qmax, i0, i1); });
+  };
+  auto lp_act = [&](const float* v, int64_t n) {
+    if (lp_on && fp.lp_act > 0.f) lp += fpt::lp_ratio_acc(nullptr, v, n, n, fp.lp_p, fp.lp_act);
+  };
   std::vector<int32_t> pos((size_t)BT);  // (B, T) positions pos0 + t
   for (int64_t b = 0; b < B; b++)
     for (int64_t t = 0; t < T; t++) pos[(size_t)(b * T + t)] = (int32_t)(pos0 + t);
@@ -502,28 +588,77 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   const float* xin = F(x);
   float* xs = training ? A.x : const_cast<float*>(xin);
   if (training) std::memcpy(xs, xin, (size_t)(BT * D) * sizeof(float));
+  const float* cin = nullptr;  // (BT) S_n carry
+  if (sn) {
+    if (fp.c_in) std::memcpy(A.c, fp.c_in, (size_t)BT * sizeof(float));
+    else std::fill(A.c, A.c + BT, 1.f);
+    for (int64_t r = 0; r < BT; r++)
+      if (!(A.c[r] > 0.f) || !std::isfinite(A.c[r]))
+        return error(Code::InvalidArgument, "Expected a positive finite S_n carry but c[" + num(r) + "] is " + std::to_string(A.c[r]));
+    cin = A.c;
+  }
   // ---- attention half ----
   float* rstd1 = A.rstd1;
   float* xn1 = A.xn1;
-  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn1, rstd1, xs, g1, r0, r1, D, d.eps); });
+  if (ints) {
+    const PreparedInt4& wq = *d.linear[kWq].prepared;
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      k.rmsnorm_quant(xq, xsum, rstd1, xs, g1, cin, prep.act[FptTransforms::kActQkv], qa, r0, r1, D, wq.KP, wq.group_size, d.eps);
+    });
+  } else if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_scaled_forward(xn1, rstd1, xs, g1, cin, r0, r1, D, d.eps); });
+  } else {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn1, rstd1, xs, g1, r0, r1, D, d.eps); });
+  }
   float* xs1 = A.xs1;
   if (a1) scale_cols_div(xs1, xn1, a1, BT, D);
+  if (aq && !ints) {
+    lp_act(xn1, BT * D);
+    fake_quant(xs1, xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa);
+  }
   float* q = A.q;
-  float* kk = A.k;
-  float* vv = A.v;
-  QF_TRY(linear(kWq, q, xs1));
-  QF_TRY(linear(kWk, kk, xs1));
-  QF_TRY(linear(kWv, vv, xs1));
+  float* kk = A.kr;
+  float* vv = A.vr;
+  if (ints) {
+    const float s = prep.act[FptTransforms::kActQkv];
+    linear_q(kWq, q, s);
+    linear_q(kWk, kk, s);
+    linear_q(kWv, vv, s);
+  } else {
+    QF_TRY(linear(kWq, q, xs1));
+    QF_TRY(linear(kWk, kk, xs1));
+    QF_TRY(linear(kWv, vv, xs1));
+  }
   parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
     k.rope(q, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hq, hd, false);
     k.rope(kk, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hkv, hd, false);
   });
+  const float* ksc = kvq ? prep.kv.data() : nullptr;  // (Hkv) key scales, then (Hkv) value scales
   const float* kc = kk;
   const float* vc = vv;
-  if (cache) {
+  if (kvq && !qcache) {
+    lp_act(kk, BT * Dkv);
+    lp_act(vv, BT * Dkv);
+    fake_quant(A.k, kk, BT * Dkv, ksc, m.Hkv, hd, qkv);
+    fake_quant(A.v, vv, BT * Dkv, ksc + m.Hkv, m.Hkv, hd, qkv);
+    kc = A.k;
+    vc = A.v;
+  }
+  if (qcache) {
     for (int64_t b = 0; b < B; b++) {
-      std::memcpy(cache->k + (b * S + pos0) * Dkv, kk + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
-      std::memcpy(cache->v + (b * S + pos0) * Dkv, vv + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
+      int8_t* kd = cache->kq + (b * S + pos0) * Dkv;
+      int8_t* vd = cache->vq + (b * S + pos0) * Dkv;
+      const float* ks = kk + b * T * Dkv;
+      const float* vs = vv + b * T * Dkv;
+      parallel_for(T, grain_rows(Dkv), [&](int64_t r0, int64_t r1) {
+        k.quant_heads(kd, ks, ksc, qkv, r0, r1, m.Hkv, hd);
+        k.quant_heads(vd, vs, ksc + m.Hkv, qkv, r0, r1, m.Hkv, hd);
+      });
+    }
+  } else if (cache) {
+    for (int64_t b = 0; b < B; b++) {
+      std::memcpy(cache->k + (b * S + pos0) * Dkv, kc + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
+      std::memcpy(cache->v + (b * S + pos0) * Dkv, vc + b * T * Dkv, (size_t)(T * Dkv) * sizeof(float));
     }
     kc = cache->k;
     vc = cache->v;
@@ -531,31 +666,113 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   float* att = A.att;
   float* probs = A.probs;
   const int64_t items = B * m.Hq * ((T + kAttnChunk - 1) / kAttnChunk);
-  parallel_slots(items, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
-    k.attention_forward(att, probs, q, kc, vc, i0, i1, T, m.Hq, m.Hkv, hd, S, pos0, pack + sl * per_slot);
-  });
+  if (qcache)
+    parallel_slots(items, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
+      k.attention_forward_q8(att, q, cache->kq, cache->vq, ksc, ksc + m.Hkv, i0, i1, T, m.Hq, m.Hkv, hd, S, pos0,
+                             pack + sl * per_slot);
+    });
+  else
+    parallel_slots(items, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
+      k.attention_forward(att, probs, q, kc, vc, i0, i1, T, m.Hq, m.Hkv, hd, S, pos0, pack + sl * per_slot);
+    });
+  // S_n: o_proj reads att / (c r~1) = att * rstd1 / c
+  if (sn)
+    for (int64_t r = 0; r < BT; r++) mul[r] = rstd1[r] / cin[r];
+  float* aoo = A.ao;
+  if (sn && !ints)
+    parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < Dq; i++) aoo[r * Dq + i] = att[r * Dq + i] * mul[r];
+    });
   float* atts = A.atts;
   if (aop) scale_cols_div(atts, att, aop, BT, Dq);
   float* h = A.h;
-  QF_TRY(linear(kWo, h, atts));
-  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(h, h, xs, i0, i1); });
+  if (ints) {
+    const PreparedInt4& wo = *d.linear[kWo].prepared;
+    parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
+      k.act_quant_rows(xq, xsum, att, sn ? mul : nullptr, prep.act[FptTransforms::kActO], qa, r0, r1, Dq, wo.KP, wo.group_size);
+    });
+    linear_q(kWo, h, prep.act[FptTransforms::kActO]);
+  } else {
+    if (aq) {
+      lp_act(aoo, BT * Dq);
+      fake_quant(atts, aoo, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa);
+    }
+    QF_TRY(linear(kWo, h, atts));
+  }
+  float* cmid = nullptr;  // (BT) carry after the attention half
+  if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.residual_scaled_forward(h, xs, rstd1, h, r0, r1, D); });
+    for (int64_t r = 0; r < BT; r++) c2[r] = cin[r] / rstd1[r];
+    cmid = c2;
+  } else {
+    parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(h, h, xs, i0, i1); });
+  }
   // ---- MLP half ----
   float* rstd2 = A.rstd2;
   float* xn2 = A.xn2;
-  parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn2, rstd2, h, g2, r0, r1, D, d.eps); });
+  if (ints) {
+    const PreparedInt4& wg = *d.linear[kWGate].prepared;
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      k.rmsnorm_quant(xq, xsum, rstd2, h, g2, cmid, prep.act[FptTransforms::kActGateUp], qa, r0, r1, D, wg.KP, wg.group_size, d.eps);
+    });
+  } else if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_scaled_forward(xn2, rstd2, h, g2, cmid, r0, r1, D, d.eps); });
+  } else {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(xn2, rstd2, h, g2, r0, r1, D, d.eps); });
+  }
   float* xs2 = A.xs2;
   if (a2) scale_cols_div(xs2, xn2, a2, BT, D);
+  if (aq && !ints) {
+    lp_act(xn2, BT * D);
+    fake_quant(xs2, xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa);
+  }
   float* gg = A.g;
   float* uu = A.u;
-  QF_TRY(linear(kWGate, gg, xs2));
-  QF_TRY(linear(kWUp, uu, xs2));
-  float* aa = A.a;
-  parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_forward(aa, gg, uu, i0, i1); });
-  float* as = A.as;
-  if (ad) scale_cols_div(as, aa, ad, BT, F_);
+  if (ints) {
+    const float s = prep.act[FptTransforms::kActGateUp];
+    linear_q(kWGate, gg, s);
+    linear_q(kWUp, uu, s);
+  } else {
+    QF_TRY(linear(kWGate, gg, xs2));
+    QF_TRY(linear(kWUp, uu, xs2));
+  }
+  if (sn)
+    for (int64_t r = 0; r < BT; r++) mul[r] = rstd2[r] / cmid[r];
   float* o = F(out);  // may alias x: x is not read after the residual above
-  QF_TRY(linear(kWDown, o, as));
-  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(o, o, h, i0, i1); });
+  if (ints) {
+    const PreparedInt4& wd = *d.linear[kWDown].prepared;
+    parallel_slots(BT, grain_rows(F_), slots, [&](int64_t sl, int64_t r0, int64_t r1) {
+      k.swiglu_quant(xq, xsum, gg, uu, sn ? mul : nullptr, prep.act[FptTransforms::kActDown], qa, hb, r0, r1, F_, wd.KP,
+                     wd.group_size, pack + sl * per_slot);
+    });
+    linear_q(kWDown, o, prep.act[FptTransforms::kActDown]);
+  } else {
+    float* aa = A.a;
+    parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_forward(aa, gg, uu, i0, i1); });
+    float* ah = A.ah;
+    if (ah != aa) std::memcpy(ah, aa, (size_t)(BT * F_) * sizeof(float));
+    if (hb > 0) parallel_for(BT, grain_rows(F_), [&](int64_t r0, int64_t r1) { k.fwht(ah, r0, r1, F_, hb); });
+    if (sn)
+      parallel_for(BT, grain_rows(F_), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++)
+          for (int64_t i = 0; i < F_; i++) ah[r * F_ + i] *= mul[r];
+      });
+    float* as = A.as;
+    if (ad) scale_cols_div(as, aa, ad, BT, F_);
+    if (aq) {
+      lp_act(ah, BT * F_);
+      fake_quant(as, ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa);
+    }
+    QF_TRY(linear(kWDown, o, as));
+  }
+  if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.residual_scaled_forward(o, h, rstd2, o, r0, r1, D); });
+    for (int64_t r = 0; r < BT; r++) fp.c_out[r] = cmid[r] / rstd2[r];
+  } else {
+    parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(o, o, h, i0, i1); });
+  }
+  if (lp_on && fp.lp_out) fp.lp_out[0] = (float)lp;
   return Status::Ok();
 }
 
@@ -577,6 +794,17 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
                                             num(d.rope_len) + " positions");
   if (d.teq.on && (!d.teq.alpha || !grads.alpha))
     return error(Code::InvalidArgument, "Expected TEQ scales alpha and their gradient dalpha but received none");
+  const FptTransforms& fp = d.fpt;
+  const bool sn = fp.on && fp.residual_scaling, aq = fp.on && fp.act_bits > 0, kvq = fp.on && fp.kv_bits > 0;
+  const int64_t hb = fp.on ? fp.hadamard_block : 0;
+  const bool fw = fpt::transforms_weights(fp);
+  if (fp.on && !grads.fpt) return error(Code::InvalidArgument, "Expected a gradient buffer for the FPTQuant parameters but received none");
+  if (sn && !grads.dc) return error(Code::InvalidArgument, "Expected dc (BT), the gradient of the S_n carry, but received none");
+  if (fw && grads.params)
+    return error(Code::InvalidArgument, "FPTQuant trains its transforms with the weights fixed: expected no weight gradient buffer");
+  fpt::Prep prep;
+  if (fp.on) QF_TRY(fpt::prepare(&prep, m, fp));
+  const bool lp_on = fp.on && (fp.lp_act > 0.f || fp.lp_weight > 0.f);
   const Acts A = acts_in(F(saved), SL);
   const BlockLayout PL = block_layout(m);
   const bool extra = d.teq.on && d.teq.extra, eff = has_eff(d);
@@ -588,6 +816,7 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   const int64_t maxw = max_linear(m);
 
   float *pack, *norms, *wide, *wgrad, *ao, *dao, *da, *das, *dg, *du, *dn, *dnp, *dh, *datt, *datts, *dq, *dk, *dv;
+  float *deff, *wm, *dco, *dc2, *dci, *drs1, *drs2;
   auto carve = [&](Carve& c) {
     pack = c.take(slots * per_slot);
     norms = c.take(bf16 ? 2 * D : 0);          // (2, D) widened norms
@@ -607,6 +836,13 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     dq = c.take(BT * Dq);
     dk = c.take(BT * Dkv);                     // (BT, Dkv)
     dv = c.take(BT * Dkv);
+    deff = c.take(fw ? block_param_count(m) : 0);  // gradients of the effective (merged) weights, arena layout
+    wm = c.take(fw ? maxw : 0);                    // (N, K) one merged weight, recomputed
+    dco = c.take(sn ? BT : 0);                     // (BT) dL/dc_out
+    dc2 = c.take(sn ? BT : 0);                     // (BT) dL/dc after the attention half
+    dci = c.take(sn ? BT : 0);                     // (BT) dL/dc_in
+    drs1 = c.take(sn ? BT : 0);                    // (BT) outside gradients of rstd1, rstd2
+    drs2 = c.take(sn ? BT : 0);
   };
   {
     Carve plan(nullptr);
@@ -647,11 +883,16 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   // dW_j from dy (BT, N) and the linear's input xin (BT, K). Without a scale the
   // effective weight's gradient passes straight to W (accumulated into grads); with one,
   // it goes through the fake quant's backward, then to the scale and (times alpha) to W.
+  // FPTQuant keeps it (deff) for the merge's backward at the end.
   Status status;
   auto weight_grad = [&](int j, const float* dy, const float* xin, const float* alpha, float* dalpha_grp) {
     int64_t N, K;
     linear_shape(m, j, &N, &K);
     const int64_t off = PL.linear[j].offset;
+    if (fw) {
+      matmul_tn(deff + off, dy, xin, BT, N, K, false, pack, slots);
+      return;
+    }
     if (!alpha) {
       if (gr) matmul_tn(gr + off, dy, xin, BT, N, K, true, pack, slots);
       return;
@@ -681,6 +922,55 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
         k.rmsnorm_backward_weight(dw, dy, xin, rstd, BT, b0 * 16, std::min(D, b1 * 16), D);
       });
   };
+  // FPTQuant's quantizers: dxq (n) in place becomes the gradient before the quantizer (straight
+  // through inside the range); the LSQ step-size gradient goes to the log-scale parameters at
+  // `at` (ds * s), and the local outlier penalty's gradient on the pre-quantizer values is added.
+  const float qa = aq ? fpt::qmax_of(fp.act_bits) : 0.f, qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  auto fq_back = [&](float* dxq, const float* xpre, int64_t n, const float* sc, int64_t nscale, int64_t inner, float qmax,
+                     int64_t at) {
+    std::vector<double> part((size_t)(slots * nscale), 0.0);
+    parallel_slots(n, 1 << 14, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
+      k.act_fake_quant_backward(dxq, part.data() + sl * nscale, dxq, xpre, sc, nscale, inner, qmax, i0, i1);
+    });
+    for (int64_t i = 0; i < nscale; i++) {
+      double sum = 0;
+      for (int64_t sl = 0; sl < slots; sl++) sum += part[(size_t)(sl * nscale + i)];
+      grads.fpt[at + i] += (float)(sum * sc[i]);
+    }
+    if (lp_on && fp.lp_act > 0.f) fpt::lp_ratio_acc(dxq, xpre, n, n, fp.lp_p, fp.lp_act);
+  };
+  // rows r of v (BT, K) times mul[r]: the backward gives dmul[r] = sum dy v_unscaled and dv = dy mul
+  // (v_scaled = v_unscaled mul, so sum dy v_scaled / mul; mul > 0)
+  auto row_scale_back = [&](float* dmul, float* dy, const float* v_unscaled, const float* mul, int64_t K) {
+    parallel_for(BT, grain_rows(K), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        double s = 0;
+        for (int64_t i = 0; i < K; i++) s += (double)dy[r * K + i] * v_unscaled[r * K + i];
+        dmul[r] = (float)s;
+        for (int64_t i = 0; i < K; i++) dy[r * K + i] *= mul[r];
+      }
+    });
+  };
+  const FptLayout FL = fpt_layout(m);
+  const float* cin = sn ? A.c : nullptr;
+  std::vector<float> cmid, mul, dmul;  // (BT) the carry after the attention half, a row multiplier, its gradient
+  if (sn) {
+    std::memcpy(dco, grads.dc, (size_t)BT * sizeof(float));
+    cmid.resize((size_t)BT);
+    mul.resize((size_t)BT);
+    dmul.resize((size_t)BT);
+    for (int64_t r = 0; r < BT; r++) cmid[(size_t)r] = cin[r] / A.rstd1[r];
+    // out = h rstd2 + y2, c_out = c2 / rstd2: drstd2 = <dout, h> - dc_out c2 / rstd2^2, dc2 = dc_out / rstd2
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        double s = 0;
+        for (int64_t i = 0; i < D; i++) s += (double)dout[r * D + i] * A.h[r * D + i];
+        const float rs = A.rstd2[r];
+        drs2[r] = (float)(s - (double)dco[r] * cmid[(size_t)r] / ((double)rs * rs));
+        dc2[r] = dco[r] / rs;
+      }
+    });
+  }
 
   // ---- MLP half: out = h + down(silu(g) * u) ----
   if (ad) {
@@ -689,20 +979,60 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     scale_grad(dalpha + 2 * D + Dkv, da, das, A.a, ad, F_);
   } else {
     matmul_nn(da, dout, used(kWDown), BT, D, F_, false, pack, slots);
-    weight_grad(kWDown, dout, A.a, nullptr, nullptr);
+    weight_grad(kWDown, dout, A.as, nullptr, nullptr);
+    if (aq) fq_back(da, A.ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa, FL.act_log_scale + FptTransforms::kActDown);
+    if (sn) {
+      // ah = H(a) * rstd2 / c2 (H(a) = ah / mul)
+      for (int64_t r = 0; r < BT; r++) mul[(size_t)r] = A.rstd2[r] / cmid[(size_t)r];
+      std::vector<float> had((size_t)(BT * F_));
+      for (int64_t r = 0; r < BT; r++)
+        for (int64_t i = 0; i < F_; i++) had[(size_t)(r * F_ + i)] = A.ah[r * F_ + i] / mul[(size_t)r];
+      row_scale_back(dmul.data(), da, had.data(), mul.data(), F_);
+      for (int64_t r = 0; r < BT; r++) {
+        drs2[r] += dmul[(size_t)r] / cmid[(size_t)r];
+        dc2[r] -= (float)((double)dmul[(size_t)r] * A.rstd2[r] / ((double)cmid[(size_t)r] * cmid[(size_t)r]));
+      }
+    }
+    if (hb > 0) parallel_for(BT, grain_rows(F_), [&](int64_t r0, int64_t r1) { k.fwht(da, r0, r1, F_, hb); });
   }
   parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_backward(dg, du, da, A.g, A.u, i0, i1); });
   matmul_nn(dn, dg, used(kWGate), BT, F_, D, false, pack, slots);
   matmul_nn(dn, du, used(kWUp), BT, F_, D, true, pack, slots);
   weight_grad(kWGate, dg, A.xs2, a2, a2 ? dalpha + D : nullptr);
   weight_grad(kWUp, du, A.xs2, a2, a2 ? dalpha + D : nullptr);
+  if (aq) fq_back(dn, A.xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa, FL.act_log_scale + FptTransforms::kActGateUp);
   const float* dn2 = dn;
   if (a2) {
     scale_grad(dalpha + D, dnp, dn, A.xn2, a2, D);
     dn2 = dnp;
   }
-  rmsnorm_bwd(dh, gr ? gr + PL.ffn_norm.offset : nullptr, dn2, A.h, g2, A.rstd2);
-  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dh, dh, dout, i0, i1); });
+  if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      k.rmsnorm_scaled_backward(dh, dc2, dn2, A.h, g2, A.rstd2, cmid.data(), drs2, r0, r1, D, d.eps);
+    });
+    if (gr)
+      parallel_for((D + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+        k.rmsnorm_backward_weight(gr + PL.ffn_norm.offset, dn2, A.h, A.rstd2, BT, b0 * 16, std::min(D, b1 * 16), D);
+      });
+    // the residual's direct path: out = h rstd2 + ...
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < D; i++) dh[r * D + i] += dout[r * D + i] * A.rstd2[r];
+    });
+    // h = x rstd1 + y1, c2 = c / rstd1: drstd1 = <dh, x> - dc2 c / rstd1^2, dc = dc2 / rstd1
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        double s = 0;
+        for (int64_t i = 0; i < D; i++) s += (double)dh[r * D + i] * A.x[r * D + i];
+        const float rs = A.rstd1[r];
+        drs1[r] = (float)(s - (double)dc2[r] * cin[r] / ((double)rs * rs));
+        dci[r] = dc2[r] / rs;
+      }
+    });
+  } else {
+    rmsnorm_bwd(dh, gr ? gr + PL.ffn_norm.offset : nullptr, dn2, A.h, g2, A.rstd2);
+    parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dh, dh, dout, i0, i1); });
+  }
 
   // ---- attention half: h = x + o(attn(rope(q xs1), rope(k xs1), v xs1)) ----
   if (aop) {
@@ -715,11 +1045,25 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
       for (int64_t i = 0; i < hd; i++) dav[(h / rep) * hd + i] += dao[h * hd + i];
   } else {
     matmul_nn(datt, dh, used(kWo), BT, D, Dq, false, pack, slots);
-    weight_grad(kWo, dh, A.att, nullptr, nullptr);
+    weight_grad(kWo, dh, A.atts, nullptr, nullptr);
+    if (aq) fq_back(datt, A.ao, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa, FL.act_log_scale + FptTransforms::kActO);
+    if (sn) {
+      // ao = att * rstd1 / c
+      for (int64_t r = 0; r < BT; r++) mul[(size_t)r] = A.rstd1[r] / cin[r];
+      row_scale_back(dmul.data(), datt, A.att, mul.data(), Dq);
+      for (int64_t r = 0; r < BT; r++) {
+        drs1[r] += dmul[(size_t)r] / cin[r];
+        dci[r] -= (float)((double)dmul[(size_t)r] * A.rstd1[r] / ((double)cin[r] * cin[r]));
+      }
+    }
   }
   parallel_slots(m.B * m.Hkv, 1, slots, [&](int64_t sl, int64_t i0, int64_t i1) {
     k.attention_backward(dq, dk, dv, datt, A.probs, A.q, A.k, A.v, i0, i1, T, m.Hq, m.Hkv, hd, pack + sl * per_slot);
   });
+  if (kvq) {
+    fq_back(dk, A.kr, BT * Dkv, prep.kv.data(), m.Hkv, hd, qkv, FL.kv_log_scale);
+    fq_back(dv, A.vr, BT * Dkv, prep.kv.data() + m.Hkv, m.Hkv, hd, qkv, FL.kv_log_scale + m.Hkv);
+  }
   std::vector<int32_t> pos((size_t)BT);  // (B, T) positions t
   for (int64_t r = 0; r < BT; r++) pos[(size_t)r] = (int32_t)(r % T);
   parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
@@ -732,13 +1076,42 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   weight_grad(kWq, dq, A.xs1, a1, dalpha);
   weight_grad(kWk, dk, A.xs1, a1, dalpha);
   weight_grad(kWv, dv, A.xs1, a1, dalpha);
+  if (aq) fq_back(dn, A.xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa, FL.act_log_scale + FptTransforms::kActQkv);
   const float* dn1 = dn;
   if (a1) {
     scale_grad(dalpha, dnp, dn, A.xn1, a1, D);
     dn1 = dnp;
   }
-  rmsnorm_bwd(dx, gr ? gr + PL.attn_norm.offset : nullptr, dn1, A.x, g1, A.rstd1);
-  parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dx, dx, dh, i0, i1); });
+  if (sn) {
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      k.rmsnorm_scaled_backward(dx, dci, dn1, A.x, g1, A.rstd1, cin, drs1, r0, r1, D, d.eps);
+    });
+    if (gr)
+      parallel_for((D + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+        k.rmsnorm_backward_weight(gr + PL.attn_norm.offset, dn1, A.x, A.rstd1, BT, b0 * 16, std::min(D, b1 * 16), D);
+      });
+    parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < D; i++) dx[r * D + i] += dh[r * D + i] * A.rstd1[r];
+    });
+    std::memcpy(grads.dc, dci, (size_t)BT * sizeof(float));
+  } else {
+    rmsnorm_bwd(dx, gr ? gr + PL.attn_norm.offset : nullptr, dn1, A.x, g1, A.rstd1);
+    parallel_for(BT * D, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dx, dx, dh, i0, i1); });
+  }
+  // ---- FPTQuant: through the weight quantizer and the merge to the transforms ----
+  if (fw && status.ok()) {
+    for (int j = 0; j < kBlockLinears; j++) {
+      int64_t rows, cols;
+      linear_shape(m, j, &rows, &cols);
+      const float* W = raw(j);
+      fpt::apply_linear(j, wm, W, prep, pack, slots);
+      float* dW = deff + PL.linear[j].offset;
+      if (d.rtn) QF_TRY(rtn_backward(dW, wm, nullptr, rows, cols, d.rtn_spec));
+      if (lp_on && fp.lp_weight > 0.f) fpt::lp_ratio_acc(dW, wm, rows * cols, cols, fp.lp_p, fp.lp_weight);
+      fpt::linear_backward(j, grads.fpt, dW, wm, W, prep, pack, slots);
+    }
+  }
   return status;
 }
 

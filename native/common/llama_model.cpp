@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine_fpt.h"
 #include "quantform/formats.h"
 #include "quantform/threadpool.h"
 
@@ -215,6 +216,46 @@ namespace {
 bool is_set(const Linear& l) { return l.kind == Linear::Kind::Quantized || !l.w.empty(); }
 }  // namespace
 
+Status LlamaModel::set_fpt(const FptRuntime& r) {
+  const LlamaConfig& c = cfg_;
+  if (!r.on) {
+    fpt_ = FptRuntime{};
+    return Status::Ok();
+  }
+  BlockDesc d;
+  d.dims = BlockDims{1, 1, c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim};
+  const int64_t P = fpt_layout(d.dims).total;
+  if ((int64_t)r.params.size() != c.n_layers)
+    return error(Code::ShapeMismatch, "Expected FPTQuant parameters for " + std::to_string(c.n_layers) + " layers but received " +
+                                          std::to_string(r.params.size()));
+  float c1 = 1.f;
+  for (size_t l = 0; l < r.params.size(); l++) {
+    if ((int64_t)r.params[l].size() != P)
+      return error(Code::ShapeMismatch, "Expected " + std::to_string(P) + " FPTQuant parameters for layer " + std::to_string(l) +
+                                            " but received " + std::to_string(r.params[l].size()));
+    d.fpt.on = true;
+    d.fpt.merged = true;
+    d.fpt.residual_scaling = r.residual_scaling;
+    d.fpt.hadamard_block = r.hadamard_block;
+    d.fpt.act_bits = r.act_bits;
+    d.fpt.kv_bits = r.kv_bits;
+    d.fpt.params = r.params[l].data();
+    d.fpt.c_in = &c1;
+    d.fpt.c_out = &c1;
+    QF_TRY(check_block(d));
+    fpt::Prep p;
+    QF_TRY(fpt::prepare(&p, d.dims, d.fpt));
+  }
+  fpt_ = r;
+  cache_b_ = 0;  // the cache's format changes: the next call starts a new one
+  cache_len_ = 0;
+  kcache_.clear();
+  vcache_.clear();
+  kcache_q_.clear();
+  vcache_q_.clear();
+  return Status::Ok();
+}
+
 std::vector<std::string> LlamaModel::missing() const {
   std::vector<std::string> out;
   if (embed_.empty()) out.push_back("embed");
@@ -256,9 +297,15 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
     return error(Code::InvalidArgument, "A KV cache of B=" + std::to_string(B) + " sequences of maxSeq=" + std::to_string(S) +
                                             " positions over " + std::to_string(c.n_layers) + " layers exceeds 2^40 floats");
   const size_t layer_cache = (size_t)(B * S * Dkv);
-  if (pos0 == 0 && (cache_b_ != B || kcache_.size() != layer_cache * (size_t)c.n_layers)) {
-    kcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);  // (layers, B, S, Hkv, hd)
-    vcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);
+  const bool qkv = fpt_.on && fpt_.kv_bits > 0;
+  if (pos0 == 0 && (cache_b_ != B || (qkv ? kcache_q_.size() : kcache_.size()) != layer_cache * (size_t)c.n_layers)) {
+    if (qkv) {
+      kcache_q_.assign(layer_cache * (size_t)c.n_layers, 0);  // (layers, B, S, Hkv, hd) int8
+      vcache_q_.assign(layer_cache * (size_t)c.n_layers, 0);
+    } else {
+      kcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);  // (layers, B, S, Hkv, hd)
+      vcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);
+    }
   }
   cache_b_ = B;
   cache_len_ = 0;  // invalid until this call completes
@@ -275,6 +322,17 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   d.rope_sin = rope_sin_.data();
   d.rope_len = S;
   std::vector<CanonicalWeight> canon(kBlockLinears);  // views the descriptors point at
+  std::vector<float> carry(fpt_.on && fpt_.residual_scaling ? (size_t)BT : 0, 1.f);  // (BT) S_n carry, 1 at the embedding
+  if (fpt_.on) {
+    d.fpt.on = true;
+    d.fpt.merged = true;
+    d.fpt.residual_scaling = fpt_.residual_scaling;
+    d.fpt.hadamard_block = fpt_.hadamard_block;
+    d.fpt.act_bits = fpt_.act_bits;
+    d.fpt.kv_bits = fpt_.kv_bits;
+    d.fpt.c_in = carry.empty() ? nullptr : carry.data();
+    d.fpt.c_out = carry.empty() ? nullptr : carry.data();
+  }
   for (int64_t l = 0; l < c.n_layers; l++) {
     LlamaLayer& L = layers_[(size_t)l];
     d.attn_norm = WeightSource{WeightSource::Kind::F32, L.attn_norm.data()};
@@ -288,20 +346,43 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
         d.linear[j] = WeightSource{WeightSource::Kind::Quantized, nullptr, &canon[(size_t)j], lin.prepared.get()};
       }
     }
-    KvCache kv{kcache_.data() + (size_t)l * layer_cache, vcache_.data() + (size_t)l * layer_cache, S, pos0};
+    KvCache kv;
+    kv.S = S;
+    kv.pos0 = pos0;
+    if (qkv) {
+      kv.kq = kcache_q_.data() + (size_t)l * layer_cache;
+      kv.vq = vcache_q_.data() + (size_t)l * layer_cache;
+    } else {
+      kv.k = kcache_.data() + (size_t)l * layer_cache;
+      kv.v = vcache_.data() + (size_t)l * layer_cache;
+    }
+    if (fpt_.on) d.fpt.params = fpt_.params[(size_t)l].data();
     QF_TRY(block_forward(xs, Span{nullptr, 0, DType::F32}, xs, d, &kv, &ws_));
   }
   const float* final_in = x.data();
-  std::vector<float> last;
+  const float* final_c = carry.empty() ? nullptr : carry.data();
+  std::vector<float> last, last_c;
   if (last_only) {
     last.resize((size_t)(B * D));  // (B, D): the last position of every sequence
     for (int64_t b = 0; b < B; b++) std::copy(x.begin() + ((b + 1) * T - 1) * D, x.begin() + (b + 1) * T * D, last.begin() + b * D);
     final_in = last.data();
+    if (final_c) {
+      last_c.resize((size_t)B);
+      for (int64_t b = 0; b < B; b++) last_c[(size_t)b] = carry[(size_t)((b + 1) * T - 1)];
+      final_c = last_c.data();
+    }
   }
   std::vector<float> hn((size_t)(rows_out * D));  // (rows_out, D)
-  QF_TRY(rmsnorm_forward(Span{hn.data(), hn.size(), DType::F32}, Span{nullptr, 0, DType::F32},
-                         Span{(void*)final_in, hn.size(), DType::F32}, Span{final_norm_.data(), final_norm_.size(), DType::F32},
-                         rows_out, D, c.norm_eps));
+  // the final RMSNorm of a residual stored as x / c (S_n): eps / c^2, exactly the unscaled norm; without
+  // S_n the plain norm, the kernel the trainer's lm_head_loss runs (same logits, bit for bit)
+  if (final_c)
+    QF_TRY(rmsnorm_scaled_forward(Span{hn.data(), hn.size(), DType::F32}, Span{nullptr, 0, DType::F32},
+                                  Span{(void*)final_in, hn.size(), DType::F32}, Span{final_norm_.data(), final_norm_.size(), DType::F32},
+                                  Span{(void*)final_c, (size_t)rows_out, DType::F32}, rows_out, D, c.norm_eps));
+  else
+    QF_TRY(rmsnorm_forward(Span{hn.data(), hn.size(), DType::F32}, Span{nullptr, 0, DType::F32},
+                           Span{(void*)final_in, hn.size(), DType::F32}, Span{final_norm_.data(), final_norm_.size(), DType::F32},
+                           rows_out, D, c.norm_eps));
   const Span ls{logits, n_logits, DType::F32}, hs{hn.data(), hn.size(), DType::F32};
   if (lm_head_.kind == Linear::Kind::Quantized) {
     const CanonicalWeight cw = lm_head_.canonical();

@@ -200,12 +200,8 @@ Status run_prepared(float* y, const float* x, int64_t M, const PreparedInt4& p, 
   // per-slot decode panels, allocated here: nothing inside the parallel bodies allocates
   if (path == MatmulPath::Int8) {
     const Int8Activations a = prepare_int8(x, M, p.K, p.KP, p.G, p.group_size, true);
-    const MatmulInt8Kernels& kt = matmul_int8_kernels();
-    const int64_t per = M > QF_MM_GEMV_MAX_M ? matmul_int8_scratch_bytes(p.KP) : 0;
-    std::vector<uint8_t> scratch((size_t)(slots * per));
-    for_tile_pairs(tiles, slots, [&](int64_t s, int64_t t0, int64_t t1) {
-      kt.matmul_int8(y, a.xq.data(), a.xs.data(), a.xsumq.data(), M, v, t0, t1, per ? scratch.data() + s * per : nullptr);
-    });
+    std::vector<uint8_t> scratch((size_t)(slots * matmul_int8_run_scratch_bytes(M, p.KP)));
+    matmul_int8_prequantized(y, a.xq.data(), a.xs.data(), a.xsumq.data(), M, p, scratch.data());
     return Status::Ok();
   }
   const F32Activations a = prepare_f32(x, M, p.K, p.KP, p.G, p.group_size);
@@ -248,6 +244,20 @@ Status run_generic(float* y, const float* x, int64_t M, const CanonicalWeight& w
 }
 
 }  // namespace
+
+int64_t matmul_int8_run_scratch_bytes(int64_t M, int64_t KP) {
+  return M > QF_MM_GEMV_MAX_M ? matmul_int8_scratch_bytes(KP) : 0;
+}
+
+void matmul_int8_prequantized(float* y, const int8_t* xq, const float* xs, const float* xsumq, int64_t M,
+                              const PreparedInt4& p, uint8_t* scratch) {
+  const PackedInt4View v = p.view();
+  const int64_t tiles = p.NP / QF_MM_NT, slots = scratch_slots(), per = matmul_int8_run_scratch_bytes(M, p.KP);
+  const MatmulInt8Kernels& kt = matmul_int8_kernels();
+  for_tile_pairs(tiles, slots, [&](int64_t s, int64_t t0, int64_t t1) {
+    kt.matmul_int8(y, xq, xs, xsumq, M, v, t0, t1, per ? scratch + s * per : nullptr);
+  });
+}
 
 PackedInt4View PreparedInt4::view() const {
   const bool h = param_dtype == DType::F16;

@@ -260,6 +260,8 @@ void adamw_ref(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, fl
   }
 }
 
+#include "engine_fpt.inc"  // FPTQuant's kernels (QF_FPT_KERNELS)
+
 }  // namespace
 
 // Every kernel: the reference table has no null entry (engine_kernels() fills the

@@ -29,6 +29,10 @@ const eye = (K: number) => Float32Array.from({ length: K * K }, (_, i) => (i % (
 
 const blockCfg = () => ({ B: 1, T: 4, D: 8, F: 12, Hq: 2, Hkv: 1, hd: 4, eps: 1e-5, invFreq: f32(2).map(Math.abs),
   bits: 4, groupSize: 4, symmetric: false, teq: true, teqExtra: false });
+// FPTQuant's step on the same block: every transform, S_n, the online Hadamard (F = 12: blocks of 4), A8KV8
+const fptCfg = () => ({ ...blockCfg(), bits: 0, teq: false,
+  fpt: { qk: true, v: true, mlp: true, residualScaling: true, hadamardBlock: 4, actBits: 8, kvBits: 8 } });
+const fptParams = () => f32(native().engine.fptLayout(fptCfg()).total).map((v) => 0.1 * v);
 const llamaCfg = () => ({ dim: 8, hiddenDim: 12, nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 4, vocabSize: 16, maxSeq: 8, normEps: 1e-5,
   invFreq: f32(2), tied: true });
 const gptqCfg = () => ({ rows: 6, cols: 16, bits: 4, groupSize: 8, symmetric: false, paramDtype: 'f32', damp: 0.01, blockSize: 8, paramsFrom: 'updated' });
@@ -111,6 +115,22 @@ const TEMPLATES: Record<string, () => Args> = {
     const c = blockCfg(), s = native().engine.blockSizes(c);
     return [c, f32(s.params), pos(s.alpha)];
   },
+  'engine.fptLayout': () => [fptCfg()],
+  'engine.fptBlockForward': () => {
+    const c = fptCfg(), s = native().engine.blockSizes(c);
+    return [c, f32(32), f32(s.saved), f32(32), f32(s.params), fptParams(), pos(4), f32(4), f32(1), false];
+  },
+  'engine.fptBlockBackward': () => {
+    const c = fptCfg(), s = native().engine.blockSizes(c), saved = f32(s.saved), fp = fptParams();
+    native().engine.fptBlockForward(c, f32(32), saved, f32(32), f32(s.params), fp, pos(4), f32(4), null, false);
+    return [c, f32(32), f32(fp.length), f32(4), f32(32), saved, f32(s.params), fp, false];
+  },
+  'engine.fptMerge': () => [{ ...fptCfg(), fpt: { qk: true, v: true, mlp: true } }, f32(native().engine.blockSizes(fptCfg()).params), fptParams(), null],
+  'engine.fptCheck': () => [fptCfg(), fptParams()],
+  'engine.fptMergeBackward': () => {
+    const c = { ...fptCfg(), fpt: { qk: true, v: true, mlp: true } }, P = native().engine.blockSizes(c).params;
+    return [c, f32(fptParams().length), f32(P), f32(P), fptParams()];
+  },
   'engine.lmHeadLoss': () => [f32(3), f32(24), f32(8), f32(16 * 8), f32(24), f32(8), f32(16 * 8), i32(3, 16), 3, 8, 16, 1e-5, 1, false],
   'io.readTensor': () => [fd(), 0, 'f32', 16, 8, null, new Float32Array(128), 'fuzz tensor', false],
   'io.convert': () => [new Uint16Array(24), 'bf16', f32(24), 'f32'],
@@ -123,6 +143,7 @@ const TEMPLATES: Record<string, () => Args> = {
   'LlamaModel#setWeight': () => ['embed', f32(16 * 8)],
   'LlamaModel#setWeightsFromFile': () => [[{ name: 'embed', what: 'fuzz embed', fd: fd(), offset: 0, dtype: 'f32', rows: 16, cols: 8, dstRow: null }]],
   'LlamaModel#setQuantizedWeight': () => ['layers.0.wq', u8(8 * 4), f32(8), f32(8), 'f32', 8, 8, 4, 8, false],
+  'LlamaModel#setFpt': () => [{ residualScaling: true, hadamardBlock: 4, actBits: 8, kvBits: 8 }, [fptParams()]],
   'LlamaModel#missing': () => [],
   'LlamaModel#forward': () => [i32(4, 16), 1, 4, 0, false, false],
   'LlamaModel#dispose': () => [],

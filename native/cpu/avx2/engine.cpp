@@ -193,12 +193,20 @@ void residual_forward_avx2(float* out, const float* a, const float* b, int64_t i
   for (; i < i1; i++) out[i] = a[i] + b[i];
 }
 
+#include "engine_fpt.inc"  // FPTQuant's inference kernels (QF_FPT_KERNELS)
+
 }  // namespace
 
 const EngineKernels engine_kernels_avx2 = {
     .gemm = gemm_avx2,
     .rmsnorm_forward = rmsnorm_forward_avx2,
     .residual_forward = residual_forward_avx2,
+    .fwht = fwht_avx2,
+    .act_quant_rows = act_quant_rows_avx2,
+    .rmsnorm_quant = rmsnorm_quant_avx2,
+    .swiglu_quant = swiglu_quant_avx2,
+    .quant_heads = quant_heads_avx2,
+    .attention_forward_q8 = attention_forward_q8_avx2,
 };
 
 }  // namespace qf

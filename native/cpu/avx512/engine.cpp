@@ -711,6 +711,8 @@ void adamw_avx512(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step,
   }
 }
 
+#include "engine_fpt.inc"  // FPTQuant's kernels (QF_FPT_KERNELS)
+
 }  // namespace
 
 const EngineKernels engine_kernels_avx512 = {
@@ -730,6 +732,19 @@ const EngineKernels engine_kernels_avx512 = {
     .cross_entropy_backward = cross_entropy_backward_avx512,
     .teq_scale_backward = teq_scale_backward_avx512,
     .adamw = adamw_avx512,
+    .rmsnorm_scaled_forward = rmsnorm_scaled_forward_avx512,
+    .rmsnorm_scaled_backward = rmsnorm_scaled_backward_avx512,
+    .residual_scaled_forward = residual_scaled_forward_avx512,
+    .act_fake_quant_forward = act_fake_quant_forward_avx512,
+    .act_fake_quant_backward = act_fake_quant_backward_avx512,
+    .act_quant_error = act_quant_error_avx512,
+    .fwht = fwht_avx512,
+    .act_quant_rows = act_quant_rows_avx512,
+    .rmsnorm_quant = rmsnorm_quant_avx512,
+    .swiglu_quant = swiglu_quant_avx512,
+    .quant_heads = quant_heads_avx512,
+    .attention_forward_q8 = attention_forward_q8_avx512,
+    .jsd_forward_backward = jsd_forward_backward_avx512,
 };
 
 }  // namespace qf

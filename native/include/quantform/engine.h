@@ -72,6 +72,9 @@ constexpr int64_t kAttnChunk = 64;
 // Private scratch of one attention_forward thread over L keys: a block of scores
 // (kAttnChunk, L) plus GEMM packing.
 inline int64_t attention_scratch_floats(int64_t L) { return kAttnChunk * L + kGemmPackFloats; }
+// Private scratch of one attention_forward_q8 thread: attention_forward's plus the dequantized keys and
+// values of one kv head (2, L, hd).
+inline int64_t attention_q8_scratch_floats(int64_t L, int64_t hd) { return attention_scratch_floats(L) + 2 * L * hd; }
 // Private scratch of one attention_backward thread (T positions, rep = Hq / Hkv q heads per
 // kv head): a block of score gradients (kAttnChunk, T), per-head row statistics (3 rep, T)
 // for the reference, GEMM packing.
@@ -142,7 +145,61 @@ inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2                                                                   \
        p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p);  p = max(p, pmin) */                              \
   X(adamw, void(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1,                   \
-      float b2, float eps, float wd, float pmin))
+      float b2, float eps, float wd, float pmin))                                                                    \
+  QF_FPT_KERNELS(X)
+
+// FPTQuant's kernels (FptTransforms below; each tier's engine_fpt.inc). qmax = 2^(bits-1) - 1 of a
+// symmetric signed grid (127 for INT8, 7 for INT4); rounding is half-to-even on every tier.
+#define QF_FPT_KERNELS(X)                                                                                            \
+  /* out (BT, D) rows [r0, r1) = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps / c[r]^2) (c null: eps): the         \
+     RMSNorm of a residual stored as x / c (S_n), exact; rstd (BT) saved when non-null. */                           \
+  X(rmsnorm_scaled_forward, void(float* out, float* rstd, const float* x, const float* w, const float* c,            \
+      int64_t r0, int64_t r1, int64_t D, float eps))                                                                 \
+  /* Backward of rmsnorm_scaled_forward with an extra gradient drstd[r] on rstd itself (null: none): dx (BT, D)       \
+     rows [r0, r1) overwritten; dc[r] += (sum dout w x + drstd) rstd^3 eps / c^3 (dc, c null: skipped). */           \
+  X(rmsnorm_scaled_backward, void(float* dx, float* dc, const float* dout, const float* x, const float* w,           \
+      const float* rstd, const float* c, const float* drstd, int64_t r0, int64_t r1, int64_t D, float eps))         \
+  /* out (BT, D) rows [r0, r1) = a * m[r] + b: the S_n residual update; out may alias a or b. */                     \
+  X(residual_scaled_forward, void(float* out, const float* a, const float* m, const float* b, int64_t r0,            \
+      int64_t r1, int64_t D))                                                                                        \
+  /* Static fake quant, elements [i0, i1): out = clamp(rint(x / s), -qmax, qmax) s with s = scale[(i / inner) %      \
+     nscale] (per tensor: nscale 1; per KV head: inner hd, nscale Hkv); out may alias x. */                          \
+  X(act_fake_quant_forward, void(float* out, const float* x, const float* scale, int64_t nscale, int64_t inner,      \
+      float qmax, int64_t i0, int64_t i1))                                                                           \
+  /* Its LSQ backward: dx = dout inside the range, 0 where clamped (may alias dout); dscale (nscale) +=               \
+     sum dout (rint(x/s) - x/s) inside, dout (+-qmax) where clamped. */                                              \
+  X(act_fake_quant_backward, void(float* dx, double* dscale, const float* dout, const float* x, const float* scale,  \
+      int64_t nscale, int64_t inner, float qmax, int64_t i0, int64_t i1))                                            \
+  /* err (ncand) += sum over [i0, i1) of |fake_quant(x, cand[c]) - x|^p: the activation-range search. */             \
+  X(act_quant_error, void(double* err, const float* x, const float* cand, int64_t ncand, float qmax, float p,       \
+      int64_t i0, int64_t i1))                                                                                       \
+  /* x (rows, F) rows [r0, r1) in place: every run of `block` channels times H_block / sqrt(block) (Sylvester        \
+     order), block a power of two dividing F; symmetric and its own inverse (the backward). */                       \
+  X(fwht, void(float* x, int64_t r0, int64_t r1, int64_t F, int64_t block))                                          \
+  /* Inference epilogue, rows [r0, r1): q = clamp(rint(x[r] m[r] / scale), -qmax, qmax) (m null: 1) into xq (rows,   \
+     KP) int8 in the int8 matmul's permuted order (matmul.h), padding [K, KP) zero; xsumq (rows, G) the sums of q     \
+     over groups of gs (the weight's group size). */                                                                 \
+  X(act_quant_rows, void(int8_t* xq, float* xsumq, const float* x, const float* m, float scale, float qmax,          \
+      int64_t r0, int64_t r1, int64_t K, int64_t KP, int64_t gs))                                                    \
+  /* rmsnorm_scaled_forward fused with act_quant_rows of its output (no fp32 row written); rstd (BT) written. */     \
+  X(rmsnorm_quant, void(int8_t* xq, float* xsumq, float* rstd, const float* x, const float* w, const float* c,       \
+      float scale, float qmax, int64_t r0, int64_t r1, int64_t D, int64_t KP, int64_t gs, float eps))                \
+  /* silu(g) u, then fwht over blocks of `block` (0: none), times m[r], quantized as act_quant_rows; g, u (rows, F);  \
+     scratch: F floats. */                                                                                           \
+  X(swiglu_quant, void(int8_t* xq, float* xsumq, const float* g, const float* u, const float* m, float scale,        \
+      float qmax, int64_t block, int64_t r0, int64_t r1, int64_t F, int64_t KP, int64_t gs, float* scratch))         \
+  /* The quantized KV cache: rows [r0, r1) of x (rows, H, hd) -> q (rows, H, hd) int8 = clamp(rint(x / scale[h])). */ \
+  X(quant_heads, void(int8_t* q, const float* x, const float* scale, float qmax, int64_t r0, int64_t r1, int64_t H,  \
+      int64_t hd))                                                                                                   \
+  /* attention_forward over an int8 cache (B, S, Hkv, hd): key j of kv head g is kq * kscale[g], value vq * vscale[g]; \
+     work items as attention_forward, no probabilities; scratch attention_q8_scratch_floats(L, hd). */                      \
+  X(attention_forward_q8, void(float* out, const float* q, const int8_t* kq, const int8_t* vq, const float* kscale,  \
+      const float* vscale, int64_t i0, int64_t i1, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd, int64_t S,        \
+      int64_t pos0, float* scratch))                                                                                 \
+  /* Rows [r0, r1): loss[r] = JSD(p || q) = (KL(p || m) + KL(q || m)) / 2, q = softmax(logits), m = (p + q) / 2, p the \
+     teacher's probabilities (BT, V); logits become scale * dJSD/dlogits = scale q (g - <q, g>), g = log(q / m) / 2. */ \
+  X(jsd_forward_backward, void(float* loss, float* logits, const float* tprobs, int64_t r0, int64_t r1, int64_t V,   \
+      float scale))
 
 template <class Fn>
 using KernelPtr = Fn*;
@@ -244,7 +301,23 @@ struct IdSpan {
   X(teq_scale_backward, "dalpha, dx, dxs, x, BT, dws, W, N, alpha, K")                                               \
   X(teq_expand_v_scales, "out, av, Hq, Hkv, hd")                                                                     \
   X(rtn_fake_quant_backward, "g, W, alpha, N, K, bits, groupSize, symmetric")                                        \
-  X(adamw, "arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue")
+  X(adamw, "arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue")                                          \
+  X(rmsnorm_scaled_forward, "out, rstd, x, w, c, BT, D, eps")                                                        \
+  X(rmsnorm_scaled_backward, "dx, dc, dout, x, w, rstd, c, drstd, BT, D, eps")                                       \
+  X(residual_scaled_forward, "out, a, m, b, BT, D")                                                                  \
+  X(act_fake_quant_forward, "out, x, scale, n, nscale, inner, bits")                                                 \
+  X(act_fake_quant_backward, "dx, dscale, dout, x, scale, n, nscale, inner, bits")                                   \
+  X(act_quant_error, "err, x, candidates, n, bits, p")                                                               \
+  X(fwht, "x, rows, F, block")                                                                                       \
+  X(act_quant_rows, "xq, xsumq, x, m, scale, rows, K, KP, groupSize, bits")                                          \
+  X(rmsnorm_quant, "xq, xsumq, rstd, x, w, c, scale, BT, D, KP, groupSize, bits, eps")                               \
+  X(swiglu_quant, "xq, xsumq, g, u, m, scale, rows, F, KP, groupSize, bits, block")                                  \
+  X(quant_heads, "q, x, scale, rows, H, hd, bits")                                                                   \
+  X(attention_forward_q8, "out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0")                              \
+  X(jsd_forward_backward, "loss, logits, tprobs, BT, V, scale")                                                      \
+  X(lp_ratio, "loss, dx, x, n, group, p, scale")                                                                    \
+  X(fpt_rotate_rows, "table, norm, rotation, rows, D")                                                               \
+  X(lm_head_jsd, "loss, dx, dc, x, c, normWeight, head, tprobs, BT, D, V, eps, scale")
 
 // C (M, N) = [C +] A (M, K) . B (K, N); trans_a: A is stored (K, M); trans_b: B is stored (N, K).
 Status gemm(Span C, Span A, Span B, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b, bool accumulate);
@@ -289,6 +362,49 @@ Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K,
                                bool symmetric);
 // arena (4 P): one AdamW step at step >= 1.
 Status adamw(Span arena, int64_t P, int64_t step, float lr, float b1, float b2, float eps, float wd, float pmin);
+
+// FPTQuant's ops (native/common/engine_fpt.cpp). bits: 4 or 8 (qmax 7 or 127). int8 buffers: I8Span.
+struct I8Span {
+  int8_t* data;
+  size_t len;
+};
+// out (BT, D); rstd (BT) or null; x (BT, D); w (D); c (BT) or null.
+Status rmsnorm_scaled_forward(Span out, Span rstd, Span x, Span w, Span c, int64_t BT, int64_t D, float eps);
+// dx (BT, D) overwritten; dc (BT) accumulated or null; drstd (BT) or null.
+Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
+                               int64_t D, float eps);
+// out, a, b (BT, D); m (BT).
+Status residual_scaled_forward(Span out, Span a, Span m, Span b, int64_t BT, int64_t D);
+// out, x (n); scale (nscale) > 0; inner divides n.
+Status act_fake_quant_forward(Span out, Span x, Span scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits);
+// dx, dout, x (n); dscale (nscale) accumulated.
+Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
+                               int64_t inner, int64_t bits);
+// err (ncand) = sum |fake_quant(x, candidates[c]) - x|^p over x (n).
+Status act_quant_error(Span err, Span x, Span candidates, int64_t n, int64_t bits, float p);
+// x (rows, F) in place; block a power of two dividing F.
+Status fwht(Span x, int64_t rows, int64_t F, int64_t block);
+// xq (rows, KP) int8; xsumq (rows, ceil(K / gs)); x (rows, K); m (rows) or null.
+Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                      int64_t group_size, int64_t bits);
+// xq (BT, KP); xsumq (BT, ceil(D / gs)); rstd (BT); x (BT, D); w (D); c (BT) or null.
+Status rmsnorm_quant(I8Span xq, Span xsumq, Span rstd, Span x, Span w, Span c, float scale, int64_t BT, int64_t D,
+                     int64_t KP, int64_t group_size, int64_t bits, float eps);
+// xq (rows, KP); xsumq (rows, ceil(F / gs)); g, u (rows, F); m (rows) or null; block 0 or a power of two dividing F.
+Status swiglu_quant(I8Span xq, Span xsumq, Span g, Span u, Span m, float scale, int64_t rows, int64_t F, int64_t KP,
+                    int64_t group_size, int64_t bits, int64_t block);
+// q (rows, H, hd) int8; x (rows, H, hd); scale (H).
+Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_t hd, int64_t bits);
+// out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8; kscale, vscale (Hkv).
+Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0);
+// loss (BT); logits (BT, V) become scale * dJSD/dlogits; tprobs (BT, V).
+Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale);
+// The local stage's outlier penalty over x (n) in groups of `group` (n / group of them):
+//   loss[0] += scale * mean_g ( mean_g |x|^p / (mean_g x^2)^(p/2) ),  dx (n) += its gradient (null: skipped).
+// Scale-free: a transform cannot lower it by moving magnitude between a weight and its input, only by
+// flattening the distribution (p = 4: the kurtosis).
+Status lp_ratio(Span loss, Span dx, Span x, int64_t n, int64_t group, float p, float scale);
 
 // ---------------------------------------------------------------------------
 // The block step.
@@ -359,37 +475,71 @@ struct LearnedFakeQuant {
   }
 };
 
-// FPTQuant slot (van Breugel et al. 2025, issue 11; not implemented yet: block_forward returns
-// Unsupported when set). Function-preserving transforms, exact with quantization off; all but
-// S_n merge into the weights (in block_merge_scales, next to TEQ's merge):
+// FPTQuant (van Breugel et al. 2025, issue 11; lib/methods/fptquant.ts). Function-preserving
+// transforms, exact with quantization off:
+//   T_k  pre-RoPE, per kv head g and RoPE pair i (i, i + hd/2): a scale s = exp(lambda) and an angle
+//        phi; the key pair of head g becomes s R(phi) pair, the pair of every q head of its group
+//        s^-1 R(phi) pair, R(phi) = [[cos, -sin], [sin, cos]] as RoPE's own rotation, so both commute
+//        with RoPE and q.k is unchanged. Merged into the rows of W_k, W_q.
+//   T_v  per kv head g an invertible A (hd, hd): W_v rows of g <- A W_v, W_o columns of every q head
+//        of the group <- W_o A^-1. Parametrised as A = L U, L unit lower triangular, U upper with
+//        diagonal exp(d): invertible by construction (det = exp(sum d) > 0), identity at zero, A^-1
+//        by two triangular inversions; cond_1(A) = |A|_1 |A^-1|_1 is checked every merge and above
+//        kFptMaxCond (or non-finite) the step fails with QF_NON_FINITE.
+//   T_u  intermediate scales s = exp(mu) (F): W_up <- diag(s) W_up, W_down <- W_down diag(s)^-1 (the
+//        gate is left alone: SiLU is not scale-equivariant).
+//   S_n  dynamic per-token residual scaling (two per block): the residual is stored as x~ = x / c with
+//        one carry c per token (c = 1 at the embedding). A sub-block with stored residual x~ and
+//        r~ = sqrt(mean(x~^2) + eps / c^2) (its RMSNorm's statistic: RMSNorm(c x~) = RMSNorm(x~)
+//        with eps / c^2, exactly) runs on RMSNorm(x~) as usual; its output linear (o_proj,
+//        down_proj) takes h / (c r~) and the residual becomes x~ / r~ + W_out (h / (c r~)),
+//        c <- c r~, which is (x + W_out h) / (c r~): the same residual. c r~ = RMS(x) of the real
+//        residual, so the inputs of o_proj and down_proj are divided by the residual's per-token
+//        magnitude, the swings static per-tensor scales cannot follow. Every reader of the residual
+//        is an RMSNorm (the final one too, with eps / c^2), so logits are unchanged. Cost: one
+//        multiply per token per sub-block, in the epilogues that exist anyway.
+//   Online Hadamard (W4A4 option): silu(g) u times the block-diagonal normalised Hadamard matrix H
+//        (blocks of `hadamard_block`, the largest power of two dividing F) before down_proj, and
+//        W_down <- W_down H (H = H^T = H^-1).
+// Quantizers: static per-tensor symmetric activations at the four linear inputs (q/k/v share one,
+// gate/up share one, o_proj, down_proj) and static per-kv-head K (after RoPE) and V, scales
+// s = exp(theta) trained LSQ-style (act_fake_quant_backward); weights by the RTN fake quant of
+// BlockDesc::rtn on the merged weights.
+// Parameters (fpt_layout order, one small arena per block): qk_log_scale (Hkv, hd/2) | qk_angle
+// (Hkv, hd/2) | v_lu (Hkv, hd, hd): strictly lower part L, diagonal d, strictly upper part U |
+// mlp_log_scale (F) | act_log_scale (4): qkv, o, gate/up, down | kv_log_scale (2, Hkv): keys, values.
+// Training runs on the original weights (merged = false: the step merges the enabled transforms
+// into effective weights every call, exactly as fpt_merge does at the end); inference on merged
+// weights (merged = true: only the quantizers, S_n and the online Hadamard run).
+constexpr double kFptMaxCond = 1e6;
 struct FptTransforms {
-  // T_k, pre-RoPE: per kv head and RoPE pair (i, i + hd/2) a scale s > 0 and an angle phi; the key
-  // pair becomes s R(phi) pair, the pairs of its q heads s^-1 R(phi) pair (both commute with RoPE).
-  const float* qk_scale = nullptr;  // (Hkv, hd/2)
-  const float* qk_angle = nullptr;  // (Hkv, hd/2)
-  // T_v: per kv head an invertible matrix A after v_proj, A^-1 before o_proj (every q head of the
-  // group).
-  const float* v_matrix = nullptr;  // (Hkv, hd, hd)
-  // T_u: intermediate-channel scales, W_up <- diag(s) W_up, W_down <- W_down diag(s)^-1 (the gate
-  // is left alone: SiLU is not scale-equivariant).
-  const float* mlp_scale = nullptr;  // (F)
-  // S_n, dynamic per-token residual scaling: one scalar c per token carried along the residual
-  // (c = 1 at the embedding), updated by each sub-block from the RMS its RMSNorm computes.
-  const float* residual_c_in = nullptr;  // (BT); null: off
-  float* residual_c_out = nullptr;       // (BT)
-  // Static per-tensor activation quantizers at the linear inputs (q/k/v share one, gate/up share
-  // one, o_proj, down_proj) and static per-head KV-cache scales, trained LSQ-style.
   enum ActInput : int { kActQkv = 0, kActO, kActGateUp, kActDown, kActInputs };
-  QuantSpec act_spec{8, 0, true, false};
-  const float* act_scale[kActInputs] = {};  // (1) each; null: that input stays fp
-  const float* kv_scale = nullptr;           // (2, Hkv): keys, values
-  bool active() const {
-    if (qk_scale || qk_angle || v_matrix || mlp_scale || residual_c_in || kv_scale) return true;
-    for (const float* s : act_scale)
-      if (s) return true;
-    return false;
-  }
+  bool on = false;
+  bool merged = false;
+  bool qk = false, v = false, mlp = false;  // which mergeable transforms the step applies (merged = false)
+  // T_v starts from the normalised Hadamard matrix of size hd instead of the identity: A = H L U (hd a
+  // power of two), the QuaRot rotation of the value heads as the initial point of the trained T_v.
+  bool v_hadamard = false;
+  bool residual_scaling = false;            // S_n
+  int64_t hadamard_block = 0;               // online Hadamard before down_proj; 0: off
+  int act_bits = 0;                         // 0 (fp activations), 4 or 8
+  int kv_bits = 0;                          // 0, 4 or 8
+  const float* params = nullptr;            // (fpt_param_count)
+  const float* c_in = nullptr;              // (BT) S_n carry in; null: ones
+  float* c_out = nullptr;                   // (BT) S_n carry out (may alias c_in); required with S_n
+  // Local-stage outlier penalty (training forward with saved activations only): lp_act * sum of
+  // lp_ratio over the quantized activations (q/k/v, o, gate/up, down inputs before their quantizer, and
+  // K, V) + lp_weight * sum over the seven merged weights (per row); the value goes to lp_out[0],
+  // its gradient is added by block_backward.
+  float lp_act = 0.f, lp_weight = 0.f, lp_p = 4.f;
+  float* lp_out = nullptr;  // (1)
+  bool active() const { return on; }
 };
+
+struct FptLayout {
+  int64_t qk_log_scale, qk_angle, v_lu, mlp_log_scale, act_log_scale, kv_log_scale, total;
+};
+FptLayout fpt_layout(const BlockDims& d);
 
 // One block as a baton: copied from JS (or built by LlamaModel) on the main thread,
 // read by block_forward / block_backward on a worker thread. Pointers are borrowed.
@@ -421,6 +571,10 @@ struct KvCache {
   float* v = nullptr;
   int64_t S = 0;
   int64_t pos0 = 0;
+  // FPTQuant's quantized cache (fpt.kv_bits > 0): int8 codes (B, S, Hkv, hd) with the static per-head
+  // scales of fpt.params instead of k, v.
+  int8_t* kq = nullptr;
+  int8_t* vq = nullptr;
 };
 
 // Gradient outputs of block_backward (accumulated; each may be null).
@@ -430,6 +584,10 @@ struct BlockGrads {
   // EfficientQAT slot: gradients of LearnedFakeQuant's (out, G) step sizes and zero points.
   float* fq_scales[kBlockLinears] = {};
   float* fq_zeros[kBlockLinears] = {};
+  // FPTQuant: gradient of fpt.params (fpt_param_count, accumulated); with S_n, dc (BT) holds dL/dc_out on
+  // entry and dL/dc_in on return.
+  float* fpt = nullptr;
+  float* dc = nullptr;
 };
 
 // Block parameter arena (floats) in this order, the layout TS reads through
@@ -455,9 +613,14 @@ int64_t block_saved_count(const BlockDesc& d);
 // without TEQ) | q (BT, Dq) after RoPE | k, v (BT, Dkv) | probs (B, Hq, T, T) | att (BT, Dq) |
 // atts (BT, Dq) the o_proj input (= att without the extra scales) | h (BT, D) | rstd2 | xn2 |
 // xs2 the gate/up input | g, u (BT, F) | a (BT, F) silu(g) * u | as the down_proj input |
-// eff the effective weights in arena layout (with TEQ or fake quant). Aliases share offsets.
+// eff the effective weights in arena layout (with TEQ or fake quant). FPTQuant adds c (BT) the S_n
+// carry in | kr, vr (BT, Dkv) K after RoPE and V before their quantizer (k, v: what attention read) |
+// ao (BT, Dq) the o_proj input before its quantizer (atts after it) | ah (BT, F) the down_proj input
+// before its quantizer (as after it); xs1, xs2 are the quantized q/k/v and gate/up inputs. Aliases
+// share offsets.
 struct BlockSavedLayout {
-  int64_t x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff, total;
+  int64_t x, rstd1, xn1, xs1, q, k, v, probs, att, atts, h, rstd2, xn2, xs2, g, u, a, as, eff, c, kr, vr, ao, ah,
+      total;
 };
 BlockSavedLayout block_saved_layout(const BlockDesc& d);
 // Dims, eps, options and their combinations.
@@ -478,6 +641,29 @@ Status block_backward(Span dx, const BlockGrads& grads, Span dout, Span saved, c
 // alpha_v), Wu rows /= alpha_d, Wd *= diag(alpha_d). The block's function is unchanged.
 // Later transforms (FPTQuant) merge here too.
 Status block_merge_scales(Span arena, Span alpha, const BlockDims& d, bool extra);
+
+// FPTQuant's merge, the one place its transforms meet the weights: arena (block_param_count, f32)
+// in place, the enabled transforms of `fpt` (qk, v, mlp, hadamard_block) with its params (fpt.params,
+// fpt_param_count); the training step computes its effective weights with the same code. With
+// `rotation` (D, D) orthogonal, first the residual rotation: the norms are fused into the linears
+// that read them (W_q,k,v,gate,up columns times attn_norm / ffn_norm, the norms set to 1), then
+// W_q,k,v,gate,up <- W Q and W_o, W_down <- Q^T W (embedding and LM head: fpt_rotate_rows).
+Status fpt_merge(Span arena, Span rotation, const BlockDims& d, const FptTransforms& fpt);
+// Backward of the merge of the enabled transforms (no rotation): dparams (fpt_param_count) += the
+// gradient of <deff, merge(arena, params)> with deff in the arena layout (linears only).
+Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& fpt);
+// Whether params (fpt_param_count) give a valid step for `fpt`: every entry finite, every scale positive,
+// each T_v within kFptMaxCond (QF_NON_FINITE naming what failed). Trainers check before a checkpoint.
+Status fpt_check_params(Span params, const BlockDims& d, const FptTransforms& fpt);
+// table (rows, D) <- table diag(norm) Q (norm null: 1): the embedding (no norm) and the LM head
+// (the final norm fused) of a residual-rotated model.
+Status fpt_rotate_rows(Span table, Span norm, Span rotation, int64_t rows, int64_t D);
+
+// Final RMSNorm of a residual stored as x / c (S_n; c null: 1) + LM head + Jensen-Shannon divergence to
+// the teacher's next-token probabilities tprobs (BT, V): loss (BT); with dx: dx (BT, D) and dc (BT, or
+// null) of scale * sum(loss). The end-to-end stage of FPTQuant.
+Status lm_head_jsd(Span loss, Span dx, Span dc, Span x, Span c, Span norm_w, Span head, Span tprobs, int64_t BT,
+                   int64_t D, int64_t V, float eps, float scale);
 
 // Final RMSNorm + LM head + cross-entropy. nll (BT); with dx: the backward of
 // loss_scale * sum(nll): dx (BT, D), dnorm (D) and dhead (V, D) accumulated when given.

@@ -54,6 +54,17 @@ struct LlamaLayer {
   Linear linear[kBlockLinears];            // wq (Dq, D) wk, wv (Dkv, D) wo (D, Dq) w_gate, w_up (F, D) w_down (D, F)
 };
 
+// FPTQuant at run time (engine.h FptTransforms with merged weights): the static activation and
+// KV-cache quantizers, S_n and the online Hadamard. params: per layer fpt_param_count floats (only
+// the act_log_scale and kv_log_scale entries are read: the transforms are in the weights).
+struct FptRuntime {
+  bool on = false;
+  bool residual_scaling = false;
+  int64_t hadamard_block = 0;
+  int act_bits = 0, kv_bits = 0;
+  std::vector<std::vector<float>> params;  // (layers, fpt_param_count)
+};
+
 class LlamaModel {
  public:
   static Status create(const LlamaConfig& cfg, std::unique_ptr<LlamaModel>* out);
@@ -82,6 +93,9 @@ class LlamaModel {
   Status forward(float* logits, size_t n_logits, const int32_t* tokens, size_t n_tokens, int64_t B, int64_t T,
                  int64_t pos0, bool last_only);
   void tie_lm_head(bool tied) { tied_ = tied; }
+  // FPTQuant's run-time part (checked against the config; the KV cache becomes int8 with kv_bits).
+  Status set_fpt(const FptRuntime& r);
+  const FptRuntime& fpt() const { return fpt_; }
 
  private:
   LlamaConfig cfg_;
@@ -92,6 +106,8 @@ class LlamaModel {
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2)
   int64_t cache_b_ = 0, cache_len_ = 0;
   std::vector<float> kcache_, vcache_;      // (layers, B, S, Hkv, hd)
+  std::vector<int8_t> kcache_q_, vcache_q_;  // (layers, B, S, Hkv, hd) with FPTQuant's quantized KV cache
+  FptRuntime fpt_;
   Workspace ws_;                            // reused by every forward (one at a time)
 };
 

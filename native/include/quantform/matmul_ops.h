@@ -68,6 +68,13 @@ MatmulPath select_matmul_path(int64_t M, const CanonicalWeight* canon, const Pre
 // fallback; `ran` (optional) receives the path that ran.
 Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, const PreparedInt4* prep,
                       MatmulAccuracy accuracy, MatmulPath path = MatmulPath::Auto, MatmulPath* ran = nullptr);
+// The int8 kernels on activations quantized by the caller (FPTQuant's static scales, quantized in
+// the epilogue of the op that produced them): xq (M, KP) int8 in the permuted layout, xs (M) row
+// scales, xsumq (M, G) group sums of xq (matmul.h); y (M, N). scratch: scratch_slots() *
+// matmul_int8_run_scratch_bytes(M, KP) bytes. Lengths are the caller's to check.
+int64_t matmul_int8_run_scratch_bytes(int64_t M, int64_t KP);
+void matmul_int8_prequantized(float* y, const int8_t* xq, const float* xs, const float* xsumq, int64_t M,
+                              const PreparedInt4& p, uint8_t* scratch);
 // Baseline fp32 GEMM y (M, N) = x (M, K) · w (N, K)ᵀ with the active tier.
 Status sgemm_nt(Span y, Span x, Span w, int64_t M, int64_t N, int64_t K);
 

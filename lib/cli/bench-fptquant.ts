@@ -1,0 +1,115 @@
+// quantform bench fptquant: the stories260K table of issue 11. TinyStories perplexity by the
+// shared/data/reference protocol (fp32 3.8361) of W4A16, W4A8KV8 and W4A4KV4 (weights INT4
+// symmetric per output channel, activations static per tensor, KV cache static per head),
+// every row from the same calibration windows (TinyStories validation stories 201-1000, which
+// the evaluation ids, stories 1-63, never see), and the models run on the integer kernels
+// they would be saved for (quantizedCheckpoint: what saveGptq + loadModel give).
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { calibrationFromFile } from '../engine/calib.js';
+import { TrainableLlama } from '../engine/llama.js';
+import { QuantformError } from '../errors.js';
+import { evaluatePerplexity } from '../eval/perplexity.js';
+import type { FptQuantOptions } from '../methods/fptquant.js';
+import { quantizedCheckpoint, quantizeModel } from '../methods/quantize-model.js';
+import { Model, openCheckpoint } from '../model/model.js';
+import '../methods/index.js';
+import { intOption } from './model-arg.js';
+import { readEvalIds } from './quantize.js';
+
+interface BenchFptOpts {
+  shared: string;
+  samples: number;
+  seqLen: number;
+  configs: string;
+  rows?: string;
+  groupSize?: number;
+  json?: boolean;
+}
+
+const CONFIGS: Record<string, { actBits: number; kvBits: number }> = {
+  W4A16: { actBits: 16, kvBits: 16 },
+  W4A8KV8: { actBits: 8, kvBits: 8 },
+  W4A4KV4: { actBits: 4, kvBits: 4 },
+};
+
+const NONE = { qk: false, v: false, mlp: false, residualScaling: false };
+/** The rows: baselines, the method, its options, and the ablation of each transform. */
+const ROWS: { key: string; name: string; fpt: FptQuantOptions }[] = [
+  { key: 'rtn', name: 'RTN, no transforms (ranges by search)', fpt: { ...NONE, stages: 'none', weights: 'rtn' } },
+  { key: 'gptq', name: 'GPTQ, no transforms', fpt: { ...NONE, stages: 'none', weights: 'gptq' } },
+  { key: 'quarot', name: 'Hadamard rotation only (QuaRot-style: residual + online before down_proj), GPTQ, no training', fpt: { ...NONE, stages: 'none', residualRotation: true, onlineHadamard: true } },
+  { key: 'local', name: 'FPTQuant, local stage only', fpt: { stages: 'local' } },
+  { key: 'fpt', name: 'FPTQuant, local + end-to-end', fpt: {} },
+  { key: 'fpt+rot', name: 'FPTQuant + residual rotation + online Hadamard', fpt: { residualRotation: true, onlineHadamard: true } },
+  { key: 'fpt+vh', name: 'FPTQuant, T_v from a Hadamard start', fpt: { valueHadamard: true } },
+  { key: '-qk', name: 'FPTQuant without T_k', fpt: { qk: false } },
+  { key: '-v', name: 'FPTQuant without T_v', fpt: { v: false } },
+  { key: '-mlp', name: 'FPTQuant without T_u', fpt: { mlp: false } },
+  { key: '-sn', name: 'FPTQuant without S_n', fpt: { residualScaling: false } },
+];
+
+export function registerBenchFptquant(bench: Command): void {
+  bench
+    .command('fptquant')
+    .description('stories260K: TinyStories perplexity of W4A16 / W4A8KV8 / W4A4KV4 for RTN, GPTQ, QuaRot-style rotation, FPTQuant (local, local + e2e, options) and each transform removed')
+    .option('--shared <dir>', 'the shared/ folder with models/ and data/', '../shared')
+    .option('--samples <n>', 'calibration windows', intOption, 128)
+    .option('--seq-len <n>', 'tokens per window', intOption, 256)
+    .option('--configs <list>', 'of W4A16, W4A8KV8, W4A4KV4', 'W4A16,W4A8KV8,W4A4KV4')
+    .option('--rows <list>', `rows to run (default all): ${ROWS.map((r) => r.key).join(', ')}`)
+    .option('--group-size <n>', 'weight group size (default: per output channel)', intOption)
+    .option('--json', 'print JSON')
+    .action(async (o: BenchFptOpts) => {
+      const shared = path.resolve(o.shared);
+      const dir = path.join(shared, 'models/stories260K-hf');
+      const text = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
+      const ref = path.join(shared, 'data/reference/ppl_tinystories_tok512.json');
+      for (const f of [dir, text, ref]) if (!existsSync(f)) throw new QuantformError('QF_IO', `bench fptquant needs ${f}`);
+      const configs = o.configs.split(',').map((c) => c.trim());
+      for (const c of configs) if (!CONFIGS[c]) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --configs from ${Object.keys(CONFIGS).join(', ')} but received '${c}'`);
+      const keys = o.rows ? o.rows.split(',').map((r) => r.trim()) : ROWS.map((r) => r.key);
+      const rows = keys.map((k) => {
+        const r = ROWS.find((x) => x.key === k);
+        if (!r) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --rows from ${ROWS.map((x) => x.key).join(', ')} but received '${k}'`);
+        return r;
+      });
+      const ck = openCheckpoint(dir);
+      const model = TrainableLlama.fromCheckpoint(ck);
+      const tok = await ck.tokenizer();
+      const { ids, window } = readEvalIds(ref);
+      const cal = calibrationFromFile(text, (d) => tok.encode(d, { bos: true }), { samples: o.samples, seqLen: o.seqLen, seed: 0, skipDocuments: 200 });
+      const log = (s: string) => { if (!o.json) console.log(s); };
+      const ppl = async (m: Model) => {
+        try {
+          return (await evaluatePerplexity(m, { ids }, { ctx: window, stride: window })).ppl;
+        } finally {
+          m.dispose();
+        }
+      };
+      const fp = await ppl(new Model(ck, tok));
+      const gs = o.groupSize ?? 1 << 20;
+      log(`fp32: ppl ${fp.toFixed(4)}; calibration ${o.samples} x ${o.seqLen} tokens (stories 201-1000), weights INT4 symmetric ${gs >= 1 << 20 ? 'per output channel' : `g${gs}`}`);
+      const table: { row: string; config: string; ppl: number; seconds: number }[] = [];
+      for (const r of rows)
+        for (const c of configs) {
+          const t0 = performance.now();
+          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c] } });
+          const p = await ppl(new Model(quantizedCheckpoint(q, tok), tok));
+          const seconds = (performance.now() - t0) / 1000;
+          table.push({ row: r.key, config: c, ppl: p, seconds });
+          log(`${r.name} ${c}: ppl ${p.toFixed(4)} (${seconds.toFixed(1)} s)`);
+        }
+      if (o.json) {
+        console.log(JSON.stringify({ fp32: fp, groupSize: gs, samples: o.samples, seqLen: o.seqLen, table }, null, 2));
+        return;
+      }
+      console.log(`\n| method (stories260K, TinyStories ppl, fp32 ${fp.toFixed(4)}) | ${configs.join(' | ')} | time per config |`);
+      console.log(`|---|${configs.map(() => '---:').join('|')}|---:|`);
+      for (const r of rows) {
+        const cells = configs.map((c) => table.find((t) => t.row === r.key && t.config === c)!);
+        console.log(`| ${r.name} | ${cells.map((x) => x.ppl.toFixed(4)).join(' | ')} | ${cells.map((x) => `${x.seconds.toFixed(0)} s`).join(' / ')} |`);
+      }
+    });
+}

@@ -1,5 +1,6 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
+import { registerBenchEfficientQat } from './bench-efficientqat.js';
 import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
 import { registerBenchLoad } from './bench-load.js';
@@ -17,6 +18,7 @@ export function registerBench(program: Command): void {
   registerBenchTrain(bench);
   registerBenchTeq(bench);
   registerBenchGptq(bench);
+  registerBenchEfficientQat(bench);
   registerBenchGptqOps(bench);
   registerBenchMatmul(bench);
   registerBenchLoad(bench);

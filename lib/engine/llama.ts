@@ -43,7 +43,7 @@ export function blockConfigOf(s: LlamaShape, B: number, T: number, quant?: Block
 export const LINEARS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEARS)[number];
 /** The runtime's names of the same linears (lib/model/config.ts). */
-const RUNTIME_LINEAR: Record<LinearName, string> = {
+export const RUNTIME_LINEAR: Record<LinearName, string> = {
   q_proj: 'wq', k_proj: 'wk', v_proj: 'wv', o_proj: 'wo', gate_proj: 'w_gate', up_proj: 'w_up', down_proj: 'w_down',
 };
 

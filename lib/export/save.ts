@@ -175,7 +175,8 @@ export class GptqWriter {
 }
 
 /** The LlamaConfig of a training model (its shape, and bos/eos from its config.json). */
-function configOf(m: TrainableLlama): LlamaConfig {
+/** The runtime config of a training model. */
+export function configOf(m: TrainableLlama): LlamaConfig {
   const s = m.shape, h = m.hfConfig;
   const id = (v: unknown, d: number) => (typeof v === 'number' ? v : Array.isArray(v) && typeof v[0] === 'number' ? v[0] : d);
   return {

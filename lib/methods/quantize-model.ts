@@ -14,15 +14,16 @@ import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../i
 import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
-import { blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
+import { blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import { GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
+import { configOf, GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
 import { FLOAT_DTYPES, readRaw, readTensor } from '../io/tensors.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { EfficientQatOptions } from './efficientqat.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'gptq', 'teq'. */
@@ -47,6 +48,8 @@ export interface QuantizeModelOptions {
   extraScales?: boolean;
   /** GPTQ: damping, lazy batch, where group parameters are read. */
   gptq?: GptqMethodOptions;
+  /** EfficientQAT: phases, init, learning rates, E2E-QP's quantized start. */
+  efficientqat?: EfficientQatOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -75,6 +78,8 @@ export interface QuantizeReport {
   symmetric: boolean;
   linears: LinearReport[];
   lossCurve: number[];
+  /** the loss per stage when a method has several (EfficientQAT: each Block-AP block, E2E-QP) */
+  lossCurves?: { label: string; losses: number[] }[];
   trainSeconds: number;
   totalSeconds: number;
 }
@@ -106,7 +111,10 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
 /** What a checkpoint must match to be resumed: the model's weights, shapes and the whole configuration. */
 function fingerprint(model: TrainableLlama, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ shape: model.shape, method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen }));
+  const { start, ...eqat } = o.efficientqat ?? {};
+  h.update(JSON.stringify({ shape: model.shape, method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen,
+    gptq: o.gptq, efficientqat: eqat }));
+  for (const q of start?.values() ?? []) h.update(new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength)).update(q.codes);
   h.update(new Uint8Array(model.embed.buffer, model.embed.byteOffset, model.embed.byteLength));
   for (const b of model.blocks) h.update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
   if (o.calibration) h.update(new Uint8Array(o.calibration.tokens.buffer, o.calibration.tokens.byteOffset, o.calibration.tokens.byteLength));
@@ -122,7 +130,9 @@ function readCheckpoint(file: string, expect: string): TrainState {
       `Checkpoint ${file} was written for another model, calibration set or configuration: it cannot be resumed with these options`);
   const arena = t.get('arena');
   if (!arena || arena.dtype !== 'F32') throw new QuantformError('QF_CORRUPT_FILE', `Checkpoint ${file} holds no F32 arena`);
-  return { step: Number(meta.step), arena: arena.data as Float32Array, lossCurve: JSON.parse(meta.lossCurve) };
+  const tensors = new Map<string, Float32Array>();
+  for (const [k, v] of t) if (k !== 'arena' && v.dtype === 'F32') tensors.set(k, v.data as Float32Array);
+  return { step: Number(meta.step), arena: arena.data as Float32Array, lossCurve: JSON.parse(meta.lossCurve), tensors };
 }
 
 function relError(a: Float32Array, b: Float32Array): number {
@@ -155,9 +165,11 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   const tTrain = performance.now();
   const res = await method.prepare(model, {
     quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
+    efficientqat: opts.efficientqat,
     checkpoint: ck ? async (s: TrainState) => {
-      writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]),
-        { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
+      const tensors = new Map([['arena', { dtype: 'F32' as const, shape: [s.arena.length], data: s.arena }]]);
+      for (const [k, v] of s.tensors ?? []) tensors.set(k, { dtype: 'F32', shape: [v.length], data: v });
+      writeSafetensors(ck.path, tensors, { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
     } : undefined,
   });
   const trainSeconds = (performance.now() - tTrain) / 1000;
@@ -187,7 +199,8 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
     }
   return {
     model, quant, linears,
-    report: { method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, trainSeconds, totalSeconds: (performance.now() - t0) / 1000 },
+    report: { method: method.name, bits: quant.bits, groupSize, symmetric, linears: reports, lossCurve: res.lossCurve, lossCurves: res.lossCurves, trainSeconds,
+      totalSeconds: (performance.now() - t0) / 1000 },
   };
 }
 
@@ -318,6 +331,29 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
     hfConfig: src.hfConfig,
     weight: (name) => (isQuantizedLinear(name) ? dequantize(src.linear(name)).data as Float32Array : src.plain(name) as Float32Array),
     quantizedWeight: (name) => (isQuantizedLinear(name) ? src.linear(name) : null),
+    tokenizer: async () => tokenizer,
+    close: () => {},
+  };
+}
+
+/** An fp32 training model as a runtime Checkpoint (evaluation of a trained fp32 model). */
+export function modelCheckpoint(m: TrainableLlama, tokenizer: Tokenizer): Checkpoint {
+  const config = configOf(m);
+  return {
+    format: 'memory',
+    path: 'memory:fp32',
+    config,
+    hfConfig: m.hfConfig,
+    weight: (name) => {
+      if (name === 'embed') return m.embed;
+      if (name === 'final_norm') return m.finalNorm;
+      if (name === 'lm_head') return m.lmHead;
+      const [, l, w] = name.split('.');
+      if (w === 'attn_norm' || w === 'ffn_norm') return m.norm(Number(l), w === 'attn_norm' ? 'input' : 'post');
+      const n = LINEARS.find((x) => RUNTIME_LINEAR[x] === w);
+      if (!n) throw new QuantformError('QF_INTERNAL', `No weight ${name} in the model`);
+      return m.linear(Number(l), n);
+    },
     tokenizer: async () => tokenizer,
     close: () => {},
   };

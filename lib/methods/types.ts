@@ -7,6 +7,7 @@ import type { ScheduleKind } from '../engine/optim.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { EfficientQatOptions } from './efficientqat.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -43,6 +44,8 @@ export interface ProgressEvent {
   etaSeconds: number;
   /** block being trained (block-wise loss) */
   layer?: number;
+  /** a method's stage (EfficientQAT: 'block-ap', 'e2e-qp'); steps/s and ETA restart with each */
+  stage?: string;
 }
 
 /** Persistent training state a method can save and restore. */
@@ -50,6 +53,8 @@ export interface TrainState {
   step: number;
   arena: Float32Array;
   lossCurve: number[];
+  /** more named f32 state (EfficientQAT: the blocks trained so far and their step sizes) */
+  tensors?: Map<string, Float32Array>;
 }
 
 export interface MethodContext {
@@ -66,6 +71,8 @@ export interface MethodContext {
   resume?: TrainState;
   /** GPTQ's options (damping, lazy batch, where group parameters are read) */
   gptq?: GptqMethodOptions;
+  /** EfficientQAT's phases, init and learning rates */
+  efficientqat?: EfficientQatOptions;
 }
 
 export interface MethodResult {
@@ -83,6 +90,8 @@ export interface MethodResult {
    * quantizeModel keeps these instead of round-to-nearest quantizing those weights.
    */
   linears?: Map<string, QuantizedTensor>;
+  /** loss curves by stage (EfficientQAT: one per Block-AP block, then E2E-QP), for the report and loss.svg */
+  lossCurves?: { label: string; losses: number[] }[];
 }
 
 export interface QuantMethod {

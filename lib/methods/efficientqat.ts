@@ -1,0 +1,617 @@
+// EfficientQAT (Chen et al. 2024; reference code OpenGVLab/EfficientQAT), two phases on
+// the engine's block step:
+//   Block-AP  block by block, every linear's weights, the two RMSNorm weights and every
+//             group's step size s and zero point z train through the reference's quantizer
+//             (engine.h LearnedFakeQuant: w_q = (clamp(round(w / s') + z', 0, 2^b - 1) - z') s',
+//             s' = clamp(s, 1e-4, 1e4), z' = clamp(round(z)), rounding and the parameter clamps
+//             straight-through) on the MSE between the fp block's output on fp inputs and the
+//             quantized block's output on the inputs through the already-quantized blocks.
+//             AdamW (wd 0), lr 1e-4 for s and z, 1e-5 for weights (2e-5 at 2 bits), cosine to
+//             lr / 20 over the block's steps, batch 2, 2 epochs. After a block its codes come
+//             from the trained s and z, its weights become their dequantized values (f16 step
+//             sizes, as saved), and the next block's quantized inputs run through it.
+//   E2E-QP    the codes and zero points frozen, only the step sizes train on next-token
+//             cross-entropy of the whole model, which stays packed: the block step runs on
+//             the packed codes with f32 step sizes (dequant-matmul forward, quantized-linear
+//             backward), so no fp32 copy of the weights exists. AdamW (wd 0), cosine with 3 %
+//             warm-up, gradient-norm clip 0.3, lr 2e-5 at 2 bits, 1e-5 at 3/4/8 bits.
+// Block-AP starts from min-max RTN (the reference) or from GPTQ's codes and scales
+// (init 'gptq': its weights become GPTQ's dequantized values, so training starts at
+// GPTQ's block); E2E-QP starts from Block-AP, or from any quantized linears (a GPTQ
+// checkpoint's). The result is the linears themselves (MethodResult.linears) and the
+// trained norms (written into the model).
+import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { f16ToF32, f32ToF16 } from '../io/half.js';
+import { native, type NativeBlockConfig, type NativeFqState, type NativePackedBlock } from '../native.js';
+import type { CalibrationSet } from '../engine/calib.js';
+import { AdamW, learningRate } from '../engine/optim.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
+import { dequantize, numGroups, pack, QuantizedTensor, type Bits } from '../ops/quant.js';
+import { runGptq } from './gptq.js';
+import { batchIndices, nonFinite, Trainer } from './teq.js';
+import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
+
+export type EfficientQatPhases = 'block-ap' | 'e2e-qp' | 'both';
+
+export interface EfficientQatOptions {
+  /** Default 'both'. 'e2e-qp' alone starts from `start`, else from the init quantizer's codes (no Block-AP). */
+  phases?: EfficientQatPhases;
+  /** Block-AP's starting point: 'rtn' (min-max, the reference) or 'gptq' (GPTQ's codes and scales). Default 'rtn'. */
+  init?: 'rtn' | 'gptq';
+  /** Block-AP: passes over the calibration windows per block. Default 2. */
+  epochs?: number;
+  /** Block-AP: windows per step. Default 2. */
+  batchSize?: number;
+  /** Block-AP: lr of step sizes and zero points. Default 1e-4. */
+  lrQuant?: number;
+  /** Block-AP: lr of weights and norms. Default 1e-5, 2e-5 at 2 bits. */
+  lrWeight?: number;
+  /** Block-AP: the cosine schedule ends at lr / minLrFactor. Default 20. */
+  minLrFactor?: number;
+  /** E2E-QP: passes over the calibration windows. Default 1. */
+  e2eEpochs?: number;
+  /** E2E-QP: windows per step. Default 2. */
+  e2eBatchSize?: number;
+  /** E2E-QP: lr of the step sizes. Default 2e-5 at 2 bits, 1e-5 otherwise. */
+  e2eLr?: number;
+  /** E2E-QP: warm-up fraction of the cosine schedule. Default 0.03. */
+  e2eWarmup?: number;
+  /** E2E-QP: global gradient-norm clip. Default 0.3. */
+  clipNorm?: number;
+  /** E2E-QP: saved activations of every block are kept up to this many bytes; above, blocks are recomputed. Default 2e9. */
+  e2eMemoryBytes?: number;
+  /**
+   * E2E-QP's starting point when phases is 'e2e-qp': quantized linears by HF name
+   * (model.layers.<l>.self_attn.q_proj ...), e.g. a GPTQ checkpoint's (checkpointLinears).
+   */
+  start?: Map<string, QuantizedTensor>;
+}
+
+export type ResolvedEfficientQat = Required<Omit<EfficientQatOptions, 'start'>> & { start?: Map<string, QuantizedTensor> };
+
+export function resolveEfficientQat(o: EfficientQatOptions = {}, bits: Bits): ResolvedEfficientQat {
+  if (o === null || typeof o !== 'object') throw invalidParameter('options object', 'efficientqat', o);
+  const r: ResolvedEfficientQat = {
+    phases: o.phases ?? 'both', init: o.init ?? 'rtn', epochs: o.epochs ?? 2, batchSize: o.batchSize ?? 2, lrQuant: o.lrQuant ?? 1e-4,
+    lrWeight: o.lrWeight ?? (bits === 2 ? 2e-5 : 1e-5), minLrFactor: o.minLrFactor ?? 20, e2eEpochs: o.e2eEpochs ?? 1,
+    e2eBatchSize: o.e2eBatchSize ?? 2, e2eLr: o.e2eLr ?? (bits === 2 ? 2e-5 : 1e-5), e2eWarmup: o.e2eWarmup ?? 0.03,
+    clipNorm: o.clipNorm ?? 0.3, e2eMemoryBytes: o.e2eMemoryBytes ?? 2e9, start: o.start,
+  };
+  if (!is.oneOf(r.phases, ['block-ap', 'e2e-qp', 'both'] as const)) throw invalidParameter("'block-ap', 'e2e-qp' or 'both'", 'phases', r.phases);
+  if (!is.oneOf(r.init, ['rtn', 'gptq'] as const)) throw invalidParameter("'rtn' or 'gptq'", 'init', r.init);
+  for (const k of ['epochs', 'batchSize', 'e2eEpochs', 'e2eBatchSize'] as const)
+    if (!is.positiveInteger(r[k])) throw invalidParameter('positive integer', k, r[k]);
+  for (const k of ['lrQuant', 'lrWeight', 'e2eLr', 'e2eMemoryBytes'] as const)
+    if (!is.finiteNumber(r[k]) || r[k] < 0) throw invalidParameter('non-negative number', k, r[k]);
+  if (!is.finiteNumber(r.minLrFactor) || r.minLrFactor < 1) throw invalidParameter('number >= 1', 'minLrFactor', r.minLrFactor);
+  if (!(r.e2eWarmup >= 0 && r.e2eWarmup < 1)) throw invalidParameter('number in [0, 1)', 'e2eWarmup', r.e2eWarmup);
+  if (!is.finiteNumber(r.clipNorm) || r.clipNorm <= 0) throw invalidParameter('positive number', 'clipNorm', r.clipNorm);
+  if (r.start !== undefined && !(r.start instanceof Map)) throw invalidParameter('Map of HF linear names to QuantizedTensor', 'start', r.start);
+  if (r.start && r.phases !== 'e2e-qp')
+    throw new QuantformError('QF_INVALID_ARGUMENT', `Expected phases 'e2e-qp' with start (quantized linears to refine) but received phases '${r.phases}'`);
+  return r;
+}
+
+/** Cosine decay from lr to lr / factor over `steps`, no warm-up (torch CosineAnnealingLR, the reference's Block-AP schedule). */
+export function cosineToFloor(lr: number, step: number, steps: number, factor: number): number {
+  const min = lr / factor;
+  return min + (lr - min) * 0.5 * (1 + Math.cos((Math.PI * Math.min(step, steps)) / Math.max(1, steps)));
+}
+
+/** Block-AP steps per block: epochs over the windows in batches (the reference's epochs * train_size / batch_size). */
+export function blockApSteps(samples: number, o: ResolvedEfficientQat): number {
+  return o.epochs * Math.max(1, Math.floor(samples / Math.min(o.batchSize, samples)));
+}
+
+export function e2eSteps(samples: number, o: ResolvedEfficientQat): number {
+  return o.e2eEpochs * Math.max(1, Math.floor(samples / Math.min(o.e2eBatchSize, samples)));
+}
+
+const name = (l: number, n: LinearName) => `model.layers.${l}.${HF_LINEAR[n]}`;
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+/** (rows, cols, offset in the block arena, group size capped at cols, groups per row) of every linear. */
+function linearDims(model: TrainableLlama, quant: BlockQuant) {
+  const lay = blockLayout(model.shape);
+  return LINEARS.map((n) => {
+    const { rows, cols, offset } = lay.linears[n];
+    const gs = Math.min(quant.groupSize, cols);
+    return { n, rows, cols, offset, gs, G: numGroups(cols, gs) };
+  });
+}
+
+/**
+ * The packed weight the trained quantizer gives w (N, K): codes clamp(round(w / s') + z') from
+ * the f32 step sizes it trained with, stored with f16 step sizes (as saved) and integer zeros.
+ */
+function packLearned(w: Float32Array, s: Float32Array, z: Float32Array | null, N: number, K: number, gs: number, quant: BlockQuant): QuantizedTensor {
+  const codes = new Float32Array(N * K);
+  call(() => native().engine.learnedFqCodes(codes, w, s, z, N, K, quant.bits, gs, quant.symmetric));
+  const hi = 2 ** quant.bits - 1;
+  const s16 = Uint16Array.from(s, (v) => f32ToF16(Math.min(Math.max(v, Math.fround(1e-4)), 1e4)));
+  const z16 = z ? Uint16Array.from(z, (v) => f32ToF16(Math.min(Math.max(Math.round(v), 0), hi))) : null;
+  return new QuantizedTensor(pack(new Uint8Array(codes), [N, K], quant.bits), s16, z16, [N, K], quant.bits, gs, quant.symmetric, 'f16');
+}
+
+/** f32 copies of a quantized weight's step sizes and zero points. */
+function paramsOf(q: QuantizedTensor): { s: Float32Array; z: Float32Array | null } {
+  const widen = (a: ArrayLike<number>) => (q.paramDtype === 'f16' ? Float32Array.from(a, (h) => f16ToF32(h)) : Float32Array.from(a));
+  return { s: widen(q.scales), z: q.zeros ? widen(q.zeros) : null };
+}
+
+/** Checks quantized linears handed in as E2E-QP's start against the model and the run's quantization. */
+export function checkStart(model: TrainableLlama, start: Map<string, QuantizedTensor>, quant: BlockQuant): void {
+  for (let l = 0; l < model.shape.layers; l++)
+    for (const d of linearDims(model, quant)) {
+      const q = start.get(name(l, d.n));
+      if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `The quantized start holds no ${name(l, d.n)}: it is not a checkpoint of this model`);
+      if (q.shape[0] !== d.rows || q.shape[1] !== d.cols)
+        throw new QuantformError('QF_SHAPE_MISMATCH',
+          `The quantized start's ${name(l, d.n)} is [${q.shape.join(', ')}] but the model's is [${d.rows}, ${d.cols}]: it is a checkpoint of another model`);
+      if (q.bits !== quant.bits || q.symmetric !== quant.symmetric || q.groupSize !== d.gs)
+        throw new QuantformError('QF_INVALID_ARGUMENT',
+          `The quantized start's ${name(l, d.n)} is INT${q.bits} g${q.groupSize} ${q.symmetric ? 'sym' : 'asym'}, not the requested INT${quant.bits} g${d.gs} ${quant.symmetric ? 'sym' : 'asym'}`);
+    }
+}
+
+/** Sequences per fp forward: activations of about 256 MB at most. */
+function chunkOf(model: TrainableLlama, seq: number, samples: number): number {
+  const perSeq = native().engine.blockSizes(model.blockConfig(1, seq, null, false)).saved * 4;
+  return Math.max(1, Math.min(samples, Math.floor((256 << 20) / perSeq)));
+}
+
+/** out (N * S, D) = block(arena)(x) over every calibration window, `chunk` windows per call; out may alias x. */
+async function forwardAll(model: TrainableLlama, arena: Float32Array, x: Float32Array, out: Float32Array, N: number, S: number, chunk: number): Promise<void> {
+  const nb = native().engine, D = model.shape.hidden;
+  for (let n0 = 0; n0 < N; n0 += chunk) {
+    const c = Math.min(chunk, N - n0);
+    const cfg = model.blockConfig(c, S, null, false);
+    await nb.blockForward(cfg, out.subarray(n0 * S * D, (n0 + c) * S * D), null, x.subarray(n0 * S * D, (n0 + c) * S * D), arena, null, true);
+  }
+}
+
+/** What a finished Block-AP block leaves for E2E-QP and the checkpoint: f16-rounded step sizes and zero points (f32), per linear. */
+interface FinishedParams {
+  s: Float32Array;
+  z: Float32Array | null;
+}
+
+/** Per layer and linear, in arena order; a checkpoint's 'fq' tensor is these concatenated (s, then z). */
+function flattenFinished(done: FinishedParams[][]): Float32Array {
+  const parts = done.flatMap((ls) => ls.flatMap((p) => (p.z ? [p.s, p.z] : [p.s])));
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+function unflattenFinished(flat: Float32Array, layers: number, dims: ReturnType<typeof linearDims>, sym: boolean): FinishedParams[][] {
+  const out: FinishedParams[][] = [];
+  let o = 0;
+  const take = (n: number) => {
+    if (o + n > flat.length) throw new QuantformError('QF_CORRUPT_FILE', `The checkpoint's step sizes end at ${flat.length} floats, before layer ${out.length}`);
+    o += n;
+    return flat.slice(o - n, o);
+  };
+  for (let l = 0; l < layers; l++) out.push(dims.map((d) => { const s = take(d.rows * d.G); return { s, z: sym ? null : take(d.rows * d.G) }; }));
+  return out;
+}
+
+export interface EfficientQatRun {
+  linears: Map<string, QuantizedTensor>;
+  /** Block-AP's MSE per step, all blocks in order (blockApSteps per block), then E2E-QP's cross-entropy per step */
+  lossCurve: number[];
+  curves: { label: string; losses: number[] }[];
+}
+
+class EfficientQat {
+  private readonly nb = native().engine;
+  private readonly dims: ReturnType<typeof linearDims>;
+  private readonly curve: number[] = [];
+  private readonly trainer: Trainer;
+  private readonly apSteps: number;
+  private readonly e2e: number;
+  /** Block-AP's per-block results so far (f16-rounded s, z), per layer */
+  private done: FinishedParams[][] = [];
+  private gptq: Map<string, QuantizedTensor> | null = null;
+
+  constructor(private readonly model: TrainableLlama, private readonly cal: CalibrationSet, private readonly quant: BlockQuant,
+    private readonly o: ResolvedEfficientQat, private readonly ctx: MethodContext) {
+    this.dims = linearDims(model, quant);
+    const L = model.shape.layers;
+    this.apSteps = o.phases === 'e2e-qp' ? 0 : blockApSteps(cal.samples, o);
+    this.e2e = o.phases === 'block-ap' ? 0 : e2eSteps(cal.samples, o);
+    this.trainer = new Trainer(ctx, L * this.apSteps + this.e2e);
+  }
+
+  private get totalAp(): number {
+    return this.model.shape.layers * this.apSteps;
+  }
+
+  /** Checkpoint state: the optimizer arena of the phase, every block's current weights, the finished step sizes. */
+  private state(step: number, arena: Float32Array): TrainState {
+    const blocks = new Float32Array(this.model.blocks.reduce((a, b) => a + b.length, 0));
+    let o = 0;
+    for (const b of this.model.blocks) {
+      blocks.set(b, o);
+      o += b.length;
+    }
+    return { step, arena: arena.slice(), lossCurve: this.curve.slice(), tensors: new Map([['blocks', blocks], ['fq', flattenFinished(this.done)]]) };
+  }
+
+  async run(): Promise<EfficientQatRun> {
+    const { model, o, quant } = this;
+    const L = model.shape.layers;
+    const resume = this.ctx.resume;
+    // a checkpoint taken at step n resumes at n: inside Block-AP (n <= totalAp; its block is finalized on
+    // resume when n ends it) or inside E2E-QP (every block finished)
+    const start = resume?.step ?? 0;
+    const inE2e = resume !== undefined && start > this.totalAp;
+    if (o.start) checkStart(model, o.start, quant);
+    if (resume) {
+      this.curve.push(...resume.lossCurve);
+      const blocks = resume.tensors?.get('blocks'), fq = resume.tensors?.get('fq');
+      const Pb = blockLayout(model.shape).total;
+      if (!blocks || !fq || blocks.length !== L * Pb) throw new QuantformError('QF_CORRUPT_FILE', 'The EfficientQAT checkpoint holds no blocks or step sizes of this model');
+      this.resumeBlocks = blocks;
+      const layersDone = inE2e ? (o.start ? 0 : L) : start === 0 || this.apSteps === 0 ? 0 : Math.floor((start - 1) / this.apSteps);
+      this.done = unflattenFinished(fq, layersDone, this.dims, quant.symmetric);
+      if (inE2e) for (let l = 0; l < L; l++) model.blocks[l].set(blocks.subarray(l * Pb, (l + 1) * Pb));
+    }
+    if (!inE2e && !o.start) {
+      if (o.init === 'gptq') this.gptq = (await runGptq(model, this.cal, quant, this.ctx.gptq, { signal: this.ctx.signal })).linears;
+      await this.blockAp(start);
+    }
+    const linears = o.start ?? this.finishedLinears();
+    const out = this.e2e > 0 ? await this.e2eQp(linears, inE2e ? start - this.totalAp : 0) : linears;
+    const curves: { label: string; losses: number[] }[] = [];
+    for (let l = 0; l < L && this.apSteps > 0; l++) curves.push({ label: `Block-AP block ${l} (MSE)`, losses: this.curve.slice(l * this.apSteps, (l + 1) * this.apSteps) });
+    if (this.e2e > 0) curves.push({ label: 'E2E-QP (cross-entropy)', losses: this.curve.slice(this.totalAp) });
+    return { linears: out, lossCurve: this.curve.slice(), curves };
+  }
+
+  private resumeBlocks: Float32Array | null = null;
+
+  /** The quantized linears of every finished block, from its dequantized weights and f16 step sizes. */
+  private finishedLinears(): Map<string, QuantizedTensor> {
+    const out = new Map<string, QuantizedTensor>();
+    for (let l = 0; l < this.done.length; l++)
+      for (const [j, d] of this.dims.entries()) {
+        const p = this.done[l][j];
+        out.set(name(l, d.n), packLearned(this.model.linear(l, d.n), p.s, p.z, d.rows, d.cols, d.gs, this.quant));
+      }
+    return out;
+  }
+
+  /** Step sizes and zero points at the start of a block, and its arena's linears as the init leaves them. */
+  private init(l: number, arena: Float32Array): { s: Float32Array; z: Float32Array | null }[] {
+    const { quant } = this;
+    return this.dims.map((d) => {
+      const w = arena.subarray(d.offset, d.offset + d.rows * d.cols);
+      const g = this.gptq?.get(name(l, d.n)) ?? this.o.start?.get(name(l, d.n));
+      if (g) {
+        w.set(dequantize(g).data as Float32Array);
+        return paramsOf(g);
+      }
+      const s = new Float32Array(d.rows * d.G), z = quant.symmetric ? null : new Float32Array(d.rows * d.G);
+      call(() => this.nb.learnedFqInit(s, z, w, d.rows, d.cols, quant.bits, d.gs, quant.symmetric));
+      return { s, z };
+    });
+  }
+
+  /** The block as saved: its linears dequantized from the trained quantizer's codes (f16 step sizes). */
+  private finish(arena: Float32Array, st: NativeFqState): void {
+    const fin: FinishedParams[] = [];
+    for (const [j, d] of this.dims.entries()) {
+      const w = arena.subarray(d.offset, d.offset + d.rows * d.cols);
+      const q = packLearned(w, st.scales[j]!, st.zeros[j], d.rows, d.cols, d.gs, this.quant);
+      w.set(dequantize(q).data as Float32Array);
+      fin.push(paramsOf(q));
+    }
+    this.done.push(fin);
+  }
+
+  /** Block-AP over every block; with 0 steps per block (E2E-QP alone) the init quantizer's codes. */
+  private async blockAp(start: number): Promise<void> {
+    const { model, cal, quant, o, nb } = this;
+    const s = model.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen;
+    if (this.apSteps === 0) {
+      for (let l = 0; l < L; l++) {
+        const p = this.init(l, model.blocks[l]);
+        this.finish(model.blocks[l], { scales: p.map((x) => x.s), zeros: p.map((x) => x.z) });
+      }
+      return;
+    }
+    const chunk = chunkOf(model, S, N);
+    const xfp = new Float32Array(N * S * D), xq = new Float32Array(N * S * D), yfp = new Float32Array(N * S * D);
+    call(() => nb.embeddingForward(xfp, cal.tokens, model.embed, N * S, s.vocab, D));
+    xq.set(xfp);
+    const B = Math.min(o.batchSize, N), T = B * S;
+    const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, S, null, false), fq: { bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric } };
+    const saved = new Float32Array(nb.blockSizes(cfg).saved);
+    const Pb = blockLayout(s).total;
+    const xb = new Float32Array(T * D), yb = new Float32Array(T * D), out = new Float32Array(T * D), dout = new Float32Array(T * D), dx = new Float32Array(T * D);
+    const firstLayer = this.done.length;
+    for (let l = 0; l < L; l++) {
+      const arena = model.blocks[l];
+      // fp targets from the original block, before it changes
+      await forwardAll(model, arena, xfp, yfp, N, S, chunk);
+      if (l < firstLayer) {
+        arena.set(this.resumeBlocks!.subarray(l * Pb, (l + 1) * Pb));
+      } else {
+        const p0 = this.init(l, arena);
+        // one arena per block: [weights and norms Pb | s, z of every linear]
+        const Q = p0.reduce((a, p) => a + p.s.length + (p.z ? p.z.length : 0), 0);
+        const opt = new AdamW(Pb + Q, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0, groups: [Pb, Q] });
+        opt.params.set(arena);
+        const st: NativeFqState = { scales: [], zeros: [] }, gr: NativeFqState = { scales: [], zeros: [] };
+        let off = Pb;
+        const take = (v: Float32Array) => {
+          opt.params.set(v, off);
+          off += v.length;
+          return [opt.params.subarray(off - v.length, off), opt.grads.subarray(off - v.length, off)] as const;
+        };
+        for (const p of p0) {
+          const [ps, gs] = take(p.s);
+          st.scales.push(ps);
+          gr.scales.push(gs);
+          const [pz, gz] = p.z ? take(p.z) : [null, null];
+          st.zeros.push(pz);
+          gr.zeros.push(gz);
+        }
+        const weights = opt.params.subarray(0, Pb), dweights = opt.grads.subarray(0, Pb);
+        const k0 = l === firstLayer && this.ctx.resume ? start - l * this.apSteps : 0;
+        if (k0 > 0) opt.load({ step: k0, arena: this.ctx.resume!.arena });
+        for (let k = k0; k < this.apSteps; k++) {
+          const step = l * this.apSteps + k;
+          const idx = batchIndices(N, B, step, this.ctx.train.seed);
+          for (let b = 0; b < B; b++) {
+            xb.set(xq.subarray(idx[b] * S * D, (idx[b] + 1) * S * D), b * S * D);
+            yb.set(yfp.subarray(idx[b] * S * D, (idx[b] + 1) * S * D), b * S * D);
+          }
+          opt.zeroGrad();
+          await nb.blockForward(cfg, out, saved, xb, weights, st, true);
+          let loss = 0;
+          const scale = 2 / (T * D);
+          for (let i = 0; i < T * D; i++) {
+            const e = out[i] - yb[i];
+            loss += e * e;
+            dout[i] = scale * e;
+          }
+          loss /= T * D;
+          if (!Number.isFinite(loss)) throw nonFinite(step, loss);
+          await nb.blockBackward(cfg, dx, dweights, gr, dout, saved, weights, st, true);
+          const lrW = cosineToFloor(o.lrWeight, k, this.apSteps, o.minLrFactor), lrQ = cosineToFloor(o.lrQuant, k, this.apSteps, o.minLrFactor);
+          await opt.update([lrW, lrQ]);
+          this.curve.push(loss);
+          await this.trainer.after(step, loss, lrQ, () => this.state(step + 1, opt.arena), l, 'block-ap');
+        }
+        arena.set(weights);
+        this.finish(arena, st);
+      }
+      await forwardAll(model, arena, xq, xq, N, S, chunk);
+      xfp.set(yfp);
+    }
+    this.resumeBlocks = null;
+  }
+
+  /** E2E-QP from packed linears: returns them with trained (f16) step sizes. */
+  private async e2eQp(start: Map<string, QuantizedTensor>, k0: number): Promise<Map<string, QuantizedTensor>> {
+    const { model, cal, quant, o, nb } = this;
+    const s = model.shape, D = s.hidden, L = s.layers;
+    const B = Math.min(o.e2eBatchSize, cal.samples);
+    const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, cal.seqLen, null, false), fq: { bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, packed: true } };
+    const lay = blockLayout(s);
+    // every step size of the model in one arena; codes and zero points frozen
+    const P = L * this.dims.reduce((a, d) => a + d.rows * d.G, 0);
+    const opt = new AdamW(P, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
+    const blocks: NativePackedBlock[] = [], states: NativeFqState[] = [], grads: NativeFqState[] = [];
+    let off = 0;
+    for (let l = 0; l < L; l++) {
+      const b = model.blocks[l];
+      blocks.push({ attnNorm: b.subarray(lay.g1.offset, lay.g1.offset + D), ffnNorm: b.subarray(lay.g2.offset, lay.g2.offset + D), codes: [] });
+      states.push({ scales: [], zeros: [] });
+      grads.push({ scales: [], zeros: [] });
+      for (const d of this.dims) {
+        const q = start.get(name(l, d.n))!;
+        const p = paramsOf(q);
+        opt.params.set(p.s, off);
+        blocks[l].codes.push(q.codes);
+        states[l].scales.push(opt.params.subarray(off, off + p.s.length));
+        states[l].zeros.push(p.z);
+        grads[l].scales.push(opt.grads.subarray(off, off + p.s.length));
+        grads[l].zeros.push(null);
+        off += p.s.length;
+      }
+    }
+    if (this.ctx.resume && k0 > 0) opt.load({ step: k0, arena: this.ctx.resume.arena });
+    await endToEndLoop(model, cal, o, opt, {
+      savedFloats: nb.blockSizes(cfg).saved,
+      forward: (l, x, y, saved) => nb.blockForward(cfg, y, saved, x, blocks[l], states[l], true) as Promise<void>,
+      backward: (l, dy, dx, saved) => nb.blockBackward(cfg, dx, null, grads[l], dy, saved, blocks[l], states[l], true) as Promise<void>,
+    }, k0, async (k, loss, lr) => {
+      const step = this.totalAp + k;
+      this.curve.push(loss);
+      await this.trainer.after(step, loss, lr, () => this.state(step + 1, opt.arena), undefined, 'e2e-qp');
+    }, this.totalAp, this.ctx.train.seed);
+    const out = new Map<string, QuantizedTensor>();
+    for (let l = 0; l < L; l++)
+      for (const [j, d] of this.dims.entries()) {
+        const q = start.get(name(l, d.n))!;
+        const z16 = q.zeros ? (q.paramDtype === 'f16' ? q.zeros : Uint16Array.from(q.zeros, (v) => f32ToF16(v))) : null;
+        const r = new QuantizedTensor(q.codes, Uint16Array.from(states[l].scales[j]!, (v) => f32ToF16(v)), z16, q.shape, q.bits, q.groupSize, q.symmetric, 'f16');
+        out.set(name(l, d.n), r);
+        // the model's linears become what the checkpoint holds (reports, evaluation of the fp32 model)
+        model.linear(l, d.n).set(dequantize(r).data as Float32Array);
+      }
+    return out;
+  }
+}
+
+/** One block's forward (saving what its backward needs when handed a buffer) and backward, for the end-to-end loop. */
+interface EndToEndStep {
+  savedFloats: number;
+  forward(l: number, x: Float32Array, out: Float32Array, saved: Float32Array | null): Promise<void>;
+  /** dx from dy; accumulates the trained parameters' gradients */
+  backward(l: number, dy: Float32Array, dx: Float32Array, saved: Float32Array): Promise<void>;
+  /** before each step's forward (the control rebuilds its weights from the step sizes) */
+  prepare?(): void;
+}
+
+/**
+ * Next-token cross-entropy over the calibration windows, the embedding, final norm and
+ * LM head frozen: per step the forward through every block, the backward, the global
+ * gradient norm clipped, cosine with warm-up. Blocks keep their saved activations up to
+ * e2eMemoryBytes; beyond, each is recomputed from its input before its backward.
+ * `after(k, loss, lr)` runs once per step (curve, progress, checkpoints).
+ */
+async function endToEndLoop(model: TrainableLlama, cal: CalibrationSet, o: ResolvedEfficientQat, opt: AdamW, step: EndToEndStep, k0: number,
+  after: (k: number, loss: number, lr: number) => Promise<void>, stepBase: number, seed: number): Promise<void> {
+  const nb = native().engine;
+  const s = model.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen;
+  const B = Math.min(o.e2eBatchSize, N), T = B * S, total = e2eSteps(N, o), P = opt.size;
+  const keep = L * step.savedFloats * 4 <= o.e2eMemoryBytes;
+  const acts = Array.from({ length: keep ? L : 1 }, () => new Float32Array(step.savedFloats));
+  const xs = Array.from({ length: L + 1 }, () => new Float32Array(T * D));  // (T, D) every block's input, and the last output
+  let dx = new Float32Array(T * D), dprev = new Float32Array(T * D);
+  const scratch = keep ? null : new Float32Array(T * D);
+  const tok = new Int32Array(T), tgt = new Int32Array(T), nll = new Float32Array(T);
+  const count = B * (S - 1);
+  for (let k = k0; k < total; k++) {
+    const idx = batchIndices(N, B, k, seed + 7919);  // another order than Block-AP's
+    for (let b = 0; b < B; b++)
+      for (let t = 0; t < S; t++) {
+        tok[b * S + t] = cal.tokens[idx[b] * S + t];
+        tgt[b * S + t] = t + 1 < S ? cal.tokens[idx[b] * S + t + 1] : -1;  // the last position has no target
+      }
+    opt.zeroGrad();
+    step.prepare?.();
+    call(() => nb.embeddingForward(xs[0], tok, model.embed, T, s.vocab, D));
+    for (let l = 0; l < L; l++) await step.forward(l, xs[l], xs[l + 1], keep ? acts[l] : null);
+    await nb.lmHeadLoss(nll, dx, null, null, xs[L], model.finalNorm, model.lmHead, tgt, T, D, s.vocab, s.rmsEps, 1 / count, true);
+    let loss = 0;
+    for (let i = 0; i < T; i++) loss += nll[i];
+    loss /= count;
+    if (!Number.isFinite(loss)) throw nonFinite(stepBase + k, loss);
+    for (let l = L - 1; l >= 0; l--) {
+      if (!keep) await step.forward(l, xs[l], scratch!, acts[0]);
+      await step.backward(l, dx, dprev, keep ? acts[l] : acts[0]);
+      [dx, dprev] = [dprev, dx];
+    }
+    let sq = 0;
+    for (let i = 0; i < P; i++) sq += opt.grads[i] * opt.grads[i];
+    const norm = Math.sqrt(sq);
+    if (norm > o.clipNorm) {
+      const c = o.clipNorm / (norm + 1e-6);  // torch clip_grad_norm_
+      for (let i = 0; i < P; i++) opt.grads[i] *= c;
+    }
+    const lr = learningRate(o.e2eLr, k, { kind: 'cosine', steps: total, warmup: o.e2eWarmup });
+    await opt.update(lr);
+    await after(k, loss, lr);
+  }
+}
+
+/**
+ * The fine-tuning control of E2E-QP: per-group step sizes of the UNquantized model
+ * trained end to end with E2E-QP's recipe (W4 g32 groups): every weight is s_g * c with
+ * c = w / s_g0 continuous (no rounding), s_g0 the min-max step size. What it gains is
+ * in-domain fine-tuning alone; the returned clone holds the trained fp32 weights.
+ */
+export async function e2eControl(source: TrainableLlama, cal: CalibrationSet, options: EfficientQatOptions = {}): Promise<TrainableLlama> {
+  const quant: BlockQuant = { bits: 4, groupSize: 32, symmetric: false };
+  const o = resolveEfficientQat(options, quant.bits);
+  const model = source.clone(), nb = native().engine;
+  const s = model.shape, L = s.layers, dims = linearDims(model, quant);
+  const B = Math.min(o.e2eBatchSize, cal.samples), cfg = model.blockConfig(B, cal.seqLen, null, false);
+  const Pl = dims.reduce((a, d) => a + d.rows * d.G, 0);
+  const opt = new AdamW(L * Pl, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
+  const codes: Float32Array[][] = [];  // c = w / s0 per linear
+  for (let l = 0; l < L; l++) {
+    codes.push([]);
+    let off = l * Pl;
+    for (const d of dims) {
+      const w = model.linear(l, d.n), s0 = new Float32Array(d.rows * d.G), z0 = new Float32Array(d.rows * d.G);
+      call(() => nb.learnedFqInit(s0, z0, w, d.rows, d.cols, quant.bits, d.gs, false));
+      codes[l].push(Float32Array.from(w, (v, i) => v / s0[Math.floor(i / d.cols) * d.G + Math.floor((i % d.cols) / d.gs)]));
+      opt.params.set(s0, off);
+      off += s0.length;
+    }
+  }
+  const grads = model.blocks.map((b) => new Float32Array(b.length));
+  const each = (l: number, fn: (j: number, d: (typeof dims)[number], off: number) => void) => {
+    let off = l * Pl;
+    for (const [j, d] of dims.entries()) {
+      fn(j, d, off);
+      off += d.rows * d.G;
+    }
+  };
+  await endToEndLoop(model, cal, o, opt, {
+    savedFloats: nb.blockSizes(cfg).saved,
+    prepare: () => {
+      for (let l = 0; l < L; l++)
+        each(l, (j, d, off) => {
+          const w = model.linear(l, d.n), c = codes[l][j];
+          for (let i = 0; i < w.length; i++) w[i] = opt.params[off + Math.floor(i / d.cols) * d.G + Math.floor((i % d.cols) / d.gs)] * c[i];
+        });
+      for (const g of grads) g.fill(0);
+    },
+    forward: (l, x, y, saved) => nb.blockForward(cfg, y, saved, x, model.blocks[l], null, true) as Promise<void>,
+    backward: async (l, dy, dx, saved) => {
+      await nb.blockBackward(cfg, dx, grads[l], null, dy, saved, model.blocks[l], null, true);
+      const lay = blockLayout(s);
+      each(l, (j, d, off) => {
+        const g = grads[l].subarray(lay.linears[d.n].offset), c = codes[l][j];
+        for (let i = 0; i < d.rows * d.cols; i++) opt.grads[off + Math.floor(i / d.cols) * d.G + Math.floor((i % d.cols) / d.gs)] += g[i] * c[i];
+      });
+    },
+  }, 0, async () => {}, 0, 0);
+  for (let l = 0; l < L; l++)
+    each(l, (j, d, off) => {
+      const w = model.linear(l, d.n), c = codes[l][j];
+      for (let i = 0; i < w.length; i++) w[i] = opt.params[off + Math.floor(i / d.cols) * d.G + Math.floor((i % d.cols) / d.gs)] * c[i];
+    });
+  return model;
+}
+
+/** Both phases (or one) on `model` (its norms and linears are rewritten to the result). */
+export async function runEfficientQat(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: EfficientQatOptions,
+  ctx: MethodContext): Promise<EfficientQatRun> {
+  const o = resolveEfficientQat(options, quant.bits);
+  const s = model.shape;
+  if (cal.seqLen > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
+  // a group size is either within every linear's input or per-channel for all of them
+  const dims = linearDims(model, quant);
+  const small = dims.reduce((a, d) => (d.cols < a.cols ? d : a)), large = Math.max(...dims.map((d) => d.cols));
+  if (quant.groupSize > small.cols && quant.groupSize < large)
+    throw new QuantformError('QF_INVALID_ARGUMENT',
+      `Expected groupSize <= ${small.cols} (the input size of ${HF_LINEAR[small.n]}) or >= ${large} (one group per row of every linear) but received ${quant.groupSize}`);
+  for (const k of ['batchSize', 'e2eBatchSize'] as const)
+    if (o[k] > cal.samples)
+      throw new QuantformError('QF_INVALID_ARGUMENT', `Calibration holds ${cal.samples} windows, too few for ${k} ${o[k]}: pass more samples or a smaller batch`);
+  try {
+    return await new EfficientQat(model, cal, quant, o, ctx).run();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+export const efficientqat: QuantMethod = {
+  name: 'efficientqat',
+  description: 'EfficientQAT (Chen et al. 2024): Block-AP (weights, norms, step sizes and zero points block by block), then E2E-QP (step sizes end to end from packed codes)',
+  needsCalibration: true,
+  async prepare(model: TrainableLlama, ctx: MethodContext): Promise<MethodResult> {
+    if (!ctx.calibration) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'efficientqat' needs calibration data");
+    const r = await runEfficientQat(model, ctx.calibration, ctx.quant, ctx.efficientqat ?? {}, ctx);
+    return { lossCurve: r.lossCurve, linears: r.linears, lossCurves: r.curves };
+  },
+};

@@ -17,6 +17,8 @@ import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { saveGptq, tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { methodNames, type ProgressEvent } from '../methods/index.js';
+import { checkpointLinears, checkSameModel, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
+import { EQAT_RECIPES } from './bench-efficientqat.js';
 import {
   memoryNeed, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
 } from '../methods/quantize-model.js';
@@ -59,6 +61,13 @@ interface QuantizeCliOpts {
   format?: string;
   damp?: number;
   gptqParams?: 'updated' | 'batch-start' | 'best';
+  phases?: EfficientQatPhases;
+  init?: 'rtn' | 'gptq';
+  start?: string;
+  recipe?: string;
+  epochs?: number;
+  e2eEpochs?: number;
+  e2eLr?: number;
 }
 
 function numberOption(v: string): number {
@@ -122,12 +131,13 @@ function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => vo
   let phase = '';
   return {
     onProgress: (e) => {
-      if (e.phase !== phase) {
+      const key = e.stage ?? e.phase;  // a new bar per phase and per method stage (EfficientQAT's Block-AP, E2E-QP)
+      if (key !== phase) {
         if (phase) bar.stop();
-        phase = e.phase;
-        bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
+        phase = key;
+        bar.start(e.totalSteps, e.step - 1, { phase: key, loss: '-', sps: '-' });
       }
-      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && e.phase === 'train' && blockLoss ? ` block ${e.layer}` : ''),
+      bar.update(e.step, { phase: key + (e.layer !== undefined && e.phase === 'train' && (blockLoss || e.stage === 'block-ap') ? ` block ${e.layer}` : ''),
         loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
     },
     stop: () => { if (phase) bar.stop(); phase = ''; },
@@ -161,6 +171,13 @@ export function registerQuantize(program: Command): void {
     .option('--resume', 'continue from the checkpoint next to --out')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
     .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
+    .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
+    .option('--init <rtn|gptq>', "EfficientQAT: Block-AP's start, min-max RTN (the reference) or GPTQ's codes and scales (the recipe's when not given)")
+    .option('--start <dir>', 'EfficientQAT with --phases e2e-qp: the GPTQ checkpoint of --model whose step sizes E2E-QP trains')
+    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EQAT_RECIPES).join(' | ')} (README)`, 'reference')
+    .option('--epochs <n>', 'EfficientQAT: Block-AP passes over the calibration windows (default 2)', intOption)
+    .option('--e2e-epochs <n>', 'EfficientQAT: E2E-QP passes over the calibration windows (the recipe\'s when not given)', intOption)
+    .option('--e2e-lr <x>', 'EfficientQAT: E2E-QP learning rate (the recipe\'s when not given)', numberOption)
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
@@ -220,6 +237,7 @@ export function registerQuantize(program: Command): void {
               batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
               gptq: { damp: o.damp, paramsFrom: o.gptqParams },
             };
+            if (o.method === 'efficientqat') efficientQatOptions(o, cmd, opts, ck, model);
             const q = await quantizeModel(model, opts, {
               signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume: o.resume === true, onProgress: bar.onProgress,
             });
@@ -253,6 +271,36 @@ export function registerQuantize(program: Command): void {
       }
       if (o.format) await runExport({ model: out, format: o.format });
     });
+}
+
+/**
+ * EfficientQAT's options from the command line. E2E-QP alone on a quantized --model (or
+ * --start) refines that checkpoint's step sizes; its bits, group size and symmetry are
+ * the checkpoint's unless given (then they must agree).
+ */
+function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeModelOptions, ck: Checkpoint, model: TrainableLlama): void {
+  const recipe = EQAT_RECIPES[o.recipe ?? 'reference'];
+  if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
+  const eq: EfficientQatOptions = { ...recipe(opts.bits), phases: o.phases };
+  if (o.init !== undefined) eq.init = o.init;
+  if (o.epochs !== undefined) eq.epochs = o.epochs;
+  if (o.e2eEpochs !== undefined) eq.e2eEpochs = o.e2eEpochs;
+  if (o.e2eLr !== undefined) eq.e2eLr = o.e2eLr;
+  let from: Checkpoint | null = null;
+  if (o.start) {
+    from = openCheckpoint(path.resolve(o.start));
+    checkSameModel(model, from);
+  } else if (o.phases === 'e2e-qp' && ck.quantizedWeight?.('layers.0.wq')) {
+    from = ck;
+  }
+  if (from) {
+    const { linears, quant } = checkpointLinears(from);
+    for (const [k, v] of [['bits', quant.bits], ['groupSize', quant.groupSize], ['sym', quant.symmetric]] as const)
+      if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
+    Object.assign(opts, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
+    eq.start = linears;
+  }
+  opts.efficientqat = eq;
 }
 
 function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boolean, tok: Tokenizer): CalibrationSet {

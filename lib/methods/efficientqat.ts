@@ -25,7 +25,8 @@ import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { native, type NativeBlockConfig, type NativeFqState, type NativePackedBlock } from '../native.js';
 import type { CalibrationSet } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
+import type { Checkpoint } from '../model/checkpoint.js';
 import { dequantize, numGroups, pack, QuantizedTensor, type Bits } from '../ops/quant.js';
 import { runGptq } from './gptq.js';
 import { batchIndices, nonFinite, Trainer } from './teq.js';
@@ -615,3 +616,41 @@ export const efficientqat: QuantMethod = {
     return { lossCurve: r.lossCurve, linears: r.linears, lossCurves: r.curves };
   },
 };
+
+/**
+ * The quantized linears of a checkpoint (a GPTQ directory, a quantized GGUF), by HF name, and the
+ * quantization they share: E2E-QP's start. A checkpoint without them is a clear error.
+ */
+export function checkpointLinears(ck: Checkpoint): { linears: Map<string, QuantizedTensor>; quant: BlockQuant } {
+  const linears = new Map<string, QuantizedTensor>();
+  let quant = null as BlockQuant | null;
+  for (let l = 0; l < ck.config.nLayers; l++)
+    for (const n of LINEARS) {
+      const q = ck.quantizedWeight?.(`layers.${l}.${RUNTIME_LINEAR[n]}`) ?? null;
+      if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `${ck.path} holds no quantized ${name(l, n)}: E2E-QP starts from a quantized (GPTQ) checkpoint`);
+      if (quant && (q.bits !== quant.bits || q.symmetric !== quant.symmetric))
+        throw new QuantformError('QF_UNSUPPORTED', `${ck.path} mixes INT${quant.bits} and INT${q.bits} (or sym and asym) linears: E2E-QP trains one quantization`);
+      quant = { bits: q.bits, symmetric: q.symmetric, groupSize: Math.max(quant?.groupSize ?? 0, q.groupSize) };
+      linears.set(name(l, n), q);
+    }
+  if (!quant) throw new QuantformError('QF_INVALID_ARGUMENT', `${ck.path} has no layers`);
+  return { linears, quant };
+}
+
+/** Whether a quantized start checkpoint was made from `model`: the same shapes and the same embedding (a GPTQ export copies it). */
+export function checkSameModel(model: TrainableLlama, start: Checkpoint): void {
+  const s = model.shape, c = start.config;
+  const mine = [s.hidden, s.intermediate, s.layers, s.heads, s.kvHeads, s.vocab], theirs = [c.dim, c.hiddenDim, c.nLayers, c.nHeads, c.nKvHeads, c.vocabSize];
+  if (mine.some((v, i) => v !== theirs[i]))
+    throw new QuantformError('QF_INVALID_ARGUMENT',
+      `${start.path} is a checkpoint of another model: (hidden, intermediate, layers, heads, kv heads, vocab) = (${theirs.join(', ')}), the model's (${mine.join(', ')})`);
+  const e = start.weight('embed');
+  let d = 0, n = 0;
+  for (let i = 0; i < e.length; i++) {
+    d += (e[i] - model.embed[i]) ** 2;
+    n += model.embed[i] ** 2;
+  }
+  // a copy stored as f16 or bf16 differs by < 1e-2 relative; another model's embedding by ~1
+  if (!(Math.sqrt(d / Math.max(n, 1e-30)) < 1e-2))
+    throw new QuantformError('QF_INVALID_ARGUMENT', `${start.path} is a checkpoint of another model: its embedding differs from the model's (relative difference ${Math.sqrt(d / Math.max(n, 1e-30)).toFixed(3)})`);
+}

@@ -945,8 +945,9 @@ Status learned_fq_init(Span scales, Span zeros, Span w, int64_t N, int64_t K, in
   return Status::Ok();
 }
 
-Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scales, Span zeros, int64_t N, int64_t K,
-                           int64_t bits, int64_t group_size, bool symmetric) {
+Status check_learned_fq_backward(const Span& dw, const Span& ds, const Span& dz, const Span& g, const Span& w,
+                                 const Span& scales, const Span& zeros, int64_t N, int64_t K, int64_t bits,
+                                 int64_t group_size, bool symmetric) {
   const QuantSpec spec{(int)bits, group_size, symmetric, false};
   QF_TRY(check_learned(spec, w, scales, zeros, N, K, bits));
   const int64_t NG = N * qf_num_groups(K, group_size);
@@ -957,6 +958,14 @@ Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scale
     if (symmetric) return error(Code::InvalidArgument, "Expected dz null for symmetric quantization (no zero points)");
     QF_TRY(need("dz", dz, NG, "(N, G)"));
   }
+  return Status::Ok();
+}
+
+Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scales, Span zeros, int64_t N, int64_t K,
+                           int64_t bits, int64_t group_size, bool symmetric) {
+  QF_TRY(check_learned_fq_backward(dw, ds, dz, g, w, scales, zeros, N, K, bits, group_size, symmetric));
+  const QuantSpec spec{(int)bits, group_size, symmetric, false};
+  const int64_t NG = N * qf_num_groups(K, group_size);
   std::vector<float> p((size_t)(2 * NG));  // (2, N, G) clamped s', z'
   learned_fq_params(p.data(), p.data() + NG, F(scales), symmetric ? nullptr : F(zeros), NG, spec);
   const EngineKernels& k = engine_kernels();

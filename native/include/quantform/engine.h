@@ -308,7 +308,10 @@ void learned_fq_params(float* s_out, float* z_out, const float* s, const float* 
 Status learned_fq_init(Span scales, Span zeros, Span w, int64_t N, int64_t K, int64_t bits, int64_t group_size,
                        bool symmetric);
 // The backward kernel above as a whole-matrix op, at trained (unclamped) s and z: dw (N, K), ds, dz (N, G)
-// accumulated, each optional.
+// accumulated, each optional. Its argument checks are shared with the CUDA entry point.
+Status check_learned_fq_backward(const Span& dw, const Span& ds, const Span& dz, const Span& g, const Span& w,
+                                 const Span& scales, const Span& zeros, int64_t N, int64_t K, int64_t bits,
+                                 int64_t group_size, bool symmetric);
 Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scales, Span zeros, int64_t N, int64_t K,
                            int64_t bits, int64_t group_size, bool symmetric);
 // The integer codes the trained quantizer gives w (N, K), unsigned as the packed format stores them:

@@ -25,7 +25,7 @@ import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { native, type NativeBlockConfig, type NativeFqState, type NativePackedBlock } from '../native.js';
 import type { CalibrationSet } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type LinearName, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { dequantize, numGroups, pack, QuantizedTensor, type Bits } from '../ops/quant.js';
 import { runGptq } from './gptq.js';
@@ -119,8 +119,8 @@ function call<T>(fn: () => T): T {
 }
 
 /** (rows, cols, offset in the block arena, group size capped at cols, groups per row) of every linear. */
-function linearDims(model: TrainableLlama, quant: BlockQuant) {
-  const lay = blockLayout(model.shape);
+function linearDims(shape: LlamaShape, quant: BlockQuant) {
+  const lay = blockLayout(shape);
   return LINEARS.map((n) => {
     const { rows, cols, offset } = lay.linears[n];
     const gs = Math.min(quant.groupSize, cols);
@@ -150,7 +150,7 @@ function paramsOf(q: QuantizedTensor): { s: Float32Array; z: Float32Array | null
 /** Checks quantized linears handed in as E2E-QP's start against the model and the run's quantization. */
 export function checkStart(model: TrainableLlama, start: Map<string, QuantizedTensor>, quant: BlockQuant): void {
   for (let l = 0; l < model.shape.layers; l++)
-    for (const d of linearDims(model, quant)) {
+    for (const d of linearDims(model.shape, quant)) {
       const q = start.get(name(l, d.n));
       if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `The quantized start holds no ${name(l, d.n)}: it is not a checkpoint of this model`);
       if (q.shape[0] !== d.rows || q.shape[1] !== d.cols)
@@ -228,7 +228,7 @@ class EfficientQat {
 
   constructor(private readonly model: TrainableLlama, private readonly cal: CalibrationSet, private readonly quant: BlockQuant,
     private readonly o: ResolvedEfficientQat, private readonly ctx: MethodContext) {
-    this.dims = linearDims(model, quant);
+    this.dims = linearDims(model.shape, quant);
     const L = model.shape.layers;
     this.apSteps = o.phases === 'e2e-qp' ? 0 : blockApSteps(cal.samples, o);
     this.e2e = o.phases === 'block-ap' ? 0 : e2eSteps(cal.samples, o);
@@ -406,57 +406,103 @@ class EfficientQat {
     this.resumeBlocks = null;
   }
 
-  /** E2E-QP from packed linears: returns them with trained (f16) step sizes. */
+  /** E2E-QP from packed linears: returns them with trained (f16) step sizes; the model's linears become their values. */
   private async e2eQp(start: Map<string, QuantizedTensor>, k0: number): Promise<Map<string, QuantizedTensor>> {
-    const { model, cal, quant, o, nb } = this;
-    const s = model.shape, D = s.hidden, L = s.layers;
-    const B = Math.min(o.e2eBatchSize, cal.samples);
-    const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, cal.seqLen, null, false), fq: { bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, packed: true } };
-    const lay = blockLayout(s);
-    // every step size of the model in one arena; codes and zero points frozen
-    const P = L * this.dims.reduce((a, d) => a + d.rows * d.G, 0);
-    const opt = new AdamW(P, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
-    const blocks: NativePackedBlock[] = [], states: NativeFqState[] = [], grads: NativeFqState[] = [];
-    let off = 0;
-    for (let l = 0; l < L; l++) {
-      const b = model.blocks[l];
-      blocks.push({ attnNorm: b.subarray(lay.g1.offset, lay.g1.offset + D), ffnNorm: b.subarray(lay.g2.offset, lay.g2.offset + D), codes: [] });
-      states.push({ scales: [], zeros: [] });
-      grads.push({ scales: [], zeros: [] });
-      for (const d of this.dims) {
-        const q = start.get(name(l, d.n))!;
-        const p = paramsOf(q);
-        opt.params.set(p.s, off);
-        blocks[l].codes.push(q.codes);
-        states[l].scales.push(opt.params.subarray(off, off + p.s.length));
-        states[l].zeros.push(p.z);
-        grads[l].scales.push(opt.grads.subarray(off, off + p.s.length));
-        grads[l].zeros.push(null);
-        off += p.s.length;
-      }
-    }
-    if (this.ctx.resume && k0 > 0) opt.load({ step: k0, arena: this.ctx.resume.arena });
-    await endToEndLoop(model, cal, o, opt, {
-      savedFloats: nb.blockSizes(cfg).saved,
-      forward: (l, x, y, saved) => nb.blockForward(cfg, y, saved, x, blocks[l], states[l], true) as Promise<void>,
-      backward: (l, dy, dx, saved) => nb.blockBackward(cfg, dx, null, grads[l], dy, saved, blocks[l], states[l], true) as Promise<void>,
-    }, k0, async (k, loss, lr) => {
-      const step = this.totalAp + k;
-      this.curve.push(loss);
-      await this.trainer.after(step, loss, lr, () => this.state(step + 1, opt.arena), undefined, 'e2e-qp');
-    }, this.totalAp, this.ctx.train.seed);
-    const out = new Map<string, QuantizedTensor>();
-    for (let l = 0; l < L; l++)
-      for (const [j, d] of this.dims.entries()) {
-        const q = start.get(name(l, d.n))!;
-        const z16 = q.zeros ? (q.paramDtype === 'f16' ? q.zeros : Uint16Array.from(q.zeros, (v) => f32ToF16(v))) : null;
-        const r = new QuantizedTensor(q.codes, Uint16Array.from(states[l].scales[j]!, (v) => f32ToF16(v)), z16, q.shape, q.bits, q.groupSize, q.symmetric, 'f16');
-        out.set(name(l, d.n), r);
-        // the model's linears become what the checkpoint holds (reports, evaluation of the fp32 model)
-        model.linear(l, d.n).set(dequantize(r).data as Float32Array);
-      }
+    const { model } = this;
+    const packed: PackedLlama = { shape: model.shape, embed: model.embed, finalNorm: model.finalNorm, lmHead: model.lmHead, linears: start,
+      norms: model.blocks.map((_, l) => ({ input: model.norm(l, 'input'), post: model.norm(l, 'post') })) };
+    const out = await trainStepSizes(packed, this.cal, this.quant, this.o, {
+      k0, resumeArena: this.ctx.resume && k0 > 0 ? this.ctx.resume.arena : null, seed: this.ctx.train.seed, stepBase: this.totalAp,
+      after: async (k, loss, lr, arena) => {
+        const step = this.totalAp + k;
+        this.curve.push(loss);
+        await this.trainer.after(step, loss, lr, () => this.state(step + 1, arena), undefined, 'e2e-qp');
+      },
+    });
+    // the model's linears become what the checkpoint holds (reports, evaluation of the fp32 model)
+    for (let l = 0; l < model.shape.layers; l++)
+      for (const d of this.dims) model.linear(l, d.n).set(dequantize(out.get(name(l, d.n))!).data as Float32Array);
     return out;
   }
+}
+
+/**
+ * A model as E2E-QP trains it: frozen fp32 embedding, norms and LM head, and packed linears
+ * (by HF name), so no fp32 copy of any linear exists; only the step sizes and their
+ * optimizer state are fp32.
+ */
+export interface PackedLlama {
+  shape: LlamaShape;
+  /** (V, D) */
+  embed: Float32Array;
+  /** (D) */
+  finalNorm: Float32Array;
+  /** (V, D) */
+  lmHead: Float32Array;
+  /** per layer: the input and post-attention RMSNorm weights (D) */
+  norms: { input: Float32Array; post: Float32Array }[];
+  linears: Map<string, QuantizedTensor>;
+}
+
+export interface StepSizeHooks {
+  /** first step (resume) and the optimizer arena to continue from */
+  k0?: number;
+  resumeArena?: Float32Array | null;
+  /** seed of the batch order */
+  seed?: number;
+  /** added to step numbers in messages (the phases before) */
+  stepBase?: number;
+  /** after every step: its loss, learning rate and the optimizer arena (checkpoints) */
+  after?: (k: number, loss: number, lr: number, arena: Float32Array) => Promise<void>;
+}
+
+/**
+ * E2E-QP on a packed model: the step sizes of every linear train end to end on next-token
+ * cross-entropy (codes and zero points frozen) through the block step on the packed codes.
+ * Returns the linears with their trained step sizes rounded to f16, as saved.
+ */
+export async function trainStepSizes(m: PackedLlama, cal: CalibrationSet, quant: BlockQuant, o: ResolvedEfficientQat, h: StepSizeHooks = {}): Promise<Map<string, QuantizedTensor>> {
+  const nb = native().engine;
+  const s = m.shape, L = s.layers, dims = linearDims(s, quant);
+  const B = Math.min(o.e2eBatchSize, cal.samples);
+  const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, cal.seqLen, null, false), fq: { bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, packed: true } };
+  // every step size of the model in one arena; codes and zero points frozen
+  const P = L * dims.reduce((a, d) => a + d.rows * d.G, 0);
+  const opt = new AdamW(P, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
+  const blocks: NativePackedBlock[] = [], states: NativeFqState[] = [], grads: NativeFqState[] = [];
+  let off = 0;
+  for (let l = 0; l < L; l++) {
+    blocks.push({ attnNorm: m.norms[l].input, ffnNorm: m.norms[l].post, codes: [] });
+    states.push({ scales: [], zeros: [] });
+    grads.push({ scales: [], zeros: [] });
+    for (const d of dims) {
+      const q = m.linears.get(name(l, d.n));
+      if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `The packed model holds no ${name(l, d.n)}`);
+      const p = paramsOf(q);
+      opt.params.set(p.s, off);
+      blocks[l].codes.push(q.codes);
+      states[l].scales.push(opt.params.subarray(off, off + p.s.length));
+      states[l].zeros.push(p.z);
+      grads[l].scales.push(opt.grads.subarray(off, off + p.s.length));
+      grads[l].zeros.push(null);
+      off += p.s.length;
+    }
+  }
+  const k0 = h.k0 ?? 0;
+  if (h.resumeArena && k0 > 0) opt.load({ step: k0, arena: h.resumeArena });
+  await endToEndLoop(m, cal, o, opt, {
+    savedFloats: nb.blockSizes(cfg).saved,
+    forward: (l, x, y, saved) => nb.blockForward(cfg, y, saved, x, blocks[l], states[l], true) as Promise<void>,
+    backward: (l, dy, dx, saved) => nb.blockBackward(cfg, dx, null, grads[l], dy, saved, blocks[l], states[l], true) as Promise<void>,
+  }, k0, (k, loss, lr) => h.after?.(k, loss, lr, opt.arena) ?? Promise.resolve(), h.stepBase ?? 0, h.seed ?? 0);
+  const out = new Map<string, QuantizedTensor>();
+  for (let l = 0; l < L; l++)
+    for (const [j, d] of dims.entries()) {
+      const q = m.linears.get(name(l, d.n))!;
+      const z16 = q.zeros ? (q.paramDtype === 'f16' ? q.zeros : Uint16Array.from(q.zeros, (v) => f32ToF16(v))) : null;
+      out.set(name(l, d.n), new QuantizedTensor(q.codes, Uint16Array.from(states[l].scales[j]!, (v) => f32ToF16(v)), z16, q.shape, q.bits, q.groupSize, q.symmetric, 'f16'));
+    }
+  return out;
 }
 
 /** One block's forward (saving what its backward needs when handed a buffer) and backward, for the end-to-end loop. */
@@ -476,7 +522,7 @@ interface EndToEndStep {
  * e2eMemoryBytes; beyond, each is recomputed from its input before its backward.
  * `after(k, loss, lr)` runs once per step (curve, progress, checkpoints).
  */
-async function endToEndLoop(model: TrainableLlama, cal: CalibrationSet, o: ResolvedEfficientQat, opt: AdamW, step: EndToEndStep, k0: number,
+async function endToEndLoop(model: Pick<PackedLlama, 'shape' | 'embed' | 'finalNorm' | 'lmHead'>, cal: CalibrationSet, o: ResolvedEfficientQat, opt: AdamW, step: EndToEndStep, k0: number,
   after: (k: number, loss: number, lr: number) => Promise<void>, stepBase: number, seed: number): Promise<void> {
   const nb = native().engine;
   const s = model.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen;
@@ -532,7 +578,7 @@ export async function e2eControl(source: TrainableLlama, cal: CalibrationSet, op
   const quant: BlockQuant = { bits: 4, groupSize: 32, symmetric: false };
   const o = resolveEfficientQat(options, quant.bits);
   const model = source.clone(), nb = native().engine;
-  const s = model.shape, L = s.layers, dims = linearDims(model, quant);
+  const s = model.shape, L = s.layers, dims = linearDims(model.shape, quant);
   const B = Math.min(o.e2eBatchSize, cal.samples), cfg = model.blockConfig(B, cal.seqLen, null, false);
   const Pl = dims.reduce((a, d) => a + d.rows * d.G, 0);
   const opt = new AdamW(L * Pl, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
@@ -591,7 +637,7 @@ export async function runEfficientQat(model: TrainableLlama, cal: CalibrationSet
   const s = model.shape;
   if (cal.seqLen > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
   // a group size is either within every linear's input or per-channel for all of them
-  const dims = linearDims(model, quant);
+  const dims = linearDims(model.shape, quant);
   const small = dims.reduce((a, d) => (d.cols < a.cols ? d : a)), large = Math.max(...dims.map((d) => d.cols));
   if (quant.groupSize > small.cols && quant.groupSize < large)
     throw new QuantformError('QF_INVALID_ARGUMENT',

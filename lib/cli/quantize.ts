@@ -20,7 +20,7 @@ import { methodNames, type ProgressEvent } from '../methods/index.js';
 import { checkpointLinears, checkSameModel, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
 import { EQAT_RECIPES } from './bench-efficientqat.js';
 import {
-  memoryNeed, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
+  memoryNeed, quantizeCheckpointE2eQp, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
 } from '../methods/quantize-model.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { Model, loadModel, openCheckpoint } from '../model/model.js';
@@ -221,10 +221,23 @@ export function registerQuantize(program: Command): void {
         const ckpt = `${out}.ckpt.safetensors`;
         let report: QuantizeReport;
         let rtnInMemory: Model | null = null;
+        let startLabel = 'fp32';
         try {
           if (o.method === 'rtn') {
             report = await quantizeCheckpointRtn(ck, out, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true },
               { signal: abort.signal, onProgress: bar.onProgress, save });
+          } else if (o.method === 'efficientqat' && o.phases === 'e2e-qp' && !o.start && ck.quantizedWeight?.('layers.0.wq')) {
+            // E2E-QP of a quantized checkpoint: the model stays packed (no fp32 copy of its linears)
+            for (const k of ['bits', 'groupSize', 'sym'])
+              if (cmd.getOptionValueSource(k) === 'cli')
+                throw new QuantformError('QF_INVALID_ARGUMENT', `--${k === 'groupSize' ? 'group-size' : k} does not apply to E2E-QP of ${source}: it keeps the checkpoint's quantization`);
+            const calibration = calibrationOf(o, defaultJob, synthetic, tokenizer);
+            if (!o.resume && existsSync(ckpt))
+              throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
+            report = await quantizeCheckpointE2eQp(ck, out, { calibration, seed: o.seed, efficientqat: eqatRecipe(o, o.bits as Bits) },
+              { signal: abort.signal, onProgress: bar.onProgress, save, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume: o.resume === true });
+            rmSync(ckpt, { force: true });
+            startLabel = `start (${path.basename(source)})`;
           } else {
             if (o.seqLen > ck.config.maxSeq)
               throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --seq-len <= ${ck.config.maxSeq} (the model's context) but received ${o.seqLen}`);
@@ -264,7 +277,7 @@ export function registerQuantize(program: Command): void {
           process.off('SIGINT', onSigint);
         }
         printReport(report, t0, out);
-        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtnInMemory, out, report.method);
+        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtnInMemory, out, report.method, startLabel);
         console.log(`saved ${out}`);
       } finally {
         ck.close();
@@ -278,14 +291,20 @@ export function registerQuantize(program: Command): void {
  * --start) refines that checkpoint's step sizes; its bits, group size and symmetry are
  * the checkpoint's unless given (then they must agree).
  */
-function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeModelOptions, ck: Checkpoint, model: TrainableLlama): void {
+/** The recipe's EfficientQAT options with the command line's overrides. */
+function eqatRecipe(o: QuantizeCliOpts, bits: Bits): EfficientQatOptions {
   const recipe = EQAT_RECIPES[o.recipe ?? 'reference'];
   if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
-  const eq: EfficientQatOptions = { ...recipe(opts.bits), phases: o.phases };
+  const eq: EfficientQatOptions = { ...recipe(bits), phases: o.phases };
   if (o.init !== undefined) eq.init = o.init;
   if (o.epochs !== undefined) eq.epochs = o.epochs;
   if (o.e2eEpochs !== undefined) eq.e2eEpochs = o.e2eEpochs;
   if (o.e2eLr !== undefined) eq.e2eLr = o.e2eLr;
+  return eq;
+}
+
+function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeModelOptions, ck: Checkpoint, model: TrainableLlama): void {
+  const eq = eqatRecipe(o, opts.bits);
   let from: Checkpoint | null = null;
   if (o.start) {
     from = openCheckpoint(path.resolve(o.start));
@@ -299,6 +318,7 @@ function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeMod
       if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
     Object.assign(opts, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
     eq.start = linears;
+    eq.phases = 'e2e-qp';
   }
   opts.efficientqat = eq;
 }
@@ -315,21 +335,25 @@ function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boole
 
 function printReport(r: QuantizeReport, t0: number, out: string): void {
   console.log(`\n${r.method} W${r.bits} g${r.groupSize} ${r.symmetric ? 'sym' : 'asym'}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  if (r.lossCurve.length) {
-    const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
-    const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
-    console.log(`loss: first ${k} steps ${avg(r.lossCurve.slice(0, k)).toFixed(4)} -> last ${k} steps ${avg(r.lossCurve.slice(-k)).toFixed(4)} (curve: ${path.join(out, 'loss.svg')})`);
+  const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+  for (const c of r.lossCurves ?? (r.lossCurve.length ? [{ label: 'loss', losses: r.lossCurve }] : [])) {
+    if (c.losses.length === 0) continue;
+    const k = Math.max(1, Math.floor(c.losses.length / 20));
+    console.log(`${c.label}: first ${k} steps ${avg(c.losses.slice(0, k)).toPrecision(5)} -> last ${k} steps ${avg(c.losses.slice(-k)).toPrecision(5)}`);
   }
+  if (r.lossCurve.length) console.log(`loss curve${(r.lossCurves?.length ?? 0) > 1 ? 's' : ''}: ${path.join(out, 'loss.svg')}`);
+  if (r.linears.length === 0) return;
   const mean = (f: (l: QuantizeReport['linears'][number]) => number) => r.linears.reduce((s, l) => s + f(l), 0) / r.linears.length;
   console.log(`relative weight error ||Q(W) - W|| / ||W||, mean over ${r.linears.length} linears: ${r.method === 'rtn' ? mean((l) => l.errorAfter).toFixed(5)
     : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (scales undone)`} (per linear: ${path.join(out, 'quantform_report.json')})`);
 }
 
 /** fp32 (the source, loaded), RTN (in memory, when the method is not RTN) and the result as saved (reloaded), on the same text. */
-async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string): Promise<void> {
+async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string,
+  sourceLabel: string): Promise<void> {
   const rows: [string, Model][] = [];
   try {
-    rows.push(['fp32', typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
+    rows.push([sourceLabel, typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
     if (rtn) rows.push(['rtn', rtn]);
     rows.push([`${method} (reloaded from ${path.basename(out)})`, await loadModel(out)]);
     const parts: string[] = [];

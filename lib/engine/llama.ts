@@ -8,7 +8,7 @@ import { fromNative, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, invFreq as modelInvFreq } from '../model/config.js';
+import { hfConfigFromLlama, invFreq as modelInvFreq, type LlamaConfig } from '../model/config.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -29,6 +29,14 @@ export interface LlamaShape {
 /** (headDim / 2) RoPE inverse frequencies of a shape: its own, or rope_theta^(-2i/headDim). */
 export function shapeInvFreq(s: LlamaShape): Float32Array {
   return s.invFreq ?? Float32Array.from({ length: s.headDim / 2 }, (_, i) => 1 / Math.pow(s.ropeTheta, (2 * i) / s.headDim));
+}
+
+/** The training shape of a runtime config; the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs. */
+export function shapeOfConfig(c: LlamaConfig): LlamaShape {
+  return {
+    hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
+    vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
+  };
 }
 
 /** The engine's block config for a shape (native/include/quantform/engine.h names). */
@@ -183,11 +191,7 @@ export class TrainableLlama {
    */
   static fromCheckpoint(ck: Checkpoint): TrainableLlama {
     const c = ck.config;
-    // the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs
-    const shape: LlamaShape = {
-      hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
-      vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
-    };
+    const shape = shapeOfConfig(c);
     const hf = ck.hfConfig ?? hfConfigFromLlama(c);
     const embed = ck.weight('embed');
     const lay = blockLayout(shape);

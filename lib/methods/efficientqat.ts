@@ -25,7 +25,7 @@ import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { native, type NativeBlockConfig, type NativeFqState, type NativePackedBlock } from '../native.js';
 import type { CalibrationSet } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, shapeOfConfig, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { dequantize, numGroups, pack, QuantizedTensor, type Bits } from '../ops/quant.js';
 import { runGptq } from './gptq.js';
@@ -662,6 +662,18 @@ export const efficientqat: QuantMethod = {
     return { lossCurve: r.lossCurve, linears: r.linears, lossCurves: r.curves };
   },
 };
+
+/**
+ * A quantized checkpoint as E2E-QP trains it: the embedding, norms and LM head as fp32 (the
+ * only fp32 weights), every linear packed as stored. Throws for a checkpoint without them.
+ */
+export function packedFromCheckpoint(ck: Checkpoint): { model: PackedLlama; quant: BlockQuant } {
+  const { linears, quant } = checkpointLinears(ck);
+  const shape = shapeOfConfig(ck.config);
+  const embed = ck.weight('embed');
+  const norms = Array.from({ length: shape.layers }, (_, l) => ({ input: ck.weight(`layers.${l}.attn_norm`), post: ck.weight(`layers.${l}.ffn_norm`) }));
+  return { model: { shape, embed, finalNorm: ck.weight('final_norm'), lmHead: shape.tied ? embed : ck.weight('lm_head'), norms, linears }, quant };
+}
 
 /**
  * The quantized linears of a checkpoint (a GPTQ directory, a quantized GGUF), by HF name, and the

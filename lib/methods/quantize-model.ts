@@ -23,7 +23,8 @@ import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '.
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
-import type { EfficientQatOptions } from './efficientqat.js';
+import { e2eSteps, packedFromCheckpoint, resolveEfficientQat, trainStepSizes, type EfficientQatOptions } from './efficientqat.js';
+import { Trainer } from './teq.js';
 
 export interface QuantizeModelOptions {
   /** A registered method: 'rtn', 'gptq', 'teq'. */
@@ -121,6 +122,15 @@ function fingerprint(model: TrainableLlama, o: QuantizeModelOptions, t: TrainOpt
   return h.digest('hex');
 }
 
+/** Writes training state atomically (safetensors: 'arena' and the named tensors; step, loss curve and fingerprint as metadata). */
+function stateWriter(file: string, fingerprint: string): (s: TrainState) => Promise<void> {
+  return async (s) => {
+    const tensors = new Map([['arena', { dtype: 'F32' as const, shape: [s.arena.length], data: s.arena }]]);
+    for (const [k, v] of s.tensors ?? []) tensors.set(k, { dtype: 'F32', shape: [v.length], data: v });
+    writeSafetensors(file, tensors, { fingerprint, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
+  };
+}
+
 function readCheckpoint(file: string, expect: string): TrainState {
   if (!existsSync(file)) throw new QuantformError('QF_IO', `No checkpoint to resume at ${file}`);
   const t = readSafetensors(file);
@@ -166,11 +176,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   const res = await method.prepare(model, {
     quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
     efficientqat: opts.efficientqat,
-    checkpoint: ck ? async (s: TrainState) => {
-      const tensors = new Map([['arena', { dtype: 'F32' as const, shape: [s.arena.length], data: s.arena }]]);
-      for (const [k, v] of s.tensors ?? []) tensors.set(k, { dtype: 'F32', shape: [v.length], data: v });
-      writeSafetensors(ck.path, tensors, { fingerprint: fp, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
-    } : undefined,
+    checkpoint: ck ? stateWriter(ck.path, fp) : undefined,
   });
   const trainSeconds = (performance.now() - tTrain) / 1000;
 
@@ -254,6 +260,29 @@ export interface StreamHooks {
   save?: SaveOptions;
 }
 
+/** A checkpoint's norms and embeddings for a GPTQ writer: stored float tensors in kernel order byte for byte, anything else as fp32. */
+function storedPlain(ck: Checkpoint): Pick<GptqSource, 'config' | 'hfConfig' | 'plainDtype' | 'plain'> {
+  const stored = (name: string) => {
+    const s = ck.tensorSource?.(name) ?? null;
+    return s && !s.dstRow && FLOAT_DTYPES.includes(s.tensor.dtype) ? s.tensor : null;
+  };
+  return {
+    config: ck.config,
+    hfConfig: ck.hfConfig ?? hfConfigFromLlama(ck.config),
+    plainDtype: (name) => (stored(name)?.dtype ?? 'F32') as 'F32' | 'F16' | 'BF16',
+    plain: (name) => {
+      const t = stored(name);
+      return t ? readRaw(t) : ck.weight(name);
+    },
+  };
+}
+
+/** The tokenizer a saved result carries: the source's files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF). */
+async function saveOptionsOf(ck: Checkpoint, save: SaveOptions | undefined): Promise<SaveOptions> {
+  const tokenizerDir = save?.tokenizerDir ?? tokenizerDirOf(ck);
+  return { ...save, tokenizerDir, tokenizer: save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+}
+
 /**
  * RTN from any runtime Checkpoint straight into a GPTQ directory, one tensor at a
  * time: each linear is read (natively widened to fp32), quantized, packed, written
@@ -267,20 +296,9 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
   const quant = quantSpec(opts);
   const reports: LinearReport[] = [];
   let scratch = new Float32Array(0);
-  // a stored float tensor in kernel order is copied byte for byte; anything else is written as fp32
-  const stored = (name: string) => {
-    const s = ck.tensorSource?.(name) ?? null;
-    return s && !s.dstRow && FLOAT_DTYPES.includes(s.tensor.dtype) ? s.tensor : null;
-  };
   const src: GptqSource = {
-    config: ck.config,
-    hfConfig: ck.hfConfig ?? hfConfigFromLlama(ck.config),
+    ...storedPlain(ck),
     quant,
-    plainDtype: (name) => (stored(name)?.dtype ?? 'F32') as 'F32' | 'F16' | 'BF16',
-    plain: (name) => {
-      const t = stored(name);
-      return t ? readRaw(t) : ck.weight(name);
-    },
     linear: (name) => {
       const [N, K] = weightShape(ck.config, name);
       const s = ck.tensorSource?.(name) ?? null;
@@ -293,10 +311,7 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
       return q;
     },
   };
-  // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
-  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
-  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
-  const writer = new GptqWriter(src, out, save);
+  const writer = new GptqWriter(src, out, await saveOptionsOf(ck, hooks.save));
   try {
     const total = writer.names.length;
     for (let i = 1, name = writer.step(); name !== null; i++, name = writer.step()) {
@@ -309,6 +324,69 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
     }
     const totalSeconds = (performance.now() - t0) / 1000;
     const report: QuantizeReport = { method: 'rtn', bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, linears: reports, lossCurve: [], trainSeconds: 0, totalSeconds };
+    writer.finish(report);
+    return report;
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+}
+
+export interface CheckpointTrainHooks extends StreamHooks {
+  /** Checkpoint file (written atomically) and period in steps. */
+  checkpoint?: { path: string; every?: number };
+  /** Continue from `checkpoint.path`. */
+  resume?: boolean;
+}
+
+/**
+ * EfficientQAT's E2E-QP from a quantized checkpoint (a GPTQ directory) straight into a new
+ * GPTQ directory, the model packed throughout: the embedding, norms and LM head are read
+ * as fp32, the linears stay as stored (codes, zero points frozen), and only the step sizes
+ * and their optimizer state are fp32. Norms and embeddings are copied to the output as stored.
+ */
+export async function quantizeCheckpointE2eQp(ck: Checkpoint, out: string, opts: { calibration: CalibrationSet; efficientqat?: EfficientQatOptions; seed?: number },
+  hooks: CheckpointTrainHooks = {}): Promise<QuantizeReport> {
+  const t0 = performance.now();
+  if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  const { model, quant } = packedFromCheckpoint(ck);
+  const cal = opts.calibration;
+  if (!cal) throw new QuantformError('QF_INVALID_ARGUMENT', 'E2E-QP needs calibration data (options.calibration)');
+  if (cal.seqLen > model.shape.maxSeq) throw invalidParameter(`seqLen <= ${model.shape.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
+  for (const id of cal.tokens) if (id < 0 || id >= model.shape.vocab) throw invalidParameter(`token ids in [0, ${model.shape.vocab})`, 'calibration.tokens', id);
+  const o = resolveEfficientQat({ ...opts.efficientqat, start: undefined, phases: 'e2e-qp' }, quant.bits);
+  if (o.e2eBatchSize > cal.samples)
+    throw new QuantformError('QF_INVALID_ARGUMENT', `Calibration holds ${cal.samples} windows, too few for e2eBatchSize ${o.e2eBatchSize}: pass more samples or a smaller batch`);
+  const seed = opts.seed ?? 0;
+  const ckp = hooks.checkpoint;
+  let fp = '';
+  if (ckp) {
+    const h = createHash('sha256');
+    h.update(JSON.stringify({ config: ck.config, quant, efficientqat: o, samples: cal.samples, seqLen: cal.seqLen, seed }));
+    h.update(new Uint8Array(model.embed.buffer, model.embed.byteOffset, model.embed.byteLength));
+    for (const q of model.linears.values()) h.update(new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength)).update(q.codes);
+    h.update(new Uint8Array(cal.tokens.buffer, cal.tokens.byteOffset, cal.tokens.byteLength));
+    fp = h.digest('hex');
+  }
+  if (hooks.resume && !ckp) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
+  const resume = hooks.resume ? readCheckpoint(ckp!.path, fp) : undefined;
+  const curve = resume ? resume.lossCurve.slice() : [];
+  const trainer = new Trainer({ onProgress: hooks.onProgress, signal: hooks.signal, checkpoint: ckp ? stateWriter(ckp.path, fp) : undefined,
+    checkpointEvery: ckp?.every ?? 100 }, e2eSteps(cal.samples, o));
+  const tTrain = performance.now();
+  const trained = await trainStepSizes(model, cal, quant, o, {
+    k0: resume?.step ?? 0, resumeArena: resume?.arena ?? null, seed,
+    after: async (k, loss, lr, arena) => {
+      curve.push(loss);
+      await trainer.after(k, loss, lr, () => ({ step: k + 1, arena: arena.slice(), lossCurve: curve.slice() }), undefined, 'e2e-qp');
+    },
+  });
+  const trainSeconds = (performance.now() - tTrain) / 1000;
+  const writer = new GptqWriter({ ...storedPlain(ck), quant, linear: (name) => trained.get(hfModuleName(name))! }, out, await saveOptionsOf(ck, hooks.save));
+  try {
+    while (writer.step() !== null);
+    const report: QuantizeReport = { method: 'efficientqat', bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, linears: [],
+      lossCurve: curve, lossCurves: [{ label: 'E2E-QP (cross-entropy)', losses: curve }], trainSeconds, totalSeconds: (performance.now() - t0) / 1000 };
     writer.finish(report);
     return report;
   } catch (e) {

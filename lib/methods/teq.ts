@@ -64,7 +64,7 @@ export class Trainer {
   private t0 = performance.now();
   private stepsDone = 0;
   private stage: string | undefined;
-  constructor(private readonly ctx: MethodContext, private readonly total: number) {}
+  constructor(private readonly ctx: Pick<MethodContext, 'onProgress' | 'signal' | 'checkpoint' | 'checkpointEvery'>, private readonly total: number) {}
 
   /** Reports progress (steps/s and ETA per stage); saves a checkpoint when due or when aborted (then throws). */
   async after(step: number, loss: number, lr: number, state: () => TrainState, layer?: number, stage?: string): Promise<void> {

@@ -31,9 +31,14 @@ export {
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
 export {
-  quantizeModel, dequantizedModel, quantizeCheckpointRtn, quantizedCheckpoint, memoryNeed,
+  quantizeModel, dequantizedModel, quantizeCheckpointRtn, quantizeCheckpointE2eQp, quantizedCheckpoint, modelCheckpoint, memoryNeed,
   type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks, type MemoryNeed,
+  type CheckpointTrainHooks,
 } from './methods/quantize-model.js';
+export {
+  runEfficientQat, trainStepSizes, packedFromCheckpoint, checkpointLinears, e2eControl, EFFICIENTQAT_RECIPES,
+  type EfficientQatOptions, type EfficientQatPhases, type PackedLlama, type StepSizeHooks,
+} from './methods/efficientqat.js';
 export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
 export { mergeTeqScales } from './methods/teq.js';
 export { TrainableLlama, blockLayout, type LlamaShape, type BlockQuant } from './engine/llama.js';

@@ -6,8 +6,9 @@
 // same run. Everything the benchmark writes is removed at the end.
 //
 // Methods plug in through SCALE_METHODS: each names the child-process script that
-// quantizes the checkpoint. RTN streams tensor by tensor today; TEQ with the
-// block-wise loss joins once the block-wise trainer streams blocks.
+// quantizes the checkpoint. RTN streams tensor by tensor; EfficientQAT's E2E-QP trains
+// a packed (RTN-streamed) GPTQ checkpoint; TEQ with the block-wise loss and Block-AP
+// join once the block pipeline streams blocks.
 import { spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -39,6 +40,8 @@ export interface ScaleMethod {
    */
   script: ((ctx: ScaleContext) => string) | null;
   unavailable?: string;
+  /** what one layerDone interval is: a block (default) or a training step */
+  unit?: 'block' | 'step';
 }
 
 export const SCALE_METHODS: ScaleMethod[] = [
@@ -50,6 +53,32 @@ const ck = q.openCheckpoint(${JSON.stringify(c.model)});
 await q.quantizeCheckpointRtn(ck, ${JSON.stringify(c.out)}, { bits: 4, groupSize: 128 },
   { onProgress: (e) => { if (e.layer !== undefined) globalThis.layerDone[e.layer] = performance.now() - globalThis.t0; } });
 ck.close();`,
+  },
+  {
+    name: 'efficientqat-e2e',
+    description: 'EfficientQAT E2E-QP of a W4 g128 GPTQ checkpoint (RTN-streamed first), 2 steps of 512 tokens, the model packed throughout',
+    unit: 'step',
+    script: (c) => `const q = await import(${JSON.stringify(c.index)});
+const start = ${JSON.stringify(c.out + '-start')};
+let ck = q.openCheckpoint(${JSON.stringify(c.model)});
+await q.quantizeCheckpointRtn(ck, start, { bits: 4, groupSize: 128 });
+ck.close();
+globalThis.t0 = performance.now();
+ck = q.openCheckpoint(start);
+const V = ck.config.vocabSize, S = 512, N = 2;
+const calibration = { tokens: Int32Array.from({ length: N * S }, (_, i) => 3 + ((i * 7919) % (V - 3))), samples: N, seqLen: S, streamLength: N * S };
+let k = 0;
+await q.quantizeCheckpointE2eQp(ck, ${JSON.stringify(c.out)}, { calibration, efficientqat: { e2eBatchSize: 1, e2eEpochs: 1, e2eMemoryBytes: 0 } },
+  { onProgress: (e) => { if (e.phase === 'train') globalThis.layerDone[k++] = performance.now() - globalThis.t0; } });
+ck.close();
+(await import('node:fs')).rmSync(start, { recursive: true, force: true });`,
+  },
+  {
+    name: 'efficientqat-block-ap',
+    description: 'EfficientQAT Block-AP, a few steps per block on 2 x 512 calibration tokens',
+    script: null,
+    unavailable: 'Block-AP trains block by block on the in-memory model today; it streams through the block pipeline (lib/engine/pipeline.ts, branch stream) ' +
+      'once that lands: the per-block step (learned fake quant, dW / ds / dz natively) is in place; add its script here',
   },
   {
     name: 'teq-block',
@@ -155,7 +184,7 @@ export async function benchScale(o: ScaleOptions = {}): Promise<ScaleResult> {
       const per = res.layerDone.slice(1).map((t, i) => (t - res.layerDone[i]) / 1000);
       const run = { method: name, wallSeconds: res.wall, secondsPerBlock: per.length ? median(per) : res.wall, peakRssBytes: res.maxRss, outputBytes: dirBytes(out) };
       runs.push(run);
-      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall, ${run.secondsPerBlock.toFixed(2)} s per block, peak RSS ${(run.peakRssBytes / 1e9).toFixed(2)} GB, ` +
+      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall, ${run.secondsPerBlock.toFixed(2)} s per ${m.unit ?? 'block'}, peak RSS ${(run.peakRssBytes / 1e9).toFixed(2)} GB, ` +
         `output ${(run.outputBytes / 1e9).toFixed(2)} GB`);
       rmSync(out, { recursive: true, force: true });
     }

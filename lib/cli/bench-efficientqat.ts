@@ -13,7 +13,7 @@ import type { Command } from 'commander';
 import { calibrationFromFile, type CalibrationSet } from '../engine/calib.js';
 import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
-import { e2eControl, type EfficientQatOptions } from '../methods/efficientqat.js';
+import { e2eControl, EFFICIENTQAT_RECIPES, type EfficientQatOptions } from '../methods/efficientqat.js';
 import { modelCheckpoint, quantizedCheckpoint, quantizeModel, type QuantizedModel } from '../methods/quantize-model.js';
 import { Model, openCheckpoint } from '../model/model.js';
 import type { Bits } from '../ops/quant.js';
@@ -52,16 +52,6 @@ export const EQAT_CONFIGS: { key: string; name: string; bits: Bits; groupSize: n
   { key: 'w4pc', name: 'W4 per-channel asym', bits: 4, groupSize: 1 << 20, symmetric: false, ref: { rtn: 4.195, gptq: 4.1, 'block-ap': 4.071, both: 4.009 } },
 ];
 
-/**
- * Named recipes. 'reference': the reference's hyperparameters (tuned on 7B-70B models).
- * 'small': what measured best on stories260K (bench efficientqat, README): Block-AP from
- * GPTQ's codes and scales, and E2E-QP at a higher learning rate over more passes.
- */
-export const EQAT_RECIPES: Record<string, (bits: Bits) => EfficientQatOptions> = {
-  reference: () => ({}),
-  small: (bits) => ({ init: 'gptq', e2eEpochs: 4, e2eLr: bits === 2 ? 1e-4 : 5e-5 }),
-};
-
 const METHODS = ['rtn', 'gptq', 'teq', 'block-ap', 'both'] as const;
 
 export function registerBenchEfficientQat(bench: Command): void {
@@ -74,7 +64,7 @@ export function registerBenchEfficientQat(bench: Command): void {
     .option('--configs <list>', `configs: ${EQAT_CONFIGS.map((c) => c.key).join(',')}`, EQAT_CONFIGS.map((c) => c.key).join(','))
     .option('--seeds <list>', 'calibration seeds (default: 0,1 for W2, 0 otherwise)')
     .option('--methods <list>', `columns: ${METHODS.join(',')}`, METHODS.join(','))
-    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EQAT_RECIPES).join(' | ')}`, 'reference')
+    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EFFICIENTQAT_RECIPES).join(' | ')}`, 'reference')
     .option('--init <rtn|gptq>', "Block-AP's start (overrides the recipe's)", '')
     .option('--teq-steps <n>', 'TEQ steps (TEQ with the extra v->o and up->down scales)', intOption, 1000)
     .option('--control', 'also E2E training of per-group step sizes of the unquantized model (the fine-tuning control)')
@@ -91,8 +81,8 @@ export function registerBenchEfficientQat(bench: Command): void {
       const text = path.join(shared, 'data/tinystories/TinyStories-valid.first1000.txt');
       const ref = path.join(shared, 'data/reference/ppl_tinystories_tok512.json');
       for (const f of [dir, text, ref]) if (!existsSync(f)) throw new QuantformError('QF_IO', `bench efficientqat needs ${f}`);
-      const recipe = EQAT_RECIPES[o.recipe];
-      if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
+      const recipe = EFFICIENTQAT_RECIPES[o.recipe];
+      if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EFFICIENTQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
       const configs = o.configs.split(',').map((k) => {
         const c = EQAT_CONFIGS.find((x) => x.key === k);
         if (!c) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --configs from ${EQAT_CONFIGS.map((x) => x.key).join(',')} but received '${k}'`);

@@ -17,8 +17,7 @@ import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { saveGptq, tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { methodNames, type ProgressEvent } from '../methods/index.js';
-import { checkpointLinears, checkSameModel, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
-import { EQAT_RECIPES } from './bench-efficientqat.js';
+import { checkpointLinears, checkSameModel, EFFICIENTQAT_RECIPES, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
 import {
   memoryNeed, quantizeCheckpointE2eQp, quantizeCheckpointRtn, quantizedCheckpoint, quantizeModel, type QuantizeModelOptions, type QuantizeReport,
 } from '../methods/quantize-model.js';
@@ -174,7 +173,7 @@ export function registerQuantize(program: Command): void {
     .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
     .option('--init <rtn|gptq>', "EfficientQAT: Block-AP's start, min-max RTN (the reference) or GPTQ's codes and scales (the recipe's when not given)")
     .option('--start <dir>', 'EfficientQAT with --phases e2e-qp: the GPTQ checkpoint of --model whose step sizes E2E-QP trains')
-    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EQAT_RECIPES).join(' | ')} (README)`, 'reference')
+    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EFFICIENTQAT_RECIPES).join(' | ')} (README)`, 'reference')
     .option('--epochs <n>', 'EfficientQAT: Block-AP passes over the calibration windows (default 2)', intOption)
     .option('--e2e-epochs <n>', 'EfficientQAT: E2E-QP passes over the calibration windows (the recipe\'s when not given)', intOption)
     .option('--e2e-lr <x>', 'EfficientQAT: E2E-QP learning rate (the recipe\'s when not given)', numberOption)
@@ -293,8 +292,8 @@ export function registerQuantize(program: Command): void {
  */
 /** The recipe's EfficientQAT options with the command line's overrides. */
 function eqatRecipe(o: QuantizeCliOpts, bits: Bits): EfficientQatOptions {
-  const recipe = EQAT_RECIPES[o.recipe ?? 'reference'];
-  if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
+  const recipe = EFFICIENTQAT_RECIPES[o.recipe ?? 'reference'];
+  if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EFFICIENTQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
   const eq: EfficientQatOptions = { ...recipe(bits), phases: o.phases };
   if (o.init !== undefined) eq.init = o.init;
   if (o.epochs !== undefined) eq.epochs = o.epochs;

@@ -68,6 +68,16 @@ export interface EfficientQatOptions {
   start?: Map<string, QuantizedTensor>;
 }
 
+/**
+ * Named recipes. 'reference': the reference's hyperparameters (tuned on 7B-70B models).
+ * 'small': what measured best on stories260K (bench efficientqat, README): Block-AP from
+ * GPTQ's codes and scales, and E2E-QP at a higher learning rate over more passes.
+ */
+export const EFFICIENTQAT_RECIPES: Record<string, (bits: Bits) => EfficientQatOptions> = {
+  reference: () => ({}),
+  small: (bits) => ({ init: 'gptq', e2eEpochs: 4, e2eLr: bits === 2 ? 1e-4 : 5e-5 }),
+};
+
 export type ResolvedEfficientQat = Required<Omit<EfficientQatOptions, 'start'>> & { start?: Map<string, QuantizedTensor> };
 
 export function resolveEfficientQat(o: EfficientQatOptions = {}, bits: Bits): ResolvedEfficientQat {

@@ -12,7 +12,9 @@ function(qf_add_addon name)
                         LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/Release)
   target_include_directories(${name} PRIVATE ${CMAKE_JS_INC} ${CMAKE_CURRENT_SOURCE_DIR}/${QF_NAPI_INC}
                                              ${CMAKE_CURRENT_SOURCE_DIR}/native/include)
-  target_compile_definitions(${name} PRIVATE NAPI_VERSION=8 NAPI_CPP_EXCEPTIONS NODE_ADDON_API_DISABLE_DEPRECATED)
+  # CPP_EXCEPTIONS_ALL: node-addon-api's own wrappers (ObjectWrap, AsyncWorker) turn any
+  # C++ exception that reaches them into a JS error; nothing may unwind into Node's frames
+  target_compile_definitions(${name} PRIVATE NAPI_VERSION=8 NAPI_CPP_EXCEPTIONS NODE_ADDON_API_CPP_EXCEPTIONS_ALL NODE_ADDON_API_DISABLE_DEPRECATED)
   target_link_libraries(${name} PRIVATE ${A_LIBS} ${CMAKE_JS_LIB})
   # no unresolved symbols except those Node provides at load time
   target_link_options(${name} PRIVATE -Wl,--exclude-libs,ALL -static-libstdc++ -static-libgcc

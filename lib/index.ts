@@ -25,6 +25,7 @@ export { SafetensorsCheckpoint } from './model/hf.js';
 export { readGgufHeader, GgufCheckpoint, type GgufHeader, type GgufTensor } from './model/gguf.js';
 export { type Tokenizer } from './tokenizer/tokenizer.js';
 export { SentencePieceBpe, loadLlama2cTokenizer } from './tokenizer/sentencepiece.js';
+export { loadSentencePieceTokenizer, readSentencePieceModel, type SentencePieceModel } from './tokenizer/sentencepiece-model.js';
 export { loadHfTokenizer } from './tokenizer/hf.js';
 export {
   evaluatePerplexity, encodeEvalText, type PerplexityOptions, type PerplexityProgress, type PerplexityResult,

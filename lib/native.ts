@@ -49,6 +49,8 @@ export interface NativeLlamaConfig {
 /** A weight stored in an open file: (rows, cols) of `dtype` at byte `offset`; source row s goes to row dstRow[s]. */
 export interface NativeStoredWeight {
   name: string;
+  /** names the tensor (and its file) in errors: a failed read, a NaN/Inf found once read */
+  what: string;
   fd: number;
   offset: number;
   dtype: NativeDType;
@@ -345,6 +347,13 @@ export interface NativeBinding {
   quantLinearBackward(gradInput: Float32Array | null, gradScales: Float32Array | null, gradOutput: Float32Array,
     x: Float32Array | null, M: number, codes: Uint8Array, scales: Float32Array, zeros: Float32Array | null, N: number,
     K: number, bits: number, groupSize: number, symmetric: boolean, async: true): Promise<void>;
+  /** Index of the first NaN/Inf of `data` (f16/bf16 as Uint16Array bits), or -1. */
+  firstNonFinite(data: FloatArray, dtype: NativeDType): number;
+  /**
+   * Tests only, present when QUANTFORM_FAULT_ALLOC is set at load (native/addon/fault_alloc.cpp):
+   * returns the addon's allocations since the previous call, then fails the n-th from now (0: none).
+   */
+  faultAlloc?(n: number): number;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: false): NativeMachineLimits;
   measureMachine(bytes: number, reps: number, seconds: number, parts: number, async: true): Promise<NativeMachineLimits>;
 }
@@ -397,10 +406,10 @@ export function native(): NativeBinding {
       { cause: e },
     );
   }
-  if (cached.abiVersion !== 2) {
+  if (cached.abiVersion !== 3) {
     const v = cached.abiVersion;
     cached = undefined;
-    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 2: rebuild it with \`npm run build:native\``);
+    throw new QuantformError('QF_NATIVE_LOAD', `quantform's native addon has ABI version ${v}, expected 3: rebuild it with \`npm run build:native\``);
   }
   return cached;
 }

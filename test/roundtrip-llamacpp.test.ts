@@ -38,6 +38,10 @@ const PPL_REL_TOL = 0.005;
 // one llama.cpp thread: its spinning thread pool on 2 shared cores is 5-9x slower than one thread for this model
 const LLAMA_THREADS = 1;
 const GEN_TOKENS = 64;
+/** Two candidates this close in log-probability (nats) are a tie under llama.cpp's 8-bit activation rounding. */
+const TIE_NATS = 0.1;
+/** Near-ties allowed in 64 teacher-forced steps. */
+const MAX_TIES = 2;
 const TEQ_STEPS = Number(process.env.QUANTFORM_TEQ_STEPS ?? 200);
 const PROMPT = 'Once upon a time';
 
@@ -84,6 +88,27 @@ async function llamaGreedy(m: LlamaModel, prompt: number[], n: number): Promise<
   }
 }
 
+/**
+ * llama.cpp's next-token choice at every position of `seq` (teacher-forced on
+ * quantform's greedy tokens) and its log-probability of each choice and of ours.
+ */
+async function llamaTeacherForced(m: LlamaModel, prompt: number[], seq: number[]): Promise<{ pick: number; lpPick: number; lpOurs: number }[]> {
+  const ctx = await m.createContext({ contextSize: 512, threads: LLAMA_THREADS, flashAttention: false, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32' });
+  try {
+    const inp = [...prompt, ...seq.slice(0, -1)];
+    const res = await ctx.getSequence().controlledEvaluate(inp.map((t, i) => (i >= prompt.length - 1
+      ? [t, { generateNext: { probabilities: true } }] : t) as [number, { generateNext: { probabilities: true } }]));
+    return seq.map((ours, i) => {
+      const probs = res[prompt.length - 1 + i]!.next.probabilities!;
+      let pick = -1, best = -1;
+      for (const [tok, pr] of probs) if (pr > best) { best = pr; pick = tok; }
+      return { pick, lpPick: Math.log(best), lpOurs: Math.log(probs.get(ours) ?? 1e-30) };
+    });
+  } finally {
+    await ctx.dispose();
+  }
+}
+
 async function greedy(m: Model, prompt: number[], n: number): Promise<number[]> {
   const out: number[] = [];
   for await (const t of generate(m, prompt, { maxTokens: n, temperature: 0, stopAtEos: false })) out.push(t.id);
@@ -106,7 +131,7 @@ describe.skipIf(skip !== null)('GGUF round trip through llama.cpp (node-llama-cp
     { method: 'teq', symmetric: true }, { method: 'teq', symmetric: false },
   ] as const;
   for (const c of configs) {
-    it(`${c.method} W4 g32 ${c.symmetric ? 'sym' : 'asym'}: llama.cpp's perplexity within 0.5 %, greedy identical for ${GEN_TOKENS} tokens`, async () => {
+    it(`${c.method} W4 g32 ${c.symmetric ? 'sym' : 'asym'}: llama.cpp's perplexity within 0.5 %, greedy identical for ${GEN_TOKENS} tokens but for near-ties`, async () => {
       const model = TrainableLlama.fromCheckpoint(openCheckpoint(HF));
       const tok = await openCheckpoint(HF).tokenizer();
       const calibration = c.method === 'teq' ? calibrationFromFile(TINY, (d) => tok.encode(d, { bos: true }), { samples: 128, seqLen: 256, seed: 0, skipDocuments: 200 }) : undefined;
@@ -130,7 +155,26 @@ describe.skipIf(skip !== null)('GGUF round trip through llama.cpp (node-llama-cp
           `greedy ${a.findIndex((x, i) => x !== b[i]) < 0 ? 'identical' : 'differs'} (${GEN_TOKENS} tokens); ${types}; export ${r.seconds.toFixed(2)} s, ${(r.bytes / 1e3).toFixed(0)} kB` +
           (c.method === 'teq' ? `; TEQ ${TEQ_STEPS} steps ${tq.toFixed(1)} s` : ''));
         expect(Math.abs(lppl - ppl) / ppl).toBeLessThan(PPL_REL_TOL);
-        expect(b).toEqual(a);
+        // Free-running greedy text must match unless a step is a near-tie: llama.cpp's
+        // CPU matmuls round activations to 8 bits per 32-block (quantform keeps fp32),
+        // which moves logits by a few hundredths here, so two candidates closer than
+        // TIE_NATS may swap and the continuations then part. Teacher-forced on our
+        // tokens, llama.cpp must make the same choice at every step that is not such a
+        // tie, in both models' eyes.
+        if (a.some((x, i) => x !== b[i])) {
+          const tf = await llamaTeacherForced(lm, prompt, a);
+          const { logits } = qm.forward([...prompt, ...a.slice(0, -1)]);
+          const V = qm.config.vocabSize, off = (prompt.length - 1) * V;
+          const disagreements = tf.flatMap((t, i) => (t.pick === a[i] ? [] : [{
+            i, ours: a[i], theirs: t.pick, llamaMargin: t.lpPick - t.lpOurs, quantformMargin: logits[off + i * V + a[i]] - logits[off + i * V + t.pick],
+          }]));
+          rows.push(`  ${c.method} ${c.symmetric ? 'sym' : 'asym'} near-ties: ${JSON.stringify(disagreements)}`);
+          for (const d of disagreements) {
+            expect(d.llamaMargin).toBeLessThan(TIE_NATS);
+            expect(d.quantformMargin).toBeLessThan(TIE_NATS);
+          }
+          expect(disagreements.length).toBeLessThanOrEqual(MAX_TIES);
+        }
       } finally {
         qm.dispose();
         await lm.dispose();

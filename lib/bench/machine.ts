@@ -31,6 +31,7 @@ export interface MeasureOptions {
 }
 
 function args(opts: MeasureOptions): [number, number, number, number] {
+  if (typeof opts !== 'object' || opts === null) throw invalidParameter('options object', 'options', opts);
   const bytes = opts.bytes ?? 512 * 2 ** 20;
   const reps = opts.reps ?? 5;
   const seconds = opts.seconds ?? 0.3;

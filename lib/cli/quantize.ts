@@ -29,7 +29,9 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import {
   DEFAULT_CALIBRATION, DEFAULT_EVAL_TEXT, DEFAULT_EVAL_TOKENS, DEFAULT_JOB, DEFAULT_MODEL, SYNTHETIC_MODEL, readAssetText,
 } from './demo.js';
+import { parseJsonObject } from '../io/json.js';
 import { intOption } from './model-arg.js';
+import { lockOutput } from './out-lock.js';
 import { checkExportFormat, runExport } from './export.js';
 
 interface QuantizeCliOpts {
@@ -77,12 +79,13 @@ function numberOption(v: string): number {
 
 /** Evaluation ids of a shared/data/reference protocol file (token_ids, window). */
 export function readEvalIds(file: string): { ids: number[]; window: number } {
-  let j: { token_ids?: number[]; window?: number };
+  let text: string;
   try {
-    j = JSON.parse(readFileSync(file, 'utf8')) as typeof j;
+    text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
+  const j = parseJsonObject(text, file) as { token_ids?: number[]; window?: number };
   if (!Array.isArray(j.token_ids)) throw new QuantformError('QF_CORRUPT_FILE', `${file} holds no token_ids`);
   return { ids: j.token_ids, window: j.window ?? 256 };
 }
@@ -167,7 +170,7 @@ export function registerQuantize(program: Command): void {
     .option('--skip-docs <n>', "documents to skip at the start of --calib (default: 200 when it is split by <|endoftext|>, keeping TinyStories evaluation stories out)", intOption)
     .option('--out <dir>', 'output directory (must not exist; default: ./quantized-<model>-<method>-w<bits>g<group>)')
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
-    .option('--resume', 'continue from the checkpoint next to --out')
+    .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
     .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
     .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
@@ -194,6 +197,8 @@ export function registerQuantize(program: Command): void {
       const source = defaultJob ? DEFAULT_MODEL.dir() : synthetic ? 'synthetic' : path.resolve(o.model!);
       const name = defaultJob ? DEFAULT_MODEL.name : synthetic ? 'synthetic' : path.basename(source).replace(/\.(bin|gguf)$/, '');
       const out = path.resolve(o.out ?? defaultOut(name, o));
+      // held until this process exits, also on errors; a SIGKILL leaves a stale lock, taken over by the next run
+      process.once('exit', lockOutput(out));
       if (existsSync(out)) throw new QuantformError('QF_IO', `Output directory ${out} already exists: choose another --out or remove it`);
       if (!(o.shardSize > 0)) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected a positive number of GB for --shard-size but received ${o.shardSize}`);
       const ck: Checkpoint = synthetic ? new SyntheticCheckpoint(SYNTHETIC_MODEL) : openCheckpoint(source, { tokenizer: o.tokenizer });
@@ -243,6 +248,9 @@ export function registerQuantize(program: Command): void {
             const calibration = calibrationOf(o, defaultJob, synthetic, tokenizer);
             if (!o.resume && existsSync(ckpt))
               throw new QuantformError('QF_IO', `A checkpoint of an earlier run exists at ${ckpt}: pass --resume to continue it, or delete it`);
+            // a run killed before its first checkpoint left nothing to resume: it starts over
+            const resume = o.resume === true && existsSync(ckpt);
+            if (o.resume && !resume) console.log(`--resume: no checkpoint at ${ckpt}, starting from step 0`);
             const model = TrainableLlama.fromCheckpoint(ck);
             const opts: QuantizeModelOptions = {
               method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
@@ -251,7 +259,7 @@ export function registerQuantize(program: Command): void {
             };
             if (o.method === 'efficientqat') efficientQatOptions(o, cmd, opts, ck, model);
             const q = await quantizeModel(model, opts, {
-              signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume: o.resume === true, onProgress: bar.onProgress,
+              signal: abort.signal, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume, onProgress: bar.onProgress,
             });
             bar.stop();
             saveGptq(q, out, save);

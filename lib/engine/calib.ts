@@ -3,7 +3,7 @@
 // concatenated into one stream, and N windows of L tokens start at seeded random
 // offsets. The same file, tokenizer, N, L and seed always give the same windows.
 import { readFileSync } from 'node:fs';
-import { invalidParameter, is, QuantformError } from '../errors.js';
+import { invalidParameter, is, need, QuantformError } from '../errors.js';
 
 export interface CalibrationOptions {
   /** Number of windows. Default 128. */
@@ -33,6 +33,18 @@ export interface CalibrationSet {
   streamLength: number;
 }
 
+/** A CalibrationSet handed in by a caller (plain JS): its fields typed and consistent. */
+export function needCalibration(cal: unknown, name = 'calibration'): asserts cal is CalibrationSet {
+  need.object(cal, name);
+  const c = cal as Record<string, unknown>;
+  need.positiveInteger(c.samples, `${name}.samples`);
+  need.positiveInteger(c.seqLen, `${name}.seqLen`);
+  need.instance(c.tokens, Int32Array, `${name}.tokens`);
+  const n = (c.samples as number) * (c.seqLen as number);
+  if ((c.tokens as Int32Array).length !== n)
+    throw invalidParameter(`Int32Array of samples * seqLen = ${n} ids`, `${name}.tokens`, c.tokens, 'QF_SHAPE_MISMATCH');
+}
+
 /** mulberry32: small, seedable, and the same on every platform */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
@@ -46,6 +58,10 @@ export function seededRandom(seed: number): () => number {
 }
 
 export function calibrationFromText(text: string, encode: (doc: string) => number[], opts: CalibrationOptions = {}): CalibrationSet {
+  if (!is.string(text)) throw invalidParameter('string', 'text', text);
+  need.func(encode, 'encode');
+  need.object(opts, 'options');
+  if (opts.separator !== undefined) need.string(opts.separator, 'separator');
   const samples = opts.samples ?? 128, seqLen = opts.seqLen ?? 256, seed = opts.seed ?? 0, skip = opts.skipDocuments ?? 0;
   if (!is.positiveInteger(samples)) throw invalidParameter('positive integer', 'samples', samples);
   if (!is.positiveInteger(seqLen)) throw invalidParameter('positive integer', 'seqLen', seqLen);
@@ -54,7 +70,14 @@ export function calibrationFromText(text: string, encode: (doc: string) => numbe
   const sep = opts.separator ?? (text.includes('<|endoftext|>') ? '<|endoftext|>' : undefined);
   const docs = (sep ? text.split(sep) : [text]).map((d) => d.trim()).filter((d) => d.length > 0).slice(skip);
   const stream: number[] = [];
-  for (const d of docs) for (const id of encode(d)) stream.push(id);
+  for (const d of docs) {
+    const ids = encode(d);
+    if (!Array.isArray(ids)) throw invalidParameter('array of token ids', 'encode(text) result', ids);
+    for (const id of ids) {
+      if (!is.nonNegativeInteger(id)) throw invalidParameter('non-negative integer token ids', 'encode(text) result', id);
+      stream.push(id);
+    }
+  }
   if (stream.length < seqLen)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Calibration text is too short: ${stream.length} tokens${skip ? ` after skipping ${skip} documents` : ''}, but one sequence needs seqLen = ${seqLen}`);
@@ -69,6 +92,8 @@ export function calibrationFromText(text: string, encode: (doc: string) => numbe
 }
 
 export function calibrationFromFile(file: string, encode: (doc: string) => number[], opts: CalibrationOptions = {}): CalibrationSet {
+  need.string(file, 'file');
+  need.func(encode, 'encode');
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

@@ -4,11 +4,12 @@
 // (lib/eval/perplexity.ts) on a runtime Model, not the trainer's.
 // Built from any runtime Checkpoint (lib/model: HF single or sharded, llama2.c,
 // GGUF, GPTQ dequantized to fp32, synthetic) by fromCheckpoint.
-import { fromNative, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native, type NativeBlockConfig, type NativeBlockLayout } from '../native.js';
 import type { Bits } from '../ops/quant.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, invFreq as modelInvFreq, type LlamaConfig } from '../model/config.js';
+import { hfConfigFromLlama, invFreq as modelInvFreq, needConfig, weightShape, type LlamaConfig } from '../model/config.js';
+import { checkFinite } from '../ops/finite.js';
 
 export interface LlamaShape {
   hidden: number;
@@ -68,8 +69,18 @@ export interface Slot {
 
 const layouts = new Map<string, ReturnType<typeof blockLayout>>();
 
+/** A LlamaShape passed in by a caller: sizes are positive integers, invFreq (headDim / 2) when given. */
+function needShape(s: unknown): asserts s is LlamaShape {
+  need.object(s, 'shape');
+  const o = s as Record<string, unknown>;
+  for (const k of ['hidden', 'intermediate', 'layers', 'heads', 'kvHeads', 'headDim', 'vocab', 'maxSeq'] as const) need.positiveInteger(o[k], `shape.${k}`);
+  if (o.invFreq !== undefined && !(o.invFreq instanceof Float32Array && o.invFreq.length === (o.headDim as number) / 2))
+    throw invalidParameter(`Float32Array of headDim / 2 = ${(o.headDim as number) / 2} elements`, 'shape.invFreq', o.invFreq, 'QF_SHAPE_MISMATCH');
+}
+
 /** Offsets in the block arena (attn_norm | wq | wk | wv | wo | ffn_norm | w_gate | w_up | w_down), as the engine lays it out. */
 export function blockLayout(s: LlamaShape): { g1: Slot; g2: Slot; linears: Record<LinearName, Slot>; total: number } {
+  needShape(s);
   const key = `${s.hidden},${s.intermediate},${s.heads},${s.kvHeads},${s.headDim}`;
   let lay = layouts.get(key);
   if (!lay) {
@@ -108,6 +119,16 @@ export class TrainableLlama {
 
   constructor(shape: LlamaShape, embed: Float32Array, finalNorm: Float32Array, lmHead: Float32Array, blocks: Float32Array[],
     hfConfig: Record<string, unknown>) {
+    needShape(shape);
+    need.finiteNumber(shape.rmsEps, 'shape.rmsEps');
+    need.finiteNumber(shape.ropeTheta, 'shape.ropeTheta');
+    need.bool(shape.tied, 'shape.tied');
+    const V = shape.vocab * shape.hidden;
+    for (const [name, a, n] of [['embed', embed, V], ['finalNorm', finalNorm, shape.hidden], ['lmHead', lmHead, V]] as const)
+      if (!(a instanceof Float32Array) || a.length !== n) throw invalidParameter(`Float32Array of ${n} elements`, name, a, 'QF_SHAPE_MISMATCH');
+    if (!Array.isArray(blocks) || blocks.length !== shape.layers || !blocks.every((b) => b instanceof Float32Array))
+      throw invalidParameter(`array of ${shape.layers} Float32Array block arenas`, 'blocks', blocks);
+    need.object(hfConfig, 'hfConfig');
     this.shape = shape;
     this.embed = embed;
     this.finalNorm = finalNorm;
@@ -150,6 +171,19 @@ export class TrainableLlama {
     return this.blocks[l].subarray(s.offset, s.offset + this.shape.hidden);
   }
 
+  /** Every weight under its runtime name (lib/model/config.ts), with its shape: views, not copies. */
+  *weights(): Generator<[string, Float32Array, number[]]> {
+    const s = this.shape, lay = blockLayout(s);
+    yield ['embed', this.embed, [s.vocab, s.hidden]];
+    yield ['final_norm', this.finalNorm, [s.hidden]];
+    if (!s.tied) yield ['lm_head', this.lmHead, [s.vocab, s.hidden]];
+    for (let l = 0; l < s.layers; l++) {
+      yield [`layers.${l}.attn_norm`, this.norm(l, 'input'), [s.hidden]];
+      yield [`layers.${l}.ffn_norm`, this.norm(l, 'post'), [s.hidden]];
+      for (const n of LINEARS) yield [`layers.${l}.${RUNTIME_LINEAR[n]}`, this.linear(l, n), [lay.linears[n].rows, lay.linears[n].cols]];
+    }
+  }
+
   /** Final hidden states x (B*S, D) for tokens (B, S), every block fp32 or fake-quantized. */
   async hidden(tokens: Int32Array, batch: number, seq: number, quant?: BlockQuant | null): Promise<Float32Array> {
     const eng = native().engine;
@@ -190,19 +224,28 @@ export class TrainableLlama {
    * RoPE layout the training forward uses.
    */
   static fromCheckpoint(ck: Checkpoint): TrainableLlama {
+    need.object(ck, 'checkpoint');
+    need.func(ck.weight, 'checkpoint.weight');
+    needConfig(ck.config, 'checkpoint.config');
     const c = ck.config;
     const shape = shapeOfConfig(c);
     const hf = ck.hfConfig ?? hfConfigFromLlama(c);
-    const embed = ck.weight('embed');
+    // every weight, whatever the format, passes the one NaN/Inf check before training sees it
+    const weight = (name: string): Float32Array => {
+      const w = ck.weight(name);
+      checkFinite(w, `${ck.path}: ${name}`, weightShape(c, name));
+      return w;
+    };
+    const embed = weight('embed');
     const lay = blockLayout(shape);
     const blocks: Float32Array[] = [];
     for (let l = 0; l < shape.layers; l++) {
       const b = new Float32Array(lay.total);
-      b.set(ck.weight(`layers.${l}.attn_norm`), lay.g1.offset);
-      b.set(ck.weight(`layers.${l}.ffn_norm`), lay.g2.offset);
-      for (const n of LINEARS) b.set(ck.weight(`layers.${l}.${RUNTIME_LINEAR[n]}`), lay.linears[n].offset);
+      b.set(weight(`layers.${l}.attn_norm`), lay.g1.offset);
+      b.set(weight(`layers.${l}.ffn_norm`), lay.g2.offset);
+      for (const n of LINEARS) b.set(weight(`layers.${l}.${RUNTIME_LINEAR[n]}`), lay.linears[n].offset);
       blocks.push(b);
     }
-    return new TrainableLlama(shape, embed, ck.weight('final_norm'), shape.tied ? embed : ck.weight('lm_head'), blocks, hf);
+    return new TrainableLlama(shape, embed, weight('final_norm'), shape.tied ? embed : weight('lm_head'), blocks, hf);
   }
 }

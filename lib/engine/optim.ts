@@ -1,7 +1,7 @@
 // AdamW over one flat arena and learning-rate schedules. The arena holds
 // [params P | grads P | m P | v P] in one Float32Array so a step is one native
 // loop (llm.c's layout); callers take `params`/`grads` views and write into them.
-import { fromNative, invalidParameter, is } from '../errors.js';
+import { fromNative, invalidParameter, is, need } from '../errors.js';
 import { native } from '../native.js';
 
 export interface AdamWOptions {
@@ -105,6 +105,9 @@ export interface ScheduleOptions {
  * the TEQ reference's default) or cosine decay to 0.
  */
 export function learningRate(base: number, step: number, opts: ScheduleOptions): number {
+  if (!is.finiteNumber(base) || base < 0) throw invalidParameter('non-negative number', 'base', base);
+  need.nonNegativeInteger(step, 'step');
+  need.object(opts, 'options');
   if (!is.oneOf(opts.kind, ['constant', 'linear', 'cosine'] as const)) throw invalidParameter("'constant', 'linear' or 'cosine'", 'schedule', opts.kind);
   if (!is.positiveInteger(opts.steps)) throw invalidParameter('positive integer', 'steps', opts.steps);
   const warm = opts.warmup ?? 0;

@@ -2,8 +2,8 @@
 // from the KV cache. temperature 0 is greedy (argmax, lowest id on ties, as run.c);
 // otherwise softmax(logits / temperature) with optional top-p (nucleus) sampling,
 // drawn with run.c's xorshift64* generator so a seed reproduces a sequence.
-import { invalidParameter, is } from '../errors.js';
-import type { Model } from '../model/model.js';
+import { invalidParameter, is, need } from '../errors.js';
+import { Model } from '../model/model.js';
 
 export interface GenerateOptions {
   /** tokens to generate (default 256) */
@@ -94,8 +94,19 @@ function sample(logits: Float32Array, temperature: number, topP: number, rng: Xo
   return idx[last];
 }
 
-/** Streams generated tokens: `for await (const t of generate(model, 'Once upon'))`. */
-export async function* generate(model: Model, prompt: string | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+/**
+ * Streams generated tokens: `for await (const t of generate(model, 'Once upon'))`.
+ * Arguments are checked at the call, not at the first iteration.
+ */
+export function generate(model: Model, prompt: string | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+  need.instance(model, Model, 'model');
+  if (!is.string(prompt) && !(Array.isArray(prompt) && prompt.every((i) => Number.isInteger(i))))
+    throw invalidParameter('string or array of token ids', 'prompt', prompt);
+  need.object(opts, 'options');
+  return run(model, prompt, opts);
+}
+
+async function* run(model: Model, prompt: string | readonly number[], opts: GenerateOptions): AsyncGenerator<GeneratedToken> {
   const maxTokens = opts.maxTokens ?? 256;
   const temperature = opts.temperature ?? 0;
   const topP = opts.topP ?? 0.9;

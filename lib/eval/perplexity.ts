@@ -4,8 +4,8 @@
 // once; with stride < ctx only the last `stride` predictions of each window after
 // the first are scored (the usual sliding-window protocol). NLL = logsumexp - logit
 // of the target, accumulated in double.
-import { invalidParameter, is } from '../errors.js';
-import type { Model } from '../model/model.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
+import { Model } from '../model/model.js';
 
 export interface PerplexityOptions {
   /** tokens fed per window (default 256) */
@@ -46,6 +46,10 @@ const END_OF_TEXT = '<|endoftext|>';
  * encoded separately with BOS and concatenated; any other text is one sequence with BOS.
  */
 export function encodeEvalText(model: Model, text: string, documents: PerplexityOptions['documents'] = 'auto', maxIds = Infinity): number[] {
+  need.instance(model, Model, 'model');
+  if (!is.string(text)) throw invalidParameter('string', 'text', text);
+  if (!is.oneOf(documents, ['auto', 'endoftext', 'single'] as const)) throw invalidParameter("'auto', 'endoftext' or 'single'", 'documents', documents);
+  if (!(maxIds === Infinity || is.positiveInteger(maxIds))) throw invalidParameter('positive integer', 'maxIds', maxIds);
   const t = text.replace(/\r\n/g, '\n');
   const split = documents === 'endoftext' || (documents !== 'single' && t.includes(END_OF_TEXT));
   if (!split) return model.tokenizer.encode(t, { bos: true });
@@ -73,6 +77,11 @@ export async function evaluatePerplexity(
   opts: PerplexityOptions = {},
   hooks: { onProgress?: (p: PerplexityProgress) => void } = {},
 ): Promise<PerplexityResult> {
+  need.instance(model, Model, 'model');
+  if (!is.string(input) && !(is.object(input) && Array.isArray(input.ids) && input.ids.every((i) => Number.isInteger(i))))
+    throw invalidParameter('text or { ids: integer[] }', 'input', input);
+  need.object(opts, 'options');
+  need.object(hooks, 'hooks');
   const ctx = opts.ctx ?? 256;
   const stride = opts.stride ?? ctx;
   const batch = opts.batch ?? 8;
@@ -110,6 +119,8 @@ export async function evaluatePerplexity(
       const first = w === 0 ? 0 : Math.max(0, starts[w - 1] + ctx - s);
       let ws = 0;
       for (let t = first; t < T; t++) ws += logSoftmaxNll(logits, (b * T + t) * V, V, ids[s + t + 1]);
+      if (!Number.isFinite(ws))
+        throw new QuantformError('QF_NON_FINITE', `Window ${w} (ids ${s}..${s + T}) has a ${ws} negative log-likelihood: the model's logits are not finite there, so there is no perplexity to report`);
       perWindow.push(ws / (T - first));
       sum += ws;
       count += T - first;

@@ -24,7 +24,7 @@
 // low nibble from ql[64h + 32(k & 1) + l] (k >= 2: high nibble) and 2 bits of qh[32h + l].
 // Dequantization rounds each float operation as ggml's C reference does (no FMA), so
 // values are bit-identical to llama.cpp's dequantize_row_*.
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, need } from '../errors.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 
 export type GgmlTypeName = 'F32' | 'F16' | 'BF16' | 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q5_1' | 'Q8_0' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K';
@@ -781,11 +781,14 @@ const KNOWN_UNSUPPORTED: Record<number, string> = {
 };
 
 export function ggmlTypeById(id: number): GgmlType | undefined {
+  need.nonNegativeInteger(id, 'id');
   return BY_ID.get(id);
 }
 
 export function ggmlType(name: GgmlTypeName): GgmlType {
-  return BY_NAME.get(name)!;
+  const t = BY_NAME.get(name);
+  if (!t) throw invalidParameter(`a ggml type quantform writes (${[...BY_NAME.keys()].join(', ')})`, 'name', name, 'QF_UNSUPPORTED');
+  return t;
 }
 
 /** 'Q4_0 (2)' or 'IQ2_XS (17)' or 'unknown (99)', for messages. */

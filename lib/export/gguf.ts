@@ -22,18 +22,18 @@
 // is stored unquantized (F32, the dequantized values, exact).
 // q/k rows go back to llama.cpp's interleaved RoPE order; embeddings and an untied
 // fp32 head as F32 (or F16), norms F32; Llama 3 rope_scaling as rope_freqs.weight.
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { invFreq, LINEAR_WEIGHTS, weightShape, type LlamaConfig } from '../model/config.js';
 import { halfToInterleavedOrder, permuteHalfToInterleaved } from '../model/convert.js';
-import { dequantize, unpack, type QuantizedTensor } from '../ops/quant.js';
+import { dequantize, QuantizedTensor, unpack } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { exactF16Scales, padZeros, permuteRows, scaleValues, zeroPoints } from './canonical.js';
 import { ggmlType, putHalf, type GgmlType, type GgmlTypeName } from './ggml.js';
 import { ggufName } from '../model/gguf.js';
 import { gv, writeGguf, type GgufTensorData, type GgufValue } from './gguf-writer.js';
 import { openExportSource } from './source.js';
-import { checkVocab, TOKEN_TYPE, vocabFromCheckpoint, type SpmVocab } from './vocab.js';
+import { checkVocab, needVocab, TOKEN_TYPE, vocabFromCheckpoint, type SpmVocab } from './vocab.js';
 
 export interface GgufExportOptions {
   /** Refuse any tensor that would be re-encoded (default false: re-encode and report the error). */
@@ -111,8 +111,10 @@ export type DirectType = 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q8_0';
  * the group size must be multiples of 32; zero points must be integers except for Q4_1.
  */
 export function encodeDirect(q: QuantizedTensor, type: DirectType): Uint8Array {
+  need.instance(q, QuantizedTensor, 'q');
+  if (!is.oneOf(type, ['Q4_0', 'Q4_1', 'Q5_0', 'Q8_0'] as const)) throw invalidParameter("'Q4_0', 'Q4_1', 'Q5_0' or 'Q8_0'", 'type', type);
   const [N, K] = q.shape, G = q.numGroups, g = q.groupSize;
-  if (K % 32 !== 0 || g % 32 !== 0) throw new QuantformError('QF_INTERNAL', `${type} needs K and the group size to be multiples of 32 (K ${K}, group ${g})`);
+  if (K % 32 !== 0 || g % 32 !== 0) throw new QuantformError('QF_UNSUPPORTED', `${type} needs K and the group size to be multiples of 32 (K ${K}, group ${g})`);
   const c = unpack(q.codes, [N, K], q.bits);
   const scales = exactF16Scales(q) ?? Uint16Array.from(scaleValues(q), (s) => f32ToF16(s));
   const z = zeroPoints(q);
@@ -240,6 +242,13 @@ function vocabMetadata(v: SpmVocab, md: Map<string, GgufValue>): void {
  */
 export async function exportGguf(model: string | Checkpoint, out: string, opts: GgufExportOptions = {}): Promise<ExportReport> {
   const t0 = performance.now();
+  need.string(out, 'out');
+  need.object(opts, 'options');
+  if (opts.exact !== undefined) need.bool(opts.exact, 'options.exact');
+  if (opts.floatType !== undefined && !is.oneOf(opts.floatType, ['F32', 'F16'] as const)) throw invalidParameter("'F32' or 'F16'", 'options.floatType', opts.floatType);
+  if (opts.vocab !== undefined) needVocab(opts.vocab, 'options.vocab');
+  if (opts.name !== undefined) need.string(opts.name, 'options.name');
+  if (opts.onProgress !== undefined) need.func(opts.onProgress, 'options.onProgress');
   const src = openExportSource(model, 'GGUF');
   try {
     const ck = src.ck, cfg = ck.config;

@@ -22,7 +22,7 @@
 // words and reads them back (stories260K's K = 172), but only quantform loads
 // those. Checked against an independent re-implementation of the tools' pack and
 // unpack logic: scripts/gptq_pack_oracle.py, test/gptq-pack.test.ts.
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { pack, QuantizedTensor, unpack, type Bits } from '../ops/quant.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 
@@ -64,6 +64,23 @@ function getBits(words: Int32Array, base: number, stride: number, bitPos: number
   return v;
 }
 
+/** Checks the sizes and format every GPTQ conversion takes. */
+function needGptqArgs(N: number, K: number, bits: Bits, format: GptqFormat): void {
+  need.positiveInteger(N, 'N');
+  need.positiveInteger(K, 'K');
+  if (!is.oneOf(bits, [2, 3, 4, 8] as const)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', bits, 'QF_UNSUPPORTED_BITS');
+  if (!is.oneOf(format, ['gptq', 'gptq_v2'] as const)) throw invalidParameter("'gptq' or 'gptq_v2'", 'format', format);
+}
+
+function needGptqTensors(l: unknown): void {
+  need.object(l, 'gptq tensors');
+  const o = l as Record<string, unknown>;
+  need.instance(o.qweight, Int32Array, 'qweight');
+  need.instance(o.qzeros, Int32Array, 'qzeros');
+  need.instance(o.scales, Uint16Array, 'scales');
+  need.instance(o.gIdx, Int32Array, 'gIdx');
+}
+
 /** qzeros (G, ceil(N b / 32)), scales (G, N) and g_idx (K) from zeros (N, G) integer zero points and scales (N, G) f16 bits. */
 function packGptqParams(zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number, bits: Bits, groupSize: number, format: GptqFormat):
   Omit<GptqLinear, 'qweight' | 'qweightShape'> {
@@ -87,6 +104,12 @@ function packGptqParams(zeros: Float32Array, scalesF16: Uint16Array, N: number, 
 /** codes8 (N, K) one code per byte, zeros (N, G) integer zero points, scales (N, G) f16 bits -> GPTQ tensors. */
 export function packGptq(codes8: Uint8Array, zeros: Float32Array, scalesF16: Uint16Array, N: number, K: number,
   bits: Bits, groupSize: number, format: GptqFormat): GptqLinear {
+  needGptqArgs(N, K, bits, format);
+  need.positiveInteger(groupSize, 'groupSize');
+  const G = Math.ceil(K / groupSize);
+  if (!(codes8 instanceof Uint8Array) || codes8.length !== N * K) throw invalidParameter(`Uint8Array of ${N * K} codes`, 'codes8', codes8, 'QF_SHAPE_MISMATCH');
+  if (!(zeros instanceof Float32Array) || zeros.length !== N * G) throw invalidParameter(`Float32Array of ${N * G} zero points`, 'zeros', zeros, 'QF_SHAPE_MISMATCH');
+  if (!(scalesF16 instanceof Uint16Array) || scalesF16.length !== N * G) throw invalidParameter(`Uint16Array of ${N * G} f16 scales`, 'scalesF16', scalesF16, 'QF_SHAPE_MISMATCH');
   const rows = Math.ceil((K * bits) / 32);
   const qweight = new Int32Array(rows * N);
   for (let n = 0; n < N; n++)
@@ -128,10 +151,17 @@ function rowWords(codes: Uint8Array, N: number, K: number, bits: Bits): Int32Arr
 /** GPTQ tensors -> fp32 weight (N, K). */
 export function dequantizeGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array },
   N: number, K: number, bits: Bits, format: GptqFormat): Float32Array {
+  needGptqArgs(N, K, bits, format);
+  needGptqTensors(l);
   const zcols = Math.ceil((N * bits) / 32);
   const rows = Math.ceil((K * bits) / 32);
   if (l.qweight.length !== rows * N || l.gIdx.length !== K)
     throw new QuantformError('QF_SHAPE_MISMATCH', `GPTQ tensors do not match a (${N}, ${K}) ${bits}-bit linear`);
+  // g_idx values index qzeros and scales: every one must name an existing group
+  const groups = Math.min(l.scales.length / N, l.qzeros.length / zcols);
+  for (let k = 0; k < K; k++)
+    if (!(l.gIdx[k] >= 0 && l.gIdx[k] < groups))
+      throw new QuantformError('QF_CORRUPT_FILE', `GPTQ g_idx[${k}] = ${l.gIdx[k]} is outside the ${Math.floor(groups)} groups of scales and qzeros`);
   const w = new Float32Array(N * K);
   for (let k = 0; k < K; k++) {
     const g = l.gIdx[k];
@@ -153,6 +183,8 @@ export function dequantizeGptq(l: { qweight: Int32Array; qzeros: Int32Array; sca
  */
 export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array },
   N: number, K: number, bits: Bits, format: GptqFormat): QuantizedTensor | null {
+  needGptqArgs(N, K, bits, format);
+  needGptqTensors(l);
   const rows = Math.ceil((K * bits) / 32);
   const zcols = Math.ceil((N * bits) / 32);
   if (l.qweight.length !== rows * N || l.gIdx.length !== K)
@@ -195,6 +227,8 @@ export function fromGptq(l: { qweight: Int32Array; qzeros: Int32Array; scales: U
 
 /** A quantform QuantizedTensor with f16 parameters -> GPTQ tensors. */
 export function toGptq(q: QuantizedTensor, format: GptqFormat): GptqLinear {
+  need.instance(q, QuantizedTensor, 'q');
+  if (!is.oneOf(format, ['gptq', 'gptq_v2'] as const)) throw invalidParameter("'gptq' or 'gptq_v2'", 'format', format);
   if (q.paramDtype !== 'f16') throw new QuantformError('QF_DTYPE_MISMATCH', 'GPTQ export needs f16 scales: quantize with paramDtype f16');
   if (q.bits === 8 && format === 'gptq') throw new QuantformError('QF_UNSUPPORTED', '8-bit v1 zero points overflow: use gptq_v2');
   const [N, K] = q.shape;

@@ -1,7 +1,7 @@
 // ONNX messages (onnx/onnx.proto, IR version 8) on the protobuf writer: tensors
 // (inline or in an external data file), value infos, attributes, nodes, the graph
 // and the model. Field numbers are those of onnx.proto.
-import { ProtoWriter } from './protobuf.js';
+import { ProtoWriter } from '../io/protobuf.js';
 
 /** TensorProto.DataType */
 export const ONNX_DTYPE = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;

@@ -25,18 +25,18 @@
 import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { isHfDirectory, type Checkpoint } from '../model/checkpoint.js';
 import { invFreq, weightShape, type LlamaConfig } from '../model/config.js';
-import { dequantize, packedRowBytes, type QuantizedTensor } from '../ops/quant.js';
+import { dequantize, packedRowBytes, QuantizedTensor } from '../ops/quant.js';
 import { VERSION } from '../version.js';
 import { scaleValues, zeroPoints } from './canonical.js';
 import { writeAll } from './gguf-writer.js';
 import { quantLabel, type ExportReport, type TensorExport } from './gguf.js';
 import { modelProto, nodeProto, ONNX_DTYPE, tensorProto, valueInfo, type AttrValue, type OnnxDType } from './onnx-proto.js';
-import type { ProtoWriter } from './protobuf.js';
+import type { ProtoWriter } from '../io/protobuf.js';
 import { openExportSource } from './source.js';
-import { checkVocab, tokenizerJsonFromVocab, vocabFromCheckpoint, VOCAB_PROBE, type SpmVocab } from './vocab.js';
+import { checkVocab, needVocab, tokenizerJsonFromVocab, vocabFromCheckpoint, VOCAB_PROBE, type SpmVocab } from './vocab.js';
 
 export interface OnnxExportOptions {
   /** MatMulNBits accuracy_level: 0 = fp32 arithmetic (default, closest to quantform), 4 = int8 activations (faster). */
@@ -119,6 +119,7 @@ class Graph {
 
 /** MatMulNBits inputs for q: 4-bit blobs (8-bit for INT8), scales, zero points; null if the op cannot hold q. */
 export function matMulNBitsParts(q: QuantizedTensor): { bits: 4 | 8; blockSize: number; B: Uint8Array; kBlocks: number; blob: number; scales: Float32Array; zeroPoints: Uint8Array | null } | null {
+  need.instance(q, QuantizedTensor, 'q');
   const [N, K] = q.shape, g = q.groupSize;
   if (g < 16 || (g & (g - 1)) !== 0) return null;
   const z = zeroPoints(q);
@@ -181,6 +182,12 @@ function hfConfigOf(cfg: LlamaConfig, base: Record<string, unknown> | null): Rec
  * everything goes to a temp directory renamed at the end.
  */
 export async function exportOnnx(model: string | Checkpoint, out: string, opts: OnnxExportOptions = {}): Promise<ExportReport> {
+  need.string(out, 'out');
+  need.object(opts, 'options');
+  if (opts.accuracyLevel !== undefined && !is.oneOf(opts.accuracyLevel, [0, 1, 2, 3, 4] as const))
+    throw invalidParameter('one of 0, 1, 2, 3, 4', 'options.accuracyLevel', opts.accuracyLevel);
+  if (opts.vocab !== undefined) needVocab(opts.vocab, 'options.vocab');
+  if (opts.onProgress !== undefined) need.func(opts.onProgress, 'options.onProgress');
   const t0 = performance.now();
   const dest = path.resolve(out);
   if (existsSync(dest)) throw new QuantformError('QF_IO', `Output directory ${dest} already exists: choose another --out or remove it`);

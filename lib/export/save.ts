@@ -9,14 +9,14 @@
 // end (lib/io/atomic.ts); an error or abort() removes it.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { AtomicDir, writeFileAtomic } from '../io/atomic.js';
 import { DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter, type TensorSpec } from '../io/safetensors.js';
 import type { StoredDType } from '../io/tensors.js';
 import type { BlockQuant, TrainableLlama } from '../engine/llama.js';
-import type { QuantizedModel, QuantizeReport } from '../methods/quantize-model.js';
+import { needQuantizedModel, type QuantizedModel, type QuantizeReport } from '../methods/quantize-model.js';
 import type { Checkpoint } from '../model/checkpoint.js';
-import { weightNames, weightShape, type LlamaConfig } from '../model/config.js';
+import { needConfig, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
@@ -62,6 +62,30 @@ export interface SaveOptions {
   maxShardBytes?: number;
 }
 
+/** A GptqSource passed in by a caller (plain JS): its config, quantization and callbacks. */
+function needGptqSource(src: unknown): asserts src is GptqSource {
+  need.object(src, 'source');
+  const o = src as Record<string, unknown>;
+  needConfig(o.config, 'source.config');
+  need.object(o.hfConfig, 'source.hfConfig');
+  need.object(o.quant, 'source.quant');
+  const q = o.quant as Record<string, unknown>;
+  if (!is.oneOf(q.bits, [2, 3, 4, 8] as const)) throw invalidParameter('one of 2, 3, 4, 8', 'source.quant.bits', q.bits, 'QF_UNSUPPORTED_BITS');
+  need.positiveInteger(q.groupSize, 'source.quant.groupSize');
+  need.bool(q.symmetric, 'source.quant.symmetric');
+  for (const f of ['plainDtype', 'plain', 'linear'] as const) need.func(o[f], `source.${f}`);
+}
+
+export function needSaveOptions(opts: unknown): asserts opts is SaveOptions {
+  need.object(opts, 'options');
+  const o = opts as Record<string, unknown>;
+  if (o.tokenizerDir !== undefined) need.string(o.tokenizerDir, 'options.tokenizerDir');
+  if (o.format !== undefined && !is.oneOf(o.format, ['gptq', 'gptq_v2'] as const)) throw invalidParameter("'gptq' or 'gptq_v2'", 'options.format', o.format);
+  if (o.maxShardBytes !== undefined && !(is.finiteNumber(o.maxShardBytes) && o.maxShardBytes > 0))
+    throw invalidParameter('positive number', 'options.maxShardBytes', o.maxShardBytes);
+  if (o.tokenizer !== undefined) need.object(o.tokenizer, 'options.tokenizer');
+}
+
 /** GPTQ tensor shapes of a (N, K) linear: qweight [ceil(K b / 32), N], qzeros [G, ceil(N b / 32)], scales [G, N], g_idx [K]. */
 function linearSpecs(base: string, N: number, K: number, q: BlockQuant): TensorSpec[] {
   const G = Math.ceil(K / Math.min(q.groupSize, K));
@@ -82,6 +106,9 @@ export class GptqWriter {
   private next = 0;
 
   constructor(private readonly src: GptqSource, out: string, private readonly opts: SaveOptions = {}) {
+    needGptqSource(src);
+    need.string(out, 'out');
+    needSaveOptions(opts);
     const q = src.quant;
     this.format = opts.format ?? (q.symmetric ? 'gptq' : 'gptq_v2');
     if (this.format === 'gptq' && !q.symmetric)
@@ -190,6 +217,7 @@ export function configOf(m: TrainableLlama): LlamaConfig {
 
 /** The in-memory result of quantizeModel as a GptqSource (norms and embeddings fp32, as transformed). */
 export function gptqSourceOf(q: QuantizedModel): GptqSource {
+  needQuantizedModel(q);
   const m = q.model;
   return {
     config: configOf(m),
@@ -213,6 +241,7 @@ export function gptqSourceOf(q: QuantizedModel): GptqSource {
 
 /** Saves the result of quantizeModel (see GptqWriter for the layout). */
 export function saveGptq(q: QuantizedModel, out: string, opts: SaveOptions = {}): void {
+  needQuantizedModel(q);
   const w = new GptqWriter(gptqSourceOf(q), out, opts);
   while (w.step() !== null);
   w.finish(q.report);

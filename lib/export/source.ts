@@ -9,8 +9,9 @@
 // refused rather than exported as something else.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
-import { isHfDirectory, type Checkpoint } from '../model/checkpoint.js';
+import { QuantformError, need } from '../errors.js';
+import { parseJsonObject } from '../io/json.js';
+import { isHfDirectory, needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import { openCheckpoint } from '../model/model.js';
 
 export interface ExportSource {
@@ -24,12 +25,14 @@ export interface ExportSource {
 }
 
 export function openExportSource(model: string | Checkpoint, format: string): ExportSource {
+  if (typeof model !== 'string') needCheckpoint(model, 'model');
+  else need.string(model, 'model');
   const ck = typeof model === 'string' ? openCheckpoint(model) : model;
   const owned = typeof model === 'string';
   try {
     let hfConfig: Record<string, unknown> | null = null;
     const cfgFile = path.join(ck.path, 'config.json');
-    if (isHfDirectory(ck) && existsSync(cfgFile)) hfConfig = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+    if (isHfDirectory(ck) && existsSync(cfgFile)) hfConfig = ck.hfConfig ?? parseJsonObject(readFileSync(cfgFile, 'utf8'), cfgFile);
     const q = hfConfig?.quantization_config as Record<string, unknown> | undefined;
     const qf = (q?.quantform ?? {}) as Record<string, unknown>;
     if (qf.activations !== undefined && qf.activations !== null)

@@ -14,12 +14,13 @@
 // text exactly as the model's own tokenizer does, or the export is refused.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
-import { isHfDirectory, type Checkpoint } from '../model/checkpoint.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
+import { parseJsonObject } from '../io/json.js';
+import { isHfDirectory, needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { GgufCheckpoint } from '../model/gguf.js';
 import { loadLlama2cTokenizer, SentencePieceBpe } from '../tokenizer/sentencepiece.js';
+import { parseSentencePieceModel } from '../tokenizer/sentencepiece-model.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { fixedFloat, readProto } from './protobuf.js';
 
 /** GGUF / SentencePiece token types. */
 export const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
@@ -42,6 +43,22 @@ export interface SpmVocab {
   source: string;
 }
 
+/** An SpmVocab passed in by a caller (plain JS): parallel tokens, scores and types, ids inside them. */
+export function needVocab(v: unknown, name = 'vocab'): asserts v is SpmVocab {
+  need.object(v, name);
+  const o = v as Record<string, unknown>;
+  if (!Array.isArray(o.tokens) || o.tokens.length === 0 || !o.tokens.every((t) => typeof t === 'string'))
+    throw invalidParameter('non-empty array of strings', `${name}.tokens`, o.tokens);
+  const n = o.tokens.length;
+  if (!(o.scores instanceof Float32Array) || o.scores.length !== n) throw invalidParameter(`Float32Array of ${n} scores`, `${name}.scores`, o.scores, 'QF_SHAPE_MISMATCH');
+  if (!(o.types instanceof Uint8Array) || o.types.length !== n) throw invalidParameter(`Uint8Array of ${n} token types`, `${name}.types`, o.types, 'QF_SHAPE_MISMATCH');
+  for (const k of ['bosId', 'eosId', 'unkId'] as const)
+    if (!(is.nonNegativeInteger(o[k]) && (o[k] as number) < n)) throw invalidParameter(`token id in [0, ${n})`, `${name}.${k}`, o[k]);
+  if (o.padId !== null && !(is.nonNegativeInteger(o.padId) && o.padId < n)) throw invalidParameter(`null or a token id in [0, ${n})`, `${name}.padId`, o.padId);
+  for (const k of ['addBos', 'addEos', 'addSpacePrefix'] as const) need.bool(o[k], `${name}.${k}`);
+  need.string(o.source, `${name}.source`);
+}
+
 const SPACE = '\u2581';
 const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
 
@@ -51,41 +68,16 @@ function unsupported(source: string, why: string): QuantformError {
 
 /** SentencePiece ModelProto (sentencepiece_model.proto): pieces = 1, trainer_spec = 2, normalizer_spec = 3. */
 export function vocabFromSentencePiece(buf: Uint8Array, source: string, ids: { bos?: number; eos?: number } = {}): SpmVocab {
-  const tokens: string[] = [], scores: number[] = [], types: number[] = [];
-  let modelType = 1, unkId = 0, bosId = 1, eosId = 2, padId = -1, addDummyPrefix = true, removeExtraWs = true;
-  for (const f of readProto(buf, source)) {
-    if (f.field === 1 && f.bytes) {
-      let piece = '', score = 0, type = 1;
-      for (const g of readProto(f.bytes, `${source} piece ${tokens.length}`)) {
-        if (g.field === 1 && g.bytes) piece = Buffer.from(g.bytes).toString('utf8');
-        else if (g.field === 2 && g.fixed) score = fixedFloat(g);
-        else if (g.field === 3 && g.int !== undefined) type = Number(g.int);
-      }
-      tokens.push(piece); scores.push(score); types.push(type);
-    } else if (f.field === 2 && f.bytes) {
-      for (const g of readProto(f.bytes, `${source} trainer_spec`)) {
-        const v = g.int === undefined ? undefined : Number(BigInt.asIntN(32, g.int));
-        if (v === undefined) continue;
-        if (g.field === 3) modelType = v;
-        else if (g.field === 40) unkId = v;
-        else if (g.field === 41) bosId = v;
-        else if (g.field === 42) eosId = v;
-        else if (g.field === 43) padId = v;
-      }
-    } else if (f.field === 3 && f.bytes) {
-      for (const g of readProto(f.bytes, `${source} normalizer_spec`)) {
-        if (g.field === 3 && g.int !== undefined) addDummyPrefix = g.int !== 0n;
-        if (g.field === 4 && g.int !== undefined) removeExtraWs = g.int !== 0n;
-      }
-    }
-  }
-  if (modelType !== 2) throw unsupported(source, `SentencePiece model_type ${modelType} (${['', 'UNIGRAM', 'BPE', 'WORD', 'CHAR'][modelType] ?? '?'}); llama.cpp's 'llama' vocabulary is BPE (2)`);
-  if (removeExtraWs) throw unsupported(source, 'normalizer_spec.remove_extra_whitespaces is set (Llama tokenizers keep whitespace)');
-  if (tokens.length === 0) throw new QuantformError('QF_CORRUPT_FILE', `${source}: no pieces`);
+  need.instance(buf, Uint8Array, 'buf');
+  need.string(source, 'source');
+  need.object(ids, 'ids');
+  const m = parseSentencePieceModel(buf, source);
+  if (m.modelType !== 'BPE') throw unsupported(source, `SentencePiece model_type ${m.modelType}; llama.cpp's 'llama' vocabulary is BPE (2)`);
+  if (m.removeExtraWhitespaces) throw unsupported(source, 'normalizer_spec.remove_extra_whitespaces is set (Llama tokenizers keep whitespace)');
   return {
-    tokens, scores: Float32Array.from(scores), types: Uint8Array.from(types),
-    bosId: ids.bos ?? bosId, eosId: ids.eos ?? eosId, unkId, padId: padId >= 0 ? padId : null,
-    addBos: true, addEos: false, addSpacePrefix: addDummyPrefix, source,
+    tokens: m.pieces, scores: m.scores, types: m.types,
+    bosId: ids.bos ?? m.bosId, eosId: ids.eos ?? m.eosId, unkId: Math.max(0, m.unkId), padId: m.padId >= 0 ? m.padId : null,
+    addBos: true, addEos: false, addSpacePrefix: m.addDummyPrefix, source,
   };
 }
 
@@ -99,6 +91,10 @@ function tokenContent(t: unknown): string | null {
 
 /** Hugging Face tokenizer.json (+ tokenizer_config.json) of a SentencePiece-style BPE. */
 export function vocabFromTokenizerJson(json: Json, config: Json, source: string, ids: { bos?: number; eos?: number } = {}): SpmVocab {
+  need.object(json, 'json');
+  need.object(config, 'config');
+  need.string(source, 'source');
+  need.object(ids, 'ids');
   const model = json.model as Json | undefined;
   if (!model || model.type !== 'BPE')
     throw unsupported(source, `model type '${String(model?.type)}' (only SentencePiece-style BPE: Llama 1/2, Mistral)`);
@@ -168,15 +164,18 @@ export function vocabFromPieces(pieces: readonly Buffer[], scores: Float32Array,
 }
 
 function readJson(file: string): Json {
+  let text: string;
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as Json;
+    text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
+  return parseJsonObject(text, file);
 }
 
 /** The vocabulary of a checkpoint, from the tokenizer files it carries. */
 export function vocabFromCheckpoint(ck: Checkpoint): SpmVocab {
+  needCheckpoint(ck);
   const ids = { bos: ck.config.bosId, eos: ck.config.eosId };
   if (ck.format === 'gguf') return vocabFromGgufMetadata(ck as GgufCheckpoint);
   if (isHfDirectory(ck)) {
@@ -247,6 +246,10 @@ export const VOCAB_PROBE = [
  * difference.
  */
 export function checkVocab(v: SpmVocab, tok: Tokenizer, probe: readonly string[] = VOCAB_PROBE): void {
+  needVocab(v);
+  need.object(tok, 'tok');
+  need.func(tok.encode, 'tok.encode');
+  if (!Array.isArray(probe) || !probe.every((t) => typeof t === 'string')) throw invalidParameter('array of strings', 'probe', probe);
   const spm = spmTokenizer(v);
   for (const text of probe) {
     const want = tok.encode(text, { bos: false }), got = spm.encode(text, { bos: false });
@@ -261,6 +264,7 @@ export function checkVocab(v: SpmVocab, tok: Tokenizer, probe: readonly string[]
 
 /** quantform's SPM tokenizer over a vocabulary, as the GGUF loader builds it. */
 export function spmTokenizer(v: SpmVocab): SentencePieceBpe {
+  needVocab(v);
   const pieces = v.tokens.map((t) => Buffer.from(t.replace(/\u2581/g, ' '), 'utf8'));
   return new SentencePieceBpe(pieces, v.scores, v.bosId, v.eosId);
 }
@@ -272,6 +276,7 @@ export function spmTokenizer(v: SpmVocab): SentencePieceBpe {
  * normalizer (prepend '▁', spaces to '▁') and decoder.
  */
 export function tokenizerJsonFromVocab(v: SpmVocab): Json {
+  needVocab(v);
   const vocab: Record<string, number> = {};
   v.tokens.forEach((t, i) => { if (!(t in vocab)) vocab[t] = i; });
   const ranked: { a: string; b: string; score: number; id: number }[] = [];

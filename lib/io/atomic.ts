@@ -4,10 +4,10 @@
 // is built as a hidden temp directory next to its destination and renamed at the
 // end. Temp paths still registered when the process exits (an error that skipped
 // the cleanup, process.exit from a second Ctrl-C) are removed by an exit hook.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, need } from '../errors.js';
 
 const live = new Set<string>();
 let hooked = false;
@@ -27,6 +27,37 @@ export function tempSibling(dest: string): string {
   return path.join(path.dirname(dest), `.${path.basename(dest)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
 }
 
+/** Whether process `pid` exists (EPERM: it does, owned by another user). */
+export function processAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temp siblings of `dest` whose writer is gone: a SIGKILL (or power
+ * loss) skips the exit hook, and a killed quantize would otherwise leave a
+ * half-written checkpoint or output directory behind on every retry.
+ */
+function removeStaleTemps(dest: string): void {
+  const dir = path.dirname(dest), prefix = `.${path.basename(dest)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    if (!n.startsWith(prefix)) continue;
+    const m = /^(\d+)\.[0-9a-f]{8}\.tmp$/.exec(n.slice(prefix.length));
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) rmSync(path.join(dir, n), { recursive: true, force: true });
+  }
+}
+
 function writeAll(fd: number, data: Uint8Array): void {
   let off = 0;
   while (off < data.length) off += writeSync(fd, data, off, data.length - off);
@@ -43,7 +74,9 @@ export class AtomicFile {
   private fd: number | null;
 
   constructor(dest: string) {
+    need.string(dest, 'dest');
     this.dest = dest;
+    removeStaleTemps(dest);
     this.path = tempSibling(dest);
     try {
       this.fd = openSync(this.path, 'w');
@@ -92,6 +125,8 @@ export class AtomicFile {
 
 /** Writes a whole file atomically. */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  need.string(file, 'file');
+  if (typeof data !== 'string' && !(data instanceof Uint8Array)) throw invalidParameter('string or Uint8Array', 'data', data);
   const f = new AtomicFile(file);
   try {
     f.write(typeof data === 'string' ? Buffer.from(data) : data);
@@ -113,8 +148,10 @@ export class AtomicDir {
   private done = false;
 
   constructor(dest: string) {
+    need.string(dest, 'dest');
     this.dest = path.resolve(dest);
     if (existsSync(this.dest)) throw new QuantformError('QF_IO', `Output directory ${this.dest} already exists: choose another --out or remove it`);
+    removeStaleTemps(this.dest);
     this.path = tempSibling(this.dest);
     try {
       mkdirSync(this.path, { recursive: true });

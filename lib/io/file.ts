@@ -2,7 +2,7 @@
 // not ask for by offset, so a model larger than memory can be fetched tensor by
 // tensor, and a lying header cannot make us allocate what the file does not hold.
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 
 export class CheckpointFile {
   readonly path: string;
@@ -10,12 +10,20 @@ export class CheckpointFile {
   private handle: number | null;
 
   constructor(path: string) {
+    need.string(path, 'path');
     this.path = path;
+    let st;
     try {
       this.handle = openSync(path, 'r');
-      this.size = fstatSync(this.handle).size;
+      st = fstatSync(this.handle);
     } catch (e) {
       throw new QuantformError('QF_IO', `Cannot open ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    this.size = st.size;
+    if (!st.isFile()) {
+      closeSync(this.handle);
+      this.handle = null;
+      throw new QuantformError('QF_IO', `Cannot read ${path}: not a regular file`);
     }
   }
 
@@ -36,7 +44,12 @@ export class CheckpointFile {
     const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
-      const n = readSync(this.handle, buf, done, length - done, offset + done);
+      let n: number;
+      try {
+        n = readSync(this.handle, buf, done, length - done, offset + done);
+      } catch (e) {
+        throw new QuantformError('QF_IO', `${this.path}: reading ${what} failed: ${(e as Error).message}`, { cause: e });
+      }
       if (n === 0) throw new QuantformError('QF_CORRUPT_FILE', `${this.path}: unexpected end of file reading ${what}`);
       done += n;
     }

@@ -12,9 +12,10 @@
 // packages on the registry either pull in a tensor library or do not write.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError, invalidParameter, is } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 import { AtomicFile } from './atomic.js';
 import { CheckpointFile } from './file.js';
+import { parseJsonObject } from './json.js';
 import { DTYPE_BYTES, numel, readRaw, validateLayout, type StoredDType, type StoredTensor } from './tensors.js';
 
 /** Headers beyond this are refused before allocation (real ones are a few MB). */
@@ -31,40 +32,39 @@ export interface SafetensorsHeader {
 
 /** Parses one .safetensors file's header (no tensor bytes read); every range validated. */
 export function parseSafetensorsHeader(file: CheckpointFile): SafetensorsHeader {
+  need.instance(file, CheckpointFile, 'file');
   if (file.size < 8) throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: ${file.size} bytes is too short for a safetensors header length`);
   const len64 = file.read(0, 8, 'header length').readBigUInt64LE(0);
   if (len64 > BigInt(file.size - 8))
     throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header length ${len64} runs past the end of the file (${file.size} bytes)`);
   const len = Number(len64);
   if (len > MAX_HEADER_BYTES) throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header length ${len} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
-  let header: unknown;
-  try {
-    header = JSON.parse(file.read(8, len, 'header').toString('utf8'));
-  } catch (e) {
-    throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header is not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  if (typeof header !== 'object' || header === null || Array.isArray(header))
-    throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: header is not a JSON object`);
+  const header = parseJsonObject(file.read(8, len, 'header').toString('utf8'), `${file.path}: header`);
   const dataStart = 8 + len;
   const tensors: StoredTensor[] = [];
   let metadata: Record<string, string> = {};
-  for (const [name, v] of Object.entries(header as Record<string, unknown>)) {
+  for (const [name, v] of Object.entries(header)) {
     if (name === '__metadata__') {
       if (typeof v !== 'object' || v === null || Object.values(v).some((x) => typeof x !== 'string'))
         throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: __metadata__ must map names to strings`);
       metadata = v as Record<string, string>;
       continue;
     }
+    if (typeof v !== 'object' || v === null || Array.isArray(v))
+      throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: tensor '${name}' is described by ${JSON.stringify(v)}, not an object`);
     const info = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    const dtype = String(info?.dtype);
-    if (!(dtype in DTYPE_BYTES))
+    const dtype = String(info.dtype);
+    // own keys only: 'constructor' or 'toString' is not a dtype
+    if (!Object.hasOwn(DTYPE_BYTES, dtype))
       throw new QuantformError('QF_UNSUPPORTED', `${file.path}: tensor '${name}' has dtype ${JSON.stringify(info?.dtype)}, which is not a safetensors dtype (${Object.keys(DTYPE_BYTES).join(', ')})`);
     if (!Array.isArray(info.shape) || !Array.isArray(info.data_offsets) || info.data_offsets.length !== 2)
       throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: tensor '${name}' lacks a shape or data_offsets pair`);
+    if (!info.shape.every((d) => typeof d === 'number'))
+      throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: tensor '${name}' has a shape of non-numbers ${JSON.stringify(info.shape).slice(0, 80)}`);
     const [b, e] = info.data_offsets as number[];
     if (!Number.isSafeInteger(b) || !Number.isSafeInteger(e) || b < 0 || e < b)
       throw new QuantformError('QF_CORRUPT_FILE', `${file.path}: tensor '${name}' has invalid data_offsets [${String(b)}, ${String(e)}]`);
-    tensors.push({ name, shape: (info.shape as unknown[]).map(Number), dtype: dtype as StoredDType, file, offset: dataStart + b, nbytes: e - b });
+    tensors.push({ name, shape: info.shape as number[], dtype: dtype as StoredDType, file, offset: dataStart + b, nbytes: e - b });
   }
   validateLayout(tensors);
   return { tensors, metadata };
@@ -72,6 +72,7 @@ export function parseSafetensorsHeader(file: CheckpointFile): SafetensorsHeader 
 
 /** The tensors of one .safetensors file's header (no tensor bytes read). */
 export function readSafetensorsHeader(file: CheckpointFile): StoredTensor[] {
+  need.instance(file, CheckpointFile, 'file');
   return parseSafetensorsHeader(file).tensors;
 }
 
@@ -87,6 +88,8 @@ export class SafetensorsCheckpointFiles {
   readonly files: CheckpointFile[] = [];
 
   private constructor(files: string[], what: string, expected?: Map<string, string>) {
+    if (!Array.isArray(files) || files.length === 0 || !files.every((f) => is.string(f) && f.length > 0))
+      throw invalidParameter('non-empty array of file paths (use SafetensorsCheckpointFiles.file or .dir)', 'files', files);
     let metadata: Record<string, string> | null = null;
     try {
       for (const f of files) {
@@ -116,6 +119,7 @@ export class SafetensorsCheckpointFiles {
 
   /** One .safetensors file. */
   static file(file: string): SafetensorsCheckpointFiles {
+    need.string(file, 'file');
     return new SafetensorsCheckpointFiles([file], file);
   }
 
@@ -124,15 +128,18 @@ export class SafetensorsCheckpointFiles {
    * `${base}.safetensors.index.json` (every shard must exist and hold what the index says).
    */
   static dir(dir: string, base = 'model'): SafetensorsCheckpointFiles {
+    need.string(dir, 'dir');
+    need.string(base, 'base');
     const single = path.join(dir, `${base}.safetensors`), index = path.join(dir, `${base}.safetensors.index.json`);
     if (existsSync(single)) return new SafetensorsCheckpointFiles([single], single);
     if (!existsSync(index)) throw new QuantformError('QF_IO', `${dir}: neither ${base}.safetensors nor ${base}.safetensors.index.json exists`);
-    let map: unknown;
+    let text: string;
     try {
-      map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: unknown }).weight_map;
+      text = readFileSync(index, 'utf8');
     } catch (e) {
-      throw new QuantformError('QF_CORRUPT_FILE', `${index}: not a valid index (${(e as Error).message})`, { cause: e });
+      throw new QuantformError('QF_IO', `Cannot read ${index}: ${(e as Error).message}`, { cause: e });
     }
+    const map = parseJsonObject(text, index).weight_map;
     if (!map || typeof map !== 'object' || Array.isArray(map)) throw new QuantformError('QF_CORRUPT_FILE', `${index}: missing weight_map`);
     const entries = Object.entries(map as Record<string, unknown>);
     const shards: string[] = [];
@@ -168,6 +175,7 @@ export interface SafeTensor {
 
 /** A whole (small) file in memory: training checkpoints, tests. Large checkpoints go through SafetensorsCheckpointFiles. */
 export function readSafetensors(file: string): Map<string, SafeTensor> {
+  need.string(file, 'file');
   const st = SafetensorsCheckpointFiles.file(file);
   try {
     const out = new Map<string, SafeTensor>();
@@ -188,6 +196,7 @@ export function readSafetensors(file: string): Map<string, SafeTensor> {
 
 /** The __metadata__ strings of a safetensors file (only its header is read). */
 export function readSafetensorsMetadata(file: string): Record<string, string> {
+  need.string(file, 'file');
   const st = SafetensorsCheckpointFiles.file(file);
   st.close();
   return st.metadata;
@@ -246,6 +255,14 @@ export class SafetensorsWriter {
   private readonly base: string;
 
   constructor(readonly dir: string, specs: TensorSpec[], opts: SafetensorsWriterOptions = {}) {
+    need.string(dir, 'dir');
+    if (!Array.isArray(specs)) throw invalidParameter('array of { name, dtype, shape }', 'specs', specs);
+    specs.forEach((sp, i) => { need.object(sp, `specs[${i}]`); need.string(sp.name, `specs[${i}].name`); });
+    need.object(opts, 'options');
+    if (opts.metadata !== undefined && !(is.object(opts.metadata) && Object.values(opts.metadata).every((v) => typeof v === 'string')))
+      throw invalidParameter('object of strings', 'options.metadata', opts.metadata);
+    if (opts.base !== undefined) need.string(opts.base, 'options.base');
+    if (opts.singleFile !== undefined) need.string(opts.singleFile, 'options.singleFile');
     const max = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
     if (!is.finiteNumber(max) || max <= 0) throw invalidParameter('positive number', 'maxShardBytes', max);
     const base = opts.base ?? 'model';
@@ -253,8 +270,8 @@ export class SafetensorsWriter {
     const shards: { spec: TensorSpec; nbytes: number }[][] = [[]];
     let used = 0, total = 0;
     for (const spec of specs) {
-      if (!(spec.dtype in DTYPE_BYTES)) throw invalidParameter('a safetensors dtype', `dtype of ${spec.name}`, spec.dtype);
-      if (!spec.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('non-negative integer dimensions', `shape of ${spec.name}`, spec.shape);
+      if (!Object.hasOwn(DTYPE_BYTES, spec.dtype)) throw invalidParameter('a safetensors dtype', `dtype of ${spec.name}`, spec.dtype);
+      if (!Array.isArray(spec.shape) || !spec.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('non-negative integer dimensions', `shape of ${spec.name}`, spec.shape);
       if (this.plan.has(spec.name)) throw invalidParameter('unique tensor names', 'specs', spec.name);
       const nbytes = numel(spec.shape) * DTYPE_BYTES[spec.dtype];
       if (used > 0 && used + nbytes > max) {
@@ -326,6 +343,17 @@ export class SafetensorsWriter {
 
 /** Writes tensors (sorted by name) to one file atomically. */
 export function writeSafetensors(file: string, tensors: Map<string, SafeTensor>, metadata?: Record<string, string>): void {
+  need.string(file, 'file');
+  need.instance(tensors, Map, 'tensors');
+  if (metadata !== undefined && !(is.object(metadata) && Object.values(metadata).every((v) => typeof v === 'string')))
+    throw invalidParameter('object of strings', 'metadata', metadata);
+  const kinds = { F32: Float32Array, F16: Uint16Array, BF16: Uint16Array, I32: Int32Array } as const;
+  for (const [name, t] of tensors) {
+    need.object(t, `tensors '${name}'`);
+    if (!is.oneOf(t.dtype, Object.keys(kinds) as SafeDType[])) throw invalidParameter("'F32', 'F16', 'BF16' or 'I32'", `tensors '${name}'.dtype`, t.dtype);
+    if (!Array.isArray(t.shape) || !t.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('array of non-negative integers', `tensors '${name}'.shape`, t.shape);
+    if (!(t.data instanceof kinds[t.dtype])) throw invalidParameter(`${kinds[t.dtype].name} for ${t.dtype}`, `tensors '${name}'.data`, t.data, 'QF_DTYPE_MISMATCH');
+  }
   const names = [...tensors.keys()].sort();
   for (const name of names) {
     const t = tensors.get(name)!;

@@ -2,7 +2,7 @@
 // range, and fetched lazily by name. Float tensors are read and widened to fp32 in
 // native code (native/include/quantform/convert.h): large positional reads on the
 // thread pool, F16/BF16 converted in SIMD while the bytes are in cache.
-import { QuantformError, fromNative } from '../errors.js';
+import { QuantformError, fromNative, invalidParameter, is, need } from '../errors.js';
 import { native, type NativeDType } from '../native.js';
 import { CheckpointFile } from './file.js';
 
@@ -80,8 +80,24 @@ export interface ReadOptions {
   out?: Float32Array;
 }
 
+/** A StoredTensor passed in by a caller (plain JS): a byte range of an open CheckpointFile with a dtype and shape. */
+function needStoredTensor(t: unknown, name: string): asserts t is StoredTensor {
+  need.object(t, name);
+  const o = t as Record<string, unknown>;
+  need.string(o.name, `${name}.name`);
+  if (!Array.isArray(o.shape) || !o.shape.every((d) => is.nonNegativeInteger(d))) throw invalidParameter('array of non-negative integers', `${name}.shape`, o.shape);
+  if (!is.string(o.dtype) || !Object.hasOwn(DTYPE_BYTES, o.dtype)) throw invalidParameter('a safetensors dtype', `${name}.dtype`, o.dtype);
+  need.instance(o.file, CheckpointFile, `${name}.file`);
+  need.nonNegativeInteger(o.offset, `${name}.offset`);
+  need.nonNegativeInteger(o.nbytes, `${name}.nbytes`);
+}
+
 /** Reads one float tensor as fp32 (F16 and BF16 widen exactly; see convert.h for NaNs). */
 export function readTensor(t: StoredTensor, opts: ReadOptions = {}): Float32Array {
+  needStoredTensor(t, 'tensor');
+  need.object(opts, 'options');
+  if (opts.dstRow !== undefined && opts.dstRow !== null) need.instance(opts.dstRow, Int32Array, 'options.dstRow');
+  if (opts.out !== undefined) need.instance(opts.out, Float32Array, 'options.out');
   const dtype = nativeFloatDtype(t);
   const [rows, cols] = rowsCols(t);
   const out = opts.out ?? new Float32Array(rows * cols);

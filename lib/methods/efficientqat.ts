@@ -20,14 +20,14 @@
 // GPTQ's block); E2E-QP starts from Block-AP, or from any quantized linears (a GPTQ
 // checkpoint's). The result is the linears themselves (MethodResult.linears) and the
 // trained norms (written into the model).
-import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { f16ToF32, f32ToF16 } from '../io/half.js';
 import { native, type NativeBlockConfig, type NativeFqState, type NativePackedBlock } from '../native.js';
-import type { CalibrationSet } from '../engine/calib.js';
+import { needCalibration, type CalibrationSet } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, shapeOfConfig, type BlockQuant, type LinearName, type LlamaShape, type TrainableLlama } from '../engine/llama.js';
-import type { Checkpoint } from '../model/checkpoint.js';
-import { dequantize, numGroups, pack, QuantizedTensor, type Bits } from '../ops/quant.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, shapeOfConfig, TrainableLlama, type BlockQuant, type LinearName, type LlamaShape } from '../engine/llama.js';
+import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import { dequantize, numGroups, pack, QuantizedTensor, SUPPORTED_BITS, type Bits } from '../ops/quant.js';
 import { runGptq } from './gptq.js';
 import { batchIndices, nonFinite, Trainer } from './teq.js';
 import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
@@ -151,6 +151,27 @@ function packLearned(w: Float32Array, s: Float32Array, z: Float32Array | null, N
   const s16 = Uint16Array.from(s, (v) => f32ToF16(Math.min(Math.max(v, Math.fround(1e-4)), 1e4)));
   const z16 = z ? Uint16Array.from(z, (v) => f32ToF16(Math.min(Math.max(Math.round(v), 0), hi))) : null;
   return new QuantizedTensor(pack(new Uint8Array(codes), [N, K], quant.bits), s16, z16, [N, K], quant.bits, gs, quant.symmetric, 'f16');
+}
+
+/** A BlockQuant handed in by a caller (plain JS). */
+function needBlockQuant(q: unknown, name = 'quant'): asserts q is BlockQuant {
+  need.object(q, name);
+  const o = q as Record<string, unknown>;
+  if (!is.oneOf(o.bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', `${name}.bits`, o.bits, 'QF_UNSUPPORTED_BITS');
+  need.positiveInteger(o.groupSize, `${name}.groupSize`);
+  need.bool(o.symmetric, `${name}.symmetric`);
+}
+
+/** A PackedLlama handed in by a caller (plain JS): the fp32 parts and the linears' map. */
+function needPackedLlama(m: unknown, name = 'model'): asserts m is PackedLlama {
+  need.object(m, name);
+  const o = m as Record<string, unknown>;
+  need.object(o.shape, `${name}.shape`);
+  need.positiveInteger((o.shape as Record<string, unknown>).layers, `${name}.shape.layers`);
+  for (const k of ['embed', 'finalNorm', 'lmHead'] as const) need.instance(o[k], Float32Array, `${name}.${k}`);
+  need.instance(o.linears, Map, `${name}.linears`);
+  if (!Array.isArray(o.norms) || o.norms.length !== (o.shape as LlamaShape).layers)
+    throw invalidParameter(`array of ${(o.shape as LlamaShape).layers} { input, post } norms`, `${name}.norms`, o.norms);
 }
 
 /** f32 copies of a quantized weight's step sizes and zero points. */
@@ -474,6 +495,11 @@ export interface StepSizeHooks {
  * Returns the linears with their trained step sizes rounded to f16, as saved.
  */
 export async function trainStepSizes(m: PackedLlama, cal: CalibrationSet, quant: BlockQuant, o: ResolvedEfficientQat, h: StepSizeHooks = {}): Promise<Map<string, QuantizedTensor>> {
+  needPackedLlama(m);
+  needCalibration(cal);
+  needBlockQuant(quant);
+  need.object(o, 'options');
+  need.object(h, 'hooks');
   const nb = native().engine;
   const s = m.shape, L = s.layers, dims = linearDims(s, quant);
   const B = Math.min(o.e2eBatchSize, cal.samples);
@@ -587,6 +613,8 @@ async function endToEndLoop(model: Pick<PackedLlama, 'shape' | 'embed' | 'finalN
  * in-domain fine-tuning alone; the returned clone holds the trained fp32 weights.
  */
 export async function e2eControl(source: TrainableLlama, cal: CalibrationSet, options: EfficientQatOptions = {}): Promise<TrainableLlama> {
+  need.instance(source, TrainableLlama, 'model');
+  needCalibration(cal);
   const quant: BlockQuant = { bits: 4, groupSize: 32, symmetric: false };
   const o = resolveEfficientQat(options, quant.bits);
   const model = source.clone(), nb = native().engine;
@@ -645,6 +673,10 @@ export async function e2eControl(source: TrainableLlama, cal: CalibrationSet, op
 /** Both phases (or one) on `model` (its norms and linears are rewritten to the result). */
 export async function runEfficientQat(model: TrainableLlama, cal: CalibrationSet, quant: BlockQuant, options: EfficientQatOptions,
   ctx: MethodContext): Promise<EfficientQatRun> {
+  need.instance(model, TrainableLlama, 'model');
+  needCalibration(cal);
+  needBlockQuant(quant);
+  need.object(ctx, 'context');
   const o = resolveEfficientQat(options, quant.bits);
   const s = model.shape;
   if (cal.seqLen > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
@@ -680,6 +712,7 @@ export const efficientqat: QuantMethod = {
  * only fp32 weights), every linear packed as stored. Throws for a checkpoint without them.
  */
 export function packedFromCheckpoint(ck: Checkpoint): { model: PackedLlama; quant: BlockQuant } {
+  needCheckpoint(ck);
   const { linears, quant } = checkpointLinears(ck);
   const shape = shapeOfConfig(ck.config);
   const embed = ck.weight('embed');
@@ -692,6 +725,7 @@ export function packedFromCheckpoint(ck: Checkpoint): { model: PackedLlama; quan
  * quantization they share: E2E-QP's start. A checkpoint without them is a clear error.
  */
 export function checkpointLinears(ck: Checkpoint): { linears: Map<string, QuantizedTensor>; quant: BlockQuant } {
+  needCheckpoint(ck);
   const linears = new Map<string, QuantizedTensor>();
   let quant = null as BlockQuant | null;
   for (let l = 0; l < ck.config.nLayers; l++)

@@ -141,8 +141,13 @@ export async function runGptq(model: TrainableLlama, cal: CalibrationSet, quant:
   const s = model.shape, D = s.hidden, S = cal.seqLen, Ns = cal.samples;
   if (S > s.maxSeq) throw invalidParameter(`seqLen <= ${s.maxSeq} (the model's context)`, 'calibration.seqLen', S);
   const nb = native().engine;
-  const B = forwardBatch(model, S, Ns);
-  const blockIn = new BlockInputs(model, S, B);
+  let B: number, blockIn: BlockInputs;
+  try {
+    B = forwardBatch(model, S, Ns);
+    blockIn = new BlockInputs(model, S, B);
+  } catch (e) {
+    throw fromNative(e);
+  }
   const lay = blockLayout(s);
   const x = new Float32Array(Ns * S * D);  // (samples * seq, D) inputs of the current block
   const y = new Float32Array(B * S * D);   // (B * seq, D) one chunk's block output

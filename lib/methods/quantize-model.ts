@@ -9,17 +9,19 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { CalibrationSet } from '../engine/calib.js';
-import { invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
-import { getMethod, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { getMethod, type MethodResult, type ProgressEvent, type TrainOptions, type TrainState } from './index.js';
+import { trainStateFromCheckpoint } from './checkpoint.js';
+import { checkFinite } from '../ops/finite.js';
 import { dequantize, quantize, SUPPORTED_BITS, type Bits, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
-import { blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, type BlockQuant, type TrainableLlama } from '../engine/llama.js';
+import { blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
-import { configOf, GptqWriter, gptqSourceOf, isQuantizedLinear, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
-import { FLOAT_DTYPES, readRaw, readTensor } from '../io/tensors.js';
-import type { Checkpoint } from '../model/checkpoint.js';
-import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
+import { configOf, GptqWriter, gptqSourceOf, isQuantizedLinear, needSaveOptions, tokenizerDirOf, type GptqSource, type SaveOptions } from '../export/save.js';
+import { FLOAT_DTYPES, readRaw, readTensor, type StoredTensor } from '../io/tensors.js';
+import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import { hfConfigFromLlama, needConfig, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { hfModuleName } from '../model/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
@@ -138,11 +140,17 @@ function readCheckpoint(file: string, expect: string): TrainState {
   if (meta.fingerprint !== expect)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Checkpoint ${file} was written for another model, calibration set or configuration: it cannot be resumed with these options`);
-  const arena = t.get('arena');
-  if (!arena || arena.dtype !== 'F32') throw new QuantformError('QF_CORRUPT_FILE', `Checkpoint ${file} holds no F32 arena`);
-  const tensors = new Map<string, Float32Array>();
-  for (const [k, v] of t) if (k !== 'arena' && v.dtype === 'F32') tensors.set(k, v.data as Float32Array);
-  return { step: Number(meta.step), arena: arena.data as Float32Array, lossCurve: JSON.parse(meta.lossCurve), tensors };
+  return trainStateFromCheckpoint(file, meta, t.get('arena'), t);
+}
+
+/** A QuantizedModel passed in by a caller: quantizeModel's result shape. */
+export function needQuantizedModel(q: unknown): asserts q is QuantizedModel {
+  need.object(q, 'quantized model');
+  const o = q as Record<string, unknown>;
+  need.instance(o.model, TrainableLlama, 'quantized model.model');
+  need.instance(o.linears, Map, 'quantized model.linears');
+  need.object(o.quant, 'quantized model.quant');
+  need.object(o.report, 'quantized model.report');
 }
 
 function relError(a: Float32Array, b: Float32Array): number {
@@ -156,7 +164,11 @@ function relError(a: Float32Array, b: Float32Array): number {
 
 export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelOptions, hooks: QuantizeModelHooks = {}): Promise<QuantizedModel> {
   const t0 = performance.now();
+  need.instance(source, TrainableLlama, 'model');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  need.object(hooks, 'hooks');
+  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.checkpoint !== undefined) { need.object(hooks.checkpoint, 'hooks.checkpoint'); need.string(hooks.checkpoint.path, 'hooks.checkpoint.path'); }
   const method = getMethod(opts.method);
   const quant = quantSpec(opts);
   const { groupSize, symmetric } = quant;
@@ -167,17 +179,26 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
     throw invalidParameter(`seqLen <= ${source.shape.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
   if (cal) for (const id of cal.tokens) if (id < 0 || id >= source.shape.vocab) throw invalidParameter(`token ids in [0, ${source.shape.vocab})`, 'calibration.tokens', id);
 
+  // every tensor, not only the linears quantize() sees: a NaN embedding or norm would train and save silently
+  for (const [name, w, shape] of source.weights()) checkFinite(w, name, shape);
   const model = source.clone();
   const ck = hooks.checkpoint;
   const fp = ck ? fingerprint(source, opts, train, quant) : '';
   const resume = hooks.resume ? readCheckpoint(ck?.path ?? '', fp) : undefined;
   if (hooks.resume && !ck) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
   const tTrain = performance.now();
-  const res = await method.prepare(model, {
-    quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
-    efficientqat: opts.efficientqat,
-    checkpoint: ck ? stateWriter(ck.path, fp) : undefined,
-  });
+  let res: MethodResult;
+  try {
+    res = await method.prepare(model, {
+      quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume, gptq: opts.gptq,
+      efficientqat: opts.efficientqat,
+      checkpoint: ck ? stateWriter(ck.path, fp) : undefined,
+    });
+  } catch (e) {
+    // a method (registered by name, possibly a user's) that calls the binding directly and
+    // lets its error through still ends in a QuantformError with the native code
+    throw fromNative(e);
+  }
   const trainSeconds = (performance.now() - tTrain) / 1000;
 
   const linears = new Map<string, QuantizedTensor>();
@@ -212,6 +233,7 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
 
 /** The quantized model as fp32 weights (each linear dequantized), for evaluation. */
 export function dequantizedModel(q: QuantizedModel): TrainableLlama {
+  needQuantizedModel(q);
   const m = q.model.clone();
   for (let l = 0; l < m.shape.layers; l++)
     for (const n of LINEARS) m.linear(l, n).set(dequantize(q.linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!).data as Float32Array);
@@ -252,6 +274,15 @@ function sampledRelError(q: QuantizedTensor, w: Float32Array): number {
   return Math.sqrt(e / Math.max(d, 1e-30));
 }
 
+/** The NaN/Inf check of a float tensor copied as stored (F32, F16 or BF16 bytes). */
+function checkStoredFinite(raw: Buffer, t: StoredTensor, what: string): void {
+  // typed views need an aligned offset: small reads come from Buffer's shared pool
+  const bytes = raw.byteOffset % 4 === 0 ? raw : new Uint8Array(raw);
+  const view = t.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
+    : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  checkFinite(view, what, t.shape, t.dtype === 'F32' ? 'f32' : t.dtype === 'F16' ? 'f16' : 'bf16');
+}
+
 export interface StreamHooks {
   onProgress?: (e: ProgressEvent) => void;
   /** Ctrl-C: stops after the tensor being written with QF_ABORTED; nothing is left behind */
@@ -272,7 +303,14 @@ function storedPlain(ck: Checkpoint): Pick<GptqSource, 'config' | 'hfConfig' | '
     plainDtype: (name) => (stored(name)?.dtype ?? 'F32') as 'F32' | 'F16' | 'BF16',
     plain: (name) => {
       const t = stored(name);
-      return t ? readRaw(t) : ck.weight(name);
+      if (!t) {
+        const w = ck.weight(name);
+        checkFinite(w, `${ck.path}: ${name}`, weightShape(ck.config, name));
+        return w;
+      }
+      const raw = readRaw(t);
+      checkStoredFinite(raw, t, `${ck.path}: ${name}`);
+      return raw;
     },
   };
 }
@@ -292,7 +330,13 @@ async function saveOptionsOf(ck: Checkpoint, save: SaveOptions | undefined): Pro
 export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: { bits: Bits; groupSize?: number; symmetric?: boolean },
   hooks: StreamHooks = {}): Promise<QuantizeReport> {
   const t0 = performance.now();
+  needCheckpoint(ck);
+  need.string(out, 'out');
   if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  need.object(hooks, 'hooks');
+  if (hooks.onProgress !== undefined) need.func(hooks.onProgress, 'hooks.onProgress');
+  if (hooks.signal !== undefined) need.instance(hooks.signal, AbortSignal, 'hooks.signal');
+  if (hooks.save !== undefined) needSaveOptions(hooks.save);
   const quant = quantSpec(opts);
   const reports: LinearReport[] = [];
   let scratch = new Float32Array(0);
@@ -305,6 +349,7 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
       // one fp32 buffer for every linear: a fresh 180 MB array per 7B linear would fault its pages in each time
       if (s && scratch.length < N * K) scratch = new Float32Array(N * K);
       const w = s ? readTensor(s.tensor, { dstRow: s.dstRow, out: scratch.subarray(0, N * K) }) : ck.weight(name);
+      checkFinite(w, `${ck.path}: ${name}`, [N, K]);
       const q = quantize(new Tensor(w, [N, K]), { bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16' });
       const err = sampledRelError(q, w);
       reports.push({ name: hfModuleName(name), shape: [N, K], errorBefore: err, errorAfter: err });
@@ -402,6 +447,8 @@ export async function quantizeCheckpointE2eQp(ck: Checkpoint, out: string, opts:
  */
 export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Checkpoint {
   const src = gptqSourceOf(q);
+  need.object(tokenizer, 'tokenizer');
+  need.func(tokenizer.encode, 'tokenizer.encode');
   return {
     format: 'memory',
     path: `memory:${q.report.method}-w${q.quant.bits}g${q.quant.groupSize}`,
@@ -416,6 +463,9 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
 
 /** An fp32 training model as a runtime Checkpoint (evaluation of a trained fp32 model). */
 export function modelCheckpoint(m: TrainableLlama, tokenizer: Tokenizer): Checkpoint {
+  need.instance(m, TrainableLlama, 'model');
+  need.object(tokenizer, 'tokenizer');
+  need.func(tokenizer.encode, 'tokenizer.encode');
   const config = configOf(m);
   return {
     format: 'memory',
@@ -450,6 +500,10 @@ export interface MemoryNeed {
  * trainer streams blocks.
  */
 export function memoryNeed(cfg: LlamaConfig, method: string, train: { samples?: number; seqLen?: number; batchSize?: number } = {}): MemoryNeed {
+  needConfig(cfg);
+  need.string(method, 'method');
+  need.object(train, 'train');
+  for (const k of ['samples', 'seqLen', 'batchSize'] as const) if (train[k] !== undefined) need.positiveInteger(train[k], `train.${k}`);
   const gb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
   if (method === 'rtn') {
     let worst = { name: '', n: 0 };

@@ -1,9 +1,14 @@
-import { invalidParameter } from '../errors.js';
+import { invalidParameter, need } from '../errors.js';
 import type { QuantMethod } from './types.js';
 
 const methods = new Map<string, QuantMethod>();
 
 export function registerMethod(m: QuantMethod): void {
+  need.object(m, 'method');
+  need.string(m.name, 'method.name');
+  need.func(m.prepare, 'method.prepare');
+  need.bool(m.needsCalibration, 'method.needsCalibration');
+  if (typeof m.description !== 'string') throw invalidParameter('string', 'method.description', m.description);
   methods.set(m.name, m);
 }
 

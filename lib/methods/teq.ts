@@ -5,11 +5,11 @@
 // Q = RTN fake-quant recomputed every step (native block step, teq = true), Q's
 // rounding straight-through. Merge: gamma <- gamma / alpha, W <- W diag(alpha), so the
 // quantized model carries no extra op.
-import { fromNative, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, need, QuantformError } from '../errors.js';
 import { native } from '../native.js';
 import { seededRandom } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { HF_LINEAR, type TrainableLlama } from '../engine/llama.js';
+import { HF_LINEAR, TrainableLlama } from '../engine/llama.js';
 import type { MethodContext, MethodResult, QuantMethod, TrainState } from './types.js';
 
 /**
@@ -20,9 +20,11 @@ import type { MethodContext, MethodResult, QuantMethod, TrainState } from './typ
  * The merge is the engine's (block_merge_scales), one call per layer.
  */
 export function mergeTeqScales(model: TrainableLlama, alpha: Float32Array, extra = false): void {
+  need.instance(model, TrainableLlama, 'model');
+  need.bool(extra, 'extra');
   const A = model.alphaPerLayer(extra);
-  if (alpha.length !== model.shape.layers * A)
-    throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${model.shape.layers * A} TEQ scales (layers x ${A}) but received ${alpha.length}`);
+  if (!(alpha instanceof Float32Array) || alpha.length !== model.shape.layers * A)
+    throw invalidParameter(`Float32Array of ${model.shape.layers} x ${A} scales`, 'alpha', alpha, 'QF_SHAPE_MISMATCH');
   const cfg = model.blockConfig(1, 1, null, true, extra);
   try {
     for (let l = 0; l < model.shape.layers; l++) native().engine.blockMergeScales(cfg, model.blocks[l], alpha.subarray(l * A, (l + 1) * A));
@@ -155,7 +157,13 @@ async function trainBlockwise(model: TrainableLlama, ctx: MethodContext, opt: Ad
       await nb.blockForward(fpCfgAll, to.subarray(n * S * D, (n + 1) * S * D), null, from.subarray(n * S * D, (n + 1) * S * D), model.blocks[l], null, true);
     return to;
   };
-  for (let l = 0; l < firstLayer; l++) xin = await forwardFp(l, xin);
+  // blocks finished before a resume: zero moments, as the uninterrupted run left them
+  // (a checkpoint written at a block's last step still holds that block's moments)
+  for (let l = 0; l < firstLayer; l++) {
+    opt.arena.fill(0, 2 * P + l * A, 2 * P + (l + 1) * A);
+    opt.arena.fill(0, 3 * P + l * A, 3 * P + (l + 1) * A);
+    xin = await forwardFp(l, xin);
+  }
   for (let l = firstLayer; l < L; l++) {
     const yout = await forwardFp(l, xin);  // fp32 targets
     const alpha = opt.params.subarray(l * A, (l + 1) * A), dalpha = opt.grads.subarray(l * A, (l + 1) * A);
@@ -207,6 +215,9 @@ export const teq: QuantMethod = {
     const curve: number[] = [];
     let start = 0;
     if (ctx.resume) {
+      const total = ctx.train.loss === 'e2e' ? ctx.train.steps : ctx.train.steps * s.layers;
+      if (ctx.resume.step > total)
+        throw new QuantformError('QF_CORRUPT_FILE', `The checkpoint is at step ${ctx.resume.step}, past the ${total} steps of this run`);
       opt.load({ step: ctx.resume.step, arena: ctx.resume.arena });
       curve.push(...ctx.resume.lossCurve);
       start = ctx.resume.step;

@@ -3,7 +3,8 @@
 import type { StoredTensor } from '../io/tensors.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { LlamaConfig } from './config.js';
+import { need } from '../errors.js';
+import { needConfig, type LlamaConfig } from './config.js';
 
 export type CheckpointFormat = 'safetensors' | 'llama2c' | 'gguf' | 'gptq' | 'synthetic' | 'memory';
 
@@ -37,6 +38,16 @@ export interface Checkpoint {
   /** The tokenizer that belongs to the checkpoint. */
   tokenizer(): Promise<Tokenizer>;
   close(): void;
+}
+
+/** A Checkpoint passed in by a caller (plain JS): its path, config and weight(); `name` names it in errors. */
+export function needCheckpoint(ck: unknown, name = 'checkpoint'): asserts ck is Checkpoint {
+  need.object(ck, name);
+  const o = ck as Record<string, unknown>;
+  need.string(o.path, `${name}.path`);
+  needConfig(o.config, `${name}.config`);
+  need.func(o.weight, `${name}.weight`);
+  need.func(o.tokenizer, `${name}.tokenizer`);
 }
 
 /** Hugging Face style directories (config.json, tokenizer files beside the weights): plain and GPTQ. */

@@ -1,5 +1,5 @@
 // The model description every loader produces, whatever the file format.
-import { QuantformError, is } from '../errors.js';
+import { QuantformError, invalidParameter, is, need } from '../errors.js';
 
 export interface Llama3RopeScaling {
   ropeType: 'llama3';
@@ -34,14 +34,35 @@ export const LAYER_WEIGHTS = ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'ffn_norm', '
 export type LayerWeight = (typeof LAYER_WEIGHTS)[number];
 export const LINEAR_WEIGHTS: readonly LayerWeight[] = ['wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down'];
 
+/** A LlamaConfig passed in by a caller: an object whose sizes are positive integers. */
+export function needConfig(cfg: unknown, name = 'config'): asserts cfg is LlamaConfig {
+  need.object(cfg, name);
+  const c = cfg as Record<string, unknown>;
+  for (const k of ['dim', 'hiddenDim', 'nLayers', 'nHeads', 'nKvHeads', 'headDim', 'vocabSize', 'maxSeq'] as const)
+    if (!is.positiveInteger(c[k])) throw invalidParameter('positive integer', `${name}.${k}`, c[k]);
+  need.bool(c.tiedEmbeddings, `${name}.tiedEmbeddings`);
+}
+
 export function weightNames(cfg: LlamaConfig): string[] {
-  const names = ['embed', 'final_norm'];
-  if (!cfg.tiedEmbeddings) names.push('lm_head');
-  for (let l = 0; l < cfg.nLayers; l++) for (const w of LAYER_WEIGHTS) names.push(`layers.${l}.${w}`);
-  return names;
+  return [...eachWeightName(cfg)];
+}
+
+/**
+ * weightNames one at a time: a loader checking a file's tensors against a config
+ * it has not yet trusted (nLayers up to 2^31) fails at the first missing tensor
+ * instead of building billions of names first.
+ */
+export function* eachWeightName(cfg: LlamaConfig): Generator<string> {
+  needConfig(cfg);
+  yield 'embed';
+  yield 'final_norm';
+  if (!cfg.tiedEmbeddings) yield 'lm_head';
+  for (let l = 0; l < cfg.nLayers; l++) for (const w of LAYER_WEIGHTS) yield `layers.${l}.${w}`;
 }
 
 export function weightShape(cfg: LlamaConfig, name: string): number[] {
+  needConfig(cfg);
+  need.string(name, 'name');
   const C = cfg.dim, F = cfg.hiddenDim, Q = cfg.nHeads * cfg.headDim, KV = cfg.nKvHeads * cfg.headDim;
   if (name === 'embed' || name === 'lm_head') return [cfg.vocabSize, C];
   if (name === 'final_norm') return [C];
@@ -70,6 +91,8 @@ export function validateConfig(cfg: LlamaConfig, source: string): void {
 
 /** RoPE inverse frequencies (headDim/2), with Llama 3 rope_scaling applied as transformers does. */
 export function invFreq(cfg: LlamaConfig): Float32Array {
+  needConfig(cfg);
+  need.finiteNumber(cfg.ropeTheta, 'config.ropeTheta');
   const half = cfg.headDim / 2;
   const out = new Float32Array(half);
   for (let i = 0; i < half; i++) out[i] = 1 / Math.pow(cfg.ropeTheta, (2 * i) / cfg.headDim);
@@ -92,6 +115,8 @@ export function invFreq(cfg: LlamaConfig): Float32Array {
 
 /** Reads Hugging Face config.json fields into a LlamaConfig. */
 export function configFromHf(json: Record<string, unknown>, source: string): LlamaConfig {
+  need.object(json, 'json');
+  need.string(source, 'source');
   const num = (k: string, dflt?: number): number => {
     const v = json[k];
     if (v === undefined || v === null) {
@@ -148,6 +173,7 @@ export function configFromHf(json: Record<string, unknown>, source: string): Lla
 
 /** A Hugging Face config.json describing `cfg` (for checkpoints that came without one: llama2.c, GGUF, synthetic). */
 export function hfConfigFromLlama(c: LlamaConfig): Record<string, unknown> {
+  needConfig(c);
   const out: Record<string, unknown> = {
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: c.dim, intermediate_size: c.hiddenDim,
     num_hidden_layers: c.nLayers, num_attention_heads: c.nHeads, num_key_value_heads: c.nKvHeads, head_dim: c.headDim,

@@ -2,12 +2,22 @@
 // Meta's original checkpoints, llama2.c .bin files and GGUF files (llama.cpp's
 // converters write q/k in the interleaved (2i, 2i + 1) order) need their q/k rows
 // reordered once at load.
+import { QuantformError, invalidParameter, need } from '../errors.js';
+
+function checkPermute(w: Float32Array, heads: number, cols: number): void {
+  need.instance(w, Float32Array, 'w');
+  need.positiveInteger(heads, 'heads');
+  need.positiveInteger(cols, 'cols');
+  if (w.length % (cols * heads * 2) !== 0)
+    throw new QuantformError('QF_SHAPE_MISMATCH', `Expected a (heads * headDim, cols) weight with even headDim: ${w.length} elements do not split into ${heads} heads of ${cols} columns`);
+}
 
 /**
  * Interleaved -> rotate_half for a (heads * HS, cols) weight: new row h*HS + j*HS/2 + i
  * takes old row h*HS + 2i + j (transformers' convert_llama_weights_to_hf `permute`).
  */
 export function permuteInterleavedToHalf(w: Float32Array, heads: number, cols: number): Float32Array {
+  checkPermute(w, heads, cols);
   const rows = w.length / cols, hs = rows / heads, half = hs / 2;
   const out = new Float32Array(w.length);
   for (let h = 0; h < heads; h++)
@@ -21,6 +31,7 @@ export function permuteInterleavedToHalf(w: Float32Array, heads: number, cols: n
 
 /** The inverse of permuteInterleavedToHalf (for exporters and tests). */
 export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: number): Float32Array {
+  checkPermute(w, heads, cols);
   const rows = w.length / cols, hs = rows / heads, half = hs / 2;
   const out = new Float32Array(w.length);
   for (let h = 0; h < heads; h++)
@@ -38,6 +49,9 @@ export function permuteHalfToInterleaved(w: Float32Array, heads: number, cols: n
  * It is also the row order of permuteHalfToInterleaved (out row r is source row dst[r]).
  */
 export function interleavedToHalfRows(heads: number, rows: number): Int32Array {
+  need.positiveInteger(heads, 'heads');
+  need.positiveInteger(rows, 'rows');
+  if (rows % (2 * heads) !== 0) throw invalidParameter(`a multiple of 2 x heads = ${2 * heads} (even head size)`, 'rows', rows);
   const hs = rows / heads, half = hs / 2;
   const dst = new Int32Array(rows);
   for (let h = 0; h < heads; h++)

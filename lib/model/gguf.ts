@@ -9,7 +9,7 @@
 // in the header is checked against the file before anything is allocated for it.
 // RoPE: llama.cpp's converters store q/k in the interleaved order; they are
 // permuted to rotate_half at load (convert.ts).
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint, TensorSource } from './checkpoint.js';
@@ -51,6 +51,7 @@ function corrupt(file: CheckpointFile, msg: string): QuantformError {
 }
 
 export function readGgufHeader(file: CheckpointFile): GgufHeader {
+  need.instance(file, CheckpointFile, 'file');
   const c = new FileCursor(file);
   if (file.size < 8) throw corrupt(file, `${file.size} bytes is too short for a GGUF header`);
   const magic = c.u32('magic');
@@ -175,6 +176,7 @@ export class GgufCheckpoint implements Checkpoint {
   private readonly byName = new Map<string, GgufTensor>();
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     this.file = new CheckpointFile(path);
     try {
       this.header = readGgufHeader(this.file);

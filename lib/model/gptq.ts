@@ -4,9 +4,9 @@
 // dequantizes to fp32 for callers that need floats (and for act-order checkpoints).
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import type { Checkpoint, TensorSource } from './checkpoint.js';
-import { configFromHf, weightNames, weightShape, type LlamaConfig } from './config.js';
+import { configFromHf, eachWeightName, weightShape, type LlamaConfig } from './config.js';
 import { hfModuleName, readHfConfigJson } from './hf.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import { loadLlama2cTokenizer } from '../tokenizer/sentencepiece.js';
@@ -14,6 +14,7 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Bits } from '../ops/quant.js';
 import type { QuantizedTensor } from '../ops/quant.js';
 import { dequantizeGptq, fromGptq, type GptqFormat } from '../export/gptq.js';
+import { parseJsonObject } from '../io/json.js';
 import { SafetensorsCheckpointFiles } from '../io/safetensors.js';
 import { readInt32, readTensor, readUint16, type StoredTensor } from '../io/tensors.js';
 
@@ -21,7 +22,7 @@ import { readInt32, readTensor, readUint16, type StoredTensor } from '../io/tens
 export function gptqConfig(dir: string): { bits: Bits; format: GptqFormat } | null {
   let json: { quantization_config?: { quant_method?: string; bits?: number; checkpoint_format?: string } };
   try {
-    json = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    json = parseJsonObject(readFileSync(path.join(dir, 'config.json'), 'utf8'), path.join(dir, 'config.json'));
   } catch {
     return null;
   }
@@ -41,6 +42,7 @@ export class GptqCheckpoint implements Checkpoint {
   private readonly q: { bits: Bits; format: GptqFormat };
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     const q = gptqConfig(path);
     if (!q) throw new QuantformError('QF_INVALID_ARGUMENT', `${path} is not a GPTQ checkpoint (no quantization_config with quant_method 'gptq')`);
     this.q = q;
@@ -49,7 +51,9 @@ export class GptqCheckpoint implements Checkpoint {
     this.st = SafetensorsCheckpointFiles.dir(path);
     if (this.st.get('lm_head.weight') || this.st.get('lm_head.qweight')) this.config.tiedEmbeddings = false;
     try {
-      for (const n of weightNames(this.config)) {
+      // every weight config.json implies is present (plain or quantized) before anything is
+      // sized by it; one at a time, so a config claiming 2^31 layers fails at the first gap
+      for (const n of eachWeightName(this.config)) {
         const base = hfModuleName(n);
         if (!this.st.get(`${base}.weight`) && !this.st.get(`${base}.qweight`))
           throw new QuantformError('QF_CORRUPT_FILE', `${path}: neither '${base}.weight' nor '${base}.qweight' is stored`);

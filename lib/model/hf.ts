@@ -4,13 +4,14 @@
 // are then read one at a time (lib/io/safetensors.ts, the one reader).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
+import { parseJsonObject } from '../io/json.js';
 import { SafetensorsCheckpointFiles } from '../io/safetensors.js';
 import { readTensor, type StoredTensor } from '../io/tensors.js';
 import { loadHfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint, TensorSource } from './checkpoint.js';
-import { configFromHf, weightNames, weightShape, type LlamaConfig } from './config.js';
+import { configFromHf, eachWeightName, weightShape, type LlamaConfig } from './config.js';
 
 
 const LAYER_HF: Record<string, string> = {
@@ -32,11 +33,13 @@ export function hfModuleName(name: string): string {
 /** config.json of a model directory, parsed. */
 export function readHfConfigJson(dir: string): Record<string, unknown> {
   const file = path.join(dir, 'config.json');
+  let text: string;
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new QuantformError('QF_IO', `Cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
+  return parseJsonObject(text, file);
 }
 
 export class SafetensorsCheckpoint implements Checkpoint {
@@ -47,6 +50,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
   private readonly st: SafetensorsCheckpointFiles;
 
   constructor(readonly path: string) {
+    need.string(path, 'path');
     this.hfConfig = readHfConfigJson(path);
     const cfg = configFromHf(this.hfConfig, `${path}/config.json`);
     this.st = SafetensorsCheckpointFiles.dir(path);
@@ -56,7 +60,7 @@ export class SafetensorsCheckpoint implements Checkpoint {
       if (this.st.get('model.layers.0.self_attn.q_proj.bias'))
         throw new QuantformError('QF_UNSUPPORTED', `${path}: q/k/v projection biases (Qwen2 style) are not supported`);
       // every expected tensor present, a float, with the shape config.json implies
-      for (const n of weightNames(cfg)) this.stored(n);
+      for (const n of eachWeightName(cfg)) this.stored(n);  // lazily: a config claiming 2^31 layers fails at the first missing one
     } catch (e) {
       this.st.close();
       throw e;

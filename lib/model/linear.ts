@@ -2,7 +2,7 @@
 // weight plugs in where an fp32 one was. The native model runs an Fp32Linear on
 // its fp32 GEMM and a QuantizedLinear on the dequant-matmul kernels (packed codes
 // read directly; INT4 with a supported group size takes the repacked fast path).
-import { QuantformError } from '../errors.js';
+import { QuantformError, need } from '../errors.js';
 import { dequantize, QuantizedTensor } from '../ops/quant.js';
 import { Tensor } from '../ops/tensor.js';
 
@@ -22,6 +22,7 @@ export class Fp32Linear implements Linear {
   readonly inFeatures: number;
 
   constructor(readonly weight: Tensor) {
+    need.instance(weight, Tensor, 'weight');
     if (weight.dtype !== 'f32' || weight.shape.length !== 2)
       throw new QuantformError('QF_SHAPE_MISMATCH', `Expected an f32 matrix [out, in] for a linear weight but received ${weight.dtype} [${weight.shape.join(', ')}]`);
     [this.outFeatures, this.inFeatures] = weight.shape as [number, number];
@@ -38,6 +39,7 @@ export class QuantizedLinear implements Linear {
   readonly inFeatures: number;
 
   constructor(readonly weight: QuantizedTensor) {
+    need.instance(weight, QuantizedTensor, 'weight');
     [this.outFeatures, this.inFeatures] = weight.shape;
   }
 

@@ -1,12 +1,13 @@
 // loadModel(): any supported checkpoint -> a Model whose weights live in native
 // memory (one LlamaModel per Model) and whose forward pass is one native call.
 import { existsSync, statSync } from 'node:fs';
-import { QuantformError, fromNative, invalidParameter, is } from '../errors.js';
+import { QuantformError, fromNative, invalidParameter, is, need } from '../errors.js';
 import { native, type NativeLlamaModel, type NativeStoredWeight } from '../native.js';
 import { Tensor } from '../ops/tensor.js';
+import { checkFinite, checkQuantizedFinite } from '../ops/finite.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Checkpoint } from './checkpoint.js';
-import { LINEAR_WEIGHTS, invFreq, weightNames, weightShape, type LlamaConfig } from './config.js';
+import { LINEAR_WEIGHTS, invFreq, needConfig, weightNames, weightShape, type LlamaConfig } from './config.js';
 import { CheckpointFile } from '../io/file.js';
 import { nativeFloatDtype, rowsCols } from '../io/tensors.js';
 import { GgufCheckpoint } from './gguf.js';
@@ -62,6 +63,13 @@ export class Model {
   private readonly linears = new Map<string, Linear>();
 
   constructor(readonly checkpoint: Checkpoint, readonly tokenizer: Tokenizer, opts: LoadOptions = {}) {
+    need.object(checkpoint, 'checkpoint');
+    need.func(checkpoint.weight, 'checkpoint.weight');
+    needConfig(checkpoint.config, 'checkpoint.config');
+    need.object(tokenizer, 'tokenizer');
+    need.func(tokenizer.encode, 'tokenizer.encode');
+    need.func(tokenizer.decode, 'tokenizer.decode');
+    need.object(opts, 'options');
     const cfg = checkpoint.config;
     this.config = cfg;
     const maxSeq = opts.maxSeq ?? Math.min(cfg.maxSeq, 4096);
@@ -81,12 +89,19 @@ export class Model {
         const q = checkpoint.quantizedWeight?.(name) ?? null;
         const src = q ? null : checkpoint.tensorSource?.(name) ?? null;
         if (q) {
+          checkQuantizedFinite(q, `${checkpoint.path}: ${name}`);
           this.handle.setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
           this.linears.set(name, new QuantizedLinear(q));
         } else if (src) {
+          // read natively into the model, scanned for NaN/Inf there (llama.cpp check_finite_weight)
           const [rows, cols] = rowsCols(src.tensor);
-          stored.push({ name, fd: src.tensor.file.fd, offset: src.tensor.offset, dtype: nativeFloatDtype(src.tensor), rows, cols, dstRow: src.dstRow });
-        } else this.handle.setWeight(name, checkpoint.weight(name));
+          stored.push({ name, what: `${checkpoint.path}: ${name}`, fd: src.tensor.file.fd, offset: src.tensor.offset,
+            dtype: nativeFloatDtype(src.tensor), rows, cols, dstRow: src.dstRow });
+        } else {
+          const w = checkpoint.weight(name);
+          checkFinite(w, `${checkpoint.path}: ${name}`, weightShape(cfg, name));
+          this.handle.setWeight(name, w);
+        }
       }
       this.handle.setWeightsFromFile(stored);
     } catch (e) {
@@ -110,6 +125,7 @@ export class Model {
 
   /** The linear layer `name`: the one set with setLinear, else the checkpoint's fp32 weight (read on demand). */
   linear(name: string): Linear {
+    need.string(name, 'name');
     const set = this.linears.get(name);
     if (set) return set;
     if (!this.linearNames().includes(name)) throw invalidParameter(`one of the model's linear names`, 'name', name);
@@ -118,6 +134,9 @@ export class Model {
 
   /** Replaces a linear layer (e.g. with a QuantizedLinear); shapes must match. */
   setLinear(name: string, linear: Linear): void {
+    need.string(name, 'name');
+    if (!is.object(linear) || !is.func(linear.toFloat32) || !is.positiveInteger(linear.outFeatures) || !is.positiveInteger(linear.inFeatures))
+      throw invalidParameter('Linear (Fp32Linear, QuantizedLinear or an object with outFeatures, inFeatures and toFloat32)', 'linear', linear);
     if (!this.linearNames().includes(name)) throw invalidParameter(`one of the model's linear names`, 'name', name);
     const [o, i] = weightShape(this.config, name);
     if (linear.outFeatures !== o || linear.inFeatures !== i)
@@ -125,8 +144,13 @@ export class Model {
     try {
       if (linear instanceof QuantizedLinear) {
         const q = linear.weight;
+        checkQuantizedFinite(q, name);
         this.live().setQuantizedWeight(name, q.codes, q.scales, q.zeros, q.paramDtype, q.shape[0], q.shape[1], q.bits, q.groupSize, q.symmetric);
-      } else this.live().setWeight(name, linear.toFloat32());
+      } else {
+        const w = linear.toFloat32();
+        checkFinite(w, name, [o, i]);
+        this.live().setWeight(name, w);
+      }
     } catch (e) {
       throw fromNative(e);
     }
@@ -134,6 +158,7 @@ export class Model {
   }
 
   private prepare(tokens: Int32Array | readonly number[] | readonly (readonly number[])[], opts: ForwardOptions) {
+    need.object(opts, 'options');
     let rows: readonly (readonly number[])[] | null = null;
     let flat: Int32Array, B: number, T: number;
     if (tokens instanceof Int32Array) {
@@ -187,6 +212,8 @@ export class Model {
 
 /** Loads a model: HF directory, llama2.c .bin, GGUF file, or a synthetic one ({ synthetic: {...} }). */
 export async function loadModel(pathOrDir: string | { synthetic: SyntheticOptions }, opts: LoadOptions = {}): Promise<Model> {
+  need.object(opts, 'options');
+  if (opts.tokenizer !== undefined) need.string(opts.tokenizer, 'options.tokenizer');
   const ckpt = typeof pathOrDir === 'object' && pathOrDir !== null && 'synthetic' in pathOrDir
     ? new SyntheticCheckpoint(pathOrDir.synthetic)
     : openCheckpoint(pathOrDir as string, opts);

@@ -60,7 +60,9 @@ function normal(out: Float32Array, std: number, seed: number): void {
 export class ByteTokenizer implements Tokenizer {
   readonly bosId = 1;
   readonly eosId = 2;
-  constructor(readonly vocabSize: number) {}
+  constructor(readonly vocabSize: number) {
+    if (!is.positiveInteger(vocabSize) || vocabSize < 4) throw invalidParameter('integer >= 4', 'vocabSize', vocabSize);
+  }
   encode(text: string, opts: { bos?: boolean } = {}): number[] {
     const ids = opts.bos === false ? [] : [this.bosId];
     for (const b of Buffer.from(text, 'utf8')) ids.push(3 + (b % (this.vocabSize - 3)));

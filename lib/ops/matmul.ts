@@ -3,7 +3,7 @@
 // time); the canonical QuantizedTensor stays the interchange format and the
 // repacking is exactly invertible (unprepareMatmulWeight). Layout and the int8
 // algorithm: native/include/quantform/matmul.h.
-import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { cudaBinding, cudaInfo, type NativeCudaWeight } from './cuda.js';
 import { native, type NativePreparedWeight } from '../native.js';
 import { QuantizedTensor } from './quant.js';
@@ -34,7 +34,9 @@ export class PreparedMatmulWeight {
     readonly source: QuantizedTensor,
     /** @internal null when the format has no repacked layout */
     readonly handle: NativePreparedWeight | null,
-  ) {}
+  ) {
+    need.instance(source, QuantizedTensor, 'source');
+  }
 
   get shape(): readonly [number, number] {
     return this.source.shape;
@@ -66,7 +68,9 @@ export class CudaMatmulWeight {
     readonly source: QuantizedTensor,
     /** @internal */
     readonly handle: NativeCudaWeight,
-  ) {}
+  ) {
+    need.instance(source, QuantizedTensor, 'source');
+  }
 
   get shape(): readonly [number, number] {
     return this.source.shape;
@@ -91,6 +95,7 @@ export function prepareMatmulWeightCuda(q: QuantizedTensor): CudaMatmulWeight {
 
 /** True when `q` has a repacked kernel layout (INT4, groupSize % 8 == 0 or per-channel). */
 export function hasFastLayout(q: QuantizedTensor): boolean {
+  need.instance(q, QuantizedTensor, 'weight');
   return q.bits === 4 && (q.groupSize % 8 === 0 || q.groupSize >= q.shape[1]);
 }
 

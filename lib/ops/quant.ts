@@ -1,7 +1,7 @@
 // Quantization primitives: RTN quantize (packed), pack/unpack, dequantize and
 // fake quantization with its straight-through / LSQ backward.
 // Layout of the packed format: native/include/quantform/formats.h.
-import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
+import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import { native, type FloatArray, type NativeDType } from '../native.js';
 import { checkBuffer, Tensor, type DType } from './tensor.js';
 
@@ -21,6 +21,8 @@ export interface QuantOptions {
 
 /** Bytes per packed row of K codes (formats.h). */
 export function packedRowBytes(bits: Bits, K: number): number {
+  if (!is.oneOf(bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', bits, 'QF_UNSUPPORTED_BITS');
+  need.positiveInteger(K, 'K');
   switch (bits) {
     case 8: return K;
     case 4: return Math.ceil(K / 2);
@@ -30,6 +32,8 @@ export function packedRowBytes(bits: Bits, K: number): number {
 }
 
 export function numGroups(K: number, groupSize: number): number {
+  need.positiveInteger(K, 'K');
+  need.positiveInteger(groupSize, 'groupSize');
   return Math.ceil(K / groupSize);
 }
 
@@ -48,6 +52,15 @@ export class QuantizedTensor {
     readonly symmetric: boolean,
     readonly paramDtype: 'f32' | 'f16',
   ) {
+    need.instance(codes, Uint8Array, 'codes');
+    need.shape2(shape, 'shape');
+    if (!is.oneOf(bits, SUPPORTED_BITS)) throw invalidParameter('one of 2, 3, 4, 8', 'bits', bits, 'QF_UNSUPPORTED_BITS');
+    need.positiveInteger(groupSize, 'groupSize');
+    need.bool(symmetric, 'symmetric');
+    if (!is.oneOf(paramDtype, ['f32', 'f16'] as const)) throw invalidParameter("'f32' or 'f16'", 'paramDtype', paramDtype);
+    const kind = paramDtype === 'f32' ? Float32Array : Uint16Array;
+    if (!(scales instanceof kind)) throw invalidParameter(`${kind.name} (paramDtype ${paramDtype})`, 'scales', scales, 'QF_DTYPE_MISMATCH');
+    if (zeros !== null && !(zeros instanceof kind)) throw invalidParameter(`${kind.name} or null (paramDtype ${paramDtype})`, 'zeros', zeros, 'QF_DTYPE_MISMATCH');
     const [N, K] = shape;
     if (codes.length !== N * packedRowBytes(bits, K))
       throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${N * packedRowBytes(bits, K)} bytes for codes but received ${codes.length}`);
@@ -166,7 +179,9 @@ export async function dequantizeAsync(q: QuantizedTensor, opts?: DType | Dequant
   return new Tensor(out, [a.N, a.K], a.dtype);
 }
 
-function checkCodes(codes8: Uint8Array, N: number, K: number, bits: Bits): void {
+function checkCodes(codes8: Uint8Array, shape: unknown, bits: Bits): void {
+  if (!Array.isArray(shape) || shape.length !== 2) throw invalidParameter('[N, K]', 'shape', shape);
+  const [N, K] = shape as unknown[];
   if (!(codes8 instanceof Uint8Array)) throw invalidParameter('Uint8Array', 'codes', codes8);
   if (!is.positiveInteger(N)) throw invalidParameter('positive integer', 'N', N);
   if (!is.positiveInteger(K)) throw invalidParameter('positive integer', 'K', K);
@@ -176,31 +191,31 @@ function checkCodes(codes8: Uint8Array, N: number, K: number, bits: Bits): void 
 
 /** One unsigned code per byte, (N, K) -> packed (N, packedRowBytes(bits, K)). */
 export function pack(codes8: Uint8Array, shape: readonly [number, number], bits: Bits): Uint8Array {
+  checkCodes(codes8, shape, bits);
   const [N, K] = shape;
-  checkCodes(codes8, N, K, bits);
   if (codes8.length !== N * K) throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${N * K} codes but received ${codes8.length}`);
   return callSync(() => native().pack(codes8, N, K, bits, false));
 }
 
 export async function packAsync(codes8: Uint8Array, shape: readonly [number, number], bits: Bits): Promise<Uint8Array> {
+  checkCodes(codes8, shape, bits);
   const [N, K] = shape;
-  checkCodes(codes8, N, K, bits);
   if (codes8.length !== N * K) throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${N * K} codes but received ${codes8.length}`);
   return call(() => native().pack(codes8, N, K, bits, true));
 }
 
 /** Packed (N, packedRowBytes(bits, K)) -> one code per byte (N, K). */
 export function unpack(codes: Uint8Array, shape: readonly [number, number], bits: Bits): Uint8Array {
+  checkCodes(codes, shape, bits);
   const [N, K] = shape;
-  checkCodes(codes, N, K, bits);
   if (codes.length !== N * packedRowBytes(bits, K))
     throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${N * packedRowBytes(bits, K)} bytes for codes but received ${codes.length}`);
   return callSync(() => native().unpack(codes, N, K, bits, false));
 }
 
 export async function unpackAsync(codes: Uint8Array, shape: readonly [number, number], bits: Bits): Promise<Uint8Array> {
+  checkCodes(codes, shape, bits);
   const [N, K] = shape;
-  checkCodes(codes, N, K, bits);
   if (codes.length !== N * packedRowBytes(bits, K))
     throw new QuantformError('QF_SHAPE_MISMATCH', `Expected ${N * packedRowBytes(bits, K)} bytes for codes but received ${codes.length}`);
   return call(() => native().unpack(codes, N, K, bits, true));

@@ -29,6 +29,8 @@ export class Tensor {
   }
 
   static fromArray(values: ArrayLike<number>, shape: readonly number[]): Tensor {
+    if (!(Array.isArray(values) || ArrayBuffer.isView(values)) || !Array.from(values as ArrayLike<unknown>).every((v) => typeof v === 'number'))
+      throw invalidParameter('array of numbers', 'values', values);
     return new Tensor(Float32Array.from(values), shape, 'f32');
   }
 

@@ -4,7 +4,7 @@
 // has the highest score (leftmost on ties). A heap with lazy invalidation makes it
 // O(n log n) instead of run.c's O(n^2), with the same merge order.
 // Vocabularies come from llama2.c tokenizer.bin files or GGUF metadata.
-import { QuantformError } from '../errors.js';
+import { QuantformError, invalidParameter, is } from '../errors.js';
 import { CheckpointFile, FileCursor } from '../io/file.js';
 import type { Tokenizer } from './tokenizer.js';
 
@@ -16,6 +16,12 @@ export class SentencePieceBpe implements Tokenizer {
   private readonly byteBase: number;
 
   constructor(pieces: Buffer[], private readonly scores: Float32Array, readonly bosId = 1, readonly eosId = 2) {
+    if (!Array.isArray(pieces) || pieces.length === 0 || !pieces.every((p) => p instanceof Uint8Array))
+      throw invalidParameter('non-empty array of Buffers (UTF-8 pieces)', 'pieces', pieces);
+    if (!(scores instanceof Float32Array) || scores.length !== pieces.length)
+      throw invalidParameter(`Float32Array of ${pieces.length} scores`, 'scores', scores, 'QF_SHAPE_MISMATCH');
+    for (const [k, v] of [['bosId', bosId], ['eosId', eosId]] as const)
+      if (!Number.isInteger(v) || v < -1 || v >= pieces.length) throw invalidParameter(`integer in [-1, ${pieces.length})`, k, v);
     this.vocabSize = pieces.length;
     this.pieces = pieces.map((p) => p.toString('latin1'));
     // the first id of a piece wins, as run.c's sorted lookup finds one of equal strings
@@ -32,6 +38,7 @@ export class SentencePieceBpe implements Tokenizer {
   }
 
   encode(text: string, opts: { bos?: boolean } = {}): number[] {
+    if (!is.string(text)) throw invalidParameter('string', 'text', text);
     const ids: number[] = [];
     if (opts.bos !== false) ids.push(this.bosId);
     if (text.length === 0) return ids;
@@ -105,6 +112,7 @@ export class SentencePieceBpe implements Tokenizer {
   }
 
   decode(ids: readonly number[]): string {
+    if (!Array.isArray(ids) || !ids.every((i) => Number.isInteger(i))) throw invalidParameter('array of integer token ids', 'ids', ids);
     const parts: Buffer[] = [];
     let prev = -1;
     for (const id of ids) {
@@ -168,6 +176,9 @@ class PairHeap {
 
 /** llama2.c tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length, bytes. */
 export function loadLlama2cTokenizer(file: string, vocabSize: number): SentencePieceBpe {
+  if (!is.string(file) || file.length === 0) throw invalidParameter('path of a tokenizer.bin file', 'file', file);
+  // the file does not record its vocabulary size: it comes from the model's header
+  if (!is.positiveInteger(vocabSize)) throw invalidParameter('positive integer (the model\'s vocabulary size)', 'vocabSize', vocabSize);
   const f = new CheckpointFile(file);
   try {
     const c = new FileCursor(f);

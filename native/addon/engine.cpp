@@ -2,7 +2,8 @@
 //   - every op of QF_ENGINE_OPS, bound without per-op code: each parameter of the op's
 //     C++ signature is unwrapped by its type (Span: Float32Array or null, IdSpan:
 //     Int32Array, int64_t: integer, float: number, bool: boolean), an optional last
-//     `async` argument runs it on a worker thread; outputs are caller-owned
+//     `async` argument runs it on a worker thread; outputs are caller-owned (the
+//     ops check every length natively, so nothing here is sized by an argument)
 //   - ops() and kernels(): the op list and which tier implements each kernel
 //   - the block step: the config object and buffers are copied into a baton
 //     (BlockDesc) on the main thread; the worker computes on it with no N-API calls.
@@ -48,13 +49,8 @@ template <class... A>
 constexpr size_t arity(Status (*)(A...)) { return sizeof...(A); }
 
 IdSpan arg_ids(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
-  return IdSpan{reinterpret_cast<const int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()),
-                ta.ElementLength()};
+  const Span s = arg_int32(info, i, name);
+  return IdSpan{static_cast<const int32_t*>(s.data), s.len};
 }
 
 void check_status(const Status& st) {
@@ -222,14 +218,12 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
     d.learned_fq.on = !b->packed;
   }
   check_status(check_block(d));
-  const Napi::Value f = o.Get("invFreq");
-  if (!f.IsTypedArray() || f.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    fail(Code::InvalidArgument, "Expected Float32Array for config.invFreq");
-  Napi::Float32Array fa = f.As<Napi::Float32Array>();
-  if ((int64_t)fa.ElementLength() != d.dims.hd / 2)
+  const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
+  if ((int64_t)f.len != d.dims.hd / 2)
     fail(Code::ShapeMismatch, "Expected hd/2 = " + std::to_string(d.dims.hd / 2) + " elements for config.invFreq but received " +
-                                  std::to_string(fa.ElementLength()));
-  b->inv_freq.assign(fa.Data(), fa.Data() + fa.ElementLength());
+                                  std::to_string(f.len));
+  const float* fp = static_cast<const float*>(f.data);
+  b->inv_freq.assign(fp, fp + f.len);
   return b;
 }
 
@@ -499,22 +493,18 @@ Napi::Value lm_head_loss_js(const Napi::CallbackInfo& info) {
 void register_engine(Napi::Env env, Napi::Object root) {
   Napi::Object exports = Napi::Object::New(env);
   root.Set("engine", exports);
-#define QF_REGISTER_OP(name, args)                                                                               \
-  {                                                                                                              \
-    const std::string js = camel(#name);                                                                         \
-    exports.Set(js, Napi::Function::New(env, [](const Napi::CallbackInfo& info) { return guarded(info, name##_js); }, js)); \
-  }
+#define QF_REGISTER_OP(name, args) QF_EXPORT_IN(exports, "engine", camel(#name).c_str(), name##_js);
   QF_ENGINE_OPS(QF_REGISTER_OP)
 #undef QF_REGISTER_OP
-  QF_EXPORT(exports, "ops", ops_js);
-  QF_EXPORT(exports, "kernels", kernels_js);
-  QF_EXPORT(exports, "blockSizes", block_sizes_js);
-  QF_EXPORT(exports, "blockLayout", block_layout_js);
-  QF_EXPORT(exports, "blockSavedLayout", block_saved_layout_js);
-  QF_EXPORT(exports, "blockForward", block_forward_js);
-  QF_EXPORT(exports, "blockBackward", block_backward_js);
-  QF_EXPORT(exports, "blockMergeScales", block_merge_scales_js);
-  QF_EXPORT(exports, "lmHeadLoss", lm_head_loss_js);
+  QF_EXPORT_IN(exports, "engine", "ops", ops_js);
+  QF_EXPORT_IN(exports, "engine", "kernels", kernels_js);
+  QF_EXPORT_IN(exports, "engine", "blockSizes", block_sizes_js);
+  QF_EXPORT_IN(exports, "engine", "blockLayout", block_layout_js);
+  QF_EXPORT_IN(exports, "engine", "blockSavedLayout", block_saved_layout_js);
+  QF_EXPORT_IN(exports, "engine", "blockForward", block_forward_js);
+  QF_EXPORT_IN(exports, "engine", "blockBackward", block_backward_js);
+  QF_EXPORT_IN(exports, "engine", "blockMergeScales", block_merge_scales_js);
+  QF_EXPORT_IN(exports, "engine", "lmHeadLoss", lm_head_loss_js);
 }
 
 }  // namespace qf

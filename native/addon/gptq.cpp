@@ -18,7 +18,9 @@ Napi::Value field(const Napi::Object& o, const char* key) {
 int64_t get_int(const Napi::Object& o, const char* key) {
   const Napi::Value v = field(o, key);
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : 0.5;
-  if (d != (double)(int64_t)d) fail(std::string("Expected integer for config.") + key);
+  // range first: casting a double outside int64's range is undefined
+  if (!(d >= -9007199254740991.0 && d <= 9007199254740991.0) || d != (double)(int64_t)d)
+    fail(std::string("Expected integer for config.") + key);
   return (int64_t)d;
 }
 double get_num(const Napi::Object& o, const char* key) {
@@ -74,17 +76,21 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   c.params_from = from == "updated" ? gptq::ParamSource::Updated : gptq::ParamSource::BatchStart;
   Status st = check_spec(c.spec, c.N, c.K);
   if (!st.ok()) throw ArgError{st};
+  const bool async = arg_bool(info, 3, "async");
+  // the outputs are sized by (rows, cols): the inputs of that size come first
+  QF_PRECHECK(info, async, input_len(w, (size_t)(c.N * c.K), "w"));
+  QF_PRECHECK(info, async, input_len(H, (size_t)c.K * (size_t)c.K, "H"));
   const DType pdt = pd == "f16" ? DType::F16 : DType::F32;
   const size_t G = (size_t)qf_num_groups(c.K, c.spec.group_size);
-  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(c.N * qf_packed_row_bytes(c.spec.bits, c.K)));
-  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss{}, zs{nullptr, 0, pdt};
+  Span cs, ss{}, zs{nullptr, 0, pdt};
+  Napi::Uint8Array codes = make_bytes(env, (size_t)(c.N * qf_packed_row_bytes(c.spec.bits, c.K)), &cs);
   Napi::Object out = Napi::Object::New(env);
   out.Set("codes", codes);
   out.Set("scales", make_float_array(env, pdt, (size_t)c.N * G, &ss));
   out.Set("zeros", c.spec.symmetric ? env.Null() : Napi::Value(make_float_array(env, pdt, (size_t)c.N * G, &zs)));
   auto loss = std::make_shared<double>(0.0);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
-  return run_op(info, arg_bool(info, 3, "async"), {info[0], info[1], out},
+  return run_op(info, async, {info[0], info[1], out},
                 [=] { return gptq::quantize(cs, ss, zs, loss.get(), w, H, c); },
                 [ref, loss](Napi::Env e) {
                   Napi::Object r = ref->Value();

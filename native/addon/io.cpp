@@ -52,7 +52,7 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
 
   // new SpillBuffer(elements, dtype 'f32' | 'bf16', memoryElements, dir)
   explicit SpillBufferWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SpillBufferWrap>(info) {
-    guard(info, [&] {
+    guarded(info, "new SpillBuffer", [&] {
       const int64_t n = arg_int(info, 0, "elements");
       const DType dt = arg_dtype(info, 1, "dtype");
       const int64_t mem = arg_int(info, 2, "memoryElements");
@@ -71,7 +71,7 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
 
   // write(offset, src Float32Array)
   Napi::Value Write(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guarded(info, "SpillBuffer.write", [&] {
       SpillBuffer& b = live();
       const int64_t off = arg_int(info, 0, "offset");
       const Span src = arg_span(info, 1, "src", DType::F32);
@@ -83,7 +83,7 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
 
   // read(offset, dst Float32Array)
   Napi::Value Read(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guarded(info, "SpillBuffer.read", [&] {
       SpillBuffer& b = live();
       const int64_t off = arg_int(info, 0, "offset");
       const Span dst = arg_span(info, 1, "dst", DType::F32);
@@ -94,7 +94,7 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
   }
 
   Napi::Value Info(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guarded(info, "SpillBuffer.info", [&] {
       SpillBuffer& b = live();
       Napi::Object o = Napi::Object::New(info.Env());
       o.Set("elements", (double)b.elements());
@@ -109,18 +109,6 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
     return info.Env().Undefined();
   }
 
-  template <class F>
-  Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
-    try {
-      return fn();
-    } catch (const ArgError& e) {
-      to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory")).ThrowAsJavaScriptException();
-    }
-    return info.Env().Undefined();
-  }
-
   std::unique_ptr<SpillBuffer> buf_;
 };
 
@@ -128,8 +116,8 @@ class SpillBufferWrap : public Napi::ObjectWrap<SpillBufferWrap> {
 
 void register_io(Napi::Env env, Napi::Object exports) {
   Napi::Object io = Napi::Object::New(env);
-  QF_EXPORT(io, "readTensor", read_tensor_js);
-  QF_EXPORT(io, "convert", convert_js);
+  QF_EXPORT_IN(io, "io", "readTensor", read_tensor_js);
+  QF_EXPORT_IN(io, "io", "convert", convert_js);
   io.Set("SpillBuffer", SpillBufferWrap::Define(env));
   exports.Set("io", io);
 }

@@ -3,9 +3,12 @@
 // engine.cpp. Arguments arrive validated by lib/model/; lengths are re-checked in
 // llama_model.cpp.
 #include <atomic>
+#include <cmath>
+#include <memory>
 
 #include "napi_util.h"
 #include "quantform/convert.h"
+#include "quantform/finite.h"
 #include "quantform/llama_model.h"
 
 namespace qf {
@@ -19,24 +22,34 @@ struct I32Span {
 };
 
 I32Span arg_i32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    fail(error(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name));
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(error(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached"));
-  return I32Span{reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
+  const Span s = arg_int32(info, i, name);
+  return I32Span{static_cast<int32_t*>(s.data), s.len};
 }
 
 float* f32(const Span& s) { return static_cast<float*>(s.data); }
 
 Napi::Float32Array new_f32(Napi::Env env, size_t n, float** data) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, n);
-  *data = a.Data();
-  return a;
+  Span s;
+  Napi::Object a = make_float_array(env, DType::F32, n, &s);
+  *data = static_cast<float*>(s.data);
+  return a.As<Napi::Float32Array>();
 }
 
 void check(const Status& st) {
   if (!st.ok()) fail(st);
+}
+
+// The message lib/ops/finite.ts checkFinite gives, for weights read natively
+// (straight from the file into the model: no JS array to scan).
+Status check_finite_weight(const float* w, int64_t rows, int64_t cols, const std::string& what) {
+  const int64_t i = first_non_finite(w, rows * cols);
+  if (i < 0) return Status::Ok();
+  const float v = w[i];
+  const std::string val = std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+  const std::string at = rows > 1 ? "[" + std::to_string(i / cols) + ", " + std::to_string(i % cols) + "] (flat index " +
+                                        std::to_string(i) + ")"
+                                  : "index " + std::to_string(i);
+  return error(Code::NonFinite, what + " holds " + val + " at " + at + ": NaN and Inf weights cannot be run or quantized");
 }
 
 double get_number(const Napi::Object& o, const char* key) {
@@ -67,7 +80,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   // new LlamaModel({ dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, maxSeq, normEps,
   //                  invFreq: Float32Array (headDim/2), tied })
   explicit LlamaModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaModelWrap>(info) {
-    try {
+    guarded(info, "new LlamaModel", [&] {
       if (!info[0].IsObject()) fail(error(Code::InvalidArgument, "Expected config object"));
       Napi::Object o = info[0].As<Napi::Object>();
       LlamaConfig c;
@@ -80,18 +93,14 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       c.vocab_size = get_int(o, "vocabSize");
       c.max_seq = get_int(o, "maxSeq");
       c.norm_eps = (float)get_number(o, "normEps");
-      Napi::Value f = o.Get("invFreq");
-      if (!f.IsTypedArray() || f.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-        fail(error(Code::InvalidArgument, "Expected Float32Array for config.invFreq"));
-      Napi::Float32Array fa = f.As<Napi::Float32Array>();
-      c.inv_freq.assign(fa.Data(), fa.Data() + fa.ElementLength());
-      check(LlamaModel::create(c, &model_));
+      const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
+      c.inv_freq.assign(f32(f), f32(f) + f.len);
+      std::unique_ptr<LlamaModel> m;
+      check(LlamaModel::create(c, &m));
+      model_ = std::move(m);
       model_->tie_lm_head(o.Get("tied").ToBoolean().Value());
-    } catch (const ArgError& e) {
-      to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory allocating the model")).ThrowAsJavaScriptException();
-    }
+      return info.Env().Undefined();
+    });
   }
 
  private:
@@ -102,7 +111,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   Napi::Value SetWeight(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.setWeight", [&] {
       LlamaModel& m = live();
       const std::string name = arg_string(info, 0, "name");
       Span w = arg_span(info, 1, "data", DType::F32);
@@ -111,16 +120,17 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
     });
   }
 
-  // setWeightsFromFile([{ name, fd, offset, dtype, rows, cols, dstRow: Int32Array | null }]): stored
+  // setWeightsFromFile([{ name, what, fd, offset, dtype, rows, cols, dstRow: Int32Array | null }]): stored
   // tensors read and widened straight into the model's storage (convert.h read_tensor_f32),
-  // no JS-side copy; the storage of all of them is first touched in parallel.
+  // no JS-side copy; the storage of all of them is first touched in parallel. Each is
+  // scanned for NaN/Inf once read (`what` names it in that error).
   Napi::Value SetWeightsFromFile(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.setWeightsFromFile", [&] {
       LlamaModel& m = live();
       if (!info[0].IsArray()) fail(error(Code::InvalidArgument, "Expected an array of stored tensors for entries"));
       Napi::Array a = info[0].As<Napi::Array>();
       struct Entry {
-        std::string name;
+        std::string name, what;
         int64_t fd, offset, rows, cols;
         DType dtype;
         int32_t* perm;
@@ -131,10 +141,11 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         if (!a.Get(i).IsObject()) fail(error(Code::InvalidArgument, "Expected an object for entries[" + std::to_string(i) + "]"));
         Napi::Object o = a.Get(i).As<Napi::Object>();
         Entry& e = es[i];
-        const Napi::Value name = o.Get("name"), dt = o.Get("dtype"), perm = o.Get("dstRow");
-        if (!name.IsString() || !dt.IsString())
-          fail(error(Code::InvalidArgument, "Expected string name and dtype for entries[" + std::to_string(i) + "]"));
+        const Napi::Value name = o.Get("name"), what = o.Get("what"), dt = o.Get("dtype"), perm = o.Get("dstRow");
+        if (!name.IsString() || !what.IsString() || !dt.IsString())
+          fail(error(Code::InvalidArgument, "Expected string name, what and dtype for entries[" + std::to_string(i) + "]"));
         e.name = name.As<Napi::String>().Utf8Value();
+        e.what = what.As<Napi::String>().Utf8Value();
         const std::string d = dt.As<Napi::String>().Utf8Value();
         if (d == "f32") e.dtype = DType::F32;
         else if (d == "f16") e.dtype = DType::F16;
@@ -147,22 +158,24 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         if (e.fd > 0x7fffffff || (e.cols > 0 && e.rows > ((int64_t)1 << 40) / e.cols))
           fail(error(Code::InvalidArgument, "Expected fd < 2^31 and rows * cols < 2^40 for '" + e.name + "' but received fd=" +
                                                 std::to_string(e.fd) + ", rows=" + std::to_string(e.rows) + ", cols=" + std::to_string(e.cols)));
+        // the model allocates each weight before reading it: a range past the file's end is
+        // refused first, so no allocation is sized by what the entry claims
+        check(check_tensor_range((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.what.c_str()));
         e.perm = nullptr;
         e.perm_len = 0;
         if (!perm.IsNull() && !perm.IsUndefined()) {
-          if (!perm.IsTypedArray() || perm.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-            fail(error(Code::DtypeMismatch, "Expected Int32Array or null for the dstRow of '" + e.name + "'"));
-          Napi::Int32Array p = perm.As<Napi::Int32Array>();
-          e.perm = p.Data();
-          e.perm_len = p.ElementLength();
+          const Span p = value_int32(info.Env(), perm, ("the dstRow of '" + e.name + "'").c_str());
+          e.perm = static_cast<int32_t*>(p.data);
+          e.perm_len = p.len;
         }
       }
       std::vector<LlamaModel::WeightFill> items;
       items.reserve(es.size());
       for (const Entry& e : es)
         items.push_back({e.name, (size_t)(e.rows * e.cols), [&e](float* dst) {
-                           return read_tensor_f32((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.perm, e.perm_len, dst,
-                                                  (size_t)(e.rows * e.cols), e.name.c_str());
+                           QF_TRY(read_tensor_f32((int)e.fd, e.offset, e.dtype, e.rows, e.cols, e.perm, e.perm_len, dst,
+                                                  (size_t)(e.rows * e.cols), e.what.c_str()));
+                           return check_finite_weight(dst, e.rows, e.cols, e.what);
                          }});
       check(m.fill_weights(items));
       return info.Env().Undefined();
@@ -171,7 +184,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
 
   // setQuantizedWeight(name, codes Uint8Array, scales, zeros|null, paramDtype, N, K, bits, groupSize, symmetric)
   Napi::Value SetQuantizedWeight(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.setQuantizedWeight", [&] {
       LlamaModel& m = live();
       const std::string name = arg_string(info, 0, "name");
       CanonicalWeight w;
@@ -188,7 +201,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
   }
 
   Napi::Value Missing(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.missing", [&] {
       const std::vector<std::string> miss = live().missing();
       Napi::Array a = Napi::Array::New(info.Env(), miss.size());
       for (size_t i = 0; i < miss.size(); i++) a.Set((uint32_t)i, miss[i]);
@@ -198,12 +211,12 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
 
   // forward(tokens Int32Array (B*T), B, T, pos0, lastOnly, async) -> logits (B, T|1, V)
   Napi::Value Forward(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
+    return guard(info, "LlamaModel.forward", [&] {
       LlamaModel& m = live();
       I32Span tok = arg_i32(info, 0, "tokens");
       const int64_t B = arg_int(info, 1, "B"), T = arg_int(info, 2, "T"), pos0 = arg_int(info, 3, "pos0");
       const bool last_only = arg_bool(info, 4, "lastOnly"), async = arg_bool(info, 5, "async");
-      if (B <= 0 || T <= 0 || (size_t)(B * T) != tok.len)
+      if (B <= 0 || T <= 0 || (size_t)T > tok.len || (size_t)B > tok.len / (size_t)T || (size_t)(B * T) != tok.len)
         fail(error(Code::ShapeMismatch, "Expected B*T tokens (B=" + std::to_string(B) + ", T=" + std::to_string(T) +
                                             ") but received " + std::to_string(tok.len)));
       const int64_t V = m.config().vocab_size;
@@ -211,41 +224,43 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
       Napi::Float32Array out = new_f32(info.Env(), (size_t)((last_only ? B : B * T) * V), &o);
       const size_t no = out.ElementLength();
       auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
-      LlamaModel* mp = &m;
+      // the worker holds its own reference: dispose() during an async forward frees the model when it ends
+      std::shared_ptr<LlamaModel> mp = model_;
       std::atomic<bool>* busy = &busy_;
-      // cleared by the worker when the forward ends, error or not (the wrapper is kept alive by `keep`)
+      // cleared when the forward ends, error, exception or not (the wrapper is kept alive by `keep`)
+      struct ClearBusy {
+        std::atomic<bool>* b;
+        ~ClearBusy() { b->store(false); }
+      };
       if (async) busy_ = true;
-      return run_op(info, async, {info[0], out, Value()},
-                    [=] {
-                      Status st = mp->forward(o, no, tok.data, tok.len, B, T, pos0, last_only);
-                      busy->store(false);
-                      return st;
-                    },
-                    [ref](Napi::Env) { return ref->Value(); });
+      try {
+        return run_op(info, async, {info[0], out, Value()},
+                      [=] {
+                        ClearBusy clear{busy};
+                        return mp->forward(o, no, tok.data, tok.len, B, T, pos0, last_only);
+                      },
+                      [ref](Napi::Env) { return ref->Value(); });
+      } catch (...) {
+        if (async) busy_ = false;  // never queued
+        throw;
+      }
     });
   }
 
+  // Later calls fail with 'disposed'; a running async forward keeps the model until it ends.
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    return guard(info, [&] {
-      if (busy_) fail(error(Code::InvalidArgument, "LlamaModel is busy with an async forward; await it first"));
+    return guard(info, "LlamaModel.dispose", [&] {
       model_.reset();
       return info.Env().Undefined();
     });
   }
 
   template <class F>
-  Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
-    try {
-      return fn();
-    } catch (const ArgError& e) {
-      to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory")).ThrowAsJavaScriptException();
-    }
-    return info.Env().Undefined();
+  Napi::Value guard(const Napi::CallbackInfo& info, const char* op, F&& fn) {
+    return guarded(info, op, std::forward<F>(fn));
   }
 
-  std::unique_ptr<LlamaModel> model_;
+  std::shared_ptr<LlamaModel> model_;
   std::atomic<bool> busy_{false};
 };
 

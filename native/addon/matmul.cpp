@@ -90,8 +90,8 @@ Napi::Value unprepare_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const PreparedPtr p = arg_prepared(info, 0);
   const size_t G = (size_t)p->G;
-  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(p->N * qf_packed_row_bytes(4, p->K)));
-  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss{}, zs{nullptr, 0, p->param_dtype};
+  Span cs, ss{}, zs{nullptr, 0, p->param_dtype};
+  Napi::Uint8Array codes = make_bytes(env, (size_t)(p->N * qf_packed_row_bytes(4, p->K)), &cs);
   Napi::Object out = Napi::Object::New(env);
   out.Set("codes", codes);
   out.Set("scales", make_float_array(env, p->param_dtype, (size_t)p->N * G, &ss));
@@ -113,8 +113,10 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
   const CanonicalWeight w = arg_canonical(info, 4);
   const MatmulAccuracy acc = arg_accuracy(info, 13);
   const bool async = arg_bool(info, 14, "async");
-  if (M <= 0 || M > (int64_t(1) << 40) / w.N)
+  if (M <= 0 || w.N <= 0 || w.K <= 0 || M > (int64_t(1) << 40) / w.N)
     throw ArgError{error(Code::ShapeMismatch, "Expected M in [1, 2^40 / N] but received " + std::to_string(M))};
+  QF_PRECHECK(info, async, input_len(x, (size_t)(M * w.K), "x"));
+  QF_PRECHECK(info, async, input_len(w.codes, (size_t)(w.N * qf_packed_row_bytes(w.spec.bits, w.K)), "codes", "bytes"));
   Span ys;
   Napi::Object y = make_float_array(env, DType::F32, (size_t)(M * w.N), &ys);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(y));
@@ -130,9 +132,11 @@ Napi::Value sgemm_js(const Napi::CallbackInfo& info) {
   Span w = arg_span(info, 1, "w", DType::F32);
   const int64_t M = arg_int(info, 2, "M"), N = arg_int(info, 3, "N"), K = arg_int(info, 4, "K");
   const bool async = arg_bool(info, 5, "async");
-  if (M <= 0 || N <= 0 || K <= 0 || M > (int64_t(1) << 40) / N)
+  if (M <= 0 || N <= 0 || K <= 0 || M > (int64_t(1) << 40) / N || M > (int64_t(1) << 40) / K || N > (int64_t(1) << 40) / K)
     throw ArgError{error(Code::ShapeMismatch, "Expected positive M, N, K but received M=" + std::to_string(M) +
                                                   ", N=" + std::to_string(N) + ", K=" + std::to_string(K))};
+  QF_PRECHECK(info, async, input_len(x, (size_t)(M * K), "x"));
+  QF_PRECHECK(info, async, input_len(w, (size_t)(N * K), "w"));
   Span ys;
   Napi::Object y = make_float_array(env, DType::F32, (size_t)(M * N), &ys);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(y));

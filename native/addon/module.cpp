@@ -12,7 +12,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qf::register_io(env, exports);
   qf::register_gptq(env, exports);
   qf::register_qlinear(env, exports);
-  exports.Set("abiVersion", Napi::Number::New(env, 2));
+  qf::register_finite(env, exports);
+  qf::register_fault(env, exports);
+  // 3: main's engine/io/gptq/qlinear (its 2) together with firstNonFinite, external
+  // output buffers and refused SharedArrayBuffer views (reliab's 2): a build of either
+  // parent is stale and fails to load with the rebuild hint
+  exports.Set("abiVersion", Napi::Number::New(env, 3));
   return exports;
 }
 }  // namespace

@@ -1,7 +1,12 @@
 #include "napi_util.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <memory>
 #include <new>
+#include <stdexcept>
 
 namespace qf {
 
@@ -66,38 +71,63 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i) { return info[i].IsNull() || info[i].IsUndefined(); }
 
 namespace {
-Napi::TypedArray typed_array(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const Napi::Value v = info[i];
+struct View {
+  napi_typedarray_type type;
+  void* data;
+  size_t len;
+};
+
+// A typed array's element type, data and length, or an ArgError: not a typed array,
+// backed by a SharedArrayBuffer (another thread may write it while a kernel reads,
+// and N-API gives no ArrayBuffer view of it), or detached.
+View typed_array(napi_env env, const Napi::Value& v, const char* name) {
   if (!v.IsTypedArray()) fail(Code::InvalidArgument, std::string("Expected typed array for ") + name + " but received " + js_type(v));
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
-  return ta;
+  View r{};
+  napi_value ab = nullptr;
+  size_t offset = 0;
+  if (napi_get_typedarray_info(env, v, &r.type, &r.len, &r.data, &ab, &offset) != napi_ok)
+    fail(Code::InvalidArgument, std::string("Cannot read the typed array passed for ") + name);
+  bool is_ab = false, detached = false;
+  napi_is_arraybuffer(env, ab, &is_ab);
+  if (!is_ab) fail(Code::InvalidArgument, std::string("Expected a non-shared buffer for ") + name + " but received a SharedArrayBuffer view");
+  if (napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok || detached)
+    fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
+  if (r.len == 0) r.data = nullptr;
+  return r;
 }
 }  // namespace
 
-Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
-  Napi::TypedArray ta = typed_array(info, i, name);
+Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype) {
+  const View ta = typed_array(env, v, name);
   const napi_typedarray_type want = dtype == DType::F32 ? napi_float32_array : napi_uint16_array;
-  if (ta.TypedArrayType() != want)
+  if (ta.type != want)
     fail(Code::DtypeMismatch, std::string("Expected ") + (dtype == DType::F32 ? "Float32Array" : "Uint16Array") +
                                   " for " + name + " (" + dtype_name(dtype) + ")");
-  uint8_t* base = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return Span{base, ta.ElementLength(), dtype};
+  return Span{ta.data, ta.len, dtype};
+}
+
+Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) {
+  const View ta = typed_array(env, v, name);
+  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  return Span{ta.data, ta.len, DType::F32};
+}
+
+Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
+  return value_span(info.Env(), info[i], name, dtype);
 }
 
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::TypedArray ta = typed_array(info, i, name);
-  if (ta.TypedArrayType() != napi_uint8_array)
-    fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
-  uint8_t* base = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  return Span{base, ta.ElementLength(), DType::F32};
+  const View ta = typed_array(info.Env(), info[i], name);
+  if (ta.type != napi_uint8_array) fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
+  return Span{ta.data, ta.len, DType::F32};
 }
+
+Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name) { return value_int32(info.Env(), info[i], name); }
 
 I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional) {
   if (optional && arg_is_null(info, i)) return I32Array{nullptr, 0};
-  Napi::TypedArray ta = typed_array(info, i, name);
-  if (ta.TypedArrayType() != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
-  return I32Array{reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
+  const Span s = arg_int32(info, i, name);
+  return I32Array{static_cast<int32_t*>(s.data), s.len};
 }
 
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
@@ -110,43 +140,109 @@ Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType d
   return arg_span(info, i, "zeros", dtype);
 }
 
-Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
-  if (dtype == DType::F32) {
-    Napi::Float32Array a = Napi::Float32Array::New(env, n);
-    *out = Span{a.Data(), n, dtype};
-    return a;
+// V8 aborts the process, rather than throwing, when ArrayBuffer::New cannot allocate
+// or a typed array is longer than it allows; so outputs are zeroed native memory
+// (calloc: a failure is QF_OUT_OF_MEMORY) handed to V8 as an external ArrayBuffer.
+Napi::Value make_typed_array(Napi::Env env, napi_typedarray_type type, size_t n, void** data) {
+  const size_t elem = type == napi_float32_array || type == napi_int32_array ? 4 : type == napi_uint16_array ? 2 : 1;
+  if (n > kMaxOutputElements)
+    throw ArgError{error(Code::ShapeMismatch, "An output of " + std::to_string(n) + " elements exceeds the " +
+                                                  std::to_string(kMaxOutputElements) + " a typed array can hold")};
+  void* p = std::calloc(std::max<size_t>(n, 1), elem);
+  if (!p) throw std::bad_alloc();
+  napi_value ab = nullptr, ta = nullptr;
+  napi_status st = napi_create_external_arraybuffer(env, p, n * elem, [](napi_env, void* d, void*) { std::free(d); }, nullptr, &ab);
+  if (st != napi_ok) {
+    std::free(p);
+    NAPI_THROW_IF_FAILED(env, st, Napi::Value());
   }
-  Napi::Uint16Array a = Napi::Uint16Array::New(env, n);
-  *out = Span{a.Data(), n, dtype};
-  return a;
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, n, ab, 0, &ta), Napi::Value());
+  *data = p;
+  return Napi::Value(env, ta);
+}
+
+Napi::Object make_float_array(Napi::Env env, DType dtype, size_t n, Span* out) {
+  void* p = nullptr;
+  Napi::Value a = make_typed_array(env, dtype == DType::F32 ? napi_float32_array : napi_uint16_array, n, &p);
+  *out = Span{p, n, dtype};
+  return a.As<Napi::Object>();
+}
+
+Napi::Uint8Array make_bytes(Napi::Env env, size_t n, Span* out) {
+  void* p = nullptr;
+  Napi::Value a = make_typed_array(env, napi_uint8_array, n, &p);
+  *out = Span{p, n, DType::F32};
+  return a.As<Napi::Uint8Array>();
+}
+
+Status input_len(const Span& s, size_t want, const char* name, const char* unit) {
+  if (s.len == want) return Status::Ok();
+  return error(Code::ShapeMismatch, "Expected " + std::to_string(want) + " " + unit + " for " + name + " but received " +
+                                        std::to_string(s.len));
+}
+
+Napi::Value fail_op(const Napi::CallbackInfo& info, bool async, const Status& st) {
+  if (!async) throw ArgError{st};
+  Napi::Promise::Deferred d = Napi::Promise::Deferred::New(info.Env());
+  d.Reject(to_js_error(info.Env(), st).Value());
+  return d.Promise();
 }
 
 namespace {
+thread_local const char* t_op = "native call";
+
+// What the error path may still do when memory is exhausted: N-API's C calls only.
+napi_value fallback_error(napi_env env) {
+  napi_value code = nullptr, msg = nullptr, err = nullptr;
+  napi_create_string_utf8(env, "QF_OUT_OF_MEMORY", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, "out of memory while reporting an error", NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &err);
+  if (err && code) napi_set_named_property(env, err, "code", code);
+  return err;
+}
+
 class OpWorker : public Napi::AsyncWorker {
  public:
-  OpWorker(Napi::Env env, std::vector<Napi::Value> keep, std::function<Status()> compute,
+  OpWorker(Napi::Env env, const char* op, std::vector<Napi::Value> keep, std::function<Status()> compute,
            std::function<Napi::Value(Napi::Env)> result)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)),
+      : Napi::AsyncWorker(env), op_(op), deferred_(Napi::Promise::Deferred::New(env)),
         compute_(std::move(compute)), result_(std::move(result)) {
     for (auto& v : keep)
       if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
   Napi::Promise promise() { return deferred_.Promise(); }
+  // runs on a libuv thread: nothing may escape it
   void Execute() override {
     try {
       status_ = compute_();
-    } catch (const std::bad_alloc&) {
-      status_ = error(Code::OutOfMemory, "Out of memory");
+    } catch (...) {
+      status_ = status_from_exception(std::current_exception(), op_);
     }
   }
   void OnOK() override {
     Napi::HandleScope scope(Env());
-    if (!status_.ok()) { deferred_.Reject(to_js_error(Env(), status_).Value()); return; }
-    deferred_.Resolve(result_(Env()));
+    try {
+      if (!status_.ok()) { deferred_.Reject(to_js_error(Env(), status_).Value()); return; }
+      deferred_.Resolve(result_(Env()));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+      reject_plain(status_from_exception(std::current_exception(), op_));
+    }
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  void reject_plain(const Status& st) {
+    try {
+      deferred_.Reject(to_js_error(Env(), st).Value());
+    } catch (...) {
+      napi_value e = fallback_error(Env());
+      if (e) deferred_.Reject(Napi::Value(Env(), e));
+    }
+  }
+
+  const char* op_;
   Napi::Promise::Deferred deferred_;
   std::function<Status()> compute_;
   std::function<Napi::Value(Napi::Env)> result_;
@@ -155,34 +251,82 @@ class OpWorker : public Napi::AsyncWorker {
 };
 }  // namespace
 
+OpScope::OpScope(const char* op) : prev_(t_op) { t_op = op; }
+OpScope::~OpScope() { t_op = prev_; }
+const char* OpScope::current() { return t_op; }
+
+Status status_from_exception(const std::exception_ptr& e, const char* op) {
+  const std::string who = op ? op : "native call";
+  try {
+    std::rethrow_exception(e);
+  } catch (const ArgError& a) {
+    return a.status;
+  } catch (const std::bad_alloc&) {
+    return error(Code::OutOfMemory, who + ": out of memory (std::bad_alloc)");
+  } catch (const std::length_error& l) {
+    return error(Code::OutOfMemory, who + ": out of memory (" + l.what() + ")");
+  } catch (const std::exception& x) {
+    return error(Code::Internal, who + ": internal error: " + x.what());
+  } catch (...) {
+    return error(Code::Internal, who + ": internal error (unknown exception)");
+  }
+}
+
+void throw_js(Napi::Env env, const Status& st) {
+  try {
+    to_js_error(env, st).ThrowAsJavaScriptException();
+  } catch (...) {
+    if (napi_value e = fallback_error(env)) napi_throw(env, e);
+  }
+}
+
+namespace {
+struct Entry {
+  std::string op;  // the name errors carry: "<ns>.<name>" for a nested export
+  Napi::Value (*fn)(const Napi::CallbackInfo&);
+};
+
+napi_value call_entry(napi_env env, napi_callback_info cbinfo) noexcept {
+  void* data = nullptr;
+  napi_get_cb_info(env, cbinfo, nullptr, nullptr, nullptr, &data);
+  const Entry* e = static_cast<const Entry*>(data);
+  try {
+    Napi::CallbackInfo info(env, cbinfo);
+    return guarded(info, e->op.c_str(), [&] { return e->fn(info); });
+  } catch (const Napi::Error& err) {
+    err.ThrowAsJavaScriptException();
+  } catch (...) {
+    throw_js(Napi::Env(env), status_from_exception(std::current_exception(), e->op.c_str()));
+  }
+  return nullptr;
+}
+}  // namespace
+
+void export_function(Napi::Env env, Napi::Object exports, const char* name, Napi::Value (*fn)(const Napi::CallbackInfo&),
+                     const char* ns) {
+  auto entry = std::make_unique<Entry>(Entry{ns ? std::string(ns) + "." + name : std::string(name), fn});
+  napi_value f = nullptr;
+  NAPI_THROW_IF_FAILED_VOID(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, call_entry, entry.get(), &f));
+  // one Entry per function object (each worker_thread loads the module anew)
+  NAPI_THROW_IF_FAILED_VOID(env, napi_add_finalizer(env, f, entry.get(),
+                                                    [](napi_env, void* d, void*) { delete static_cast<Entry*>(d); },
+                                                    nullptr, nullptr));
+  entry.release();
+  exports.Set(name, Napi::Value(env, f));
+}
+
 Napi::Value run_op(const Napi::CallbackInfo& info, bool async, std::vector<Napi::Value> keep,
                    std::function<Status()> compute, std::function<Napi::Value(Napi::Env)> result) {
   Napi::Env env = info.Env();
   if (!async) {
-    Status st;
-    try {
-      st = compute();
-    } catch (const std::bad_alloc&) {
-      st = error(Code::OutOfMemory, "Out of memory");
-    }
+    const Status st = compute();  // exceptions: guarded() maps them with the op's name
     if (!st.ok()) throw ArgError{st};
     return result(env);
   }
-  OpWorker* w = new OpWorker(env, std::move(keep), std::move(compute), std::move(result));
+  OpWorker* w = new OpWorker(env, OpScope::current(), std::move(keep), std::move(compute), std::move(result));
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
-}
-
-Napi::Value guarded(const Napi::CallbackInfo& info, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
-  try {
-    return fn(info);
-  } catch (const ArgError& e) {
-    to_js_error(info.Env(), e.status).ThrowAsJavaScriptException();
-  } catch (const std::bad_alloc&) {
-    to_js_error(info.Env(), error(Code::OutOfMemory, "Out of memory")).ThrowAsJavaScriptException();
-  }
-  return info.Env().Undefined();
 }
 
 }  // namespace qf

@@ -18,9 +18,10 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 8, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
+  QF_PRECHECK(info, async, input_len(w, (size_t)(N * K), "w"));
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
-  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)));
-  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss{}, zs{nullptr, 0, pd};
+  Span cs, ss{}, zs{nullptr, 0, pd};
+  Napi::Uint8Array codes = make_bytes(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)), &cs);
   Napi::Object scales = make_float_array(env, pd, (size_t)N * G, &ss);
   Napi::Value zeros = env.Null();
   if (!spec.symmetric) zeros = make_float_array(env, pd, (size_t)N * G, &zs);
@@ -42,8 +43,9 @@ Napi::Value pack_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 4, "async");
   Status st = check_spec(QuantSpec{bits, 1, true, false}, N, K);
   if (!st.ok()) throw ArgError{st};
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, (size_t)(N * qf_packed_row_bytes(bits, K)));
-  Span os{out.Data(), out.ElementLength(), DType::F32};
+  QF_PRECHECK(info, async, input_len(c8, (size_t)(N * K), "codes", "codes"));
+  Span os;
+  Napi::Uint8Array out = make_bytes(env, (size_t)(N * qf_packed_row_bytes(bits, K)), &os);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
   return run_op(info, async, {info[0], out}, [=] { return pack(os, c8, N, K, bits); },
                 [ref](Napi::Env) { return ref->Value(); });
@@ -58,8 +60,9 @@ Napi::Value unpack_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 4, "async");
   Status st = check_spec(QuantSpec{bits, 1, true, false}, N, K);
   if (!st.ok()) throw ArgError{st};
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, (size_t)(N * K));
-  Span os{out.Data(), out.ElementLength(), DType::F32};
+  QF_PRECHECK(info, async, input_len(cs, (size_t)(N * qf_packed_row_bytes(bits, K)), "codes", "bytes"));
+  Span os;
+  Napi::Uint8Array out = make_bytes(env, (size_t)(N * K), &os);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out.As<Napi::Object>()));
   return run_op(info, async, {info[0], out}, [=] { return unpack(os, cs, N, K, bits); },
                 [ref](Napi::Env) { return ref->Value(); });
@@ -79,6 +82,7 @@ Napi::Value dequantize_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 10, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
+  QF_PRECHECK(info, async, input_len(cs, (size_t)(N * qf_packed_row_bytes(spec.bits, K)), "codes", "bytes"));
   Span os;
   Napi::Object out;
   if (info.Length() > 11 && !arg_is_null(info, 11)) {
@@ -103,6 +107,7 @@ Napi::Value fq_forward_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 8, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
+  QF_PRECHECK(info, async, input_len(w, (size_t)(N * K), "w"));
   Span os;
   Napi::Object out = make_float_array(env, DType::F32, (size_t)(N * K), &os);
   auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(out));
@@ -123,6 +128,7 @@ Napi::Value fq_backward_js(const Napi::CallbackInfo& info) {
   const bool async = arg_bool(info, 9, "async");
   Status st = check_spec(spec, N, K);
   if (!st.ok()) throw ArgError{st};
+  QF_PRECHECK(info, async, input_len(g, (size_t)(N * K), "gradOutput"));
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
   Span dws, dss, dzs{nullptr, 0, DType::F32};
   Napi::Object out = Napi::Object::New(env);

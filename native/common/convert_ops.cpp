@@ -47,7 +47,7 @@ class FirstError {
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
   void fail() noexcept { failed_.store(true, std::memory_order_relaxed); }
   // a worker that failed without a message ran out of memory building it
-  Status take() { return st_.ok() ? error(Code::OutOfMemory, "Out of memory while reporting a read error") : std::move(st_); }
+  Status take() { return st_.ok() ? error(Code::OutOfMemory, "read_tensor: out of memory while reporting a read error") : std::move(st_); }
 
  private:
   std::mutex mu_;
@@ -83,24 +83,32 @@ void widen(const ConvertKernels& k, DType src, float* dst, const void* s, int64_
 
 }  // namespace
 
-Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
-                       size_t dst_row_len, float* dst, size_t dst_len, const char* what) {
+Status check_tensor_range(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const char* what) {
   const std::string name = what ? what : "tensor";
-  if (rows < 0 || cols < 0 || offset < 0 || (cols > 0 && rows > (int64_t(1) << 62) / 4 / cols))
+  // offset < 2^62 too: offset + rows*cols*esize must not overflow either
+  if (rows < 0 || cols < 0 || offset < 0 || offset > (int64_t(1) << 62) || (cols > 0 && rows > (int64_t(1) << 62) / 4 / cols))
     return error(Code::InvalidArgument, "Expected non-negative offset, rows and cols with rows*cols*4 < 2^62 for " + name +
                                             " but received offset=" + std::to_string(offset) + ", rows=" +
                                             std::to_string(rows) + ", cols=" + std::to_string(cols));
+  const int64_t total = rows * cols, esz = (int64_t)dtype_size(src);
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) return error(Code::Io, "Cannot stat the file of " + name + ": " + strerror(errno));
+  if (offset + total * esz > (int64_t)sb.st_size)
+    return error(Code::CorruptFile, name + " spans bytes [" + std::to_string(offset) + ", " + std::to_string(offset + total * esz) +
+                                        ") but the file has " + std::to_string((int64_t)sb.st_size) + " bytes");
+  return Status::Ok();
+}
+
+Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
+                       size_t dst_row_len, float* dst, size_t dst_len, const char* what) {
+  const std::string name = what ? what : "tensor";
+  QF_TRY(check_tensor_range(fd, offset, src, rows, cols, what));
   const int64_t total = rows * cols;
   const int64_t esz = (int64_t)dtype_size(src);
   if ((int64_t)dst_len != total)
     return error(Code::ShapeMismatch, "Expected a destination of " + std::to_string(total) + " floats for " + name +
                                           " (" + std::to_string(rows) + ", " + std::to_string(cols) + ") but received " +
                                           std::to_string(dst_len));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0) return error(Code::Io, "Cannot stat the file of " + name + ": " + strerror(errno));
-  if (offset + total * esz > (int64_t)sb.st_size)
-    return error(Code::CorruptFile, name + " spans bytes [" + std::to_string(offset) + ", " + std::to_string(offset + total * esz) +
-                                        ") but the file has " + std::to_string((int64_t)sb.st_size) + " bytes");
   if (dst_row) {
     if ((int64_t)dst_row_len != rows)
       return error(Code::ShapeMismatch, "Expected " + std::to_string(rows) + " row indices for " + name + " but received " +

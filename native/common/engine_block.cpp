@@ -3,6 +3,7 @@
 // head loss. Buffers of one call come from a Workspace reserved here, on the
 // calling thread, before any parallel work.
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -390,11 +391,22 @@ Status check_block(const BlockDesc& d) {
         return error(Code::InvalidArgument, std::string("Expected zero points for ") + kBlockLinearNames[j] + " (asymmetric)");
   }
   if (d.fpt.active()) return error(Code::Unsupported, "FPTQuant transforms are not implemented in the block step yet");
+  // BT, Dq, Dkv and the arena are formed in int64 from here on: bound them in double
+  // first (each dim alone may be anything up to 2^53)
+  const double bt = (double)m.B * (double)m.T, dq = (double)m.Hq * (double)m.hd, dkv = (double)m.Hkv * (double)m.hd;
+  const double params = 2.0 * (double)m.D + (double)m.D * (2.0 * dq + 2.0 * dkv + 3.0 * (double)m.F);
+  if (bt > 2147483648.0 || dq > 2147483648.0 || params > 1099511627776.0)
+    return error(Code::ShapeMismatch, "Expected B*T and Hq*hd below 2^31 and a parameter arena below 2^40 floats but received B=" +
+                                          num(m.B) + ", T=" + num(m.T) + ", D=" + num(m.D) + ", F=" + num(m.F) + ", Hq=" +
+                                          num(m.Hq) + ", Hkv=" + num(m.Hkv) + ", hd=" + num(m.hd));
   // (B, Hq, T, T) probabilities and friends: refuse sizes no buffer could hold
-  const double saved = (double)m.B * m.Hq * m.T * m.T + 12.0 * m.BT() * (double)(m.D + m.F + m.Dq());
-  if (saved > 4.0e9)
-    return error(Code::OutOfMemory, "A block step of B=" + num(m.B) + ", T=" + num(m.T) + " needs " +
-                                        std::to_string((int64_t)saved) + " floats of activations, above the 4e9 limit");
+  const double saved = (double)m.B * (double)m.Hq * (double)m.T * (double)m.T + 12.0 * bt * ((double)m.D + (double)m.F + dq);
+  if (saved > 4.0e9) {
+    char floats[32];
+    std::snprintf(floats, sizeof floats, "%.3g", saved);
+    return error(Code::OutOfMemory, "A block step of B=" + num(m.B) + ", T=" + num(m.T) + " needs " + floats +
+                                        " floats of activations, above the 4e9 limit");
+  }
   return Status::Ok();
 }
 

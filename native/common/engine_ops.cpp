@@ -28,8 +28,10 @@ Status Workspace::reserve(size_t floats, const char* what) {
   } catch (const std::bad_alloc&) {
     buf_.reset();
     cap_ = 0;
-    return error(Code::OutOfMemory, std::string("Out of memory allocating ") + std::to_string(floats * 4 / 1048576) +
-                                        " MB of scratch for " + what);
+    // the op first, as the addon boundary names it; small sizes in KB (a 40 KB slot is not "0 MB")
+    const size_t bytes = floats * 4;
+    const std::string size = bytes >= (size_t(1) << 20) ? std::to_string(bytes >> 20) + " MB" : std::to_string((bytes + 1023) >> 10) + " KB";
+    return error(Code::OutOfMemory, std::string(what) + ": out of memory allocating " + size + " of scratch");
   }
   return Status::Ok();
 }

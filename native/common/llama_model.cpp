@@ -47,6 +47,14 @@ Status LlamaModel::create(const LlamaConfig& c, std::unique_ptr<LlamaModel>* out
     return error(Code::InvalidArgument, "Expected nKvHeads dividing nHeads and an even headDim but received nHeads=" +
                                             std::to_string(c.n_heads) + ", nKvHeads=" + std::to_string(c.n_kv_heads) +
                                             ", headDim=" + std::to_string(c.head_dim));
+  // what create() and the first forward allocate from the config alone (the RoPE tables,
+  // one struct per layer, the KV cache): bounded before anything is sized by it
+  if (c.n_layers > (int64_t(1) << 16) || c.max_seq > (int64_t(1) << 20) || c.max_seq * (c.head_dim / 2) > (int64_t(1) << 26) ||
+      c.n_heads * c.head_dim > (int64_t(1) << 31) || c.n_kv_heads * c.head_dim > (int64_t(1) << 31))
+    return error(Code::InvalidArgument, "Expected nLayers <= 65536, maxSeq <= 2^20, maxSeq * headDim/2 <= 2^26 and nHeads * headDim "
+                                        "<= 2^31 but received nLayers=" + std::to_string(c.n_layers) + ", maxSeq=" +
+                                            std::to_string(c.max_seq) + ", nHeads=" + std::to_string(c.n_heads) +
+                                            ", headDim=" + std::to_string(c.head_dim));
   if ((int64_t)c.inv_freq.size() != c.head_dim / 2)
     return error(Code::ShapeMismatch, "Expected headDim/2 = " + std::to_string(c.head_dim / 2) +
                                           " inverse frequencies but received " + std::to_string(c.inv_freq.size()));
@@ -151,7 +159,7 @@ Status LlamaModel::fill_weights(const std::vector<WeightFill>& items) {
   if (oom.load()) {
     size_t total = 0;
     for (const WeightFill& it : items) total += it.n * sizeof(float);
-    return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(total) + " bytes for the " + std::to_string(items.size()) + " weights being loaded");
+    return error(Code::OutOfMemory, "loading weights: out of memory allocating " + std::to_string(total) + " bytes for the " + std::to_string(items.size()) + " weights being loaded");
   }
   for (size_t i = 0; i < items.size(); i++) QF_TRY(items[i].fill(bufs[i].data()));
   for (size_t i = 0; i < items.size(); i++) {
@@ -228,7 +236,7 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
   const LlamaConfig& c = cfg_;
   const std::vector<std::string> miss = missing();
   if (!miss.empty()) return error(Code::InvalidArgument, "Model weight '" + miss[0] + "' was never set");
-  if (B <= 0 || T <= 0 || (size_t)(B * T) != n_tokens)
+  if (B <= 0 || T <= 0 || (size_t)T > n_tokens || (size_t)B > n_tokens / (size_t)T || (size_t)(B * T) != n_tokens)
     return error(Code::ShapeMismatch, "Expected B*T tokens (B=" + std::to_string(B) + ", T=" + std::to_string(T) +
                                           ") but received " + std::to_string(n_tokens));
   if (pos0 < 0 || pos0 + T > c.max_seq)
@@ -240,10 +248,13 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
                                             std::to_string(pos0) + ", B=" + std::to_string(B));
   const int64_t V = c.vocab_size;
   const int64_t rows_out = last_only ? B : B * T;
-  if (n_logits != (size_t)(rows_out * V))
+  if ((__int128)n_logits != (__int128)rows_out * V)
     return error(Code::ShapeMismatch, "Expected " + std::to_string(rows_out * V) + " logits but received " + std::to_string(n_logits));
 
   const int64_t D = c.dim, S = c.max_seq, Dkv = c.n_kv_heads * c.head_dim, BT = B * T;
+  if ((__int128)B * S * Dkv * c.n_layers > ((__int128)1 << 40))
+    return error(Code::InvalidArgument, "A KV cache of B=" + std::to_string(B) + " sequences of maxSeq=" + std::to_string(S) +
+                                            " positions over " + std::to_string(c.n_layers) + " layers exceeds 2^40 floats");
   const size_t layer_cache = (size_t)(B * S * Dkv);
   if (pos0 == 0 && (cache_b_ != B || kcache_.size() != layer_cache * (size_t)c.n_layers)) {
     kcache_.assign(layer_cache * (size_t)c.n_layers, 0.0f);  // (layers, B, S, Hkv, hd)

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "quantform/dispatch.h"
@@ -76,7 +77,18 @@ struct Int8Activations {
 void quantize_row_int8(Int8Activations& a, const float* x, int64_t m, int64_t K, int64_t stride, int64_t G,
                        int64_t gs, bool permute) {
   float amax = 0.f;
-  for (int64_t k = 0; k < K; k++) amax = std::fabs(x[m * K + k]) > amax ? std::fabs(x[m * K + k]) : amax;
+  bool finite = true;
+  for (int64_t k = 0; k < K; k++) {
+    const float v = std::fabs(x[m * K + k]);
+    finite = finite && std::isfinite(v);
+    amax = v > amax ? v : amax;
+  }
+  // a NaN or Inf in the row: its outputs are NaN, as the fp32 path gives (and a NaN
+  // must never reach the int8 conversion, which is undefined for it)
+  if (!finite) {
+    a.xs[(size_t)m] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
   const float xs = amax / 127.f;
   a.xs[(size_t)m] = xs;
   if (xs == 0.f) return;  // an all-zero row: xq = 0 and y = 0
@@ -105,7 +117,12 @@ Int8Activations prepare_int8(const float* x, int64_t M, int64_t K, int64_t KP, i
 
 Status check_y_x(const Span& y, const Span& x, int64_t M, int64_t N, int64_t K) {
   if (M <= 0) return error(Code::ShapeMismatch, "Expected a positive row count M but received " + std::to_string(M));
+  // M*K and M*N must not overflow before they are compared with the lengths
+  if (N <= 0 || K <= 0 || M > (int64_t(1) << 40) / K || M > (int64_t(1) << 40) / N)
+    return error(Code::ShapeMismatch, "Expected M*K and M*N below 2^40 but received M=" + std::to_string(M) + ", N=" +
+                                          std::to_string(N) + ", K=" + std::to_string(K));
   if (y.dtype != DType::F32 || !y.data) return error(Code::DtypeMismatch, "Expected an f32 output buffer");
+  if (!x.data) return error(Code::InvalidArgument, "Expected a buffer for x but received none");
   Status st = expect("x", x.len, (size_t)(M * K));
   if (!st.ok()) return st;
   return expect("y", y.len, (size_t)(M * N));
@@ -258,6 +275,8 @@ Status unprepare_int4(const PreparedInt4& p, Span codes, Span scales, Span zeros
   if (!p.symmetric && !(st = expect("zeros", zeros.len, (size_t)(p.N * G))).ok()) return st;
   if (scales.dtype != p.param_dtype || (!p.symmetric && zeros.dtype != p.param_dtype))
     return error(Code::DtypeMismatch, std::string("Expected ") + dtype_name(p.param_dtype) + " scales and zeros");
+  if (!codes.data || !scales.data || (!p.symmetric && !zeros.data))
+    return error(Code::InvalidArgument, "Expected output buffers for codes, scales and zeros but received none");
   uint8_t* dst = static_cast<uint8_t*>(codes.data);
   for (int64_t n = 0; n < p.N; n++) {
     const int64_t t = n / QF_MM_NT, l = n % QF_MM_NT;
@@ -326,7 +345,8 @@ Status dequant_matmul(Span y, Span x, int64_t M, const CanonicalWeight* canon, c
 }
 
 Status sgemm_nt(Span y, Span x, Span w, int64_t M, int64_t N, int64_t K) {
-  if (N <= 0 || K <= 0) return error(Code::ShapeMismatch, "Expected positive N and K");
+  if (N <= 0 || K <= 0 || N > (int64_t(1) << 40) / K) return error(Code::ShapeMismatch, "Expected positive N and K with N*K below 2^40");
+  if (!w.data) return error(Code::InvalidArgument, "Expected a buffer for w but received none");
   Status st = check_y_x(y, x, M, N, K);
   if (!st.ok()) return st;
   if (w.dtype != DType::F32) return error(Code::DtypeMismatch, "Expected f32 weights");

@@ -1,10 +1,10 @@
 // Argument checks shared by the GPTQ and quantized-linear ops: a length the
 // native side did not check is an out-of-bounds write.
 #pragma once
-#include <cmath>
 #include <cstdint>
 #include <string>
 
+#include "quantform/finite.h"  // first_non_finite, which the checks of these ops call
 #include "quantform/quant_ops.h"
 #include "quantform/status.h"
 
@@ -28,13 +28,6 @@ inline Status check_dim(const char* name, int64_t v) {
   if (v <= 0 || v > (int64_t(1) << 20))
     return error(Code::InvalidArgument, std::string("Expected ") + name + " in [1, 1048576] but received " + std::to_string(v));
   return Status::Ok();
-}
-
-// First index of a NaN/Inf in p[0, n), or -1.
-inline int64_t first_non_finite(const float* p, int64_t n) {
-  for (int64_t i = 0; i < n; i++)
-    if (!std::isfinite(p[i])) return i;
-  return -1;
 }
 
 }  // namespace qf

@@ -66,7 +66,7 @@ Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double secon
     if (!buf || ((parts & kProbeCopy) && !dst)) {
       std::free(buf);
       std::free(dst);
-      return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(bytes) + " bytes for the bandwidth probe");
+      return error(Code::OutOfMemory, "measureMachine: out of memory allocating " + std::to_string(bytes) + " bytes for the bandwidth probe");
     }
     // first touch from the pool so pages are spread as the readers will read them
     parallel_for(n / kBlock, 1, [&](int64_t b0, int64_t b1) {

@@ -31,7 +31,7 @@ Status SpillBuffer::create(int64_t elements, DType dtype, int64_t mem_elements, 
     // page-aligned and rounded to whole pages (aligned_alloc wants a multiple of the alignment)
     const size_t bytes = ((size_t)mem_elements * b->esize_ + 4095) / 4096 * 4096;
     b->mem_ = static_cast<uint8_t*>(aligned_alloc(4096, bytes));
-    if (!b->mem_) return error(Code::OutOfMemory, "Cannot allocate " + std::to_string(bytes) + " bytes for the in-memory activations");
+    if (!b->mem_) return error(Code::OutOfMemory, "SpillBuffer: out of memory allocating " + std::to_string(bytes) + " bytes for the in-memory activations");
   }
   if (mem_elements < elements) {
     b->map_bytes_ = (size_t)(elements - mem_elements) * b->esize_;

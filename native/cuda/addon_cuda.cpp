@@ -8,6 +8,7 @@
 
 #include "../addon/napi_util.h"
 #include "quant_cuda.h"
+#include "quantform/finite.h"
 #include "quantform/formats.h"
 
 namespace qf {
@@ -74,10 +75,10 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   const QuantSpec spec = arg_quant_spec(info, 3);
   const bool async = arg_bool(info, 6, "async");
   check(check_spec(spec, N, K));
-  check(expect("w", w, (size_t)(N * K)));
+  QF_PRECHECK(info, async, expect("w", w, (size_t)(N * K)));
   const size_t G = (size_t)qf_num_groups(K, spec.group_size);
-  Napi::Uint8Array codes = Napi::Uint8Array::New(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)));
-  Span cs{codes.Data(), codes.ElementLength(), DType::F32}, ss, zs{nullptr, 0, DType::F32};
+  Span cs, ss, zs{nullptr, 0, DType::F32};
+  Napi::Uint8Array codes = make_bytes(env, (size_t)(N * qf_packed_row_bytes(spec.bits, K)), &cs);
   Napi::Object out = Napi::Object::New(env);
   out.Set("codes", codes);
   out.Set("scales", make_float_array(env, DType::F32, (size_t)N * G, &ss));
@@ -86,10 +87,9 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   return run_op(info, async, {info[0], out},
                 [=]() -> Status {
                   const float* wp = static_cast<const float*>(w.data);
-                  for (int64_t r = 0; r < N; r++)
-                    for (int64_t k = 0; k < K; k++)
-                      if (!std::isfinite(wp[r * K + k]))
-                        return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(r) + " holds NaN or Inf");
+                  const int64_t bad = first_non_finite(wp, N * K);
+                  if (bad >= 0)
+                    return error(Code::NonFinite, "Expected finite weights but row " + std::to_string(bad / K) + " holds NaN or Inf");
                   return quantize_cuda(static_cast<uint8_t*>(cs.data), static_cast<float*>(ss.data),
                                        static_cast<float*>(zs.data), wp, N, K, spec);
                 },

@@ -25,6 +25,11 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
                                                     " but received " + std::to_string(s.len))};
   };
   if (K <= 0 || T < 0 || N < 0) throw ArgError{error(Code::InvalidArgument, "Expected K > 0 and T, N >= 0")};
+  // T * K and N * K are formed below: bound T and N by what the arrays hold first
+  if ((size_t)T > x.len / (size_t)K || (size_t)N > W.len / (size_t)K)
+    throw ArgError{error(Code::ShapeMismatch, "Expected T * K <= " + std::to_string(x.len) + " and N * K <= " +
+                                                  std::to_string(W.len) + " elements but received T=" + std::to_string(T) +
+                                                  ", N=" + std::to_string(N) + ", K=" + std::to_string(K))};
   len("dalpha", da, K); len("alpha", alpha, K); len("dxs", dxs, T * K); len("x", x, T * K);
   len("dws", dws, N * K); len("W", W, N * K);
   if (dx.data) len("dx", dx, T * K);

@@ -90,7 +90,7 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
   Span x = arg_span(info, 1, "x", xd);
   const int64_t M = arg_int(info, 3, "M");
   const bool async = arg_bool(info, 4, "async");
-  if (M <= 0 || x.len != (size_t)(M * w->K))
+  if (M <= 0 || (size_t)M > x.len / (size_t)w->K || x.len != (size_t)(M * w->K))
     throw ArgError{error(Code::ShapeMismatch, "Expected " + std::to_string(M * w->K) + " elements for x (M=" + std::to_string(M) +
                                                   ", K=" + std::to_string(w->K) + ") but received " + std::to_string(x.len))};
   const CudaXType xt = xd == DType::F32 ? CudaXType::F32 : xd == DType::F16 ? CudaXType::F16 : CudaXType::BF16;

@@ -6,10 +6,12 @@ import { permuteHalfToInterleaved, weightNames, weightShape, type LlamaConfig } 
 
 export type Dt = 'F32' | 'F16' | 'BF16';
 
-/** binary32 -> binary16 bits, round to nearest even (normal range; tests use small weights). */
+/** binary32 -> binary16 bits, round to nearest even (tests use small weights; NaN and +-Inf map to theirs). */
 export function f16Bits(x: number): number {
   const f = new Float32Array([x]), u = new Uint32Array(f.buffer)[0];
   const sign = (u >>> 16) & 0x8000, exp = ((u >>> 23) & 0xff) - 127 + 15, mant = u & 0x7fffff;
+  if (Number.isNaN(x)) return sign | 0x7e00;
+  if (exp >= 31) return sign | 0x7c00;
   if (exp <= 0) {
     if (exp < -10) return sign;
     const m = (mant | 0x800000) >>> (1 - exp + 13);

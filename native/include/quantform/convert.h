@@ -41,6 +41,10 @@ const ConvertKernels& convert_kernels();  // the active tier's table
 // `what` names the tensor and file in error messages.
 Status read_tensor_f32(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const int32_t* dst_row,
                        size_t dst_row_len, float* dst, size_t dst_len, const char* what);
+// The byte-range part of read_tensor_f32's checks: rows * cols elements of `src` at
+// `offset` lie inside the file behind fd. Callers that allocate the destination
+// first (LlamaModel's setWeightsFromFile) run it before allocating.
+Status check_tensor_range(int fd, int64_t offset, DType src, int64_t rows, int64_t cols, const char* what);
 
 // Converts n elements between f32 and f16/bf16 on the thread pool: src and dst
 // dtypes F32 -> BF16, BF16 -> F32 or F16 -> F32 (others: Unsupported).

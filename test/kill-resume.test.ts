@@ -21,6 +21,7 @@ if (!haveCli) console.warn(`kill-resume: skipped, ${cli} not built (run npx tsup
 const model = path.join(root, 'assets', 'stories260K'), calib = path.join(root, 'assets', 'tinystories', 'valid-stories-201-400.txt');
 
 // on disk (not /tmp, which may be tmpfs): fsync takes long enough for a kill to land inside a write
+mkdirSync(path.join(root, '.cache'), { recursive: true });   // absent on a clean clone
 const work = mkdtempSync(path.join(root, '.cache', 'kill-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 

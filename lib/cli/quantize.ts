@@ -16,7 +16,9 @@ import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { getMethod, methodNames, type ProgressEvent } from '../methods/index.js';
-import { quantizeCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
+import { checkpointLinears, checkSameModel, EFFICIENTQAT_RECIPES, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
+import { quantizeCheckpoint, quantizeCheckpointE2eQp, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
+import { shapeOfConfig } from '../engine/llama.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { Model, loadModel, openCheckpoint } from '../model/model.js';
 import { SyntheticCheckpoint } from '../model/synthetic.js';
@@ -60,6 +62,13 @@ interface QuantizeCliOpts {
   format?: string;
   damp?: number;
   gptqParams?: 'updated' | 'batch-start' | 'best';
+  phases?: EfficientQatPhases;
+  init?: 'rtn' | 'gptq';
+  start?: string;
+  recipe?: string;
+  epochs?: number;
+  e2eEpochs?: number;
+  e2eLr?: number;
 }
 
 function numberOption(v: string): number {
@@ -124,12 +133,13 @@ function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => vo
   let phase = '';
   return {
     onProgress: (e) => {
-      if (e.phase !== phase) {
+      const key = e.stage ?? e.phase;  // a new bar per phase and per method stage (EfficientQAT's Block-AP, E2E-QP)
+      if (key !== phase) {
         if (phase) bar.stop();
-        phase = e.phase;
-        bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
+        phase = key;
+        bar.start(e.totalSteps, e.step - 1, { phase: key, loss: '-', sps: '-' });
       }
-      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && e.phase === 'train' && blockLoss ? ` block ${e.layer}` : ''),
+      bar.update(e.step, { phase: key + (e.layer !== undefined && e.phase === 'train' && (blockLoss || e.stage === 'block-ap') ? ` block ${e.layer}` : ''),
         loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
     },
     stop: () => { if (phase) bar.stop(); phase = ''; },
@@ -163,6 +173,13 @@ export function registerQuantize(program: Command): void {
     .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
     .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
+    .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
+    .option('--init <rtn|gptq>', "EfficientQAT: Block-AP's start, min-max RTN (the reference) or GPTQ's codes and scales (the recipe's when not given)")
+    .option('--start <dir>', 'EfficientQAT with --phases e2e-qp: the GPTQ checkpoint of --model whose step sizes E2E-QP trains')
+    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EFFICIENTQAT_RECIPES).join(' | ')} (README)`, 'reference')
+    .option('--epochs <n>', 'EfficientQAT: Block-AP passes over the calibration windows (default 2)', intOption)
+    .option('--e2e-epochs <n>', 'EfficientQAT: E2E-QP passes over the calibration windows (the recipe\'s when not given)', intOption)
+    .option('--e2e-lr <x>', 'EfficientQAT: E2E-QP learning rate (the recipe\'s when not given)', numberOption)
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
@@ -224,11 +241,23 @@ export function registerQuantize(program: Command): void {
           gptq: { damp: o.damp, paramsFrom: o.gptqParams }, maxMemoryBytes, activationDtype: o.actDtype, frozenDtype: o.frozenDtype,
         };
         let report: QuantizeReport;
+        let startLabel = 'fp32';
         try {
-          report = await quantizeCheckpoint(ck, out, opts, {
-            signal: abort.signal, onProgress: bar.onProgress, save, budgetLabel,
-            ...(trains ? { checkpoint: { path: ckpt, every: o.checkpointEvery }, resume } : {}),
-          });
+          if (o.method === 'efficientqat' && o.phases === 'e2e-qp' && !o.start && ck.quantizedWeight?.('layers.0.wq')) {
+            // E2E-QP of a quantized checkpoint: the model stays packed (no fp32 copy of its linears)
+            for (const k of ['bits', 'groupSize', 'sym'])
+              if (cmd.getOptionValueSource(k) === 'cli')
+                throw new QuantformError('QF_INVALID_ARGUMENT', `--${k === 'groupSize' ? 'group-size' : k} does not apply to E2E-QP of ${source}: it keeps the checkpoint's quantization`);
+            report = await quantizeCheckpointE2eQp(ck, out, { calibration: calibration!, seed: o.seed, efficientqat: eqatRecipe(o, o.bits as Bits) },
+              { signal: abort.signal, onProgress: bar.onProgress, save, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume });
+            startLabel = `start (${path.basename(source)})`;
+          } else {
+            if (o.method === 'efficientqat') efficientQatOptions(o, cmd, opts, ck);
+            report = await quantizeCheckpoint(ck, out, opts, {
+              signal: abort.signal, onProgress: bar.onProgress, save, budgetLabel,
+              ...(trains ? { checkpoint: { path: ckpt, every: o.checkpointEvery }, resume } : {}),
+            });
+          }
           bar.stop();
           rmSync(ckpt, { force: true });
         } catch (e) {
@@ -246,13 +275,50 @@ export function registerQuantize(program: Command): void {
         printReport(report, t0, out);
         // the baseline the method is measured against: plain RTN of the same weights, quantized as the runtime loads them
         const rtn = evaluation && o.method !== 'rtn' ? new Model(rtnCheckpoint(ck, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true }), tokenizer) : null;
-        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method);
+        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method, startLabel);
         console.log(`saved ${out}`);
       } finally {
         ck.close();
       }
       if (o.format) await runExport({ model: out, format: o.format });
     });
+}
+
+/**
+ * EfficientQAT's options from the command line. E2E-QP alone on a quantized --model (or
+ * --start) refines that checkpoint's step sizes; its bits, group size and symmetry are
+ * the checkpoint's unless given (then they must agree).
+ */
+/** The recipe's EfficientQAT options with the command line's overrides. */
+function eqatRecipe(o: QuantizeCliOpts, bits: Bits): EfficientQatOptions {
+  const recipe = EFFICIENTQAT_RECIPES[o.recipe ?? 'reference'];
+  if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EFFICIENTQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
+  const eq: EfficientQatOptions = { ...recipe(bits), phases: o.phases };
+  if (o.init !== undefined) eq.init = o.init;
+  if (o.epochs !== undefined) eq.epochs = o.epochs;
+  if (o.e2eEpochs !== undefined) eq.e2eEpochs = o.e2eEpochs;
+  if (o.e2eLr !== undefined) eq.e2eLr = o.e2eLr;
+  return eq;
+}
+
+function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeModelOptions, ck: Checkpoint): void {
+  const eq = eqatRecipe(o, opts.bits);
+  let from: Checkpoint | null = null;
+  if (o.start) {
+    from = openCheckpoint(path.resolve(o.start));
+    checkSameModel({ shape: shapeOfConfig(ck.config), embed: ck.weight('embed') }, from);
+  } else if (o.phases === 'e2e-qp' && ck.quantizedWeight?.('layers.0.wq')) {
+    from = ck;
+  }
+  if (from) {
+    const { linears, quant } = checkpointLinears(from);
+    for (const [k, v] of [['bits', quant.bits], ['groupSize', quant.groupSize], ['sym', quant.symmetric]] as const)
+      if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
+    Object.assign(opts, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
+    eq.start = linears;
+    eq.phases = 'e2e-qp';
+  }
+  opts.efficientqat = eq;
 }
 
 function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boolean, tok: Tokenizer): CalibrationSet {
@@ -267,21 +333,25 @@ function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boole
 
 function printReport(r: QuantizeReport, t0: number, out: string): void {
   console.log(`\n${r.method} W${r.bits} g${r.groupSize} ${r.symmetric ? 'sym' : 'asym'}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  if (r.lossCurve.length) {
-    const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
-    const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
-    console.log(`loss: first ${k} steps ${avg(r.lossCurve.slice(0, k)).toFixed(4)} -> last ${k} steps ${avg(r.lossCurve.slice(-k)).toFixed(4)} (curve: ${path.join(out, 'loss.svg')})`);
+  const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+  for (const c of r.lossCurves ?? (r.lossCurve.length ? [{ label: 'loss', losses: r.lossCurve }] : [])) {
+    if (c.losses.length === 0) continue;
+    const k = Math.max(1, Math.floor(c.losses.length / 20));
+    console.log(`${c.label}: first ${k} steps ${avg(c.losses.slice(0, k)).toPrecision(5)} -> last ${k} steps ${avg(c.losses.slice(-k)).toPrecision(5)}`);
   }
+  if (r.lossCurve.length) console.log(`loss curve${(r.lossCurves?.length ?? 0) > 1 ? 's' : ''}: ${path.join(out, 'loss.svg')}`);
+  if (r.linears.length === 0) return;
   const mean = (f: (l: QuantizeReport['linears'][number]) => number) => r.linears.reduce((s, l) => s + f(l), 0) / r.linears.length;
   console.log(`relative weight error ||Q(W) - W|| / ||W||, mean over ${r.linears.length} linears: ${r.method === 'rtn' ? mean((l) => l.errorAfter).toFixed(5)
     : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (scales undone)`} (per linear: ${path.join(out, 'quantform_report.json')})`);
 }
 
 /** fp32 (the source, loaded), RTN (in memory, when the method is not RTN) and the result as saved (reloaded), on the same text. */
-async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string): Promise<void> {
+async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string,
+  sourceLabel: string): Promise<void> {
   const rows: [string, Model][] = [];
   try {
-    rows.push(['fp32', typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
+    rows.push([sourceLabel, typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
     if (rtn) rows.push(['rtn', rtn]);
     rows.push([`${method} (reloaded from ${path.basename(out)})`, await loadModel(out)]);
     const parts: string[] = [];

@@ -3,10 +3,12 @@ import { registerMethod } from './registry.js';
 import { rtn } from './rtn.js';
 import { teq } from './teq.js';
 import { gptq } from './gptq.js';
+import { efficientqat } from './efficientqat.js';
 
 registerMethod(rtn);
 registerMethod(teq);
 registerMethod(gptq);
+registerMethod(efficientqat);
 
 export { getMethod, methodNames, registerMethod } from './registry.js';
 export type { MethodContext, MethodRun, ProgressEvent, QuantMethod, TrainOptions, TrainState } from './types.js';

@@ -48,7 +48,7 @@ function expandVScales(s: LlamaShape, av: Float32Array): Float32Array {
 }
 
 /** Deterministic batch order: epoch e visits the samples in a seeded permutation. */
-function batchIndices(samples: number, batch: number, step: number, seed: number): number[] {
+export function batchIndices(samples: number, batch: number, step: number, seed: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < batch; i++) {
     const flat = step * batch + i;
@@ -64,19 +64,25 @@ function batchIndices(samples: number, batch: number, step: number, seed: number
   return out;
 }
 
-/** Progress, checkpoints when due, and Ctrl-C (checkpoint, then QF_ABORTED), for one run over all its steps. */
-class Trainer {
-  private readonly t0 = performance.now();
+/** Progress, checkpoints when due, and Ctrl-C (checkpoint, then QF_ABORTED), for one run over all its steps (TEQ, EfficientQAT). */
+export class Trainer {
+  private t0 = performance.now();
   private stepsDone = 0;
-  constructor(private readonly ctx: MethodContext, private readonly total: number) {}
+  private stage: string | undefined;
+  constructor(private readonly ctx: Pick<MethodContext, 'onProgress' | 'signal' | 'checkpoint' | 'checkpointEvery'>, private readonly total: number) {}
 
-  /** Reports progress; saves a checkpoint when due or when aborted (then throws). */
-  async after(step: number, loss: number, lr: number, state: () => TrainState, layer?: number): Promise<void> {
+  /** Reports progress (steps/s and ETA per stage); saves a checkpoint when due or when aborted (then throws). */
+  async after(step: number, loss: number, lr: number, state: () => TrainState, layer?: number, stage?: string): Promise<void> {
     const ctx = this.ctx;
+    if (stage !== this.stage) {
+      this.stage = stage;
+      this.t0 = performance.now();
+      this.stepsDone = 0;
+    }
     this.stepsDone++;
     const sec = (performance.now() - this.t0) / 1000;
     const sps = this.stepsDone / Math.max(sec, 1e-9);
-    ctx.onProgress?.({ phase: 'train', step: step + 1, totalSteps: this.total, loss, lr, stepsPerSecond: sps, etaSeconds: (this.total - step - 1) / sps, layer });
+    ctx.onProgress?.({ phase: 'train', step: step + 1, totalSteps: this.total, loss, lr, stepsPerSecond: sps, etaSeconds: (this.total - step - 1) / sps, layer, stage });
     const aborted = ctx.signal?.aborted === true;
     if (ctx.checkpoint && (aborted || ((step + 1) % ctx.checkpointEvery === 0 && step + 1 < this.total))) await ctx.checkpoint(state());
     if (aborted) throw new QuantformError('QF_ABORTED', `Training stopped at step ${step + 1} of ${this.total}; the checkpoint can be resumed`);
@@ -90,7 +96,7 @@ class Trainer {
   }
 }
 
-function nonFinite(step: number, loss: number): QuantformError {
+export function nonFinite(step: number, loss: number): QuantformError {
   return new QuantformError('QF_NON_FINITE',
     `Training loss became ${loss} at step ${step + 1}: stopped; the last checkpoint (if any) holds the last good state. Try a lower lr.`);
 }

@@ -11,6 +11,8 @@ import type { EndToEndPlan } from '../engine/end-to-end.js';
 import type { BlockQuant, LlamaShape } from '../engine/llama.js';
 import type { BlockMethod } from '../engine/pipeline.js';
 import type { GptqMethodOptions } from './gptq.js';
+import type { EfficientQatOptions, PackedLlama } from './efficientqat.js';
+import type { QuantizedTensor } from '../ops/quant.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -47,6 +49,8 @@ export interface ProgressEvent {
   etaSeconds: number;
   /** block being trained (block-wise loss) */
   layer?: number;
+  /** a method's stage (EfficientQAT: 'block-ap', 'e2e-qp'); steps/s and ETA restart with each */
+  stage?: string;
 }
 
 /** Persistent training state a method can save and restore. */
@@ -54,6 +58,8 @@ export interface TrainState {
   step: number;
   arena: Float32Array;
   lossCurve: number[];
+  /** more named f32 state (EfficientQAT: the blocks trained so far and their step sizes) */
+  tensors?: Map<string, Float32Array | Int32Array>;
 }
 
 export interface MethodContext {
@@ -76,6 +82,8 @@ export interface MethodContext {
   budgetLabel?: string;
   /** storage of frozen weights in a whole-model stage; default exact (bf16 for BF16 checkpoints, else fp32) */
   frozen?: FrozenDType;
+  /** EfficientQAT's phases, init and learning rates */
+  efficientqat?: EfficientQatOptions;
 }
 
 /**
@@ -88,8 +96,15 @@ export interface MethodRun extends BlockMethod {
   planEndToEnd?(src: BlockSource): EndToEndPlan | null;
   /** the whole-model stage before the block pass */
   endToEnd?(src: BlockSource): Promise<void>;
+  /**
+   * the whole-model stage after the block pass, on its packed result (EfficientQAT's E2E-QP):
+   * the linears it returns (by HF name) are written instead of the block pass's
+   */
+  afterBlocks?(m: PackedLlama): Promise<Map<string, QuantizedTensor>>;
   /** the training loss per step so far (all stages, all blocks) */
   lossCurve(): number[];
+  /** the loss per stage when there are several (EfficientQAT: each Block-AP block, E2E-QP), for the report and loss.svg */
+  lossCurves?(): { label: string; losses: number[] }[];
 }
 
 export interface QuantMethod {

@@ -3,7 +3,8 @@
 // zero points, trains the step sizes and lowers the cross-entropy; from GPTQ it starts
 // at GPTQ's codes; the result saves as GPTQ and loads back to the same logits;
 // interrupted runs resume to the same result (inside Block-AP and inside E2E-QP); a
-// NaN loss keeps the last good checkpoint; bad input is refused by name. On
+// NaN loss keeps the last good checkpoint; bad input is refused by name; streamed from a
+// checkpoint with the activations spilled to disk it gives the in-memory run's bits. On
 // stories260K (when ../shared is present) one short run beats RTN on held-out stories.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -14,9 +15,9 @@ import { saveGptq } from '../lib/export/save.js';
 import { readSafetensorsMetadata } from '../lib/io/safetensors.js';
 import '../lib/methods/index.js';
 import { checkpointLinears, checkStart, cosineToFloor, type EfficientQatOptions } from '../lib/methods/efficientqat.js';
-import { quantizedCheckpoint, quantizeModel, type QuantizedModel } from '../lib/methods/quantize-model.js';
+import { quantizeCheckpoint, quantizedCheckpoint, quantizeModel, quantizePlan, type QuantizedModel } from '../lib/methods/quantize-model.js';
 import { Model, openCheckpoint } from '../lib/model/model.js';
-import { ByteTokenizer } from '../lib/model/synthetic.js';
+import { ByteTokenizer, SyntheticCheckpoint } from '../lib/model/synthetic.js';
 import { TrainableLlama } from '../lib/engine/llama.js';
 import { evaluatePerplexity } from '../lib/eval/perplexity.js';
 import { readEvalIds } from '../lib/cli/quantize.js';
@@ -174,6 +175,51 @@ describe('checkpoints, resume and failures', () => {
     missing.delete('model.layers.1.mlp.down_proj');
     await expect(quantizeModel(m, { ...base, calibration: cal(), efficientqat: { phases: 'e2e-qp', start: missing } }))
       .rejects.toThrow(/holds no model.layers.1.mlp.down_proj: it is not a checkpoint of this model/);
+  });
+});
+
+describe('streamed (quantizeCheckpoint)', () => {
+  const synth = () => new SyntheticCheckpoint({ dim: 64, hiddenDim: 96, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 4000, maxSeq: 64, seed: 9 });
+  const opts = { ...base, calibration: cal(), seed: 2, efficientqat: { ...fast, epochs: 1, e2eEpochs: 1 } };
+
+  it('into a GPTQ directory with the activations spilled to disk, the result is the in-memory run\'s, bit for bit', async () => {
+    const ck = synth();
+    const mem = await quantizeModel(TrainableLlama.fromCheckpoint(ck), opts);
+    // a budget that leaves the activation stores almost no RAM: X_fp, Y_fp and X_q go to the spill file
+    const budget = quantizePlan(ck, opts).block.fixedBytes + (128 << 20) + 4096;
+    expect(quantizePlan(ck, { ...opts, maxMemoryBytes: budget }).block.storeRamBytes).toBeLessThan(8192);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qf-eqat-'));
+    try {
+      const out = path.join(dir, 'out');
+      const r = await quantizeCheckpoint(ck, out, { ...opts, maxMemoryBytes: budget }, { save: { tokenizer: new ByteTokenizer(64) } });
+      expect(r.lossCurve).toEqual(mem.report.lossCurve);
+      expect(r.lossCurves!.map((c) => c.label)).toEqual(['Block-AP block 0 (MSE)', 'Block-AP block 1 (MSE)', 'E2E-QP (cross-entropy)']);
+      const saved = openCheckpoint(out);
+      try {
+        for (let l = 0; l < 2; l++) {
+          for (const [w, n] of [['wq', 'self_attn.q_proj'], ['wo', 'self_attn.o_proj'], ['w_down', 'mlp.down_proj']] as const) {
+            const a = saved.quantizedWeight!(`layers.${l}.${w}`)!, b = mem.linears.get(`model.layers.${l}.${n}`)!;
+            expect(a.codes, `${l} ${w}`).toEqual(b.codes);
+            expect(sameBits(dequantize(a).data as Float32Array, dequantize(b).data as Float32Array), `${l} ${w}`).toBe(true);
+          }
+          expect(sameBits(saved.weight(`layers.${l}.ffn_norm`), mem.model.norm(l, 'post'))).toBe(true);
+        }
+      } finally {
+        saved.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true });
+      ck.close();
+    }
+  });
+
+  it('a budget too small for E2E-QP fails before any block trains, with the numbers', () => {
+    const ck = synth();
+    const o = { ...opts, efficientqat: { ...opts.efficientqat, e2eBatchSize: 8 } };
+    const need = quantizePlan(ck, o).block.fixedBytes;
+    // untied: (2 x 4000 x 64 + 5 x 64) fp32 = 2.05 MB of embedding, LM head and norms
+    expect(() => quantizePlan(ck, { ...o, maxMemoryBytes: need + 1 }))
+      .toThrow(/too small for E2E-QP of this model: it holds the packed linears \(.*MB\), the fp32 embedding, LM head and norms \(2\.0 MB\).*in all/);
   });
 });
 

@@ -33,7 +33,7 @@ import { needCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import { dequantize, numGroups, pack, packedRowBytes, QuantizedTensor, SUPPORTED_BITS, type Bits } from '../ops/quant.js';
 import { gptq } from './gptq.js';
 import { batchIndices, nonFinite, Trainer } from './teq.js';
-import { NO_ACTIVATIONS, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock } from '../engine/pipeline.js';
+import { formatBytes, NO_ACTIVATIONS, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock } from '../engine/pipeline.js';
 import type { MethodContext, MethodRun, QuantMethod, TrainState } from './types.js';
 
 export type EfficientQatPhases = 'block-ap' | 'e2e-qp' | 'both';
@@ -303,7 +303,14 @@ class EfficientQatMethodRun implements MethodRun {
     this.B = Math.min(o.batchSize, cal.samples);
     this.trainer = new Trainer(ctx, L * this.apSteps + this.e2e);
     this.gptq = o.init === 'gptq' && !o.start ? gptq.start({ ...ctx, onProgress: undefined }) : null;
-    if (this.e2e > 0) this.afterBlocks = (m) => this.e2eQp(m);
+    if (this.e2e > 0) {
+      this.afterBlocks = (m) => this.e2eQp(m);
+      // E2E-QP runs after the block pass: a budget too small for it fails now, not after every block trained
+      const budget = ctx.maxMemoryBytes, items = this.e2eFixed(), bytes = items.reduce((a, i) => a + i.bytes, 0);
+      if (budget !== undefined && bytes > budget)
+        throw new QuantformError('QF_INVALID_ARGUMENT', `${ctx.budgetLabel ?? `maxMemoryBytes ${budget} (${formatBytes(budget)})`} is too small for E2E-QP of this model: ` +
+          `it holds ${items.map((i) => `${i.what} (${formatBytes(i.bytes)})`).join(', ')}: ${formatBytes(bytes)} in all`);
+    }
     this.needs = this.apSteps > 0 ? { fpInputs: true, fpTargets: true, quantInputs: true } : this.gptq ? this.gptq.needs : NO_ACTIVATIONS;
     // a checkpoint taken at step n resumes at n: inside Block-AP (n <= totalAp; its block is finalized on
     // resume when n ends it) or inside E2E-QP (every block finished)
@@ -518,10 +525,25 @@ class EfficientQatMethodRun implements MethodRun {
   /** E2E-QP on the packed result of the block pass (absent without E2E-QP, so the pass writes as it goes) */
   readonly afterBlocks?: (m: PackedLlama) => Promise<Map<string, QuantizedTensor>>;
 
-  /** E2E-QP: the linears of the block pass with trained (f16) step sizes. */
+  /** What E2E-QP holds besides the blocks' saved activations. */
+  private e2eFixed(): MemoryItem[] {
+    const s = this.ctx.shape, L = s.layers, D = s.hidden, V = s.vocab, T = Math.min(this.o.e2eBatchSize, this.cal.samples) * this.cal.seqLen;
+    const P = L * this.dims.reduce((a, d) => a + d.rows * d.G, 0);
+    return [
+      { what: 'the packed linears', bytes: L * this.dims.reduce((a, d) => a + packedBytes(d.rows, d.cols, this.quant.bits) + d.rows * d.G * 4, 0) },
+      { what: 'the fp32 embedding, LM head and norms', bytes: ((s.tied ? 1 : 2) * V * D + (2 * L + 1) * D) * 4 },
+      { what: 'the step sizes with gradients and Adam moments', bytes: 4 * P * 4 },
+      { what: `every block's input and the logits of ${T} tokens`, bytes: ((L + 4) * T * D + 2 * T * V) * 4 },
+    ];
+  }
+
+  /** E2E-QP: the linears of the block pass with trained (f16) step sizes; blocks keep their saved activations while the budget allows. */
   private async e2eQp(m: PackedLlama): Promise<Map<string, QuantizedTensor>> {
     const k0 = this.inE2e ? this.start0 - this.totalAp : 0;
-    return trainStepSizes(m, this.cal, this.quant, this.o, {
+    const budget = this.ctx.maxMemoryBytes;
+    const fixed = this.e2eFixed().reduce((a, i) => a + i.bytes, 0);
+    const o = budget === undefined ? this.o : { ...this.o, e2eMemoryBytes: Math.min(this.o.e2eMemoryBytes, Math.max(0, budget - fixed - (128 << 20))) };
+    return trainStepSizes(m, this.cal, this.quant, o, {
       k0, resumeArena: this.ctx.resume && k0 > 0 ? this.ctx.resume.arena : null, seed: this.ctx.train.seed, stepBase: this.totalAp,
       after: async (k, loss, lr, arena) => {
         const step = this.totalAp + k;

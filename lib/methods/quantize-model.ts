@@ -5,6 +5,9 @@
 //   quantizeModel        a TrainableLlama in memory -> a QuantizedModel in memory
 //   quantizeCheckpointRtn  quantizeCheckpoint with method 'rtn' (tensor by tensor)
 //   quantizePlan         what a run will hold, checked against the budget, before it starts
+//   quantizeCheckpointE2eQp  EfficientQAT's E2E-QP of a quantized (GPTQ) checkpoint, packed throughout
+// A method with a stage after the block pass (EfficientQAT's E2E-QP, MethodRun.afterBlocks)
+// gets the pass's packed result; the output is written once that stage has trained it.
 // Every linear a method does not quantize itself is RTN-quantized with f16 scales, the
 // parameters the GPTQ export stores. quantizedCheckpoint / rtnCheckpoint: results as
 // runtime Checkpoints, so the one evaluator (lib/eval) scores them on the INT4 kernels.

@@ -32,9 +32,14 @@ export {
 } from './eval/perplexity.js';
 export { generate, type GenerateOptions, type GeneratedToken } from './eval/generate.js';
 export {
-  quantizeModel, quantizeCheckpoint, quantizePlan, dequantizedModel, quantizeCheckpointRtn, quantizedCheckpoint, rtnCheckpoint,
-  type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks,
+  quantizeModel, quantizeCheckpoint, quantizePlan, dequantizedModel, quantizeCheckpointRtn, quantizeCheckpointE2eQp, quantizedCheckpoint, rtnCheckpoint,
+  modelCheckpoint, type QuantizeModelOptions, type QuantizeModelHooks, type QuantizedModel, type QuantizeReport, type LinearReport, type StreamHooks,
+  type CheckpointTrainHooks,
 } from './methods/quantize-model.js';
+export {
+  trainStepSizes, packedFromCheckpoint, checkpointLinears, e2eControl, EFFICIENTQAT_RECIPES,
+  type EfficientQatOptions, type EfficientQatPhases, type PackedLlama, type StepSizeHooks,
+} from './methods/efficientqat.js';
 export { getMethod, methodNames, registerMethod, type QuantMethod, type MethodContext, type MethodRun, type ProgressEvent, type TrainOptions, type TrainState } from './methods/index.js';
 export { checkpointBlocks, modelBlocks, type BlockSource, type FrozenDType } from './engine/block-source.js';
 export {

@@ -111,6 +111,25 @@ export interface NativeBlockConfig {
   teqExtra?: boolean;
   /** FPTQuant's transforms and quantizers (its own entry points: fptBlockForward / fptBlockBackward). */
   fpt?: NativeFptConfig | null;
+  /**
+   * EfficientQAT's quantizer (engine.h LearnedFakeQuant; group size capped at each linear's K). The
+   * method state is then { scales, zeros } (NativeFqState). packed: E2E-QP, params is a packed block
+   * whose step sizes train; else Block-AP, every linear with scales is fake-quantized from the arena.
+   */
+  fq?: { bits: number; groupSize: number; symmetric: boolean; packed?: boolean } | null;
+}
+
+/** EfficientQAT's per-linear state (or its gradients), arena order wq wk wv wo w_gate w_up w_down: (N, G) each, null = none. */
+export interface NativeFqState {
+  scales: (Float32Array | null)[];
+  zeros: (Float32Array | null)[];
+}
+
+/** A block whose linears stay packed (E2E-QP): norms (D) and the codes of each linear (N, packedRowBytes). */
+export interface NativePackedBlock {
+  attnNorm: Float32Array;
+  ffnNorm: Float32Array;
+  codes: Uint8Array[];
 }
 
 /** FPTQuant's part of a block config (native/include/quantform/engine.h FptTransforms). */
@@ -232,8 +251,14 @@ export interface NativeEngine {
   embeddingForward(out: Float32Array, ids: Int32Array, table: Float32Array, BT: number, V: number, D: number): void;
   rmsnormForward(out: Float32Array, rstd: Float32Array | null, x: Float32Array, w: Float32Array, BT: number, D: number, eps: number): void;
   teqExpandVScales(out: Float32Array, av: Float32Array, Hq: number, Hkv: number, hd: number): void;
-  adamw(arena: Float32Array, P: number, step: number, lr: number, beta1: number, beta2: number, eps: number,
-    weightDecay: number, minValue: number, async: true): Promise<void>;
+  adamw(arena: Float32Array, P: number, begin: number, end: number, step: number, lr: number, beta1: number, beta2: number,
+    eps: number, weightDecay: number, minValue: number, async: true): Promise<void>;
+  learnedFqInit(scales: Float32Array, zeros: Float32Array | null, w: Float32Array, N: number, K: number, bits: number,
+    groupSize: number, symmetric: boolean): void;
+  learnedFqBackward(dw: Float32Array | null, ds: Float32Array | null, dz: Float32Array | null, g: Float32Array, w: Float32Array,
+    scales: Float32Array, zeros: Float32Array | null, N: number, K: number, bits: number, groupSize: number, symmetric: boolean): void;
+  learnedFqCodes(codes: Float32Array, w: Float32Array, scales: Float32Array, zeros: Float32Array | null, N: number, K: number,
+    bits: number, groupSize: number, symmetric: boolean): void;
   blockSizes(config: NativeBlockConfig): { params: number; saved: number; alpha: number; fpt: number };
   fptLayout(config: NativeBlockConfig): NativeFptLayout;
   /** FPTQuant's block step: out (BT, D); cOut (BT) with S_n; lpOut (1) the local penalty of a training forward */
@@ -261,12 +286,16 @@ export interface NativeEngine {
     scale: number, async: true): Promise<void>;
   blockLayout(config: NativeBlockConfig): NativeBlockLayout;
   blockSavedLayout(config: NativeBlockConfig): NativeBlockSavedLayout;
-  /** out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation) */
+  /**
+   * out (BT, D); saved (blockSizes().saved) for a backward, or null (evaluation). params: an f32/bf16
+   * arena, or a packed block (config.fq.packed); method: TEQ's alpha, EfficientQAT's state, or null.
+   */
   blockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
-    params: Float32Array | Uint16Array, alpha: Float32Array | null, async: boolean): Promise<void> | void;
-  blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, dalpha: Float32Array | null,
-    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array, alpha: Float32Array | null,
-    async: boolean): Promise<void> | void;
+    params: Float32Array | Uint16Array | NativePackedBlock, method: Float32Array | NativeFqState | null, async: boolean): Promise<void> | void;
+  /** methodGrads: TEQ's dalpha or EfficientQAT's { scales, zeros } gradients, accumulated (null entries skipped). */
+  blockBackward(config: NativeBlockConfig, dx: Float32Array, grads: Float32Array | null, methodGrads: Float32Array | NativeFqState | null,
+    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array | NativePackedBlock,
+    method: Float32Array | NativeFqState | null, async: boolean): Promise<void> | void;
   /** TEQ's merge of alpha (blockSizes().alpha) into one f32 arena, in place */
   blockMergeScales(config: NativeBlockConfig, params: Float32Array, alpha: Float32Array): void;
   lmHeadLoss(nll: Float32Array, dx: Float32Array | null, dnorm: Float32Array | null, dhead: Float32Array | null,

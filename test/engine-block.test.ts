@@ -12,6 +12,8 @@ import type { Checkpoint } from '../lib/model/checkpoint.js';
 import { blockLayout, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
 import { availableTiers, withTier } from './helpers/tiers.js';
 import { dot, fdCheck, maxRel, nmse, sameBits, uniform } from './helpers/numeric.js';
+import { dequantize, quantize, QuantizedTensor } from '../lib/ops/quant.js';
+import { Tensor } from '../lib/ops/tensor.js';
 
 const eng = native().engine;
 const tiers = availableTiers();
@@ -124,6 +126,193 @@ describe('block backward', () => {
     fdCheck(f, x, dx, 20);
     fdCheck(f, nw, dn, 10);
     fdCheck(f, head, dh, 20);
+  });
+});
+
+describe('EfficientQAT in the block step', () => {
+  const LIN = ['wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down'] as const;
+  type Fq = { bits: number; groupSize: number; symmetric: boolean };
+  /** Per linear: rows, cols and groups of the learned quantizer (group size capped at K). */
+  const dims = (c: NativeBlockConfig, fq: Fq) => {
+    const lay = eng.blockLayout(c);
+    return LIN.map((n) => { const { rows, cols, offset } = lay[n]; const gs = Math.min(fq.groupSize, cols); return { rows, cols, offset, gs, G: Math.ceil(cols / gs) }; });
+  };
+  /** Min-max state of every linear, zero points nudged off integers (they round in the forward). */
+  const state = (c: NativeBlockConfig, fq: Fq, params: Float32Array, skip = -1) => {
+    const scales: (Float32Array | null)[] = [], zeros: (Float32Array | null)[] = [];
+    for (const [j, d] of dims(c, fq).entries()) {
+      if (j === skip) { scales.push(null); zeros.push(null); continue; }
+      const s = new Float32Array(d.rows * d.G), z = fq.symmetric ? null : new Float32Array(d.rows * d.G);
+      eng.learnedFqInit(s, z, params.subarray(d.offset, d.offset + d.rows * d.cols), d.rows, d.cols, fq.bits, d.gs, fq.symmetric);
+      for (let i = 0; i < s.length; i++) s[i] *= 0.9 + 0.002 * (i % 50);  // some weights clip
+      if (z) for (let i = 0; i < z.length; i++) z[i] += 0.3 * Math.sin(i);
+      scales.push(s);
+      zeros.push(z);
+    }
+    return { scales, zeros };
+  };
+  const fqGrads = (c: NativeBlockConfig, fq: Fq) => {
+    const d = dims(c, fq);
+    return { scales: d.map((x) => new Float32Array(x.rows * x.G)), zeros: d.map((x) => (fq.symmetric ? null : new Float32Array(x.rows * x.G))) };
+  };
+  /** The arena with every linear replaced by its fake-quantized weight (the quant family's forward at clamped s, z). */
+  const quantizedArena = (c: NativeBlockConfig, fq: Fq, params: Float32Array, st: ReturnType<typeof state>) => {
+    const out = params.slice();
+    const hi = fq.symmetric ? 0 : 2 ** fq.bits - 1;
+    for (const [j, d] of dims(c, fq).entries()) {
+      const s = st.scales[j], z = st.zeros[j];
+      if (!s) continue;
+      const sc = s.map((v) => Math.min(Math.max(v, Math.fround(1e-4)), 1e4)), zc = z ? z.map((v) => Math.min(Math.max(Math.round(v), 0), hi)) : null;
+      out.set(native().fakeQuantForward(params.slice(d.offset, d.offset + d.rows * d.cols), sc, zc, d.rows, d.cols, fq.bits, d.gs, fq.symmetric, false), d.offset);
+    }
+    return out;
+  };
+
+  for (const fq of [{ bits: 2, groupSize: 8, symmetric: false }, { bits: 4, groupSize: 16, symmetric: true }, { bits: 3, groupSize: 1000, symmetric: false }])
+    it(`Block-AP W${fq.bits} g${fq.groupSize} ${fq.symmetric ? 'sym' : 'asym'}: the forward is the block at fake-quantized weights; the backward is the fp32 block's, through learned_fq_backward`, () => {
+      const c = cfg({ fq }), c0 = cfg();
+      const { sz, BT, params, x, R } = setup(c0, 80 + fq.bits);
+      const st = state(c, fq, params, fq.bits === 3 ? 5 : -1);  // W3: w_up left unquantized
+      const wq = quantizedArena(c, fq, params, st);
+      const szq = eng.blockSizes(c);
+      expect(szq.saved).toBe(sz.saved + sz.params);  // the saved activations hold the fake-quantized weights
+      const out = new Float32Array(BT * c.D), out0 = new Float32Array(BT * c.D), saved = new Float32Array(szq.saved), saved0 = new Float32Array(sz.saved);
+      withTier('ref', () => {
+        eng.blockForward(c, out, saved, x, params, st, false);
+        eng.blockForward(c0, out0, saved0, x, wq, null, false);
+      });
+      expect(sameBits(out, out0)).toBe(true);
+      const dx = new Float32Array(BT * c.D), g = new Float32Array(sz.params), fg = fqGrads(c, fq);
+      const dx0 = new Float32Array(BT * c.D), g0 = new Float32Array(sz.params);
+      withTier('ref', () => {
+        eng.blockBackward(c, dx, g, fg, R, saved, params, st, false);
+        eng.blockBackward(c0, dx0, g0, null, R, saved0, wq, null, false);
+      });
+      expect(sameBits(dx, dx0)).toBe(true);
+      const lay = eng.blockLayout(c0);
+      for (const n of ['attn_norm', 'ffn_norm'] as const)
+        expect(sameBits(g.subarray(lay[n].offset, lay[n].offset + c.D), g0.subarray(lay[n].offset, lay[n].offset + c.D)), n).toBe(true);
+      for (const [j, d] of dims(c, fq).entries()) {
+        const gq = g0.subarray(d.offset, d.offset + d.rows * d.cols), w = params.subarray(d.offset, d.offset + d.rows * d.cols);
+        const gw = g.subarray(d.offset, d.offset + d.rows * d.cols);
+        if (!st.scales[j]) {
+          expect(sameBits(gw, gq), `${LIN[j]} unquantized: straight through`).toBe(true);
+          expect(fg.scales[j].every((v) => v === 0)).toBe(true);
+          continue;
+        }
+        const dw = new Float32Array(gw.length), ds = new Float32Array(fg.scales[j].length), dz = fq.symmetric ? null : new Float32Array(ds.length);
+        withTier('ref', () => eng.learnedFqBackward(dw, ds, dz, gq.slice(), w.slice(), st.scales[j]!, st.zeros[j], d.rows, d.cols, fq.bits, d.gs, fq.symmetric));
+        expect(sameBits(gw, dw), `${LIN[j]} dW`).toBe(true);
+        expect(nmse(fg.scales[j], ds), `${LIN[j]} ds`).toBeLessThan(1e-12);
+        if (dz) expect(nmse(fg.zeros[j]!, dz), `${LIN[j]} dz`).toBeLessThan(1e-12);
+        expect(ds.some((v) => v !== 0)).toBe(true);
+      }
+    });
+
+  it('Block-AP vs finite differences of the input and the norm weights (smooth once the codes are fixed)', () => {
+    const fq = { bits: 4, groupSize: 8, symmetric: false }, c = cfg({ fq });
+    const { BT, params, x, R } = setup(cfg(), 88);
+    const st = state(c, fq, params);
+    const sz = eng.blockSizes(c), lay = eng.blockLayout(c);
+    const out = new Float32Array(BT * c.D), saved = new Float32Array(sz.saved);
+    const f = () => { withTier('ref', () => eng.blockForward(c, out, saved, x, params, st, false)); return dot(out, R); };
+    f();
+    const dx = new Float32Array(BT * c.D), g = new Float32Array(sz.params);
+    withTier('ref', () => eng.blockBackward(c, dx, g, fqGrads(c, fq), R, saved, params, st, false));
+    fdCheck(f, x, dx, 20);
+    for (const n of ['attn_norm', 'ffn_norm'] as const)
+      fdCheck(f, params.subarray(lay[n].offset, lay[n].offset + c.D), g.subarray(lay[n].offset, lay[n].offset + c.D), 12);
+  });
+
+  /** Every linear quantized with f32 parameters, as a packed block and the f32 arena of its dequantized weights. */
+  const packedSetup = (c0: NativeBlockConfig, fq: Fq, seed: number) => {
+    const { sz, BT, params, x, R } = setup(c0, seed);
+    const lay = eng.blockLayout(c0);
+    const qs = dims(c0, fq).map((d) => quantize(new Tensor(params.slice(d.offset, d.offset + d.rows * d.cols), [d.rows, d.cols]),
+      { bits: fq.bits as 2 | 3 | 4 | 8, groupSize: d.gs, symmetric: fq.symmetric, paramDtype: 'f32' }));
+    const deq = params.slice();
+    for (const [j, d] of dims(c0, fq).entries()) deq.set(dequantize(qs[j]).data as Float32Array, d.offset);
+    const block = { attnNorm: params.slice(lay.attn_norm.offset, lay.attn_norm.offset + c0.D), ffnNorm: params.slice(lay.ffn_norm.offset, lay.ffn_norm.offset + c0.D), codes: qs.map((q) => q.codes) };
+    const st = { scales: qs.map((q) => (q.scales as Float32Array).slice()), zeros: qs.map((q) => (q.zeros ? (q.zeros as Float32Array).slice() : null)) };
+    return { sz, BT, x, R, qs, deq, block, st };
+  };
+
+  for (const fq of [{ bits: 4, groupSize: 8, symmetric: false }, { bits: 2, groupSize: 16, symmetric: false }, { bits: 3, groupSize: 8, symmetric: true }])
+    it(`E2E-QP W${fq.bits} g${fq.groupSize} ${fq.symmetric ? 'sym' : 'asym'} from packed codes: the block of the dequantized weights; ds vs finite differences`, () => {
+      const c = cfg({ fq: { ...fq, packed: true } }), c0 = cfg();
+      const { sz, BT, x, R, qs, deq, block, st } = packedSetup(c0, fq, 90 + fq.bits);
+      expect(eng.blockSizes(c).saved).toBe(sz.saved);  // no fp32 copy of the weights
+      const out = new Float32Array(BT * c.D), out0 = new Float32Array(BT * c.D), saved = new Float32Array(sz.saved), saved0 = new Float32Array(sz.saved);
+      withTier('ref', () => {
+        eng.blockForward(c, out, saved, x, block, st, false);
+        eng.blockForward(c0, out0, saved0, x, deq, null, false);
+      });
+      expect(nmse(out, out0)).toBeLessThan(1e-12);
+      const dx = new Float32Array(BT * c.D), fg = fqGrads(c, fq), dx0 = new Float32Array(BT * c.D), g0 = new Float32Array(sz.params);
+      withTier('ref', () => {
+        eng.blockBackward(c, dx, null, fg, R, saved, block, st, false);
+        eng.blockBackward(c0, dx0, g0, null, R, saved0, deq, null, false);
+      });
+      expect(nmse(dx, dx0)).toBeLessThan(1e-11);
+      // ds[n, g] = sum_{k in g} (q - z) dW_hat[n, k]: from the fp32 block's weight gradient
+      for (const [j, d] of dims(c0, fq).entries()) {
+        const codes = dequantize(new QuantizedTensor(qs[j].codes, new Float32Array(d.rows * d.G).fill(1), qs[j].zeros ? new Float32Array(d.rows * d.G) : null,
+          [d.rows, d.cols], qs[j].bits, d.gs, fq.symmetric, 'f32')).data as Float32Array;  // q - z at unit scale, zero point 0
+        const want = new Float64Array(d.rows * d.G);
+        for (let n = 0; n < d.rows; n++)
+          for (let k = 0; k < d.cols; k++) {
+            const z = st.zeros[j] ? st.zeros[j]![n * d.G + Math.floor(k / d.gs)] : 0;
+            want[n * d.G + Math.floor(k / d.gs)] += (codes[n * d.cols + k] - z) * g0[d.offset + n * d.cols + k];
+          }
+        expect(nmse(fg.scales[j], want), LIN[j]).toBeLessThan(1e-10);
+      }
+      // the packed block is linear in each step size: finite differences are exact up to rounding
+      const f = () => { withTier('ref', () => eng.blockForward(c, out, saved, x, block, st, false)); return dot(out, R); };
+      for (const j of [0, 3, 6]) fdCheck(f, st.scales[j]!, fg.scales[j], 8, 1e-3);
+    });
+
+  it('every tier matches the reference: Block-AP (with dW, ds, dz) and E2E-QP (dx, ds)', () => {
+    for (const fq of [{ bits: 2, groupSize: 8, symmetric: false }, { bits: 4, groupSize: 16, symmetric: true }]) {
+      const c = cfg({ B: 1, T: 70, fq }), c0 = cfg({ B: 1, T: 70 });
+      const { sz, BT, params, x, R } = setup(c0, 97);
+      const st = state(c, fq, params), szq = eng.blockSizes(c);
+      const res = Object.fromEntries(tiers.map((t) => [t, withTier(t, () => {
+        const out = new Float32Array(BT * c.D), saved = new Float32Array(szq.saved), dx = new Float32Array(BT * c.D), g = new Float32Array(sz.params), fg = fqGrads(c, fq);
+        eng.blockForward(c, out, saved, x, params, st, false);
+        eng.blockBackward(c, dx, g, fg, R, saved, params, st, false);
+        return [out, dx, g, ...fg.scales, ...fg.zeros.flatMap((v) => (v ? [v] : []))];
+      })]));
+      for (const t of simd) res[t].forEach((v, i) => expect(nmse(v, res.ref[i]), `Block-AP ${t} output ${i}`).toBeLessThan(NMSE_BLOCK));
+      const cp = cfg({ B: 1, T: 70, fq: { ...fq, packed: true } });
+      const p = packedSetup(c0, fq, 98);
+      const resp = Object.fromEntries(tiers.map((t) => [t, withTier(t, () => {
+        const out = new Float32Array(BT * c.D), saved = new Float32Array(sz.saved), dx = new Float32Array(BT * c.D), fg = fqGrads(cp, fq);
+        eng.blockForward(cp, out, saved, p.x, p.block, p.st, false);
+        eng.blockBackward(cp, dx, null, fg, p.R, saved, p.block, p.st, false);
+        return [out, dx, ...fg.scales];
+      })]));
+      for (const t of simd) resp[t].forEach((v, i) => expect(nmse(v, resp.ref[i]), `E2E-QP ${t} output ${i}`).toBeLessThan(NMSE_BLOCK));
+    }
+  });
+
+  it('bad input names the parameter', () => {
+    const fq = { bits: 4, groupSize: 8, symmetric: false }, c = cfg({ fq });
+    const { BT, params, x } = setup(cfg(), 99);
+    const st = state(c, fq, params), out = new Float32Array(BT * c.D);
+    expect(() => eng.blockSizes(cfg({ fq: { ...fq, bits: 5 } }))).toThrow(/Expected bits in \{2, 3, 4, 8\} for config.fq.bits but received 5/);
+    expect(() => eng.blockSizes(cfg({ fq, teq: true }))).toThrow(/config.fq without config.teq/);
+    // one block takes EfficientQAT's quantizer or FPTQuant's transforms, packed (E2E-QP) or not
+    expect(() => eng.blockSizes(cfg({ fq, fpt: {} }))).toThrow(/Expected config.fq or config.fpt, not both/);
+    expect(() => eng.blockSizes(cfg({ fq: { ...fq, packed: true }, fpt: { merged: true } }))).toThrow(/Expected config.fq or config.fpt, not both/);
+    expect(() => eng.blockForward(c, out, null, x, params, null, false)).toThrow(/Expected a \{ scales, zeros \} method state with config.fq/);
+    expect(() => eng.blockForward(cfg(), out, null, x, params, st, false)).toThrow(/Expected config.fq with a \{ scales, zeros \} method state/);
+    expect(() => eng.blockForward(c, out, null, x, params, { scales: st.scales.slice(1), zeros: st.zeros }, false)).toThrow(/array of 7 entries .* method.scales/);
+    expect(() => eng.blockForward(c, out, null, x, params, { scales: st.scales, zeros: [null, ...st.zeros.slice(1)] }, false)).toThrow(/Expected a Float32Array for method.zeros\[0\] \(asymmetric/);
+    const bad = st.scales.slice();
+    bad[2] = new Float32Array(3);
+    expect(() => eng.blockForward(c, out, null, x, params, { scales: bad, zeros: st.zeros }, false)).toThrow(/Expected \d+ elements \(N, G\) for method.scales\[2\] but received 3/);
+    expect(() => eng.blockForward(cfg({ fq: { ...fq, packed: true } }), out, null, x, params, st, false)).toThrow(/Expected a packed block/);
+    expect(() => eng.blockBackward(c, out, null, null, x, new Float32Array(eng.blockSizes(c).saved), params, st, false)).toThrow(/Expected \{ scales, zeros \} gradients for methodGrads/);
   });
 });
 

@@ -16,6 +16,8 @@ const op = (name: string) => (...args: EngineOpArg[]) => engineOp(name)(...args)
 if (simd.length === 0) console.log('engine-ops: no SIMD tier on this CPU, tier comparisons skipped');
 
 const f = Math.fround;
+/** round half to even, as nearbyint and torch.round */
+const rintEven = (x: number) => { const r = Math.round(x); return Math.abs(x - Math.trunc(x)) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
 
 // RoPE tables from theta as the engine builds them: angle in f32, cos/sin in double.
 function tables(S: number, hd: number, theta = 10000): { cos: Float32Array; sin: Float32Array; inv: Float32Array } {
@@ -489,6 +491,144 @@ const CASES: Record<string, () => void> = {
       });
   },
 
+  learnedFqInit() {
+    for (const [bits, sym] of [[2, false], [3, false], [4, true], [8, false]] as const)
+      it(`${bits}-bit ${sym ? 'symmetric' : 'asymmetric'}: the reference's min-max init (an f32 oracle, bit-exact), ragged last group, clamps`, () => {
+        const N = 5, K = 37, gs = 16, G = Math.ceil(K / gs), qmax = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+        const w = uniform(N * K, 300 + bits, 0.2);
+        for (let k = 0; k < gs; k++) w[k] = 1e-6 * (k % 3);  // a near-constant group: s clamps to 1e-4
+        for (let k = gs; k < 2 * gs; k++) w[k] = 0.01 + 0.001 * k;  // all positive: z = round(-min / s) < 0
+        const sc = new Float32Array(N * G), z = sym ? null : new Float32Array(N * G);
+        op('learnedFqInit')(sc, z, w, N, K, bits, gs, sym);
+        for (let n = 0; n < N; n++)
+          for (let g = 0; g < G; g++) {
+            let lo = Infinity, hi = -Infinity, amax = 0;
+            for (let k = g * gs; k < Math.min(K, (g + 1) * gs); k++) {
+              lo = Math.min(lo, w[n * K + k]); hi = Math.max(hi, w[n * K + k]); amax = Math.max(amax, Math.abs(w[n * K + k]));
+            }
+            const s = Math.min(Math.max(f(f(sym ? amax : hi - lo) / qmax), f(1e-4)), 1e4);
+            expect(sc[n * G + g], `s[${n}, ${g}]`).toBe(f(s));
+            if (z) expect(z[n * G + g], `z[${n}, ${g}]`).toBe(rintEven(-f(lo / f(s))));
+          }
+        expect(sc[0]).toBe(f(1e-4));
+        if (z) expect(z[1]).toBeLessThan(0);
+      });
+    it('rejects group sizes above K and zeros missing for asymmetric', () => {
+      expect(() => op('learnedFqInit')(new Float32Array(2), new Float32Array(2), new Float32Array(8), 2, 4, 4, 5, false)).toThrow(/Expected groupSize in \[1, 4\] but received 5/);
+      expect(() => op('learnedFqInit')(new Float32Array(2), null, new Float32Array(8), 2, 4, 4, 4, false)).toThrow(/zeros/);
+      expect(() => op('learnedFqInit')(new Float32Array(2), null, new Float32Array(8), 2, 4, 5, 4, true)).toThrow(/Expected bits in \{2, 3, 4, 8\} but received 5/);
+    });
+  },
+
+  learnedFqBackward() {
+    // The straight-through surrogate of the reference's quantizer at (w0, s0, z0): every
+    // rounding offset and which codes clip are frozen there, and both parameter clamps
+    // pass gradients straight (clamp_ste), so its exact derivative is the backward's.
+    //   code inside:  w_q = w + R s'          R = round(w0 / s0') - w0 / s0'
+    //   clipped to b: w_q = (b - z'') s'      s' = s + (clamp(s0) - s0), z'' = z + (z0' - z0)
+    const surrogate = (N: number, K: number, gs: number, bits: number, sym: boolean, w0: Float32Array, s0: Float32Array,
+      z0: Float32Array | null, Gd: Float32Array) => {
+      const G = Math.ceil(K / gs);
+      const lo = sym ? -(2 ** (bits - 1)) : 0, hi = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+      const sc0 = Float64Array.from(s0, (v) => Math.min(Math.max(v, f(1e-4)), 1e4));
+      const zc0 = z0 ? Float64Array.from(z0, (v) => Math.min(Math.max(rintEven(v), lo), hi)) : null;
+      const R = new Float64Array(N * K), clip = new Float64Array(N * K);  // clip: 0 inside, else the bound
+      for (let n = 0; n < N; n++)
+        for (let k = 0; k < K; k++) {
+          const i = n * G + Math.floor(k / gs), u = f(w0[n * K + k] / f(sc0[i])), q = rintEven(u) + (zc0 ? zc0[i] : 0);
+          R[n * K + k] = rintEven(u) - u;
+          clip[n * K + k] = q < lo ? lo - 1e9 : q > hi ? hi + 1e9 : 0;
+        }
+      return (w: Float32Array, s: Float32Array, z: Float32Array | null) => {
+        let total = 0;
+        for (let n = 0; n < N; n++)
+          for (let k = 0; k < K; k++) {
+            const i = n * G + Math.floor(k / gs), sp = s[i] + (sc0[i] - s0[i]), zp = z && zc0 && z0 ? z[i] + (zc0[i] - z0[i]) : 0;
+            const c = clip[n * K + k], b = c < 0 ? lo : hi;
+            total += Gd[n * K + k] * (c === 0 ? w[n * K + k] + R[n * K + k] * sp : (b - zp) * sp);
+          }
+        return total;
+      };
+    };
+    for (const [bits, sym] of [[2, false], [3, false], [4, true], [4, false]] as const)
+      it(`${bits}-bit ${sym ? 'symmetric' : 'asymmetric'}: dw, ds, dz vs finite differences of the straight-through surrogate (clamped s and z included), accumulated`, () => {
+        const N = 4, K = 45, gs = 16, G = Math.ceil(K / gs);
+        const w = uniform(N * K, 400 + bits, 0.3), Gd = uniform(N * K, 410 + bits);
+        const sc = uniform(N * G, 420 + bits, 0.02, 0.06), z = sym ? null : uniform(N * G, 430 + bits, 2 ** (bits - 1), 2 ** (bits - 1));
+        sc[1] = 5e-5;  // below the clamp
+        if (z) { z[2] = -1.6; z[3] = 2 ** bits + 0.7; }  // rounded zero points outside the code range
+        const init = (n: number, seed: number) => uniform(n, seed, 0.1);
+        const dw = init(N * K, 1), ds = init(N * G, 2), dz = z ? init(N * G, 3) : null;
+        const dw0 = dw.slice(), ds0 = ds.slice(), dz0 = dz?.slice() ?? null;
+        withTier('ref', () => op('learnedFqBackward')(dw, ds, dz, Gd, w, sc, z, N, K, bits, gs, sym));
+        const sub = (a: Float32Array, b: Float32Array) => a.map((v, i) => v - b[i]);
+        const fn = surrogate(N, K, gs, bits, sym, w, sc, z, Gd);
+        const ws = w.slice(), ss = sc.slice(), zs = z?.slice() ?? null;
+        fdCheck(() => fn(ws, ss, zs), ws, sub(dw, dw0), 40, 1e-5);
+        fdCheck(() => fn(ws, ss, zs), ss, sub(ds, ds0), N * G, 1e-6);
+        if (zs && dz && dz0) fdCheck(() => fn(ws, ss, zs), zs, sub(dz, dz0), N * G, 1e-3);
+      });
+    it('at zero-initialised outputs and clamped parameters it equals the quant family\'s fake_quant_backward (quant.h), bit for bit on dw', () => {
+      const N = 7, K = 70, gs = 32, G = Math.ceil(K / gs), bits = 3;
+      const w = uniform(N * K, 440, 0.3), Gd = uniform(N * K, 441), sc = uniform(N * G, 442, 0.02, 0.05), z = uniform(N * G, 443, 2, 3);
+      const dw = new Float32Array(N * K), ds = new Float32Array(N * G), dz = new Float32Array(N * G);
+      withTier('ref', () => op('learnedFqBackward')(dw, ds, dz, Gd, w, sc, z, N, K, bits, gs, false));
+      const zr = z.map((v) => Math.min(Math.max(rintEven(v), 0), 7));
+      const fq = withTier('ref', () => native().fakeQuantBackward(Gd, w, sc, zr, N, K, bits, gs, false, false));
+      expect(sameBits(dw, fq.gradW)).toBe(true);
+      expect(nmse(ds, fq.gradScales)).toBeLessThan(ORACLE_NMSE);
+      expect(nmse(dz, fq.gradZeros!)).toBeLessThan(ORACLE_NMSE);
+    });
+    it('every tier matches ref on awkward shapes (M = 1, 2, 3, 7 rows, K not a multiple of 16, per-channel, optional outputs)', () => {
+      for (const [N, K, gs, bits, sym] of [[1, 1, 1, 2, false], [2, 17, 16, 3, false], [3, 40, 32, 4, true], [7, 100, 32, 2, false],
+        [5, 300, 300, 4, false], [3, 129, 64, 8, true], [2, 16, 8, 4, false]] as const) {
+        const G = Math.ceil(K / gs);
+        const w = uniform(N * K, N + K, 0.3), Gd = uniform(N * K, K + 7), sc = uniform(N * G, 11, 0.02, 0.04);
+        const z = sym ? null : uniform(N * G, 12, 2 ** (bits - 1), 2 ** (bits - 1));
+        const run = (withDw: boolean) => perTier(() => {
+          const dw = uniform(N * K, 13), ds = uniform(N * G, 14), dz = sym ? null : uniform(N * G, 15);
+          op('learnedFqBackward')(withDw ? dw : null, ds, dz, Gd, w, sc, z, N, K, bits, gs, sym);
+          return [dw, ds, ...(dz ? [dz] : [])];
+        });
+        const res = run(true);
+        for (const t of simd) expect(sameBits(res[t][0], res.ref[0]), `${t} dw ${N}x${K} g${gs}`).toBe(true);
+        expectTiersNear(res, TIER_NMSE, `${N}x${K} g${gs} ${bits}-bit`);
+        const none = run(false);
+        expect(sameBits(none.ref[0], uniform(N * K, 13))).toBe(true);  // dw null: untouched
+      }
+    });
+    it('rejects dz for symmetric quantization and short gradients', () => {
+      const a = (n: number) => new Float32Array(n);
+      expect(() => op('learnedFqBackward')(null, a(2), a(2), a(8), a(8), a(2), null, 2, 4, 4, 4, true)).toThrow(/Expected dz null for symmetric/);
+      expect(() => op('learnedFqBackward')(a(7), a(2), null, a(8), a(8), a(2), a(2), 2, 4, 4, 4, false)).toThrow(/Expected 8 elements \(N, K\) for dw but received 7/);
+    });
+  },
+
+  learnedFqCodes() {
+    it('the unsigned codes of the trained quantizer (an f32 oracle, bit-exact); dequantized they are its forward', () => {
+      for (const [bits, sym] of [[2, false], [3, false], [4, true], [8, false]] as const) {
+        const N = 3, K = 50, gs = 16, G = Math.ceil(K / gs);
+        const lo = sym ? -(2 ** (bits - 1)) : 0, hi = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1, shift = sym ? 2 ** (bits - 1) : 0;
+        const w = uniform(N * K, 500 + bits, 0.3), sc = uniform(N * G, 510 + bits, 0.03, 0.05);
+        const z = sym ? null : uniform(N * G, 520 + bits, 2 ** (bits - 1), 2 ** (bits - 1));
+        sc[0] = 1e-6;
+        const codes = new Float32Array(N * K);
+        op('learnedFqCodes')(codes, w, sc, z, N, K, bits, gs, sym);
+        const s2 = sc.map((v) => Math.min(Math.max(v, f(1e-4)), 1e4)), z2 = z?.map((v) => Math.min(Math.max(rintEven(v), lo), hi)) ?? null;
+        const deq = new Float32Array(N * K);
+        for (let n = 0; n < N; n++)
+          for (let k = 0; k < K; k++) {
+            const i = n * G + Math.floor(k / gs), zz = z2 ? z2[i] : 0;
+            const q = Math.min(Math.max(rintEven(f(w[n * K + k] / s2[i])) + zz, lo), hi);
+            expect(codes[n * K + k], `${bits}-bit code [${n}, ${k}]`).toBe(q + shift);
+            deq[n * K + k] = f((codes[n * K + k] - shift - zz) * s2[i]);
+          }
+        const fwd = native().fakeQuantForward(w, s2, z2, N, K, bits, gs, sym, false);
+        expect(sameBits(deq, fwd)).toBe(true);
+      }
+    });
+  },
+
   adamw() {
     it('ref equals the f32 formula (bit-exact), every tier equals ref; NaN is not hidden by the clamp', () => {
       const P = 1037, arena0 = uniform(4 * P, 90);
@@ -511,13 +651,28 @@ const CASES: Record<string, () => void> = {
       }
       const res = perTier(() => {
         const a = arena0.slice();
-        for (let s = 1; s <= 3; s++) op('adamw')(a, P, s, lr, b1, b2, eps, wd, pmin);
+        for (let s = 1; s <= 3; s++) op('adamw')(a, P, 0, P, s, lr, b1, b2, eps, wd, pmin);
         return a;
       });
       expect(sameBits(res.ref, want)).toBe(true);
       expect(Number.isNaN(res.ref[5])).toBe(true);
       expectTiersExact(res);
-      expect(() => op('adamw')(new Float32Array(7), 2, 1, 1e-3, 0.9, 0.9, 1e-8, 0, 0)).toThrow(/Expected 8 elements \(4 P\) for arena/);
+      expect(() => op('adamw')(new Float32Array(7), 2, 0, 2, 1, 1e-3, 0.9, 0.9, 1e-8, 0, 0)).toThrow(/Expected 8 elements \(4 P\) for arena/);
+    });
+    it('a parameter group [begin, end) steps only its own elements (two groups at two rates equal two whole runs)', () => {
+      const P = 301, cut = 117, arena0 = uniform(4 * P, 91);
+      for (let i = 3 * P; i < 4 * P; i++) arena0[i] = Math.abs(arena0[i]);
+      const split = arena0.slice(), a = arena0.slice(), b = arena0.slice();
+      op('adamw')(split, P, 0, cut, 1, 1e-2, 0.9, 0.99, 1e-8, 0, -Infinity);
+      op('adamw')(split, P, cut, P, 1, 1e-3, 0.9, 0.99, 1e-8, 0, -Infinity);
+      op('adamw')(a, P, 0, P, 1, 1e-2, 0.9, 0.99, 1e-8, 0, -Infinity);
+      op('adamw')(b, P, 0, P, 1, 1e-3, 0.9, 0.99, 1e-8, 0, -Infinity);
+      for (const q of [0, 1, 2, 3]) {
+        expect(sameBits(split.subarray(q * P, q * P + cut), a.subarray(q * P, q * P + cut)), `slice ${q} of group 0`).toBe(true);
+        expect(sameBits(split.subarray(q * P + cut, (q + 1) * P), b.subarray(q * P + cut, (q + 1) * P)), `slice ${q} of group 1`).toBe(true);
+      }
+      expect(() => op('adamw')(split, P, cut, cut, 1, 1e-3, 0.9, 0.9, 1e-8, 0, 0)).toThrow(/Expected 0 <= begin < end <= P = 301 but received begin=117, end=117/);
+      expect(() => op('adamw')(split, P, 0, P + 1, 1, 1e-3, 0.9, 0.9, 1e-8, 0, 0)).toThrow(/end=302/);
     });
   },
 };

@@ -15,9 +15,10 @@ import { Model, openCheckpoint } from '../lib/model/model.js';
 import { QuantizedLinear } from '../lib/model/linear.js';
 import { ByteTokenizer } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
-import { blockLayout, TrainableLlama, type LlamaShape } from '../lib/engine/llama.js';
+import { TrainableLlama } from '../lib/engine/llama.js';
 import { evaluatePerplexity } from '../lib/eval/perplexity.js';
 import { maxRel, rng } from './helpers/numeric.js';
+import { syntheticModel } from './helpers/models.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const modelDir = path.join(shared, 'models/stories260K-hf');
@@ -27,25 +28,6 @@ if (!haveModel) console.log(`teq: ${modelDir} not found, stories260K tests skipp
 
 /** logits of the transformed model vs the original, max |diff| / max |logit| */
 const PRESERVE_REL_TOL = 1e-5;
-
-function syntheticModel(seed: number): TrainableLlama {
-  const shape: LlamaShape = { hidden: 32, intermediate: 48, layers: 2, heads: 4, kvHeads: 2, headDim: 8, vocab: 64, maxSeq: 64, rmsEps: 1e-5, ropeTheta: 10000, tied: true };
-  const r = rng(seed);
-  const lay = blockLayout(shape);
-  const blocks = Array.from({ length: shape.layers }, () => {
-    const b = Float32Array.from({ length: lay.total }, () => (r() - 0.5) * 0.4);
-    b.fill(1, lay.g1.offset, lay.g1.offset + shape.hidden);
-    b.fill(1, lay.g2.offset, lay.g2.offset + shape.hidden);
-    return b;
-  });
-  const embed = Float32Array.from({ length: shape.vocab * shape.hidden }, () => r() - 0.5);
-  const hf = {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: shape.hidden, intermediate_size: shape.intermediate, num_hidden_layers: shape.layers,
-    num_attention_heads: shape.heads, num_key_value_heads: shape.kvHeads, head_dim: shape.headDim, vocab_size: shape.vocab,
-    max_position_embeddings: shape.maxSeq, rms_norm_eps: shape.rmsEps, rope_theta: shape.ropeTheta, tie_word_embeddings: true,
-  };
-  return new TrainableLlama(shape, embed, new Float32Array(shape.hidden).fill(1), embed, blocks, hf);
-}
 
 /** A training model and the tokenizer of any checkpoint path (the loader every format shares). */
 async function trainable(p: string): Promise<{ m: TrainableLlama; encode: (d: string) => number[]; tok: Awaited<ReturnType<Checkpoint['tokenizer']>> }> {
@@ -143,7 +125,7 @@ describe('TEQ training', () => {
     const long = calibrationFromText('x'.repeat(300), (d) => Array.from(d, () => 5), { samples: 1, seqLen: 128 });
     await expect(quantizeModel(m, { method: 'teq', bits: 4, calibration: long })).rejects.toThrow(/Expected seqLen <= 64 \(the model's context\) for seqLen but received 128/);
     await expect(quantizeModel(m, { method: 'teq', bits: 4 })).rejects.toThrow(/needs calibration data/);
-    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq', 'fptquant' for method but received 'gptq-magic'/);
+    await expect(quantizeModel(m, { method: 'gptq-magic', bits: 4 })).rejects.toThrow(/Expected one of 'rtn', 'teq', 'gptq', 'efficientqat', 'fptquant' for method but received 'gptq-magic'/);
     await expect(quantizeModel(m, { method: 'rtn', bits: 5 as never })).rejects.toThrow(/bits/);
   });
 });

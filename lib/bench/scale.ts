@@ -7,9 +7,10 @@
 //
 // Methods plug in through SCALE_METHODS: each names the child-process script that
 // quantizes the checkpoint through the streaming block pipeline (lib/engine/pipeline.ts):
-// RTN tensor by tensor, GPTQ and TEQ's block-wise loss block by block with their
-// calibration activations (random token windows: the cost does not depend on the
-// text), TEQ's end-to-end loss a few whole-model steps on frozen bf16 weights.
+// RTN tensor by tensor, GPTQ, TEQ's block-wise loss and EfficientQAT's Block-AP block by
+// block with their calibration activations (random token windows: the cost does not
+// depend on the text), TEQ's end-to-end loss a few whole-model steps on frozen bf16
+// weights, EfficientQAT's E2E-QP a few steps of a packed (RTN-streamed) GPTQ checkpoint.
 import { spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -49,6 +50,8 @@ export interface ScaleMethod {
    */
   script: ((ctx: ScaleContext) => string) | null;
   unavailable?: string;
+  /** what one layerDone interval is: a block (default) or a training step */
+  unit?: 'block' | 'step';
 }
 
 /** The child's quantizeCheckpoint call with progress hooks that record when each block and step finished. */
@@ -87,6 +90,33 @@ ck.close();`,
     name: 'gptq',
     description: 'GPTQ W4 g128, true-sequential, X_q recomputed through the quantized blocks',
     script: (c) => pipelineScript(c, "{ method: 'gptq', bits: 4, groupSize: 128 }"),
+  },
+  {
+    name: 'efficientqat-e2e',
+    description: 'EfficientQAT E2E-QP of a W4 g128 GPTQ checkpoint (RTN-streamed first), 2 steps of 512 tokens, the model packed throughout',
+    unit: 'step',
+    script: (c) => `const q = await import(${JSON.stringify(c.index)});
+const start = ${JSON.stringify(c.out + '-start')};
+let ck = q.openCheckpoint(${JSON.stringify(c.model)});
+await q.quantizeCheckpointRtn(ck, start, { bits: 4, groupSize: 128 });
+ck.close();
+globalThis.t0 = performance.now();
+ck = q.openCheckpoint(start);
+const V = ck.config.vocabSize, S = 512, N = 2;
+const calibration = { tokens: Int32Array.from({ length: N * S }, (_, i) => 3 + ((i * 7919) % (V - 3))), samples: N, seqLen: S, streamLength: N * S };
+let k = 0;
+const r = await q.quantizeCheckpointE2eQp(ck, ${JSON.stringify(c.out)}, { calibration, efficientqat: { e2eBatchSize: 1, e2eEpochs: 1, e2eMemoryBytes: 0 } },
+  { onProgress: (e) => { if (e.phase === 'train') globalThis.layerDone[k++] = performance.now() - globalThis.t0; } });
+globalThis.trainSeconds = r.trainSeconds;
+globalThis.readSeconds = r.readSeconds;
+globalThis.writeSeconds = r.writeSeconds;
+ck.close();
+(await import('node:fs')).rmSync(start, { recursive: true, force: true });`,
+  },
+  {
+    name: 'efficientqat-block-ap',
+    description: 'EfficientQAT Block-AP W4 g128, one epoch per block (samples / 2 steps), X_fp, Y_fp and X_q in activation stores',
+    script: (c) => pipelineScript(c, "{ method: 'efficientqat', bits: 4, groupSize: 128, efficientqat: { phases: 'block-ap', epochs: 1 } }"),
   },
   {
     name: 'teq-block',
@@ -226,7 +256,7 @@ export async function benchScale(o: ScaleOptions = {}): Promise<ScaleResult> {
       runs.push(run);
       // the machine limit again after each run (page cache and load change while others run): the median is reported
       reads.push(readAll(shards));
-      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall (${run.readWaitSeconds.toFixed(1)} s waiting for reads, ${run.writeSeconds.toFixed(1)} s writing), ${run.secondsPerBlock.toFixed(2)} s per block` +
+      log(`${name}: ${run.wallSeconds.toFixed(1)} s wall (${run.readWaitSeconds.toFixed(1)} s waiting for reads, ${run.writeSeconds.toFixed(1)} s writing), ${run.secondsPerBlock.toFixed(2)} s per ${m.unit ?? 'block'}` +
         `${run.secondsPerStep !== null ? `, ${run.secondsPerStep.toFixed(2)} s per training step` : ''}, peak RSS ${(run.peakRssBytes / 1e9).toFixed(2)} GB, ` +
         `output ${(run.outputBytes / 1e9).toFixed(2)} GB${run.plan?.keepSaved !== undefined ? ` (end-to-end: ${run.plan.keepSaved} of ${layers} blocks keep their saved activations, ${run.plan.cachedBlocks} cached)` : ''}`);
       rmSync(out, { recursive: true, force: true });

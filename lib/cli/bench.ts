@@ -1,6 +1,7 @@
 // `quantform bench <what>`: each benchmark registers its subcommand from its own file.
 import type { Command } from 'commander';
 import { registerBenchDecode } from './bench-decode.js';
+import { registerBenchEfficientQat } from './bench-efficientqat.js';
 import { registerBenchFptquant } from './bench-fptquant.js';
 import { registerBenchGptq } from './bench-gptq.js';
 import { registerBenchGptqOps } from './bench-gptq-ops.js';
@@ -20,6 +21,7 @@ export function registerBench(program: Command): void {
   registerBenchTrain(bench);
   registerBenchTeq(bench);
   registerBenchGptq(bench);
+  registerBenchEfficientQat(bench);
   registerBenchGptqOps(bench);
   registerBenchMatmul(bench);
   registerBenchLoad(bench);

@@ -16,8 +16,9 @@ import { QuantformError } from '../errors.js';
 import { evaluatePerplexity } from '../eval/perplexity.js';
 import { tokenizerDirOf, type SaveOptions } from '../export/save.js';
 import { getMethod, methodNames, type ProgressEvent } from '../methods/index.js';
-import { quantizeCheckpoint, quantizeModel, quantizedCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
-import { TrainableLlama } from '../engine/llama.js';
+import { checkpointLinears, checkSameModel, EFFICIENTQAT_RECIPES, type EfficientQatOptions, type EfficientQatPhases } from '../methods/efficientqat.js';
+import { quantizeCheckpoint, quantizeCheckpointE2eQp, quantizeModel, quantizedCheckpoint, rtnCheckpoint, type QuantizeModelOptions, type QuantizeReport } from '../methods/quantize-model.js';
+import { shapeOfConfig, TrainableLlama } from '../engine/llama.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { Model, loadModel, openCheckpoint } from '../model/model.js';
 import { SyntheticCheckpoint } from '../model/synthetic.js';
@@ -75,6 +76,12 @@ interface QuantizeCliOpts {
   localLr?: number;
   e2eLr?: number;
   noTransforms?: string;
+  phases?: EfficientQatPhases;
+  init?: 'rtn' | 'gptq';
+  start?: string;
+  recipe?: string;
+  epochs?: number;
+  e2eEpochs?: number;
 }
 
 function numberOption(v: string): number {
@@ -141,12 +148,13 @@ function progressBar(blockLoss: boolean): { onProgress: (e: ProgressEvent) => vo
   let phase = '';
   return {
     onProgress: (e) => {
-      if (e.phase !== phase) {
+      const key = e.stage ?? e.phase;  // a new bar per phase and per method stage (EfficientQAT's Block-AP, E2E-QP)
+      if (key !== phase) {
         if (phase) bar.stop();
-        phase = e.phase;
-        bar.start(e.totalSteps, e.step - 1, { phase: e.phase, loss: '-', sps: '-' });
+        phase = key;
+        bar.start(e.totalSteps, e.step - 1, { phase: key, loss: '-', sps: '-' });
       }
-      bar.update(e.step, { phase: e.phase + (e.layer !== undefined && ((e.phase === 'train' && blockLoss) || e.phase === 'local' || e.phase === 'calibrate') ? ` block ${e.layer}` : ''),
+      bar.update(e.step, { phase: key + (e.layer !== undefined && ((e.phase === 'train' && (blockLoss || e.stage === 'block-ap')) || e.phase === 'local' || e.phase === 'calibrate') ? ` block ${e.layer}` : ''),
         loss: Number.isFinite(e.loss) ? e.loss.toFixed(4) : '-', sps: e.stepsPerSecond ? e.stepsPerSecond.toFixed(1) : '-' });
     },
     stop: () => { if (phase) bar.stop(); phase = ''; },
@@ -192,7 +200,13 @@ export function registerQuantize(program: Command): void {
     .option('--local-steps <n>', 'FPTQuant: local-stage steps per block (default 150)', intOption)
     .option('--e2e-steps <n>', 'FPTQuant: end-to-end steps (default 200)', intOption)
     .option('--local-lr <x>', 'FPTQuant: local-stage learning rate (default 5e-3)', numberOption)
-    .option('--e2e-lr <x>', 'FPTQuant: end-to-end learning rate (default 1e-3)', numberOption)
+    .option('--e2e-lr <x>', "end-to-end learning rate: FPTQuant's (default 1e-3), EfficientQAT's E2E-QP (the recipe's when not given)", numberOption)
+    .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
+    .option('--init <rtn|gptq>', "EfficientQAT: Block-AP's start, min-max RTN (the reference) or GPTQ's codes and scales (the recipe's when not given)")
+    .option('--start <dir>', 'EfficientQAT with --phases e2e-qp: the GPTQ checkpoint of --model whose step sizes E2E-QP trains')
+    .option('--recipe <name>', `EfficientQAT hyperparameters: ${Object.keys(EFFICIENTQAT_RECIPES).join(' | ')} (README)`, 'reference')
+    .option('--epochs <n>', 'EfficientQAT: Block-AP passes over the calibration windows (default 2)', intOption)
+    .option('--e2e-epochs <n>', 'EfficientQAT: E2E-QP passes over the calibration windows (the recipe\'s when not given)', intOption)
     .option('--eval-ids <file>', 'perplexity protocol JSON (shared/data/reference/ppl_*.json): evaluate fp32 and the result')
     .option('--eval-text <file>', 'held-out text to evaluate fp32 and the result on (ctx 256, stride 256)')
     .option('--eval-tokens <n>', 'score at most this many predictions of --eval-text', intOption)
@@ -262,11 +276,23 @@ export function registerQuantize(program: Command): void {
           fpt: fptJob ? fptOptionsOf(o, (k) => cmd.getOptionValueSource(k) === 'cli' || (defaultJob && k in DEFAULT_FPT_JOB)) : undefined,
         };
         let report: QuantizeReport;
+        let startLabel = 'fp32';
         try {
-          report = await quantizeCheckpoint(ck, out, opts, {
-            signal: abort.signal, onProgress: bar.onProgress, save, budgetLabel,
-            ...(trains ? { checkpoint: { path: ckpt, every: o.checkpointEvery }, resume } : {}),
-          });
+          if (o.method === 'efficientqat' && o.phases === 'e2e-qp' && !o.start && ck.quantizedWeight?.('layers.0.wq')) {
+            // E2E-QP of a quantized checkpoint: the model stays packed (no fp32 copy of its linears)
+            for (const k of ['bits', 'groupSize', 'sym'])
+              if (cmd.getOptionValueSource(k) === 'cli')
+                throw new QuantformError('QF_INVALID_ARGUMENT', `--${k === 'groupSize' ? 'group-size' : k} does not apply to E2E-QP of ${source}: it keeps the checkpoint's quantization`);
+            report = await quantizeCheckpointE2eQp(ck, out, { calibration: calibration!, seed: o.seed, efficientqat: eqatRecipe(o, o.bits as Bits) },
+              { signal: abort.signal, onProgress: bar.onProgress, save, checkpoint: { path: ckpt, every: o.checkpointEvery }, resume });
+            startLabel = `start (${path.basename(source)})`;
+          } else {
+            if (o.method === 'efficientqat') efficientQatOptions(o, cmd, opts, ck);
+            report = await quantizeCheckpoint(ck, out, opts, {
+              signal: abort.signal, onProgress: bar.onProgress, save, budgetLabel,
+              ...(trains ? { checkpoint: { path: ckpt, every: o.checkpointEvery }, resume } : {}),
+            });
+          }
           bar.stop();
           rmSync(ckpt, { force: true });
         } catch (e) {
@@ -289,7 +315,7 @@ export function registerQuantize(program: Command): void {
             ...opts.fpt, stages: 'none', weights: 'rtn', qk: false, v: false, mlp: false, residualScaling: false, residualRotation: false,
           } }), tokenizer), tokenizer)
           : new Model(rtnCheckpoint(ck, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true }), tokenizer);
-        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method);
+        if (evaluation) await printPerplexities(evaluation, synthetic ? ck : source, o.tokenizer, rtn, out, report.method, startLabel);
         console.log(`saved ${out}`);
       } finally {
         ck.close();
@@ -313,6 +339,43 @@ function fptOptionsOf(o: QuantizeCliOpts, given: (key: string) => boolean): FptQ
   };
 }
 
+/** The recipe's EfficientQAT options with the command line's overrides. */
+function eqatRecipe(o: QuantizeCliOpts, bits: Bits): EfficientQatOptions {
+  const recipe = EFFICIENTQAT_RECIPES[o.recipe ?? 'reference'];
+  if (!recipe) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --recipe ${Object.keys(EFFICIENTQAT_RECIPES).join(' or ')} but received '${o.recipe}'`);
+  const eq: EfficientQatOptions = { ...recipe(bits), phases: o.phases };
+  if (o.init !== undefined) eq.init = o.init;
+  if (o.epochs !== undefined) eq.epochs = o.epochs;
+  if (o.e2eEpochs !== undefined) eq.e2eEpochs = o.e2eEpochs;
+  if (o.e2eLr !== undefined) eq.e2eLr = o.e2eLr;
+  return eq;
+}
+
+/**
+ * EfficientQAT's options from the command line. E2E-QP alone on a quantized --model (or
+ * --start) refines that checkpoint's step sizes; its bits, group size and symmetry are
+ * the checkpoint's unless given (then they must agree).
+ */
+function efficientQatOptions(o: QuantizeCliOpts, cmd: Command, opts: QuantizeModelOptions, ck: Checkpoint): void {
+  const eq = eqatRecipe(o, opts.bits);
+  let from: Checkpoint | null = null;
+  if (o.start) {
+    from = openCheckpoint(path.resolve(o.start));
+    checkSameModel({ shape: shapeOfConfig(ck.config), embed: ck.weight('embed') }, from);
+  } else if (o.phases === 'e2e-qp' && ck.quantizedWeight?.('layers.0.wq')) {
+    from = ck;
+  }
+  if (from) {
+    const { linears, quant } = checkpointLinears(from);
+    for (const [k, v] of [['bits', quant.bits], ['groupSize', quant.groupSize], ['sym', quant.symmetric]] as const)
+      if (cmd.getOptionValueSource(k) !== 'cli') (o as unknown as Record<string, unknown>)[k] = v;
+    Object.assign(opts, { bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true });
+    eq.start = linears;
+    eq.phases = 'e2e-qp';
+  }
+  opts.efficientqat = eq;
+}
+
 function calibrationOf(o: QuantizeCliOpts, defaultJob: boolean, synthetic: boolean, tok: Tokenizer): CalibrationSet {
   const file = o.calib ?? (defaultJob || synthetic ? DEFAULT_CALIBRATION() : undefined);
   if (!file) throw new QuantformError('QF_INVALID_ARGUMENT', `Method '${o.method}' needs calibration text: pass --calib FILE`);
@@ -327,21 +390,25 @@ function printReport(r: QuantizeReport, t0: number, out: string): void {
   const a = r.activations;
   const acts = a ? ` A${a.actBits < 16 ? a.actBits : '16 (fp)'} KV${a.kvBits < 16 ? a.kvBits : '16 (fp)'} (static)${a.onlineTransforms.length ? `, online: ${a.onlineTransforms.join(', ')}` : ''}` : '';
   console.log(`\n${r.method} W${r.bits} ${r.groupSize >= 1 << 20 ? 'per-channel' : `g${r.groupSize}`} ${r.symmetric ? 'sym' : 'asym'}${acts}: training ${r.trainSeconds.toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  if (r.lossCurve.length) {
-    const k = Math.max(1, Math.floor(r.lossCurve.length / 20));
-    const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
-    console.log(`loss: first ${k} steps ${avg(r.lossCurve.slice(0, k)).toFixed(4)} -> last ${k} steps ${avg(r.lossCurve.slice(-k)).toFixed(4)} (curve: ${path.join(out, 'loss.svg')})`);
+  const avg = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+  for (const c of r.lossCurves ?? (r.lossCurve.length ? [{ label: 'loss', losses: r.lossCurve }] : [])) {
+    if (c.losses.length === 0) continue;
+    const k = Math.max(1, Math.floor(c.losses.length / 20));
+    console.log(`${c.label}: first ${k} steps ${avg(c.losses.slice(0, k)).toPrecision(5)} -> last ${k} steps ${avg(c.losses.slice(-k)).toPrecision(5)}`);
   }
+  if (r.lossCurve.length) console.log(`loss curve${(r.lossCurves?.length ?? 0) > 1 ? 's' : ''}: ${path.join(out, 'loss.svg')}`);
+  if (r.linears.length === 0) return;
   const mean = (f: (l: QuantizeReport['linears'][number]) => number) => r.linears.reduce((s, l) => s + f(l), 0) / r.linears.length;
   console.log(`relative weight error ||Q(W) - W|| / ||W||, mean over ${r.linears.length} linears: ${r.method === 'rtn' ? mean((l) => l.errorAfter).toFixed(5)
     : `RTN ${mean((l) => l.errorBefore).toFixed(5)} -> ${r.method} ${mean((l) => l.errorAfter).toFixed(5)} (${r.activations ? 'of the transformed weights' : 'scales undone'})`} (per linear: ${path.join(out, 'quantform_report.json')})`);
 }
 
 /** fp32 (the source, loaded), RTN (in memory, when the method is not RTN) and the result as saved (reloaded), on the same text. */
-async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string): Promise<void> {
+async function printPerplexities(ev: EvalSpec, source: string | Checkpoint, tokenizerFile: string | undefined, rtn: Model | null, out: string, method: string,
+  sourceLabel: string): Promise<void> {
   const rows: [string, Model][] = [];
   try {
-    rows.push(['fp32', typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
+    rows.push([sourceLabel, typeof source === 'string' ? await loadModel(source, { tokenizer: tokenizerFile }) : new Model(source, await source.tokenizer())]);
     if (rtn) rows.push([method === 'fptquant' ? 'rtn (same static quantizers, no transforms)' : 'rtn', rtn]);
     rows.push([`${method} (reloaded from ${path.basename(out)})`, await loadModel(out)]);
     const parts: string[] = [];

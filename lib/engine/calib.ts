@@ -33,6 +33,18 @@ export interface CalibrationSet {
   streamLength: number;
 }
 
+/** A CalibrationSet handed in by a caller (plain JS): its fields typed and consistent. */
+export function needCalibration(cal: unknown, name = 'calibration'): asserts cal is CalibrationSet {
+  need.object(cal, name);
+  const c = cal as Record<string, unknown>;
+  need.positiveInteger(c.samples, `${name}.samples`);
+  need.positiveInteger(c.seqLen, `${name}.seqLen`);
+  need.instance(c.tokens, Int32Array, `${name}.tokens`);
+  const n = (c.samples as number) * (c.seqLen as number);
+  if ((c.tokens as Int32Array).length !== n)
+    throw invalidParameter(`Int32Array of samples * seqLen = ${n} ids`, `${name}.tokens`, c.tokens, 'QF_SHAPE_MISMATCH');
+}
+
 /** mulberry32: small, seedable, and the same on every platform */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;

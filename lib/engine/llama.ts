@@ -33,6 +33,14 @@ export function shapeInvFreq(s: LlamaShape): Float32Array {
   return s.invFreq ?? Float32Array.from({ length: s.headDim / 2 }, (_, i) => 1 / Math.pow(s.ropeTheta, (2 * i) / s.headDim));
 }
 
+/** The training shape of a runtime config; the engine's RoPE tables come from inv_freq, so Llama 3 rope_scaling trains as it runs. */
+export function shapeOfConfig(c: LlamaConfig): LlamaShape {
+  return {
+    hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
+    vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
+  };
+}
+
 /** The engine's block config for a shape (native/include/quantform/engine.h names). */
 export function blockConfigOf(s: LlamaShape, B: number, T: number, quant?: BlockQuant | null, teq = false, teqExtra = false): NativeBlockConfig {
   return {
@@ -254,12 +262,4 @@ export class TrainableLlama {
     }
     return new TrainableLlama(shape, embed, weight('final_norm'), shape.tied ? embed : weight('lm_head'), blocks, hf);
   }
-}
-
-/** The training shape of a runtime config (RoPE tables from inv_freq, so Llama 3 rope_scaling trains as it runs). */
-export function shapeOfConfig(c: LlamaConfig): LlamaShape {
-  return {
-    hidden: c.dim, intermediate: c.hiddenDim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, headDim: c.headDim,
-    vocab: c.vocabSize, maxSeq: c.maxSeq, rmsEps: c.normEps, ropeTheta: c.ropeTheta, tied: c.tiedEmbeddings, invFreq: modelInvFreq(c),
-  };
 }

@@ -15,6 +15,11 @@ export interface AdamWOptions {
   weightDecay?: number;
   /** Parameters are clamped to at least this after each step (TEQ keeps scales >= 1e-5). Default -Infinity. */
   minValue?: number;
+  /**
+   * Sizes of consecutive parameter groups (summing to size), each stepped at its own learning
+   * rate: update([lr0, lr1, ...]) (EfficientQAT: weights, then step sizes and zero points). Default [size].
+   */
+  groups?: number[];
 }
 
 export class AdamW {
@@ -23,7 +28,9 @@ export class AdamW {
   readonly arena: Float32Array;
   readonly params: Float32Array;
   readonly grads: Float32Array;
-  readonly opts: Required<AdamWOptions>;
+  readonly opts: Required<Omit<AdamWOptions, 'groups'>>;
+  /** [begin, end) of every parameter group */
+  readonly groups: readonly (readonly [number, number])[];
   step = 0;
 
   constructor(size: number, opts: AdamWOptions = {}) {
@@ -36,6 +43,11 @@ export class AdamW {
     if (!is.finiteNumber(o.eps) || o.eps <= 0) throw invalidParameter('positive number', 'eps', o.eps);
     if (!is.finiteNumber(o.weightDecay) || o.weightDecay < 0) throw invalidParameter('non-negative number', 'weightDecay', o.weightDecay);
     if (typeof o.minValue !== 'number' || Number.isNaN(o.minValue)) throw invalidParameter('number', 'minValue', o.minValue);
+    const sizes = opts.groups ?? [size];
+    if (!Array.isArray(sizes) || sizes.length === 0 || sizes.some((n) => !is.positiveInteger(n)) || sizes.reduce((a, b) => a + b, 0) !== size)
+      throw invalidParameter(`positive group sizes summing to ${size}`, 'groups', sizes);
+    let at = 0;
+    this.groups = sizes.map((n) => { at += n; return [at - n, at] as const; });
     this.size = size;
     this.opts = o;
     this.arena = new Float32Array(4 * size);
@@ -47,13 +59,18 @@ export class AdamW {
     this.grads.fill(0);
   }
 
-  /** One AdamW update at learning rate `lr` (the schedule's value for this step). */
-  async update(lr: number = this.opts.lr): Promise<void> {
-    if (!is.finiteNumber(lr) || lr < 0) throw invalidParameter('non-negative number', 'lr', lr);
+  /** One AdamW update at learning rate `lr` (the schedule's value for this step), or one per parameter group. */
+  async update(lr: number | readonly number[] = this.opts.lr): Promise<void> {
+    const lrs = typeof lr === 'number' ? this.groups.map(() => lr) : lr;
+    if (!Array.isArray(lrs) || lrs.length !== this.groups.length)
+      throw invalidParameter(`a number or ${this.groups.length} numbers (one per parameter group)`, 'lr', lr);
+    for (const v of lrs) if (!is.finiteNumber(v) || v < 0) throw invalidParameter('non-negative number', 'lr', v);
     this.step++;
     const o = this.opts;
     try {
-      await native().engine.adamw(this.arena, this.size, this.step, lr, o.betas[0], o.betas[1], o.eps, o.weightDecay, o.minValue, true);
+      for (let g = 0; g < this.groups.length; g++)
+        await native().engine.adamw(this.arena, this.size, this.groups[g][0], this.groups[g][1], this.step, lrs[g], o.betas[0], o.betas[1], o.eps,
+          o.weightDecay, o.minValue, true);
     } catch (e) {
       throw fromNative(e);
     }

@@ -24,7 +24,7 @@ import { SentencePieceBpe } from '../tokenizer/sentencepiece.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { toGptq, type GptqFormat } from './gptq.js';
 import { activationConfig, needsRuntime, scaleTensorNames, type ActivationQuant } from '../model/fpt.js';
-import { lossCurveSvg } from './svg.js';
+import { lossCurveSvg, lossCurvesSvg } from './svg.js';
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model'];
 const QUANTIZED = /^layers\.\d+\.(wq|wk|wv|wo|w_gate|w_up|w_down)$/;
@@ -231,8 +231,10 @@ export class GptqWriter {
         writeFileAtomic(this.dir.file('tokenizer.bin'), this.opts.tokenizer.toLlama2cBytes());
       }
       writeFileAtomic(this.dir.file('quantform_report.json'), JSON.stringify(report, null, 2) + '\n');
-      if (report.lossCurve.length > 0)
-        writeFileAtomic(this.dir.file('loss.svg'), lossCurveSvg(report.lossCurve, `${report.method} W${q.bits} g${q.groupSize}${q.symmetric ? ' sym' : ''}`));
+      if (report.lossCurve.length > 0) {
+        const title = `${report.method} W${q.bits} g${q.groupSize}${q.symmetric ? ' sym' : ''}`;
+        writeFileAtomic(this.dir.file('loss.svg'), report.lossCurves && report.lossCurves.length > 1 ? lossCurvesSvg(report.lossCurves, title) : lossCurveSvg(report.lossCurve, title));
+      }
       this.dir.commit();
     } catch (e) {
       this.abort();

@@ -1,4 +1,4 @@
-// A dependency-free SVG line plot of a loss curve (raw values and a moving average).
+// Dependency-free SVG line plots of loss curves (raw values and a moving average).
 export function lossCurveSvg(curve: number[], title: string): string {
   const W = 640, H = 360, L = 60, R = 20, T = 40, B = 40;
   const finite = curve.filter(Number.isFinite);
@@ -26,4 +26,14 @@ export function lossCurveSvg(curve: number[], title: string): string {
 <path d="${line(avg)}" fill="none" stroke="#c33" stroke-width="2"/>
 </svg>
 `;
+}
+
+/** Several loss curves (a method's stages: EfficientQAT's Block-AP blocks, then E2E-QP), one panel each, stacked. */
+export function lossCurvesSvg(curves: { label: string; losses: number[] }[], title: string): string {
+  const H = 360;
+  const panels = curves.filter((c) => c.losses.length > 0).map((c, i) => {
+    const body = lossCurveSvg(c.losses, `${title}, ${c.label}`).replace(/^<svg[^>]*>\n/, '').replace(/<\/svg>\n$/, '');
+    return `<g transform="translate(0, ${i * H})">\n${body}</g>\n`;
+  });
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="640" height="${panels.length * H}" font-family="sans-serif" font-size="12">\n${panels.join('')}</svg>\n`;
 }

@@ -5,6 +5,9 @@
 //   quantizeModel        a TrainableLlama in memory -> a QuantizedModel in memory
 //   quantizeCheckpointRtn  quantizeCheckpoint with method 'rtn' (tensor by tensor)
 //   quantizePlan         what a run will hold, checked against the budget, before it starts
+//   quantizeCheckpointE2eQp  EfficientQAT's E2E-QP of a quantized (GPTQ) checkpoint, packed throughout
+// A method with a stage after the block pass (EfficientQAT's E2E-QP, MethodRun.afterBlocks)
+// gets the pass's packed result; the output is written once that stage has trained it.
 // Every linear a method does not quantize itself is RTN-quantized with f16 scales, the
 // parameters the GPTQ export stores. quantizedCheckpoint / rtnCheckpoint: results as
 // runtime Checkpoints, so the one evaluator (lib/eval) scores them on the INT4 kernels.
@@ -16,14 +19,14 @@ import type { CalibrationSet } from '../engine/calib.js';
 import { fromNative, invalidParameter, is, need, QuantformError } from '../errors.js';
 import type { ActivationDType } from '../io/activation-store.js';
 import { writeTiming } from '../io/atomic.js';
-import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from '../io/safetensors.js';
+import { readSafetensors, readSafetensorsMetadata, writeSafetensors, type SafeTensor } from '../io/safetensors.js';
 import { getMethod, type MethodRun, type ProgressEvent, type QuantMethod, type TrainOptions, type TrainState } from './index.js';
 import { trainStateFromCheckpoint } from './checkpoint.js';
 import { checkFinite } from '../ops/finite.js';
 import { dequantize, SUPPORTED_BITS, type Bits, type QuantizedTensor } from '../ops/quant.js';
-import { checkpointBlocks, modelBlocks, type BlockSource, type FrozenDType } from '../engine/block-source.js';
+import { checkpointBlocks, configOfModel, modelBlocks, type BlockSource, type FrozenDType } from '../engine/block-source.js';
 import type { EndToEndPlan } from '../engine/end-to-end.js';
-import { HF_LINEAR, LINEARS, TrainableLlama, type BlockQuant } from '../engine/llama.js';
+import { blockLayout, HF_LINEAR, LINEARS, RUNTIME_LINEAR, TrainableLlama, type BlockQuant } from '../engine/llama.js';
 import type { ScheduleKind } from '../engine/optim.js';
 import {
   defaultBudget, formatBytes, planBlockPass, rtnLinear, runBlockPass, type BlockPassPlan, type BlockResult, type BlockSink, type LinearReport, type MemoryItem,
@@ -37,6 +40,8 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GptqMethodOptions } from './gptq.js';
 import type { FptActivationQuant, FptQuantOptions } from './fptquant.js';
 import { activationConfig } from '../model/fpt.js';
+import { e2eSteps, packedFromCheckpoint, resolveEfficientQat, trainStepSizes, type EfficientQatOptions, type PackedLlama } from './efficientqat.js';
+import { Trainer } from './trainer.js';
 
 export type { LinearReport } from '../engine/pipeline.js';
 
@@ -73,6 +78,8 @@ export interface QuantizeModelOptions {
   tmpDir?: string;
   /** FPTQuant: activation / KV bits, transforms, stages (lib/methods/fptquant.ts). */
   fpt?: FptQuantOptions;
+  /** EfficientQAT: phases, init, learning rates, E2E-QP's quantized start. */
+  efficientqat?: EfficientQatOptions;
 }
 
 export interface QuantizeModelHooks {
@@ -94,6 +101,8 @@ export interface QuantizeReport {
   symmetric: boolean;
   linears: LinearReport[];
   lossCurve: number[];
+  /** the loss per stage when a method has several (EfficientQAT: each Block-AP block, E2E-QP) */
+  lossCurves?: { label: string; losses: number[] }[];
   trainSeconds: number;
   /** of totalSeconds, the block pass's wait for checkpoint reads (reads overlapped with compute count only their wait) */
   readSeconds: number;
@@ -133,11 +142,22 @@ function resolveTrain(o: QuantizeModelOptions): TrainOptions {
 /** What a checkpoint must match to be resumed: the model's weights, shapes and every option that changes the result. */
 function fingerprint(src: BlockSource, o: QuantizeModelOptions, t: TrainOptions, quant: BlockQuant): string {
   const h = createHash('sha256');
+  const { start, ...eqat } = o.efficientqat ?? {};
   h.update(JSON.stringify({ method: o.method, quant, train: t, samples: o.calibration?.samples, seqLen: o.calibration?.seqLen,
-    activations: o.activationDtype ?? 'f32', frozen: o.frozenDtype ?? null, ...(o.fpt ? { fpt: o.fpt } : {}) }));
+    activations: o.activationDtype ?? 'f32', frozen: o.frozenDtype ?? null, gptq: o.gptq ?? null, efficientqat: eqat, ...(o.fpt ? { fpt: o.fpt } : {}) }));
+  for (const q of start?.values() ?? []) h.update(new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength)).update(q.codes);
   h.update(src.identity());
   if (o.calibration) h.update(new Uint8Array(o.calibration.tokens.buffer, o.calibration.tokens.byteOffset, o.calibration.tokens.byteLength));
   return h.digest('hex');
+}
+
+/** Writes training state atomically (safetensors: 'arena' and the named tensors; step, loss curve and fingerprint as metadata). */
+function stateWriter(file: string, fingerprint: string): (s: TrainState) => Promise<void> {
+  return async (s) => {
+    const tensors = new Map<string, SafeTensor>([['arena', { dtype: 'F32', shape: [s.arena.length], data: s.arena }]]);
+    for (const [k, v] of s.tensors ?? []) tensors.set(k, { dtype: v instanceof Int32Array ? 'I32' : 'F32', shape: [v.length], data: v });
+    writeSafetensors(file, tensors, { fingerprint, step: String(s.step), lossCurve: JSON.stringify(s.lossCurve) });
+  };
 }
 
 function readCheckpoint(file: string, expect: string): TrainState {
@@ -147,7 +167,7 @@ function readCheckpoint(file: string, expect: string): TrainState {
   if (meta.fingerprint !== expect)
     throw new QuantformError('QF_INVALID_ARGUMENT',
       `Checkpoint ${file} was written for another model, calibration set or configuration: it cannot be resumed with these options`);
-  return trainStateFromCheckpoint(file, meta, t.get('arena'));
+  return trainStateFromCheckpoint(file, meta, t.get('arena'), t);
 }
 
 /** A QuantizedModel passed in by a caller: quantizeModel's result shape. */
@@ -192,11 +212,8 @@ function prepare(src: BlockSource, opts: QuantizeModelOptions, hooks: QuantizeMo
   try {
     const run = method.start({
       shape: s, quant, calibration: cal, train, onProgress: hooks.onProgress, signal: hooks.signal, checkpointEvery: ck?.every ?? 100, resume,
-      gptq: opts.gptq, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype, fpt: opts.fpt,
-      checkpoint: ck ? async (st: TrainState) => {
-        writeSafetensors(ck.path, new Map([['arena', { dtype: 'F32', shape: [st.arena.length], data: st.arena }]]),
-          { fingerprint: fp, step: String(st.step), lossCurve: JSON.stringify(st.lossCurve) });
-      } : undefined,
+      gptq: opts.gptq, efficientqat: opts.efficientqat, maxMemoryBytes: opts.maxMemoryBytes, budgetLabel: hooks.budgetLabel, frozen: opts.frozenDtype,
+      fpt: opts.fpt, checkpoint: ck ? stateWriter(ck.path, fp) : undefined,
     });
     // in the order they run: an end-to-end stage first, then the block pass
     const endToEnd = run.planEndToEnd?.(src) ?? null;
@@ -232,8 +249,53 @@ export function quantizePlan(model: Checkpoint | TrainableLlama, opts: QuantizeM
 }
 
 /**
+ * The block pass's output held back for a stage after it (MethodRun.afterBlocks): linears packed,
+ * norms and embeddings as given (copies: the pipeline reuses its arena), then handed to the
+ * real sink in the order they came, with the stage's linears.
+ */
+class DeferredSink {
+  private sink: BlockSink | null = null;
+  private readonly items: { name: string; data?: ArrayBufferView; q?: QuantizedTensor }[] = [];
+
+  open(sink: BlockSink): BlockSink {
+    this.sink = sink;
+    return {
+      plain: (name, data) => this.items.push({ name, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice() }),
+      linear: (name, q) => this.items.push({ name, q }),
+      block: sink.block ? (l, arena) => sink.block!(l, arena) : undefined,
+    };
+  }
+
+  private f32(name: string): Float32Array {
+    const it = this.items.find((i) => i.name === name);
+    if (!it?.data || it.data.byteLength % 4 !== 0) throw new QuantformError('QF_INTERNAL', `The block pass left no fp32 ${name} for the stage after it`);
+    return new Float32Array(it.data.buffer, it.data.byteOffset, it.data.byteLength / 4);
+  }
+
+  /** The block pass's result as E2E-QP trains it: fp32 embedding, LM head and norms (rewritten by the method), packed linears. */
+  packed(src: BlockSource): PackedLlama {
+    const s = src.shape;
+    const embed = src.weight('embed');
+    const linears = new Map<string, QuantizedTensor>();
+    for (const it of this.items) if (it.q) linears.set(hfModuleName(it.name), it.q);
+    return { shape: s, embed, finalNorm: src.weight('final_norm'), lmHead: s.tied ? embed : src.weight('lm_head'), linears,
+      norms: Array.from({ length: s.layers }, (_, l) => ({ input: this.f32(`layers.${l}.attn_norm`), post: this.f32(`layers.${l}.ffn_norm`) })) };
+  }
+
+  flush(trained: Map<string, QuantizedTensor>): void {
+    const sink = this.sink!;
+    for (const it of this.items) {
+      if (it.data) sink.plain(it.name, it.data);
+      else sink.linear(it.name, trained.get(hfModuleName(it.name)) ?? it.q!);
+    }
+    this.items.length = 0;
+  }
+}
+
+/**
  * Runs a prepared method over `src` into the sink `open(source)` returns; the report of every linear. A method with a
- * whole-model stage gets the model `load()` returns, and the block pass reads the model it transformed (returned too).
+ * whole-model stage gets the model `load()` returns, and the block pass reads the model it transformed (returned too);
+ * one with a stage after the block pass (afterBlocks) trains the pass's packed result before the sink sees it.
  */
 async function execute(src: BlockSource, p: Prepared, open: (src: BlockSource) => BlockSink, hooks: QuantizeModelHooks, abortNote: string,
   load: () => TrainableLlama): Promise<{ report: QuantizeReport; whole: TrainableLlama | null }> {
@@ -276,21 +338,32 @@ async function execute(src: BlockSource, p: Prepared, open: (src: BlockSource) =
   } : undefined;
   const sec = () => (performance.now() - t0) / 1000;
   const timing = { readMs: 0 }, written = writeTiming.ms;
+  // a stage after the block pass retrains its linears: the sink gets them (and the norms and embeddings, in the
+  // order they came) only after it; until then they are held packed
+  const deferred = run.afterBlocks ? new DeferredSink() : null;
   let linears: LinearReport[];
   try {
     const forward = run.forward?.bind(run);
     linears = await runBlockPass(src, { needs: run.needs, rewritesNorms: run.rewritesNorms, memory: () => run.memory(), block, forward }, p.block,
-      () => open(src), {
+      deferred ? () => deferred.open(open(src)) : () => open(src), {
       signal: hooks.signal, abortNote, timing,
       onProgress: (e) => hooks.onProgress?.({ phase: 'quantize', step: e.step, totalSteps: e.totalSteps, loss: NaN, lr: 0, stepsPerSecond: e.step / sec(),
         etaSeconds: ((e.totalSteps - e.step) * sec()) / e.step, layer: e.layer }),
     });
+    if (deferred) {
+      const t = performance.now();
+      try {
+        deferred.flush(await run.afterBlocks!(deferred.packed(src)));
+      } finally {
+        trainMs += performance.now() - t;
+      }
+    }
   } catch (e) {
     throw fromNative(e);
   }
   const q = p.quant, aq = run.activations?.() ?? null;
   const report: QuantizeReport = { method: p.method.name, bits: q.bits, groupSize: q.groupSize, symmetric: q.symmetric, linears, lossCurve: run.lossCurve().slice(),
-    trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
+    lossCurves: run.lossCurves?.(), trainSeconds: trainMs / 1000, readSeconds: timing.readMs / 1000,
     writeSeconds: (writeTiming.ms - written) / 1000, totalSeconds: sec() };
   if (aq) report.activations = { actBits: aq.actBits, kvBits: aq.kvBits, residualRotation: aq.residualRotation,
     onlineTransforms: (activationConfig(aq).online_transforms as string[] | undefined) ?? [] };
@@ -315,6 +388,14 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   };
   // a whole-model stage transforms a copy: the caller's model is never modified
   const { report, whole } = await execute(src, p, () => sink, hooks, '', () => source.clone());
+  // a stage after the block pass changed the linears: the model holds what they dequantize to
+  if (p.run.afterBlocks)
+    blocks.forEach((b, l) => {
+      for (const n of LINEARS) {
+        const { offset, rows, cols } = blockLayout(source.shape).linears[n];
+        dequantize(linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!, { out: b.subarray(offset, offset + rows * cols) });
+      }
+    });
   const base = whole ?? source;
   const embed = whole ? whole.embed : source.embed.slice();
   const model = new TrainableLlama(base.shape, embed, whole ? whole.finalNorm : source.finalNorm.slice(),
@@ -351,6 +432,12 @@ export interface StreamHooks extends QuantizeModelHooks {
   save?: SaveOptions;
 }
 
+/** The tokenizer a saved result carries: the source's files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF). */
+async function saveOptionsOf(ck: Checkpoint, save: SaveOptions | undefined): Promise<SaveOptions> {
+  const tokenizerDir = save?.tokenizerDir ?? tokenizerDirOf(ck);
+  return { ...save, tokenizerDir, tokenizer: save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+}
+
 /**
  * A method on any runtime Checkpoint, streamed block by block into a GPTQ directory
  * (lib/engine/pipeline.ts): only the current block's weights, the method's working
@@ -366,8 +453,7 @@ export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: Quan
   const src = checkpointBlocks(ck);
   const p = prepare(src, opts, hooks);
   // the tokenizer travels with the output: its files (HF, GPTQ), else its vocabulary as tokenizer.bin (llama2.c, GGUF)
-  const tokenizerDir = hooks.save?.tokenizerDir ?? tokenizerDirOf(ck);
-  const save: SaveOptions = { ...hooks.save, tokenizerDir, tokenizer: hooks.save?.tokenizer ?? (tokenizerDir ? undefined : await ck.tokenizer()) };
+  const save = await saveOptionsOf(ck, hooks.save);
   const rewritten = (name: string) => p.run.rewritesNorms && /^layers\.\d+\.(attn_norm|ffn_norm)$/.test(name);
   let writer: GptqWriter | null = null;
   // `from`: the checkpoint, or the model a whole-model stage transformed (opened after that stage: its activation scales are known)
@@ -408,6 +494,76 @@ export async function quantizeCheckpointRtn(ck: Checkpoint, out: string, opts: {
   return quantizeCheckpoint(ck, out, { method: 'rtn', bits: opts.bits, groupSize: opts.groupSize, symmetric: opts.symmetric }, hooks);
 }
 
+export interface CheckpointTrainHooks extends StreamHooks {
+  /** Checkpoint file (written atomically) and period in steps. */
+  checkpoint?: { path: string; every?: number };
+  /** Continue from `checkpoint.path`. */
+  resume?: boolean;
+}
+
+/**
+ * EfficientQAT's E2E-QP from a quantized checkpoint (a GPTQ directory) straight into a new
+ * GPTQ directory, the model packed throughout: the embedding, norms and LM head are read
+ * as fp32, the linears stay as stored (codes, zero points frozen), and only the step sizes
+ * and their optimizer state are fp32. Norms and embeddings are copied to the output as stored.
+ */
+export async function quantizeCheckpointE2eQp(ck: Checkpoint, out: string, opts: { calibration: CalibrationSet; efficientqat?: EfficientQatOptions; seed?: number },
+  hooks: CheckpointTrainHooks = {}): Promise<QuantizeReport> {
+  const t0 = performance.now();
+  if (opts === null || typeof opts !== 'object') throw invalidParameter('options object', 'options', opts);
+  const { model, quant } = packedFromCheckpoint(ck);
+  const cal = opts.calibration;
+  if (!cal) throw new QuantformError('QF_INVALID_ARGUMENT', 'E2E-QP needs calibration data (options.calibration)');
+  if (cal.seqLen > model.shape.maxSeq) throw invalidParameter(`seqLen <= ${model.shape.maxSeq} (the model's context)`, 'seqLen', cal.seqLen);
+  for (const id of cal.tokens) if (id < 0 || id >= model.shape.vocab) throw invalidParameter(`token ids in [0, ${model.shape.vocab})`, 'calibration.tokens', id);
+  const o = resolveEfficientQat({ ...opts.efficientqat, start: undefined, phases: 'e2e-qp' }, quant.bits);
+  if (o.e2eBatchSize > cal.samples)
+    throw new QuantformError('QF_INVALID_ARGUMENT', `Calibration holds ${cal.samples} windows, too few for e2eBatchSize ${o.e2eBatchSize}: pass more samples or a smaller batch`);
+  const seed = opts.seed ?? 0;
+  const ckp = hooks.checkpoint;
+  let fp = '';
+  if (ckp) {
+    const h = createHash('sha256');
+    h.update(JSON.stringify({ config: ck.config, quant, efficientqat: o, samples: cal.samples, seqLen: cal.seqLen, seed }));
+    h.update(new Uint8Array(model.embed.buffer, model.embed.byteOffset, model.embed.byteLength));
+    for (const q of model.linears.values()) h.update(new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength)).update(q.codes);
+    h.update(new Uint8Array(cal.tokens.buffer, cal.tokens.byteOffset, cal.tokens.byteLength));
+    fp = h.digest('hex');
+  }
+  if (hooks.resume && !ckp) throw new QuantformError('QF_INVALID_ARGUMENT', 'resume needs a checkpoint path');
+  const resume = hooks.resume ? readCheckpoint(ckp!.path, fp) : undefined;
+  const curve = resume ? resume.lossCurve.slice() : [];
+  const trainer = new Trainer({ onProgress: hooks.onProgress, signal: hooks.signal, checkpoint: ckp ? stateWriter(ckp.path, fp) : undefined,
+    checkpointEvery: ckp?.every ?? 100 }, e2eSteps(cal.samples, o));
+  const tTrain = performance.now();
+  const trained = await trainStepSizes(model, cal, quant, o, {
+    k0: resume?.step ?? 0, resumeArena: resume?.arena ?? null, seed,
+    after: async (k, loss, lr, arena) => {
+      curve.push(loss);
+      await trainer.after(k, loss, lr, () => ({ step: k + 1, arena: arena.slice(), lossCurve: curve.slice() }), undefined, 'train', 'e2e-qp');
+    },
+  });
+  const trainSeconds = (performance.now() - tTrain) / 1000;
+  const written = writeTiming.ms;
+  // norms and embeddings as stored (checked as read), the linears as trained
+  const src = checkpointBlocks(ck);
+  const writer = new GptqWriter({ config: src.config, hfConfig: src.hfConfig, quant, plainDtype: (name) => src.stored(name).dtype }, out, await saveOptionsOf(ck, hooks.save));
+  try {
+    for (const name of writer.names)
+      if (isQuantizedLinear(name)) writer.writeLinear(name, trained.get(hfModuleName(name))!);
+      else writer.writePlain(name, src.stored(name).data());
+    const report: QuantizeReport = { method: 'efficientqat', bits: quant.bits, groupSize: quant.groupSize, symmetric: quant.symmetric, linears: [],
+      lossCurve: curve, lossCurves: [{ label: 'E2E-QP (cross-entropy)', losses: curve }], trainSeconds, readSeconds: (tTrain - t0) / 1000,
+      writeSeconds: (writeTiming.ms - written) / 1000, totalSeconds: (performance.now() - t0) / 1000 };
+    writer.finish(report);
+    report.writeSeconds = (writeTiming.ms - written) / 1000;
+    return report;
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+}
+
 /**
  * A quantizeModel result as a runtime Checkpoint: the block linears are handed to
  * the model packed (they run on the dequant-matmul kernels, as the saved GPTQ
@@ -425,6 +581,32 @@ export function quantizedCheckpoint(q: QuantizedModel, tokenizer: Tokenizer): Ch
     weight: (name) => (isQuantizedLinear(name) ? dequantize(src.linear(name)).data as Float32Array : src.plain(name) as Float32Array),
     quantizedWeight: (name) => (isQuantizedLinear(name) ? src.linear(name) : null),
     activationQuant: () => q.activations ?? null,
+    tokenizer: async () => tokenizer,
+    close: () => {},
+  };
+}
+
+/** An fp32 training model as a runtime Checkpoint (evaluation of a trained fp32 model). */
+export function modelCheckpoint(m: TrainableLlama, tokenizer: Tokenizer): Checkpoint {
+  need.instance(m, TrainableLlama, 'model');
+  need.object(tokenizer, 'tokenizer');
+  need.func(tokenizer.encode, 'tokenizer.encode');
+  const config = configOfModel(m);
+  return {
+    format: 'memory',
+    path: 'memory:fp32',
+    config,
+    hfConfig: m.hfConfig,
+    weight: (name) => {
+      if (name === 'embed') return m.embed;
+      if (name === 'final_norm') return m.finalNorm;
+      if (name === 'lm_head') return m.lmHead;
+      const [, l, w] = name.split('.');
+      if (w === 'attn_norm' || w === 'ffn_norm') return m.norm(Number(l), w === 'attn_norm' ? 'input' : 'post');
+      const n = LINEARS.find((x) => RUNTIME_LINEAR[x] === w);
+      if (!n) throw new QuantformError('QF_INTERNAL', `No weight ${name} in the model`);
+      return m.linear(Number(l), n);
+    },
     tokenizer: async () => tokenizer,
     close: () => {},
   };

@@ -2,7 +2,8 @@
 // to it by the streaming pipeline (lib/engine/pipeline.ts) with its calibration
 // activations; it transforms the block exactly (TEQ's merged scales) and/or quantizes
 // linears itself (GPTQ), and every linear it leaves is round-to-nearest quantized. A
-// method that needs the whole model at once (FPTQuant) declares a WholeModelStage.
+// method that needs the whole model at once before the block pass (FPTQuant) declares a
+// WholeModelStage; one that trains the packed result after it (EfficientQAT's E2E-QP), afterBlocks.
 // Methods register by name (lib/methods/index.ts); the entry points look them up and
 // never change when a method is added.
 import type { CalibrationSet } from '../engine/calib.js';
@@ -14,6 +15,8 @@ import type { BlockMethod, MemoryItem } from '../engine/pipeline.js';
 import type { ActivationQuant } from '../model/fpt.js';
 import type { GptqMethodOptions } from './gptq.js';
 import type { FptQuantOptions } from './fptquant.js';
+import type { EfficientQatOptions, PackedLlama } from './efficientqat.js';
+import type { QuantizedTensor } from '../ops/quant.js';
 
 export interface TrainOptions {
   /** Optimizer steps (block-wise: per block). Default 1000 (TEQ reference). */
@@ -51,6 +54,8 @@ export interface ProgressEvent {
   etaSeconds: number;
   /** block being trained (block-wise loss) */
   layer?: number;
+  /** a method's stage (EfficientQAT: 'block-ap', 'e2e-qp'); steps/s and ETA restart with each */
+  stage?: string;
 }
 
 /** Persistent training state a method can save and restore. */
@@ -58,6 +63,8 @@ export interface TrainState {
   step: number;
   arena: Float32Array;
   lossCurve: number[];
+  /** more named f32 state (EfficientQAT: the blocks trained so far and their step sizes) */
+  tensors?: Map<string, Float32Array | Int32Array>;
 }
 
 export interface MethodContext {
@@ -82,6 +89,8 @@ export interface MethodContext {
   frozen?: FrozenDType;
   /** FPTQuant's options (bits of activations and KV cache, transforms, stages) */
   fpt?: FptQuantOptions;
+  /** EfficientQAT's phases, init and learning rates */
+  efficientqat?: EfficientQatOptions;
 }
 
 /**
@@ -110,8 +119,15 @@ export interface MethodRun extends BlockMethod {
   whole?: WholeModelStage;
   /** static activation / KV-cache quantization and run-time transforms the result needs (FPTQuant), known after the stages */
   activations?(): ActivationQuant | null;
+  /**
+   * the whole-model stage after the block pass, on its packed result (EfficientQAT's E2E-QP):
+   * the linears it returns (by HF name) are written instead of the block pass's
+   */
+  afterBlocks?(m: PackedLlama): Promise<Map<string, QuantizedTensor>>;
   /** the training loss per step so far (all stages, all blocks) */
   lossCurve(): number[];
+  /** the loss per stage when there are several (EfficientQAT: each Block-AP block, E2E-QP), for the report and loss.svg */
+  lossCurves?(): { label: string; losses: number[] }[];
 }
 
 export interface QuantMethod {

@@ -8,6 +8,7 @@
 //   - the block step: the config object and buffers are copied into a baton
 //     (BlockDesc) on the main thread; the worker computes on it with no N-API calls.
 // Lengths are checked natively by the ops (engine_ops.cpp, engine_block.cpp).
+#include <algorithm>
 #include <cctype>
 #include <memory>
 #include <string>
@@ -18,6 +19,7 @@
 #include "napi_util.h"
 #include "quantform/dispatch.h"
 #include "quantform/engine.h"
+#include "quantform/formats.h"
 
 namespace qf {
 namespace {
@@ -175,11 +177,15 @@ bool get_bool(const Napi::Object& o, const char* key, bool dflt) {
 }
 
 // A block description and what it owns: a copy of the RoPE inverse frequencies (the
-// tables for positions [0, T) are built on the worker) and the tables themselves.
+// tables for positions [0, T) are built on the worker), the tables themselves, and the
+// canonical weights of a packed block (E2E-QP) that desc.linear points to.
 struct BlockBaton {
   BlockDesc desc;
+  bool fq = false;                    // config.fq: EfficientQAT's learned fake quant
+  bool packed = false;                // config.fq.packed: E2E-QP, the linears are packed codes
   std::vector<float> inv_freq;        // (hd/2)
   std::vector<float> cos, sin;        // (T, hd/2)
+  CanonicalWeight canon[kBlockLinears] = {};
   Status tables() {
     const int64_t half = desc.dims.hd / 2, T = desc.dims.T;
     cos.resize((size_t)(T * half));
@@ -194,7 +200,7 @@ struct BlockBaton {
 };
 
 // config: { B, T, D, F, Hq, Hkv, hd, eps, invFreq: Float32Array (hd/2), bits (0: no fake quant),
-//           groupSize, symmetric, teq, teqExtra? }
+//           groupSize, symmetric, teq, teqExtra?, fpt?, fq? }
 std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i) {
   if (!info[i].IsObject()) fail(Code::InvalidArgument, "Expected a block config object");
   const Napi::Object o = info[i].As<Napi::Object>();
@@ -234,6 +240,21 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
     static float placeholder = 1.f;
     t.params = &placeholder;
   }
+  const Napi::Value fq = o.Get("fq");
+  if (!fq.IsUndefined() && !fq.IsNull()) {
+    if (!fq.IsObject()) fail(Code::InvalidArgument, "Expected an object { bits, groupSize, symmetric, packed } or null for config.fq");
+    const Napi::Object f = fq.As<Napi::Object>();
+    d.learned_fq.spec = QuantSpec{(int)get_int(f, "bits"), get_int(f, "groupSize"), get_bool(f, "symmetric", false), false};
+    if (!qf_bits_supported(d.learned_fq.spec.bits))
+      fail(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} for config.fq.bits but received " + std::to_string(d.learned_fq.spec.bits));
+    if (d.learned_fq.spec.group_size <= 0)
+      fail(Code::InvalidArgument, "Expected positive integer for config.fq.groupSize but received " + std::to_string(d.learned_fq.spec.group_size));
+    if (d.rtn || d.teq.on) fail(Code::InvalidArgument, "Expected config.fq without config.teq and with config.bits = 0");
+    if (d.fpt.on) fail(Code::InvalidArgument, "Expected config.fq or config.fpt, not both");
+    b->fq = true;
+    b->packed = get_bool(f, "packed", false);
+    d.learned_fq.on = !b->packed;
+  }
   check_status(check_block(d));
   const Span f = value_span(info.Env(), o.Get("invFreq"), "config.invFreq", DType::F32);
   if ((int64_t)f.len != d.dims.hd / 2)
@@ -250,6 +271,128 @@ Span arena_span(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array)
     return arg_span(info, i, name, DType::BF16);
   return arg_span(info, i, name, DType::F32);
+}
+
+void set_teq_alpha(BlockDesc* d, const Span& alpha);
+
+// A typed array held in an object (method state, packed block): Float32Array, or Uint8Array bytes.
+Span value_span(const Napi::Value& v, const std::string& name, bool bytes) {
+  if (!v.IsTypedArray()) fail(Code::InvalidArgument, "Expected " + std::string(bytes ? "Uint8Array" : "Float32Array") + " for " + name);
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != (bytes ? napi_uint8_array : napi_float32_array))
+    fail(Code::DtypeMismatch, "Expected " + std::string(bytes ? "Uint8Array" : "Float32Array") + " for " + name);
+  if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, "Expected attached buffer for " + name + " but it is detached");
+  return Span{static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ElementLength(), DType::F32};
+}
+
+// obj[key]: an array of 7 entries, one per linear (wq wk wv wo w_gate w_up w_down).
+Napi::Array per_linear(const Napi::Object& obj, const char* what, const char* key) {
+  const Napi::Value v = obj.Get(key);
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != kBlockLinears)
+    fail(Code::InvalidArgument, std::string("Expected an array of 7 entries (one per linear) for ") + what + "." + key);
+  return v.As<Napi::Array>();
+}
+
+// (rows, cols) of linear j and the groups of its learned quantizer.
+void linear_dims(const BlockBaton& b, int j, int64_t* N, int64_t* K, QuantSpec* spec) {
+  const BlockLayout L = block_layout(b.desc.dims);
+  *N = L.linear[j].rows;
+  *K = L.linear[j].cols;
+  *spec = b.desc.learned_fq.spec;
+  spec->group_size = std::min<int64_t>(spec->group_size, *K);
+}
+
+// Step sizes and zero points of EfficientQAT ({ scales, zeros }: 7 entries each, Float32Array (N, G)
+// or null), or its gradients; values are kept alive in `keep` while a worker reads them.
+void read_fq_arrays(const BlockBaton& b, const Napi::Object& obj, const char* what, bool grads, float* scales[kBlockLinears],
+                    float* zeros[kBlockLinears], std::vector<Napi::Value>* keep) {
+  const Napi::Array S = per_linear(obj, what, "scales"), Z = per_linear(obj, what, "zeros");
+  for (uint32_t j = 0; j < (uint32_t)kBlockLinears; j++) {
+    int64_t N, K;
+    QuantSpec spec;
+    linear_dims(b, (int)j, &N, &K, &spec);
+    const size_t NG = (size_t)(N * qf_num_groups(K, spec.group_size));
+    const Napi::Value sv = S.Get(j), zv = Z.Get(j);
+    const std::string at = std::string(what) + ".scales[" + std::to_string(j) + "]";
+    const std::string atz = std::string(what) + ".zeros[" + std::to_string(j) + "]";
+    scales[j] = zeros[j] = nullptr;
+    if (!sv.IsNull() && !sv.IsUndefined()) {
+      const Span sp = value_span(sv, at, false);
+      if (sp.len != NG)
+        fail(Code::ShapeMismatch, "Expected " + std::to_string(NG) + " elements (N, G) for " + at + " but received " + std::to_string(sp.len));
+      scales[j] = static_cast<float*>(sp.data);
+      keep->push_back(sv);
+    }
+    if (!zv.IsNull() && !zv.IsUndefined()) {
+      if (spec.symmetric) fail(Code::InvalidArgument, "Expected null for " + atz + " (symmetric quantization has no zero points)");
+      const Span zp = value_span(zv, atz, false);
+      if (zp.len != NG)
+        fail(Code::ShapeMismatch, "Expected " + std::to_string(NG) + " elements (N, G) for " + atz + " but received " + std::to_string(zp.len));
+      zeros[j] = static_cast<float*>(zp.data);
+      keep->push_back(zv);
+    } else if (scales[j] && !spec.symmetric && !grads) {
+      fail(Code::InvalidArgument, "Expected a Float32Array for " + atz + " (asymmetric quantization)");
+    }
+  }
+}
+
+// The block's weights and method state: params is an arena (Float32Array f32, Uint16Array bf16)
+// or a packed block { attnNorm, ffnNorm: Float32Array (D), codes: Uint8Array[7] (N, row_bytes) }
+// whose step sizes and zero points are the method state's (E2E-QP); method is null, TEQ's alpha
+// (Float32Array) or EfficientQAT's { scales, zeros } (config.fq).
+void bind_block(BlockBaton* b, const Napi::CallbackInfo& info, size_t ip, size_t im, std::vector<Napi::Value>* keep) {
+  BlockDesc& d = b->desc;
+  const Napi::Value m = info[im];
+  const bool fq_state = m.IsObject() && !m.IsTypedArray() && !m.IsNull();
+  if (fq_state && !b->fq) fail(Code::InvalidArgument, "Expected config.fq with a { scales, zeros } method state");
+  if (b->fq && !fq_state) fail(Code::InvalidArgument, "Expected a { scales, zeros } method state with config.fq");
+  if (!fq_state) set_teq_alpha(&d, f32_or_null(info, im, "alpha"));
+  float* sc[kBlockLinears];
+  float* zc[kBlockLinears];
+  if (fq_state) read_fq_arrays(*b, m.As<Napi::Object>(), "method", false, sc, zc, keep);
+  const Napi::Value p = info[ip];
+  if (b->packed == p.IsTypedArray())
+    fail(Code::InvalidArgument, b->packed ? "Expected a packed block { attnNorm, ffnNorm, codes } for params with config.fq.packed"
+                                          : "Expected a parameter arena for params (config.fq.packed is false)");
+  if (p.IsTypedArray()) {
+    check_status(block_bind_arena(&d, arena_span(info, ip, "params")));
+    if (fq_state)
+      for (int j = 0; j < kBlockLinears; j++) {
+        d.learned_fq.scales[j] = sc[j];
+        d.learned_fq.zeros[j] = zc[j];
+      }
+    return;
+  }
+  if (!p.IsObject() || p.IsNull()) fail(Code::InvalidArgument, "Expected a packed block { attnNorm, ffnNorm, codes } for params");
+  const Napi::Object po = p.As<Napi::Object>();
+  const int64_t D = d.dims.D;
+  for (const char* key : {"attnNorm", "ffnNorm"}) {
+    const Napi::Value v = po.Get(key);
+    const Span s = value_span(v, std::string("params.") + key, false);
+    if ((int64_t)s.len != D)
+      fail(Code::ShapeMismatch, "Expected " + std::to_string(D) + " elements (D) for params." + key + " but received " + std::to_string(s.len));
+    WeightSource w;
+    w.kind = WeightSource::Kind::F32;
+    w.data = s.data;
+    (std::string(key) == "attnNorm" ? d.attn_norm : d.ffn_norm) = w;
+    keep->push_back(v);
+  }
+  const Napi::Array C = per_linear(po, "params", "codes");
+  for (uint32_t j = 0; j < (uint32_t)kBlockLinears; j++) {
+    int64_t N, K;
+    QuantSpec spec;
+    linear_dims(*b, (int)j, &N, &K, &spec);
+    if (!sc[j]) fail(Code::InvalidArgument, "Expected step sizes method.scales[" + std::to_string(j) + "] for a packed block");
+    const Napi::Value cv = C.Get(j);
+    const Span codes = value_span(cv, "params.codes[" + std::to_string(j) + "]", true);
+    keep->push_back(cv);
+    const size_t NG = (size_t)(N * qf_num_groups(K, spec.group_size));
+    b->canon[j] = CanonicalWeight{codes, Span{sc[j], NG, DType::F32}, Span{zc[j], zc[j] ? NG : 0, DType::F32}, N, K, spec};
+    check_status(check_canonical(b->canon[j]));
+    d.linear[j].kind = WeightSource::Kind::Quantized;
+    d.linear[j].canon = &b->canon[j];
+    d.linear[j].prepared = nullptr;
+  }
 }
 
 void set_teq_alpha(BlockDesc* d, const Span& alpha) {
@@ -312,15 +455,14 @@ Napi::Value block_saved_layout_js(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// blockForward(config, out, saved | null, x, params, alpha | null, async)
+// blockForward(config, out, saved | null, x, params, method | null, async): params and method as bind_block reads them
 Napi::Value block_forward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
   const Span out = arg_span(info, 1, "out", DType::F32), saved = f32_or_null(info, 2, "saved"),
-             x = arg_span(info, 3, "x", DType::F32), params = arena_span(info, 4, "params"),
-             alpha = f32_or_null(info, 5, "alpha");
-  check_status(block_bind_arena(&b->desc, params));
-  set_teq_alpha(&b->desc, alpha);
-  return run_op(info, arg_bool(info, 6, "async"), {info[1], info[2], info[3], info[4], info[5]},
+             x = arg_span(info, 3, "x", DType::F32);
+  std::vector<Napi::Value> keep{info[1], info[2], info[3], info[4], info[5]};
+  bind_block(b.get(), info, 4, 5, &keep);
+  return run_op(info, arg_bool(info, 6, "async"), std::move(keep),
                 [b, out, saved, x] {
                   QF_TRY(b->tables());
                   Workspace ws;
@@ -329,16 +471,21 @@ Napi::Value block_forward_js(const Napi::CallbackInfo& info) {
                 [](Napi::Env env) { return env.Undefined(); });
 }
 
-// blockBackward(config, dx, grads | null, dalpha | null, dout, saved, params, alpha | null, async)
+// blockBackward(config, dx, grads | null, methodGrads | null, dout, saved, params, method | null, async):
+// methodGrads is TEQ's dalpha or EfficientQAT's { scales, zeros } gradients (accumulated; null entries skipped)
 Napi::Value block_backward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
   const Span dx = arg_span(info, 1, "dx", DType::F32), grads = f32_or_null(info, 2, "grads"),
-             dalpha = f32_or_null(info, 3, "dalpha"), dout = arg_span(info, 4, "dout", DType::F32),
-             saved = arg_span(info, 5, "saved", DType::F32), params = arena_span(info, 6, "params"),
-             alpha = f32_or_null(info, 7, "alpha");
-  check_status(block_bind_arena(&b->desc, params));
-  set_teq_alpha(&b->desc, alpha);
+             dout = arg_span(info, 4, "dout", DType::F32), saved = arg_span(info, 5, "saved", DType::F32);
+  std::vector<Napi::Value> keep{info[1], info[2], info[3], info[4], info[5], info[6], info[7]};
+  bind_block(b.get(), info, 6, 7, &keep);
   BlockGrads g;
+  if (b->fq) {
+    if (!info[3].IsObject() || info[3].IsTypedArray())
+      fail(Code::InvalidArgument, "Expected { scales, zeros } gradients for methodGrads with config.fq");
+    read_fq_arrays(*b, info[3].As<Napi::Object>(), "methodGrads", true, g.fq_scales, g.fq_zeros, &keep);
+  }
+  const Span dalpha = b->fq ? Span{nullptr, 0, DType::F32} : f32_or_null(info, 3, "dalpha");
   if (grads.data) {
     if ((int64_t)grads.len != block_param_count(b->desc.dims))
       fail(Code::ShapeMismatch, "Expected " + std::to_string(block_param_count(b->desc.dims)) +
@@ -351,7 +498,7 @@ Napi::Value block_backward_js(const Napi::CallbackInfo& info) {
                                     std::to_string(dalpha.data ? (int64_t)dalpha.len : 0));
     g.alpha = static_cast<float*>(dalpha.data);
   }
-  return run_op(info, arg_bool(info, 8, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7]},
+  return run_op(info, arg_bool(info, 8, "async"), std::move(keep),
                 [b, g, dx, dout, saved] {
                   QF_TRY(b->tables());
                   Workspace ws;

@@ -13,6 +13,7 @@
 #include "quantform/engine.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
+#include "quantform/qlinear.h"
 #include "quantform/threadpool.h"
 
 namespace qf {
@@ -60,8 +61,31 @@ int64_t max_linear(const BlockDims& d) {
   return m;
 }
 
-// Effective weights differ from the stored ones: Q(W diag(alpha)), or Q(FPTQuant's merge of W).
-bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on || fpt::transforms_weights(d.fpt); }
+// Effective weights differ from the stored ones: Q(W diag(alpha)), Q(FPTQuant's merge of W) or the
+// learned fake quant.
+bool has_eff(const BlockDesc& d) { return d.rtn || d.teq.on || fpt::transforms_weights(d.fpt) || d.learned_fq.active(); }
+
+bool is_quantized(const WeightSource& s) { return s.kind == WeightSource::Kind::Quantized; }
+
+// The learned quantizer's spec for a linear with K inputs: the group size capped at K (per-channel
+// groups of any size mean one group per row).
+QuantSpec fq_spec(const LearnedFakeQuant& fq, int64_t K) {
+  QuantSpec s = fq.spec;
+  s.group_size = std::min<int64_t>(s.group_size, K);
+  s.f16_params = false;
+  return s;
+}
+
+// Floats of clamped step sizes + zero points the largest linear needs (learned fake quant).
+int64_t fq_param_floats(const BlockDesc& d) {
+  if (!d.learned_fq.active()) return 0;
+  int64_t m = 0, r, c;
+  for (int j = 0; j < kBlockLinears; j++) {
+    linear_shape(d.dims, j, &r, &c);
+    m = std::max(m, 2 * r * qf_num_groups(c, fq_spec(d.learned_fq, c).group_size));
+  }
+  return m;
+}
 
 // Saved activations of one training forward (floats), in order (engine.h).
 using SavedLayout = BlockSavedLayout;
@@ -155,8 +179,24 @@ void scale_cols_div(float* dst, const float* src, const float* scale, int64_t ro
   });
 }
 
-// ws (N, K) = Q(W . diag(alpha)) (alpha null: W; Q off: no rounding); ws may alias W.
-Status effective_weight(float* ws, const float* W, const float* alpha, int64_t N, int64_t K, const BlockDesc& d) {
+// ws (N, K) = Q(W . diag(alpha)) (alpha null: W; Q off: no rounding) for linear j; ws may alias W.
+// Learned fake quant: Q(W) at the clamped parameters, written into fqp (fq_param_floats).
+Status effective_weight(float* ws, const float* W, const float* alpha, int j, int64_t N, int64_t K, const BlockDesc& d,
+                        float* fqp) {
+  const LearnedFakeQuant& fq = d.learned_fq;
+  if (fq.active()) {
+    if (!fq.scales[j]) {
+      if (ws != W) std::memcpy(ws, W, (size_t)(N * K) * sizeof(float));
+      return Status::Ok();
+    }
+    const QuantSpec spec = fq_spec(fq, K);
+    const int64_t NG = N * qf_num_groups(K, spec.group_size);
+    float* sc = fqp;
+    float* zc = spec.symmetric ? nullptr : fqp + NG;
+    learned_fq_params(sc, zc, fq.scales[j], fq.zeros[j], NG, spec);
+    return fake_quant_forward(Span{ws, (size_t)(N * K), DType::F32}, Span{(void*)W, (size_t)(N * K), DType::F32},
+                              Span{sc, (size_t)NG, DType::F32}, Span{zc, zc ? (size_t)NG : 0, DType::F32}, N, K, spec);
+  }
   parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; n++)
       for (int64_t k = 0; k < K; k++) ws[n * K + k] = alpha ? W[n * K + k] * alpha[k] : W[n * K + k];
@@ -263,10 +303,14 @@ Status check_sources(const BlockDesc& d, bool training) {
     if (N != rows || K != cols)
       return error(Code::ShapeMismatch, std::string("Expected a (") + num(rows) + ", " + num(cols) + ") weight for " +
                                             kBlockLinearNames[j] + " but received (" + num(N) + ", " + num(K) + ")");
-    if (training || has_eff(d))
-      return error(Code::InvalidArgument, std::string("Quantized weight sources are inference-only, but ") +
-                                              kBlockLinearNames[j] + " is quantized in a block with " +
-                                              (training ? "saved activations" : "TEQ or fake quantization"));
+    if (has_eff(d))
+      return error(Code::InvalidArgument, std::string("Quantized weight sources run as stored, but ") + kBlockLinearNames[j] +
+                                              " is quantized in a block with TEQ or fake quantization");
+    // E2E-QP: the step sizes train, so they (and the zero points) are the canonical f32 ones
+    if (training && (s.prepared || !s.canon || s.canon->scales.dtype != DType::F32 ||
+                     (!s.canon->spec.symmetric && s.canon->zeros.dtype != DType::F32)))
+      return error(Code::InvalidArgument, std::string("Expected canonical codes with f32 scales and zeros for the trained "
+                                                      "quantized weight ") + kBlockLinearNames[j]);
   }
   return Status::Ok();
 }
@@ -347,8 +391,16 @@ Status check_block(const BlockDesc& d) {
     if (d.rtn_spec.group_size <= 0)
       return error(Code::InvalidArgument, "Expected positive groupSize but received " + num(d.rtn_spec.group_size));
   }
-  if (d.learned_fq.active())
-    return error(Code::Unsupported, "Learned fake quantization (EfficientQAT) is not implemented in the block step yet");
+  if (d.learned_fq.active()) {
+    const QuantSpec& q = d.learned_fq.spec;
+    if (!qf_bits_supported(q.bits)) return error(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} but received " + num(q.bits));
+    if (q.group_size <= 0) return error(Code::InvalidArgument, "Expected positive groupSize but received " + num(q.group_size));
+    if (d.rtn || d.teq.on)
+      return error(Code::InvalidArgument, "Expected learned fake quantization (EfficientQAT) without TEQ or RTN fake quantization");
+    for (int j = 0; j < kBlockLinears; j++)
+      if (d.learned_fq.scales[j] && !q.symmetric && !d.learned_fq.zeros[j])
+        return error(Code::InvalidArgument, std::string("Expected zero points for ") + kBlockLinearNames[j] + " (asymmetric)");
+  }
   // BT, Dq, Dkv and the arena are formed in int64 from here on: bound them in double
   // first (each dim alone may be anything up to 2^53)
   const double bt = (double)m.B * (double)m.T, dq = (double)m.Hq * (double)m.hd, dkv = (double)m.Hkv * (double)m.hd;
@@ -463,7 +515,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   // (the saved layout minus x, rstd, probabilities and effective weights; a overwrites g; the
   // FPTQuant quantizers and scalings work in place).
   Acts A;
-  float *pack, *norms, *wide, *wraw, *ao, *cb, *c2, *mul, *xsv, *xsum;
+  float *pack, *norms, *wide, *wraw, *ao, *fqp, *cb, *c2, *mul, *xsv, *xsum;
   int8_t* xq = nullptr;
   auto carve = [&](Carve& c) {
     pack = c.take(slots * per_slot);
@@ -471,6 +523,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     wide = c.take(bf16 || (!training && has_eff(d)) ? max_linear(m) : 0);  // (N, K) one linear at a time
     wraw = c.take(bf16 && fw && !training ? max_linear(m) : 0);            // (N, K) its widened stored weight
     ao = c.take(extra ? Dq : 0);                                           // (Dq) expanded alpha_v
+    fqp = c.take(fq_param_floats(d));                                      // (2, N, G) clamped s', z' of one linear
     cb = c.take(sn && !training ? BT : 0);                                 // (BT) S_n carry in (training: saved)
     c2 = c.take(sn ? BT : 0);                                              // (BT) carry after the attention half
     mul = c.take(sn ? BT : 0);                                             // (BT) per-token input scale of o / down
@@ -538,7 +591,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
         if (lp_on && fp.lp_weight > 0.f) lp += fpt::lp_ratio_acc(nullptr, e, rows * cols, cols, fp.lp_p, fp.lp_weight);
         w = e;
       }
-      QF_TRY(effective_weight(e, w, alpha_in[j], rows, cols, d));
+      QF_TRY(effective_weight(e, w, alpha_in[j], j, rows, cols, d, fqp));
     }
   }
   // y (BT, rows) = xin (BT, cols) . W_j^T
@@ -555,11 +608,11 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     } else if (fw) {
       // merged out of place into `wide` (bf16: from its widened copy), then fake-quantized there
       fpt::apply_linear(j, wide, f32_of(src, rows * cols, wraw), prep, pack, slots);
-      QF_TRY(effective_weight(wide, wide, nullptr, rows, cols, d));
+      QF_TRY(effective_weight(wide, wide, nullptr, j, rows, cols, d, fqp));
       w = wide;
     } else if (has_eff(d)) {
       // bf16: widened into `wide`, then scaled and fake-quantized there in place
-      QF_TRY(effective_weight(wide, f32_of(src, rows * cols, wide), alpha_in[j], rows, cols, d));
+      QF_TRY(effective_weight(wide, f32_of(src, rows * cols, wide), alpha_in[j], j, rows, cols, d, fqp));
       w = wide;
     } else {
       w = f32_of(src, rows * cols, wide);
@@ -814,14 +867,18 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   const int64_t slots = scratch_slots(), rep = m.Hq / m.Hkv;
   const int64_t per_slot = std::max(kGemmPackFloats, attention_backward_scratch_floats(T, rep));
   const int64_t maxw = max_linear(m);
+  const bool lfq = d.learned_fq.active();
+  const bool packed = std::any_of(d.linear, d.linear + kBlockLinears, [](const WeightSource& w) { return is_quantized(w); });
 
-  float *pack, *norms, *wide, *wgrad, *ao, *dao, *da, *das, *dg, *du, *dn, *dnp, *dh, *datt, *datts, *dq, *dk, *dv;
+  float *pack, *norms, *wide, *wgrad, *fqp, *qdx, *ao, *dao, *da, *das, *dg, *du, *dn, *dnp, *dh, *datt, *datts, *dq, *dk, *dv;
   float *deff, *wm, *dco, *dc2, *dci, *drs1, *drs2;
   auto carve = [&](Carve& c) {
     pack = c.take(slots * per_slot);
     norms = c.take(bf16 ? 2 * D : 0);          // (2, D) widened norms
     wide = c.take(bf16 ? maxw : 0);            // (N, K) one linear's widened weights at a time
-    wgrad = c.take(d.teq.on ? maxw : 0);       // (N, K) gradient of an effective weight
+    wgrad = c.take(d.teq.on || lfq ? maxw : 0);  // (N, K) gradient of an effective weight
+    fqp = c.take(fq_param_floats(d));          // (2, N, G) clamped s', z' of one linear
+    qdx = c.take(packed ? BT * std::max(D, F_) : 0);  // (BT, K) a packed linear's input gradient before it is added
     ao = c.take(extra ? Dq : 0);               // (Dq) expanded alpha_v
     dao = c.take(extra ? Dq : 0);              // (Dq) its gradient
     da = c.take(BT * F_);                      // (BT, F)
@@ -880,17 +937,61 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     return wide;
   };
   auto used = [&](int j) { return eff ? A.eff + PL.linear[j].offset : raw(j); };
+  Status status;
+  // dxo (BT, K) [+]= dy (BT, N) . W_j, W_j the weight the forward used; a packed one is decoded a
+  // tile at a time by the quantized-linear backward (it overwrites, so a sum goes through qdx).
+  auto input_grad = [&](int j, float* dxo, const float* dy, bool acc) {
+    int64_t N, K;
+    linear_shape(m, j, &N, &K);
+    if (!is_quantized(d.linear[j])) {
+      matmul_nn(dxo, dy, used(j), BT, N, K, acc, pack, slots);
+      return;
+    }
+    if (!status.ok()) return;
+    const CanonicalWeight& cw = *d.linear[j].canon;
+    float* to = acc ? qdx : dxo;
+    status = quant_linear_backward(Span{to, (size_t)(BT * K), DType::F32}, Span{nullptr, 0, DType::F32},
+                                   Span{(void*)dy, (size_t)(BT * N), DType::F32}, Span{nullptr, 0, DType::F32}, BT,
+                                   cw.codes, cw.scales, cw.zeros, N, K, cw.spec);
+    if (acc && status.ok())
+      parallel_for(BT * K, 1 << 14, [&](int64_t i0, int64_t i1) { k.residual_forward(dxo, dxo, qdx, i0, i1); });
+  };
   // dW_j from dy (BT, N) and the linear's input xin (BT, K). Without a scale the
   // effective weight's gradient passes straight to W (accumulated into grads); with one,
   // it goes through the fake quant's backward, then to the scale and (times alpha) to W.
-  // FPTQuant keeps it (deff) for the merge's backward at the end.
-  Status status;
+  // FPTQuant keeps it (deff) for the merge's backward at the end. Learned fake quant: dW_q through
+  // learned_fq_backward to W, s and z; a packed linear: only its step sizes, from the codes.
   auto weight_grad = [&](int j, const float* dy, const float* xin, const float* alpha, float* dalpha_grp) {
     int64_t N, K;
     linear_shape(m, j, &N, &K);
     const int64_t off = PL.linear[j].offset;
+    if (is_quantized(d.linear[j])) {
+      if (!grads.fq_scales[j] || !status.ok()) return;
+      const CanonicalWeight& cw = *d.linear[j].canon;
+      const int64_t NG = N * qf_num_groups(K, cw.spec.group_size);
+      status = quant_linear_backward(Span{nullptr, 0, DType::F32}, Span{grads.fq_scales[j], (size_t)NG, DType::F32},
+                                     Span{(void*)dy, (size_t)(BT * N), DType::F32}, Span{(void*)xin, (size_t)(BT * K), DType::F32},
+                                     BT, cw.codes, cw.scales, cw.zeros, N, K, cw.spec);
+      return;
+    }
     if (fw) {
       matmul_tn(deff + off, dy, xin, BT, N, K, false, pack, slots);
+      return;
+    }
+    if (lfq && d.learned_fq.scales[j]) {
+      matmul_tn(wgrad, dy, xin, BT, N, K, false, pack, slots);  // d W_q (N, K)
+      const QuantSpec spec = fq_spec(d.learned_fq, K);
+      const int64_t NG = N * qf_num_groups(K, spec.group_size);
+      float* sc = fqp;
+      float* zc = spec.symmetric ? nullptr : fqp + NG;
+      learned_fq_params(sc, zc, d.learned_fq.scales[j], d.learned_fq.zeros[j], NG, spec);
+      const float* W = raw(j);
+      float* dw = gr ? gr + off : nullptr;
+      float* ds = grads.fq_scales[j];
+      float* dz = spec.symmetric ? nullptr : grads.fq_zeros[j];
+      parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+        k.learned_fq_backward(dw, ds, dz, wgrad, W, sc, zc, r0, r1, K, spec);
+      });
       return;
     }
     if (!alpha) {
@@ -974,11 +1075,11 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
 
   // ---- MLP half: out = h + down(silu(g) * u) ----
   if (ad) {
-    matmul_nn(das, dout, used(kWDown), BT, D, F_, false, pack, slots);
+    input_grad(kWDown, das, dout, false);
     weight_grad(kWDown, dout, A.as, ad, dalpha + 2 * D + Dkv);
     scale_grad(dalpha + 2 * D + Dkv, da, das, A.a, ad, F_);
   } else {
-    matmul_nn(da, dout, used(kWDown), BT, D, F_, false, pack, slots);
+    input_grad(kWDown, da, dout, false);
     weight_grad(kWDown, dout, A.as, nullptr, nullptr);
     if (aq) fq_back(da, A.ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa, FL.act_log_scale + FptTransforms::kActDown);
     if (sn) {
@@ -996,8 +1097,8 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     if (hb > 0) parallel_for(BT, grain_rows(F_), [&](int64_t r0, int64_t r1) { k.fwht(da, r0, r1, F_, hb); });
   }
   parallel_for(BT * F_, 1 << 14, [&](int64_t i0, int64_t i1) { k.swiglu_backward(dg, du, da, A.g, A.u, i0, i1); });
-  matmul_nn(dn, dg, used(kWGate), BT, F_, D, false, pack, slots);
-  matmul_nn(dn, du, used(kWUp), BT, F_, D, true, pack, slots);
+  input_grad(kWGate, dn, dg, false);
+  input_grad(kWUp, dn, du, true);
   weight_grad(kWGate, dg, A.xs2, a2, a2 ? dalpha + D : nullptr);
   weight_grad(kWUp, du, A.xs2, a2, a2 ? dalpha + D : nullptr);
   if (aq) fq_back(dn, A.xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa, FL.act_log_scale + FptTransforms::kActGateUp);
@@ -1036,7 +1137,7 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
 
   // ---- attention half: h = x + o(attn(rope(q xs1), rope(k xs1), v xs1)) ----
   if (aop) {
-    matmul_nn(datts, dh, used(kWo), BT, D, Dq, false, pack, slots);
+    input_grad(kWo, datts, dh, false);
     weight_grad(kWo, dh, A.atts, aop, dao);
     scale_grad(dao, datt, datts, A.att, aop, Dq);
     // the q heads sharing a kv head share its v-channel scales
@@ -1044,7 +1145,7 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     for (int64_t h = 0; h < m.Hq; h++)
       for (int64_t i = 0; i < hd; i++) dav[(h / rep) * hd + i] += dao[h * hd + i];
   } else {
-    matmul_nn(datt, dh, used(kWo), BT, D, Dq, false, pack, slots);
+    input_grad(kWo, datt, dh, false);
     weight_grad(kWo, dh, A.atts, nullptr, nullptr);
     if (aq) fq_back(datt, A.ao, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa, FL.act_log_scale + FptTransforms::kActO);
     if (sn) {
@@ -1070,9 +1171,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
     k.rope(dq, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hq, hd, true);
     k.rope(dk, pos.data(), d.rope_cos, d.rope_sin, r0, r1, m.Hkv, hd, true);
   });
-  matmul_nn(dn, dq, used(kWq), BT, Dq, D, false, pack, slots);
-  matmul_nn(dn, dk, used(kWk), BT, Dkv, D, true, pack, slots);
-  matmul_nn(dn, dv, used(kWv), BT, Dkv, D, true, pack, slots);
+  input_grad(kWq, dn, dq, false);
+  input_grad(kWk, dn, dk, true);
+  input_grad(kWv, dn, dv, true);
   weight_grad(kWq, dq, A.xs1, a1, dalpha);
   weight_grad(kWk, dk, A.xs1, a1, dalpha);
   weight_grad(kWv, dv, A.xs1, a1, dalpha);
@@ -1177,6 +1278,111 @@ Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K,
   QF_TRY(need("W", W, N * K, "(N, K)"));
   QF_TRY(need("alpha", alpha, K, "(K)"));
   return rtn_backward(F(g), F(W), F(alpha), N, K, spec);
+}
+
+void learned_fq_params(float* s_out, float* z_out, const float* s, const float* z, int64_t n, const QuantSpec& spec) {
+  const float hi = spec.symmetric ? 0.f : (float)((1 << spec.bits) - 1);
+  for (int64_t i = 0; i < n; i++) {
+    s_out[i] = std::min(std::max(s[i], 1e-4f), 1e4f);  // NaN stays NaN (the loss reports it)
+    if (!spec.symmetric) z_out[i] = std::min(std::max(std::nearbyint(z[i]), 0.f), hi);
+  }
+}
+
+namespace {
+
+// The checks every learned-fake-quant op shares: the spec, then w (N, K) and s, z (N, G).
+Status check_learned(const QuantSpec& spec, Span w, Span scales, Span zeros, int64_t N, int64_t K, int64_t bits) {
+  if (bits < 0 || bits > 64) return error(Code::UnsupportedBits, "Expected bits in {2, 3, 4, 8} but received " + num(bits));
+  QF_TRY(check_spec(spec, N, K));
+  const int64_t NG = N * qf_num_groups(K, spec.group_size);
+  QF_TRY(need("w", w, N * K, "(N, K)"));
+  QF_TRY(need("scales", scales, NG, "(N, G)"));
+  if (!spec.symmetric) QF_TRY(need("zeros", zeros, NG, "(N, G)"));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status learned_fq_init(Span scales, Span zeros, Span w, int64_t N, int64_t K, int64_t bits, int64_t group_size,
+                       bool symmetric) {
+  const QuantSpec spec{(int)bits, group_size, symmetric, false};
+  QF_TRY(check_learned(spec, w, scales, zeros, N, K, bits));
+  const int64_t G = qf_num_groups(K, group_size);
+  const float qmax = symmetric ? (float)((1 << (bits - 1)) - 1) : (float)((1 << bits) - 1);
+  const float* W = F(w);
+  float* S = F(scales);
+  float* Z = symmetric ? nullptr : F(zeros);
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+      for (int64_t g = 0; g < G; g++) {
+        const int64_t k0 = g * group_size, k1 = std::min(K, k0 + group_size);
+        float lo = W[r * K + k0], hi = lo, amax = 0.f;
+        for (int64_t k = k0; k < k1; k++) {
+          lo = std::min(lo, W[r * K + k]);
+          hi = std::max(hi, W[r * K + k]);
+          amax = std::max(amax, std::fabs(W[r * K + k]));
+        }
+        const float s = std::min(std::max((symmetric ? amax : hi - lo) / qmax, 1e-4f), 1e4f);
+        S[r * G + g] = s;
+        if (Z) Z[r * G + g] = std::nearbyint(-std::min(std::max(lo / s, -1e4f), 1e4f));
+      }
+  });
+  return Status::Ok();
+}
+
+Status check_learned_fq_backward(const Span& dw, const Span& ds, const Span& dz, const Span& g, const Span& w,
+                                 const Span& scales, const Span& zeros, int64_t N, int64_t K, int64_t bits,
+                                 int64_t group_size, bool symmetric) {
+  const QuantSpec spec{(int)bits, group_size, symmetric, false};
+  QF_TRY(check_learned(spec, w, scales, zeros, N, K, bits));
+  const int64_t NG = N * qf_num_groups(K, group_size);
+  QF_TRY(need("g", g, N * K, "(N, K)"));
+  if (dw.data) QF_TRY(need("dw", dw, N * K, "(N, K)"));
+  if (ds.data) QF_TRY(need("ds", ds, NG, "(N, G)"));
+  if (dz.data) {
+    if (symmetric) return error(Code::InvalidArgument, "Expected dz null for symmetric quantization (no zero points)");
+    QF_TRY(need("dz", dz, NG, "(N, G)"));
+  }
+  return Status::Ok();
+}
+
+Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scales, Span zeros, int64_t N, int64_t K,
+                           int64_t bits, int64_t group_size, bool symmetric) {
+  QF_TRY(check_learned_fq_backward(dw, ds, dz, g, w, scales, zeros, N, K, bits, group_size, symmetric));
+  const QuantSpec spec{(int)bits, group_size, symmetric, false};
+  const int64_t NG = N * qf_num_groups(K, group_size);
+  std::vector<float> p((size_t)(2 * NG));  // (2, N, G) clamped s', z'
+  learned_fq_params(p.data(), p.data() + NG, F(scales), symmetric ? nullptr : F(zeros), NG, spec);
+  const EngineKernels& k = engine_kernels();
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    k.learned_fq_backward(F(dw), F(ds), F(dz), F(g), F(w), p.data(), symmetric ? nullptr : p.data() + NG, r0, r1, K, spec);
+  });
+  return Status::Ok();
+}
+
+Status learned_fq_codes(Span codes, Span w, Span scales, Span zeros, int64_t N, int64_t K, int64_t bits,
+                        int64_t group_size, bool symmetric) {
+  const QuantSpec spec{(int)bits, group_size, symmetric, false};
+  QF_TRY(check_learned(spec, w, scales, zeros, N, K, bits));
+  QF_TRY(need("codes", codes, N * K, "(N, K)"));
+  const int64_t G = qf_num_groups(K, group_size), NG = N * G;
+  std::vector<float> p((size_t)(2 * NG));  // (2, N, G) clamped s', z'
+  learned_fq_params(p.data(), p.data() + NG, F(scales), symmetric ? nullptr : F(zeros), NG, spec);
+  const float lo = symmetric ? -(float)(1 << (bits - 1)) : 0.f;
+  const float hi = symmetric ? (float)((1 << (bits - 1)) - 1) : (float)((1 << bits) - 1);
+  const float shift = symmetric ? (float)(1 << (bits - 1)) : 0.f;  // signed codes stored unsigned
+  const float* W = F(w);
+  float* C = F(codes);
+  parallel_for(N, grain_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+      for (int64_t k = 0; k < K; k++) {
+        const int64_t i = r * G + k / group_size;
+        const float z = symmetric ? 0.f : p[(size_t)(NG + i)];
+        const float q = std::nearbyint(W[r * K + k] / p[(size_t)i]) + z;
+        C[r * K + k] = (q < lo ? lo : (q > hi ? hi : q)) + shift;
+      }
+  });
+  return Status::Ok();
 }
 
 Status lm_head_loss(Span nll, Span dx, Span dnorm, Span dhead, Span x, Span norm_w, Span head, IdSpan targets,

@@ -422,12 +422,18 @@ Status teq_expand_v_scales(Span out, Span av, int64_t Hq, int64_t Hkv, int64_t h
   return Status::Ok();
 }
 
-Status adamw(Span arena, int64_t P, int64_t step, float lr, float b1, float b2, float eps, float wd, float pmin) {
+Status adamw(Span arena, int64_t P, int64_t begin, int64_t end, int64_t step, float lr, float b1, float b2, float eps,
+             float wd, float pmin) {
   QF_TRY(positive("P", P));
   QF_TRY(need("arena", arena, 4 * P, "(4 P)"));
+  if (begin < 0 || end > P || begin >= end)
+    return error(Code::InvalidArgument, "Expected 0 <= begin < end <= P = " + num(P) + " but received begin=" + num(begin) +
+                                            ", end=" + num(end));
   if (step < 1) return error(Code::InvalidArgument, "Expected step >= 1 but received " + num(step));
   const EngineKernels& k = engine_kernels();
-  parallel_for(P, 4096, [&](int64_t i0, int64_t i1) { k.adamw(F(arena), P, i0, i1, step, lr, b1, b2, eps, wd, pmin); });
+  parallel_for(end - begin, 4096, [&](int64_t i0, int64_t i1) {
+    k.adamw(F(arena), P, begin + i0, begin + i1, step, lr, b1, b2, eps, wd, pmin);
+  });
   return Status::Ok();
 }
 

@@ -1,6 +1,10 @@
 // CUDA entry points of the engine family (registered by addon_cuda.cpp).
+#include <vector>
+
 #include "../addon/napi_util.h"
 #include "engine_cuda.h"
+#include "quantform/engine.h"
+#include "quantform/formats.h"
 
 namespace qf {
 namespace {
@@ -37,10 +41,37 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
+}
+
+// learnedFqBackward(dw | null, ds | null, dz | null, g, w, scales, zeros | null, N, K, bits, groupSize, symmetric):
+// the CPU op's contract (engine.learnedFqBackward), its checks, the parameters clamped as there
+Napi::Value learned_fq_backward_js(const Napi::CallbackInfo& info) {
+  const Span dw = f32_or_null(info, 0, "dw"), ds = f32_or_null(info, 1, "ds"), dz = f32_or_null(info, 2, "dz");
+  const Span g = arg_span(info, 3, "g", DType::F32), w = arg_span(info, 4, "w", DType::F32);
+  const Span scales = arg_span(info, 5, "scales", DType::F32), zeros = f32_or_null(info, 6, "zeros");
+  const int64_t N = arg_int(info, 7, "N"), K = arg_int(info, 8, "K"), bits = arg_int(info, 9, "bits"), gs = arg_int(info, 10, "groupSize");
+  const bool sym = arg_bool(info, 11, "symmetric");
+  Status st = check_learned_fq_backward(dw, ds, dz, g, w, scales, zeros, N, K, bits, gs, sym);
+  if (st.ok()) {
+    const QuantSpec spec{(int)bits, gs, sym, false};
+    const int64_t NG = N * qf_num_groups(K, gs);
+    std::vector<float> p((size_t)(2 * NG));  // (2, N, G) clamped s', z'
+    learned_fq_params(p.data(), p.data() + NG, static_cast<const float*>(scales.data), sym ? nullptr : static_cast<const float*>(zeros.data), NG, spec);
+    st = learned_fq_backward_cuda(static_cast<float*>(dw.data), static_cast<float*>(ds.data), static_cast<float*>(dz.data),
+                                  static_cast<const float*>(g.data), static_cast<const float*>(w.data), p.data(),
+                                  sym ? nullptr : p.data() + NG, N, K, spec);
+  }
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_engine_cuda(Napi::Env env, Napi::Object exports) {
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
+  QF_EXPORT(exports, "learnedFqBackward", learned_fq_backward_js);
 }
 
 }  // namespace qf

@@ -1,9 +1,10 @@
-// CUDA kernels of the engine: the TEQ scale backward (same definition as
-// native/ref/engine.cpp teq_scale_backward_ref). Host pointers in and out; lengths
-// were checked by the caller.
+// CUDA kernels of the engine: the TEQ scale backward and the learned fake quant backward
+// (same definitions as native/ref/engine.cpp teq_scale_backward_ref, learned_fq_backward_ref).
+// Host pointers in and out; lengths were checked by the caller.
 #pragma once
 #include <cstdint>
 
+#include "quantform/quant.h"
 #include "quantform/status.h"
 
 namespace qf {
@@ -12,5 +13,11 @@ namespace qf {
 // dx (T, K) = dxs / alpha when dx != null. T or N may be 0.
 Status teq_scale_backward_cuda(float* dalpha, float* dx, const float* dxs, const float* x, int64_t T, const float* dws,
                                const float* W, int64_t N, const float* alpha, int64_t K);
+
+// EfficientQAT's Block-AP weight-gradient path (engine.h learned_fq_backward, same definition): at the
+// clamped step sizes s and zero points z (N, G), dw (N, K), ds, dz (N, G) accumulated, each may be null;
+// g, w (N, K). Compiled in CI, not yet run on a GPU.
+Status learned_fq_backward_cuda(float* dw, float* ds, float* dz, const float* g, const float* w, const float* scales,
+                                const float* zeros, int64_t N, int64_t K, const QuantSpec& spec);
 
 }  // namespace qf

@@ -2,9 +2,11 @@
 // SIMD tiers are tested against, itself tested against float64 oracles and
 // finite differences (test/engine-ops.test.ts). Reductions accumulate in double
 // so the reference is the accurate side of every comparison.
+#include <algorithm>
 #include <cmath>
 
 #include "quantform/engine.h"
+#include "quantform/formats.h"
 
 namespace qf {
 namespace {
@@ -241,6 +243,35 @@ void teq_scale_backward_ref(float* dalpha, float* dx, const float* dxs, const fl
     if (dx)
       for (int64_t r = 0; r < BT; r++) dx[r * K + k] = dxs[r * K + k] / alpha[k];
   }
+}
+
+void learned_fq_backward_ref(float* dw, float* ds, float* dz, const float* g, const float* w, const float* scales,
+                             const float* zeros, int64_t r0, int64_t r1, int64_t K, const QuantSpec& spec) {
+  const int64_t gs = spec.group_size, G = qf_num_groups(K, gs);
+  const float lo = spec.symmetric ? -(float)(1 << (spec.bits - 1)) : 0.f;
+  const float hi = spec.symmetric ? (float)((1 << (spec.bits - 1)) - 1) : (float)((1 << spec.bits) - 1);
+  for (int64_t r = r0; r < r1; r++)
+    for (int64_t gi = 0; gi < G; gi++) {
+      const int64_t k0 = gi * gs, k1 = std::min(K, k0 + gs);
+      const float s = scales[r * G + gi];
+      const float z = spec.symmetric ? 0.f : std::nearbyint(zeros[r * G + gi]);
+      double acc_s = 0, acc_z = 0;
+      for (int64_t k = k0; k < k1; k++) {
+        const float gk = g[r * K + k];
+        const float u = w[r * K + k] / s;
+        const float ru = std::nearbyint(u);
+        const float q = ru + z;
+        if (q < lo || q > hi) {
+          acc_s += (double)gk * (double)((q < lo ? lo : hi) - z);
+          acc_z -= (double)gk * (double)s;
+        } else {
+          if (dw) dw[r * K + k] += gk;
+          acc_s += (double)gk * (double)(ru - u);
+        }
+      }
+      if (ds) ds[r * G + gi] += (float)acc_s;
+      if (dz) dz[r * G + gi] += (float)acc_z;
+    }
 }
 
 void adamw_ref(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1, float b2, float eps,

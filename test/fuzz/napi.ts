@@ -97,7 +97,7 @@ const TEMPLATES: Record<string, () => Args> = {
   'engine.teqScaleBackward': () => [f32(16), f32(3 * 16), f32(3 * 16), f32(3 * 16), 3, f32(6 * 16), f32(6 * 16), 6, pos(16), 16],
   'engine.teqExpandVScales': () => [f32(8), pos(4), 2, 1, 4],
   'engine.rtnFakeQuantBackward': () => [f32(96), f32(96), pos(16), 6, 16, 4, 8, false],
-  'engine.adamw': () => [f32(40), 10, 1, 1e-3, 0.9, 0.999, 1e-8, 0, -Infinity],
+  'engine.adamw': () => [f32(40), 10, 0, 10, 1, 1e-3, 0.9, 0.999, 1e-8, 0, -Infinity],
   'engine.blockSizes': () => [blockCfg()],
   'engine.blockLayout': () => [blockCfg()],
   'engine.blockSavedLayout': () => [blockCfg()],

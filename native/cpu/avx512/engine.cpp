@@ -684,6 +684,45 @@ void teq_scale_backward_avx512(float* dalpha, float* dx, const float* dxs, const
   }
 }
 
+// Same per-element arithmetic as the reference (w / s divided, not multiplied by 1/s, so
+// codes agree bit for bit); group sums in f32 lanes.
+void learned_fq_backward_avx512(float* dw, float* ds, float* dz, const float* g, const float* w, const float* scales,
+                                const float* zeros, int64_t r0, int64_t r1, int64_t K, const QuantSpec& spec) {
+  const int64_t gs = spec.group_size, G = (K + gs - 1) / gs;
+  const float lo_f = spec.symmetric ? -(float)(1 << (spec.bits - 1)) : 0.f;
+  const float hi_f = spec.symmetric ? (float)((1 << (spec.bits - 1)) - 1) : (float)((1 << spec.bits) - 1);
+  const __m512 lo = _mm512_set1_ps(lo_f), hi = _mm512_set1_ps(hi_f);
+  for (int64_t r = r0; r < r1; r++)
+    for (int64_t gi = 0; gi < G; gi++) {
+      const int64_t k0 = gi * gs, k1 = k0 + gs < K ? k0 + gs : K;
+      const float sv = scales[r * G + gi];
+      const float zv = spec.symmetric ? 0.f : std::nearbyint(zeros[r * G + gi]);
+      const __m512 s = _mm512_set1_ps(sv), z = _mm512_set1_ps(zv);
+      const __m512 lo_z = _mm512_sub_ps(lo, z), hi_z = _mm512_sub_ps(hi, z);
+      __m512 acc_s = _mm512_setzero_ps(), acc_z = _mm512_setzero_ps();
+      for (int64_t k = k0; k < k1; k += 16) {
+        const __mmask16 m = tail16(k1 - k);
+        const int64_t i = r * K + k;
+        const __m512 gk = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 u = _mm512_div_ps(_mm512_maskz_loadu_ps(m, w + i), s);
+        const __m512 ru = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 q = _mm512_add_ps(ru, z);
+        const __mmask16 below = _mm512_cmp_ps_mask(q, lo, _CMP_LT_OQ);
+        const __mmask16 above = _mm512_cmp_ps_mask(q, hi, _CMP_GT_OQ);
+        const __mmask16 inside = (__mmask16)(m & ~(below | above));
+        if (dw) _mm512_mask_storeu_ps(dw + i, inside, _mm512_add_ps(_mm512_maskz_loadu_ps(inside, dw + i), gk));
+        // inside: g (round(u) - u); clamped: g (bound - z)
+        __m512 dsv = _mm512_sub_ps(ru, u);
+        dsv = _mm512_mask_mov_ps(dsv, below, lo_z);
+        dsv = _mm512_mask_mov_ps(dsv, above, hi_z);
+        acc_s = _mm512_mask3_fmadd_ps(gk, dsv, acc_s, m);
+        acc_z = _mm512_mask_sub_ps(acc_z, (__mmask16)(m & (below | above)), acc_z, _mm512_mul_ps(gk, s));
+      }
+      if (ds) ds[r * G + gi] += hsum512(acc_s);
+      if (dz) dz[r * G + gi] += hsum512(acc_z);
+    }
+}
+
 void adamw_avx512(float* arena, int64_t P, int64_t i0, int64_t i1, int64_t step, float lr, float b1, float b2,
                   float eps, float wd, float pmin) {
   float* p = arena;
@@ -731,6 +770,7 @@ const EngineKernels engine_kernels_avx512 = {
     .cross_entropy_forward = cross_entropy_forward_avx512,
     .cross_entropy_backward = cross_entropy_backward_avx512,
     .teq_scale_backward = teq_scale_backward_avx512,
+    .learned_fq_backward = learned_fq_backward_avx512,
     .adamw = adamw_avx512,
     .rmsnorm_scaled_forward = rmsnorm_scaled_forward_avx512,
     .rmsnorm_scaled_backward = rmsnorm_scaled_backward_avx512,

@@ -141,6 +141,14 @@ inline int64_t attention_backward_scratch_floats(int64_t T, int64_t rep) {
   X(teq_scale_backward, void(float* dalpha, float* dx, const float* dxs, const float* x, int64_t BT,                 \
       const float* dws, const float* W, int64_t N, const float* alpha, int64_t c0,                                   \
       int64_t c1, int64_t K))                                                                                        \
+  /* EfficientQAT's learned fake quant (LearnedFakeQuant below), rows [r0, r1) of W (N, K): the straight-through /  \
+     LSQ backward of fake_quant_forward (quant.h) at step sizes s and zero points z (the block step passes them     \
+     clamped as learned_fq_params does), accumulated. With q = round(w / s) + round(z):                             \
+       q inside [lo, hi]:      dw += g,  ds += g (round(w / s) - w / s)                                             \
+       q clamped to bound b:   ds += g (b - round(z)),  dz -= g s                                                   \
+     dw (N, K), ds (N, G), dz (N, G) each may be null (dz null when symmetric); g, w (N, K); scales, zeros (N, G). */ \
+  X(learned_fq_backward, void(float* dw, float* ds, float* dz, const float* g, const float* w, const float* scales, \
+      const float* zeros, int64_t r0, int64_t r1, int64_t K, const QuantSpec& spec))                                 \
   /* AdamW over elements [i0, i1) of an arena [params P | grads P | m P | v P]:                                      \
        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2                                                                   \
        p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p);  p = max(p, pmin) */                              \
@@ -301,7 +309,10 @@ struct IdSpan {
   X(teq_scale_backward, "dalpha, dx, dxs, x, BT, dws, W, N, alpha, K")                                               \
   X(teq_expand_v_scales, "out, av, Hq, Hkv, hd")                                                                     \
   X(rtn_fake_quant_backward, "g, W, alpha, N, K, bits, groupSize, symmetric")                                        \
-  X(adamw, "arena, P, step, lr, beta1, beta2, eps, weightDecay, minValue")                                          \
+  X(learned_fq_init, "scales, zeros, w, N, K, bits, groupSize, symmetric")                                            \
+  X(learned_fq_backward, "dw, ds, dz, g, w, scales, zeros, N, K, bits, groupSize, symmetric")                        \
+  X(learned_fq_codes, "codes, w, scales, zeros, N, K, bits, groupSize, symmetric")                                   \
+  X(adamw, "arena, P, begin, end, step, lr, beta1, beta2, eps, weightDecay, minValue")                               \
   X(rmsnorm_scaled_forward, "out, rstd, x, w, c, BT, D, eps")                                                        \
   X(rmsnorm_scaled_backward, "dx, dc, dout, x, w, rstd, c, drstd, BT, D, eps")                                       \
   X(residual_scaled_forward, "out, a, m, b, BT, D")                                                                  \
@@ -360,8 +371,29 @@ Status teq_expand_v_scales(Span out, Span av, int64_t Hq, int64_t Hkv, int64_t h
 // chosen from W diag(alpha)), is replaced by the gradient w.r.t. W diag(alpha).
 Status rtn_fake_quant_backward(Span g, Span W, Span alpha, int64_t N, int64_t K, int64_t bits, int64_t group_size,
                                bool symmetric);
-// arena (4 P): one AdamW step at step >= 1.
-Status adamw(Span arena, int64_t P, int64_t step, float lr, float b1, float b2, float eps, float wd, float pmin);
+// EfficientQAT's quantizer (LearnedFakeQuant): the parameters its forward uses, as the reference's clamp_ste
+// computes them (gradients pass straight through both clamps): s' = clamp(s, 1e-4, 1e4), z' = clamp(round(z),
+// lo, hi); n step sizes and zero points (zeros null when symmetric).
+void learned_fq_params(float* s_out, float* z_out, const float* s, const float* z, int64_t n, const QuantSpec& spec);
+// Min-max init of one weight (N, K), the reference's: per group s = clamp((max - min) / (2^b - 1), 1e-4, 1e4),
+// z = round(-min / s) (clamped into the code range at use); symmetric: s = clamp(max |w| / (2^(b-1) - 1), 1e-4,
+// 1e4), zeros null. scales, zeros (N, G) overwritten.
+Status learned_fq_init(Span scales, Span zeros, Span w, int64_t N, int64_t K, int64_t bits, int64_t group_size,
+                       bool symmetric);
+// The backward kernel above as a whole-matrix op, at trained (unclamped) s and z: dw (N, K), ds, dz (N, G)
+// accumulated, each optional. Its argument checks are shared with the CUDA entry point.
+Status check_learned_fq_backward(const Span& dw, const Span& ds, const Span& dz, const Span& g, const Span& w,
+                                 const Span& scales, const Span& zeros, int64_t N, int64_t K, int64_t bits,
+                                 int64_t group_size, bool symmetric);
+Status learned_fq_backward(Span dw, Span ds, Span dz, Span g, Span w, Span scales, Span zeros, int64_t N, int64_t K,
+                           int64_t bits, int64_t group_size, bool symmetric);
+// The integer codes the trained quantizer gives w (N, K), unsigned as the packed format stores them:
+// clamp(round(w / s') + z', lo, hi), + 2^(b-1) when symmetric; codes (N, K) as floats.
+Status learned_fq_codes(Span codes, Span w, Span scales, Span zeros, int64_t N, int64_t K, int64_t bits,
+                        int64_t group_size, bool symmetric);
+// arena (4 P): one AdamW step at step >= 1 over the elements [begin, end) (one parameter group).
+Status adamw(Span arena, int64_t P, int64_t begin, int64_t end, int64_t step, float lr, float b1, float b2, float eps,
+             float wd, float pmin);
 
 // FPTQuant's ops (native/common/engine_fpt.cpp). bits: 4 or 8 (qmax 7 or 127). int8 buffers: I8Span.
 struct I8Span {
@@ -437,7 +469,8 @@ struct BlockDims {
 //   BF16:       data = uint16_t (rows, cols) bfloat16, widened per linear into call scratch
 //               (end-to-end training can then hold the frozen weights in half the memory)
 //   Quantized:  canon = the packed weight (formats.h), prepared = its repacked INT4 form or
-//               null; runs on the dequant-matmul kernels (inference only: no backward)
+//               null; runs on the dequant-matmul kernels. Inference, and E2E-QP training when
+//               canon's scales and zeros are f32 and prepared is null (LearnedFakeQuant)
 struct WeightSource {
   enum class Kind : int { F32 = 0, BF16, Quantized } kind = Kind::F32;
   const void* data = nullptr;
@@ -456,23 +489,25 @@ struct TeqScales {
   const float* alpha = nullptr;
 };
 
-// EfficientQAT slot (Chen et al. 2024, issue 10; not implemented yet: block_forward returns
-// Unsupported when set). Block-AP trains the weights, the norms and every group's step size and
-// zero point block by block through LSQ-style fake quantization, per linear:
-//   w_q = fake_quant_forward(w, scales, zeros)          (quant.h: clamp(round(w/s) + round(z)) ...)
-// and its backward fake_quant_backward (dw straight-through, dscales, dzeros) in block_backward,
-// gradients into BlockGrads::fq_scales / fq_zeros. E2E-QP trains only the step sizes end to end
-// with the codes frozen: a Quantized WeightSource with trainable scales (the quantized-linear
-// backward dX = dY . dequant(W), ds_g = sum_{k in g} (q_k - z_g) (dY^T X)_k).
+// EfficientQAT (Chen et al. 2024; methods/efficientqat.ts). Block-AP trains every linear's
+// weights, the block's norms and every group's step size and zero point through the
+// reference's quantizer, per linear j with scales[j] set (F32/BF16 sources):
+//   w_q = fake_quant_forward(w, s', z')     s' = clamp(s, 1e-4, 1e4), z' = clamp(round(z), lo, hi)
+// (learned_fq_params; quant.h: q = clamp(round(w / s') + z', lo, hi), w_q = (q - z') s'), rounding
+// and both parameter clamps straight-through, the code clamp hard. block_backward accumulates dW
+// (into BlockGrads::params), ds and dz (BlockGrads::fq_scales / fq_zeros) through
+// learned_fq_backward. spec: bits, group size (capped at each linear's K), symmetric; f16_params
+// is ignored (trained parameters are f32).
+// E2E-QP trains only the step sizes with the codes frozen: there the linears are Quantized
+// sources whose canonical weights carry f32 scales (the trained ones) and f32 zeros, and
+// block_backward accumulates ds into fq_scales through quant_linear_backward (qlinear.h), no
+// fp32 weight is materialised; scales/zeros here stay null.
 struct LearnedFakeQuant {
+  bool on = false;  // Block-AP: the saved activations hold the fake-quantized weights
   QuantSpec spec{4, 128, false, false};
   const float* scales[kBlockLinears] = {};  // (out, G) per linear; null entries are not quantized
   const float* zeros[kBlockLinears] = {};   // (out, G), null when symmetric
-  bool active() const {
-    for (const float* s : scales)
-      if (s) return true;
-    return false;
-  }
+  bool active() const { return on; }
 };
 
 // FPTQuant (van Breugel et al. 2025, issue 11; lib/methods/fptquant.ts). Function-preserving
@@ -560,7 +595,7 @@ struct BlockDesc {
   // Accuracy of the quantized linears' dequant-matmul (matmul_ops.h): int8 / bf16 trade a
   // measured error for prefill speed.
   MatmulAccuracy accuracy = MatmulAccuracy::F32;
-  LearnedFakeQuant learned_fq;  // EfficientQAT (slot)
+  LearnedFakeQuant learned_fq;  // EfficientQAT Block-AP
   FptTransforms fpt;            // FPTQuant (slot)
 };
 
@@ -581,7 +616,8 @@ struct KvCache {
 struct BlockGrads {
   float* params = nullptr;  // (block_param_count) in the arena layout below
   float* alpha = nullptr;   // (block_alpha_count) TEQ scales
-  // EfficientQAT slot: gradients of LearnedFakeQuant's (out, G) step sizes and zero points.
+  // EfficientQAT: gradients of the (out, G) step sizes and zero points of each linear (Block-AP:
+  // LearnedFakeQuant's; E2E-QP: a Quantized source's f32 scales, fq_zeros unused).
   float* fq_scales[kBlockLinears] = {};
   float* fq_zeros[kBlockLinears] = {};
   // FPTQuant: gradient of fpt.params (fpt_param_count, accumulated); with S_n, dc (BT) holds dL/dc_out on

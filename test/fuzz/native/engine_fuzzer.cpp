@@ -120,6 +120,14 @@ struct Ctx {
     }
     return IdSpan{p, n};
   }
+
+  // `n` int8 codes (FPTQuant's quantized activations / KV), now and then absent.
+  qf::I8Span codes(size_t n) {
+    if (f.ConsumeIntegralInRange<int>(0, 15) == 0) return qf::I8Span{nullptr, f.ConsumeBool() ? 0 : n};
+    int8_t* p = static_cast<int8_t*>(arena.alloc(n));
+    for (size_t i = 0; i < n; i++) p[i] = (int8_t)((int)((i * 2654435761u) % 255) - 127);
+    return qf::I8Span{p, n};
+  }
 };
 
 // Phase 1: the int64 arguments (dims), in order, so the buffers can be sized from them.
@@ -141,6 +149,10 @@ struct Make<Span> {
 template <>
 struct Make<IdSpan> {
   static IdSpan get(Ctx& c, size_t&) { return c.ids(c.len()); }
+};
+template <>
+struct Make<qf::I8Span> {
+  static qf::I8Span get(Ctx& c, size_t&) { return c.codes(c.len()); }
 };
 template <>
 struct Make<float> {

@@ -15,6 +15,7 @@
 #include "quantform/numeric.h"
 #include "quantform/qlinear.h"
 #include "quantform/threadpool.h"
+#include "op_checks.h"
 
 namespace qf {
 
@@ -24,22 +25,8 @@ namespace {
 
 std::string num(int64_t v) { return std::to_string(v); }
 
-Status positive(const char* name, int64_t v) {
-  if (v <= 0 || v > ((int64_t)1 << 31))
-    return error(Code::InvalidArgument, std::string("Expected positive integer below 2^31 for ") + name +
-                                            " but received " + num(v));
-  return Status::Ok();
-}
-
-Status need(const char* name, const Span& s, int64_t want, const char* shape) {
-  if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
-  if (s.data == nullptr && want > 0)
-    return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");
-  if ((int64_t)s.len != want)
-    return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " elements " + shape + " for " + name +
-                                          " but received " + num((int64_t)s.len));
-  return Status::Ok();
-}
+using engine_check::need;
+using engine_check::positive;
 
 float* F(const Span& s) { return static_cast<float*>(s.data); }
 int64_t grain_rows(int64_t cols) { return cols >= 8192 ? 1 : 8192 / cols; }

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "quantform/threadpool.h"
+#include "op_checks.h"
 
 namespace qf {
 
@@ -26,25 +27,10 @@ float* F(const Span& s) { return static_cast<float*>(s.data); }
 int64_t grain_rows(int64_t cols) { return cols >= 8192 ? 1 : 8192 / cols; }
 constexpr int64_t kElemGrain = 1 << 14;
 
-Status positive(const char* name, int64_t v) {
-  if (v <= 0 || v > ((int64_t)1 << 31))
-    return error(Code::InvalidArgument, std::string("Expected positive integer below 2^31 for ") + name +
-                                            " but received " + num(v));
-  return Status::Ok();
-}
+using engine_check::need;
+using engine_check::need_opt;
+using engine_check::positive;
 
-Status need(const char* name, const Span& s, int64_t want, const char* shape) {
-  if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
-  if (s.data == nullptr && want > 0)
-    return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");
-  if ((int64_t)s.len != want)
-    return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " elements " + shape + " for " + name +
-                                          " but received " + num((int64_t)s.len));
-  return Status::Ok();
-}
-Status need_opt(const char* name, const Span& s, int64_t want, const char* shape) {
-  return s.data == nullptr ? Status::Ok() : need(name, s, want, shape);
-}
 Status need_i8(const char* name, const I8Span& s, int64_t want, const char* shape) {
   if (s.data == nullptr || (int64_t)s.len != want)
     return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " int8 elements " + shape + " for " + name +

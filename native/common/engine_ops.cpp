@@ -11,6 +11,7 @@
 
 #include "quantform/engine.h"
 #include "quantform/threadpool.h"
+#include "op_checks.h"
 
 namespace qf {
 
@@ -99,28 +100,9 @@ namespace {
 
 std::string num(int64_t v) { return std::to_string(v); }
 
-// Dims are positive and below 2^31, so products of up to four stay exact in int64.
-Status positive(const char* name, int64_t v) {
-  if (v <= 0 || v > ((int64_t)1 << 31))
-    return error(Code::InvalidArgument, std::string("Expected positive integer below 2^31 for ") + name +
-                                            " but received " + num(v));
-  return Status::Ok();
-}
-
-Status need(const char* name, const Span& s, int64_t want, const char* shape) {
-  if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
-  if (s.data == nullptr && want > 0)
-    return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");
-  if ((int64_t)s.len != want)
-    return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " elements " + shape + " for " + name +
-                                          " but received " + num((int64_t)s.len));
-  return Status::Ok();
-}
-
-// An optional buffer: absent (null) or exactly `want` long.
-Status need_opt(const char* name, const Span& s, int64_t want, const char* shape) {
-  return s.data == nullptr ? Status::Ok() : need(name, s, want, shape);
-}
+using engine_check::need;
+using engine_check::need_opt;
+using engine_check::positive;
 
 // ids (n) in [lo, hi), or < 0 where negatives mean "ignored".
 Status need_ids(const char* name, const IdSpan& ids, int64_t want, int64_t hi, bool allow_negative) {

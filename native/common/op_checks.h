@@ -30,4 +30,32 @@ inline Status check_dim(const char* name, int64_t v) {
   return Status::Ok();
 }
 
+// The engine's checks (engine_ops, engine_block, engine_fpt): dims positive and below
+// 2^31, so products of up to four stay exact in int64; f32 buffers of an exact length.
+namespace engine_check {
+
+inline Status positive(const char* name, int64_t v) {
+  if (v <= 0 || v > ((int64_t)1 << 31))
+    return error(Code::InvalidArgument, std::string("Expected positive integer below 2^31 for ") + name +
+                                            " but received " + std::to_string(v));
+  return Status::Ok();
+}
+
+inline Status need(const char* name, const Span& s, int64_t want, const char* shape) {
+  if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
+  if (s.data == nullptr && want > 0)
+    return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");
+  if ((int64_t)s.len != want)
+    return error(Code::ShapeMismatch, std::string("Expected ") + std::to_string(want) + " elements " + shape + " for " +
+                                          name + " but received " + std::to_string((int64_t)s.len));
+  return Status::Ok();
+}
+
+// An optional buffer: absent (null) or exactly `want` long.
+inline Status need_opt(const char* name, const Span& s, int64_t want, const char* shape) {
+  return s.data == nullptr ? Status::Ok() : need(name, s, want, shape);
+}
+
+}  // namespace engine_check
+
 }  // namespace qf

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { fromNative, invalidParameter, is } from './errors.js';
 import { native, type NativeBackendInfo } from './native.js';
 import { cudaInfo, type CudaInfo } from './ops/cuda.js';
@@ -30,6 +31,12 @@ export function setKernelPolicy(policy: KernelPolicy): string {
 /** Sizes the native thread pool; 0 means one thread per core. Returns the size. */
 export function setThreads(n: number): number {
   if (!is.nonNegativeInteger(n) || n > 1024) throw invalidParameter('integer in [0, 1024]', 'threads', n);
+  // more threads than cores is allowed (containers may under-report) but never silent:
+  // the pool's workers then take turns on a core at every barrier, a slow path
+  const cores = availableParallelism();
+  if (n > cores)
+    process.emitWarning(`setThreads(${n}): above the ${cores} cores this process may use; every parallel op will wait on preempted workers`,
+      { code: 'QF_THREADS_OVERSUBSCRIBED' });
   return native().setThreads(n);
 }
 

@@ -1,6 +1,7 @@
 // Backend selection: cpuid-driven tiers, forced policies, the thread pool, and
 // the environment override read at load time (checked in child processes).
 import { execFileSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { backendInfo, quantize, setKernelPolicy, setThreads, Tensor } from '../lib/index.js';
 import { packageRoot } from '../lib/native.js';
@@ -51,6 +52,26 @@ describe('thread pool', () => {
     expect(backendInfo().threads).toBe(5);
     setThreads(0);
     expect(Buffer.from(five.codes).equals(Buffer.from(one.codes))).toBe(true);
+  });
+
+  it('more threads than cores works but is never silent: a process warning with a code', async () => {
+    const cores = availableParallelism();
+    const seen: (Error & { code?: string })[] = [];
+    const on = (w: Error) => seen.push(w);
+    process.on('warning', on);
+    try {
+      setThreads(cores);
+      setThreads(cores + 7);
+      expect(backendInfo().threads).toBe(cores + 7);
+      await new Promise((r) => setTimeout(r, 20));   // warnings are emitted on a later tick
+    } finally {
+      setThreads(0);
+      process.off('warning', on);
+    }
+    // (the earlier test's setThreads(5) may warn on this tick too: count only this test's calls)
+    const ours = seen.filter((w) => w.code === 'QF_THREADS_OVERSUBSCRIBED').map((w) => w.message);
+    expect(ours.filter((m) => m.startsWith(`setThreads(${cores + 7}): above the ${cores} cores`))).toHaveLength(1);
+    expect(ours.filter((m) => m.startsWith(`setThreads(${cores}):`))).toHaveLength(0);
   });
 });
 

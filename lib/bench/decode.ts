@@ -26,6 +26,7 @@ import { exportOnnx } from '../export/onnx.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { LINEAR_WEIGHTS, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { loadModel } from '../model/model.js';
+import type { MatmulAccuracy } from '../ops/matmul.js';
 import { SyntheticCheckpoint } from '../model/synthetic.js';
 import { packageRoot } from '../native.js';
 import { quantize, type QuantizedTensor } from '../ops/quant.js';
@@ -59,6 +60,8 @@ export interface DecodeBenchOptions {
   llamaCppSingleThread?: boolean;
   /** MatMulNBits accuracy_level of the ONNX export (default 4: int8 activations, onnxruntime's fastest CPU path) */
   ortAccuracyLevel?: number;
+  /** quantform's matmul accuracies to run, one engine row each (default ['fp32']; see loadModel's accuracy) */
+  accuracies?: MatmulAccuracy[];
   /** where the model files go (default a temp dir, removed after); with keep, files found there are reused */
   dir?: string;
   keep?: boolean;
@@ -120,6 +123,8 @@ export interface DecodeBenchResult {
 /** What a child process is told to run. */
 export interface ChildSpec {
   engine: DecodeEngine;
+  /** quantform's matmul accuracy (quantform only; default fp32) */
+  accuracy?: MatmulAccuracy;
   gguf: string;
   onnxDir: string;
   threads: number;
@@ -228,7 +233,7 @@ function argmax(v: Float32Array, off = 0, n = v.length): number {
 async function runQuantform(s: ChildSpec): Promise<EngineRun> {
   setThreads(s.threads);
   const t0 = performance.now();
-  const m = await loadModel(s.gguf, { maxSeq: s.maxSeq });
+  const m = await loadModel(s.gguf, { maxSeq: s.maxSeq, accuracy: s.accuracy ?? 'fp32' });
   const loadSeconds = (performance.now() - t0) / 1000;
   try {
     m.forward(s.prompt.slice(0, 8), { lastOnly: true });  // first touch of the workspaces
@@ -250,7 +255,7 @@ async function runQuantform(s: ChildSpec): Promise<EngineRun> {
     const decodeLongSeconds = s.longContext > 0 ? await decode(s.longContext) : null;
     const info = backendInfo();
     return { engine: 'quantform', loadSeconds, prefillSeconds, decodeShortSeconds, decodeLongSeconds,
-      path: `tier ${info.tier}, ${info.threads} threads` };
+      path: `tier ${info.tier}, ${info.threads} threads, accuracy ${s.accuracy ?? 'fp32'}` };
   } finally {
     m.dispose();
   }
@@ -421,7 +426,7 @@ function shuffled<T>(xs: readonly T[], seed: number): T[] {
   return out;
 }
 
-interface Variant { engine: DecodeEngine; threads: number; label: string }
+interface Variant { engine: DecodeEngine; threads: number; label: string; accuracy?: MatmulAccuracy }
 
 function checkOptions(o: DecodeBenchOptions) {
   const layers = o.layers ?? [12];
@@ -441,9 +446,17 @@ function checkOptions(o: DecodeBenchOptions) {
   if (!Array.isArray(engines) || engines.length === 0 || !engines.every((e) => DECODE_ENGINES.includes(e)))
     throw invalidParameter(`non-empty array of ${DECODE_ENGINES.join(', ')}`, 'engines', engines);
   const ortLevel = o.ortAccuracyLevel ?? 4;
-  const variants: Variant[] = engines.map((e) => ({ engine: e, threads, label: `${e}, ${threads} thread${threads > 1 ? 's' : ''}` }));
+  const accuracies = o.accuracies ?? ['fp32'];
+  if (!Array.isArray(accuracies) || accuracies.length === 0 || !accuracies.every((a) => is.oneOf(a, ['fp32', 'bf16', 'int8'] as const)))
+    throw invalidParameter("non-empty array of 'fp32', 'bf16', 'int8'", 'accuracies', accuracies);
+  const tn = `${threads} thread${threads > 1 ? 's' : ''}`;
+  // fp32 first: the ratio rows compare against the first quantform row
+  const order = [...new Set(accuracies)].sort((a, b) => Number(b === 'fp32') - Number(a === 'fp32'));
+  const variants: Variant[] = engines.flatMap((e): Variant[] => e === 'quantform'
+    ? order.map((a) => ({ engine: e, threads, accuracy: a, label: a === 'fp32' ? `quantform, ${tn}` : `quantform ${a}, ${tn}` }))
+    : [{ engine: e, threads, label: `${e}, ${tn}` }]);
   if (engines.includes('node-llama-cpp') && threads > 1 && o.llamaCppSingleThread !== false)
-    variants.splice(engines.indexOf('node-llama-cpp') + 1, 0, { engine: 'node-llama-cpp', threads: 1, label: 'node-llama-cpp, 1 thread' });
+    variants.splice(variants.findIndex((v) => v.engine === 'node-llama-cpp') + 1, 0, { engine: 'node-llama-cpp', threads: 1, label: 'node-llama-cpp, 1 thread' });
   if (![0, 1, 2, 3, 4].includes(ortLevel)) throw invalidParameter('integer in [0, 4]', 'ortAccuracyLevel', ortLevel);
   return { layers, rounds, threads, decodeTokens, longContext, prompts, maxSeq, engines, variants, ortLevel };
 }
@@ -490,7 +503,7 @@ export async function benchDecode(o: DecodeBenchOptions = {}): Promise<DecodeBen
           const e = v.label;
           if (failed.has(e)) continue;
           const read = await probe();
-          const res = runInChild(dir, { engine: v.engine, gguf: files.gguf, onnxDir: files.onnxDir, threads: v.threads, prompt, prompts: c.prompts,
+          const res = runInChild(dir, { engine: v.engine, accuracy: v.accuracy, gguf: files.gguf, onnxDir: files.onnxDir, threads: v.threads, prompt, prompts: c.prompts,
             decodeTokens: c.decodeTokens, longContext: c.longContext, maxSeq: c.maxSeq,
             config: { nLayers: cfg.nLayers, nKvHeads: cfg.nKvHeads, headDim: cfg.headDim, vocabSize: cfg.vocabSize } });
           if (typeof res === 'string') {

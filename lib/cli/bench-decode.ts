@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { benchDecode, DECODE_ENGINES, runChild, type DecodeBenchResult, type DecodeEngine } from '../bench/decode.js';
 import { formatTable } from '../bench/stats.js';
+import type { MatmulAccuracy } from '../ops/matmul.js';
 import { intOption } from './model-arg.js';
 
 function intList(v: string): number[] {
@@ -16,6 +17,14 @@ function engineList(v: string): DecodeEngine[] {
   const bad = out.find((e) => !(DECODE_ENGINES as readonly string[]).includes(e));
   if (bad !== undefined) throw new InvalidArgumentError(`Expected engines among ${DECODE_ENGINES.join(', ')} but received '${bad}'`);
   return out as DecodeEngine[];
+}
+
+const ACCURACIES: readonly MatmulAccuracy[] = ['fp32', 'bf16', 'int8'];
+function accuracyList(v: string): MatmulAccuracy[] {
+  const out = v.split(',').map((s) => s.trim());
+  const bad = out.find((a) => !(ACCURACIES as readonly string[]).includes(a));
+  if (bad !== undefined) throw new InvalidArgumentError(`Expected accuracies among ${ACCURACIES.join(', ')} but received '${bad}'`);
+  return out as MatmulAccuracy[];
 }
 
 const f = (x: number | null, d = 1) => (x === null || !Number.isFinite(x) ? '-' : x.toFixed(d));
@@ -58,19 +67,20 @@ export function registerBenchDecode(bench: Command): void {
     .option('--long-context <n>', 'context before the second decode measurement (0 skips it)', intOption, 2048)
     .option('--engines <list>', `engines to run (${DECODE_ENGINES.join(',')})`, engineList)
     .option('--no-llama-cpp-single-thread', 'skip the extra one-thread node-llama-cpp run')
+    .option('--accuracy <list>', "quantform's matmul accuracies, one row each (fp32, bf16, int8; see loadModel's accuracy)", accuracyList, ['fp32'])
     .option('--ort-accuracy-level <n>', "MatMulNBits accuracy_level of the ONNX export (4: int8 activations, onnxruntime's fastest CPU path)", intOption, 4)
     .option('--dir <dir>', 'where the model files go (default: a temp dir, removed after)')
     .option('--keep', 'keep the model files in --dir and reuse them next time')
     .option('--json', 'print JSON')
     .addOption(new Option('--child <spec>', 'internal: run one engine of a round').hideHelp())
     .action(async (o: { layers: number[]; rounds: number; threads: number; prompts: number[]; decodeTokens: number; longContext: number;
-      engines?: DecodeEngine[]; llamaCppSingleThread: boolean; ortAccuracyLevel: number; dir?: string; keep?: boolean; json?: boolean; child?: string }) => {
+      engines?: DecodeEngine[]; llamaCppSingleThread: boolean; accuracy: MatmulAccuracy[]; ortAccuracyLevel: number; dir?: string; keep?: boolean; json?: boolean; child?: string }) => {
       if (o.child) {
         process.stdout.write(`\n${JSON.stringify(await runChild(o.child))}\n`);
         return;
       }
       const r = await benchDecode({ layers: o.layers, rounds: o.rounds, threads: o.threads, prompts: o.prompts, decodeTokens: o.decodeTokens,
-        longContext: o.longContext, engines: o.engines, llamaCppSingleThread: o.llamaCppSingleThread, ortAccuracyLevel: o.ortAccuracyLevel, dir: o.dir, keep: o.keep,
+        longContext: o.longContext, engines: o.engines, llamaCppSingleThread: o.llamaCppSingleThread, accuracies: o.accuracy, ortAccuracyLevel: o.ortAccuracyLevel, dir: o.dir, keep: o.keep,
         log: o.json ? undefined : (s) => console.log(s) });
       if (o.json) {
         console.log(JSON.stringify(r, null, 2));

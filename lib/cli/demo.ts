@@ -31,9 +31,9 @@ export const DEFAULT_EVAL_TOKENS = 20480;
  * (1000 steps, batch 2 x 256 tokens from 128 calibration windows), INT4 with
  * groups of 32, symmetric (the plain GPTQ v1 layout every GPTQ loader reads),
  * with the extra mergeable v->o and up->down scales. Measured on 2 cores with the
- * bundled texts (README): 40-50 s of training; perplexity fp32 3.836, RTN 4.376,
- * TEQ 4.202, a third of RTN's loss recovered. (Asymmetric W4 g32: RTN 4.143 ->
- * TEQ 4.098, a smaller win; W3 g32: 6.517 -> 5.605.)
+ * bundled texts (README): about 17 s of training; perplexity fp32 3.836, RTN 4.376,
+ * TEQ 4.220, 29 % of RTN's loss recovered. (Asymmetric W4 g32: RTN 4.143 ->
+ * TEQ 4.096, a smaller win; W3 g32: 6.517 -> 5.706.)
  */
 export const DEFAULT_JOB: Record<string, number | string | boolean> = {
   method: 'teq', bits: 4, groupSize: 32, sym: true, samples: 128, seqLen: 256, steps: 1000, loss: 'e2e', teqExtra: true, skipDocs: 0,

@@ -57,10 +57,6 @@ void check_status(const Status& st) {
   if (!st.ok()) throw ArgError{st};
 }
 
-Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
-}
-
 // One parameter of an op, unwrapped by its C++ type.
 template <class T>
 struct Unwrap;

@@ -70,6 +70,10 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
 
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i) { return info[i].IsNull() || info[i].IsUndefined(); }
 
+Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
+}
+
 namespace {
 struct View {
   napi_typedarray_type type;

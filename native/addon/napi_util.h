@@ -37,6 +37,8 @@ Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
 Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype);
 Span value_int32(Napi::Env env, const Napi::Value& v, const char* name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
+// An optional Float32Array: null or undefined is an absent buffer (null data, length 0).
+Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name);
 struct I32Array {
   int32_t* data;
   size_t len;

@@ -7,10 +7,6 @@
 namespace qf {
 namespace {
 
-Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
-}
-
 // quantLinearBackward(gradInput | null, gradScales | null, gradOutput, x | null, M, codes, scales, zeros | null,
 //                     N, K, bits, groupSize, symmetric): the CPU binding's contract, synchronous
 Napi::Value quant_linear_backward_js(const Napi::CallbackInfo& info) {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { QuantformError } from '../errors.js';
 import { SafetensorsWriter, type TensorSpec } from '../io/safetensors.js';
 import { f32ToF16 } from '../io/half.js';
+import { ggufName } from '../model/gguf.js';
 import { hfModuleName } from '../model/hf.js';
 import { hfConfigFromLlama, weightNames, weightShape, type LlamaConfig } from '../model/config.js';
 import { SyntheticCheckpoint, type SyntheticOptions } from '../model/synthetic.js';
@@ -74,18 +75,6 @@ function emitPattern(p: Uint16Array, n: number, shift: number, emit: (b: Uint8Ar
     done += take;
     at = 0;
   }
-}
-
-function ggufName(name: string): string {
-  if (name === 'embed') return 'token_embd.weight';
-  if (name === 'final_norm') return 'output_norm.weight';
-  if (name === 'lm_head') return 'output.weight';
-  const [, l, w] = name.split('.');
-  const map: Record<string, string> = {
-    attn_norm: 'attn_norm', ffn_norm: 'ffn_norm', wq: 'attn_q', wk: 'attn_k', wv: 'attn_v', wo: 'attn_output',
-    w_gate: 'ffn_gate', w_up: 'ffn_up', w_down: 'ffn_down',
-  };
-  return `blk.${l}.${map[w]}.weight`;
 }
 
 /** A GGUF v3 file of `cfg`: matrices `dt`, norms F32 (ones), a llama SentencePiece vocabulary of cfg.vocabSize pieces. */

@@ -11,7 +11,7 @@ import {
   loadLlama2cTokenizer, loadModel, loadSentencePieceTokenizer, openCheckpoint, permuteHalfToInterleaved, quantizeModel,
   saveGptq, weightNames, weightShape, type Checkpoint, type LlamaConfig, type QuantizeModelOptions,
 } from '../../lib/index.js';
-import { encode, hfConfig, hfEntries, llama2cBytes, safetensorsBytes } from '../helpers/writers.js';
+import { encode, ggufName, hfConfig, hfEntries, llama2cBytes, safetensorsBytes } from '../helpers/writers.js';
 import { EXTREME_INTS, Rng, mutateBytes, mutateJson, writeExtreme } from './mutate.js';
 
 export interface FuzzInput {
@@ -253,18 +253,6 @@ function ggufFile(version: number, kvs: [string, GgufValue][], tensors: { name: 
   push(Buffer.alloc(pad));
   for (const d of datas) push(d);
   return { bytes: Buffer.concat(parts), fields };
-}
-
-function ggufName(name: string): string {
-  if (name === 'embed') return 'token_embd.weight';
-  if (name === 'final_norm') return 'output_norm.weight';
-  if (name === 'lm_head') return 'output.weight';
-  const [, l, w] = name.split('.');
-  const map: Record<string, string> = {
-    attn_norm: 'attn_norm', ffn_norm: 'ffn_norm', wq: 'attn_q', wk: 'attn_k', wv: 'attn_v', wo: 'attn_output',
-    w_gate: 'ffn_gate', w_up: 'ffn_up', w_down: 'ffn_down',
-  };
-  return `blk.${l}.${map[w]}.weight`;
 }
 
 /** A loadable GGUF of the synthetic model, with metadata of every type (scalars, arrays, an array of arrays). */

@@ -100,7 +100,9 @@ export function writeHfDir(dir: string, cfg: LlamaConfig, w: (n: string) => Floa
   writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: map }));
 }
 
-function ggufName(name: string): string {
+// llama.cpp's tensor names, written out here rather than imported from lib/model/gguf.ts:
+// the fixtures the GGUF reader is tested on must not share its mapping.
+export function ggufName(name: string): string {
   if (name === 'embed') return 'token_embd.weight';
   if (name === 'final_norm') return 'output_norm.weight';
   if (name === 'lm_head') return 'output.weight';

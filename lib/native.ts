@@ -148,6 +148,8 @@ export interface NativeFptConfig {
   hadamardBlock?: number;
   /** 0 (fp), 4 or 8 */
   actBits?: number;
+  /** per input (qkv, o_proj, gate_up, down_proj): 4 or 8 overriding actBits, 0 keeps it */
+  inputBits?: number[];
   kvBits?: number;
   /** local-stage outlier penalty weights and its p (default 4) */
   lpAct?: number;
@@ -160,6 +162,8 @@ export interface NativeFptRuntime {
   residualScaling: boolean;
   hadamardBlock: number;
   actBits: number;
+  /** NativeFptConfig.inputBits */
+  inputBits?: number[];
   kvBits: number;
 }
 
@@ -323,6 +327,8 @@ export interface NativeGptqConfig {
   /** columns per lazy batch, 1..512 */
   blockSize: number;
   paramsFrom: 'updated' | 'batch-start';
+  /** clipping search's norm p (0: min/max ranges) */
+  clipNorm?: number;
 }
 
 export interface NativeGptqResult extends NativeQuantized {

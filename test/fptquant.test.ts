@@ -12,7 +12,7 @@ import { Model, openCheckpoint } from '../lib/model/model.js';
 import { ByteTokenizer, SyntheticCheckpoint } from '../lib/model/synthetic.js';
 import type { Checkpoint } from '../lib/model/checkpoint.js';
 import type { LlamaConfig } from '../lib/model/config.js';
-import type { ActivationQuant } from '../lib/model/fpt.js';
+import { activationConfig, readActivationQuant, type ActivationQuant } from '../lib/model/fpt.js';
 import { calibrationFromText } from '../lib/engine/calib.js';
 import { dequantizedModel, quantizeCheckpoint, quantizeModel, quantizedCheckpoint } from '../lib/methods/quantize-model.js';
 import { hadamardBlockOf, residualRotationMatrix, rotateResidual } from '../lib/methods/fptquant.js';
@@ -313,6 +313,54 @@ describe('FPTQuant on the streaming pipeline', () => {
       .rejects.toMatchObject({ code: 'QF_OUT_OF_MEMORY',
         message: expect.stringMatching(/^--max-memory 0\.00005 GB is too small for fptquant on .*: it needs the whole model in memory, the fp32 model \(.* MB\), the fp teacher/) });
     expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('FPTQuant mixed activation precision (inputBits, the W4A4 ablation)', () => {
+  const c = (fpt: NativeFptConfig) => ({ ...blockCfg(), fpt: { qk: true, v: true, mlp: true, residualScaling: true, kvBits: 8, ...fpt } });
+  const { params, x } = blockSetup(blockCfg(), 5);
+  const lay = eng.fptLayout(c({})), fp = uniform(lay.total, 13, 0.4);
+  // steps small enough that 4 bits clip what 8 bits keep (the two grids share the step)
+  for (let i = 0; i < 4; i++) fp[lay.actLogScale + i] = Math.log(0.05);
+  const out = (f: NativeFptConfig) => blockOut(c(f), params, fp, x).out;
+
+  it('every input at the bits of actBits is actBits; each input at 4 bits changes the output, all four at 4 are actBits 4', () => {
+    const a8 = out({ actBits: 8 }), a4 = out({ actBits: 4 });
+    expect(out({ actBits: 8, inputBits: [8, 8, 8, 8] })).toEqual(a8);
+    expect(out({ actBits: 8, inputBits: [4, 4, 4, 4] })).toEqual(a4);
+    expect(out({ actBits: 4, inputBits: [0, 0, 0, 0] })).toEqual(a4);
+    for (let i = 0; i < 4; i++) {
+      const bits = [8, 8, 8, 8];
+      bits[i] = 4;
+      const y = out({ actBits: 8, inputBits: bits });
+      expect(maxRel(y, a8)).toBeGreaterThan(1e-4);
+      expect(maxRel(y, a4)).toBeGreaterThan(1e-4);
+    }
+  });
+
+  it('the checkpoint keeps per-input bits (bits_per_input) and refuses a bad list', () => {
+    const cfg = { nLayers: 1, nKvHeads: 2 } as LlamaConfig;
+    const a: ActivationQuant = { actBits: 8, inputBits: [8, 4, 8, 8], kvBits: 8, residualScaling: true, hadamardBlock: 0, residualRotation: false,
+      actScales: Float32Array.of(0.1, 0.2, 0.3, 0.4), kvScales: Float32Array.of(1, 2, 3, 4) };
+    const qf = activationConfig(a);
+    expect(qf.activations).toMatchObject({ bits: 8, bits_per_input: [8, 4, 8, 8] });
+    const tensor = (name: string) => (name.endsWith('act_scales') ? a.actScales : a.kvScales);
+    expect(readActivationQuant(qf, cfg, 'x', tensor)?.inputBits).toEqual([8, 4, 8, 8]);
+    const bad = { ...qf, activations: { ...(qf.activations as object), bits_per_input: [8, 6, 8, 8] } };
+    expect(() => readActivationQuant(bad, cfg, 'x', tensor)).toThrow(/bits_per_input must be 4 entries of 4 or 8 but is \[8,6,8,8\]/);
+  });
+
+  it('bad per-input bits are refused by the method and the engine', async () => {
+    const syn = new SyntheticCheckpoint({ dim: 32, hiddenDim: 48, nLayers: 1, nHeads: 4, nKvHeads: 2, vocabSize: 61, maxSeq: 64, seed: 2 });
+    const tok = new ByteTokenizer(61);
+    const cal = calibrationFromText('a b c d e f g h '.repeat(40), (d) => tok.encode(d, { bos: true }), { samples: 4, seqLen: 16 });
+    await expect(quantizeModel(TrainableLlama.fromCheckpoint(syn), { method: 'fptquant', bits: 4, symmetric: true, calibration: cal, fpt: { inputBits: [8, 8, 2, 8] } }))
+      .rejects.toThrow(/Expected array of 4 entries of 4 or 8 .* for inputBits/);
+    await expect(quantizeModel(TrainableLlama.fromCheckpoint(syn), { method: 'fptquant', bits: 4, symmetric: true, calibration: cal, fpt: { actBits: 16, inputBits: [8, 8, 4, 8] } }))
+      .rejects.toThrow(/for actBits but received 16/);
+    expect(() => out({ actBits: 8, inputBits: [8, 8, 5, 8] })).toThrow(/per-input activation bits 4 or 8 .* input 2 received 5/);
+    expect(() => out({ actBits: 0, inputBits: [8, 8, 4, 8] })).toThrow(/with activation bits set/);
+    expect(() => out({ actBits: 8, inputBits: [8, 8, 4] })).toThrow(/array of 4 integers .* for inputBits/);
   });
 });
 

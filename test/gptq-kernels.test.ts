@@ -122,7 +122,7 @@ describe('inverse factor U: upper, Uᵀ U (H + λI) = I', () => {
   }
 });
 
-interface Case { N: number; K: number; bits: Bits; gs: number | 'channel'; sym: boolean; from: 'updated' | 'batch-start'; dead?: number }
+interface Case { N: number; K: number; bits: Bits; gs: number | 'channel'; sym: boolean; from: 'updated' | 'batch-start'; dead?: number; clip?: number }
 const CASES: Case[] = [
   { N: 1, K: 37, bits: 4, gs: 8, sym: false, from: 'updated' },
   { N: 2, K: 5, bits: 2, gs: 1, sym: false, from: 'batch-start' },
@@ -131,14 +131,16 @@ const CASES: Case[] = [
   { N: 7, K: 300, bits: 2, gs: 'channel', sym: false, from: 'updated' },
   { N: 5, K: 300, bits: 8, gs: 100, sym: true, from: 'updated' },
   { N: 9, K: 300, bits: 3, gs: 100, sym: false, from: 'batch-start', dead: 0 },
+  { N: 7, K: 172, bits: 4, gs: 'channel', sym: true, from: 'updated', clip: 2.4 },
+  { N: 3, K: 300, bits: 3, gs: 32, sym: false, from: 'updated', clip: 2 },
 ];
-const label = (c: Case) => `N ${c.N}, K ${c.K}, INT${c.bits} g${c.gs} ${c.sym ? 'sym' : 'asym'}, ${c.from}${c.dead !== undefined ? `, dead input ${c.dead}` : ''}`;
+const label = (c: Case) => `N ${c.N}, K ${c.K}, INT${c.bits} g${c.gs} ${c.sym ? 'sym' : 'asym'}, ${c.from}${c.dead !== undefined ? `, dead input ${c.dead}` : ''}${c.clip ? `, clipping search p ${c.clip}` : ''}`;
 
 describe('column loop: AVX-512 vs _ref', () => {
   for (const c of CASES)
     it.skipIf(!hasAvx512)(label(c), () => {
       const { w, H } = layer(c.N, c.K, 3 * c.K, c.N + c.K, c.dead);
-      const opts: GptqOptions = { bits: c.bits, groupSize: c.gs, symmetric: c.sym, paramsFrom: c.from };
+      const opts: GptqOptions = { bits: c.bits, groupSize: c.gs, symmetric: c.sym, paramsFrom: c.from, clipNorm: c.clip };
       const ref = withTier('ref', () => gptqQuantize(w, H, opts));
       const avx = withTier('avx512', () => gptqQuantize(w, H, opts));
       const oRef = gptqObjective(w, ref.q, H), oAvx = gptqObjective(w, avx.q, H);
@@ -151,6 +153,74 @@ describe('column loop: AVX-512 vs _ref', () => {
         for (let n = 0; n < c.N; n++) expect(dq[n * c.K + c.dead]).toBe(0);
       }
     });
+});
+
+/**
+ * The clipping search's oracle (IST-DASLab/gptq quant.py find_params with mse, in f32 as the
+ * packed format computes): per group, the range [lo, hi] (0 included) shrunk by 1 - i/100,
+ * i < 80, to the first with the smallest sum |dequant(quant(w)) - w|^p. (N, G) scales.
+ */
+function clipOracle(w: Float32Array, N: number, K: number, gs: number, bits: number, sym: boolean, p: number): Float32Array {
+  const f = Math.fround, G = Math.ceil(K / gs), qmax = (1 << bits) - 1, out = new Float32Array(N * G);
+  for (let r = 0; r < N; r++)
+    for (let g = 0; g < G; g++) {
+      const v = w.subarray(r * K + g * gs, r * K + Math.min(K, (g + 1) * gs));
+      let lo = 0, hi = 0;
+      for (const x of v) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
+      let best = Infinity, bestScale = 0;
+      for (let i = 0; i < 80; i++) {
+        const k = f(1 - f(i / 100)), l = f(k * lo), h = f(k * hi);
+        let scale: number, zero: number;
+        if (sym) {
+          scale = f(Math.max(-l, h) / ((1 << (bits - 1)) - 1));
+          zero = 1 << (bits - 1);
+        } else {
+          scale = f(f(h - l) / qmax);
+          zero = scale === 0 ? 0 : Math.min(qmax, Math.max(0, Math.round(f(-l / scale))));
+        }
+        let err = 0;
+        for (const x of v) {
+          const q = scale === 0 ? zero : Math.min(qmax, Math.max(0, Math.round(f(x / scale)) + zero));
+          const e = Math.abs(f(f(q - zero) * scale) - x);
+          err += p === 2 ? e * e : Math.pow(e, p);
+        }
+        if (err < best) { best = err; bestScale = scale; }
+      }
+      out[r * G + g] = bestScale;
+    }
+  return out;
+}
+
+describe('clipping search (clipNorm)', () => {
+  // with H = I the inverse factor is diagonal: no error reaches another column, so GPTQ quantizes
+  // every group with the parameters it chose from the original weights
+  for (const tier of tiers)
+    for (const [gs, sym, bits] of [[32, false, 3], [172, true, 4]] as const)
+      it(`${tier}: with H = I the scales are the oracle's argmin over the shrink grid (g${gs} ${sym ? 'sym' : 'asym'} INT${bits})`, () => {
+        const N = 6, K = 172, wd = gptqWeights(N, K, 21), w = new Tensor(wd, [N, K]);
+        const H = new Float32Array(K * K);
+        for (let i = 0; i < K; i++) H[i * K + i] = 1;
+        const res = withTier(tier, () => gptqQuantize(w, H, { bits, groupSize: gs, symmetric: sym, paramDtype: 'f32', damp: 0, clipNorm: 2 }));
+        expect(Array.from(res.q.scales as Float32Array)).toEqual(Array.from(clipOracle(wd, N, K, gs, bits, sym, 2)));
+        // it clipped somewhere (else the test would not tell the search from min/max)
+        const plain = withTier(tier, () => gptqQuantize(w, H, { bits, groupSize: gs, symmetric: sym, paramDtype: 'f32', damp: 0 }));
+        expect(Array.from(res.q.scales as Float32Array)).not.toEqual(Array.from(plain.q.scales as Float32Array));
+      });
+
+  for (const tier of tiers)
+    it(`${tier}: never a higher GPTQ objective than min/max ranges on a real Hessian, per channel (p 2.4)`, () => {
+      const { w, H } = layer(16, 172, 500, 9);
+      const base = { bits: 4 as Bits, groupSize: 'channel' as const, symmetric: true };
+      const clip = withTier(tier, () => gptqQuantize(w, H, { ...base, clipNorm: 2.4 }));
+      const plain = withTier(tier, () => gptqQuantize(w, H, base));
+      expect(gptqObjective(w, clip.q, H)).toBeLessThan(gptqObjective(w, plain.q, H));
+    });
+
+  it('clipNorm outside [0, 16] is refused, naming it', () => {
+    const { w, H } = layer(2, 8, 20, 1);
+    expect(() => gptqQuantize(w, H, { bits: 4, groupSize: 8, symmetric: true, clipNorm: -1 })).toThrow(/clipNorm/);
+    expect(() => gptqQuantize(w, H, { bits: 4, groupSize: 8, symmetric: true, clipNorm: Number.NaN })).toThrow(/clipNorm/);
+  });
 });
 
 describe('properties', () => {

@@ -23,16 +23,25 @@ interface BenchFptOpts {
   samples: number;
   seqLen: number;
   configs: string;
+  ablateInputs?: boolean;
   rows?: string;
   groupSize?: number;
+  clipNorm?: number;
   json?: boolean;
 }
 
-const CONFIGS: Record<string, { actBits: number; kvBits: number }> = {
+const CONFIGS: Record<string, { actBits: number; kvBits: number; inputBits?: number[] }> = {
   W4A16: { actBits: 16, kvBits: 16 },
   W4A8KV8: { actBits: 8, kvBits: 8 },
   W4A4KV4: { actBits: 4, kvBits: 4 },
+  // which quantizer W4A4KV4 loses its quality to: one of them at 4 bits, every other at 8
+  'A4@qkv': { actBits: 8, kvBits: 8, inputBits: [4, 8, 8, 8] },
+  'A4@o': { actBits: 8, kvBits: 8, inputBits: [8, 4, 8, 8] },
+  'A4@gateup': { actBits: 8, kvBits: 8, inputBits: [8, 8, 4, 8] },
+  'A4@down': { actBits: 8, kvBits: 8, inputBits: [8, 8, 8, 4] },
+  'KV4': { actBits: 8, kvBits: 4 },
 };
+const ABLATION = ['A4@qkv', 'A4@o', 'A4@gateup', 'A4@down', 'KV4'];
 
 const NONE = { qk: false, v: false, mlp: false, residualScaling: false };
 /** The rows: baselines, the method, its options, and the ablation of each transform. */
@@ -57,9 +66,11 @@ export function registerBenchFptquant(bench: Command): void {
     .option('--shared <dir>', 'the shared/ folder with models/ and data/', '../shared')
     .option('--samples <n>', 'calibration windows', intOption, 128)
     .option('--seq-len <n>', 'tokens per window', intOption, 256)
-    .option('--configs <list>', 'of W4A16, W4A8KV8, W4A4KV4', 'W4A16,W4A8KV8,W4A4KV4')
+    .option('--configs <list>', `of ${Object.keys(CONFIGS).join(', ')}`, 'W4A16,W4A8KV8,W4A4KV4')
+    .option('--ablate-inputs', `adds the W4A4KV4 ablation configs (${ABLATION.join(', ')}: one quantizer at 4 bits, the others at 8)`)
     .option('--rows <list>', `rows to run (default all): ${ROWS.map((r) => r.key).join(', ')}`)
     .option('--group-size <n>', 'weight group size (default: per output channel)', intOption)
+    .option('--clip-norm <p>', "GPTQ's clipping search of the weight ranges, its norm (0: min/max; default: the method's)", Number)
     .option('--json', 'print JSON')
     .action(async (o: BenchFptOpts) => {
       const shared = path.resolve(o.shared);
@@ -68,6 +79,7 @@ export function registerBenchFptquant(bench: Command): void {
       const ref = path.join(shared, 'data/reference/ppl_tinystories_tok512.json');
       for (const f of [dir, text, ref]) if (!existsSync(f)) throw new QuantformError('QF_IO', `bench fptquant needs ${f}`);
       const configs = o.configs.split(',').map((c) => c.trim());
+      if (o.ablateInputs) configs.push(...ABLATION.filter((c) => !configs.includes(c)));
       for (const c of configs) if (!CONFIGS[c]) throw new QuantformError('QF_INVALID_ARGUMENT', `Expected --configs from ${Object.keys(CONFIGS).join(', ')} but received '${c}'`);
       const keys = o.rows ? o.rows.split(',').map((r) => r.trim()) : ROWS.map((r) => r.key);
       const rows = keys.map((k) => {
@@ -95,7 +107,7 @@ export function registerBenchFptquant(bench: Command): void {
       for (const r of rows)
         for (const c of configs) {
           const t0 = performance.now();
-          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c] } });
+          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c], ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}) } });
           const p = await ppl(new Model(quantizedCheckpoint(q, tok), tok));
           const seconds = (performance.now() - t0) / 1000;
           table.push({ row: r.key, config: c, ppl: p, seconds });

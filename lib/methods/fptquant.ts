@@ -38,6 +38,11 @@ export interface FptQuantOptions {
   actBits?: number;
   /** KV-cache bits: 8, 4 or 16. Default: actBits. */
   kvBits?: number;
+  /**
+   * Mixed activation precision, for ablations: the bits (4 or 8) of each static quantizer (q/k/v,
+   * o_proj, gate/up, down_proj inputs), overriding actBits (which must then be 4 or 8). Default: none.
+   */
+  inputBits?: number[];
   /** The four transforms (for ablations); default all on. S_n only acts on quantized activations. */
   qk?: boolean;
   v?: boolean;
@@ -51,6 +56,8 @@ export interface FptQuantOptions {
   onlineHadamard?: boolean;
   /** Weight quantizer after the merge. Default 'gptq'. */
   weights?: 'gptq' | 'rtn';
+  /** GPTQ's clipping search of every weight row's range (GptqOptions.clipNorm, its norm p; 0: min/max). Default 0. */
+  clipNorm?: number;
   /** Stages to run: 'none' (range search only: the RTN / rotation baselines), 'local', 'local+e2e'. Default 'local+e2e'. */
   stages?: 'none' | 'local' | 'local+e2e';
   /** Local stage: Adam steps per block, learning rate, windows per step. Defaults 150, 5e-3, 4. */
@@ -76,19 +83,25 @@ export interface FptQuantOptions {
 /** What the quantized model runs with besides its weights (lib/model/fpt.ts: the checkpoint's scales and flags). */
 export type FptActivationQuant = ActivationQuant;
 
-type Resolved = Required<FptQuantOptions>;
+type Resolved = Required<Omit<FptQuantOptions, 'inputBits'>> & { inputBits: number[] | null };
 
 export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
   const r: Resolved = {
-    actBits: o.actBits ?? 8, kvBits: o.kvBits ?? o.actBits ?? 8, qk: o.qk ?? true, v: o.v ?? true, mlp: o.mlp ?? true,
+    actBits: o.actBits ?? 8, kvBits: o.kvBits ?? o.actBits ?? 8, inputBits: o.inputBits ?? null, qk: o.qk ?? true, v: o.v ?? true, mlp: o.mlp ?? true,
     residualScaling: o.residualScaling ?? true, valueHadamard: o.valueHadamard ?? false, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
-    weights: o.weights ?? 'gptq', stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
+    weights: o.weights ?? 'gptq', clipNorm: o.clipNorm ?? 0, stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
     lpAct: o.lpAct ?? 1e-4, lpWeight: o.lpWeight ?? 1e-4, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 1e-3,
     batchSize: o.batchSize ?? 4, rangeWindows: o.rangeWindows ?? 16, rangeP: o.rangeP ?? 2.4, teacherCacheBytes: o.teacherCacheBytes ?? 1e9,
     seed: o.seed ?? 0,
   };
   for (const k of ['actBits', 'kvBits'] as const)
     if (!is.oneOf(r[k], [4, 8, 16])) throw invalidParameter('4, 8 or 16', k, r[k], 'QF_UNSUPPORTED_BITS');
+  if (r.inputBits !== null) {
+    const b = r.inputBits;
+    if (!Array.isArray(b) || b.length !== 4 || b.some((x) => x !== 4 && x !== 8))
+      throw invalidParameter('array of 4 entries of 4 or 8 (q/k/v, o_proj, gate/up, down_proj)', 'inputBits', b, 'QF_UNSUPPORTED_BITS');
+    if (r.actBits === 16) throw invalidParameter('4 or 8 (inputBits sets per-input bits of quantized activations)', 'actBits', r.actBits, 'QF_UNSUPPORTED_BITS');
+  }
   for (const k of ['qk', 'v', 'mlp', 'residualScaling', 'valueHadamard', 'residualRotation', 'onlineHadamard'] as const)
     if (!is.bool(r[k])) throw invalidParameter('boolean', k, r[k]);
   if (!is.oneOf(r.weights, ['gptq', 'rtn'] as const)) throw invalidParameter("'gptq' or 'rtn'", 'weights', r.weights);
@@ -97,6 +110,7 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
     if (!is.positiveInteger(r[k])) throw invalidParameter('positive integer', k, r[k]);
   for (const k of ['localLr', 'e2eLr', 'rangeP', 'teacherCacheBytes'] as const)
     if (!is.finiteNumber(r[k]) || r[k] <= 0) throw invalidParameter('positive number', k, r[k]);
+  if (!is.finiteNumber(r.clipNorm) || r.clipNorm < 0 || r.clipNorm > 16) throw invalidParameter('number in [0, 16]', 'clipNorm', r.clipNorm);
   for (const k of ['lpAct', 'lpWeight'] as const)
     if (!is.finiteNumber(r[k]) || r[k] < 0) throw invalidParameter('non-negative number', k, r[k]);
   if (!is.finiteNumber(r.lpP) || r.lpP < 1) throw invalidParameter('number >= 1', 'lpP', r.lpP);
@@ -171,6 +185,7 @@ function fptConfig(o: Resolved, hadamardBlock: number, quantized: boolean, lp: b
   return {
     qk: o.qk, v: o.v, mlp: o.mlp, vHadamard: o.v && o.valueHadamard, residualScaling: o.residualScaling && o.actBits < 16, hadamardBlock,
     actBits: quantized && o.actBits < 16 ? o.actBits : 0, kvBits: quantized && o.kvBits < 16 ? o.kvBits : 0,
+    ...(quantized && o.inputBits ? { inputBits: o.inputBits } : {}),
     lpAct: lp ? o.lpAct : 0, lpWeight: lp ? o.lpWeight : 0, lpP: o.lpP,
   };
 }
@@ -234,7 +249,7 @@ async function initRanges(st: Stage, l: number, xin: Float32Array): Promise<void
   };
   if (o.actBits < 16) {
     const acts = [parts.xn1, parts.ao, parts.xn2, parts.ah];
-    for (let i = 0; i < 4; i++) params[st.lay.actLogScale + i] = Math.log(searchScale(cat(acts[i]), o.actBits, o.rangeP));
+    for (let i = 0; i < 4; i++) params[st.lay.actLogScale + i] = Math.log(searchScale(cat(acts[i]), o.inputBits?.[i] ?? o.actBits, o.rangeP));
   }
   if (o.kvBits < 16)
     for (const [which, arr] of [[0, cat(parts.kr)], [1, cat(parts.vr)]] as const) {
@@ -446,7 +461,8 @@ class FptQuantRun implements MethodRun {
     this.P = this.lay.total;
     // the merged model's block step; its per-layer parameters arrive with the whole-model stage
     this.fpt = { config: { merged: true, residualScaling: o.residualScaling && o.actBits < 16, hadamardBlock: this.hb }, params: [] };
-    this.gptq = o.weights === 'gptq' ? new GptqMethodRun(ctx, { signal: ctx.signal }, false, this.fpt) : null;
+    const gctx = { ...ctx, gptq: { ...ctx.gptq, clipNorm: ctx.gptq?.clipNorm ?? o.clipNorm } };
+    this.gptq = o.weights === 'gptq' ? new GptqMethodRun(gctx, { signal: ctx.signal }, false, this.fpt) : null;
     this.needs = this.gptq ? this.gptq.needs : NO_ACTIVATIONS;
     const g = this.gptq;
     if (g) {
@@ -520,7 +536,7 @@ class FptQuantRun implements MethodRun {
     this.fpt.params.push(...params);
     const Hkv = s.kvHeads;
     this.acts = {
-      actBits: o.actBits, kvBits: o.kvBits, residualScaling: this.fpt.config.residualScaling === true, hadamardBlock: hb,
+      actBits: o.actBits, kvBits: o.kvBits, ...(o.inputBits && o.actBits < 16 ? { inputBits: [...o.inputBits] } : {}), residualScaling: this.fpt.config.residualScaling === true, hadamardBlock: hb,
       residualRotation: o.residualRotation,
       actScales: Float32Array.from({ length: L * 4 }, (_, i) => Math.exp(params[Math.floor(i / 4)][lay.actLogScale + (i % 4)])),
       kvScales: Float32Array.from({ length: L * 2 * Hkv }, (_, i) => Math.exp(params[Math.floor(i / (2 * Hkv))][lay.kvLogScale + (i % (2 * Hkv))])),

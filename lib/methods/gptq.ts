@@ -32,6 +32,8 @@ export interface GptqMethodOptions {
    * and keeps the one with the lower GPTQ error (its damped objective). Default 'updated'.
    */
   paramsFrom?: 'updated' | 'batch-start' | 'best';
+  /** GptqOptions.clipNorm: the clipping search of each group's range (0: min/max). Default 0. */
+  clipNorm?: number;
   /** Also compute tr((W - Ŵ) H (W - Ŵ)ᵀ) of GPTQ and of RTN for every linear (costs N K² per linear). Default false. */
   objectives?: boolean;
 }
@@ -142,7 +144,8 @@ export class BlockInputs {
 }
 
 function resolve(o: GptqMethodOptions = {}): Required<Omit<GptqMethodOptions, 'objectives'>> & { objectives: boolean } {
-  const r = { damp: o.damp ?? 0.01, blockSize: o.blockSize ?? 128, paramsFrom: o.paramsFrom ?? 'updated', objectives: o.objectives ?? false };
+  const r = { damp: o.damp ?? 0.01, blockSize: o.blockSize ?? 128, paramsFrom: o.paramsFrom ?? 'updated', clipNorm: o.clipNorm ?? 0, objectives: o.objectives ?? false };
+  if (!is.finiteNumber(r.clipNorm) || r.clipNorm < 0 || r.clipNorm > 16) throw invalidParameter('number in [0, 16]', 'clipNorm', r.clipNorm);
   if (!is.finiteNumber(r.damp) || r.damp < 0) throw invalidParameter('number >= 0', 'damp', r.damp);
   if (!is.positiveInteger(r.blockSize) || r.blockSize > 512) throw invalidParameter('integer in [1, 512]', 'blockSize', r.blockSize);
   if (!is.oneOf(r.paramsFrom, ['updated', 'batch-start', 'best'] as const)) throw invalidParameter("'updated', 'batch-start' or 'best'", 'paramsFrom', r.paramsFrom);
@@ -263,7 +266,7 @@ export class GptqMethodRun implements MethodRun {
       }
       const gopts: GptqOptions = {
         bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16',
-        damp: o.damp, blockSize: o.blockSize,
+        damp: o.damp, blockSize: o.blockSize, clipNorm: o.clipNorm,
       };
       const wt = new Tensor(Wst, [Wst.length / K, K]);
       let res;

@@ -4,7 +4,9 @@
 //
 //   config.json quantization_config.quantform:
 //     activations: { bits: 8 | 4, scheme: 'static', granularity: 'tensor', symmetric: true,
-//                    inputs: ['qkv', 'o_proj', 'gate_up', 'down_proj'] }      (absent: fp activations)
+//                    inputs: ['qkv', 'o_proj', 'gate_up', 'down_proj'],
+//                    bits_per_input?: [4 | 8, ...] (in inputs' order; absent: bits everywhere) }
+//                                                                           (absent: fp activations)
 //     kv_cache:    { bits: 8 | 4, scheme: 'static', granularity: 'head', symmetric: true }
 //     online_transforms: ['residual_scaling', 'hadamard:down_proj:<block>']    (the run-time ones)
 //   tensors (F32): model.layers.<l>.quantform.act_scales [4]   the four inputs' scales, in order
@@ -17,6 +19,8 @@ import type { LlamaConfig } from './config.js';
 export interface ActivationQuant {
   /** 16: fp activations */
   actBits: number;
+  /** mixed precision (ablations): the bits of each of ACT_INPUTS (4 or 8), else actBits everywhere */
+  inputBits?: number[];
   /** 16: fp KV cache */
   kvBits: number;
   residualScaling: boolean;
@@ -35,7 +39,12 @@ export const ACT_INPUTS = ['qkv', 'o_proj', 'gate_up', 'down_proj'] as const;
 /** config.json quantization_config.quantform fields of a model (merged into { method, ... }). */
 export function activationConfig(a: ActivationQuant): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  if (a.actBits < 16) out.activations = { bits: a.actBits, scheme: 'static', granularity: 'tensor', symmetric: true, inputs: [...ACT_INPUTS] };
+  if (a.actBits < 16) {
+    out.activations = {
+      bits: a.actBits, scheme: 'static', granularity: 'tensor', symmetric: true, inputs: [...ACT_INPUTS],
+      ...(a.inputBits ? { bits_per_input: [...a.inputBits] } : {}),
+    };
+  }
   if (a.kvBits < 16) out.kv_cache = { bits: a.kvBits, scheme: 'static', granularity: 'head', symmetric: true };
   const online: string[] = [];
   if (a.residualScaling) online.push('residual_scaling');
@@ -85,6 +94,12 @@ export function readActivationQuant(qf: Record<string, unknown> | undefined, cfg
     const act = qf.activations as Record<string, unknown>;
     if (act.scheme !== 'static' || act.granularity !== 'tensor' || act.symmetric !== true)
       throw new QuantformError('QF_UNSUPPORTED', `${where}: activations ${JSON.stringify(act)} are not static per-tensor symmetric, the only kind quantform runs`);
+    const per = act.bits_per_input;
+    if (per !== undefined) {
+      if (!Array.isArray(per) || per.length !== ACT_INPUTS.length || per.some((b) => b !== 4 && b !== 8))
+        throw new QuantformError('QF_UNSUPPORTED_BITS', `${where}: quantization_config.quantform.activations.bits_per_input must be ${ACT_INPUTS.length} entries of 4 or 8 but is ${JSON.stringify(per)}`);
+      a.inputBits = per as number[];
+    }
   }
   for (const t of list) {
     if (t === 'residual_scaling') a.residualScaling = true;
@@ -118,7 +133,10 @@ export function nativeRuntime(a: ActivationQuant, cfg: LlamaConfig): { opts: Nat
     return p;
   });
   return {
-    opts: { residualScaling: a.residualScaling, hadamardBlock: a.hadamardBlock, actBits: a.actBits < 16 ? a.actBits : 0, kvBits: a.kvBits < 16 ? a.kvBits : 0 },
+    opts: {
+      residualScaling: a.residualScaling, hadamardBlock: a.hadamardBlock, actBits: a.actBits < 16 ? a.actBits : 0, kvBits: a.kvBits < 16 ? a.kvBits : 0,
+      ...(a.inputBits && a.actBits < 16 ? { inputBits: [...a.inputBits] } : {}),
+    },
     params,
   };
 }

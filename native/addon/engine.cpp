@@ -210,7 +210,7 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
   d.rtn_spec = QuantSpec{(int)bits, get_int(o, "groupSize"), get_bool(o, "symmetric", false), true};
   d.teq.on = get_bool(o, "teq", false);
   d.teq.extra = get_bool(o, "teqExtra", false);
-  // fpt: { qk, v, mlp, residualScaling, hadamardBlock, actBits, kvBits, merged, lpAct, lpWeight, lpP }
+  // fpt: { qk, v, mlp, residualScaling, hadamardBlock, actBits, inputBits, kvBits, merged, lpAct, lpWeight, lpP }
   const Napi::Value fv = o.Get("fpt");
   if (!fv.IsUndefined() && !fv.IsNull()) {
     if (!fv.IsObject()) fail(Code::InvalidArgument, "Expected an object or null for config.fpt");
@@ -227,6 +227,7 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
     auto opt_int = [&](const char* key) { return f.Get(key).IsUndefined() ? (int64_t)0 : get_int(f, key); };
     t.hadamard_block = opt_int("hadamardBlock");
     t.act_bits = (int)std::min<int64_t>(opt_int("actBits"), 1 << 20);
+    fpt_input_bits(f, t.input_bits);
     t.kv_bits = (int)std::min<int64_t>(opt_int("kvBits"), 1 << 20);
     t.lp_act = (float)opt_num("lpAct", 0);
     t.lp_weight = (float)opt_num("lpWeight", 0);

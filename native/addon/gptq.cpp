@@ -56,7 +56,7 @@ Napi::Value inverse_factor_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// gptqQuantize(w, H, { rows, cols, bits, groupSize, symmetric, paramDtype, damp, blockSize, paramsFrom }, async)
+// gptqQuantize(w, H, { rows, cols, bits, groupSize, symmetric, paramDtype, damp, blockSize, paramsFrom, clipNorm? }, async)
 //   -> { codes, scales, zeros | null, loss }
 Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -67,6 +67,7 @@ Napi::Value quantize_js(const Napi::CallbackInfo& info) {
   c.N = get_int(o, "rows");
   c.K = get_int(o, "cols");
   c.spec = QuantSpec{(int)get_int(o, "bits"), get_int(o, "groupSize"), get_bool(o, "symmetric"), false};
+  if (o.Has("clipNorm")) c.spec.clip_norm = (float)get_num(o, "clipNorm");
   const std::string pd = get_string(o, "paramDtype");
   if (pd != "f32" && pd != "f16") throw ArgError{error(Code::DtypeMismatch, "Expected 'f32' or 'f16' for paramDtype but received '" + pd + "'")};
   c.damp = (float)get_num(o, "damp");

@@ -209,7 +209,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
     });
   }
 
-  // setFpt(null) | setFpt({ residualScaling, hadamardBlock, actBits, kvBits }, params: Float32Array[] (one per
+  // setFpt(null) | setFpt({ residualScaling, hadamardBlock, actBits, inputBits?, kvBits }, params: Float32Array[] (one per
   // layer, fpt_param_count each)): FPTQuant's run-time quantizers and transforms (llama_model.h FptRuntime).
   Napi::Value SetFpt(const Napi::CallbackInfo& info) {
     return guard(info, "LlamaModel.setFpt", [&] {
@@ -222,6 +222,7 @@ class LlamaModelWrap : public Napi::ObjectWrap<LlamaModelWrap> {
         r.residual_scaling = o.Get("residualScaling").ToBoolean().Value();
         r.hadamard_block = get_int(o, "hadamardBlock");
         r.act_bits = (int)std::min<int64_t>(get_int(o, "actBits"), 1 << 20);
+        fpt_input_bits(o, r.input_bits);
         r.kv_bits = (int)std::min<int64_t>(get_int(o, "kvBits"), 1 << 20);
         if (!info[1].IsArray()) fail(error(Code::InvalidArgument, "Expected an array of Float32Array for params"));
         const Napi::Array a = info[1].As<Napi::Array>();

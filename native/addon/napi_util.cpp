@@ -134,6 +134,21 @@ I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* n
   return I32Array{static_cast<int32_t*>(s.data), s.len};
 }
 
+void fpt_input_bits(const Napi::Object& o, int* out) {
+  const Napi::Value v = o.Get("inputBits");
+  if (v.IsUndefined() || v.IsNull()) return;
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != 4)
+    throw ArgError{error(Code::InvalidArgument, "Expected an array of 4 integers (qkv, o_proj, gate_up, down_proj) for inputBits")};
+  const Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < 4; i++) {
+    const Napi::Value e = a.Get(i);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0 && d <= 16) || d != (double)(int)d)
+      throw ArgError{error(Code::InvalidArgument, "Expected an integer in [0, 16] for inputBits[" + std::to_string(i) + "]")};
+    out[i] = (int)d;
+  }
+}
+
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i) {
   return QuantSpec{(int)arg_int(info, i, "bits"), arg_int(info, i + 1, "groupSize"), arg_bool(info, i + 2, "symmetric"), false};
 }

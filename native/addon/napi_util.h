@@ -47,6 +47,10 @@ struct I32Array {
 I32Array arg_int32_array(const Napi::CallbackInfo& info, size_t i, const char* name, bool optional);
 // (bits, groupSize, symmetric) at info[i], info[i + 1], info[i + 2]; f16_params false.
 QuantSpec arg_quant_spec(const Napi::CallbackInfo& info, size_t i);
+
+// o.inputBits (optional): FptTransforms::input_bits, an array of 4 integers (0 = the activation bits),
+// read into out (4); absent leaves out as it is.
+void fpt_input_bits(const Napi::Object& o, int* out);
 // Zero points at info[i]: an empty span when symmetric, else a required array of `dtype`.
 Span arg_zeros(const Napi::CallbackInfo& info, size_t i, bool symmetric, DType dtype);
 

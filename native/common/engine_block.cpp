@@ -613,7 +613,9 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     matmul_int8_prequantized(y, xq, xsv, xsum, BT, *d.linear[j].prepared, reinterpret_cast<uint8_t*>(pack));
   };
   const EngineKernels& k = engine_kernels();
-  const float qa = aq ? fpt::qmax_of(fp.act_bits) : 0.f, qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  const float qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  float qa[FptTransforms::kActInputs] = {};  // per input (bits_at)
+  for (int i = 0; i < FptTransforms::kActInputs; i++) qa[i] = aq ? fpt::qmax_of(fp.bits_at(i)) : 0.f;
   // out = FQ(x) over n elements with one scale (or one per kv head: inner hd, nscale Hkv)
   auto fake_quant = [&](float* o, const float* xi, int64_t n, const float* sc, int64_t nscale, int64_t inner, float qmax) {
     parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) { k.act_fake_quant_forward(o, xi, sc, nscale, inner, qmax, i0, i1); });
@@ -643,7 +645,8 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (ints) {
     const PreparedInt4& wq = *d.linear[kWq].prepared;
     parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
-      k.rmsnorm_quant(xq, xsum, rstd1, xs, g1, cin, prep.act[FptTransforms::kActQkv], qa, r0, r1, D, wq.KP, wq.group_size, d.eps);
+      k.rmsnorm_quant(xq, xsum, rstd1, xs, g1, cin, prep.act[FptTransforms::kActQkv], qa[FptTransforms::kActQkv], r0, r1, D,
+                      wq.KP, wq.group_size, d.eps);
     });
   } else if (sn) {
     parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_scaled_forward(xn1, rstd1, xs, g1, cin, r0, r1, D, d.eps); });
@@ -654,7 +657,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (a1) scale_cols_div(xs1, xn1, a1, BT, D);
   if (aq && !ints) {
     lp_act(xn1, BT * D);
-    fake_quant(xs1, xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa);
+    fake_quant(xs1, xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa[FptTransforms::kActQkv]);
   }
   float* q = A.q;
   float* kk = A.kr;
@@ -730,13 +733,14 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (ints) {
     const PreparedInt4& wo = *d.linear[kWo].prepared;
     parallel_for(BT, grain_rows(Dq), [&](int64_t r0, int64_t r1) {
-      k.act_quant_rows(xq, xsum, att, sn ? mul : nullptr, prep.act[FptTransforms::kActO], qa, r0, r1, Dq, wo.KP, wo.group_size);
+      k.act_quant_rows(xq, xsum, att, sn ? mul : nullptr, prep.act[FptTransforms::kActO], qa[FptTransforms::kActO], r0, r1, Dq,
+                       wo.KP, wo.group_size);
     });
     linear_q(kWo, h, prep.act[FptTransforms::kActO]);
   } else {
     if (aq) {
       lp_act(aoo, BT * Dq);
-      fake_quant(atts, aoo, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa);
+      fake_quant(atts, aoo, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa[FptTransforms::kActO]);
     }
     QF_TRY(linear(kWo, h, atts));
   }
@@ -754,7 +758,8 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (ints) {
     const PreparedInt4& wg = *d.linear[kWGate].prepared;
     parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
-      k.rmsnorm_quant(xq, xsum, rstd2, h, g2, cmid, prep.act[FptTransforms::kActGateUp], qa, r0, r1, D, wg.KP, wg.group_size, d.eps);
+      k.rmsnorm_quant(xq, xsum, rstd2, h, g2, cmid, prep.act[FptTransforms::kActGateUp], qa[FptTransforms::kActGateUp], r0, r1,
+                      D, wg.KP, wg.group_size, d.eps);
     });
   } else if (sn) {
     parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_scaled_forward(xn2, rstd2, h, g2, cmid, r0, r1, D, d.eps); });
@@ -765,7 +770,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (a2) scale_cols_div(xs2, xn2, a2, BT, D);
   if (aq && !ints) {
     lp_act(xn2, BT * D);
-    fake_quant(xs2, xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa);
+    fake_quant(xs2, xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa[FptTransforms::kActGateUp]);
   }
   float* gg = A.g;
   float* uu = A.u;
@@ -783,7 +788,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   if (ints) {
     const PreparedInt4& wd = *d.linear[kWDown].prepared;
     parallel_slots(BT, grain_rows(F_), slots, [&](int64_t sl, int64_t r0, int64_t r1) {
-      k.swiglu_quant(xq, xsum, gg, uu, sn ? mul : nullptr, prep.act[FptTransforms::kActDown], qa, hb, r0, r1, F_, wd.KP,
+      k.swiglu_quant(xq, xsum, gg, uu, sn ? mul : nullptr, prep.act[FptTransforms::kActDown], qa[FptTransforms::kActDown], hb, r0, r1, F_, wd.KP,
                      wd.group_size, pack + sl * per_slot);
     });
     linear_q(kWDown, o, prep.act[FptTransforms::kActDown]);
@@ -802,7 +807,7 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
     if (ad) scale_cols_div(as, aa, ad, BT, F_);
     if (aq) {
       lp_act(ah, BT * F_);
-      fake_quant(as, ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa);
+      fake_quant(as, ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa[FptTransforms::kActDown]);
     }
     QF_TRY(linear(kWDown, o, as));
   }
@@ -1013,7 +1018,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   // FPTQuant's quantizers: dxq (n) in place becomes the gradient before the quantizer (straight
   // through inside the range); the LSQ step-size gradient goes to the log-scale parameters at
   // `at` (ds * s), and the local outlier penalty's gradient on the pre-quantizer values is added.
-  const float qa = aq ? fpt::qmax_of(fp.act_bits) : 0.f, qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  const float qkv = kvq ? fpt::qmax_of(fp.kv_bits) : 0.f;
+  float qa[FptTransforms::kActInputs] = {};  // per input (bits_at)
+  for (int i = 0; i < FptTransforms::kActInputs; i++) qa[i] = aq ? fpt::qmax_of(fp.bits_at(i)) : 0.f;
   auto fq_back = [&](float* dxq, const float* xpre, int64_t n, const float* sc, int64_t nscale, int64_t inner, float qmax,
                      int64_t at) {
     std::vector<double> part((size_t)(slots * nscale), 0.0);
@@ -1068,7 +1075,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   } else {
     input_grad(kWDown, da, dout, false);
     weight_grad(kWDown, dout, A.as, nullptr, nullptr);
-    if (aq) fq_back(da, A.ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa, FL.act_log_scale + FptTransforms::kActDown);
+    if (aq)
+      fq_back(da, A.ah, BT * F_, &prep.act[FptTransforms::kActDown], 1, 1, qa[FptTransforms::kActDown],
+              FL.act_log_scale + FptTransforms::kActDown);
     if (sn) {
       // ah = H(a) * rstd2 / c2 (H(a) = ah / mul)
       for (int64_t r = 0; r < BT; r++) mul[(size_t)r] = A.rstd2[r] / cmid[(size_t)r];
@@ -1088,7 +1097,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   input_grad(kWUp, dn, du, true);
   weight_grad(kWGate, dg, A.xs2, a2, a2 ? dalpha + D : nullptr);
   weight_grad(kWUp, du, A.xs2, a2, a2 ? dalpha + D : nullptr);
-  if (aq) fq_back(dn, A.xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa, FL.act_log_scale + FptTransforms::kActGateUp);
+  if (aq)
+    fq_back(dn, A.xn2, BT * D, &prep.act[FptTransforms::kActGateUp], 1, 1, qa[FptTransforms::kActGateUp],
+            FL.act_log_scale + FptTransforms::kActGateUp);
   const float* dn2 = dn;
   if (a2) {
     scale_grad(dalpha + D, dnp, dn, A.xn2, a2, D);
@@ -1134,7 +1145,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   } else {
     input_grad(kWo, datt, dh, false);
     weight_grad(kWo, dh, A.atts, nullptr, nullptr);
-    if (aq) fq_back(datt, A.ao, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa, FL.act_log_scale + FptTransforms::kActO);
+    if (aq)
+      fq_back(datt, A.ao, BT * Dq, &prep.act[FptTransforms::kActO], 1, 1, qa[FptTransforms::kActO],
+              FL.act_log_scale + FptTransforms::kActO);
     if (sn) {
       // ao = att * rstd1 / c
       for (int64_t r = 0; r < BT; r++) mul[(size_t)r] = A.rstd1[r] / cin[r];
@@ -1164,7 +1177,9 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
   weight_grad(kWq, dq, A.xs1, a1, dalpha);
   weight_grad(kWk, dk, A.xs1, a1, dalpha);
   weight_grad(kWv, dv, A.xs1, a1, dalpha);
-  if (aq) fq_back(dn, A.xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa, FL.act_log_scale + FptTransforms::kActQkv);
+  if (aq)
+    fq_back(dn, A.xn1, BT * D, &prep.act[FptTransforms::kActQkv], 1, 1, qa[FptTransforms::kActQkv],
+            FL.act_log_scale + FptTransforms::kActQkv);
   const float* dn1 = dn;
   if (a1) {
     scale_grad(dalpha, dnp, dn, A.xn1, a1, D);

@@ -118,6 +118,10 @@ Status check(const BlockDesc& d) {
   if (d.learned_fq.active()) return error(Code::InvalidArgument, "Expected learned fake quantization or FPTQuant, not both");
   if (f.act_bits != 0 && f.act_bits != 4 && f.act_bits != 8)
     return error(Code::UnsupportedBits, "Expected activation bits 4, 8 or 16 (fp) but received " + num(f.act_bits));
+  for (int i = 0; i < FptTransforms::kActInputs; i++)
+    if (f.input_bits[i] != 0 && (f.act_bits == 0 || (f.input_bits[i] != 4 && f.input_bits[i] != 8)))
+      return error(Code::UnsupportedBits, "Expected per-input activation bits 4 or 8 (with activation bits set) but input " + num(i) +
+                                              " received " + num(f.input_bits[i]) + " with activation bits " + num(f.act_bits));
   if (f.kv_bits != 0 && f.kv_bits != 4 && f.kv_bits != 8)
     return error(Code::UnsupportedBits, "Expected KV-cache bits 4, 8 or 16 (fp) but received " + num(f.kv_bits));
   if (f.hadamard_block != 0 && (!power_of_two(f.hadamard_block) || d.dims.F % f.hadamard_block != 0))

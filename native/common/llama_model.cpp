@@ -238,6 +238,7 @@ Status LlamaModel::set_fpt(const FptRuntime& r) {
     d.fpt.residual_scaling = r.residual_scaling;
     d.fpt.hadamard_block = r.hadamard_block;
     d.fpt.act_bits = r.act_bits;
+    std::copy(r.input_bits, r.input_bits + FptTransforms::kActInputs, d.fpt.input_bits);
     d.fpt.kv_bits = r.kv_bits;
     d.fpt.params = r.params[l].data();
     d.fpt.c_in = &c1;
@@ -329,6 +330,7 @@ Status LlamaModel::forward(float* logits, size_t n_logits, const int32_t* tokens
     d.fpt.residual_scaling = fpt_.residual_scaling;
     d.fpt.hadamard_block = fpt_.hadamard_block;
     d.fpt.act_bits = fpt_.act_bits;
+    std::copy(fpt_.input_bits, fpt_.input_bits + FptTransforms::kActInputs, d.fpt.input_bits);
     d.fpt.kv_bits = fpt_.kv_bits;
     d.fpt.c_in = carry.empty() ? nullptr : carry.data();
     d.fpt.c_out = carry.empty() ? nullptr : carry.data();

@@ -70,6 +70,8 @@ Status check_spec(const QuantSpec& spec, int64_t N, int64_t K) {
   if (spec.group_size <= 0 || spec.group_size > K)
     return error(Code::InvalidArgument, "Expected groupSize in [1, " + std::to_string(K) + "] but received " +
                                             std::to_string(spec.group_size));
+  if (!(spec.clip_norm >= 0.f && spec.clip_norm <= 16.f))
+    return error(Code::InvalidArgument, "Expected clipNorm in [0, 16] (0: no clipping search) but received " + std::to_string(spec.clip_norm));
   return Status::Ok();
 }
 

@@ -49,6 +49,36 @@ static inline uint8_t quantize_one(float w, const GroupParams& p) {
   return (uint8_t)q;
 }
 
+// The clipping grid of IST-DASLab/gptq's Quantizer (quant.py find_params with mse: grid 100,
+// maxshrink 0.8): the range [lo, hi] shrunk by 1 - i / 100 for i in [0, 80).
+constexpr int kClipGrid = 100, kClipSteps = 80;
+
+// Group parameters by the clipping search when spec.clip_norm > 0, else by min/max: the shrink
+// of [lo, hi] with the smallest sum over the n group values get(k) of |dequant(quant(v)) - v|^p
+// (the first on ties, so the full range wins when clipping never helps). p = 2 is squared.
+template <class Get>
+static inline GroupParams search_group_params(float lo, float hi, const QuantSpec& spec, int64_t n, Get&& get) {
+  GroupParams best = choose_group_params(lo, hi, spec);
+  if (!(spec.clip_norm > 0.f)) return best;
+  const double p = spec.clip_norm;
+  double best_err = 0;
+  for (int i = 0; i < kClipSteps; i++) {
+    const float f = 1.f - (float)i / (float)kClipGrid;
+    const GroupParams g = i == 0 ? best : choose_group_params(f * lo, f * hi, spec);
+    double err = 0;
+    for (int64_t k = 0; k < n; k++) {
+      const float v = get(k);
+      const double e = std::fabs((double)(((float)quantize_one(v, g) - g.zero) * g.scale) - (double)v);
+      err += p == 2.0 ? e * e : std::pow(e, p);
+    }
+    if (i == 0 || err < best_err) {
+      best_err = err;
+      best = g;
+    }
+  }
+  return best;
+}
+
 struct FakeQuantRange { float lo, hi; };
 static inline FakeQuantRange fake_quant_range(const QuantSpec& spec) {
   if (spec.symmetric) return {-(float)(1 << (spec.bits - 1)), (float)((1 << (spec.bits - 1)) - 1)};

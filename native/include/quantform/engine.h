@@ -558,7 +558,11 @@ struct FptTransforms {
   bool residual_scaling = false;            // S_n
   int64_t hadamard_block = 0;               // online Hadamard before down_proj; 0: off
   int act_bits = 0;                         // 0 (fp activations), 4 or 8
+  // Per-input override of act_bits (ActInput order; 0: act_bits): mixed 4/8-bit inputs, for the
+  // ablation that finds which quantizer limits W4A4 (bench fptquant --ablate-inputs).
+  int input_bits[kActInputs] = {0, 0, 0, 0};
   int kv_bits = 0;                          // 0, 4 or 8
+  int bits_at(int input) const { return input_bits[input] != 0 ? input_bits[input] : act_bits; }
   const float* params = nullptr;            // (fpt_param_count)
   const float* c_in = nullptr;              // (BT) S_n carry in; null: ones
   float* c_out = nullptr;                   // (BT) S_n carry out (may alias c_in); required with S_n

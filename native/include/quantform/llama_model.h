@@ -62,6 +62,7 @@ struct FptRuntime {
   bool residual_scaling = false;
   int64_t hadamard_block = 0;
   int act_bits = 0, kv_bits = 0;
+  int input_bits[FptTransforms::kActInputs] = {0, 0, 0, 0};  // FptTransforms::input_bits
   std::vector<std::vector<float>> params;  // (layers, fpt_param_count)
 };
 

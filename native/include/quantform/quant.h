@@ -15,6 +15,9 @@ struct QuantSpec {
   int64_t group_size;  // 1..K; K means per-channel
   bool symmetric;      // true: no zeros, zero point 2^(bits-1)
   bool f16_params;     // scales/zeros are rounded to binary16 before codes are chosen
+  // GPTQ's clipping search (> 0: its norm p; quant_common.h search_group_params): each group's
+  // range shrunk to the one minimising sum |dequant(quant(w)) - w|^p instead of min/max. 0: off.
+  float clip_norm = 0.f;
 };
 
 struct QuantKernels {

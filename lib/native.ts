@@ -132,6 +132,14 @@ export interface NativePackedBlock {
   codes: Uint8Array[];
 }
 
+/**
+ * FPTQuant's weights on packed codes (config.fq.packed; E2E-QP of the merged model): the block, the
+ * step sizes (and zero points) of each linear, and for the backward their gradients (accumulated).
+ */
+export interface NativeFptPackedBlock extends NativePackedBlock, NativeFqState {
+  grads?: NativeFqState;
+}
+
 /** FPTQuant's part of a block config (native/include/quantform/engine.h FptTransforms). */
 export interface NativeFptConfig {
   /** T_k (pre-RoPE q/k scale + rotation), T_v (per-kv-head value matrices), T_u (MLP scales): applied to unmerged weights */
@@ -267,11 +275,11 @@ export interface NativeEngine {
   fptLayout(config: NativeBlockConfig): NativeFptLayout;
   /** FPTQuant's block step: out (BT, D); cOut (BT) with S_n; lpOut (1) the local penalty of a training forward */
   fptBlockForward(config: NativeBlockConfig, out: Float32Array, saved: Float32Array | null, x: Float32Array,
-    params: Float32Array | Uint16Array, fptParams: Float32Array, cIn: Float32Array | null, cOut: Float32Array | null,
+    params: Float32Array | Uint16Array | NativeFptPackedBlock, fptParams: Float32Array, cIn: Float32Array | null, cOut: Float32Array | null,
     lpOut: Float32Array | null, async: boolean): Promise<void> | void;
   /** dFpt accumulated; dc (BT): dL/dc_out in, dL/dc_in out (S_n) */
   fptBlockBackward(config: NativeBlockConfig, dx: Float32Array, dFpt: Float32Array, dc: Float32Array | null,
-    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array, fptParams: Float32Array,
+    dout: Float32Array, saved: Float32Array, params: Float32Array | Uint16Array | NativeFptPackedBlock, fptParams: Float32Array,
     async: boolean): Promise<void> | void;
   /** The enabled transforms (and a residual rotation (D, D)) merged into one f32 arena, in place */
   fptMerge(config: NativeBlockConfig, params: Float32Array, fptParams: Float32Array, rotation: Float32Array | null): void;

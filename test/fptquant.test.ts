@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { native, type NativeBlockConfig, type NativeFptConfig } from '../lib/native.js';
+import { native, type NativeBlockConfig, type NativeFptConfig, type NativeFptPackedBlock } from '../lib/native.js';
 import { TrainableLlama } from '../lib/engine/llama.js';
 import { Model, openCheckpoint } from '../lib/model/model.js';
 import { ByteTokenizer, SyntheticCheckpoint } from '../lib/model/synthetic.js';
@@ -20,6 +20,7 @@ import { saveGptq } from '../lib/export/save.js';
 import { exportGguf } from '../lib/export/gguf.js';
 import { QuantizedLinear, Fp32Linear } from '../lib/model/linear.js';
 import { Tensor } from '../lib/ops/tensor.js';
+import { dequantize, quantize } from '../lib/ops/quant.js';
 import '../lib/methods/index.js';
 import { dot, fdCheck, maxRel, nmse, uniform } from './helpers/numeric.js';
 
@@ -313,6 +314,91 @@ describe('FPTQuant on the streaming pipeline', () => {
       .rejects.toMatchObject({ code: 'QF_OUT_OF_MEMORY',
         message: expect.stringMatching(/^--max-memory 0\.00005 GB is too small for fptquant on .*: it needs the whole model in memory, the fp32 model \(.* MB\), the fp teacher/) });
     expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('FPTQuant on packed weights (the range stage after GPTQ: step sizes trained with the quantizers on)', () => {
+  const base = blockCfg({ B: 1, T: 3, D: 16, F: 24, eps: 1e-2 });
+  const { params, x, BT } = blockSetup(base, 9);
+  const lay = eng.blockLayout(base);
+  const names = ['wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down'] as const;
+  // every linear RTN-quantized INT4 symmetric per output channel: the packed block, and its dequantized arena
+  const qs = names.map((n) => {
+    const { offset, rows, cols } = lay[n];
+    return quantize(new Tensor(params.slice(offset, offset + rows * cols), [rows, cols]), { bits: 4, groupSize: cols, symmetric: true, paramDtype: 'f32' });
+  });
+  const dense = params.slice();
+  names.forEach((n, j) => dense.set(dequantize(qs[j]).data as Float32Array, lay[n].offset));
+  const block = (): NativeFptPackedBlock => ({
+    attnNorm: params.slice(lay.attn_norm.offset, lay.attn_norm.offset + base.D), ffnNorm: params.slice(lay.ffn_norm.offset, lay.ffn_norm.offset + base.D),
+    codes: qs.map((q) => q.codes), scales: qs.map((q) => Float32Array.from(q.scales)), zeros: qs.map(() => null),
+    grads: { scales: qs.map((q) => new Float32Array(q.scales.length)), zeros: qs.map(() => null) },
+  });
+  const fq = { bits: 4, groupSize: 1 << 20, symmetric: true, packed: true };
+  const cIn = Float32Array.from({ length: BT }, (_, i) => 0.5 + 0.4 * i);
+  const R = uniform(BT * base.D, 7), Rc = uniform(BT, 8);
+  /** L = <R, out c_out> + <Rc, c_out>, its gradients dout, dc from a saved forward */
+  const lossOf = (c: NativeBlockConfig, w: Float32Array | NativeFptPackedBlock, fp: Float32Array, saved: Float32Array | null = null) => {
+    const out = new Float32Array(BT * base.D), cOut = new Float32Array(BT);
+    eng.fptBlockForward(c, out, saved, x, w, fp, cIn, cOut, null, false);
+    let L = 0;
+    const dout = new Float32Array(BT * base.D), dc = new Float32Array(BT);
+    for (let r = 0; r < BT; r++) {
+      let g = Rc[r];
+      for (let i = 0; i < base.D; i++) {
+        L += R[r * base.D + i] * out[r * base.D + i] * cOut[r];
+        dout[r * base.D + i] = R[r * base.D + i] * cOut[r];
+        g += R[r * base.D + i] * out[r * base.D + i];
+      }
+      L += Rc[r] * cOut[r];
+      dc[r] = g;
+    }
+    return { L, out, dout, dc };
+  };
+
+  it('the step sizes and dx vs finite differences (S_n, online Hadamard; quantizers off)', () => {
+    const c = { ...base, fq, fpt: { merged: true, residualScaling: true, hadamardBlock: 8 } };
+    const fp = new Float32Array(eng.fptLayout(c).total), b = block();
+    const saved = new Float32Array(eng.blockSizes(c).saved);
+    const { dout, dc } = lossOf(c, b, fp, saved);
+    const dx = new Float32Array(BT * base.D), dfp = new Float32Array(fp.length);
+    eng.fptBlockBackward(c, dx, dfp, dc, dout, saved, b, fp, false);
+    fdCheck(() => lossOf(c, b, fp).L, x, dx, 12, 1e-3);
+    for (let j = 0; j < names.length; j++) fdCheck(() => lossOf(c, b, fp).L, b.scales[j]!, b.grads!.scales[j]!, 4, 1e-4);
+  });
+
+  it('with the activation and KV quantizers on: the same step as on the dequantized arena (forward, dx, the ranges\' gradients)', () => {
+    const fpt: NativeFptConfig = { merged: true, residualScaling: true, hadamardBlock: 8, actBits: 8, kvBits: 8 };
+    const cp = { ...base, fq, fpt }, ca = { ...base, fpt };
+    const L = eng.fptLayout(ca), fp = new Float32Array(L.total);
+    for (let i = 0; i < 4; i++) fp[L.actLogScale + i] = Math.log(0.02);
+    for (let i = 0; i < 2 * base.Hkv; i++) fp[L.kvLogScale + i] = Math.log(0.05);
+    const run = (c: NativeBlockConfig, w: Float32Array | NativeFptPackedBlock) => {
+      const saved = new Float32Array(eng.blockSizes(c).saved);
+      const { out, dout, dc } = lossOf(c, w, fp, saved);
+      const dx = new Float32Array(BT * base.D), dfp = new Float32Array(fp.length);
+      eng.fptBlockBackward(c, dx, dfp, dc, dout, saved, w, fp, false);
+      return { out, dx, dfp, dc };
+    };
+    const p = run(cp, block()), a = run(ca, dense);
+    expect(maxRel(p.out, a.out)).toBeLessThan(1e-4);
+    expect(maxRel(p.dx, a.dx)).toBeLessThan(1e-3);
+    expect(maxRel(p.dc, a.dc)).toBeLessThan(1e-3);
+    const ranges = (d: Float32Array) => d.slice(L.actLogScale, L.total);
+    expect(maxRel(ranges(p.dfp), ranges(a.dfp))).toBeLessThan(1e-3);
+    expect(Math.max(...Array.from(ranges(a.dfp), Math.abs))).toBeGreaterThan(0);
+  });
+
+  it('a packed block needs config.fq.packed, its step sizes and (backward) their gradients', () => {
+    const c = { ...base, fq, fpt: { merged: true } }, fp = new Float32Array(eng.fptLayout(c).total);
+    const out = new Float32Array(BT * base.D);
+    expect(() => eng.fptBlockForward({ ...base, fpt: { merged: true } }, out, null, x, block(), fp, null, null, null, false)).toThrow(/Expected a parameter arena for params/);
+    expect(() => eng.fptBlockForward(c, out, null, x, dense, fp, null, null, null, false)).toThrow(/Expected a packed block/);
+    const saved = new Float32Array(eng.blockSizes(c).saved);
+    eng.fptBlockForward(c, out, saved, x, block(), fp, null, null, null, false);
+    const { grads: _, ...noGrads } = block();
+    expect(() => eng.fptBlockBackward(c, new Float32Array(BT * base.D), new Float32Array(fp.length), null, out, saved, noGrads, fp, false))
+      .toThrow(/gradients for params.grads/);
   });
 });
 

@@ -27,6 +27,9 @@ interface BenchFptOpts {
   rows?: string;
   groupSize?: number;
   clipNorm?: number;
+  trainWeightRanges?: boolean;
+  qpSteps?: number;
+  qpLr?: number;
   json?: boolean;
 }
 
@@ -71,6 +74,9 @@ export function registerBenchFptquant(bench: Command): void {
     .option('--rows <list>', `rows to run (default all): ${ROWS.map((r) => r.key).join(', ')}`)
     .option('--group-size <n>', 'weight group size (default: per output channel)', intOption)
     .option('--clip-norm <p>', "GPTQ's clipping search of the weight ranges, its norm (0: min/max; default: the method's)", Number)
+    .option('--train-weight-ranges', 'after GPTQ, train every weight step size and activation / KV range end to end (JSD to the fp model)')
+    .option('--qp-steps <n>', 'steps of that stage', intOption)
+    .option('--qp-lr <x>', 'its learning rate (log step sizes and ranges)', Number)
     .option('--json', 'print JSON')
     .action(async (o: BenchFptOpts) => {
       const shared = path.resolve(o.shared);
@@ -102,12 +108,16 @@ export function registerBenchFptquant(bench: Command): void {
       };
       const fp = await ppl(new Model(ck, tok));
       const gs = o.groupSize ?? 1 << 20;
+      const over: FptQuantOptions = {
+        ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}), ...(o.trainWeightRanges ? { trainWeightRanges: true } : {}),
+        ...(o.qpSteps !== undefined ? { qpSteps: o.qpSteps } : {}), ...(o.qpLr !== undefined ? { qpLr: o.qpLr } : {}),
+      };
       log(`fp32: ppl ${fp.toFixed(4)}; calibration ${o.samples} x ${o.seqLen} tokens (stories 201-1000), weights INT4 symmetric ${gs >= 1 << 20 ? 'per output channel' : `g${gs}`}`);
       const table: { row: string; config: string; ppl: number; seconds: number }[] = [];
       for (const r of rows)
         for (const c of configs) {
           const t0 = performance.now();
-          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c], ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}) } });
+          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c], ...over } });
           const p = await ppl(new Model(quantizedCheckpoint(q, tok), tok));
           const seconds = (performance.now() - t0) / 1000;
           table.push({ row: r.key, config: c, ppl: p, seconds });

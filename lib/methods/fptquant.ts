@@ -23,15 +23,123 @@
 // merged model's own (GptqMethodRun with BlockFpt), or RTN tensor by tensor.
 // The result runs on the integer kernels with the static scales (MethodRun.activations).
 import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
-import { native, type NativeBlockConfig, type NativeFptConfig, type NativeFptLayout } from '../native.js';
+import { native, type NativeBlockConfig, type NativeFptConfig, type NativeFptLayout, type NativeFptPackedBlock } from '../native.js';
 import { batchIndices, seededRandom, type CalibrationSet } from '../engine/calib.js';
 import { AdamW, learningRate } from '../engine/optim.js';
-import { blockConfigOf, blockLayout, type TrainableLlama } from '../engine/llama.js';
+import { blockConfigOf, blockLayout, HF_LINEAR, LINEARS, type TrainableLlama } from '../engine/llama.js';
+import { f16ToF32, f32ToF16 } from '../io/half.js';
+import { QuantizedTensor } from '../ops/quant.js';
+import type { PackedLlama } from './efficientqat.js';
 import { NO_ACTIVATIONS, type ActivationNeeds, type BlockResult, type MemoryItem, type PipelineBlock } from '../engine/pipeline.js';
 import type { ActivationQuant } from '../model/fpt.js';
 import { GptqMethodRun, type BlockFpt } from './gptq.js';
 import { nonFinite, Trainer } from './trainer.js';
 import type { MethodContext, MethodRun, QuantMethod, WholeModelStage } from './types.js';
+
+/**
+ * The range stage after GPTQ (FptQuantOptions.trainWeightRanges) on the packed merged model m: the
+ * log step size of every linear's (N, G) groups and the log activation / KV ranges of every block
+ * (params: its merged-step arena, lay.actLogScale / kvLogScale read) train by the JSD to the teacher,
+ * codes frozen, the activation and KV quantizers on (fake-quantized on the dequant-matmul: the
+ * integer path's function). Returns the linears with the trained step sizes (f16, as saved); the
+ * trained ranges are written into params.
+ */
+async function trainRanges(m: PackedLlama, params: Float32Array[], fpt: NativeFptConfig, lay: NativeFptLayout, o: Resolved,
+  cal: CalibrationSet, teacher: TrainableLlama, curve: number[], onProgress: MethodContext['onProgress']): Promise<Map<string, QuantizedTensor>> {
+  const eng = native().engine, s = m.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen, V = s.vocab;
+  const B = Math.min(o.batchSize, N), T = B * S, P = lay.total;
+  const first = m.linears.get(`model.layers.0.${HF_LINEAR.q_proj}`);
+  if (!first) throw new QuantformError('QF_INTERNAL', 'The packed model holds no model.layers.0.self_attn.q_proj');
+  const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, S, null, false), fpt, fq: { bits: first.bits, groupSize: first.groupSize, symmetric: true, packed: true } };
+  const sn = fpt.residualScaling === true;
+  // one arena: every linear's log step sizes, then every block's merged-step parameters
+  let total = 0;
+  for (const q of m.linears.values()) total += q.scales.length;
+  const opt = new AdamW(total + L * P, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
+  const blocks: NativeFptPackedBlock[] = [], scales: Float32Array[][] = [], logs: Float32Array[][] = [], dlogs: Float32Array[][] = [];
+  let off = 0;
+  for (let l = 0; l < L; l++) {
+    const b: NativeFptPackedBlock = { attnNorm: m.norms[l].input, ffnNorm: m.norms[l].post, codes: [], scales: [], zeros: [], grads: { scales: [], zeros: [] } };
+    scales.push([]); logs.push([]); dlogs.push([]);
+    for (const n of LINEARS) {
+      const q = m.linears.get(`model.layers.${l}.${HF_LINEAR[n]}`);
+      if (!q || !q.symmetric) throw new QuantformError('QF_INTERNAL', `The packed model holds no symmetric model.layers.${l}.${HF_LINEAR[n]}`);
+      const sc = q.paramDtype === 'f16' ? Float32Array.from(q.scales, (h) => f16ToF32(h)) : Float32Array.from(q.scales);
+      const lg = opt.params.subarray(off, off + sc.length);
+      for (let i = 0; i < sc.length; i++) lg[i] = Math.log(Math.max(sc[i], 1e-30));
+      b.codes.push(q.codes);
+      b.scales.push(sc);
+      b.zeros.push(null);
+      b.grads!.scales.push(new Float32Array(sc.length));
+      b.grads!.zeros.push(null);
+      scales[l].push(sc);
+      logs[l].push(lg);
+      dlogs[l].push(opt.grads.subarray(off, off + sc.length));
+      off += sc.length;
+    }
+    blocks.push(b);
+    opt.params.set(params[l], total + l * P);
+  }
+  const fp = (l: number) => opt.params.subarray(total + l * P, total + (l + 1) * P);
+  const dfp = (l: number) => opt.grads.subarray(total + l * P, total + (l + 1) * P);
+  const savedN = eng.blockSizes(cfg).saved;
+  const acts = Array.from({ length: L }, () => new Float32Array(savedN));
+  const xs = Array.from({ length: L + 1 }, () => new Float32Array(T * D));
+  const cs = Array.from({ length: L + 1 }, () => new Float32Array(T).fill(1));
+  let dx = new Float32Array(T * D), dprev = new Float32Array(T * D);
+  const dc = new Float32Array(T), tok = new Int32Array(T), loss = new Float32Array(T), tprobs = new Float32Array(T * V);
+  const teach = await teacherSource(teacher, cal, B, o.teacherCacheBytes);
+  const t0 = performance.now();
+  for (let k = 0; k < o.qpSteps; k++) {
+    const idx = batchIndices(N, B, k, o.seed + 104729);
+    for (let b = 0; b < B; b++) tok.set(cal.tokens.subarray(idx[b] * S, (idx[b] + 1) * S), b * S);
+    await teach(idx, tprobs);
+    opt.zeroGrad();
+    for (let l = 0; l < L; l++)
+      for (let j = 0; j < LINEARS.length; j++) {
+        const sc = scales[l][j], lg = logs[l][j];
+        for (let i = 0; i < sc.length; i++) sc[i] = Math.exp(lg[i]);
+        blocks[l].grads!.scales[j]!.fill(0);
+      }
+    let js = 0;
+    try {
+      eng.embeddingForward(xs[0], tok, m.embed, T, V, D);
+      for (let l = 0; l < L; l++)
+        await eng.fptBlockForward(cfg, xs[l + 1], acts[l], xs[l], blocks[l], fp(l), sn ? cs[l] : null, sn ? cs[l + 1] : null, null, true);
+      dc.fill(0);
+      await eng.lmHeadJsd(loss, dx, sn ? dc : null, xs[L], sn ? cs[L] : null, m.finalNorm, m.lmHead, tprobs, T, D, V, s.rmsEps, 1 / T, true);
+      for (let i = 0; i < T; i++) js += loss[i];
+      js /= T;
+      if (!Number.isFinite(js)) throw nonFinite(k, js);
+      for (let l = L - 1; l >= 0; l--) {
+        await eng.fptBlockBackward(cfg, dprev, dfp(l), sn ? dc : null, dx, acts[l], blocks[l], fp(l), true);
+        [dx, dprev] = [dprev, dx];
+      }
+    } catch (e) {
+      throw fromNative(e);
+    }
+    // d/d log s = s d/ds
+    for (let l = 0; l < L; l++)
+      for (let j = 0; j < LINEARS.length; j++) {
+        const sc = scales[l][j], g = blocks[l].grads!.scales[j]!, dl = dlogs[l][j];
+        for (let i = 0; i < sc.length; i++) dl[i] = sc[i] * g[i];
+      }
+    const lr = learningRate(o.qpLr, k, { kind: 'cosine', steps: o.qpSteps, warmup: 0.05 });
+    await opt.update(lr);
+    curve.push(js);
+    const secs = (performance.now() - t0) / 1000;
+    onProgress?.({ phase: 'train', step: k + 1, totalSteps: o.qpSteps, loss: js, lr, stepsPerSecond: (k + 1) / secs,
+      etaSeconds: ((o.qpSteps - k - 1) * secs) / (k + 1), stage: 'ranges' });
+  }
+  for (let l = 0; l < L; l++) params[l].set(fp(l));
+  const out = new Map<string, QuantizedTensor>();
+  for (let l = 0; l < L; l++)
+    for (const [j, n] of LINEARS.entries()) {
+      const name = `model.layers.${l}.${HF_LINEAR[n]}`, q = m.linears.get(name)!, lg = logs[l][j];
+      out.set(name, new QuantizedTensor(q.codes, Uint16Array.from(lg, (v) => f32ToF16(Math.exp(v))), null, q.shape, q.bits, q.groupSize, true, 'f16'));
+    }
+  return out;
+}
 
 export interface FptQuantOptions {
   /** Activation bits: 8, 4 or 16 (fp activations). Default 8. */
@@ -74,6 +182,16 @@ export interface FptQuantOptions {
   /** Range search: windows of calibration data and the p of its error. Defaults 16, 2.4. */
   rangeWindows?: number;
   rangeP?: number;
+  /**
+   * Trains the quantization ranges after GPTQ (our addition; the reference fixes the weight ranges by
+   * min/max): an E2E-QP-style stage on the packed result, its codes frozen, every weight step size
+   * (per output channel or group) and every static activation / KV range trained jointly by the
+   * Jensen-Shannon divergence to the fp teacher, with the activation and KV quantizers on. Default false.
+   */
+  trainWeightRanges?: boolean;
+  /** That stage: Adam steps and the learning rate of the log step sizes and log ranges. Defaults 200, 1e-3. */
+  qpSteps?: number;
+  qpLr?: number;
   /** Teacher probabilities are cached up to this many bytes, else recomputed per step. Default 1e9. */
   teacherCacheBytes?: number;
   /** Seed of the rotation and the batch order. Default 0. */
@@ -91,6 +209,7 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
     residualScaling: o.residualScaling ?? true, valueHadamard: o.valueHadamard ?? false, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
     weights: o.weights ?? 'gptq', clipNorm: o.clipNorm ?? 0, stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
     lpAct: o.lpAct ?? 1e-4, lpWeight: o.lpWeight ?? 1e-4, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 1e-3,
+    trainWeightRanges: o.trainWeightRanges ?? false, qpSteps: o.qpSteps ?? 200, qpLr: o.qpLr ?? 1e-3,
     batchSize: o.batchSize ?? 4, rangeWindows: o.rangeWindows ?? 16, rangeP: o.rangeP ?? 2.4, teacherCacheBytes: o.teacherCacheBytes ?? 1e9,
     seed: o.seed ?? 0,
   };
@@ -102,13 +221,13 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
       throw invalidParameter('array of 4 entries of 4 or 8 (q/k/v, o_proj, gate/up, down_proj)', 'inputBits', b, 'QF_UNSUPPORTED_BITS');
     if (r.actBits === 16) throw invalidParameter('4 or 8 (inputBits sets per-input bits of quantized activations)', 'actBits', r.actBits, 'QF_UNSUPPORTED_BITS');
   }
-  for (const k of ['qk', 'v', 'mlp', 'residualScaling', 'valueHadamard', 'residualRotation', 'onlineHadamard'] as const)
+  for (const k of ['qk', 'v', 'mlp', 'residualScaling', 'valueHadamard', 'residualRotation', 'onlineHadamard', 'trainWeightRanges'] as const)
     if (!is.bool(r[k])) throw invalidParameter('boolean', k, r[k]);
   if (!is.oneOf(r.weights, ['gptq', 'rtn'] as const)) throw invalidParameter("'gptq' or 'rtn'", 'weights', r.weights);
   if (!is.oneOf(r.stages, ['none', 'local', 'local+e2e'] as const)) throw invalidParameter("'none', 'local' or 'local+e2e'", 'stages', r.stages);
-  for (const k of ['localSteps', 'e2eSteps', 'batchSize', 'rangeWindows'] as const)
+  for (const k of ['localSteps', 'e2eSteps', 'qpSteps', 'batchSize', 'rangeWindows'] as const)
     if (!is.positiveInteger(r[k])) throw invalidParameter('positive integer', k, r[k]);
-  for (const k of ['localLr', 'e2eLr', 'rangeP', 'teacherCacheBytes'] as const)
+  for (const k of ['localLr', 'e2eLr', 'qpLr', 'rangeP', 'teacherCacheBytes'] as const)
     if (!is.finiteNumber(r[k]) || r[k] <= 0) throw invalidParameter('positive number', k, r[k]);
   if (!is.finiteNumber(r.clipNorm) || r.clipNorm < 0 || r.clipNorm > 16) throw invalidParameter('number in [0, 16]', 'clipNorm', r.clipNorm);
   for (const k of ['lpAct', 'lpWeight'] as const)
@@ -368,6 +487,24 @@ async function teacherProbs(teacher: TrainableLlama, cal: CalibrationSet, idx: n
   return logits;
 }
 
+/**
+ * The teacher's probabilities of windows idx into out (B * S, V): from a cache of every window when
+ * it fits cacheBytes (computed once, B windows at a time), else from the teacher per call.
+ */
+async function teacherSource(teacher: TrainableLlama, cal: CalibrationSet, B: number, cacheBytes: number):
+  Promise<(idx: number[], out: Float32Array) => Promise<void>> {
+  const N = cal.samples, S = cal.seqLen, V = teacher.shape.vocab;
+  if (N * S * V * 4 > cacheBytes) return async (idx, out) => { out.set(await teacherProbs(teacher, cal, idx)); };
+  const cache = new Float32Array(N * S * V);
+  for (let n0 = 0; n0 < N; n0 += B) {
+    const idx = Array.from({ length: Math.min(B, N - n0) }, (_, i) => n0 + i);
+    cache.set(await teacherProbs(teacher, cal, idx), n0 * S * V);
+  }
+  return async (idx, out) => {
+    for (let b = 0; b < idx.length; b++) out.set(cache.subarray(idx[b] * S * V, (idx[b] + 1) * S * V), b * S * V);
+  };
+}
+
 async function endToEnd(st: Stage, teacher: TrainableLlama, stepOffset: number): Promise<void> {
   const { model, o, cal, opt, P } = st;
   const eng = native().engine, s = model.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen, V = s.vocab;
@@ -380,16 +517,7 @@ async function endToEnd(st: Stage, teacher: TrainableLlama, stepOffset: number):
   const cs = Array.from({ length: L + 1 }, () => new Float32Array(T).fill(1));
   let dx = new Float32Array(T * D), dprev = new Float32Array(T * D);
   const dc = new Float32Array(T), tok = new Int32Array(T), loss = new Float32Array(T);
-  // teacher probabilities for every window, cached when they fit
-  const cacheBytes = N * S * V * 4;
-  let cache: Float32Array | null = null;
-  if (cacheBytes <= o.teacherCacheBytes) {
-    cache = new Float32Array(N * S * V);
-    for (let n0 = 0; n0 < N; n0 += B) {
-      const idx = Array.from({ length: Math.min(B, N - n0) }, (_, i) => n0 + i);
-      cache.set(await teacherProbs(teacher, cal, idx), n0 * S * V);
-    }
-  }
+  const teach = await teacherSource(teacher, cal, B, o.teacherCacheBytes);
   const tprobs = new Float32Array(T * V);
   const begin = Math.max(0, st.start - stepOffset);
   if (begin === 0) {
@@ -400,8 +528,7 @@ async function endToEnd(st: Stage, teacher: TrainableLlama, stepOffset: number):
     const step = stepOffset + k;
     const idx = batchIndices(N, B, step, o.seed);
     for (let b = 0; b < B; b++) tok.set(cal.tokens.subarray(idx[b] * S, (idx[b] + 1) * S), b * S);
-    if (cache) for (let b = 0; b < B; b++) tprobs.set(cache.subarray(idx[b] * S * V, (idx[b] + 1) * S * V), b * S * V);
-    else tprobs.set(await teacherProbs(teacher, cal, idx));
+    await teach(idx, tprobs);
     opt.zeroGrad();
     let js = 0;
     try {
@@ -446,6 +573,10 @@ class FptQuantRun implements MethodRun {
   private readonly gptq: GptqMethodRun | null;
   private readonly curve: number[] = [];
   private acts: FptActivationQuant | null = null;
+  /** the fp model, kept for the range stage after the block pass (trainWeightRanges) */
+  private teacher: TrainableLlama | null = null;
+  /** the range stage after GPTQ (trainWeightRanges) */
+  readonly afterBlocks?: (m: PackedLlama) => Promise<Map<string, QuantizedTensor>>;
 
   constructor(private readonly ctx: MethodContext) {
     if (!ctx.calibration) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'fptquant' needs calibration data");
@@ -473,6 +604,33 @@ class FptQuantRun implements MethodRun {
       };
     }
     this.whole = { memory: () => this.wholeMemory(), run: (m) => this.train(m) };
+    if (o.trainWeightRanges) this.afterBlocks = (m) => this.trainRanges(m);
+  }
+
+  private async trainRanges(m: PackedLlama): Promise<Map<string, QuantizedTensor>> {
+    const o = this.o, teacher = this.teacher;
+    if (!teacher || this.fpt.params.length !== m.shape.layers) throw new QuantformError('QF_INTERNAL', 'FPTQuant range stage before its whole-model stage');
+    const fpt: NativeFptConfig = {
+      merged: true, residualScaling: this.fpt.config.residualScaling, hadamardBlock: this.hb, actBits: o.actBits < 16 ? o.actBits : 0,
+      kvBits: o.kvBits < 16 ? o.kvBits : 0, ...(o.inputBits && o.actBits < 16 ? { inputBits: o.inputBits } : {}),
+    };
+    try {
+      return await trainRanges(m, this.fpt.params, fpt, this.lay, o, this.ctx.calibration!, teacher, this.curve, this.ctx.onProgress);
+    } finally {
+      this.teacher = null;
+      this.acts = this.activationQuant(this.fpt.params);
+    }
+  }
+
+  /** The run-time quantizers from each block's parameters. */
+  private activationQuant(params: Float32Array[]): FptActivationQuant {
+    const o = this.o, lay = this.lay, Hkv = this.ctx.shape.kvHeads, L = params.length;
+    return {
+      actBits: o.actBits, kvBits: o.kvBits, ...(o.inputBits && o.actBits < 16 ? { inputBits: [...o.inputBits] } : {}), residualScaling: this.fpt.config.residualScaling === true,
+      hadamardBlock: this.hb, residualRotation: o.residualRotation,
+      actScales: Float32Array.from({ length: L * 4 }, (_, i) => Math.exp(params[Math.floor(i / 4)][lay.actLogScale + (i % 4)])),
+      kvScales: Float32Array.from({ length: L * 2 * Hkv }, (_, i) => Math.exp(params[Math.floor(i / (2 * Hkv))][lay.kvLogScale + (i % (2 * Hkv))])),
+    };
   }
 
   /** The fp32 model, the teacher's copy and the end-to-end stage's activations and teacher cache. */
@@ -480,7 +638,10 @@ class FptQuantRun implements MethodRun {
     const s = this.ctx.shape, o = this.o, cal = this.ctx.calibration!, D = s.hidden, L = s.layers, S = cal.seqLen, N = cal.samples;
     const modelBytes = (L * blockLayout(s).total + (s.tied ? 1 : 2) * s.vocab * D + D) * 4;
     const items: MemoryItem[] = [{ what: 'the fp32 model', bytes: modelBytes }];
-    if (o.stages !== 'local+e2e') return items;
+    if (o.stages !== 'local+e2e') {
+      if (o.trainWeightRanges) items.push({ what: 'the fp teacher (kept for the range stage after GPTQ)', bytes: modelBytes });
+      return items;
+    }
     const B = Math.min(o.batchSize, N), T = B * S;
     const saved = native().engine.blockSizes({ ...blockConfigOf(s, B, S, this.ctx.quant), fpt: fptConfig(o, this.hb, true, false) }).saved;
     items.push({ what: 'the fp teacher', bytes: modelBytes },
@@ -505,7 +666,8 @@ class FptQuantRun implements MethodRun {
   private async train(model: TrainableLlama): Promise<void> {
     const ctx = this.ctx, o = this.o, hb = this.hb, P = this.P, lay = this.lay;
     const s = model.shape, L = s.layers;
-    const teacher = o.stages === 'local+e2e' ? model.clone() : null;
+    const teacher = o.stages === 'local+e2e' || o.trainWeightRanges ? model.clone() : null;
+    if (o.trainWeightRanges) this.teacher = teacher;
     if (o.residualRotation) rotateResidual(model, residualRotationMatrix(s.hidden, o.seed));
     const eng = native().engine;
     const opt = new AdamW(L * P, { lr: o.localLr, betas: [0.9, 0.999] });
@@ -534,13 +696,7 @@ class FptQuantRun implements MethodRun {
     }
     const params = Array.from({ length: L }, (_, l) => opt.params.slice(l * P, (l + 1) * P));
     this.fpt.params.push(...params);
-    const Hkv = s.kvHeads;
-    this.acts = {
-      actBits: o.actBits, kvBits: o.kvBits, ...(o.inputBits && o.actBits < 16 ? { inputBits: [...o.inputBits] } : {}), residualScaling: this.fpt.config.residualScaling === true, hadamardBlock: hb,
-      residualRotation: o.residualRotation,
-      actScales: Float32Array.from({ length: L * 4 }, (_, i) => Math.exp(params[Math.floor(i / 4)][lay.actLogScale + (i % 4)])),
-      kvScales: Float32Array.from({ length: L * 2 * Hkv }, (_, i) => Math.exp(params[Math.floor(i / (2 * Hkv))][lay.kvLogScale + (i % (2 * Hkv))])),
-    };
+    this.acts = this.activationQuant(params);
   }
 }
 

@@ -247,9 +247,11 @@ std::shared_ptr<BlockBaton> read_config(const Napi::CallbackInfo& info, size_t i
     if (d.learned_fq.spec.group_size <= 0)
       fail(Code::InvalidArgument, "Expected positive integer for config.fq.groupSize but received " + std::to_string(d.learned_fq.spec.group_size));
     if (d.rtn || d.teq.on) fail(Code::InvalidArgument, "Expected config.fq without config.teq and with config.bits = 0");
-    if (d.fpt.on) fail(Code::InvalidArgument, "Expected config.fq or config.fpt, not both");
     b->fq = true;
     b->packed = get_bool(f, "packed", false);
+    // FPTQuant's merged step runs on packed codes (its range stage after GPTQ), not on a learned fake quant
+    if (d.fpt.on && (!b->packed || !d.fpt.merged || !d.learned_fq.spec.symmetric))
+      fail(Code::InvalidArgument, "Expected config.fq with config.fpt only as packed symmetric codes under a merged FPTQuant step");
     d.learned_fq.on = !b->packed;
   }
   check_status(check_block(d));
@@ -271,6 +273,7 @@ Span arena_span(const Napi::CallbackInfo& info, size_t i, const char* name) {
 }
 
 void set_teq_alpha(BlockDesc* d, const Span& alpha);
+void bind_packed(BlockBaton* b, const Napi::Object& po, float* const* sc, float* const* zc, std::vector<Napi::Value>* keep);
 
 // A typed array held in an object (method state, packed block): Float32Array, or Uint8Array bytes.
 Span value_span(const Napi::Value& v, const std::string& name, bool bytes) {
@@ -361,7 +364,13 @@ void bind_block(BlockBaton* b, const Napi::CallbackInfo& info, size_t ip, size_t
     return;
   }
   if (!p.IsObject() || p.IsNull()) fail(Code::InvalidArgument, "Expected a packed block { attnNorm, ffnNorm, codes } for params");
-  const Napi::Object po = p.As<Napi::Object>();
+  bind_packed(b, p.As<Napi::Object>(), sc, zc, keep);
+}
+
+// A packed block { attnNorm, ffnNorm: Float32Array (D), codes: Uint8Array[7] (N, row_bytes) } with the
+// step sizes sc and zero points zc of each linear: desc.linear become Quantized sources on them.
+void bind_packed(BlockBaton* b, const Napi::Object& po, float* const* sc, float* const* zc, std::vector<Napi::Value>* keep) {
+  BlockDesc& d = b->desc;
   const int64_t D = d.dims.D;
   for (const char* key : {"attnNorm", "ffnNorm"}) {
     const Napi::Value v = po.Get(key);
@@ -537,6 +546,32 @@ void bind_fpt(BlockDesc* d, const Span& params, const Span& c_in, const Span& c_
   }
 }
 
+// FPTQuant's block weights: an arena (Float32Array f32, Uint16Array bf16), or with config.fq.packed a
+// packed block { attnNorm, ffnNorm, codes, scales, zeros } (E2E-QP of the merged model: the codes of
+// each linear and its step sizes / zero points, as blockForward's block and method state); with grads
+// (the backward) also its { scales, zeros } gradients at params.grads, accumulated.
+void bind_fpt_weights(BlockBaton* b, const Napi::CallbackInfo& info, size_t ip, std::vector<Napi::Value>* keep, BlockGrads* g) {
+  const Napi::Value p = info[ip];
+  if (b->packed == p.IsTypedArray())
+    fail(Code::InvalidArgument, b->packed ? "Expected a packed block { attnNorm, ffnNorm, codes, scales, zeros } for params with config.fq.packed"
+                                          : "Expected a parameter arena for params (config.fq.packed is false)");
+  if (!b->packed) {
+    if (b->fq) fail(Code::InvalidArgument, "Expected config.fq only with packed: true for an FPTQuant block step");
+    check_status(block_bind_arena(&b->desc, arena_span(info, ip, "params")));
+    return;
+  }
+  if (!p.IsObject() || p.IsNull()) fail(Code::InvalidArgument, "Expected a packed block { attnNorm, ffnNorm, codes, scales, zeros } for params");
+  const Napi::Object po = p.As<Napi::Object>();
+  float* sc[kBlockLinears];
+  float* zc[kBlockLinears];
+  read_fq_arrays(*b, po, "params", false, sc, zc, keep);
+  bind_packed(b, po, sc, zc, keep);
+  if (!g) return;
+  const Napi::Value gv = po.Get("grads");
+  if (!gv.IsObject() || gv.IsTypedArray() || gv.IsNull()) fail(Code::InvalidArgument, "Expected { scales, zeros } gradients for params.grads");
+  read_fq_arrays(*b, gv.As<Napi::Object>(), "params.grads", true, g->fq_scales, g->fq_zeros, keep);
+}
+
 // fptLayout(config) -> { qkLogScale, qkAngle, vLu, mlpLogScale, actLogScale, kvLogScale, total }
 Napi::Value fpt_layout_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
@@ -549,16 +584,17 @@ Napi::Value fpt_layout_js(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// fptBlockForward(config, out, saved | null, x, params, fptParams, cIn | null, cOut | null, lpOut | null, async)
+// fptBlockForward(config, out, saved | null, x, params, fptParams, cIn | null, cOut | null, lpOut | null, async);
+// params: an arena, or a packed block with its step sizes (bind_fpt_weights)
 Napi::Value fpt_block_forward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
   const Span out = arg_span(info, 1, "out", DType::F32), saved = f32_or_null(info, 2, "saved"),
-             x = arg_span(info, 3, "x", DType::F32), params = arena_span(info, 4, "params"),
-             fparams = arg_span(info, 5, "fptParams", DType::F32), cin = f32_or_null(info, 6, "cIn"),
-             cout = f32_or_null(info, 7, "cOut"), lp = f32_or_null(info, 8, "lpOut");
-  check_status(block_bind_arena(&b->desc, params));
+             x = arg_span(info, 3, "x", DType::F32), fparams = arg_span(info, 5, "fptParams", DType::F32),
+             cin = f32_or_null(info, 6, "cIn"), cout = f32_or_null(info, 7, "cOut"), lp = f32_or_null(info, 8, "lpOut");
+  std::vector<Napi::Value> keep{info[1], info[2], info[3], info[4], info[5], info[6], info[7], info[8]};
+  bind_fpt_weights(b.get(), info, 4, &keep, nullptr);
   bind_fpt(&b->desc, fparams, cin, cout, lp);
-  return run_op(info, arg_bool(info, 9, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7], info[8]},
+  return run_op(info, arg_bool(info, 9, "async"), std::move(keep),
                 [b, out, saved, x] {
                   QF_TRY(b->tables());
                   Workspace ws;
@@ -567,26 +603,27 @@ Napi::Value fpt_block_forward_js(const Napi::CallbackInfo& info) {
                 [](Napi::Env env) { return env.Undefined(); });
 }
 
-// fptBlockBackward(config, dx, dFpt, dc | null, dout, saved, params, fptParams, async): dFpt accumulated; with
+// fptBlockBackward(config, dx, dFpt, dc | null, dout, saved, params, fptParams, async): dFpt (and a packed
+// block's params.grads) accumulated; with
 // residualScaling dc (BT) holds dL/dc_out and becomes dL/dc_in.
 Napi::Value fpt_block_backward_js(const Napi::CallbackInfo& info) {
   const auto b = read_config(info, 0);
   const Span dx = arg_span(info, 1, "dx", DType::F32), dfpt = arg_span(info, 2, "dFpt", DType::F32),
              dc = f32_or_null(info, 3, "dc"), dout = arg_span(info, 4, "dout", DType::F32),
-             saved = arg_span(info, 5, "saved", DType::F32), params = arena_span(info, 6, "params"),
-             fparams = arg_span(info, 7, "fptParams", DType::F32);
-  check_status(block_bind_arena(&b->desc, params));
+             saved = arg_span(info, 5, "saved", DType::F32), fparams = arg_span(info, 7, "fptParams", DType::F32);
+  std::vector<Napi::Value> keep{info[1], info[2], info[3], info[4], info[5], info[6], info[7]};
+  BlockGrads g;
+  bind_fpt_weights(b.get(), info, 6, &keep, &g);
   bind_fpt(&b->desc, fparams, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32}, Span{nullptr, 0, DType::F32});
   const int64_t P = fpt_layout(b->desc.dims).total, BT = b->desc.dims.BT();
   if ((int64_t)dfpt.len != P) fail(Code::ShapeMismatch, "Expected " + std::to_string(P) + " elements for dFpt but received " + std::to_string(dfpt.len));
-  BlockGrads g;
   g.fpt = static_cast<float*>(dfpt.data);
   if (b->desc.fpt.residual_scaling) {
     if (!dc.data || (int64_t)dc.len != BT)
       fail(Code::ShapeMismatch, "Expected " + std::to_string(BT) + " elements (BT) for dc but received " + std::to_string(dc.data ? (int64_t)dc.len : 0));
     g.dc = static_cast<float*>(dc.data);
   }
-  return run_op(info, arg_bool(info, 8, "async"), {info[1], info[2], info[3], info[4], info[5], info[6], info[7]},
+  return run_op(info, arg_bool(info, 8, "async"), std::move(keep),
                 [b, g, dx, dout, saved] {
                   QF_TRY(b->tables());
                   Workspace ws;

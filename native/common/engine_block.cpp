@@ -467,10 +467,12 @@ Status block_forward(Span out, Span saved, Span x, const BlockDesc& d, const KvC
   fpt::Prep prep;
   if (fp.on) QF_TRY(fpt::prepare(&prep, m, fp));
   // The integer path (FPTQuant inference): INT4 weights in the kernels' layout, activations quantized
-  // with their static scales in the epilogue of the op that produces them, int8 x int4 GEMMs.
+  // with their static scales in the epilogue of the op that produces them, int8 x int4 GEMMs. Training
+  // on packed weights (E2E-QP of an FPTQuant model) fake-quantizes the activations instead, on the
+  // dequant-matmul, which is what the integer path computes up to its int32 sums' rounding.
   int n_quantized = 0;
   for (const WeightSource& w : d.linear) n_quantized += w.kind == WeightSource::Kind::Quantized;
-  const bool ints = aq && n_quantized > 0;
+  const bool ints = aq && n_quantized > 0 && !training;
   if (ints)
     for (int j = 0; j < kBlockLinears; j++)
       if (d.linear[j].kind != WeightSource::Kind::Quantized || !d.linear[j].prepared)

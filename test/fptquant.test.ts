@@ -253,6 +253,33 @@ describe('FPTQuant method and checkpoint', () => {
     expect(QuantizedLinear).toBeDefined();
   });
 
+  it('trainWeightRanges: the stage after the block pass trains the step sizes (codes frozen) and the static ranges', async () => {
+    const run = (over: object) => quantizeModel(TrainableLlama.fromCheckpoint(syn), { method: 'fptquant', bits: 4, groupSize: 1 << 20, symmetric: true, calibration: cal,
+      fpt: { ...quick, actBits: 8, clipNorm: 2.4, ...over } });
+    const q0 = await run({}), q1 = await run({ trainWeightRanges: true, qpSteps: 5 });
+    expect(q1.report.lossCurve.length).toBe(2 * 6 + 6 + 5);
+    expect(q1.report.lossCurve.slice(0, 18)).toEqual(q0.report.lossCurve);  // the stages before are untouched
+    let moved = 0;
+    for (const [name, a] of q0.linears) {
+      const b = q1.linears.get(name)!;
+      expect(b.codes).toEqual(a.codes);
+      for (let i = 0; i < a.scales.length; i++) if (a.scales[i] !== b.scales[i]) moved++;
+    }
+    expect(moved).toBeGreaterThan(0);
+    expect(Array.from(q1.activations!.actScales)).not.toEqual(Array.from(q0.activations!.actScales));
+    // the trained model runs on the integer kernels, close to the untrained one
+    const tokens = Int32Array.from(cal.tokens.subarray(0, 32));
+    const m0 = new Model(quantizedCheckpoint(q0, tok), tok), m1 = new Model(quantizedCheckpoint(q1, tok), tok);
+    try {
+      const l1 = m1.forward(tokens).logits;
+      expect(l1.every(Number.isFinite)).toBe(true);
+      expect(nmse(l1, m0.forward(tokens).logits)).toBeLessThan(0.1);
+    } finally {
+      m0.dispose();
+      m1.dispose();
+    }
+  });
+
   it('W8A16 with the online Hadamard: the run-time transform is exact, the checkpoint is weight-only plus the Hadamard', async () => {
     const model = TrainableLlama.fromCheckpoint(syn);
     const q = await quantizeModel(model, { method: 'fptquant', bits: 8, groupSize: 1 << 20, symmetric: true, calibration: cal,

@@ -38,19 +38,20 @@ import type { MethodContext, MethodRun, QuantMethod, WholeModelStage } from './t
 
 /**
  * The range stage after GPTQ (FptQuantOptions.trainWeightRanges) on the packed merged model m: the
- * log step size of every linear's (N, G) groups and the log activation / KV ranges of every block
- * (params: its merged-step arena, lay.actLogScale / kvLogScale read) train by the JSD to the teacher,
+ * log step size of every linear's (N, G) groups (groupSize capped at each linear's K) and the log
+ * activation / KV ranges of every block (params: its merged-step arena, lay.actLogScale / kvLogScale
+ * read) train by the JSD to the teacher,
  * codes frozen, the activation and KV quantizers on (fake-quantized on the dequant-matmul: the
  * integer path's function). Returns the linears with the trained step sizes (f16, as saved); the
  * trained ranges are written into params.
  */
-async function trainRanges(m: PackedLlama, params: Float32Array[], fpt: NativeFptConfig, lay: NativeFptLayout, o: Resolved,
+async function trainRanges(m: PackedLlama, groupSize: number, params: Float32Array[], fpt: NativeFptConfig, lay: NativeFptLayout, o: Resolved,
   cal: CalibrationSet, teacher: TrainableLlama, curve: number[], onProgress: MethodContext['onProgress']): Promise<Map<string, QuantizedTensor>> {
   const eng = native().engine, s = m.shape, D = s.hidden, L = s.layers, N = cal.samples, S = cal.seqLen, V = s.vocab;
   const B = Math.min(o.batchSize, N), T = B * S, P = lay.total;
   const first = m.linears.get(`model.layers.0.${HF_LINEAR.q_proj}`);
   if (!first) throw new QuantformError('QF_INTERNAL', 'The packed model holds no model.layers.0.self_attn.q_proj');
-  const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, S, null, false), fpt, fq: { bits: first.bits, groupSize: first.groupSize, symmetric: true, packed: true } };
+  const cfg: NativeBlockConfig = { ...blockConfigOf(s, B, S, null, false), fpt, fq: { bits: first.bits, groupSize, symmetric: true, packed: true } };
   const sn = fpt.residualScaling === true;
   // one arena: every linear's log step sizes, then every block's merged-step parameters
   let total = 0;
@@ -615,7 +616,7 @@ class FptQuantRun implements MethodRun {
       kvBits: o.kvBits < 16 ? o.kvBits : 0, ...(o.inputBits && o.actBits < 16 ? { inputBits: o.inputBits } : {}),
     };
     try {
-      return await trainRanges(m, this.fpt.params, fpt, this.lay, o, this.ctx.calibration!, teacher, this.curve, this.ctx.onProgress);
+      return await trainRanges(m, this.ctx.quant.groupSize, this.fpt.params, fpt, this.lay, o, this.ctx.calibration!, teacher, this.curve, this.ctx.onProgress);
     } finally {
       this.teacher = null;
       this.acts = this.activationQuant(this.fpt.params);

@@ -390,7 +390,9 @@ export async function quantizeModel(source: TrainableLlama, opts: QuantizeModelO
   const { report, whole } = await execute(src, p, () => sink, hooks, '', () => source.clone());
   // a stage after the block pass changed the linears: the model holds what they dequantize to
   if (p.run.afterBlocks)
-    blocks.forEach((b, l) => {
+    blocks.forEach((arena, l) => {
+      // a method that quantizes tensor by tensor (FPTQuant with RTN weights) hands no arena: the norms are the model's
+      const b = arena.length > 0 ? arena : (blocks[l] = (whole ?? source).blocks[l].slice());
       for (const n of LINEARS) {
         const { offset, rows, cols } = blockLayout(source.shape).linears[n];
         dequantize(linears.get(`model.layers.${l}.${HF_LINEAR[n]}`)!, { out: b.subarray(offset, offset + rows * cols) });

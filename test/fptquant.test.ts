@@ -202,7 +202,7 @@ describe('FPTQuant method and checkpoint', () => {
   const tok = new ByteTokenizer(61);
   const text = Array.from({ length: 60 }, (_, i) => `story ${i} about a cat and a ${i % 7 ? 'dog' : 'bird'} that ran ${i} miles`).join('<|endoftext|>');
   const cal = calibrationFromText(text, (d) => tok.encode(d, { bos: true }), { samples: 16, seqLen: 32, seed: 1 });
-  const quick = { localSteps: 6, e2eSteps: 6, rangeWindows: 4, batchSize: 2, weights: 'rtn' as const };
+  const quick = { localSteps: 6, e2eSteps: 6, rangeWindows: 4, batchSize: 2, weights: 'rtn' as const, trainWeightRanges: false };
 
   it('W4A8KV8: the integer kernels agree with the fake-quantized step, and the checkpoint reloads bit for bit', async () => {
     const model = TrainableLlama.fromCheckpoint(syn);
@@ -310,9 +310,9 @@ describe('FPTQuant on the streaming pipeline', () => {
   const text = Array.from({ length: 60 }, (_, i) => `story ${i} about a cat and a ${i % 7 ? 'dog' : 'bird'} that ran ${i} miles`).join('<|endoftext|>');
   const cal = calibrationFromText(text, (d) => tok.encode(d, { bos: true }), { samples: 16, seqLen: 32, seed: 1 });
   const opts = { method: 'fptquant', bits: 4 as const, groupSize: 1 << 20, symmetric: true, calibration: cal,
-    fpt: { localSteps: 4, e2eSteps: 4, rangeWindows: 4, batchSize: 2, actBits: 8, onlineHadamard: true, residualRotation: true } };
+    fpt: { localSteps: 4, e2eSteps: 4, qpSteps: 3, rangeWindows: 4, batchSize: 2, actBits: 8, onlineHadamard: true, residualRotation: true } };
 
-  it('GPTQ on the merged model as a block method: quantizeCheckpoint writes what quantizeModel keeps, bit for bit', async () => {
+  it('GPTQ on the merged model as a block method, then the range stage: quantizeCheckpoint writes what quantizeModel keeps, bit for bit', async () => {
     const q = await quantizeModel(TrainableLlama.fromCheckpoint(syn), opts);
     const rtn = await quantizeModel(TrainableLlama.fromCheckpoint(syn), { ...opts, fpt: { ...opts.fpt, weights: 'rtn' } });
     const name = 'model.layers.1.mlp.down_proj';

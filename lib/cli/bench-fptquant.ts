@@ -30,6 +30,8 @@ interface BenchFptOpts {
   trainWeightRanges?: boolean;
   qpSteps?: number;
   qpLr?: number;
+  e2eSteps?: number;
+  e2eLr?: number;
   json?: boolean;
 }
 
@@ -46,14 +48,17 @@ const CONFIGS: Record<string, { actBits: number; kvBits: number; inputBits?: num
 };
 const ABLATION = ['A4@qkv', 'A4@o', 'A4@gateup', 'A4@down', 'KV4'];
 
-const NONE = { qk: false, v: false, mlp: false, residualScaling: false };
+/** The baselines: no transforms, and weights on min/max ranges as plain RTN / GPTQ have them. */
+const NONE = { qk: false, v: false, mlp: false, residualScaling: false, clipNorm: 0, trainWeightRanges: false };
 /** The rows: baselines, the method, its options, and the ablation of each transform. */
 const ROWS: { key: string; name: string; fpt: FptQuantOptions }[] = [
   { key: 'rtn', name: 'RTN, no transforms (ranges by search)', fpt: { ...NONE, stages: 'none', weights: 'rtn' } },
   { key: 'gptq', name: 'GPTQ, no transforms', fpt: { ...NONE, stages: 'none', weights: 'gptq' } },
   { key: 'quarot', name: 'Hadamard rotation only (QuaRot-style: residual + online before down_proj), GPTQ, no training', fpt: { ...NONE, stages: 'none', residualRotation: true, onlineHadamard: true } },
-  { key: 'local', name: 'FPTQuant, local stage only', fpt: { stages: 'local' } },
-  { key: 'fpt', name: 'FPTQuant, local + end-to-end', fpt: {} },
+  { key: 'local', name: 'FPTQuant, local stage only (min/max weight ranges)', fpt: { stages: 'local', clipNorm: 0, trainWeightRanges: false } },
+  { key: 'fpt-ref', name: 'FPTQuant, local + end-to-end, min/max weight ranges (the reference)', fpt: { clipNorm: 0, trainWeightRanges: false } },
+  { key: 'fpt-clip', name: 'FPTQuant, local + end-to-end, GPTQ clipping search', fpt: { trainWeightRanges: false } },
+  { key: 'fpt', name: 'FPTQuant, local + end-to-end, clipping search + ranges trained after GPTQ (default)', fpt: {} },
   { key: 'fpt+rot', name: 'FPTQuant + residual rotation + online Hadamard', fpt: { residualRotation: true, onlineHadamard: true } },
   { key: 'fpt+vh', name: 'FPTQuant, T_v from a Hadamard start', fpt: { valueHadamard: true } },
   { key: '-qk', name: 'FPTQuant without T_k', fpt: { qk: false } },
@@ -74,9 +79,11 @@ export function registerBenchFptquant(bench: Command): void {
     .option('--rows <list>', `rows to run (default all): ${ROWS.map((r) => r.key).join(', ')}`)
     .option('--group-size <n>', 'weight group size (default: per output channel)', intOption)
     .option('--clip-norm <p>', "GPTQ's clipping search of the weight ranges, its norm (0: min/max; default: the method's)", Number)
-    .option('--train-weight-ranges', 'after GPTQ, train every weight step size and activation / KV range end to end (JSD to the fp model)')
+    .option('--train-weight-ranges', 'force the range stage after GPTQ on in every row (it is the default of the fpt rows)')
     .option('--qp-steps <n>', 'steps of that stage', intOption)
     .option('--qp-lr <x>', 'its learning rate (log step sizes and ranges)', Number)
+    .option('--e2e-steps <n>', 'steps of the end-to-end stage', intOption)
+    .option('--e2e-lr <x>', 'its learning rate', Number)
     .option('--json', 'print JSON')
     .action(async (o: BenchFptOpts) => {
       const shared = path.resolve(o.shared);
@@ -111,6 +118,7 @@ export function registerBenchFptquant(bench: Command): void {
       const over: FptQuantOptions = {
         ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}), ...(o.trainWeightRanges ? { trainWeightRanges: true } : {}),
         ...(o.qpSteps !== undefined ? { qpSteps: o.qpSteps } : {}), ...(o.qpLr !== undefined ? { qpLr: o.qpLr } : {}),
+        ...(o.e2eSteps !== undefined ? { e2eSteps: o.e2eSteps } : {}), ...(o.e2eLr !== undefined ? { e2eLr: o.e2eLr } : {}),
       };
       log(`fp32: ppl ${fp.toFixed(4)}; calibration ${o.samples} x ${o.seqLen} tokens (stories 201-1000), weights INT4 symmetric ${gs >= 1 << 20 ? 'per output channel' : `g${gs}`}`);
       const table: { row: string; config: string; ppl: number; seconds: number }[] = [];

@@ -198,8 +198,8 @@ export function registerQuantize(program: Command): void {
     .option('--residual-rotation', 'FPTQuant: merge a randomised Hadamard rotation of the residual stream (the LM head is untied)')
     .option('--online-hadamard', 'FPTQuant: grouped Hadamard before down_proj at run time (largest power-of-two block dividing the intermediate size)')
     .option('--value-hadamard', 'FPTQuant: start T_v from a Hadamard rotation of each value head instead of the identity (head size a power of two)')
-    .option('--clip-norm <p>', "FPTQuant: GPTQ's clipping search of the weight ranges, its norm (the reference's --mse uses 2.4; 0: min/max)", Number)
-    .option('--train-weight-ranges', 'FPTQuant: after GPTQ, train every weight step size and activation / KV range end to end (JSD to the fp model)')
+    .option('--clip-norm <p>', "FPTQuant: GPTQ's clipping search of the weight ranges, its norm (default 2; the reference GPTQ's --mse uses 2.4; 0: min/max, the FPTQuant reference's)", Number)
+    .option('--no-train-weight-ranges', 'FPTQuant: skip the stage after GPTQ that trains every weight step size and activation / KV range end to end (JSD to the fp model)')
     .option('--qp-steps <n>', 'FPTQuant: steps of that stage (default 200)', intOption)
     .option('--qp-lr <x>', 'FPTQuant: its learning rate on the log step sizes and ranges (default 1e-3)', Number)
     .option('--fpt-stages <s>', "FPTQuant: 'local+e2e' (default), 'local', or 'none' (ranges only)")
@@ -341,7 +341,7 @@ function fptOptionsOf(o: QuantizeCliOpts, given: (key: string) => boolean): FptQ
   return {
     actBits: o.aBits ?? 8, kvBits: o.kvBits ?? o.aBits ?? 8, residualRotation: o.residualRotation === true, onlineHadamard: o.onlineHadamard === true,
     valueHadamard: o.valueHadamard === true, clipNorm: o.clipNorm, qpSteps: o.qpSteps, qpLr: o.qpLr,
-    ...(o.trainWeightRanges ? { trainWeightRanges: true } : {}),
+    trainWeightRanges: o.trainWeightRanges !== false,
     stages: o.fptStages, weights: o.fptWeights, localSteps: o.localSteps, e2eSteps: o.e2eSteps, localLr: o.localLr, e2eLr: o.e2eLr,
     batchSize: given('batchSize') ? o.batchSize : undefined, seed: o.seed,
     qk: !off.has('qk'), v: !off.has('v'), mlp: !off.has('mlp'), residualScaling: !off.has('sn'),

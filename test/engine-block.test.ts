@@ -301,9 +301,13 @@ describe('EfficientQAT in the block step', () => {
     const st = state(c, fq, params), out = new Float32Array(BT * c.D);
     expect(() => eng.blockSizes(cfg({ fq: { ...fq, bits: 5 } }))).toThrow(/Expected bits in \{2, 3, 4, 8\} for config.fq.bits but received 5/);
     expect(() => eng.blockSizes(cfg({ fq, teq: true }))).toThrow(/config.fq without config.teq/);
-    // one block takes EfficientQAT's quantizer or FPTQuant's transforms, packed (E2E-QP) or not
-    expect(() => eng.blockSizes(cfg({ fq, fpt: {} }))).toThrow(/Expected config.fq or config.fpt, not both/);
-    expect(() => eng.blockSizes(cfg({ fq: { ...fq, packed: true }, fpt: { merged: true } }))).toThrow(/Expected config.fq or config.fpt, not both/);
+    // one block takes EfficientQAT's quantizer or FPTQuant's transforms; only a merged FPTQuant step runs on
+    // packed symmetric codes (its range stage after GPTQ)
+    const both = /Expected config.fq with config.fpt only as packed symmetric codes under a merged FPTQuant step/;
+    expect(() => eng.blockSizes(cfg({ fq, fpt: {} }))).toThrow(both);
+    expect(() => eng.blockSizes(cfg({ fq: { ...fq, packed: true }, fpt: { merged: true } }))).toThrow(both);
+    expect(() => eng.blockSizes(cfg({ fq: { ...fq, symmetric: true, packed: true }, fpt: { qk: true } }))).toThrow(both);
+    expect(eng.blockSizes(cfg({ fq: { ...fq, symmetric: true, packed: true }, fpt: { merged: true } })).saved).toBeGreaterThan(0);
     expect(() => eng.blockForward(c, out, null, x, params, null, false)).toThrow(/Expected a \{ scales, zeros \} method state with config.fq/);
     expect(() => eng.blockForward(cfg(), out, null, x, params, st, false)).toThrow(/Expected config.fq with a \{ scales, zeros \} method state/);
     expect(() => eng.blockForward(c, out, null, x, params, { scales: st.scales.slice(1), zeros: st.zeros }, false)).toThrow(/array of 7 entries .* method.scales/);

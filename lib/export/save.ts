@@ -197,11 +197,15 @@ export class GptqWriter {
     this.written++;
   }
 
-  /** After the last step(): config, tokenizer, report; then the directory is renamed onto `out`. */
-  finish(report: QuantizeReport): void {
+  /**
+   * After the last step(): config, tokenizer, report; then the directory is renamed onto `out`.
+   * `activations`: the run-time quantizers as they ended (a stage after the block pass retrains them), else the plan's.
+   */
+  finish(report: QuantizeReport, activations?: ActivationQuant): void {
+    const final = activations ?? this.src.activations;
     try {
       if (this.written < this.names.length) throw new QuantformError('QF_INTERNAL', `GptqWriter.finish() after ${this.written} of ${this.names.length} weights`);
-      const aq = this.src.activations && needsRuntime(this.src.activations) ? this.src.activations : null;
+      const aq = final && needsRuntime(final) ? final : null;
       if (aq) {
         const L = this.src.config.nLayers, kv = 2 * this.src.config.nKvHeads;
         for (let l = 0; l < L; l++) {
@@ -219,7 +223,7 @@ export class GptqWriter {
         quantization_config: {
           quant_method: 'gptq', bits: q.bits, group_size: perChannel ? -1 : q.groupSize, sym: q.symmetric, desc_act: false,
           checkpoint_format: this.format, true_sequential: true, damp_percent: 0,
-          quantform: { method: report.method, ...(this.src.activations ? activationConfig(this.src.activations) : {}) },
+          quantform: { method: report.method, ...(final ? activationConfig(final) : {}) },
         },
       };
       writeFileAtomic(this.dir.file('config.json'), JSON.stringify(config, null, 2) + '\n');

@@ -472,7 +472,7 @@ export async function quantizeCheckpoint(ck: Checkpoint, out: string, opts: Quan
   try {
     // a whole-model stage loads the checkpoint in fp32 (its memory was checked against the budget by prepare())
     const { report } = await execute(src, p, open, hooks, `; nothing was written to ${out}`, () => TrainableLlama.fromCheckpoint(ck));
-    writer!.finish(report);
+    writer!.finish(report, p.run.activations?.() ?? undefined);
     // the returned report counts the shards' final fsyncs too (the saved one cannot)
     report.writeSeconds = (writeTiming.ms - written) / 1000;
     return report;

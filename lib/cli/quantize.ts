@@ -208,7 +208,7 @@ export function registerQuantize(program: Command): void {
     .option('--local-steps <n>', 'FPTQuant: local-stage steps per block (default 150)', intOption)
     .option('--e2e-steps <n>', 'FPTQuant: end-to-end steps (default 200)', intOption)
     .option('--local-lr <x>', 'FPTQuant: local-stage learning rate (default 5e-3)', numberOption)
-    .option('--e2e-lr <x>', "end-to-end learning rate: FPTQuant's (default 1e-3), EfficientQAT's E2E-QP (the recipe's when not given)", numberOption)
+    .option('--e2e-lr <x>', "end-to-end learning rate: FPTQuant's (default 6e-3), EfficientQAT's E2E-QP (the recipe's when not given)", numberOption)
     .option('--phases <which>', 'EfficientQAT: block-ap | e2e-qp | both; e2e-qp on a GPTQ --model refines its step sizes', 'both')
     .option('--init <rtn|gptq>', "EfficientQAT: Block-AP's start, min-max RTN (the reference) or GPTQ's codes and scales (the recipe's when not given)")
     .option('--start <dir>', 'EfficientQAT with --phases e2e-qp: the GPTQ checkpoint of --model whose step sizes E2E-QP trains')

@@ -61,6 +61,7 @@ const ROWS: { key: string; name: string; fpt: FptQuantOptions }[] = [
   { key: 'fpt', name: 'FPTQuant, local + end-to-end, clipping search + ranges trained after GPTQ (default)', fpt: {} },
   { key: 'fpt+rot', name: 'FPTQuant + residual rotation + online Hadamard', fpt: { residualRotation: true, onlineHadamard: true } },
   { key: 'fpt+vh', name: 'FPTQuant, T_v from a Hadamard start', fpt: { valueHadamard: true } },
+  { key: 'fpt+rot+vh', name: 'FPTQuant + residual rotation + online Hadamard, T_v from a Hadamard start', fpt: { residualRotation: true, onlineHadamard: true, valueHadamard: true } },
   { key: '-qk', name: 'FPTQuant without T_k', fpt: { qk: false } },
   { key: '-v', name: 'FPTQuant without T_v', fpt: { v: false } },
   { key: '-mlp', name: 'FPTQuant without T_u', fpt: { mlp: false } },

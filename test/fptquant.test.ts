@@ -267,13 +267,15 @@ describe('FPTQuant method and checkpoint', () => {
     }
     expect(moved).toBeGreaterThan(0);
     expect(Array.from(q1.activations!.actScales)).not.toEqual(Array.from(q0.activations!.actScales));
-    // the trained model runs on the integer kernels, close to the untrained one
+    // the trained model runs on the integer kernels
     const tokens = Int32Array.from(cal.tokens.subarray(0, 32));
     const m0 = new Model(quantizedCheckpoint(q0, tok), tok), m1 = new Model(quantizedCheckpoint(q1, tok), tok);
     try {
       const l1 = m1.forward(tokens).logits;
       expect(l1.every(Number.isFinite)).toBe(true);
-      expect(nmse(l1, m0.forward(tokens).logits)).toBeLessThan(0.1);
+      // five steps cannot be told from noise here, but they must not throw the model off the fp one
+      const ref = await TrainableLlama.fromCheckpoint(syn).logits(tokens, 1, 32);
+      expect(nmse(l1, ref)).toBeLessThan(1.5 * nmse(m0.forward(tokens).logits, ref));
     } finally {
       m0.dispose();
       m1.dispose();

@@ -179,13 +179,15 @@ describe('int8 accuracy', () => {
   });
 
   // AMX int8 from 16 rows: 32-row blocks with a partial last one (17, 33, 45, 118), K ragged against
-  // the 64-k tile step (72, 100, 172, 300, 1000), 32-k steps (g32, g96), the VNNI fallback (g8, g40),
+  // the 64-k tile step (72, 100, 172, 300, 1000), g128 / g256 (a group ends in a tile store), groups
+  // the VNNI kernel takes (g8, g32, g40, g64, g96),
   // N past the tile pairs one pass over x takes (300, 530) and a lone last tile (N = 19, 37, 50).
   const amxInt8 = vnni && info.features.amxInt8 && info.amx.active;
   if (vnni && !amxInt8) console.log(`matmul tests: AMX int8 not in use (${info.features.amxInt8 ? info.amx.reason ?? 'unknown' : 'no AMX-INT8'}): the AMX int8 kernel is not tested here`);
   const amxCases: [number, number, number, number | 'channel'][] = [
     [16, 37, 172, 32], [17, 19, 1000, 'channel'], [33, 50, 300, 64], [45, 300, 200, 128], [118, 5, 72, 'channel'],
     [32, 530, 100, 'channel'], [64, 33, 288, 96], [20, 17, 172, 8], [40, 21, 120, 40], [512, 9, 44, 'channel'],
+    [48, 40, 1000, 256], [19, 64, 520, 128],
   ];
   it.skipIf(!amxInt8)('the AMX int8 kernel equals the VNNI kernel bit for bit and the int8 reference (skipped without AMX-INT8)', () => {
     for (const [M, N, K, gs] of amxCases)

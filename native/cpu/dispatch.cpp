@@ -235,7 +235,7 @@ const ProbeKernels& probe_kernels() {
 }
 
 const MatmulInt8Kernels& matmul_int8_kernels() {
-  if (amx_int8_available()) return matmul_int8_kernels_amx;
+  if (amx_int8_available()) return matmul_int8_kernels_amx_avx512bf16;
   return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
 }
 

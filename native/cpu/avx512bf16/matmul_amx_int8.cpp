@@ -3,8 +3,10 @@
 // (B tiles) and sums into int32 exactly, 16 x 16 outputs x 64 k per instruction, so the integer
 // sums are the VNNI kernel's and the fp32 epilogue below repeats its operations in its order: the
 // two kernels agree bit for bit. Called only when cpuid reports AMX-INT8 and Linux grants the tile
-// state (dispatch.cpp); GEMV-sized calls, and group sizes that are not a multiple of 32 k, go to
-// the VNNI kernel.
+// state (dispatch.cpp). GEMV-sized calls and groups under 128 k go to the VNNI kernel: every group
+// ends in a store of the int32 tiles and an fp32 pass over the block, which at 32 or 64 k per group
+// costs more than the tiles save (M = 512, N = 5632, K = 2048, g32: AMX 126 vs VNNI 165 GOP/s;
+// g128: 296 vs 213; per channel 434 vs 261, loaded machine).
 #include <immintrin.h>
 
 #include <cstring>
@@ -50,7 +52,7 @@ void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m51
 }
 
 // Tiles 0-3: a 32 x 32 block of int32 sums (2 x 2 tiles of 16 x 16); 4-5: two 16-row A tiles
-// (kstep bytes of k); 6-7: the pair's two B tiles (kstep / 4 rows of 64 bytes).
+// (64 k each); 6-7: the pair's two B tiles (16 rows of 64 bytes).
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
@@ -60,26 +62,26 @@ struct alignas(64) TileConfig {
 
 // Outputs of rows [0, rows) of one 32-row block of A (row stride lda) and one pair of tiles
 // (t, t + 1; ntiles of them real) into y. cbuf (32, 32) int32, facc (32, 32) f32 scratch.
-template <int KSTEP>
+constexpr int64_t kStepK = 64;
+
 void block_pair(float* y, const int8_t* a, int64_t lda, int64_t rows, const float* xs, const float* xsumq,
                 const PackedInt4View& w, const uint8_t* panel0, const uint8_t* panel1, int64_t t, int64_t ntiles,
                 int32_t* cbuf, float* facc) {
-  constexpr int64_t kBTile = KSTEP / 4 * 64;  // bytes of one B tile
   const int64_t KC = w.KP / QF_MM_KC;
   for (int64_t g = 0; g < w.G; g++) {
-    // chunks [c0, c1) of group g; with G > 1 the group size is a multiple of KSTEP, so the
+    // chunks [c0, c1) of group g; with G > 1 the group size is a multiple of 128, so the
     // group starts on a k-step and ends on one (the last group at KP, padded with zero codes)
     const int64_t c0 = g * w.group_size / QF_MM_KC, c1 = g == w.G - 1 ? KC : (g + 1) * w.group_size / QF_MM_KC;
-    const int64_t s0 = c0 * QF_MM_KC / KSTEP, s1 = (c1 * QF_MM_KC + KSTEP - 1) / KSTEP;
+    const int64_t s0 = c0 * QF_MM_KC / kStepK, s1 = (c1 * QF_MM_KC + kStepK - 1) / kStepK;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t s = s0; s < s1; s++) {
-      _tile_loadd(4, a + s * KSTEP, lda);
-      _tile_loadd(5, a + 16 * lda + s * KSTEP, lda);
-      _tile_loadd(6, panel0 + s * kBTile, 64);
-      _tile_loadd(7, panel1 + s * kBTile, 64);
+      _tile_loadd(4, a + s * kStepK, lda);
+      _tile_loadd(5, a + 16 * lda + s * kStepK, lda);
+      _tile_loadd(6, panel0 + s * 1024, 64);
+      _tile_loadd(7, panel1 + s * 1024, 64);
       _tile_dpbsud(0, 4, 6);
       _tile_dpbsud(1, 4, 7);
       _tile_dpbsud(2, 5, 6);
@@ -111,7 +113,6 @@ void block_pair(float* y, const int8_t* a, int64_t lda, int64_t rows, const floa
   }
 }
 
-template <int KSTEP>
 void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq, int64_t M, const PackedInt4View& w,
                 int64_t t0, int64_t t1, uint8_t* scratch) {
   const int64_t KSP = matmul_amx_int8_ksp(w.KP), P = matmul_amx_int8_pairs(w.KP), per_tile = 16 * KSP;
@@ -120,17 +121,9 @@ void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq,
   int32_t* cbuf = reinterpret_cast<int32_t*>(tail + 32 * KSP);           // (32, 32)
   float* facc = reinterpret_cast<float*>(cbuf + 32 * 32);                // (32, 32)
   TileConfig cfg;
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < 8; i++) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;
-  }
-  for (int i = 4; i < 6; i++) {
-    cfg.colsb[i] = KSTEP;
-    cfg.rows[i] = 16;
-  }
-  for (int i = 6; i < 8; i++) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = KSTEP / 4;
   }
   _tile_loadconfig(&cfg);
   // A tile loads read KSP bytes from each row's start: past KP they run into the next row, whose
@@ -154,7 +147,7 @@ void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq,
         const uint8_t* p0 = panels + (t - tp) * per_tile;
         // a lone last tile multiplies the first panel twice and stores only its own half
         const uint8_t* p1 = nt == 2 ? p0 + per_tile : p0;
-        block_pair<KSTEP>(y + m0 * w.N, a, lda, rows, xs + m0, xsumq + m0 * w.G, w, p0, p1, t, nt, cbuf, facc);
+        block_pair(y + m0 * w.N, a, lda, rows, xs + m0, xsumq + m0 * w.G, w, p0, p1, t, nt, cbuf, facc);
       }
     }
   }
@@ -163,20 +156,14 @@ void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq,
 
 void matmul_int8_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq, int64_t M,
                      const PackedInt4View& w, int64_t t0, int64_t t1, uint8_t* scratch) {
-  if (M < QF_MM_AMX_INT8_MIN_M || t0 >= t1) {
+  if (M < QF_MM_AMX_INT8_MIN_M || t0 >= t1 || !(w.G == 1 || w.group_size % 128 == 0))
     matmul_int8_kernels_avx512vnni.matmul_int8(y, xq, xs, xsumq, M, w, t0, t1, scratch);
-    return;
-  }
-  if (w.G == 1 || w.group_size % 64 == 0)
-    matmul_amx<64>(y, xq, xs, xsumq, M, w, t0, t1, scratch);
-  else if (w.group_size % 32 == 0)
-    matmul_amx<32>(y, xq, xs, xsumq, M, w, t0, t1, scratch);
   else
-    matmul_int8_kernels_avx512vnni.matmul_int8(y, xq, xs, xsumq, M, w, t0, t1, scratch);
+    matmul_amx(y, xq, xs, xsumq, M, w, t0, t1, scratch);
 }
 
 }  // namespace
 
-const MatmulInt8Kernels matmul_int8_kernels_amx = {matmul_int8_amx};
+const MatmulInt8Kernels matmul_int8_kernels_amx_avx512bf16 = {matmul_int8_amx};
 
 }  // namespace qf

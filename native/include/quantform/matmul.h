@@ -161,9 +161,9 @@ extern const MatmulKernels matmul_kernels_avx2;
 extern const MatmulKernels matmul_kernels_avx512;
 extern const MatmulInt8Kernels matmul_int8_kernels_ref;
 extern const MatmulInt8Kernels matmul_int8_kernels_avx512vnni;
-// AMX tiles (TDPBSUD) for M >= QF_MM_AMX_INT8_MIN_M and group sizes that are a multiple of 32 (or
+// AMX tiles (TDPBSUD) for M >= QF_MM_AMX_INT8_MIN_M and group sizes that are a multiple of 128 (or
 // one group per row); the VNNI kernel otherwise. Bit-identical to the VNNI kernel.
-extern const MatmulInt8Kernels matmul_int8_kernels_amx;
+extern const MatmulInt8Kernels matmul_int8_kernels_amx_avx512bf16;
 
 extern const MatmulSplitKernels matmul_split_kernels_ref;
 extern const MatmulSplitKernels matmul_split_kernels_avx512vnni;

@@ -655,8 +655,8 @@ Status rmsnorm_scaled_forward(Span out, Span rstd, Span x, Span w, Span c, int64
   return Status::Ok();
 }
 
-Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
-                               int64_t D, float eps) {
+Status check_rmsnorm_scaled_backward(const Span& dx, const Span& dc, const Span& dout, const Span& x, const Span& w,
+                                     const Span& rstd, const Span& c, const Span& drstd, int64_t BT, int64_t D) {
   QF_TRY(positive("BT", BT));
   QF_TRY(positive("D", D));
   QF_TRY(need("dx", dx, BT * D, "(BT, D)"));
@@ -668,6 +668,12 @@ Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span
   QF_TRY(need_opt("c", c, BT, "(BT)"));
   QF_TRY(need_opt("drstd", drstd, BT, "(BT)"));
   if (c.data) QF_TRY(positive_values("c", c));
+  return Status::Ok();
+}
+
+Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
+                               int64_t D, float eps) {
+  QF_TRY(check_rmsnorm_scaled_backward(dx, dc, dout, x, w, rstd, c, drstd, BT, D));
   const EngineKernels& k = engine_kernels();
   parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
     k.rmsnorm_scaled_backward(F(dx), F(dc), F(dout), F(x), F(w), F(rstd), F(c), F(drstd), r0, r1, D, eps);
@@ -688,7 +694,7 @@ Status residual_scaled_forward(Span out, Span a, Span m, Span b, int64_t BT, int
 }
 
 namespace {
-Status check_fq(Span scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
+Status check_fq(const Span& scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
   QF_TRY(positive("n", n));
   QF_TRY(positive("nscale", nscale));
   QF_TRY(positive("inner", inner));
@@ -709,13 +715,18 @@ Status act_fake_quant_forward(Span out, Span x, Span scale, int64_t n, int64_t n
   return Status::Ok();
 }
 
-Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
-                               int64_t inner, int64_t bits) {
+Status check_act_fake_quant_backward(const Span& dx, const Span& dscale, const Span& dout, const Span& x,
+                                     const Span& scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
   QF_TRY(check_fq(scale, n, nscale, inner, bits));
   QF_TRY(need("dx", dx, n, "(n)"));
   QF_TRY(need("dscale", dscale, nscale, "(nscale)"));
   QF_TRY(need("dout", dout, n, "(n)"));
-  QF_TRY(need("x", x, n, "(n)"));
+  return need("x", x, n, "(n)");
+}
+
+Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
+                               int64_t inner, int64_t bits) {
+  QF_TRY(check_act_fake_quant_backward(dx, dscale, dout, x, scale, n, nscale, inner, bits));
   const EngineKernels& k = engine_kernels();
   const float qmax = fpt::qmax_of((int)bits);
   std::vector<double> ds((size_t)nscale, 0.0);
@@ -875,12 +886,16 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   return Status::Ok();
 }
 
-Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale) {
+Status check_jsd_forward_backward(const Span& loss, const Span& logits, const Span& tprobs, int64_t BT, int64_t V) {
   QF_TRY(positive("BT", BT));
   QF_TRY(positive("V", V));
   QF_TRY(need("loss", loss, BT, "(BT)"));
   QF_TRY(need("logits", logits, BT * V, "(BT, V)"));
-  QF_TRY(need("tprobs", tprobs, BT * V, "(BT, V)"));
+  return need("tprobs", tprobs, BT * V, "(BT, V)");
+}
+
+Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale) {
+  QF_TRY(check_jsd_forward_backward(loss, logits, tprobs, BT, V));
   const EngineKernels& k = engine_kernels();
   parallel_for(BT, grain_rows(V), [&](int64_t r0, int64_t r1) { k.jsd_forward_backward(F(loss), F(logits), F(tprobs), r0, r1, V, scale); });
   return Status::Ok();

@@ -776,11 +776,16 @@ Status check_quant_rows(const I8Span& xq, const Span& xsumq, int64_t rows, int64
 }
 }  // namespace
 
-Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
-                      int64_t gs, int64_t bits) {
+Status check_act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                            int64_t gs, int64_t bits) {
   QF_TRY(check_quant_rows(xq, xsumq, rows, K, KP, gs, bits, scale));
   QF_TRY(need("x", x, rows * K, "(rows, K)"));
-  QF_TRY(need_opt("m", m, rows, "(rows)"));
+  return need_opt("m", m, rows, "(rows)");
+}
+
+Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                      int64_t gs, int64_t bits) {
+  QF_TRY(check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits));
   const EngineKernels& k = engine_kernels();
   const float qmax = fpt::qmax_of((int)bits);
   parallel_for(rows, grain_rows(K), [&](int64_t r0, int64_t r1) {

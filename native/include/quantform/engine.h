@@ -419,6 +419,9 @@ Status fwht(Span x, int64_t rows, int64_t F, int64_t block);
 // xq (rows, KP) int8; xsumq (rows, ceil(K / gs)); x (rows, K); m (rows) or null.
 Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
                       int64_t group_size, int64_t bits);
+// act_quant_rows's checks alone (the CUDA quantizer, native/cuda/w4a8.cu, takes the same arguments).
+Status check_act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                            int64_t group_size, int64_t bits);
 // xq (BT, KP); xsumq (BT, ceil(D / gs)); rstd (BT); x (BT, D); w (D); c (BT) or null.
 Status rmsnorm_quant(I8Span xq, Span xsumq, Span rstd, Span x, Span w, Span c, float scale, int64_t BT, int64_t D,
                      int64_t KP, int64_t group_size, int64_t bits, float eps);

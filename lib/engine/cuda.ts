@@ -35,3 +35,23 @@ export function cudaLearnedFqBackward(dw: Float32Array | null, ds: Float32Array 
     throw fromNative(e);
   }
 }
+
+type AttentionForwardQ8 = (out: Float32Array, q: Float32Array, kq: Int8Array, vq: Int8Array, kscale: Float32Array, vscale: Float32Array,
+  B: number, T: number, Hq: number, Hkv: number, hd: number, S: number, pos0: number) => void;
+
+/**
+ * FPTQuant's attention over an int8 KV cache on the GPU (same contract as the CPU
+ * `engine.attentionForwardQ8`: out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8 codes with
+ * static per-head scales kscale, vscale (Hkv); query t sees keys 0 .. pos0 + t).
+ * Compiled in CI, not yet run on a GPU: see README.
+ */
+export function cudaAttentionForwardQ8(out: Float32Array, q: Float32Array, kq: Int8Array, vq: Int8Array, kscale: Float32Array,
+  vscale: Float32Array, B: number, T: number, Hq: number, Hkv: number, hd: number, S: number, pos0: number): void {
+  const b = cudaBinding();
+  if (!b || typeof b.attentionForwardQ8 !== 'function') throw new QuantformError('QF_UNSUPPORTED', 'CUDA is not available (see cudaInfo().reason)');
+  try {
+    (b.attentionForwardQ8 as AttentionForwardQ8)(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0);
+  } catch (e) {
+    throw fromNative(e);
+  }
+}

@@ -847,8 +847,8 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
   return Status::Ok();
 }
 
-Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
-                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                                  int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
   QF_TRY(positive("B", B));
   QF_TRY(positive("T", T));
   QF_TRY(positive("Hq", Hq));
@@ -867,7 +867,12 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   QF_TRY(need("kscale", kscale, Hkv, "(Hkv)"));
   QF_TRY(need("vscale", vscale, Hkv, "(Hkv)"));
   QF_TRY(positive_values("kscale", kscale));
-  QF_TRY(positive_values("vscale", vscale));
+  return positive_values("vscale", vscale);
+}
+
+Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+  QF_TRY(check_attention_forward_q8(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0));
   const int64_t L = pos0 + T, slots = scratch_slots(), per = attention_q8_scratch_floats(L, hd);
   Workspace ws;
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_forward_q8"));

@@ -12,8 +12,10 @@ import {
   cudaInfo, cudaInt8Kernel, cudaMatmulInt8, cudaMatmulStatic, cudaMatmulStaticAsync, cudaQuantizeActivations, matmul,
   prepareMatmulWeightCuda, QuantizedTensor, quantize, setKernelPolicy, Tensor, type CudaMatmulWeight,
 } from '../../lib/index.js';
+import { cudaAttentionForwardQ8 } from '../../lib/engine/cuda.js';
 import { engineOp } from '../../lib/native.js';
 import { gaussian, nmse, rng, sameBits, uniform } from '../helpers/numeric.js';
+import { withTier } from '../helpers/tiers.js';
 
 const info = cudaInfo();
 const reason = info.available ? '' : `CUDA unavailable: ${info.reason}`;
@@ -171,6 +173,25 @@ describe.skipIf(!info.available)(`CUDA W4A8 / W4A4 with static scales on ${info.
   });
 });
 
+/** f32 sums and expf vs the reference's double sums and exp */
+const ATTN_NMSE = 1e-10;
+
+describe.skipIf(!info.available)(`CUDA attention over the int8 KV cache on ${info.device ?? 'no device'}`, () => {
+  it('equals the CPU reference (GQA, cache offsets, decode and short prefill, odd hd)', () => {
+    for (const [B, T, Hq, Hkv, hd, S, pos0] of [[1, 1, 1, 1, 8, 4, 3], [2, 7, 4, 2, 8, 16, 3], [1, 70, 4, 1, 17, 90, 10],
+      [1, 5, 6, 3, 64, 40, 30], [3, 1, 8, 2, 128, 300, 299], [1, 2, 32, 4, 64, 1030, 1000]]) {
+      const q = uniform(B * T * Hq * hd, T + hd, 2);
+      const kq = Int8Array.from(uniform(B * S * Hkv * hd, S), (v) => Math.round(v * 127));
+      const vq = Int8Array.from(uniform(B * S * Hkv * hd, S + 1), (v) => Math.round(v * 127));
+      const ks = Float32Array.from({ length: Hkv }, (_, g) => 0.01 + 0.004 * g), vs = Float32Array.from({ length: Hkv }, (_, g) => 0.02 + 0.003 * g);
+      const want = new Float32Array(q.length), got = new Float32Array(q.length).fill(NaN);
+      withTier('ref', () => engineOp('attentionForwardQ8')(want, q, kq, vq, ks, vs, B, T, Hq, Hkv, hd, S, pos0));
+      cudaAttentionForwardQ8(got, q, kq, vq, ks, vs, B, T, Hq, Hkv, hd, S, pos0);
+      expect(nmse(got, want), `B=${B} T=${T} Hq=${Hq} Hkv=${Hkv} hd=${hd} S=${S} pos0=${pos0}`).toBeLessThan(ATTN_NMSE);
+    }
+  });
+});
+
 // The module's own checks run before any CUDA call: they are tested wherever it is built.
 const moduleFile = info.module;
 if (!moduleFile) console.log(`gpu/w4a8-cuda: input checks of quantform_cuda.node skipped, ${info.reason}`);
@@ -200,6 +221,20 @@ describe.skipIf(!moduleFile)('quantform_cuda.node W4A8 entry points: input check
     expect(code(q(new Int8Array(8), new Float32Array(1), nan, null, 0.1, 1, 8, 8, 8, 8))).toBe('QF_NON_FINITE');
     // a valid call: codes on a GPU, a coded error (no device) elsewhere, never a crash
     const c = code(q(new Int8Array(8), new Float32Array(1), new Float32Array(8), null, 0.1, 1, 8, 8, 8, 8));
+    expect(c === 'no error' || c.startsWith('QF_')).toBe(true);
+  });
+
+  it('attentionForwardQ8: the CPU op\'s checks', () => {
+    const b = mod();
+    const f = (n: number) => new Float32Array(n), i8 = (n: number) => new Int8Array(n);
+    // B=1, T=1, Hq=2, Hkv=1, hd=4, S=3, pos0=2
+    const args = (over: Record<number, unknown>) => [f(8), f(8), i8(12), i8(12), f(1).fill(1), f(1).fill(1), 1, 1, 2, 1, 4, 3, 2].map((v, i) => (i in over ? over[i] : v));
+    expect(code(() => b.attentionForwardQ8(...args({ 2: i8(11) })))).toBe('QF_SHAPE_MISMATCH');
+    expect(code(() => b.attentionForwardQ8(...args({ 3: new Uint8Array(12) })))).toBe('QF_DTYPE_MISMATCH');
+    expect(code(() => b.attentionForwardQ8(...args({ 12: 3 })))).toBe('QF_INVALID_ARGUMENT');
+    expect(code(() => b.attentionForwardQ8(...args({ 9: 3 })))).toBe('QF_INVALID_ARGUMENT');
+    expect(code(() => b.attentionForwardQ8(...args({ 4: f(1) })))).toMatch(/^QF_/);
+    const c = code(() => b.attentionForwardQ8(...args({})));
     expect(c === 'no error' || c.startsWith('QF_')).toBe(true);
   });
 

@@ -433,6 +433,9 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
 // out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8; kscale, vscale (Hkv).
 Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
                             int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0);
+// Its checks alone (the CUDA kernel, native/cuda/attention_q8.cu, takes the same arguments).
+Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                                  int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0);
 // loss (BT); logits (BT, V) become scale * dJSD/dlogits; tprobs (BT, V).
 Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale);
 // The local stage's outlier penalty over x (n) in groups of `group` (n / group of them):

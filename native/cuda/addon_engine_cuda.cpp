@@ -41,10 +41,6 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
-}
-
 // learnedFqBackward(dw | null, ds | null, dz | null, g, w, scales, zeros | null, N, K, bits, groupSize, symmetric):
 // the CPU op's contract (engine.learnedFqBackward), its checks, the parameters clamped as there
 Napi::Value learned_fq_backward_js(const Napi::CallbackInfo& info) {

@@ -107,10 +107,6 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
                 [ref](Napi::Env) { return ref->Value(); });
 }
 
-void check(const Status& st) {
-  if (!st.ok()) throw ArgError{st};
-}
-
 int arg_act_bits(const Napi::CallbackInfo& info, size_t i) {
   const int64_t bits = arg_int(info, i, "bits");
   if (bits != 4 && bits != 8)
@@ -133,11 +129,13 @@ Napi::Value act_quant_rows_js(const Napi::CallbackInfo& info) {
   const float scale = (float)arg_number(info, 4, "scale");
   const int64_t rows = arg_int(info, 5, "rows"), K = arg_int(info, 6, "K"), KP = arg_int(info, 7, "KP");
   const int64_t gs = arg_int(info, 8, "groupSize"), bits = arg_int(info, 9, "bits");
-  check(check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits));
-  check(finite_rows("x", static_cast<const float*>(x.data), rows, K));
-  if (m.data) check(finite_rows("m", static_cast<const float*>(m.data), rows, 1));
-  check(cuda_act_quant_rows(xq.data, static_cast<float*>(xsumq.data), static_cast<const float*>(x.data),
-                            static_cast<const float*>(m.data), scale, rows, K, KP, gs, (int)bits));
+  Status st = check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits);
+  if (st.ok()) st = finite_rows("x", static_cast<const float*>(x.data), rows, K);
+  if (st.ok() && m.data) st = finite_rows("m", static_cast<const float*>(m.data), rows, 1);
+  if (st.ok())
+    st = cuda_act_quant_rows(xq.data, static_cast<float*>(xsumq.data), static_cast<const float*>(x.data),
+                             static_cast<const float*>(m.data), scale, rows, K, KP, gs, (int)bits);
+  if (!st.ok()) throw ArgError{st};
   return info.Env().Undefined();
 }
 
@@ -224,7 +222,8 @@ Napi::Value matmul_int8_kernel_js(const Napi::CallbackInfo& info) {
   const int64_t M = arg_int(info, 1, "M");
   const int bits = arg_act_bits(info, 2);
   CudaInt8Kernel k;
-  check(cuda_int8_kernel(&k, M, bits, *w));
+  const Status st = cuda_int8_kernel(&k, M, bits, *w);
+  if (!st.ok()) throw ArgError{st};
   return Napi::String::New(info.Env(), cuda_int8_kernel_name(k));
 }
 

@@ -1,11 +1,12 @@
 // CUDA W4A8 / W4A4 with static activation scales (native/cuda/w4a8.cu) against the CPU:
 // the quantizer's codes against the CPU actQuantRows bit for bit, the matmul against an
 // integer oracle written here (exact group sums, float64 epilogue) bit for bit on data whose
-// every product and sum is exactly representable, and within float rounding on random data
-// (also against the CPU int8 path: bit for bit against its VNNI/AMX kernels, which share the epilogue order). Shapes: M = 1, 2, 3, 7, 8, 9, 33, 64, 130, 200; K ragged
-// against 8, 32 and 64; odd N; ragged last groups; per-channel. The GPU part runs where a GPU
-// and quantform_cuda.node are present (it has not run on one yet); the input checks of the
-// module run wherever it is built (CI builds it when nvcc exists), with or without a GPU.
+// every product and sum is exactly representable, within float rounding on random data, and
+// bit for bit against the CPU VNNI/AMX int8 kernels (same sums, same epilogue order) where the
+// CPU has them. Shapes: M = 1, 2, 3, 7, 8, 9, 33, 64, 130, 200; K ragged against 8, 32 and 64;
+// odd N; ragged last groups; per-channel. Also the int8-KV attention against the CPU reference.
+// The GPU part runs where a GPU and quantform_cuda.node are present (it has not run on one
+// yet); the module's input checks run wherever it is built (CI builds it when nvcc exists).
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
 import {

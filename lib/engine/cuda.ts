@@ -75,3 +75,14 @@ export function cudaActFakeQuantBackward(dx: Float32Array, dscale: Float32Array,
 export function cudaJsdForwardBackward(loss: Float32Array, logits: Float32Array, tprobs: Float32Array, BT: number, V: number, scale: number): void {
   cudaEngineFn('jsdForwardBackward')(loss, logits, tprobs, BT, V, scale);
 }
+
+/**
+ * FPTQuant's attention over an int8 KV cache on the GPU (same contract as the CPU
+ * `engine.attentionForwardQ8`: out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8 codes with
+ * static per-head scales kscale, vscale (Hkv); query t sees keys 0 .. pos0 + t).
+ * Compiled in CI, not yet run on a GPU: see README.
+ */
+export function cudaAttentionForwardQ8(out: Float32Array, q: Float32Array, kq: Int8Array, vq: Int8Array, kscale: Float32Array,
+  vscale: Float32Array, B: number, T: number, Hq: number, Hkv: number, hd: number, S: number, pos0: number): void {
+  cudaEngineFn('attentionForwardQ8')(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0);
+}

@@ -70,14 +70,7 @@ struct Unwrap<IdSpan> {
 };
 template <>
 struct Unwrap<I8Span> {
-  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) {
-    const Napi::Value v = info[i];
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int8_array)
-      fail(Code::DtypeMismatch, std::string("Expected Int8Array for ") + name);
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
-    return I8Span{reinterpret_cast<int8_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
-  }
+  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int8(info, i, name); }
 };
 template <>
 struct Unwrap<int64_t> {

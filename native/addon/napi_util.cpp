@@ -1,5 +1,7 @@
 #include "napi_util.h"
 
+#include "quantform/engine.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -118,6 +120,12 @@ Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) {
 
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
   return value_span(info.Env(), info[i], name, dtype);
+}
+
+I8Span arg_int8(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const View ta = typed_array(info.Env(), info[i], name);
+  if (ta.type != napi_int8_array) fail(Code::DtypeMismatch, std::string("Expected Int8Array for ") + name);
+  return I8Span{static_cast<int8_t*>(ta.data), ta.len};
 }
 
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {

@@ -787,11 +787,16 @@ Status check_quant_rows(const I8Span& xq, const Span& xsumq, int64_t rows, int64
 }
 }  // namespace
 
-Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
-                      int64_t gs, int64_t bits) {
+Status check_act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                            int64_t gs, int64_t bits) {
   QF_TRY(check_quant_rows(xq, xsumq, rows, K, KP, gs, bits, scale));
   QF_TRY(need("x", x, rows * K, "(rows, K)"));
-  QF_TRY(need_opt("m", m, rows, "(rows)"));
+  return need_opt("m", m, rows, "(rows)");
+}
+
+Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                      int64_t gs, int64_t bits) {
+  QF_TRY(check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits));
   const EngineKernels& k = engine_kernels();
   const float qmax = fpt::qmax_of((int)bits);
   parallel_for(rows, grain_rows(K), [&](int64_t r0, int64_t r1) {
@@ -853,8 +858,8 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
   return Status::Ok();
 }
 
-Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
-                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                                  int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
   QF_TRY(positive("B", B));
   QF_TRY(positive("T", T));
   QF_TRY(positive("Hq", Hq));
@@ -873,7 +878,12 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   QF_TRY(need("kscale", kscale, Hkv, "(Hkv)"));
   QF_TRY(need("vscale", vscale, Hkv, "(Hkv)"));
   QF_TRY(positive_values("kscale", kscale));
-  QF_TRY(positive_values("vscale", vscale));
+  return positive_values("vscale", vscale);
+}
+
+Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+  QF_TRY(check_attention_forward_q8(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0));
   const int64_t L = pos0 + T, slots = scratch_slots(), per = attention_q8_scratch_floats(L, hd);
   Workspace ws;
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_forward_q8"));

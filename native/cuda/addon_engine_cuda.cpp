@@ -122,9 +122,27 @@ Napi::Value jsd_forward_backward_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionForwardQ8(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0): the CPU op's contract
+// (engine.attentionForwardQ8) and checks
+Napi::Value attention_forward_q8_js(const Napi::CallbackInfo& info) {
+  const Span out = arg_span(info, 0, "out", DType::F32), q = arg_span(info, 1, "q", DType::F32);
+  const I8Span kq = arg_int8(info, 2, "kq"), vq = arg_int8(info, 3, "vq");
+  const Span ks = arg_span(info, 4, "kscale", DType::F32), vs = arg_span(info, 5, "vscale", DType::F32);
+  const int64_t B = arg_int(info, 6, "B"), T = arg_int(info, 7, "T"), Hq = arg_int(info, 8, "Hq"), Hkv = arg_int(info, 9, "Hkv");
+  const int64_t hd = arg_int(info, 10, "hd"), S = arg_int(info, 11, "S"), pos0 = arg_int(info, 12, "pos0");
+  Status st = check_attention_forward_q8(out, q, kq, vq, ks, vs, B, T, Hq, Hkv, hd, S, pos0);
+  if (st.ok())
+    st = attention_forward_q8_cuda(static_cast<float*>(out.data), static_cast<const float*>(q.data), kq.data, vq.data,
+                                   static_cast<const float*>(ks.data), static_cast<const float*>(vs.data), B, T, Hq, Hkv,
+                                   hd, S, pos0);
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_engine_cuda(Napi::Env env, Napi::Object exports) {
+  QF_EXPORT(exports, "attentionForwardQ8", attention_forward_q8_js);
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
   QF_EXPORT(exports, "learnedFqBackward", learned_fq_backward_js);
   QF_EXPORT(exports, "rmsnormScaledBackward", rmsnorm_scaled_backward_js);

@@ -33,3 +33,15 @@ Status act_fake_quant_backward_cuda(float* dx, float* dscale, const float* dout,
 Status jsd_forward_backward_cuda(float* loss, float* logits, const float* tprobs, int64_t BT, int64_t V, float scale);
 
 }  // namespace qf
+
+namespace qf {
+
+// FPTQuant's attention over an int8 KV cache (engine.h attention_forward_q8, same definition):
+// out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8; kscale, vscale (Hkv); query t sees keys
+// [0, pos0 + t]. Lengths checked by the caller (check_attention_forward_q8). Compiled in CI, not
+// yet run on a GPU.
+Status attention_forward_q8_cuda(float* out, const float* q, const int8_t* kq, const int8_t* vq, const float* kscale,
+                                 const float* vscale, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t hd,
+                                 int64_t S, int64_t pos0);
+
+}  // namespace qf

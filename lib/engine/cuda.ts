@@ -1,5 +1,5 @@
 // CUDA variants of engine kernels (quantform_cuda.node), when a GPU is present: the TEQ
-// scale backward, the learned fake quant backward and FPTQuant's training ops (S_n, LSQ, JSD).
+// scale backward, the learned fake quant backward, FPTQuant's training ops (S_n, LSQ, JSD) and its int8-KV attention.
 import { cudaBinding } from '../ops/cuda.js';
 import { fromNative, QuantformError } from '../errors.js';
 

@@ -110,11 +110,13 @@ Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dty
   return Span{ta.data, ta.len, dtype};
 }
 
-Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) {
+Span value_typed(Napi::Env env, const Napi::Value& v, const char* name, napi_typedarray_type want, const char* want_name) {
   const View ta = typed_array(env, v, name);
-  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  if (ta.type != want) fail(Code::DtypeMismatch, std::string("Expected ") + want_name + " for " + name);
   return Span{ta.data, ta.len, DType::F32};
 }
+
+Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) { return value_typed(env, v, name, napi_int32_array, "Int32Array"); }
 
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
   return value_span(info.Env(), info[i], name, dtype);

@@ -70,11 +70,7 @@ struct Unwrap<IdSpan> {
 };
 template <>
 struct Unwrap<I8Span> {
-  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) {
-    // through the shared checks: a SharedArrayBuffer view has no ArrayBuffer data to borrow
-    const Span s = value_typed(info.Env(), info[i], name, napi_int8_array, "Int8Array");
-    return I8Span{static_cast<int8_t*>(s.data), s.len};
-  }
+  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int8(info, i, name); }
 };
 template <>
 struct Unwrap<int64_t> {

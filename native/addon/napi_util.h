@@ -30,6 +30,9 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name);
 // A Float32Array (f32) or Uint16Array (f16/bf16, as `dtype` says) or Uint8Array (bytes).
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype);
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+struct I8Span;  // quantform/engine.h
+// An Int8Array (activation codes; engine.h I8Span).
+I8Span arg_int8(const Napi::CallbackInfo& info, size_t i, const char* name);
 // An Int32Array (token ids, targets), carried as a Span of 4-byte elements.
 Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
 // The same checks for a typed array that is not an argument itself (a config

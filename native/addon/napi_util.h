@@ -39,6 +39,8 @@ Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
 // object's field): kind, SharedArrayBuffer refused, detached refused.
 Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype);
 Span value_int32(Napi::Env env, const Napi::Value& v, const char* name);
+// Any one element type (want_name for the message: "Int8Array"), the same checks.
+Span value_typed(Napi::Env env, const Napi::Value& v, const char* name, napi_typedarray_type want, const char* want_name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
 // An optional Float32Array: null or undefined is an absent buffer (null data, length 0).
 Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name);

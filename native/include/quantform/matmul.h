@@ -140,17 +140,18 @@ struct MatmulBf16Kernels {
 // 32 output rows over the whole of KP.
 inline int64_t matmul_scratch_floats(int64_t KP) { return KP * 32 + 64; }
 // AMX int8 (native/cpu/avx512bf16/matmul_amx_int8.cpp): k padded to whole 64-k tile steps; per
-// thread the byte panels of P tile pairs (16 KSP bytes a tile), a zero-padded copy of the last
-// 32-row block of xq and two (32, 32) blocks of int32 sums and fp32 accumulators. P pairs share
-// each pass over xq, as many as fit 768 KB of L2 (1 to 4).
+// thread the byte panels of P tile pairs (16 KSP bytes a tile), one 32-row block of xq packed into
+// tiles (32 KSP bytes) and, per pair, int32 sums between k chunks and fp32 accumulators (4 KB
+// each), plus one (32, 32) int32 block. P pairs share each pass over xq, as many as fit 1 MB of
+// L2 (1 to 8).
 inline int64_t matmul_amx_int8_ksp(int64_t KP) { return (KP + 63) / 64 * 64; }
 inline int64_t matmul_amx_int8_pairs(int64_t KP) {
-  const int64_t fit = (768 << 10) / (32 * matmul_amx_int8_ksp(KP));
-  return fit < 1 ? 1 : fit > 4 ? 4 : fit;
+  const int64_t fit = (1 << 20) / (32 * matmul_amx_int8_ksp(KP));
+  return fit < 1 ? 1 : fit > 8 ? 8 : fit;
 }
 inline int64_t matmul_int8_scratch_bytes(int64_t KP) {
-  const int64_t vnni = KP * 32 + 256, ksp = matmul_amx_int8_ksp(KP);
-  const int64_t amx = matmul_amx_int8_pairs(KP) * 32 * ksp + 32 * ksp + 2 * 32 * 32 * 4 + 256;
+  const int64_t vnni = KP * 32 + 256, ksp = matmul_amx_int8_ksp(KP), P = matmul_amx_int8_pairs(KP);
+  const int64_t amx = P * 32 * ksp + 32 * ksp + (2 * P + 1) * 4096 + 256;
   return vnni > amx ? vnni : amx;
 }
 // From this many rows of x the AMX int8 kernel runs; fewer go to the VNNI kernel.

@@ -35,7 +35,7 @@
       "type": "static_library",
       "sources": ["<!@(node cmake/sources.cjs avx512bf16)"],
       "cflags_cc": ["-Wno-maybe-uninitialized", "-mavx2", "-mfma", "-mf16c", "-mbmi2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                    "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+                    "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mamx-int8"]
     },
     {
       "target_name": "quantform",

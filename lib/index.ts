@@ -12,6 +12,10 @@ export { GptqHessian, gptqQuantize, gptqQuantizeAsync, gptqObjective, type GptqO
 export { quantLinearBackward, quantLinearBackwardAsync, cudaQuantLinearBackward, type QuantLinearBackwardOptions, type QuantLinearGrads } from './ops/qlinear.js';
 export { cudaQuantize, cudaDequantize, cudaFakeQuantize, cudaFakeQuantizeBackward } from './ops/cuda-quant.js';
 export {
+  cudaQuantizeActivations, cudaMatmulInt8, cudaMatmulStatic, cudaMatmulStaticAsync, cudaInt8Kernel,
+  type CudaInt8Kernel, type QuantizedActivations, type StaticActivationOptions,
+} from './ops/cuda-w4a8.js';
+export {
   loadModel, openCheckpoint, Model, type LoadOptions, type ForwardOptions, type ForwardResult,
 } from './model/model.js';
 export { type Checkpoint, type CheckpointFormat, type TensorSource } from './model/checkpoint.js';

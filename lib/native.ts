@@ -355,6 +355,7 @@ export interface NativeMachineLimits {
   copyGBps: number;
   fmaGflops: number;
   vnniGops: number | null;
+  amxInt8Gops: number | null;
   threads: number;
 }
 

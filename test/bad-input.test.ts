@@ -57,6 +57,15 @@ describe('TS validation', () => {
     const t = new Tensor(data, [2, 3]);
     structuredClone(data.buffer, { transfer: [data.buffer] });
     expect(err(() => quantize(t, { bits: 4 })).message).toMatch(/attached buffer for weights but it is detached/);
+    // the engine's int8 buffers (FPTQuant's codes) go through the same checks: a shared view is refused, not dereferenced
+    const x = new Float32Array(8), xs = new Float32Array(1);
+    const aqr = (native().engine as unknown as Record<string, (...a: unknown[]) => void>).actQuantRows;
+    expect(nativeErr(() => aqr(new Int8Array(new SharedArrayBuffer(8)), xs, x, null, 0.1, 1, 8, 8, 8, 8)))
+      .toMatchObject({ code: 'QF_INVALID_ARGUMENT', message: expect.stringMatching(/non-shared buffer for xq but received a SharedArrayBuffer view/) });
+    const gone = new Int8Array(8);
+    structuredClone(gone.buffer, { transfer: [gone.buffer] });
+    expect(nativeErr(() => aqr(gone, xs, x, null, 0.1, 1, 8, 8, 8, 8)).message).toMatch(/attached buffer for xq but it is detached/);
+    expect(nativeErr(() => aqr(new Uint8Array(8), xs, x, null, 0.1, 1, 8, 8, 8, 8))).toMatchObject({ code: 'QF_DTYPE_MISMATCH', message: 'Expected Int8Array for xq' });
   });
   it('NaN and Inf name the row', async () => {
     const bad = Tensor.fromArray([0, 1, 2, 3, 4, 5, 6, NaN, 8], [3, 3]);

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { matMulNBitsModel } from '../lib/bench/onnx.js';
 import { benchMatmul, loadOrt, type OrtModule } from '../lib/bench/matmul.js';
-import { matmul, measureMachine, measureMachineSync, QuantizedTensor, setKernelPolicy, Tensor } from '../lib/index.js';
+import { backendInfo, matmul, measureMachine, measureMachineSync, QuantizedTensor, setAmx, setKernelPolicy, Tensor } from '../lib/index.js';
 
 /** onnxruntime (fp32 accumulation, its own order) vs the float64-accumulating reference. */
 const ORT_NMSE = 1e-10;
@@ -54,12 +54,27 @@ describe('machine probes and a tiny benchmark run', () => {
   it('measureMachine measures only the parts asked for; a copy moves at least as many bytes per second as it reads', async () => {
     const only = await measureMachine({ parts: ['copy'], bytes: 8 * 2 ** 20, reps: 2 });
     expect(only.copyGBps).toBeGreaterThan(0);
-    expect([only.readGBps, only.fmaGflops, only.vnniGops ?? 0]).toEqual([0, 0, 0]);
+    expect([only.readGBps, only.fmaGflops, only.vnniGops ?? 0, only.amxInt8Gops ?? 0]).toEqual([0, 0, 0, 0]);
     const fma = measureMachineSync({ parts: ['fma'], seconds: 0.05 });
     expect(fma.fmaGflops).toBeGreaterThan(0);
     expect(fma.copyGBps).toBe(0);
-    expect(() => measureMachineSync({ parts: [] })).toThrow(/Expected non-empty array of 'read', 'copy', 'fma', 'vnni' for parts/);
+    expect(() => measureMachineSync({ parts: [] })).toThrow(/Expected non-empty array of 'read', 'copy', 'fma', 'vnni', 'amx' for parts/);
     expect(() => measureMachineSync({ parts: ['disk' as 'read'] })).toThrow(/for parts/);
+  });
+
+  const feats = backendInfo().features;
+  const amxInt8 = feats.amxInt8 && backendInfo().amx.active && feats.avx512vnni;
+  if (!amxInt8) console.log('bench-matmul tests: no AMX-INT8 in use here: the AMX probe is only checked to report null');
+  it('the AMX int8 probe: a TDPBSUD peak above the VNNI one where the tiles run, null elsewhere or with setAmx(false)', () => {
+    const m = measureMachineSync({ parts: ['vnni', 'amx'], seconds: 0.05 });
+    if (amxInt8) expect(m.amxInt8Gops!).toBeGreaterThan(2 * m.vnniGops!);
+    else expect(m.amxInt8Gops).toBeNull();
+    setAmx(false);
+    try {
+      expect(measureMachineSync({ parts: ['amx'], seconds: 0.05 }).amxInt8Gops).toBeNull();
+    } finally {
+      setAmx(true);
+    }
   });
 
   it('measureMachine returns positive limits and rejects bad options', async () => {

@@ -307,11 +307,11 @@ describe('GGUF export: refusals', () => {
     cfg.quantization_config.quantform.activations = { bits: 8 };
     writeFileSync(cfgFile, JSON.stringify(cfg));
     for (const p of [exportGguf(dir, fresh('a.gguf')), exportOnnx(dir, fresh('a-onnx'))])
-      expect((await errOf(p)).message).toMatch(/quantizes activations \(\{"bits":8\}\); (GGUF|ONNX) stores weight-only quantized models/);
+      expect((await errOf(p)).message).toMatch(/the model quantizes activations statically \(8-bit: \{"bits":8\}\); (GGUF|ONNX) stores weight-only quantized models/);
     delete cfg.quantization_config.quantform.activations;
     cfg.quantization_config.quantform.online_transforms = ['hadamard:down_proj'];
     writeFileSync(cfgFile, JSON.stringify(cfg));
-    expect((await errOf(exportGguf(dir, fresh('b.gguf')))).message).toMatch(/applies transforms at run time \(hadamard:down_proj\); GGUF has no op for them/);
+    expect((await errOf(exportGguf(dir, fresh('b.gguf')))).message).toMatch(/applies transforms at run time: hadamard:down_proj \(online Hadamard\); GGUF .* has no op for run-time transforms/);
   });
 });
 

@@ -166,6 +166,7 @@ describe('int8 accuracy', () => {
   });
 
   it.skipIf(!vnni)('VNNI kernel equals the int8 reference and stays within budget (skipped without VNNI)', () => {
+    setAmx(false);
     for (const [M, N, K, gs] of cases)
       for (const [sym, pd] of [[false, 'f32'], [true, 'f16'], [false, 'f16']] as const) {
         const q = weight(N, K, 4, gs, sym, 3 * M + N, pd);
@@ -174,6 +175,35 @@ describe('int8 accuracy', () => {
         const y = matmul(new Tensor(x, [M, K]), p, { accuracy: 'int8' }).data as Float32Array;
         expect(nmse(y, int8Ref(x, M, K, q)), `M=${M} N=${N} K=${K} sym=${sym} ${pd}`).toBeLessThan(INT8_VS_REF_NMSE);
         expect(nmse(y, oracle(x, M, q))).toBeLessThan(INT8_BUDGET_NMSE);
+      }
+  });
+
+  // AMX int8 from 16 rows: 32-row blocks with a partial last one (17, 33, 45, 118), K ragged against
+  // the 64-k tile step (72, 100, 172, 300, 1000), g128 / g256 (a group ends in a tile store), groups
+  // the VNNI kernel takes (g8, g32, g40, g64, g96),
+  // N past the tile pairs one pass over x takes (300, 530) and a lone last tile (N = 19, 37, 50).
+  const amxInt8 = vnni && info.features.amxInt8 && info.amx.active;
+  if (vnni && !amxInt8) console.log(`matmul tests: AMX int8 not in use (${info.features.amxInt8 ? info.amx.reason ?? 'unknown' : 'no AMX-INT8'}): the AMX int8 kernel is not tested here`);
+  const amxCases: [number, number, number, number | 'channel'][] = [
+    [16, 37, 172, 32], [17, 19, 1000, 'channel'], [33, 50, 300, 64], [45, 300, 200, 128], [118, 5, 72, 'channel'],
+    [32, 530, 100, 'channel'], [64, 33, 288, 96], [20, 17, 172, 8], [40, 21, 120, 40], [512, 9, 44, 'channel'],
+    [48, 40, 1000, 256], [19, 64, 520, 128],
+  ];
+  it.skipIf(!amxInt8)('the AMX int8 kernel equals the VNNI kernel bit for bit and the int8 reference (skipped without AMX-INT8)', () => {
+    for (const [M, N, K, gs] of amxCases)
+      for (const [sym, pd] of [[false, 'f32'], [true, 'f16']] as const) {
+        const q = weight(N, K, 4, gs, sym, 7 * M + N, pd);
+        const x = gaussian(M * K, 9 + M).map((v, i) => (i % 37 === 0 ? v * 50 : v));
+        const p = prepareMatmulWeight(q);
+        const y = matmul(new Tensor(x, [M, K]), p, { accuracy: 'int8' }).data as Float32Array;
+        setAmx(false);
+        const yv = matmul(new Tensor(x, [M, K]), p, { accuracy: 'int8' }).data as Float32Array;
+        setAmx(true);
+        const at = `M=${M} N=${N} K=${K} gs=${gs} sym=${sym} ${pd}`;
+        let diff = 0;
+        for (let i = 0; i < y.length; i++) if (!Object.is(y[i], yv[i])) diff++;
+        expect(diff, at).toBe(0);
+        expect(nmse(y, int8Ref(x, M, K, q)), at).toBeLessThan(INT8_VS_REF_NMSE);
       }
   });
 });

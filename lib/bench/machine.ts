@@ -1,5 +1,5 @@
 // The machine's limits, measured natively in the same run as a benchmark so every
-// row can say how close it is: streaming read bandwidth, fp32 FMA and int8 VNNI peaks.
+// row can say how close it is: streaming read bandwidth, fp32 FMA, int8 VNNI and int8 AMX peaks.
 import { fromNative, invalidParameter, is } from '../errors.js';
 import { native } from '../native.js';
 
@@ -13,11 +13,13 @@ export interface MachineLimits {
   fmaGflops: number;
   /** int8 vpdpbusd peak on all threads, GOP/s (2 ops per multiply-add); null without VNNI. */
   vnniGops: number | null;
+  /** int8 TDPBSUD peak on AMX tiles, all threads, GOP/s; null without AMX-INT8 (or with setAmx(false)). */
+  amxInt8Gops: number | null;
   threads: number;
 }
 
-export type ProbePart = 'read' | 'copy' | 'fma' | 'vnni';
-const PART_BITS: Record<ProbePart, number> = { read: 1, copy: 2, fma: 4, vnni: 8 };
+export type ProbePart = 'read' | 'copy' | 'fma' | 'vnni' | 'amx';
+const PART_BITS: Record<ProbePart, number> = { read: 1, copy: 2, fma: 4, vnni: 8, amx: 16 };
 
 export interface MeasureOptions {
   /** Which limits to measure (the others read 0 / null); default all. */
@@ -38,9 +40,9 @@ function args(opts: MeasureOptions): [number, number, number, number] {
   if (!is.positiveInteger(bytes) || bytes < 2 ** 20) throw invalidParameter('integer >= 1048576', 'bytes', bytes);
   if (!is.positiveInteger(reps) || reps > 1000) throw invalidParameter('integer in [1, 1000]', 'reps', reps);
   if (!is.finiteNumber(seconds) || seconds <= 0 || seconds > 60) throw invalidParameter('number in (0, 60]', 'seconds', seconds);
-  const parts = opts.parts ?? (['read', 'copy', 'fma', 'vnni'] as ProbePart[]);
+  const parts = opts.parts ?? (['read', 'copy', 'fma', 'vnni', 'amx'] as ProbePart[]);
   if (!Array.isArray(parts) || parts.length === 0 || parts.some((p) => !(p in PART_BITS)))
-    throw invalidParameter("non-empty array of 'read', 'copy', 'fma', 'vnni'", 'parts', parts);
+    throw invalidParameter("non-empty array of 'read', 'copy', 'fma', 'vnni', 'amx'", 'parts', parts);
   return [bytes, reps, seconds, parts.reduce((m, p) => m | PART_BITS[p], 0)];
 }
 

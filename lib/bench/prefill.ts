@@ -9,7 +9,8 @@
 //   llama.cpp Q4_0   node-llama-cpp (test/peers) on the GGUF exportGguf writes from the same g32
 //                    weights (Q4_0 is INT4 g32 symmetric: exact), 2 threads
 // Speed only: the static scales are fixed plausible values (quality is bench fptquant's). The machine's
-// fp32 FMA and int8 VNNI peaks are measured in the same run.
+// fp32 FMA, int8 VNNI and int8 AMX peaks are measured in the same run; each row's linears (their
+// multiply-adds over the whole prefill time: a lower bound) against the peak of the units they run on.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -46,6 +47,8 @@ export interface PrefillRow {
   prefillSeconds: number;
   prefillTokensPerSecond: number;
   decodeSecondsPerToken: number;
+  /** the machine limit its linears run against: fp32 FMA, int8 VNNI or int8 AMX (null: a peer) */
+  peak: 'fma' | 'vnni' | 'amx' | null;
 }
 
 export interface PrefillBenchResult {
@@ -54,6 +57,10 @@ export interface PrefillBenchResult {
   rows: PrefillRow[];
   fmaGflops: number;
   vnniGops: number | null;
+  /** int8 AMX peak of the same run; null without AMX-INT8 */
+  amxInt8Gops: number | null;
+  /** multiply-add ops (2 per MAC) of the linears of one prefill, LM head of the last token included */
+  linearOps: number;
   loadAverage: number[];
   peerSkipped?: string;
 }
@@ -187,11 +194,12 @@ export async function benchPrefill(o: PrefillBenchOptions = {}): Promise<Prefill
       pre.set(r.name, []);
       dec.set(r.name, []);
     }
-    let fma = 0, vnni: number | null = null;
+    let fma = 0, vnni: number | null = null, amx: number | null = null;
     for (let round = 0; round < rounds; round++) {
-      const m = measureMachineSync({ parts: ['fma', 'vnni'], seconds: 0.2 });
+      const m = measureMachineSync({ parts: ['fma', 'vnni', 'amx'], seconds: 0.2 });
       fma = Math.max(fma, m.fmaGflops);
       vnni = m.vnniGops === null ? null : Math.max(vnni ?? 0, m.vnniGops);
+      amx = m.amxInt8Gops === null ? null : Math.max(amx ?? 0, m.amxInt8Gops);
       // rotate the order every round: no runner always follows the same one
       for (let i = 0; i < runners.length; i++) {
         const r = runners[(i + round) % runners.length];
@@ -202,11 +210,16 @@ export async function benchPrefill(o: PrefillBenchOptions = {}): Promise<Prefill
       }
       log(`round ${round + 1}/${rounds}`);
     }
+    // per-channel int8 linears run on AMX tiles where the CPU has them; g32 ones on VNNI (matmul.h)
+    const peakOf = (name: string): PrefillRow['peak'] =>
+      name.startsWith('llama.cpp') ? null : !/W4A8/.test(name) ? 'fma' : /per-channel/.test(name) && amx !== null ? 'amx' : 'vnni';
     const rows = runners.map((r) => {
       const s = median(pre.get(r.name)!);
-      return { name: r.name, prefillSeconds: s, prefillTokensPerSecond: T / s, decodeSecondsPerToken: median(dec.get(r.name)!) };
+      return { name: r.name, prefillSeconds: s, prefillTokensPerSecond: T / s, decodeSecondsPerToken: median(dec.get(r.name)!), peak: peakOf(r.name) };
     });
-    return { layers, tokens: T, rows, fmaGflops: fma, vnniGops: vnni, loadAverage: os.loadavg(), peerSkipped };
+    const { dim: D, hiddenDim: F, nHeads: Hq, nKvHeads: Hkv, vocabSize: V } = syn, hd = D / Hq;
+    const linearOps = 2 * (T * layers * (2 * D * Hq * hd + 2 * D * Hkv * hd + 3 * D * F) + D * V);
+    return { layers, tokens: T, rows, fmaGflops: fma, vnniGops: vnni, amxInt8Gops: amx, linearOps, loadAverage: os.loadavg(), peerSkipped };
   } finally {
     for (const r of runners) await r.dispose();
     rmSync(dir, { recursive: true, force: true });

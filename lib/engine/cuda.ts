@@ -1,5 +1,5 @@
 // CUDA variants of engine kernels (quantform_cuda.node), when a GPU is present: the TEQ
-// scale backward and the learned fake quant backward.
+// scale backward, the learned fake quant backward, FPTQuant's training ops (S_n, LSQ, JSD) and its int8-KV attention.
 import { cudaBinding } from '../ops/cuda.js';
 import { fromNative, QuantformError } from '../errors.js';
 
@@ -34,4 +34,55 @@ export function cudaLearnedFqBackward(dw: Float32Array | null, ds: Float32Array 
   } catch (e) {
     throw fromNative(e);
   }
+}
+
+/** A CUDA binding function of the engine family, or QF_UNSUPPORTED without a GPU module. */
+function cudaEngineFn(name: string): (...args: unknown[]) => void {
+  const b = cudaBinding();
+  const f = b ? (b as Record<string, unknown>)[name] : undefined;
+  if (typeof f !== 'function') throw new QuantformError('QF_UNSUPPORTED', 'CUDA is not available (see cudaInfo().reason)');
+  return (...args: unknown[]) => {
+    try {
+      (f as (...a: unknown[]) => void)(...args);
+    } catch (e) {
+      throw fromNative(e);
+    }
+  };
+}
+
+/**
+ * FPTQuant's S_n RMSNorm backward on the GPU (same contract as the CPU `engine.rmsnormScaledBackward`):
+ * dx (BT, D) written, dc (BT) accumulated. Compiled in CI, not yet run on a GPU: see README.
+ */
+export function cudaRmsnormScaledBackward(dx: Float32Array, dc: Float32Array | null, dout: Float32Array, x: Float32Array, w: Float32Array,
+  rstd: Float32Array, c: Float32Array | null, drstd: Float32Array | null, BT: number, D: number, eps: number): void {
+  cudaEngineFn('rmsnormScaledBackward')(dx, dc, dout, x, w, rstd, c, drstd, BT, D, eps);
+}
+
+/**
+ * The static activation quantizer's LSQ backward on the GPU (same contract as the CPU
+ * `engine.actFakeQuantBackward`): dx (n) written, dscale (nscale) accumulated. Compiled in CI, not yet run on a GPU.
+ */
+export function cudaActFakeQuantBackward(dx: Float32Array, dscale: Float32Array, dout: Float32Array, x: Float32Array, scale: Float32Array,
+  n: number, nscale: number, inner: number, bits: number): void {
+  cudaEngineFn('actFakeQuantBackward')(dx, dscale, dout, x, scale, n, nscale, inner, bits);
+}
+
+/**
+ * FPTQuant's end-to-end loss on the GPU (same contract as the CPU `engine.jsdForwardBackward`): loss (BT)
+ * written, logits (BT, V) replaced by scale * dJSD/dlogits. Compiled in CI, not yet run on a GPU.
+ */
+export function cudaJsdForwardBackward(loss: Float32Array, logits: Float32Array, tprobs: Float32Array, BT: number, V: number, scale: number): void {
+  cudaEngineFn('jsdForwardBackward')(loss, logits, tprobs, BT, V, scale);
+}
+
+/**
+ * FPTQuant's attention over an int8 KV cache on the GPU (same contract as the CPU
+ * `engine.attentionForwardQ8`: out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8 codes with
+ * static per-head scales kscale, vscale (Hkv); query t sees keys 0 .. pos0 + t).
+ * Compiled in CI, not yet run on a GPU: see README.
+ */
+export function cudaAttentionForwardQ8(out: Float32Array, q: Float32Array, kq: Int8Array, vq: Int8Array, kscale: Float32Array,
+  vscale: Float32Array, B: number, T: number, Hq: number, Hkv: number, hd: number, S: number, pos0: number): void {
+  cudaEngineFn('attentionForwardQ8')(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0);
 }

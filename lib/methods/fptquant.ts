@@ -587,6 +587,17 @@ class FptQuantRun implements MethodRun {
     const o = (this.o = resolveFptOptions(ctx.fpt));
     if (!ctx.quant.symmetric) throw new QuantformError('QF_INVALID_ARGUMENT', 'FPTQuant quantizes weights symmetrically (the integer kernels read no zero points): pass symmetric: true (--sym)');
     const s = ctx.shape;
+    // static activations run only on the int8 x int4 kernels (engine_block.cpp's integer path): refused
+    // here, before training, rather than written as a checkpoint that eval and generate cannot load
+    if (o.actBits < 16) {
+      const { bits, groupSize: gs } = ctx.quant;
+      const bad = [['hidden size', s.hidden], ['attention width', s.heads * s.headDim], ['intermediate size', s.intermediate]]
+        .find(([, K]) => gs % 8 !== 0 && gs < (K as number));
+      if (bits !== 4 || bad)
+        throw new QuantformError('QF_UNSUPPORTED',
+          `Static ${o.actBits}-bit activations run on the int8 x INT4 kernels: they need 4-bit weights with a group size that is a multiple of 8 ` +
+          `or covers a whole row, but received bits ${bits}, group size ${gs}${bad ? ` (the ${bad[0]} is ${bad[1]})` : ''}; pass --a-bits 16 for weight-only FPTQuant`);
+    }
     this.hb = o.onlineHadamard ? hadamardBlockOf(s.intermediate) : 0;
     try {
       this.lay = native().engine.fptLayout({ ...blockConfigOf(s, 1, 1), fpt: fptConfig(o, this.hb, true, false) });

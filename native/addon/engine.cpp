@@ -70,14 +70,7 @@ struct Unwrap<IdSpan> {
 };
 template <>
 struct Unwrap<I8Span> {
-  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) {
-    const Napi::Value v = info[i];
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int8_array)
-      fail(Code::DtypeMismatch, std::string("Expected Int8Array for ") + name);
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, std::string("Expected attached buffer for ") + name + " but it is detached");
-    return I8Span{reinterpret_cast<int8_t*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset()), ta.ElementLength()};
-  }
+  static I8Span get(const Napi::CallbackInfo& info, size_t i, const char* name) { return arg_int8(info, i, name); }
 };
 template <>
 struct Unwrap<int64_t> {
@@ -277,12 +270,7 @@ void bind_packed(BlockBaton* b, const Napi::Object& po, float* const* sc, float*
 
 // A typed array held in an object (method state, packed block): Float32Array, or Uint8Array bytes.
 Span value_span(const Napi::Value& v, const std::string& name, bool bytes) {
-  if (!v.IsTypedArray()) fail(Code::InvalidArgument, "Expected " + std::string(bytes ? "Uint8Array" : "Float32Array") + " for " + name);
-  Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.TypedArrayType() != (bytes ? napi_uint8_array : napi_float32_array))
-    fail(Code::DtypeMismatch, "Expected " + std::string(bytes ? "Uint8Array" : "Float32Array") + " for " + name);
-  if (ta.ArrayBuffer().IsDetached()) fail(Code::InvalidArgument, "Expected attached buffer for " + name + " but it is detached");
-  return Span{static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), ta.ElementLength(), DType::F32};
+  return bytes ? value_typed(v.Env(), v, name.c_str(), napi_uint8_array, "Uint8Array") : qf::value_span(v.Env(), v, name.c_str(), DType::F32);
 }
 
 // obj[key]: an array of 7 entries, one per linear (wq wk wv wo w_gate w_up w_down).

@@ -1,5 +1,7 @@
 #include "napi_util.h"
 
+#include "quantform/engine.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -110,21 +112,24 @@ Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dty
   return Span{ta.data, ta.len, dtype};
 }
 
-Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) {
+Span value_typed(Napi::Env env, const Napi::Value& v, const char* name, napi_typedarray_type want, const char* want_name) {
   const View ta = typed_array(env, v, name);
-  if (ta.type != napi_int32_array) fail(Code::DtypeMismatch, std::string("Expected Int32Array for ") + name);
+  if (ta.type != want) fail(Code::DtypeMismatch, std::string("Expected ") + want_name + " for " + name);
   return Span{ta.data, ta.len, DType::F32};
 }
+
+Span value_int32(Napi::Env env, const Napi::Value& v, const char* name) { return value_typed(env, v, name, napi_int32_array, "Int32Array"); }
 
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype) {
   return value_span(info.Env(), info[i], name, dtype);
 }
 
-Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  const View ta = typed_array(info.Env(), info[i], name);
-  if (ta.type != napi_uint8_array) fail(Code::DtypeMismatch, std::string("Expected Uint8Array for ") + name);
-  return Span{ta.data, ta.len, DType::F32};
+I8Span arg_int8(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const Span s = value_typed(info.Env(), info[i], name, napi_int8_array, "Int8Array");
+  return I8Span{static_cast<int8_t*>(s.data), s.len};
 }
+
+Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name) { return value_typed(info.Env(), info[i], name, napi_uint8_array, "Uint8Array"); }
 
 Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name) { return value_int32(info.Env(), info[i], name); }
 

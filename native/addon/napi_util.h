@@ -30,12 +30,17 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name);
 // A Float32Array (f32) or Uint16Array (f16/bf16, as `dtype` says) or Uint8Array (bytes).
 Span arg_span(const Napi::CallbackInfo& info, size_t i, const char* name, DType dtype);
 Span arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+struct I8Span;  // quantform/engine.h
+// An Int8Array (activation codes; engine.h I8Span).
+I8Span arg_int8(const Napi::CallbackInfo& info, size_t i, const char* name);
 // An Int32Array (token ids, targets), carried as a Span of 4-byte elements.
 Span arg_int32(const Napi::CallbackInfo& info, size_t i, const char* name);
 // The same checks for a typed array that is not an argument itself (a config
 // object's field): kind, SharedArrayBuffer refused, detached refused.
 Span value_span(Napi::Env env, const Napi::Value& v, const char* name, DType dtype);
 Span value_int32(Napi::Env env, const Napi::Value& v, const char* name);
+// Any one element type (want_name for the message: "Int8Array"), the same checks.
+Span value_typed(Napi::Env env, const Napi::Value& v, const char* name, napi_typedarray_type want, const char* want_name);
 bool arg_is_null(const Napi::CallbackInfo& info, size_t i);
 // An optional Float32Array: null or undefined is an absent buffer (null data, length 0).
 Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name);

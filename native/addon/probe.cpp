@@ -15,7 +15,7 @@ Napi::Value measure_js(const Napi::CallbackInfo& info) {
   const int64_t parts = arg_int(info, 3, "parts");
   const bool async = arg_bool(info, 4, "async");
   if (parts < 1 || parts > kProbeAll)
-    throw ArgError{error(Code::InvalidArgument, "Expected integer in [1, 15] for parts but received " + std::to_string(parts))};
+    throw ArgError{error(Code::InvalidArgument, "Expected integer in [1, 31] for parts but received " + std::to_string(parts))};
   if (reps < 1 || reps > 1000)
     throw ArgError{error(Code::InvalidArgument, "Expected integer in [1, 1000] for reps but received " + std::to_string(reps))};
   if (!(seconds > 0 && seconds <= 60))
@@ -29,6 +29,7 @@ Napi::Value measure_js(const Napi::CallbackInfo& info) {
                   o.Set("copyGBps", lim->copy_gbps);
                   o.Set("fmaGflops", lim->fma_gflops);
                   o.Set("vnniGops", lim->vnni_gops > 0 ? Napi::Value(Napi::Number::New(env, lim->vnni_gops)) : env.Null());
+                  o.Set("amxInt8Gops", lim->amx_int8_gops > 0 ? Napi::Value(Napi::Number::New(env, lim->amx_int8_gops)) : env.Null());
                   o.Set("threads", lim->threads);
                   return o;
                 });

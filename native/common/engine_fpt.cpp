@@ -659,8 +659,8 @@ Status rmsnorm_scaled_forward(Span out, Span rstd, Span x, Span w, Span c, int64
   return Status::Ok();
 }
 
-Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
-                               int64_t D, float eps) {
+Status check_rmsnorm_scaled_backward(const Span& dx, const Span& dc, const Span& dout, const Span& x, const Span& w,
+                                     const Span& rstd, const Span& c, const Span& drstd, int64_t BT, int64_t D) {
   QF_TRY(positive("BT", BT));
   QF_TRY(positive("D", D));
   QF_TRY(need("dx", dx, BT * D, "(BT, D)"));
@@ -672,6 +672,12 @@ Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span
   QF_TRY(need_opt("c", c, BT, "(BT)"));
   QF_TRY(need_opt("drstd", drstd, BT, "(BT)"));
   if (c.data) QF_TRY(positive_values("c", c));
+  return Status::Ok();
+}
+
+Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
+                               int64_t D, float eps) {
+  QF_TRY(check_rmsnorm_scaled_backward(dx, dc, dout, x, w, rstd, c, drstd, BT, D));
   const EngineKernels& k = engine_kernels();
   parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) {
     k.rmsnorm_scaled_backward(F(dx), F(dc), F(dout), F(x), F(w), F(rstd), F(c), F(drstd), r0, r1, D, eps);
@@ -692,7 +698,7 @@ Status residual_scaled_forward(Span out, Span a, Span m, Span b, int64_t BT, int
 }
 
 namespace {
-Status check_fq(Span scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
+Status check_fq(const Span& scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
   QF_TRY(positive("n", n));
   QF_TRY(positive("nscale", nscale));
   QF_TRY(positive("inner", inner));
@@ -713,13 +719,18 @@ Status act_fake_quant_forward(Span out, Span x, Span scale, int64_t n, int64_t n
   return Status::Ok();
 }
 
-Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
-                               int64_t inner, int64_t bits) {
+Status check_act_fake_quant_backward(const Span& dx, const Span& dscale, const Span& dout, const Span& x,
+                                     const Span& scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits) {
   QF_TRY(check_fq(scale, n, nscale, inner, bits));
   QF_TRY(need("dx", dx, n, "(n)"));
   QF_TRY(need("dscale", dscale, nscale, "(nscale)"));
   QF_TRY(need("dout", dout, n, "(n)"));
-  QF_TRY(need("x", x, n, "(n)"));
+  return need("x", x, n, "(n)");
+}
+
+Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
+                               int64_t inner, int64_t bits) {
+  QF_TRY(check_act_fake_quant_backward(dx, dscale, dout, x, scale, n, nscale, inner, bits));
   const EngineKernels& k = engine_kernels();
   const float qmax = fpt::qmax_of((int)bits);
   std::vector<double> ds((size_t)nscale, 0.0);
@@ -780,11 +791,16 @@ Status check_quant_rows(const I8Span& xq, const Span& xsumq, int64_t rows, int64
 }
 }  // namespace
 
-Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
-                      int64_t gs, int64_t bits) {
+Status check_act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                            int64_t gs, int64_t bits) {
   QF_TRY(check_quant_rows(xq, xsumq, rows, K, KP, gs, bits, scale));
   QF_TRY(need("x", x, rows * K, "(rows, K)"));
-  QF_TRY(need_opt("m", m, rows, "(rows)"));
+  return need_opt("m", m, rows, "(rows)");
+}
+
+Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                      int64_t gs, int64_t bits) {
+  QF_TRY(check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits));
   const EngineKernels& k = engine_kernels();
   const float qmax = fpt::qmax_of((int)bits);
   parallel_for(rows, grain_rows(K), [&](int64_t r0, int64_t r1) {
@@ -846,8 +862,8 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
   return Status::Ok();
 }
 
-Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
-                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                                  int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
   QF_TRY(positive("B", B));
   QF_TRY(positive("T", T));
   QF_TRY(positive("Hq", Hq));
@@ -866,7 +882,12 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   QF_TRY(need("kscale", kscale, Hkv, "(Hkv)"));
   QF_TRY(need("vscale", vscale, Hkv, "(Hkv)"));
   QF_TRY(positive_values("kscale", kscale));
-  QF_TRY(positive_values("vscale", vscale));
+  return positive_values("vscale", vscale);
+}
+
+Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                            int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0) {
+  QF_TRY(check_attention_forward_q8(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0));
   const int64_t L = pos0 + T, slots = scratch_slots(), per = attention_q8_scratch_floats(L, hd);
   Workspace ws;
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_forward_q8"));
@@ -879,12 +900,16 @@ Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale,
   return Status::Ok();
 }
 
-Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale) {
+Status check_jsd_forward_backward(const Span& loss, const Span& logits, const Span& tprobs, int64_t BT, int64_t V) {
   QF_TRY(positive("BT", BT));
   QF_TRY(positive("V", V));
   QF_TRY(need("loss", loss, BT, "(BT)"));
   QF_TRY(need("logits", logits, BT * V, "(BT, V)"));
-  QF_TRY(need("tprobs", tprobs, BT * V, "(BT, V)"));
+  return need("tprobs", tprobs, BT * V, "(BT, V)");
+}
+
+Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale) {
+  QF_TRY(check_jsd_forward_backward(loss, logits, tprobs, BT, V));
   const EngineKernels& k = engine_kernels();
   parallel_for(BT, grain_rows(V), [&](int64_t r0, int64_t r1) { k.jsd_forward_backward(F(loss), F(logits), F(tprobs), r0, r1, V, scale); });
   return Status::Ok();

@@ -222,6 +222,13 @@ Status LlamaModel::set_fpt(const FptRuntime& r) {
     fpt_ = FptRuntime{};
     return Status::Ok();
   }
+  // static activations run on the int8 kernels with their calibrated scales whatever the model's matmul
+  // accuracy says: an int8 / bf16 request would be silently ignored (the block linears) or half applied
+  // (the LM head), so it is refused
+  if (r.act_bits > 0 && c.accuracy != MatmulAccuracy::F32)
+    return error(Code::Unsupported, "Static " + std::to_string(r.act_bits) + "-bit activations run on the int8 kernels with the checkpoint's scales; " +
+                                        "the model was created with matmul accuracy '" + (c.accuracy == MatmulAccuracy::Bf16 ? "bf16" : "int8") +
+                                        "', which would run them another way: load it with accuracy 'fp32' (the default)");
   BlockDesc d;
   d.dims = BlockDims{1, 1, c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim};
   const int64_t P = fpt_layout(d.dims).total;

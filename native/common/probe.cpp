@@ -56,7 +56,7 @@ Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double secon
     return error(Code::InvalidArgument, "Expected bytes >= 1 MiB, reps >= 1 and seconds > 0 but received bytes=" +
                                             std::to_string(bytes) + ", reps=" + std::to_string(reps));
   const ProbeKernels& pk = probe_kernels();
-  *out = MachineLimits{0, 0, 0, 0, 0, num_threads()};
+  *out = MachineLimits{0, 0, 0, 0, 0, 0, num_threads()};
   constexpr int64_t kBlock = 1 << 18;  // floats per parallel chunk (1 MiB)
   const int64_t n = bytes / 4 / kBlock * kBlock;
   out->read_bytes = n * 4;
@@ -108,6 +108,11 @@ Status measure_machine(MachineLimits* out, int64_t bytes, int reps, double secon
     const auto loop = probe_kernels_avx512vnni.vnni_loop;
     const int64_t vi = calibrate(seconds, loop);
     out->vnni_gops = throughput(vi, loop) / 1e9;
+  }
+  if ((parts & kProbeAmx) && amx_int8_available()) {
+    const auto loop = probe_kernels_amx_avx512bf16.amx_int8_loop;
+    const int64_t ai = calibrate(seconds, loop);
+    out->amx_int8_gops = throughput(ai, loop) / 1e9;
   }
   return Status::Ok();
 }

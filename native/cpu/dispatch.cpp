@@ -175,6 +175,8 @@ std::atomic<bool>& amx_switch() {
 
 bool amx_available() { return bf16_available() && amx_switch().load(std::memory_order_relaxed) && amx_grant().empty(); }
 
+bool amx_int8_available() { return amx_available() && vnni_available() && cpu_features().amx_int8; }
+
 std::string amx_status() {
   if (!amx_grant().empty()) return amx_grant();
   if (!amx_switch().load()) return "turned off (setAmx(false) or QUANTFORM_AMX=0)";
@@ -233,6 +235,7 @@ const ProbeKernels& probe_kernels() {
 }
 
 const MatmulInt8Kernels& matmul_int8_kernels() {
+  if (amx_int8_available()) return matmul_int8_kernels_amx_avx512bf16;
   return vnni_available() ? matmul_int8_kernels_avx512vnni : matmul_int8_kernels_ref;
 }
 

@@ -41,10 +41,6 @@ Napi::Value teq_scale_backward_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Span f32_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  return arg_is_null(info, i) ? Span{nullptr, 0, DType::F32} : arg_span(info, i, name, DType::F32);
-}
-
 // learnedFqBackward(dw | null, ds | null, dz | null, g, w, scales, zeros | null, N, K, bits, groupSize, symmetric):
 // the CPU op's contract (engine.learnedFqBackward), its checks, the parameters clamped as there
 Napi::Value learned_fq_backward_js(const Napi::CallbackInfo& info) {
@@ -67,11 +63,91 @@ Napi::Value learned_fq_backward_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// A grid of one block per row: at most 2^31 - 1 of them.
+void check_rows(const char* name, int64_t rows) {
+  if (rows > 0x7fffffffLL)
+    throw ArgError{error(Code::InvalidArgument, std::string("Expected ") + name + " <= 2147483647 (one CUDA block per row) but received " +
+                                                    std::to_string(rows))};
+}
+
+// rmsnormScaledBackward(dx, dc | null, dout, x, w, rstd, c | null, drstd | null, BT, D, eps): engine.rmsnormScaledBackward's contract
+Napi::Value rmsnorm_scaled_backward_js(const Napi::CallbackInfo& info) {
+  const Span dx = arg_span(info, 0, "dx", DType::F32), dc = f32_or_null(info, 1, "dc");
+  const Span dout = arg_span(info, 2, "dout", DType::F32), x = arg_span(info, 3, "x", DType::F32);
+  const Span w = arg_span(info, 4, "w", DType::F32), rstd = arg_span(info, 5, "rstd", DType::F32);
+  const Span c = f32_or_null(info, 6, "c"), drstd = f32_or_null(info, 7, "drstd");
+  const int64_t BT = arg_int(info, 8, "BT"), D = arg_int(info, 9, "D");
+  const float eps = (float)arg_number(info, 10, "eps");
+  Status st = check_rmsnorm_scaled_backward(dx, dc, dout, x, w, rstd, c, drstd, BT, D);
+  if (st.ok()) {
+    check_rows("BT", BT);
+    st = rmsnorm_scaled_backward_cuda(static_cast<float*>(dx.data), static_cast<float*>(dc.data), static_cast<const float*>(dout.data),
+                                      static_cast<const float*>(x.data), static_cast<const float*>(w.data),
+                                      static_cast<const float*>(rstd.data), static_cast<const float*>(c.data),
+                                      static_cast<const float*>(drstd.data), BT, D, eps);
+  }
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
+// actFakeQuantBackward(dx, dscale, dout, x, scale, n, nscale, inner, bits): engine.actFakeQuantBackward's contract
+Napi::Value act_fake_quant_backward_js(const Napi::CallbackInfo& info) {
+  const Span dx = arg_span(info, 0, "dx", DType::F32), ds = arg_span(info, 1, "dscale", DType::F32);
+  const Span dout = arg_span(info, 2, "dout", DType::F32), x = arg_span(info, 3, "x", DType::F32);
+  const Span scale = arg_span(info, 4, "scale", DType::F32);
+  const int64_t n = arg_int(info, 5, "n"), nscale = arg_int(info, 6, "nscale"), inner = arg_int(info, 7, "inner"),
+                bits = arg_int(info, 8, "bits");
+  Status st = check_act_fake_quant_backward(dx, ds, dout, x, scale, n, nscale, inner, bits);
+  if (st.ok())
+    st = act_fake_quant_backward_cuda(static_cast<float*>(dx.data), static_cast<float*>(ds.data), static_cast<const float*>(dout.data),
+                                      static_cast<const float*>(x.data), static_cast<const float*>(scale.data), n, nscale,
+                                      inner, (float)((1 << (bits - 1)) - 1));
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
+// jsdForwardBackward(loss, logits, tprobs, BT, V, scale): engine.jsdForwardBackward's contract
+Napi::Value jsd_forward_backward_js(const Napi::CallbackInfo& info) {
+  const Span loss = arg_span(info, 0, "loss", DType::F32), logits = arg_span(info, 1, "logits", DType::F32);
+  const Span tprobs = arg_span(info, 2, "tprobs", DType::F32);
+  const int64_t BT = arg_int(info, 3, "BT"), V = arg_int(info, 4, "V");
+  const float scale = (float)arg_number(info, 5, "scale");
+  Status st = check_jsd_forward_backward(loss, logits, tprobs, BT, V);
+  if (st.ok()) {
+    check_rows("BT", BT);
+    st = jsd_forward_backward_cuda(static_cast<float*>(loss.data), static_cast<float*>(logits.data),
+                                   static_cast<const float*>(tprobs.data), BT, V, scale);
+  }
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
+// attentionForwardQ8(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0): the CPU op's contract
+// (engine.attentionForwardQ8) and checks
+Napi::Value attention_forward_q8_js(const Napi::CallbackInfo& info) {
+  const Span out = arg_span(info, 0, "out", DType::F32), q = arg_span(info, 1, "q", DType::F32);
+  const I8Span kq = arg_int8(info, 2, "kq"), vq = arg_int8(info, 3, "vq");
+  const Span ks = arg_span(info, 4, "kscale", DType::F32), vs = arg_span(info, 5, "vscale", DType::F32);
+  const int64_t B = arg_int(info, 6, "B"), T = arg_int(info, 7, "T"), Hq = arg_int(info, 8, "Hq"), Hkv = arg_int(info, 9, "Hkv");
+  const int64_t hd = arg_int(info, 10, "hd"), S = arg_int(info, 11, "S"), pos0 = arg_int(info, 12, "pos0");
+  Status st = check_attention_forward_q8(out, q, kq, vq, ks, vs, B, T, Hq, Hkv, hd, S, pos0);
+  if (st.ok())
+    st = attention_forward_q8_cuda(static_cast<float*>(out.data), static_cast<const float*>(q.data), kq.data, vq.data,
+                                   static_cast<const float*>(ks.data), static_cast<const float*>(vs.data), B, T, Hq, Hkv,
+                                   hd, S, pos0);
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_engine_cuda(Napi::Env env, Napi::Object exports) {
+  QF_EXPORT(exports, "attentionForwardQ8", attention_forward_q8_js);
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
   QF_EXPORT(exports, "learnedFqBackward", learned_fq_backward_js);
+  QF_EXPORT(exports, "rmsnormScaledBackward", rmsnorm_scaled_backward_js);
+  QF_EXPORT(exports, "actFakeQuantBackward", act_fake_quant_backward_js);
+  QF_EXPORT(exports, "jsdForwardBackward", jsd_forward_backward_js);
 }
 
 }  // namespace qf

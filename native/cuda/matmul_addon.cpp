@@ -1,13 +1,18 @@
 // N-API entry points of the CUDA dequant-matmul (matmul_cuda.h). Arguments arrive
 // validated by lib/ops/matmul.ts and are re-checked here; a GPU weight is a
 // type-tagged External owning a CudaInt4Weight.
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "../addon/napi_util.h"
 #include "matmul_cuda.h"
+#include "quantform/engine.h"
+#include "quantform/finite.h"
 #include "quantform/formats.h"
 #include "quantform/numeric.h"
+#include "w4a8_cuda.h"
 
 namespace qf {
 namespace {
@@ -102,9 +107,133 @@ Napi::Value matmul_js(const Napi::CallbackInfo& info) {
                 [ref](Napi::Env) { return ref->Value(); });
 }
 
+int arg_act_bits(const Napi::CallbackInfo& info, size_t i) {
+  const int64_t bits = arg_int(info, i, "bits");
+  if (bits != 4 && bits != 8)
+    throw ArgError{error(Code::UnsupportedBits, "Expected 4 or 8 for the activation bits but received " + std::to_string(bits))};
+  return (int)bits;
+}
+
+Status finite_rows(const char* name, const float* x, int64_t rows, int64_t K) {
+  const int64_t bad = first_non_finite(x, rows * K);
+  if (bad < 0) return Status::Ok();
+  return error(Code::NonFinite, std::string("Expected finite ") + name + " but row " + std::to_string(bad / K) + " holds NaN or Inf");
+}
+
+// cudaActQuantRows(xq, xsumq, x, m | null, scale, rows, K, KP, groupSize, bits): the CPU op's
+// contract (engine.actQuantRows) and checks, synchronous; x (and m) must be finite.
+Napi::Value act_quant_rows_js(const Napi::CallbackInfo& info) {
+  const I8Span xq = arg_int8(info, 0, "xq");
+  const Span xsumq = arg_span(info, 1, "xsumq", DType::F32), x = arg_span(info, 2, "x", DType::F32);
+  const Span m = f32_or_null(info, 3, "m");
+  const float scale = (float)arg_number(info, 4, "scale");
+  const int64_t rows = arg_int(info, 5, "rows"), K = arg_int(info, 6, "K"), KP = arg_int(info, 7, "KP");
+  const int64_t gs = arg_int(info, 8, "groupSize"), bits = arg_int(info, 9, "bits");
+  Status st = check_act_quant_rows(xq, xsumq, x, m, scale, rows, K, KP, gs, bits);
+  if (st.ok()) st = finite_rows("x", static_cast<const float*>(x.data), rows, K);
+  if (st.ok() && m.data) st = finite_rows("m", static_cast<const float*>(m.data), rows, 1);
+  if (st.ok())
+    st = cuda_act_quant_rows(xq.data, static_cast<float*>(xsumq.data), static_cast<const float*>(x.data),
+                             static_cast<const float*>(m.data), scale, rows, K, KP, gs, (int)bits);
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
+// M against an array's length before M * K is formed.
+void check_rows(const char* name, size_t len, int64_t M, int64_t K) {
+  if (M <= 0 || (size_t)M > len / (size_t)K || len != (size_t)(M * K))
+    throw ArgError{error(Code::ShapeMismatch, "Expected " + std::to_string(M > 0 ? M * K : 0) + " elements for " + name +
+                                                  " (M=" + std::to_string(M) + ", " + std::to_string(K) + " per row) but received " +
+                                                  std::to_string(len))};
+}
+
+Napi::Value matmul_result(const Napi::CallbackInfo& info, bool async, std::vector<Napi::Value> keep, int64_t M, int64_t N,
+                          std::function<Status(float*)> run) {
+  Span ys;
+  Napi::Object y = make_float_array(info.Env(), DType::F32, (size_t)(M * N), &ys);
+  keep.push_back(y);
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(y));
+  return run_op(info, async, std::move(keep), [=] { return run(static_cast<float*>(ys.data)); },
+                [ref](Napi::Env) { return ref->Value(); });
+}
+
+// cudaMatmulInt8(handle, xq Int8Array (M, KP), xs Float32Array (1 | M), M, bits, async) -> Float32Array (M, N):
+// codes quantized by the caller in the CPU int8 layout (w4a8_cuda.h); 4-bit codes must lie in [-8, 7].
+Napi::Value matmul_int8_js(const Napi::CallbackInfo& info) {
+  const WeightPtr w = arg_weight(info, 0);
+  const I8Span xq = arg_int8(info, 1, "xq");
+  const Span xs = arg_span(info, 2, "xs", DType::F32);
+  const int64_t M = arg_int(info, 3, "M");
+  const int bits = arg_act_bits(info, 4);
+  const bool async = arg_bool(info, 5, "async");
+  const int64_t KP = (w->K + 7) / 8 * 8;
+  check_rows("xq", xq.len, M, KP);
+  if (xs.len != 1 && xs.len != (size_t)M)
+    throw ArgError{error(Code::ShapeMismatch, "Expected 1 (per tensor) or M = " + std::to_string(M) +
+                                                  " (per row) elements for xs but received " + std::to_string(xs.len))};
+  for (size_t i = 0; i < xs.len; i++) {
+    const float v = static_cast<const float*>(xs.data)[i];
+    if (!(v > 0.f) || !std::isfinite(v))
+      throw ArgError{error(Code::InvalidArgument, "Expected positive finite xs but xs[" + std::to_string(i) + "] = " + std::to_string(v))};
+  }
+  if (bits == 4)
+    for (size_t i = 0; i < xq.len; i++)
+      if (xq.data[i] < -8 || xq.data[i] > 7)
+        throw ArgError{error(Code::InvalidArgument, "Expected 4-bit activation codes in [-8, 7] but xq[" + std::to_string(i) +
+                                                        "] = " + std::to_string((int)xq.data[i]))};
+  CudaInt8Kernel k;
+  QF_PRECHECK(info, async, cuda_int8_kernel(&k, M, bits, *w));
+  const float* xsp = static_cast<const float*>(xs.data);
+  const int64_t nxs = (int64_t)xs.len;
+  return matmul_result(info, async, {info[1], info[2]}, M, w->N,
+                       [=](float* y) { return cuda_matmul_int8(y, xq.data, xsp, nxs, M, bits, *w, nullptr); });
+}
+
+// cudaMatmulStatic(handle, x Float32Array (M, K), m Float32Array (M) | null, scale, M, bits, async) -> Float32Array (M, N):
+// x m quantized on the GPU with the static scale, then the int8 matmul; x and m must be finite.
+Napi::Value matmul_static_js(const Napi::CallbackInfo& info) {
+  const WeightPtr w = arg_weight(info, 0);
+  const Span x = arg_span(info, 1, "x", DType::F32), m = f32_or_null(info, 2, "m");
+  const double scale = arg_number(info, 3, "scale");
+  const int64_t M = arg_int(info, 4, "M");
+  const int bits = arg_act_bits(info, 5);
+  const bool async = arg_bool(info, 6, "async");
+  check_rows("x", x.len, M, w->K);
+  if (m.data && m.len != (size_t)M)
+    throw ArgError{error(Code::ShapeMismatch, "Expected M = " + std::to_string(M) + " elements for m but received " + std::to_string(m.len))};
+  if (!(scale > 0) || !std::isfinite((float)scale))
+    throw ArgError{error(Code::InvalidArgument, "Expected a positive finite scale but received " + std::to_string(scale))};
+  CudaInt8Kernel k;
+  QF_PRECHECK(info, async, cuda_int8_kernel(&k, M, bits, *w));
+  const float* xp = static_cast<const float*>(x.data);
+  const float* mp = static_cast<const float*>(m.data);
+  const float s = (float)scale;
+  const int64_t K = w->K;
+  return matmul_result(info, async, {info[1], info[2]}, M, w->N, [=](float* y) {
+    QF_TRY(finite_rows("x", xp, M, K));
+    if (mp) QF_TRY(finite_rows("m", mp, M, 1));
+    return cuda_matmul_static(y, xp, mp, s, M, bits, *w, nullptr);
+  });
+}
+
+// cudaMatmulInt8Kernel(handle, M, bits) -> 'dp4a-gemv' | 'mma-s8' | 'mma-s4': what the int8 matmul runs here.
+Napi::Value matmul_int8_kernel_js(const Napi::CallbackInfo& info) {
+  const WeightPtr w = arg_weight(info, 0);
+  const int64_t M = arg_int(info, 1, "M");
+  const int bits = arg_act_bits(info, 2);
+  CudaInt8Kernel k;
+  const Status st = cuda_int8_kernel(&k, M, bits, *w);
+  if (!st.ok()) throw ArgError{st};
+  return Napi::String::New(info.Env(), cuda_int8_kernel_name(k));
+}
+
 }  // namespace
 
 void register_cuda_matmul(Napi::Env env, Napi::Object exports) {
+  QF_EXPORT(exports, "cudaActQuantRows", act_quant_rows_js);
+  QF_EXPORT(exports, "cudaMatmulInt8", matmul_int8_js);
+  QF_EXPORT(exports, "cudaMatmulStatic", matmul_static_js);
+  QF_EXPORT(exports, "cudaMatmulInt8Kernel", matmul_int8_kernel_js);
   QF_EXPORT(exports, "cudaMatmulPrepare", prepare_js);
   QF_EXPORT(exports, "cudaMatmul", matmul_js);
   QF_EXPORT(exports, "cudaMatmulDispose", dispose_js);

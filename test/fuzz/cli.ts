@@ -1,4 +1,5 @@
 // npm run fuzz -- [--minutes N | --cases N] [--formats a,b] [--seed S] [--no-save]
+// (QF_FUZZ_TARGETS=name,prefix restricts the napi format to some exports)
 // The soak run: fresh seeds per format, round-robin, until the time is up (or a
 // fixed number of cases). Every failing input is written to
 // test/fuzz/regressions/<format>-<seed>.json (files base64, with the mutation), which

@@ -52,7 +52,7 @@ function fd(): number {
 }
 
 /** Valid calls, from lib/native.ts's contracts (N=6, K=16 matrices unless noted). */
-const TEMPLATES: Record<string, () => Args> = {
+export const TEMPLATES: Record<string, () => Args> = {
   backendInfo: () => [],
   setKernelPolicy: () => ['auto'],
   setThreads: () => [2],
@@ -65,7 +65,11 @@ const TEMPLATES: Record<string, () => Args> = {
   fakeQuantBackward: () => [f32(96), f32(96), f32(12).map(Math.abs), f32(12), 6, 16, 4, 8, false, false],
   matmulPrepare: () => [u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false],
   sgemm: () => [f32(48), f32(96), 3, 6, 16, false],
-  measureMachine: () => [4096, 1, 0.001, 1, false],
+  measureMachine: () => [1 << 20, 1, 0.001, 1, false],
+  // (N = 8, K = 16) INT4 g8: qweight (K / 8, N), qzeros (G, N / 8), scalesOut (G, N); codes packed (N, K / 2); f16 scales, zeros (N, G)
+  gptqPack: () => [new Int32Array(16), new Int32Array(2), new Uint16Array(16), u8(64), u16(16), u16(16).map(() => 0x4800), 8, 16, 4, 8, false, false, false],
+  matmulUnprepare: () => [native().matmulPrepare(u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false)],
+  matmulDispose: () => [native().matmulPrepare(u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false)],
   matmul: () => [f32(48), 'f32', 3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32', 'auto', false],
   matmulPath: () => [3, null, u8(48), f32(12), f32(12), 'f32', 6, 16, 4, 8, false, 'fp32'],
   faultAlloc: () => [0],
@@ -98,6 +102,35 @@ const TEMPLATES: Record<string, () => Args> = {
   'engine.teqExpandVScales': () => [f32(8), pos(4), 2, 1, 4],
   'engine.rtnFakeQuantBackward': () => [f32(96), f32(96), pos(16), 6, 16, 4, 8, false],
   'engine.adamw': () => [f32(40), 10, 0, 10, 1, 1e-3, 0.9, 0.999, 1e-8, 0, -Infinity],
+  // EfficientQAT's quantizer: w (6, 16) INT4 g8 asymmetric, scales / zeros (6, 2)
+  'engine.learnedFqInit': () => [f32(12), f32(12), f32(96), 6, 16, 4, 8, false],
+  'engine.learnedFqBackward': () => [f32(96), f32(12), f32(12), f32(96), f32(96), pos(12).map((v) => v / 4), f32(12).map((v) => 8 + 4 * v), 6, 16, 4, 8, false],
+  'engine.learnedFqCodes': () => [f32(96), f32(96), pos(12).map((v) => v / 4), f32(12).map((v) => 8 + 4 * v), 6, 16, 4, 8, false],
+  // FPTQuant's ops, on 3 rows: D = K = 20 (KP = 24, groups of 8: 3 group sums), F = 12 (Hadamard blocks of 4),
+  // Hq = 2, Hkv = 1, hd = 4; int8 buffers are Int8Arrays
+  'engine.rmsnormScaledForward': () => [f32(24), f32(3), f32(24), pos(8), pos(3), 3, 8, 1e-5],
+  'engine.rmsnormScaledBackward': () => {
+    const rstd = new Float32Array(3), x = f32(24), w = pos(8), c = pos(3);
+    native().engine.rmsnormScaledForward(f32(24), rstd, x, w, c, 3, 8, 1e-5);
+    return [f32(24), f32(3), f32(24), x, w, rstd, c, f32(3), 3, 8, 1e-5];
+  },
+  'engine.residualScaledForward': () => [f32(24), f32(24), pos(3), f32(24), 3, 8],
+  // x (3, 2, 4) with one scale per head (inner 4)
+  'engine.actFakeQuantForward': () => [f32(24), f32(24), pos(2).map((v) => v / 100), 24, 2, 4, 8],
+  'engine.actFakeQuantBackward': () => [f32(24), f32(2), f32(24), f32(24), pos(2).map((v) => v / 100), 24, 2, 4, 4],
+  'engine.actQuantError': () => [f32(3), f32(24), pos(3).map((v) => v / 50), 24, 8, 4],
+  'engine.fwht': () => [f32(36), 3, 12, 4],
+  'engine.actQuantRows': () => [new Int8Array(3 * 24), f32(9), f32(60), pos(3), 0.02, 3, 20, 24, 8, 8],
+  'engine.rmsnormQuant': () => [new Int8Array(3 * 24), f32(9), f32(3), f32(60), pos(20), pos(3), 0.02, 3, 20, 24, 8, 8, 1e-5],
+  'engine.swigluQuant': () => [new Int8Array(3 * 16), f32(6), f32(36), f32(36), pos(3), 0.02, 3, 12, 16, 8, 4, 4],
+  'engine.quantHeads': () => [new Int8Array(24), f32(24), pos(2).map((v) => v / 100), 3, 2, 4, 8],
+  // B = 1, T = 2, Hq = 2, Hkv = 1, hd = 4, cache S = 8 at pos0 = 2
+  'engine.attentionForwardQ8': () => [f32(16), f32(16), new Int8Array(32).map((_, i) => (i * 37) % 255 - 127), new Int8Array(32).map((_, i) => (i * 11) % 255 - 127),
+    pos(1).map((v) => v / 100), pos(1).map((v) => v / 100), 1, 2, 2, 1, 4, 8, 2],
+  'engine.jsdForwardBackward': () => [f32(3), f32(3 * 16), f32(3 * 16).map((v) => (1 + v) / 32), 3, 16, 1],
+  'engine.lpRatio': () => [f32(1), f32(24), f32(24), 24, 8, 4, 1],
+  'engine.fptRotateRows': () => [f32(16 * 8), pos(8), eye(8), 16, 8],
+  'engine.lmHeadJsd': () => [f32(3), f32(24), f32(3), f32(24), pos(3), pos(8), f32(16 * 8), f32(3 * 16).map((v) => (1 + v) / 32), 3, 8, 16, 1e-5, 1],
   'engine.blockSizes': () => [blockCfg()],
   'engine.blockLayout': () => [blockCfg()],
   'engine.blockSavedLayout': () => [blockCfg()],
@@ -327,7 +360,10 @@ export function untemplated(): string[] {
 /** one N-API fuzz case: a target, a call, an outcome */
 export async function napiCase(seed: number): Promise<Pick<CaseResult, 'outcome' | 'code' | 'detail' | 'mutation'>> {
   const rng = new Rng(seed);
-  const targets = napiTargets();
+  // QF_FUZZ_TARGETS=engine.actQuantRows,engine.quantHeads (or a prefix: engine.): a soak run on a few targets
+  const only = process.env.QF_FUZZ_TARGETS?.split(',').filter(Boolean);
+  const targets = napiTargets().filter((t) => !only || only.some((o) => t.startsWith(o)));
+  if (targets.length === 0) throw new Error(`fuzz: QF_FUZZ_TARGETS=${process.env.QF_FUZZ_TARGETS} matches no target`);
   const target = rng.pick(targets);
   let args: Args, what: string;
   const template = templateFor(target);

@@ -1,11 +1,14 @@
-// CUDA engine kernels (the TEQ scale backward, the learned fake quant backward) against the CPU reference. Runs where a GPU and
+// CUDA engine kernels (the TEQ scale backward, the learned fake quant backward, FPTQuant's S_n RMSNorm,
+// LSQ and JSD backwards) against the CPU reference. Runs where a GPU and
 // quantform_cuda.node are present; skips with the reason everywhere else. (The
 // fake-quant backward's CUDA variant is tested in quant-cuda.test.ts.)
 import { describe, expect, it } from 'vitest';
 import { cudaInfo, setKernelPolicy } from '../../lib/index.js';
-import { engineOp } from '../../lib/native.js';
+import { engineOp, type EngineOpArg } from '../../lib/native.js';
 import { nmse, uniform } from '../helpers/numeric.js';
-import { cudaLearnedFqBackward, cudaTeqScaleBackward } from '../../lib/engine/cuda.js';
+import {
+  cudaActFakeQuantBackward, cudaJsdForwardBackward, cudaLearnedFqBackward, cudaRmsnormScaledBackward, cudaTeqScaleBackward,
+} from '../../lib/engine/cuda.js';
 import { sameBits } from '../helpers/numeric.js';
 
 const info = cudaInfo();
@@ -57,4 +60,70 @@ describe.skipIf(!info.available)(`CUDA learned fake quant backward (EfficientQAT
       expect(nmse(got.ds, ref.ds)).toBeLessThan(FQ_NMSE_TOL);
       if (ref.dz) expect(nmse(got.dz!, ref.dz)).toBeLessThan(FQ_NMSE_TOL);
     });
+});
+
+/** double row sums on both sides, another order on the GPU */
+const FPT_NMSE_TOL = 1e-12;
+
+function refOp(name: string, ...args: EngineOpArg[]): void {
+  setKernelPolicy('ref');
+  try {
+    engineOp(name)(...args);
+  } finally {
+    setKernelPolicy('auto');
+  }
+}
+
+describe.skipIf(!info.available)(`CUDA FPTQuant S_n RMSNorm backward on ${info.device ?? 'no device'}`, () => {
+  for (const [BT, D, withC] of [[1, 1, false], [3, 17, true], [33, 64, true], [7, 2048, false], [130, 4133, true]] as const)
+    it(`BT ${BT}, D ${D}${withC ? ', with the carry c' : ''}: dx and dc equal the reference`, () => {
+      const x = uniform(BT * D, 21), w = uniform(D, 22, 0.5, 1.5), dout = uniform(BT * D, 23), rstd = uniform(BT, 24, 0.5, 2);
+      const c = withC ? uniform(BT, 25, 0.5, 3) : null, drstd = withC ? uniform(BT, 26) : null;
+      const dxRef = new Float32Array(BT * D), dxGot = new Float32Array(BT * D);
+      const dcRef = withC ? uniform(BT, 27) : null, dcGot = dcRef ? dcRef.slice() : null;
+      refOp('rmsnormScaledBackward', dxRef, dcRef, dout, x, w, rstd, c, drstd, BT, D, 1e-5);
+      cudaRmsnormScaledBackward(dxGot, dcGot, dout, x, w, rstd, c, drstd, BT, D, 1e-5);
+      expect(nmse(dxGot, dxRef)).toBeLessThan(FPT_NMSE_TOL);
+      if (dcRef) expect(nmse(dcGot!, dcRef)).toBeLessThan(FPT_NMSE_TOL);
+    });
+});
+
+describe.skipIf(!info.available)(`CUDA FPTQuant activation quantizer (LSQ) backward on ${info.device ?? 'no device'}`, () => {
+  // one per-tensor scale; per-head KV scales (inner hd, nscale Hkv) with runs shorter and longer than a warp
+  for (const [n, nscale, inner, bits] of [[1, 1, 1, 8], [1000, 1, 1, 4], [3 * 4 * 8, 4, 8, 4], [33 * 8 * 64, 8, 64, 8], [70000, 3, 7, 4]] as const)
+    it(`n ${n}, ${nscale} scale(s) of runs of ${inner}, ${bits}-bit: dx bit-exact, dscale within double sums`, () => {
+      const x = uniform(n, 31, 3), g = uniform(n, 32), scale = uniform(nscale, 33, 0.05, 0.4);
+      const dxRef = new Float32Array(n), dxGot = new Float32Array(n);
+      const dsRef = uniform(nscale, 34), dsGot = dsRef.slice();
+      refOp('actFakeQuantBackward', dxRef, dsRef, g, x, scale, n, nscale, inner, bits);
+      cudaActFakeQuantBackward(dxGot, dsGot, g, x, scale, n, nscale, inner, bits);
+      expect(sameBits(dxGot, dxRef)).toBe(true);
+      expect(nmse(dsGot, dsRef)).toBeLessThan(FPT_NMSE_TOL);
+    });
+});
+
+describe.skipIf(!info.available)(`CUDA FPTQuant JSD loss and gradient on ${info.device ?? 'no device'}`, () => {
+  for (const [BT, V] of [[1, 1], [3, 7], [17, 512], [5, 32000]] as const)
+    it(`BT ${BT}, V ${V}: loss and dlogits equal the reference`, () => {
+      const z = uniform(BT * V, 41, 4), t = uniform(BT * V, 42, 0.5, 0.5);
+      for (let r = 0; r < BT; r++) {
+        let s = 0;
+        for (let v = 0; v < V; v++) s += t[r * V + v];
+        for (let v = 0; v < V; v++) t[r * V + v] /= s;
+      }
+      const lossRef = new Float32Array(BT), lossGot = new Float32Array(BT), zRef = z.slice(), zGot = z.slice();
+      refOp('jsdForwardBackward', lossRef, zRef, t, BT, V, 0.5);
+      cudaJsdForwardBackward(lossGot, zGot, t, BT, V, 0.5);
+      expect(nmse(lossGot, lossRef)).toBeLessThan(FPT_NMSE_TOL);
+      expect(nmse(zGot, zRef)).toBeLessThan(FPT_NMSE_TOL);
+    });
+});
+
+describe.skipIf(!info.available)('CUDA FPTQuant ops: bad input is a coded error before any GPU work', () => {
+  it('short buffers and bad bits name the argument', () => {
+    const a = (n: number) => new Float32Array(n);
+    expect(() => cudaRmsnormScaledBackward(a(7), null, a(8), a(8), a(4), a(2), null, null, 2, 4, 1e-5)).toThrow(/dx/);
+    expect(() => cudaActFakeQuantBackward(a(8), a(1), a(8), a(8), a(1), 8, 1, 1, 3)).toThrow(/4 or 8 for the activation bits but received 3/);
+    expect(() => cudaJsdForwardBackward(a(2), a(10), a(9), 2, 5, 1)).toThrow(/tprobs/);
+  });
 });

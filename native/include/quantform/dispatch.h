@@ -34,6 +34,8 @@ bool bf16_available();             // AVX-512 BF16 usable and not masked by poli
 // process the tile data permission (asked once, on first call), the policy is the avx512 tier and
 // set_amx_enabled(false) / QUANTFORM_AMX=0 did not turn them off.
 bool amx_available();
+// amx_available() and the CPU has AMX-INT8 (and VNNI, for the calls the tiles leave to it).
+bool amx_int8_available();
 // Why AMX is not used ("" when it is): for backendInfo.
 std::string amx_status();
 void set_amx_enabled(bool on);

@@ -403,6 +403,9 @@ struct I8Span {
 // out (BT, D); rstd (BT) or null; x (BT, D); w (D); c (BT) or null.
 Status rmsnorm_scaled_forward(Span out, Span rstd, Span x, Span w, Span c, int64_t BT, int64_t D, float eps);
 // dx (BT, D) overwritten; dc (BT) accumulated or null; drstd (BT) or null.
+// The check_* functions below are each op's argument checks, shared with its CUDA entry point.
+Status check_rmsnorm_scaled_backward(const Span& dx, const Span& dc, const Span& dout, const Span& x, const Span& w,
+                                     const Span& rstd, const Span& c, const Span& drstd, int64_t BT, int64_t D);
 Status rmsnorm_scaled_backward(Span dx, Span dc, Span dout, Span x, Span w, Span rstd, Span c, Span drstd, int64_t BT,
                                int64_t D, float eps);
 // out, a, b (BT, D); m (BT).
@@ -410,6 +413,8 @@ Status residual_scaled_forward(Span out, Span a, Span m, Span b, int64_t BT, int
 // out, x (n); scale (nscale) > 0; inner divides n.
 Status act_fake_quant_forward(Span out, Span x, Span scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits);
 // dx, dout, x (n); dscale (nscale) accumulated.
+Status check_act_fake_quant_backward(const Span& dx, const Span& dscale, const Span& dout, const Span& x,
+                                     const Span& scale, int64_t n, int64_t nscale, int64_t inner, int64_t bits);
 Status act_fake_quant_backward(Span dx, Span dscale, Span dout, Span x, Span scale, int64_t n, int64_t nscale,
                                int64_t inner, int64_t bits);
 // err (ncand) = sum |fake_quant(x, candidates[c]) - x|^p over x (n).
@@ -419,6 +424,9 @@ Status fwht(Span x, int64_t rows, int64_t F, int64_t block);
 // xq (rows, KP) int8; xsumq (rows, ceil(K / gs)); x (rows, K); m (rows) or null.
 Status act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
                       int64_t group_size, int64_t bits);
+// act_quant_rows's checks alone (the CUDA quantizer, native/cuda/w4a8.cu, takes the same arguments).
+Status check_act_quant_rows(I8Span xq, Span xsumq, Span x, Span m, float scale, int64_t rows, int64_t K, int64_t KP,
+                            int64_t group_size, int64_t bits);
 // xq (BT, KP); xsumq (BT, ceil(D / gs)); rstd (BT); x (BT, D); w (D); c (BT) or null.
 Status rmsnorm_quant(I8Span xq, Span xsumq, Span rstd, Span x, Span w, Span c, float scale, int64_t BT, int64_t D,
                      int64_t KP, int64_t group_size, int64_t bits, float eps);
@@ -430,7 +438,11 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
 // out, q (B, T, Hq, hd); kq, vq (B, S, Hkv, hd) int8; kscale, vscale (Hkv).
 Status attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
                             int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0);
+// Its checks alone (the CUDA kernel, native/cuda/attention_q8.cu, takes the same arguments).
+Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span kscale, Span vscale, int64_t B, int64_t T,
+                                  int64_t Hq, int64_t Hkv, int64_t hd, int64_t S, int64_t pos0);
 // loss (BT); logits (BT, V) become scale * dJSD/dlogits; tprobs (BT, V).
+Status check_jsd_forward_backward(const Span& loss, const Span& logits, const Span& tprobs, int64_t BT, int64_t V);
 Status jsd_forward_backward(Span loss, Span logits, Span tprobs, int64_t BT, int64_t V, float scale);
 // The local stage's outlier penalty over x (n) in groups of `group` (n / group of them):
 //   loss[0] += scale * mean_g ( mean_g |x|^p / (mean_g x^2)^(p/2) ),  dx (n) += its gradient (null: skipped).

@@ -40,6 +40,10 @@
 // result is as close to the exact product as an fp32 FMA loop gets, with 9 vector ops per
 // 64-byte line of codes instead of the fp32 decode's 24.
 //
+// On AMX (AMX-INT8 tiles), the same sums come from TDPBSUD: xq rows are the A tiles as they
+// are, the codes of 16 output rows become B tiles of one byte per code (per chunk of 8 k, the
+// low nibbles then the high nibbles: the permuted order of xq), 16 x 16 x 64 k per instruction.
+//
 // bf16 accuracy (prefill, native/cpu/avx512bf16): W is dequantized to bf16 panels,
 // w = bf16(fma(q, s, -s z)), and x rounded to bf16 (both to nearest even); the products
 // are exact in fp32 and accumulate in fp32: AMX tiles (TDPBF16PS, 16 x 16 outputs x 32 k
@@ -135,13 +139,32 @@ struct MatmulBf16Kernels {
 // Scratch per thread, in floats (f32) or bytes (int8): one decoded panel of
 // 32 output rows over the whole of KP.
 inline int64_t matmul_scratch_floats(int64_t KP) { return KP * 32 + 64; }
-inline int64_t matmul_int8_scratch_bytes(int64_t KP) { return KP * 32 + 256; }
+// AMX int8 (native/cpu/avx512bf16/matmul_amx_int8.cpp): k padded to whole 64-k tile steps; per
+// thread the byte panels of P tile pairs (16 KSP bytes a tile), one 32-row block of xq packed into
+// tiles (32 KSP bytes) and, per pair, int32 sums between k chunks and fp32 accumulators (4 KB
+// each), plus one (32, 32) int32 block. P pairs share each pass over xq, as many as fit 1 MB of
+// L2 (1 to 8).
+inline int64_t matmul_amx_int8_ksp(int64_t KP) { return (KP + 63) / 64 * 64; }
+inline int64_t matmul_amx_int8_pairs(int64_t KP) {
+  const int64_t fit = (1 << 20) / (32 * matmul_amx_int8_ksp(KP));
+  return fit < 1 ? 1 : fit > 8 ? 8 : fit;
+}
+inline int64_t matmul_int8_scratch_bytes(int64_t KP) {
+  const int64_t vnni = KP * 32 + 256, ksp = matmul_amx_int8_ksp(KP), P = matmul_amx_int8_pairs(KP);
+  const int64_t amx = P * 32 * ksp + 32 * ksp + (2 * P + 1) * 4096 + 256;
+  return vnni > amx ? vnni : amx;
+}
+// From this many rows of x the AMX int8 kernel runs; fewer go to the VNNI kernel.
+constexpr int64_t QF_MM_AMX_INT8_MIN_M = 16;
 
 extern const MatmulKernels matmul_kernels_ref;
 extern const MatmulKernels matmul_kernels_avx2;
 extern const MatmulKernels matmul_kernels_avx512;
 extern const MatmulInt8Kernels matmul_int8_kernels_ref;
 extern const MatmulInt8Kernels matmul_int8_kernels_avx512vnni;
+// AMX tiles (TDPBSUD) for M >= QF_MM_AMX_INT8_MIN_M and group sizes that are a multiple of 128 (or
+// one group per row); the VNNI kernel otherwise. Bit-identical to the VNNI kernel.
+extern const MatmulInt8Kernels matmul_int8_kernels_amx_avx512bf16;
 
 extern const MatmulSplitKernels matmul_split_kernels_ref;
 extern const MatmulSplitKernels matmul_split_kernels_avx512vnni;
@@ -151,7 +174,7 @@ extern const MatmulBf16Kernels matmul_bf16_kernels_avx512bf16;
 extern const MatmulBf16Kernels matmul_bf16_kernels_amx_avx512bf16;
 
 const MatmulKernels& matmul_kernels();            // the active tier's table
-const MatmulInt8Kernels& matmul_int8_kernels();    // VNNI when vnni_available(), else ref
+const MatmulInt8Kernels& matmul_int8_kernels();    // AMX when amx_int8_available(), else VNNI when vnni_available(), else ref
 const MatmulSplitKernels& matmul_split_kernels();  // VNNI when vnni_available(), else ref
 // AMX when amx_available(), else AVX-512 BF16 when bf16_available(), else null (no bf16 path);
 // the ref tier's table under the ref policy.

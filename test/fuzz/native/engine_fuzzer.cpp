@@ -7,7 +7,9 @@
 //     fuzzed without a line here.
 //   - the block step (check_block, block_bind_arena, block_forward with and without
 //     saved activations and a KV cache, block_backward), fake quant and TEQ included;
-//   - LlamaModel (create, set_weight, set_quantized_weight, fill_weights through
+//     FPTQuant's fpt slot (transforms, S_n carry, online Hadamard, static activation and
+//     KV quantizers with an int8 cache, the outlier penalty, fpt_check_params);
+//   - LlamaModel (create, set_weight, set_quantized_weight, set_fpt, fill_weights through
 //     read_tensor_f32 from a memfd, forward): the LlamaModel binding's native half;
 //   - read_tensor_f32 on its own (offsets, dtypes, row permutations, short files);
 //   - GPTQ (hessian_accumulate, inverse_factor, quantize) and the quantized-linear
@@ -69,6 +71,7 @@ struct Ctx {
       case 1: return -f.ConsumeIntegralInRange<int64_t>(1, 1 << 20);
       case 2: return f.ConsumeIntegralInRange<int64_t>(1, int64_t(1) << 40);
       case 3: return f.ConsumeIntegralInRange<int64_t>(0, 8) * 2;  // even (head sizes)
+      case 4: return ints.empty() ? 8 : (ints.back() + 7) / 8 * 8;  // the previous dim rounded up to 8 (int8 layouts' KP)
       default: return f.ConsumeIntegralInRange<int64_t>(1, 12);
     }
   }
@@ -248,6 +251,92 @@ void fuzz_block(Ctx& c) {
   }
 }
 
+// FPTQuant's block step (the fpt slot): transforms on the original weights or merged, S_n with its carry,
+// the online Hadamard, static activation and KV quantizers (an int8 cache in inference), the outlier
+// penalty, training forward + backward. As the binding (engine.cpp bind_fpt) does, the parameters are
+// fpt_layout's count and the carries BT: what the step trusts; their values are fuzzed (NaN, huge, 0).
+void fuzz_fpt_block(Ctx& c) {
+  FuzzedDataProvider& f = c.f;
+  // valid most of the time (the step's own checks and kernels are the target), one thing off now and then
+  const bool edgy = f.ConsumeIntegralInRange<int>(0, 3) == 0;
+  auto dim = [&](int64_t lo, int64_t hi) { return edgy ? small(f, lo, hi) : f.ConsumeIntegralInRange<int64_t>(lo, hi); };
+  qf::BlockDesc d;
+  d.dims = qf::BlockDims{dim(1, 2), dim(1, 5), dim(1, 16), f.PickValueInArray<int64_t>({8, 12, 16, 16, 6, 7}),
+                         dim(1, 4), dim(1, 2), f.PickValueInArray<int64_t>({2, 4, 8, 8, 6, 3, 0})};
+  if (!edgy && d.dims.Hq % d.dims.Hkv != 0) d.dims.Hq = d.dims.Hkv;
+  d.eps = f.PickValueInArray({1e-5f, 1e-5f, 1e-5f, 0.f, __builtin_nanf("")});
+  d.rtn = f.ConsumeBool();
+  d.rtn_spec = pick_spec(f, true);
+  qf::FptTransforms& t = d.fpt;
+  t.on = true;
+  t.merged = f.ConsumeBool();
+  t.qk = f.ConsumeBool();
+  t.v = f.ConsumeBool();
+  t.v_hadamard = f.ConsumeIntegralInRange<int>(0, 3) == 0;
+  t.mlp = f.ConsumeBool();
+  t.residual_scaling = f.ConsumeBool();
+  t.hadamard_block = edgy ? f.PickValueInArray<int64_t>({0, 3, 16, -4, 32}) : f.PickValueInArray<int64_t>({0, 0, 2});
+  t.act_bits = edgy ? f.PickValueInArray({0, 8, 4, 3, 16}) : f.PickValueInArray({0, 8, 4});
+  t.kv_bits = edgy ? f.PickValueInArray({0, 8, 4, 5}) : f.PickValueInArray({0, 8, 4});
+  t.lp_act = f.PickValueInArray({0.f, 0.f, 1e-2f, edgy ? -1.f : 0.f});
+  t.lp_weight = f.PickValueInArray({0.f, 0.f, 1e-2f, edgy ? __builtin_nanf("") : 0.f});
+  t.lp_p = f.PickValueInArray({4.f, 4.f, 2.f, 0.5f});
+  static float placeholder = 1.f;
+  t.params = &placeholder;  // check_block runs before the buffers are bound, as in the binding
+  if (!qf::check_block(d).ok()) return;
+  const qf::BlockDims& m = d.dims;
+  const int64_t BT = m.BT(), P = qf::block_param_count(m), FP = qf::fpt_layout(m).total, BTD = BT * m.D;
+  if (P > (int64_t)kMaxElements || FP > (int64_t)kMaxElements || BTD > (int64_t)kMaxElements) return;
+  const int64_t half = m.hd / 2, S = m.T + f.ConsumeIntegralInRange<int64_t>(0, 4);
+  std::vector<float> cos((size_t)(S * half), 1.f), sin((size_t)(S * half), 0.f);
+  d.rope_cos = cos.data();
+  d.rope_sin = sin.data();
+  d.rope_len = S;
+  auto near = [&](int64_t want) {
+    const int64_t off = f.ConsumeIntegralInRange<int>(0, 15) == 0 ? f.PickValueInArray<int64_t>({1, -1}) : 0;
+    return (size_t)std::max<int64_t>(0, std::min<int64_t>(want, (int64_t)kMaxElements) + off);
+  };
+  Span arena = c.floats(near(P), false);
+  if (!qf::block_bind_arena(&d, arena).ok()) return;
+  // parameters: small (valid transforms), or the fuzzed values (NaN, large: singular T_v, overflowing scales)
+  Span params = c.floats((size_t)FP, false);
+  if (f.ConsumeBool())
+    for (size_t i = 0; i < params.len; i++) static_cast<float*>(params.data)[i] *= 0.01f;
+  t.params = static_cast<const float*>(params.data);
+  Span c_in = c.floats((size_t)BT, false), c_out = c.floats((size_t)BT, false);
+  t.c_in = f.ConsumeBool() ? static_cast<const float*>(c_in.data) : nullptr;
+  t.c_out = t.residual_scaling || f.ConsumeBool() ? static_cast<float*>(c_out.data) : nullptr;
+  float lp = 0.f;
+  t.lp_out = f.ConsumeBool() ? &lp : nullptr;
+  Span x = c.floats(near(BTD), false), out = c.floats(near(BTD), false);
+  qf::Workspace ws;
+  const int mode = f.ConsumeIntegralInRange<int>(0, 2);
+  if (mode == 0) {  // training forward + backward
+    Span saved = c.floats(near(qf::block_saved_count(d)), false);
+    if (!qf::block_forward(out, saved, x, d, nullptr, &ws).ok()) return;
+    Span dx = c.floats(near(BTD), false), dout = c.floats(near(BTD), false);
+    std::vector<float> gp((size_t)P), gf((size_t)FP), dc((size_t)BT, 0.5f);
+    qf::BlockGrads g;
+    g.params = f.ConsumeIntegralInRange<int>(0, 15) == 0 ? gp.data() : nullptr;  // refused: the weights are fixed
+    g.fpt = f.ConsumeIntegralInRange<int>(0, 15) ? gf.data() : nullptr;
+    g.dc = t.residual_scaling && f.ConsumeIntegralInRange<int>(0, 7) ? dc.data() : nullptr;
+    (void)qf::block_backward(dx, g, dout, saved, d, &ws);
+  } else if (mode == 1) {  // inference step with a KV cache, int8 codes when the KV cache is quantized
+    const int64_t cap = m.B * S * m.Dkv();
+    std::vector<float> k((size_t)std::max<int64_t>(cap, 0)), v(k.size());
+    std::vector<int8_t> kq(k.size()), vq(k.size());
+    qf::KvCache kv{k.data(), v.data(), S, small(f, 0, S)};
+    if (t.kv_bits > 0 && f.ConsumeIntegralInRange<int>(0, 7)) {
+      kv.kq = kq.data();
+      kv.vq = vq.data();
+    }
+    (void)qf::block_forward(out, Span{nullptr, 0, DType::F32}, x, d, &kv, &ws);
+  } else {
+    (void)qf::block_forward(out, Span{nullptr, 0, DType::F32}, x, d, nullptr, &ws);
+  }
+  if (f.ConsumeBool()) (void)qf::fpt_check_params(params, m, t);
+}
+
 // An anonymous in-memory file holding the rest of the input: what read_tensor_f32 preads.
 struct MemFile {
   int fd = -1;
@@ -376,7 +465,29 @@ void fuzz_llama_model(Ctx& c) {
         break;
       }
       case 4:
-        (void)m->missing();
+        if (f.ConsumeBool()) {
+          (void)m->missing();
+          break;
+        }
+        {  // FPTQuant's run-time part (setFpt): fuzzed flags, a parameter arena per layer, right-sized or not
+          qf::FptRuntime r;
+          r.on = f.ConsumeIntegralInRange<int>(0, 7) != 0;
+          r.residual_scaling = f.ConsumeBool();
+          r.hadamard_block = f.PickValueInArray<int64_t>({0, 2, 4, 8, 3, -1});
+          r.act_bits = f.PickValueInArray({0, 8, 4, 2});
+          r.kv_bits = f.PickValueInArray({0, 8, 4, 16});
+          const qf::BlockDims bd{1, 1, cfg.dim, cfg.hidden_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim};
+          const int64_t P = qf::fpt_layout(bd).total;
+          const int64_t layers = cfg.n_layers + f.PickValueInArray<int64_t>({0, 0, 0, 1, -1});
+          for (int64_t l = 0; l < layers && P >= 0 && P <= 4096; l++) {
+            const Span p = c.floats((size_t)std::max<int64_t>(0, P + f.PickValueInArray<int64_t>({0, 0, 0, 0, 1, -1})), false);
+            std::vector<float> v(static_cast<float*>(p.data), static_cast<float*>(p.data) + p.len);
+            if (f.ConsumeBool())
+              for (float& e : v) e *= 0.01f;  // log scales near 0: scales near 1
+            r.params.push_back(std::move(v));
+          }
+          (void)m->set_fpt(r);
+        }
         break;
       default: {  // forward: tokens in and out of range, positions past the cache, short logits
         const int64_t B = small(f, 1, 2), T = small(f, 1, 4), pos0 = f.ConsumeBool() ? 0 : small(f, 0, 16);
@@ -459,12 +570,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)once;
   FuzzedDataProvider f(data, size);
   Ctx c{f, {}, {}};
-  const int op = f.ConsumeIntegralInRange<int>(0, kNumEngineOps + 4);
+  const int op = f.ConsumeIntegralInRange<int>(0, kNumEngineOps + 5);
   if (op < kNumEngineOps) kEngineOps[op](c);
   else if (op == kNumEngineOps) fuzz_block(c);
   else if (op == kNumEngineOps + 1) fuzz_llama_model(c);
   else if (op == kNumEngineOps + 2) fuzz_read_tensor(c);
   else if (op == kNumEngineOps + 3) fuzz_gptq(c);
+  else if (op == kNumEngineOps + 4) fuzz_fpt_block(c);
   else fuzz_qlinear(c);
   return 0;
 }

@@ -1,0 +1,205 @@
+// CUDA kernels of FPTQuant's training ops (engine.h, same definitions as native/ref/engine_fpt.inc):
+// the S_n RMSNorm backward, the activation quantizer's LSQ backward and the JSD loss with its
+// gradient. Reductions in double, as the reference; elementwise results are the reference's
+// operations in f32 (division by __fdiv_rn, rounding half to even), so they agree bit for bit.
+// Compiled in CI, not yet run on a GPU.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cuda_check.h"
+#include "engine_cuda.h"
+
+namespace qf {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Block-wide sum of one double per thread (blockDim.x == kThreads); every thread gets it.
+__device__ double block_sum(double v, double* warp_sums) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int i = 0; i < kThreads / 32; i++) t += warp_sums[i];
+    warp_sums[0] = t;
+  }
+  __syncthreads();
+  const double t = warp_sums[0];
+  __syncthreads();
+  return t;
+}
+
+__device__ double block_max(double v, double* warp_sums) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = warp_sums[0];
+    for (int i = 1; i < kThreads / 32; i++) t = fmax(t, warp_sums[i]);
+    warp_sums[0] = t;
+  }
+  __syncthreads();
+  const double t = warp_sums[0];
+  __syncthreads();
+  return t;
+}
+
+// One block per row r: dr = sum(dy w x) + drstd; dx = r dy w - x r^3 dr / D; dc += dr r^3 eps / c^3.
+__global__ void rmsnorm_scaled_backward_kernel(float* dx, float* dc, const float* dout, const float* x, const float* w,
+                                               const float* rstd, const float* c, const float* drstd, int64_t D,
+                                               float eps) {
+  __shared__ double warp_sums[kThreads / 32];
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * D;
+  const float* gr = dout + r * D;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < D; i += kThreads) acc += (double)gr[i] * w[i] * xr[i];
+  const double dr = block_sum(acc, warp_sums) + (drstd ? (double)drstd[r] : 0.0);
+  const double rs = rstd[r], k = dr * rs * rs * rs / (double)D;
+  for (int64_t i = threadIdx.x; i < D; i += kThreads) dx[r * D + i] = (float)(rs * gr[i] * w[i] - k * xr[i]);
+  if (threadIdx.x == 0 && dc && c) {
+    const double cr = c[r];
+    dc[r] += (float)(dr * rs * rs * rs * (double)eps / (cr * cr * cr));
+  }
+}
+
+// Element i (scale j = (i / inner) % nscale): inside the grid dx = dout and dscale[j] += dout (q - v),
+// clipped dx = 0 and dscale[j] += dout (+-qmax). Lanes stride the elements (coalesced) and keep
+// their scale's sum until its index changes, then add it to dscale (double, one atomic per run).
+__global__ void act_fake_quant_backward_kernel(float* dx, double* dscale, const float* dout, const float* x,
+                                               const float* scale, int64_t n, int64_t nscale, int64_t inner,
+                                               float qmax) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  int64_t cur = -1;
+  double acc = 0;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t j = (i / inner) % nscale;
+    if (j != cur) {
+      if (cur >= 0) atomicAdd(dscale + cur, acc);
+      cur = j;
+      acc = 0;
+    }
+    const float s = scale[j], v = __fdiv_rn(x[i], s), q = rintf(v), g = dout[i];
+    if (q > qmax || q < -qmax) {
+      acc += (double)g * (q > qmax ? qmax : -qmax);
+      dx[i] = 0.f;
+    } else {
+      acc += (double)g * ((double)q - (double)v);
+      dx[i] = g;
+    }
+  }
+  if (cur >= 0) atomicAdd(dscale + cur, acc);
+}
+
+// One block per row: the student's softmax q kept in z (as f32, as the reference keeps it), loss
+// JS(p || q), then z = scale q (g - <q, g>) with g = log(q / m) / 2, m = (p + q) / 2.
+__global__ void jsd_forward_backward_kernel(float* loss, float* logits, const float* tprobs, int64_t V, float scale) {
+  __shared__ double warp_sums[kThreads / 32];
+  const int64_t r = blockIdx.x;
+  float* z = logits + r * V;
+  const float* p = tprobs + r * V;
+  double mx = -INFINITY;
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) mx = fmax(mx, (double)z[v]);
+  mx = block_max(mx, warp_sums);
+  double sum = 0;
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) sum += exp((double)z[v] - mx);
+  sum = block_sum(sum, warp_sums);
+  double js = 0, qg = 0;
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    const double q = exp((double)z[v] - mx) / sum, pv = p[v], m = 0.5 * (pv + q);
+    if (pv > 0) js += 0.5 * pv * log(pv / m);
+    if (q > 0) {
+      const double g = 0.5 * log(q / m);
+      js += q * g;
+      qg += q * g;
+    }
+    z[v] = (float)q;
+  }
+  js = block_sum(js, warp_sums);
+  qg = block_sum(qg, warp_sums);
+  if (threadIdx.x == 0) loss[r] = (float)js;
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    const double q = z[v], m = 0.5 * ((double)p[v] + q);
+    const double g = q > 0 ? 0.5 * log(q / m) : 0.0;
+    z[v] = (float)((double)scale * q * (g - qg));
+  }
+}
+
+template <class T>
+Status upload(DeviceBuffer& d, const T* h, int64_t n) {
+  QF_TRY(d.alloc(sizeof(T) * (size_t)n));
+  if (h && n) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, sizeof(T) * (size_t)n, cudaMemcpyHostToDevice));
+  return Status::Ok();
+}
+
+template <class T>
+Status download(T* h, const DeviceBuffer& d, int64_t n) {
+  if (h && n) QF_CUDA_CHECK(cudaMemcpy(h, d.ptr, sizeof(T) * (size_t)n, cudaMemcpyDeviceToHost));
+  return Status::Ok();
+}
+
+Status finish() {
+  QF_CUDA_CHECK(cudaGetLastError());
+  QF_CUDA_CHECK(cudaDeviceSynchronize());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status rmsnorm_scaled_backward_cuda(float* dx, float* dc, const float* dout, const float* x, const float* w,
+                                    const float* rstd, const float* c, const float* drstd, int64_t BT, int64_t D,
+                                    float eps) {
+  DeviceBuffer d_dx, d_dc, d_dout, d_x, d_w, d_rstd, d_c, d_drstd;
+  QF_TRY(upload<float>(d_dx, nullptr, BT * D));
+  QF_TRY(upload(d_dc, dc, dc ? BT : 0));
+  QF_TRY(upload(d_dout, dout, BT * D));
+  QF_TRY(upload(d_x, x, BT * D));
+  QF_TRY(upload(d_w, w, D));
+  QF_TRY(upload(d_rstd, rstd, BT));
+  QF_TRY(upload(d_c, c, c ? BT : 0));
+  QF_TRY(upload(d_drstd, drstd, drstd ? BT : 0));
+  rmsnorm_scaled_backward_kernel<<<(unsigned)BT, kThreads>>>(
+      d_dx.as<float>(), dc ? d_dc.as<float>() : nullptr, d_dout.as<float>(), d_x.as<float>(), d_w.as<float>(),
+      d_rstd.as<float>(), c ? d_c.as<float>() : nullptr, drstd ? d_drstd.as<float>() : nullptr, D, eps);
+  QF_TRY(finish());
+  QF_TRY(download(dx, d_dx, BT * D));
+  return download(dc, d_dc, dc ? BT : 0);
+}
+
+Status act_fake_quant_backward_cuda(float* dx, float* dscale, const float* dout, const float* x, const float* scale,
+                                    int64_t n, int64_t nscale, int64_t inner, float qmax) {
+  DeviceBuffer d_dx, d_ds, d_dout, d_x, d_s;
+  QF_TRY(upload<float>(d_dx, nullptr, n));
+  QF_TRY(d_ds.alloc(sizeof(double) * (size_t)nscale));
+  QF_CUDA_CHECK(cudaMemset(d_ds.ptr, 0, sizeof(double) * (size_t)nscale));
+  QF_TRY(upload(d_dout, dout, n));
+  QF_TRY(upload(d_x, x, n));
+  QF_TRY(upload(d_s, scale, nscale));
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  act_fake_quant_backward_kernel<<<(unsigned)(blocks < 1024 ? blocks : 1024), kThreads>>>(
+      d_dx.as<float>(), d_ds.as<double>(), d_dout.as<float>(), d_x.as<float>(), d_s.as<float>(), n, nscale, inner, qmax);
+  QF_TRY(finish());
+  QF_TRY(download(dx, d_dx, n));
+  std::vector<double> ds((size_t)nscale);
+  QF_TRY(download(ds.data(), d_ds, nscale));
+  for (int64_t j = 0; j < nscale; j++) dscale[j] += (float)ds[(size_t)j];
+  return Status::Ok();
+}
+
+Status jsd_forward_backward_cuda(float* loss, float* logits, const float* tprobs, int64_t BT, int64_t V, float scale) {
+  DeviceBuffer d_loss, d_z, d_p;
+  QF_TRY(upload<float>(d_loss, nullptr, BT));
+  QF_TRY(upload(d_z, logits, BT * V));
+  QF_TRY(upload(d_p, tprobs, BT * V));
+  jsd_forward_backward_kernel<<<(unsigned)BT, kThreads>>>(d_loss.as<float>(), d_z.as<float>(), d_p.as<float>(), V, scale);
+  QF_TRY(finish());
+  QF_TRY(download(loss, d_loss, BT));
+  return download(logits, d_z, BT * V);
+}
+
+}  // namespace qf

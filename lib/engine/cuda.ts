@@ -1,5 +1,5 @@
 // CUDA variants of engine kernels (quantform_cuda.node), when a GPU is present: the TEQ
-// scale backward, the learned fake quant backward, FPTQuant's training ops (S_n, LSQ, JSD) and its int8-KV attention.
+// scale backward, the learned fake quant backward, FPTQuant's training ops (S_n, LSQ, JSD, the merge backward) and its int8-KV attention.
 import { cudaBinding } from '../ops/cuda.js';
 import { fromNative, QuantformError } from '../errors.js';
 
@@ -85,4 +85,22 @@ export function cudaJsdForwardBackward(loss: Float32Array, logits: Float32Array,
 export function cudaAttentionForwardQ8(out: Float32Array, q: Float32Array, kq: Int8Array, vq: Int8Array, kscale: Float32Array,
   vscale: Float32Array, B: number, T: number, Hq: number, Hkv: number, hd: number, S: number, pos0: number): void {
   cudaEngineFn('attentionForwardQ8')(out, q, kq, vq, kscale, vscale, B, T, Hq, Hkv, hd, S, pos0);
+}
+
+/** A block's shape and its mergeable FPTQuant transforms, for {@link cudaFptMergeBackward}. */
+export interface CudaFptMergeConfig {
+  D: number; F: number; Hq: number; Hkv: number; hd: number;
+  qk?: boolean; v?: boolean; vHadamard?: boolean; mlp?: boolean; hadamardBlock?: number;
+}
+
+/**
+ * The merge backward of T_k, T_v and T_u (same contract as the CPU `engine.fptMergeBackward`:
+ * dFpt += the gradient of <deff, merge(arena)> w.r.t. the FPTQuant parameters): the contractions
+ * of each weight with its gradient on the GPU, the small per-head algebra on the CPU. Compiled in
+ * CI, not yet run on a GPU.
+ */
+export function cudaFptMergeBackward(dFpt: Float32Array, deff: Float32Array, arena: Float32Array, fptParams: Float32Array,
+  c: CudaFptMergeConfig): void {
+  cudaEngineFn('fptMergeBackward')(dFpt, deff, arena, fptParams, c.D, c.F, c.Hq, c.Hkv, c.hd, c.qk ?? false, c.v ?? false,
+    c.vHadamard ?? false, c.mlp ?? false, c.hadamardBlock ?? 0);
 }

@@ -1214,7 +1214,7 @@ Status block_backward(Span dx_s, const BlockGrads& grads, Span dout_s, Span save
       float* dW = deff + PL.linear[j].offset;
       if (d.rtn) QF_TRY(rtn_backward(dW, wm, nullptr, rows, cols, d.rtn_spec));
       if (lp_on && fp.lp_weight > 0.f) fpt::lp_ratio_acc(dW, wm, rows * cols, cols, fp.lp_p, fp.lp_weight);
-      fpt::linear_backward(j, grads.fpt, dW, wm, W, prep, pack, slots);
+      QF_TRY(fpt::linear_backward(j, grads.fpt, dW, wm, W, prep, pack, slots));
     }
   }
   return status;

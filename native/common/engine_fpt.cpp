@@ -353,8 +353,66 @@ void lu_backward(float* dP, const double* dA_in, const Prep& p, int64_t g) {
 
 }  // namespace
 
-void linear_backward(int j, float* dparams, float* dWm, const float* Wm, const float* W, const Prep& p, float* pack,
-                     int64_t slots) {
+namespace {
+
+// The CPU's contractions (FptContractions), with the GEMM scratch of the caller.
+void pair_dots_cpu(double* sl, double* sp, const float* Wm, const float* dWm, int64_t H, int64_t hd, int64_t cols) {
+  const int64_t half = hd / 2;
+  parallel_for(H * half, std::max<int64_t>(1, 8192 / cols), [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; it++) {
+      const int64_t h = it / half, i = it % half;
+      const float* a = Wm + (h * hd + i) * cols;
+      const float* b = Wm + (h * hd + i + half) * cols;
+      const float* da = dWm + (h * hd + i) * cols;
+      const float* db = dWm + (h * hd + i + half) * cols;
+      double l = 0, q = 0;
+      for (int64_t c = 0; c < cols; c++) {
+        l += (double)da[c] * a[c] + (double)db[c] * b[c];
+        q += (double)db[c] * a[c] - (double)da[c] * b[c];
+      }
+      sl[it] = l;
+      sp[it] = q;
+    }
+  });
+}
+
+void v_gram_cpu(float* G, const float* dWv, const float* Wv, int64_t Hkv, int64_t hd, int64_t D, float* pack, int64_t slots) {
+  for (int64_t g = 0; g < Hkv; g++)  // (hd, D) . (D, hd)
+    gemm_run(G + g * hd * hd, hd, StridedMat{dWv + g * hd * D, D, 1}, StridedMat{Wv + g * hd * D, 1, D}, hd, hd, D, false,
+             pack, slots);
+}
+
+void o_gram_cpu(float* G, const float* Wo, const float* dWo, int64_t Hkv, int64_t rep, int64_t hd, int64_t D, float* pack,
+                int64_t slots) {
+  const int64_t Dq = Hkv * rep * hd;
+  for (int64_t g = 0; g < Hkv; g++)
+    for (int64_t r = 0; r < rep; r++) {  // (hd, D) . (D, hd), accumulated over the group's q heads
+      const int64_t h = g * rep + r;
+      gemm_run(G + g * hd * hd, hd, StridedMat{Wo + h * hd, 1, Dq}, StridedMat{dWo + h * hd, Dq, 1}, hd, hd, D, r > 0, pack,
+               slots);
+    }
+}
+
+void row_dots_cpu(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
+  parallel_for(rows, grain_rows(cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      double s = 0;
+      for (int64_t c = 0; c < cols; c++) s += (double)dW[r * cols + c] * W[r * cols + c];
+      acc[r] = s;
+    }
+  });
+}
+
+void col_dots_cpu(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
+  std::fill(acc, acc + cols, 0.0);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) acc[c] += (double)dW[r * cols + c] * W[r * cols + c];
+}
+
+}  // namespace
+
+Status linear_backward(int j, float* dparams, float* dWm, const float* Wm, const float* W, const Prep& p, float* pack,
+                       int64_t slots, const FptContractions* gpu) {
   const BlockDims& d = p.dims;
   const FptTransforms& f = p.f;
   const FptLayout& L = p.lay;
@@ -365,52 +423,38 @@ void linear_backward(int j, float* dparams, float* dWm, const float* Wm, const f
     // per (g, i): dlambda = +-sum dr'.r' (k: factor s, q: 1/s), dphi = sum (dr'_b r'_a - dr'_a r'_b)
     const int64_t H = j == kWq ? d.Hq : d.Hkv;
     std::vector<double> dl((size_t)(H * half)), dp((size_t)(H * half));
-    parallel_for(H * half, std::max<int64_t>(1, 8192 / cols), [&](int64_t i0, int64_t i1) {
-      for (int64_t it = i0; it < i1; it++) {
-        const int64_t h = it / half, i = it % half;
-        const float* a = Wm + (h * hd + i) * cols;
-        const float* b = Wm + (h * hd + i + half) * cols;
-        const float* da = dWm + (h * hd + i) * cols;
-        const float* db = dWm + (h * hd + i + half) * cols;
-        double sl = 0, sp = 0;
-        for (int64_t c = 0; c < cols; c++) {
-          sl += (double)da[c] * a[c] + (double)db[c] * b[c];
-          sp += (double)db[c] * a[c] - (double)da[c] * b[c];
-        }
-        dl[(size_t)it] = j == kWq ? -sl : sl;
-        dp[(size_t)it] = sp;
-      }
-    });
+    if (gpu) QF_TRY(gpu->pair_dots(dl.data(), dp.data(), Wm, dWm, H, hd, cols));
+    else pair_dots_cpu(dl.data(), dp.data(), Wm, dWm, H, hd, cols);
     for (int64_t it = 0; it < H * half; it++) {  // in order: q heads of a group add up deterministically
       const int64_t h = it / half, i = it % half, g = j == kWq ? h / rep : h;
-      dparams[L.qk_log_scale + g * half + i] += (float)dl[(size_t)it];
+      dparams[L.qk_log_scale + g * half + i] += (float)(j == kWq ? -dl[(size_t)it] : dl[(size_t)it]);
       dparams[L.qk_angle + g * half + i] += (float)dp[(size_t)it];
     }
   }
   if (f.v && (j == kWv || j == kWo)) {
     const size_t hh = (size_t)(hd * hd);
-    std::vector<float> G((size_t)hh);  // (hd, hd)
+    std::vector<float> G((size_t)(d.Hkv * (int64_t)hh));  // (Hkv, hd, hd)
+    // value rows: dA = dV' V^T; output columns: dA^-1 = sum over the group's q heads of O_h^T dO'_h
+    if (j == kWv) {
+      if (gpu) QF_TRY(gpu->v_gram(G.data(), dWm, W, d.Hkv, hd, D));
+      else v_gram_cpu(G.data(), dWm, W, d.Hkv, hd, D, pack, slots);
+    } else {
+      if (gpu) QF_TRY(gpu->o_gram(G.data(), W, dWm, d.Hkv, rep, hd, D));
+      else o_gram_cpu(G.data(), W, dWm, d.Hkv, rep, hd, D, pack, slots);
+    }
     std::vector<double> dA(hh);
     for (int64_t g = 0; g < d.Hkv; g++) {
+      const float* Gg = G.data() + g * (int64_t)hh;
       if (j == kWv) {
-        // dA = dV' V^T: (hd, D) . (D, hd)
-        gemm_run(G.data(), hd, StridedMat{dWm + g * hd * D, D, 1}, StridedMat{W + g * hd * D, 1, D}, hd, hd, D, false,
-                 pack, slots);
-        for (size_t i = 0; i < hh; i++) dA[i] = G[i];
+        for (size_t i = 0; i < hh; i++) dA[i] = Gg[i];
       } else {
-        // dA^-1 = sum over the group's q heads of O_h^T dO'_h: (hd, D) . (D, hd); then dA = -A^-T dA^-1 A^-T
-        const int64_t Dq = d.Dq();
-        for (int64_t r = 0; r < rep; r++) {
-          const int64_t h = g * rep + r;
-          gemm_run(G.data(), hd, StridedMat{W + h * hd, 1, Dq}, StridedMat{dWm + h * hd, Dq, 1}, hd, hd, D, r > 0, pack,
-                   slots);
-        }
+        // dA = -A^-T dA^-1 A^-T
         const float* Ai = p.Ainv.data() + g * hh;
         std::vector<double> T(hh);
         for (int64_t a = 0; a < hd; a++)  // T = A^-T G
           for (int64_t b = 0; b < hd; b++) {
             double s = 0;
-            for (int64_t k = 0; k < hd; k++) s += (double)Ai[k * hd + a] * G[(size_t)(k * hd + b)];
+            for (int64_t k = 0; k < hd; k++) s += (double)Ai[k * hd + a] * Gg[k * hd + b];
             T[(size_t)(a * hd + b)] = s;
           }
         for (int64_t a = 0; a < hd; a++)  // dA = -T A^-T
@@ -433,22 +477,18 @@ void linear_backward(int j, float* dparams, float* dWm, const float* Wm, const f
     float* dmu = dparams + L.mlp_log_scale;
     if (j == kWUp) {
       std::vector<double> acc((size_t)rows);
-      parallel_for(rows, grain_rows(cols), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) {
-          double s = 0;
-          for (int64_t c = 0; c < cols; c++) s += (double)dWm[r * cols + c] * Wm[r * cols + c];
-          acc[(size_t)r] = s;
-        }
-      });
+      if (gpu) QF_TRY(gpu->row_dots(acc.data(), dWm, Wm, rows, cols));
+      else row_dots_cpu(acc.data(), dWm, Wm, rows, cols);
       for (int64_t r = 0; r < rows; r++) dmu[r] += (float)acc[(size_t)r];
     } else {
       const float* s = p.mlp_s.data();
-      std::vector<double> acc((size_t)cols, 0.0);
-      for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) acc[(size_t)c] += (double)dWm[r * cols + c] * W[r * cols + c];
+      std::vector<double> acc((size_t)cols);
+      if (gpu) QF_TRY(gpu->col_dots(acc.data(), dWm, W, rows, cols));
+      else col_dots_cpu(acc.data(), dWm, W, rows, cols);
       for (int64_t c = 0; c < cols; c++) dmu[c] -= (float)(acc[(size_t)c] / s[c]);
     }
   }
+  return Status::Ok();
 }
 
 double lp_ratio_acc(float* dx, const float* x, int64_t n, int64_t group, float p, float scale) {
@@ -577,7 +617,8 @@ Status fpt_merge(Span arena, Span rotation, const BlockDims& d, const FptTransfo
   return Status::Ok();
 }
 
-Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& f) {
+Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& f,
+                          const FptContractions* contractions) {
   int64_t total;
   QF_TRY(check_merge_args(d, f, &total));
   QF_TRY(need("arena", arena, total, "(block_param_count)"));
@@ -600,7 +641,7 @@ Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& 
     const float* W = F(arena) + t.offset;
     fpt::apply_linear(j, wm, W, p, pack, slots);
     std::memcpy(dw, F(deff) + t.offset, (size_t)(t.rows * t.cols) * sizeof(float));
-    fpt::linear_backward(j, F(dparams), dw, wm, W, p, pack, slots);
+    QF_TRY(fpt::linear_backward(j, F(dparams), dw, wm, W, p, pack, slots, contractions));
   }
   return Status::Ok();
 }

@@ -38,8 +38,9 @@ bool transforms_weights(const FptTransforms& f);
 void apply_linear(int j, float* out, const float* W, const Prep& p, float* pack, int64_t slots);
 // dparams += gradient of <dW', apply_linear(j, W)>; Wm is apply_linear(j, W) (the merged weight);
 // dW' may be overwritten (T_u's Hadamard side transforms it in place).
-void linear_backward(int j, float* dparams, float* dWm, const float* Wm, const float* W, const Prep& p,
-                     float* pack, int64_t slots);
+// The contractions run on `gpu` when given (fpt_merge_backward's CUDA variant), else on the CPU.
+Status linear_backward(int j, float* dparams, float* dWm, const float* Wm, const float* W, const Prep& p,
+                       float* pack, int64_t slots, const FptContractions* gpu = nullptr);
 // lp_ratio's value and (when dx != null) gradient, scale applied: returns scale * mean over groups.
 double lp_ratio_acc(float* dx, const float* x, int64_t n, int64_t group, float p, float scale);
 

@@ -139,9 +139,42 @@ Napi::Value attention_forward_q8_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// fptMergeBackward(dFpt, deff, arena, fptParams, D, F, Hq, Hkv, hd, qk, v, vHadamard, mlp, hadamardBlock):
+// engine.fptMergeBackward's contract (the block's dims and transform flags as arguments), its checks;
+// the contractions of each weight with its gradient on the GPU, the small algebra on the CPU
+Napi::Value fpt_merge_backward_js(const Napi::CallbackInfo& info) {
+  const Span dfpt = arg_span(info, 0, "dFpt", DType::F32), deff = arg_span(info, 1, "deff", DType::F32);
+  const Span arena = arg_span(info, 2, "arena", DType::F32), fparams = arg_span(info, 3, "fptParams", DType::F32);
+  const char* names[5] = {"D", "F", "Hq", "Hkv", "hd"};
+  const int64_t limit[5] = {1 << 20, 1 << 20, 1 << 14, 1 << 14, 1 << 12};  // fpt_layout's products stay in int64
+  int64_t dim[5];
+  for (int i = 0; i < 5; i++) {
+    dim[i] = arg_int(info, 4 + (size_t)i, names[i]);
+    if (dim[i] < 1 || dim[i] > limit[i])
+      throw ArgError{error(Code::InvalidArgument, std::string("Expected ") + names[i] + " in [1, " + std::to_string(limit[i]) +
+                                                      "] but received " + std::to_string(dim[i]))};
+  }
+  const BlockDims d{1, 1, dim[0], dim[1], dim[2], dim[3], dim[4]};
+  FptTransforms f;
+  f.on = true;
+  f.qk = arg_bool(info, 9, "qk");
+  f.v = arg_bool(info, 10, "v");
+  f.v_hadamard = arg_bool(info, 11, "vHadamard");
+  f.mlp = arg_bool(info, 12, "mlp");
+  f.hadamard_block = arg_int(info, 13, "hadamardBlock");
+  Status st = fpt_check_params(fparams, d, f);
+  if (st.ok()) {
+    f.params = static_cast<const float*>(fparams.data);
+    st = fpt_merge_backward(dfpt, deff, arena, d, f, &fpt_contractions_cuda);
+  }
+  if (!st.ok()) throw ArgError{st};
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_engine_cuda(Napi::Env env, Napi::Object exports) {
+  QF_EXPORT(exports, "fptMergeBackward", fpt_merge_backward_js);
   QF_EXPORT(exports, "attentionForwardQ8", attention_forward_q8_js);
   QF_EXPORT(exports, "teqScaleBackward", teq_scale_backward_js);
   QF_EXPORT(exports, "learnedFqBackward", learned_fq_backward_js);

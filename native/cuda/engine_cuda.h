@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "quantform/engine.h"
 #include "quantform/quant.h"
 #include "quantform/status.h"
 
@@ -31,6 +32,8 @@ Status rmsnorm_scaled_backward_cuda(float* dx, float* dc, const float* dout, con
 Status act_fake_quant_backward_cuda(float* dx, float* dscale, const float* dout, const float* x, const float* scale,
                                     int64_t n, int64_t nscale, int64_t inner, float qmax);
 Status jsd_forward_backward_cuda(float* loss, float* logits, const float* tprobs, int64_t BT, int64_t V, float scale);
+// The merge backward's contractions on the GPU, for fpt_merge_backward(..., &fpt_contractions_cuda).
+extern const FptContractions fpt_contractions_cuda;
 
 }  // namespace qf
 

@@ -1,6 +1,6 @@
 // CUDA kernels of FPTQuant's training ops (engine.h, same definitions as native/ref/engine_fpt.inc):
-// the S_n RMSNorm backward, the activation quantizer's LSQ backward and the JSD loss with its
-// gradient. Reductions in double, as the reference; elementwise results are the reference's
+// the S_n RMSNorm backward, the activation quantizer's LSQ backward, the JSD loss with its
+// gradient, and the contractions of the merge backward of T_k, T_v, T_u (FptContractions). Reductions in double, as the reference; elementwise results are the reference's
 // operations in f32 (division by __fdiv_rn, rounding half to even), so they agree bit for bit.
 // Compiled in CI, not yet run on a GPU.
 #include <cuda_runtime.h>
@@ -130,6 +130,67 @@ __global__ void jsd_forward_backward_kernel(float* loss, float* logits, const fl
   }
 }
 
+// The merge backward's contractions (engine.h FptContractions). The double sums over one index in
+// order (pair_dots, row_dots, col_dots) are the CPU's, one thread per output: bit-identical. The
+// grams sum in double in another order than the CPU's f32 GEMM.
+
+// pair it = h * half + i: rows a = h hd + i, b = a + half of (H hd, cols)
+__global__ void pair_dots_kernel(double* sl, double* sp, const float* Wm, const float* dWm, int64_t n, int64_t hd,
+                                 int64_t cols) {
+  const int64_t it = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (it >= n) return;
+  const int64_t half = hd / 2, h = it / half, i = it % half;
+  const float* a = Wm + (h * hd + i) * cols;
+  const float* b = Wm + (h * hd + i + half) * cols;
+  const float* da = dWm + (h * hd + i) * cols;
+  const float* db = dWm + (h * hd + i + half) * cols;
+  double l = 0, q = 0;
+  for (int64_t c = 0; c < cols; c++) {
+    l += (double)da[c] * a[c] + (double)db[c] * b[c];
+    q += (double)db[c] * a[c] - (double)da[c] * b[c];
+  }
+  sl[it] = l;
+  sp[it] = q;
+}
+
+// block (g, a, b) of G (Hkv, hd, hd): x rows (or columns) . y rows (or columns), over D, in double.
+// rows: x[(g hd + a) D + c] y[(g hd + b) D + c]; columns (rep q heads h = g rep + r of (D, Dq)):
+// x[n Dq + h hd + a] y[n Dq + h hd + b].
+__global__ void gram_kernel(float* G, const float* x, const float* y, int64_t hd, int64_t D, int64_t rep, int64_t Dq,
+                            bool columns) {
+  __shared__ double warp_sums[kThreads / 32];
+  const int64_t blk = blockIdx.x, g = blk / (hd * hd), a = blk / hd % hd, b = blk % hd;
+  double acc = 0;
+  if (!columns) {
+    const float* xr = x + (g * hd + a) * D;
+    const float* yr = y + (g * hd + b) * D;
+    for (int64_t c = threadIdx.x; c < D; c += kThreads) acc += (double)xr[c] * yr[c];
+  } else {
+    for (int64_t r = 0; r < rep; r++) {
+      const int64_t h = g * rep + r;
+      for (int64_t n = threadIdx.x; n < D; n += kThreads) acc += (double)x[n * Dq + h * hd + a] * y[n * Dq + h * hd + b];
+    }
+  }
+  acc = block_sum(acc, warp_sums);
+  if (threadIdx.x == 0) G[blk] = (float)acc;
+}
+
+__global__ void row_dots_kernel(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
+  const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  double s = 0;
+  for (int64_t c = 0; c < cols; c++) s += (double)dW[r * cols + c] * W[r * cols + c];
+  acc[r] = s;
+}
+
+__global__ void col_dots_kernel(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
+  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  double s = 0;
+  for (int64_t r = 0; r < rows; r++) s += (double)dW[r * cols + c] * W[r * cols + c];
+  acc[c] = s;
+}
+
 template <class T>
 Status upload(DeviceBuffer& d, const T* h, int64_t n) {
   QF_TRY(d.alloc(sizeof(T) * (size_t)n));
@@ -201,5 +262,59 @@ Status jsd_forward_backward_cuda(float* loss, float* logits, const float* tprobs
   QF_TRY(download(loss, d_loss, BT));
   return download(logits, d_z, BT * V);
 }
+
+namespace {
+
+unsigned grid_of(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
+
+Status pair_dots_cuda(double* sl, double* sp, const float* Wm, const float* dWm, int64_t H, int64_t hd, int64_t cols) {
+  const int64_t n = H * (hd / 2), rows = H * hd;
+  DeviceBuffer d_sl, d_sp, d_w, d_dw;
+  QF_TRY(d_sl.alloc(sizeof(double) * (size_t)n));
+  QF_TRY(d_sp.alloc(sizeof(double) * (size_t)n));
+  QF_TRY(upload(d_w, Wm, rows * cols));
+  QF_TRY(upload(d_dw, dWm, rows * cols));
+  pair_dots_kernel<<<grid_of(n), kThreads>>>(d_sl.as<double>(), d_sp.as<double>(), d_w.as<float>(), d_dw.as<float>(), n, hd, cols);
+  QF_TRY(finish());
+  QF_TRY(download(sl, d_sl, n));
+  return download(sp, d_sp, n);
+}
+
+Status gram_cuda(float* G, const float* x, const float* y, int64_t Hkv, int64_t rep, int64_t hd, int64_t D, bool columns) {
+  const int64_t n = Hkv * rep * hd * D;  // both operands: (Hkv hd, D) rows (rep 1) or (D, Hkv rep hd)
+  DeviceBuffer d_g, d_x, d_y;
+  QF_TRY(d_g.alloc(sizeof(float) * (size_t)(Hkv * hd * hd)));
+  QF_TRY(upload(d_x, x, n));
+  QF_TRY(upload(d_y, y, n));
+  gram_kernel<<<(unsigned)(Hkv * hd * hd), kThreads>>>(d_g.as<float>(), d_x.as<float>(), d_y.as<float>(), hd, D, rep,
+                                                      Hkv * rep * hd, columns);
+  QF_TRY(finish());
+  return download(G, d_g, Hkv * hd * hd);
+}
+
+Status v_gram_cuda(float* G, const float* dWv, const float* Wv, int64_t Hkv, int64_t hd, int64_t D) {
+  return gram_cuda(G, dWv, Wv, Hkv, 1, hd, D, false);
+}
+
+Status o_gram_cuda(float* G, const float* Wo, const float* dWo, int64_t Hkv, int64_t rep, int64_t hd, int64_t D) {
+  return gram_cuda(G, Wo, dWo, Hkv, rep, hd, D, true);
+}
+
+template <bool kCols>
+Status dots_cuda(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
+  const int64_t n = kCols ? cols : rows;
+  DeviceBuffer d_acc, d_dw, d_w;
+  QF_TRY(d_acc.alloc(sizeof(double) * (size_t)n));
+  QF_TRY(upload(d_dw, dW, rows * cols));
+  QF_TRY(upload(d_w, W, rows * cols));
+  if (kCols) col_dots_kernel<<<grid_of(n), kThreads>>>(d_acc.as<double>(), d_dw.as<float>(), d_w.as<float>(), rows, cols);
+  else row_dots_kernel<<<grid_of(n), kThreads>>>(d_acc.as<double>(), d_dw.as<float>(), d_w.as<float>(), rows, cols);
+  QF_TRY(finish());
+  return download(acc, d_acc, n);
+}
+
+}  // namespace
+
+const FptContractions fpt_contractions_cuda = {pair_dots_cuda, v_gram_cuda, o_gram_cuda, dots_cuda<false>, dots_cuda<true>};
 
 }  // namespace qf

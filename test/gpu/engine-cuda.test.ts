@@ -2,12 +2,14 @@
 // LSQ and JSD backwards) against the CPU reference. Runs where a GPU and
 // quantform_cuda.node are present; skips with the reason everywhere else. (The
 // fake-quant backward's CUDA variant is tested in quant-cuda.test.ts.)
+import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { cudaInfo, setKernelPolicy } from '../../lib/index.js';
-import { engineOp, type EngineOpArg } from '../../lib/native.js';
+import { engineOp, native, type EngineOpArg } from '../../lib/native.js';
 import { nmse, uniform } from '../helpers/numeric.js';
 import {
-  cudaActFakeQuantBackward, cudaJsdForwardBackward, cudaLearnedFqBackward, cudaRmsnormScaledBackward, cudaTeqScaleBackward,
+  cudaActFakeQuantBackward, cudaFptMergeBackward, cudaJsdForwardBackward, cudaLearnedFqBackward, cudaRmsnormScaledBackward,
+  cudaTeqScaleBackward,
 } from '../../lib/engine/cuda.js';
 import { sameBits } from '../helpers/numeric.js';
 
@@ -119,11 +121,75 @@ describe.skipIf(!info.available)(`CUDA FPTQuant JSD loss and gradient on ${info.
     });
 });
 
-describe.skipIf(!info.available)('CUDA FPTQuant ops: bad input is a coded error before any GPU work', () => {
-  it('short buffers and bad bits name the argument', () => {
-    const a = (n: number) => new Float32Array(n);
-    expect(() => cudaRmsnormScaledBackward(a(7), null, a(8), a(8), a(4), a(2), null, null, 2, 4, 1e-5)).toThrow(/dx/);
-    expect(() => cudaActFakeQuantBackward(a(8), a(1), a(8), a(8), a(1), 8, 1, 1, 3)).toThrow(/4 or 8 for the activation bits but received 3/);
-    expect(() => cudaJsdForwardBackward(a(2), a(10), a(9), 2, 5, 1)).toThrow(/tprobs/);
+// The module's own checks run before any CUDA call: tested wherever quantform_cuda.node is built.
+const moduleFile = info.module;
+if (!moduleFile) console.log(`gpu/engine-cuda: input checks of quantform_cuda.node skipped, ${info.reason}`);
+describe.skipIf(!moduleFile)('quantform_cuda.node FPTQuant training entry points: input checks (no GPU needed)', () => {
+  type Fn = (...a: unknown[]) => unknown;
+  const mod = () => createRequire(import.meta.url)(moduleFile!) as Record<string, Fn>;
+  const code = (fn: () => unknown): string => {
+    try {
+      fn();
+    } catch (e) {
+      return String((e as { code?: string }).code);
+    }
+    return 'no error';
+  };
+  const a = (n: number) => new Float32Array(n);
+  const valid = (c: string) => c === 'no error' || c.startsWith('QF_');
+
+  it('the S_n, LSQ and JSD backwards: the CPU ops\' checks, then a coded error or a result', () => {
+    const b = mod();
+    expect(code(() => b.rmsnormScaledBackward(a(7), null, a(8), a(8), a(4), a(2), null, null, 2, 4, 1e-5))).toBe('QF_SHAPE_MISMATCH');
+    expect(code(() => b.rmsnormScaledBackward(a(8), null, a(8), a(8), a(4), a(2), a(2), null, 2, 4, 1e-5))).toBe('QF_INVALID_ARGUMENT');
+    expect(valid(code(() => b.rmsnormScaledBackward(a(8), null, a(8), a(8), a(4), a(2).fill(1), null, null, 2, 4, 1e-5)))).toBe(true);
+    expect(code(() => b.actFakeQuantBackward(a(8), a(1), a(8), a(8), a(1).fill(1), 8, 1, 1, 3))).toBe('QF_UNSUPPORTED_BITS');
+    expect(code(() => b.actFakeQuantBackward(a(8), a(1), a(8), a(8), a(1), 8, 1, 1, 8))).toBe('QF_INVALID_ARGUMENT');
+    expect(code(() => b.actFakeQuantBackward(a(8), a(1), a(8), a(8), a(1).fill(1), 8, 1, 3, 8))).toBe('QF_INVALID_ARGUMENT');
+    expect(valid(code(() => b.actFakeQuantBackward(a(8), a(1), a(8), a(8), a(1).fill(1), 8, 1, 1, 8)))).toBe(true);
+    expect(code(() => b.jsdForwardBackward(a(2), a(10), a(9), 2, 5, 1))).toBe('QF_SHAPE_MISMATCH');
+    expect(code(() => b.jsdForwardBackward(a(2), a(10), a(10), 2, 0, 1))).toBe('QF_INVALID_ARGUMENT');
+    expect(valid(code(() => b.jsdForwardBackward(a(2), a(10), a(10).fill(0.2), 2, 5, 1)))).toBe(true);
   });
+
+  it('the merge backward: dims bounded before any product, the parameters and buffers checked', () => {
+    const b = mod(), eng = native().engine;
+    const D = 16, F = 24, Hq = 2, Hkv = 1, hd = 8;
+    const cfg = { B: 1, T: 1, D, F, Hq, Hkv, hd, eps: 1e-5, invFreq: a(hd / 2), bits: 0, groupSize: 128, symmetric: true, teq: false,
+      fpt: { qk: true, v: true, mlp: true } };
+    const P = eng.fptLayout(cfg).total, W = eng.blockSizes(cfg).params;
+    const call = (over: Record<number, unknown>) => () =>
+      b.fptMergeBackward(...[a(P), a(W), a(W), a(P), D, F, Hq, Hkv, hd, true, true, false, true, 0].map((v, i) => (i in over ? over[i] : v)));
+    expect(code(call({ 8: 0 }))).toBe('QF_INVALID_ARGUMENT');
+    expect(code(call({ 8: 1 << 30 }))).toBe('QF_INVALID_ARGUMENT');
+    expect(code(call({ 7: 3 }))).toBe('QF_INVALID_ARGUMENT');       // Hkv does not divide Hq
+    expect(code(call({ 3: a(P - 1) }))).toBe('QF_SHAPE_MISMATCH');  // fptParams
+    expect(code(call({ 1: a(W - 1) }))).toBe('QF_SHAPE_MISMATCH');  // deff
+    expect(code(call({ 13: 5 }))).toMatch(/^QF_/);                  // no power-of-two Hadamard block of 5
+    expect(valid(code(call({})))).toBe(true);
+  });
+});
+
+describe.skipIf(!info.available)(`CUDA FPTQuant merge backward (T_k, T_v, T_u) on ${info.device ?? 'no device'}`, () => {
+  // GQA groups of 2 and 4, hd 8 and 64, T_v from a Hadamard start, the online Hadamard on down_proj
+  for (const [D, F, Hq, Hkv, hd, vHadamard, hadamardBlock] of [[32, 48, 4, 2, 8, false, 16], [256, 344, 8, 2, 32, true, 8],
+    [512, 1376, 8, 2, 64, false, 32]] as const)
+    it(`D ${D}, F ${F}, ${Hq}/${Hkv} heads of ${hd}${vHadamard ? ', T_v from a Hadamard start' : ''}: equals the CPU's`, () => {
+      const fpt = { qk: true, v: true, vHadamard, mlp: true, hadamardBlock };
+      const cfg = { B: 1, T: 1, D, F, Hq, Hkv, hd, eps: 1e-5, invFreq: uniform(hd / 2, 50, 0.5, 0.5), bits: 0, groupSize: 128,
+        symmetric: true, teq: false, fpt };
+      const eng = native().engine;
+      const params = uniform(eng.blockSizes(cfg).params, 51, 0.3), fp = uniform(eng.fptLayout(cfg).total, 52, 0.3);
+      const deff = uniform(params.length, 53);
+      const ref = uniform(fp.length, 54), got = ref.slice();
+      setKernelPolicy('ref');
+      try {
+        eng.fptMergeBackward(cfg, ref, deff, params, fp);
+      } finally {
+        setKernelPolicy('auto');
+      }
+      cudaFptMergeBackward(got, deff, params, fp, { D, F, Hq, Hkv, hd, ...fpt });
+      // T_k and T_u: the same double sums in the same order; T_v: double grams against the CPU's f32 GEMM
+      expect(nmse(got, ref)).toBeLessThan(1e-10);
+    });
 });

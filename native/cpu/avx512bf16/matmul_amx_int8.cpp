@@ -11,6 +11,7 @@
 
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "quantform/matmul.h"
 
 namespace qf {
@@ -51,15 +52,6 @@ void tile_params(const PackedInt4View& w, int64_t t, int64_t g, __m512* s, __m51
   *sz = _mm512_mul_ps(*s, z);
 }
 
-// Tiles 0-3: a 32 x 32 block of int32 sums (2 x 2 tiles of 16 x 16); 4-5: two 16-row A tiles
-// (64 k each); 6-7: the pair's two B tiles (16 rows of 64 bytes).
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 constexpr int64_t kStepK = 64;
 // k-steps per pass over the P pairs: the packed A chunk (16 KB) stays in L1 while every pair's B
 // chunk streams through from L2, and each pair's int32 sums wait in cacc between chunks. One core
@@ -97,6 +89,8 @@ void group_epilogue(float* facc, const int32_t* cbuf, const PackedInt4View& w, i
   }
 }
 
+// Tiles 0-3: a 32 x 32 block of int32 sums (2 x 2 tiles of 16 x 16); 4-5: two 16-row A tiles
+// (64 k each); 6-7: the pair's two B tiles (16 rows of 64 bytes).
 void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq, int64_t M, const PackedInt4View& w,
                 int64_t t0, int64_t t1, uint8_t* scratch) {
   const int64_t KSP = matmul_amx_int8_ksp(w.KP), P = matmul_amx_int8_pairs(w.KP), per_tile = 16 * KSP;
@@ -106,7 +100,7 @@ void matmul_amx(float* y, const int8_t* xq, const float* xs, const float* xsumq,
   int32_t* cacc = reinterpret_cast<int32_t*>(apack + 32 * KSP);          // (P, 32, 32) sums between chunks
   int32_t* cbuf = cacc + P * 1024;                                       // (32, 32) a finished group's sums
   float* facc = reinterpret_cast<float*>(cbuf + 1024);                   // (P, 32, 32)
-  TileConfig cfg;
+  AmxTileConfig cfg;
   for (int i = 0; i < 8; i++) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;

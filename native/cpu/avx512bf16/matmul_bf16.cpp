@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "quantform/matmul.h"
 
 namespace qf {
@@ -132,16 +133,9 @@ void gemm_panels_avx512bf16(float* y, int64_t N, int64_t n0, const uint16_t* xb,
 
 // AMX: tiles 0-3 hold a 32 x 32 block of outputs (2 x 2 tiles of 16 x 16 fp32), 4-5 two
 // 16-row A tiles of x (16 rows x 32 k), 6-7 the panel's two B tiles of the k-step.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 void gemm_panels_amx(float* y, int64_t N, int64_t n0, const uint16_t* xb, int64_t M, int64_t KSP, const uint16_t* panels,
                      int64_t np, float* cbuf) {
-  TileConfig cfg;
+  AmxTileConfig cfg;
   for (int i = 0; i < 8; i++) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;

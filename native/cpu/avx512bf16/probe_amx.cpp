@@ -5,20 +5,14 @@
 
 #include <cstdint>
 
+#include "amx_tiles.h"
 #include "quantform/probe.h"
 
 namespace qf {
 namespace {
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 double amx_int8_loop_avx512bf16(int64_t iters) {
-  TileConfig cfg;
+  AmxTileConfig cfg;
   for (int i = 0; i < 8; i++) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;

@@ -703,7 +703,24 @@ Status block_merge_scales(Span arena, Span alpha, const BlockDims& d, bool extra
 Status fpt_merge(Span arena, Span rotation, const BlockDims& d, const FptTransforms& fpt);
 // Backward of the merge of the enabled transforms (no rotation): dparams (fpt_param_count) += the
 // gradient of <deff, merge(arena, params)> with deff in the arena layout (linears only).
-Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& fpt);
+// The O(weights) part of that backward, as a table the CUDA module fills (native/cuda/engine_fpt.cu;
+// null: the CPU's): contractions of each merged weight Wm (or stored W) with its gradient dWm. The
+// small per-parameter algebra after them (the T_v inverse and LU steps) stays on the CPU.
+struct FptContractions {
+  // T_k over H heads of (H hd, cols) matrices, pair it = h * hd/2 + i (rows a = h hd + i, b = a + hd/2):
+  //   sl[it] = sum_c dWm_a Wm_a + dWm_b Wm_b,  sp[it] = sum_c dWm_b Wm_a - dWm_a Wm_b  (double, c in order)
+  Status (*pair_dots)(double* sl, double* sp, const float* Wm, const float* dWm, int64_t H, int64_t hd, int64_t cols);
+  // T_v, value rows: G (Hkv, hd, hd), G_g = dWv_g . Wv_g^T, the (hd, D) rows g hd .. of each
+  Status (*v_gram)(float* G, const float* dWv, const float* Wv, int64_t Hkv, int64_t hd, int64_t D);
+  // T_v, output columns: G_g = sum_{r < rep} Wo_h^T . dWo_h over h = g rep + r, the (D, hd) columns h hd ..
+  // of (D, Hkv rep hd) matrices
+  Status (*o_gram)(float* G, const float* Wo, const float* dWo, int64_t Hkv, int64_t rep, int64_t hd, int64_t D);
+  // T_u: acc (rows) = sum_c dW[r, c] W[r, c] (c in order); col_dots: acc (cols) = sum_r (r in order)
+  Status (*row_dots)(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols);
+  Status (*col_dots)(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols);
+};
+Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& fpt,
+                          const FptContractions* contractions = nullptr);
 // Whether params (fpt_param_count) give a valid step for `fpt`: every entry finite, every scale positive,
 // each T_v within kFptMaxCond (QF_NON_FINITE naming what failed). Trainers check before a checkpoint.
 Status fpt_check_params(Span params, const BlockDims& d, const FptTransforms& fpt);

@@ -71,12 +71,6 @@ __global__ void attention_q8_kernel(float* __restrict__ out, float* __restrict__
   }
 }
 
-Status upload(DeviceBuffer& d, const void* h, size_t bytes) {
-  QF_TRY(d.alloc(bytes));
-  QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, bytes, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status attention_forward_q8_cuda(float* out, const float* q, const int8_t* kq, const int8_t* vq, const float* kscale,
@@ -88,11 +82,11 @@ Status attention_forward_q8_cuda(float* out, const float* q, const int8_t* kq, c
                                           std::to_string(rows) + ", S=" + std::to_string(S) + ", hd=" + std::to_string(hd));
   const size_t f = sizeof(float), kv = (size_t)(B * S * Hkv * hd);
   DeviceBuffer dq, dk, dv, dks, dvs, dout, dsc;
-  QF_TRY(upload(dq, q, f * (size_t)(rows * hd)));
-  QF_TRY(upload(dk, kq, kv));
-  QF_TRY(upload(dv, vq, kv));
-  QF_TRY(upload(dks, kscale, f * (size_t)Hkv));
-  QF_TRY(upload(dvs, vscale, f * (size_t)Hkv));
+  QF_TRY(upload_bytes(dq, q, f * (size_t)(rows * hd)));
+  QF_TRY(upload_bytes(dk, kq, kv));
+  QF_TRY(upload_bytes(dv, vq, kv));
+  QF_TRY(upload_bytes(dks, kscale, f * (size_t)Hkv));
+  QF_TRY(upload_bytes(dvs, vscale, f * (size_t)Hkv));
   QF_TRY(dout.alloc(f * (size_t)(rows * hd)));
   QF_TRY(dsc.alloc(f * (size_t)(rows * L)));
   attention_q8_kernel<<<(unsigned)rows, kThreads, (size_t)hd * f>>>(

@@ -36,4 +36,27 @@ struct DeviceBuffer {
   T* as() const { return static_cast<T*>(ptr); }
 };
 
+// A fresh device allocation of `bytes` holding h's bytes (h null or bytes 0: allocated, not filled).
+inline Status upload_bytes(DeviceBuffer& d, const void* h, size_t bytes) {
+  QF_TRY(d.alloc(bytes));
+  if (h && bytes) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, bytes, cudaMemcpyHostToDevice));
+  return Status::Ok();
+}
+
+inline Status download_bytes(void* h, const DeviceBuffer& d, size_t bytes) {
+  if (h && bytes) QF_CUDA_CHECK(cudaMemcpy(h, d.ptr, bytes, cudaMemcpyDeviceToHost));
+  return Status::Ok();
+}
+
+// The same in elements of T.
+template <class T>
+Status upload(DeviceBuffer& d, const T* h, int64_t n) {
+  return upload_bytes(d, h, sizeof(T) * (size_t)n);
+}
+
+template <class T>
+Status download(T* h, const DeviceBuffer& d, int64_t n) {
+  return download_bytes(h, d, sizeof(T) * (size_t)n);
+}
+
 }  // namespace qf

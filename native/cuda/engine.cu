@@ -71,13 +71,6 @@ __global__ void learned_fq_backward_kernel(float* dw, float* ds, float* dz, cons
   }
 }
 
-Status upload(DeviceBuffer& d, const float* h, int64_t n) {
-  Status st = d.alloc(sizeof(float) * (size_t)n);
-  if (!st.ok()) return st;
-  if (h && n) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status teq_scale_backward_cuda(float* dalpha, float* dx, const float* dxs, const float* x, int64_t T, const float* dws,
@@ -86,7 +79,7 @@ Status teq_scale_backward_cuda(float* dalpha, float* dx, const float* dxs, const
   Status st;
   if (!(st = upload(d_da, dalpha, K)).ok() || !(st = upload(d_dxs, dxs, T * K)).ok() || !(st = upload(d_x, x, T * K)).ok() ||
       !(st = upload(d_dws, dws, N * K)).ok() || !(st = upload(d_w, W, N * K)).ok() || !(st = upload(d_a, alpha, K)).ok() ||
-      !(st = upload(d_dx, nullptr, dx ? T * K : 0)).ok())
+      !(st = upload<float>(d_dx, nullptr, dx ? T * K : 0)).ok())
     return st;
   teq_scale_backward_kernel<<<(unsigned)((K + kThreads - 1) / kThreads), kThreads>>>(
       d_da.as<float>(), dx ? d_dx.as<float>() : nullptr, d_dxs.as<float>(), d_x.as<float>(), T, d_dws.as<float>(),

@@ -191,19 +191,6 @@ __global__ void col_dots_kernel(double* acc, const float* dW, const float* W, in
   acc[c] = s;
 }
 
-template <class T>
-Status upload(DeviceBuffer& d, const T* h, int64_t n) {
-  QF_TRY(d.alloc(sizeof(T) * (size_t)n));
-  if (h && n) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, sizeof(T) * (size_t)n, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
-template <class T>
-Status download(T* h, const DeviceBuffer& d, int64_t n) {
-  if (h && n) QF_CUDA_CHECK(cudaMemcpy(h, d.ptr, sizeof(T) * (size_t)n, cudaMemcpyDeviceToHost));
-  return Status::Ok();
-}
-
 Status finish() {
   QF_CUDA_CHECK(cudaGetLastError());
   QF_CUDA_CHECK(cudaDeviceSynchronize());

@@ -99,13 +99,6 @@ __global__ void qlinear_grad_scales_kernel(float* ds, const float* dy, const flo
   }
 }
 
-Status upload(DeviceBuffer& d, const void* h, size_t bytes) {
-  Status st = d.alloc(bytes);
-  if (!st.ok()) return st;
-  if (h && bytes) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, bytes, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status quant_linear_backward_cuda(float* dx, float* ds, const float* dy, const float* x, int64_t M, const uint8_t* codes,
@@ -115,20 +108,20 @@ Status quant_linear_backward_cuda(float* dx, float* ds, const float* dy, const f
   const size_t f = sizeof(float);
   DeviceBuffer d_dy, d_x, d_codes, d_s, d_z, d_dx, d_ds;
   Status st;
-  if (!(st = upload(d_dy, dy, f * (size_t)(M * N))).ok() || !(st = upload(d_codes, codes, (size_t)(N * L.rb))).ok() ||
-      !(st = upload(d_s, scales, f * (size_t)(N * L.G))).ok() ||
-      !(st = upload(d_z, zeros, zeros ? f * (size_t)(N * L.G) : 0)).ok())
+  if (!(st = upload_bytes(d_dy, dy, f * (size_t)(M * N))).ok() || !(st = upload_bytes(d_codes, codes, (size_t)(N * L.rb))).ok() ||
+      !(st = upload_bytes(d_s, scales, f * (size_t)(N * L.G))).ok() ||
+      !(st = upload_bytes(d_z, zeros, zeros ? f * (size_t)(N * L.G) : 0)).ok())
     return st;
   const dim3 block(kTile, kTile);
   if (dx) {
-    if (!(st = upload(d_dx, nullptr, f * (size_t)(M * K))).ok()) return st;
+    if (!(st = upload_bytes(d_dx, nullptr, f * (size_t)(M * K))).ok()) return st;
     const dim3 grid((unsigned)((K + kTile - 1) / kTile), (unsigned)((M + kTile - 1) / kTile));
     qlinear_grad_input_kernel<<<grid, block>>>(d_dx.as<float>(), d_dy.as<float>(), d_codes.as<uint8_t>(),
                                                d_s.as<float>(), zeros ? d_z.as<float>() : nullptr, M, N, K, L);
     QF_CUDA_CHECK(cudaGetLastError());
   }
   if (ds) {
-    if (!(st = upload(d_x, x, f * (size_t)(M * K))).ok() || !(st = upload(d_ds, ds, f * (size_t)(N * L.G))).ok()) return st;
+    if (!(st = upload_bytes(d_x, x, f * (size_t)(M * K))).ok() || !(st = upload_bytes(d_ds, ds, f * (size_t)(N * L.G))).ok()) return st;
     const dim3 grid((unsigned)((K + kTile - 1) / kTile), (unsigned)((N + kTile - 1) / kTile));
     qlinear_grad_scales_kernel<<<grid, block>>>(d_ds.as<float>(), d_dy.as<float>(), d_x.as<float>(), d_codes.as<uint8_t>(),
                                                 zeros ? d_z.as<float>() : nullptr, M, N, K, L);

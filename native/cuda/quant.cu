@@ -185,18 +185,6 @@ __global__ void fake_quant_backward_kernel(float* dw, float* ds, float* dz, cons
 DevSpec dev(const QuantSpec& s) { return DevSpec{s.bits, s.group_size, s.symmetric}; }
 unsigned blocks_for(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
 
-Status upload(DeviceBuffer& d, const void* h, size_t bytes) {
-  Status st = d.alloc(bytes);
-  if (!st.ok()) return st;
-  if (h && bytes) QF_CUDA_CHECK(cudaMemcpy(d.ptr, h, bytes, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
-Status download(void* h, const DeviceBuffer& d, size_t bytes) {
-  if (bytes) QF_CUDA_CHECK(cudaMemcpy(h, d.ptr, bytes, cudaMemcpyDeviceToHost));
-  return Status::Ok();
-}
-
 Status grid_fits(int64_t N, int64_t G) {
   if (N > 65535 || G > 2147483647)
     return error(Code::Unsupported, "CUDA grid limit: N=" + std::to_string(N) + " rows must be <= 65535");
@@ -210,7 +198,7 @@ Status quantize_cuda(uint8_t* codes, float* scales, float* zeros, const float* w
   const int64_t G = qf_num_groups(K, spec.group_size), rb = qf_packed_row_bytes(spec.bits, K);
   QF_TRY(grid_fits(N, G));
   DeviceBuffer dw, dc8, dc, ds, dz;
-  QF_TRY(upload(dw, w, sizeof(float) * N * K));
+  QF_TRY(upload_bytes(dw, w, sizeof(float) * N * K));
   QF_TRY(dc8.alloc((size_t)(N * K)));
   QF_TRY(dc.alloc((size_t)(N * rb)));
   QF_TRY(ds.alloc(sizeof(float) * N * G));
@@ -223,9 +211,9 @@ Status quantize_cuda(uint8_t* codes, float* scales, float* zeros, const float* w
   pack_kernel<<<blocks_for(units, 256), 256>>>(dc.as<uint8_t>(), dc8.as<uint8_t>(), N, K, spec.bits);
   QF_CUDA_CHECK(cudaGetLastError());
   QF_CUDA_CHECK(cudaDeviceSynchronize());
-  QF_TRY(download(codes, dc, (size_t)(N * rb)));
-  QF_TRY(download(scales, ds, sizeof(float) * N * G));
-  if (!spec.symmetric) QF_TRY(download(zeros, dz, sizeof(float) * N * G));
+  QF_TRY(download_bytes(codes, dc, (size_t)(N * rb)));
+  QF_TRY(download_bytes(scales, ds, sizeof(float) * N * G));
+  if (!spec.symmetric) QF_TRY(download_bytes(zeros, dz, sizeof(float) * N * G));
   return Status::Ok();
 }
 
@@ -234,14 +222,14 @@ Status dequantize_cuda(float* w, const uint8_t* codes, const float* scales, cons
   const int64_t G = qf_num_groups(K, spec.group_size), rb = qf_packed_row_bytes(spec.bits, K);
   DeviceBuffer dw, dc, ds, dz;
   QF_TRY(dw.alloc(sizeof(float) * N * K));
-  QF_TRY(upload(dc, codes, (size_t)(N * rb)));
-  QF_TRY(upload(ds, scales, sizeof(float) * N * G));
-  QF_TRY(upload(dz, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dc, codes, (size_t)(N * rb)));
+  QF_TRY(upload_bytes(ds, scales, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dz, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
   dequantize_kernel<<<blocks_for(N * K, 256), 256>>>(dw.as<float>(), dc.as<uint8_t>(), ds.as<float>(), dz.as<float>(),
                                                      N, K, dev(spec));
   QF_CUDA_CHECK(cudaGetLastError());
   QF_CUDA_CHECK(cudaDeviceSynchronize());
-  return download(w, dw, sizeof(float) * N * K);
+  return download_bytes(w, dw, sizeof(float) * N * K);
 }
 
 Status fake_quant_forward_cuda(float* out, const float* w, const float* scales, const float* zeros, int64_t N,
@@ -249,14 +237,14 @@ Status fake_quant_forward_cuda(float* out, const float* w, const float* scales, 
   const int64_t G = qf_num_groups(K, spec.group_size);
   DeviceBuffer dout, dw, ds, dz;
   QF_TRY(dout.alloc(sizeof(float) * N * K));
-  QF_TRY(upload(dw, w, sizeof(float) * N * K));
-  QF_TRY(upload(ds, scales, sizeof(float) * N * G));
-  QF_TRY(upload(dz, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dw, w, sizeof(float) * N * K));
+  QF_TRY(upload_bytes(ds, scales, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dz, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
   fake_quant_forward_kernel<<<blocks_for(N * K, 256), 256>>>(dout.as<float>(), dw.as<float>(), ds.as<float>(),
                                                              dz.as<float>(), N, K, dev(spec));
   QF_CUDA_CHECK(cudaGetLastError());
   QF_CUDA_CHECK(cudaDeviceSynchronize());
-  return download(out, dout, sizeof(float) * N * K);
+  return download_bytes(out, dout, sizeof(float) * N * K);
 }
 
 Status fake_quant_backward_cuda(float* dw, float* ds, float* dz, const float* g, const float* w, const float* scales,
@@ -267,18 +255,18 @@ Status fake_quant_backward_cuda(float* dw, float* ds, float* dz, const float* g,
   QF_TRY(ddw.alloc(sizeof(float) * N * K));
   QF_TRY(dds.alloc(sizeof(float) * N * G));
   QF_TRY(ddz.alloc(sizeof(float) * N * G));
-  QF_TRY(upload(dg, g, sizeof(float) * N * K));
-  QF_TRY(upload(dwt, w, sizeof(float) * N * K));
-  QF_TRY(upload(dsc, scales, sizeof(float) * N * G));
-  QF_TRY(upload(dzr, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dg, g, sizeof(float) * N * K));
+  QF_TRY(upload_bytes(dwt, w, sizeof(float) * N * K));
+  QF_TRY(upload_bytes(dsc, scales, sizeof(float) * N * G));
+  QF_TRY(upload_bytes(dzr, spec.symmetric ? nullptr : zeros, sizeof(float) * N * G));
   fake_quant_backward_kernel<<<dim3((unsigned)G, (unsigned)N), kBlock>>>(
       ddw.as<float>(), dds.as<float>(), ddz.as<float>(), dg.as<float>(), dwt.as<float>(), dsc.as<float>(),
       dzr.as<float>(), K, dev(spec));
   QF_CUDA_CHECK(cudaGetLastError());
   QF_CUDA_CHECK(cudaDeviceSynchronize());
-  QF_TRY(download(dw, ddw, sizeof(float) * N * K));
-  QF_TRY(download(ds, dds, sizeof(float) * N * G));
-  if (!spec.symmetric) QF_TRY(download(dz, ddz, sizeof(float) * N * G));
+  QF_TRY(download_bytes(dw, ddw, sizeof(float) * N * K));
+  QF_TRY(download_bytes(ds, dds, sizeof(float) * N * G));
+  if (!spec.symmetric) QF_TRY(download_bytes(dz, ddz, sizeof(float) * N * G));
   return Status::Ok();
 }
 

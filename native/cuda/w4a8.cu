@@ -286,12 +286,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_gemm_kernel(float* __restric
 #endif
 }
 
-Status upload(DeviceBuffer& dst, const void* src, size_t bytes) {
-  QF_TRY(dst.alloc(bytes));
-  if (src && bytes) QF_CUDA_CHECK(cudaMemcpy(dst.ptr, src, bytes, cudaMemcpyHostToDevice));
-  return Status::Ok();
-}
-
 int64_t padded_k(int64_t K) { return (K + kChunk - 1) / kChunk * kChunk; }
 
 Geometry geometry(int64_t M, const CudaInt4Weight& w) {
@@ -306,7 +300,7 @@ Status run_matmul(float* y, const int8_t* dxq, const float* dxsum, const float* 
                   CudaInt8Kernel k, const CudaInt4Weight& w) {
   const Geometry d = geometry(M, w);
   DeviceBuffer dxs, dy;
-  QF_TRY(upload(dxs, xs, sizeof(float) * (size_t)nxs));
+  QF_TRY(upload_bytes(dxs, xs, sizeof(float) * (size_t)nxs));
   QF_TRY(dy.alloc(sizeof(float) * (size_t)(M * w.N)));
   const int step = nxs == 1 ? 0 : 1;
   if (k == CudaInt8Kernel::Dp4aGemv) {
@@ -369,8 +363,8 @@ Status cuda_act_quant_rows(int8_t* xq, float* xsumq, const float* x, const float
                            int64_t K, int64_t KP, int64_t gs, int bits) {
   const int64_t G = (K + gs - 1) / gs;
   DeviceBuffer dx, dm, dq, dsum;
-  QF_TRY(upload(dx, x, sizeof(float) * (size_t)(rows * K)));
-  QF_TRY(upload(dm, m, m ? sizeof(float) * (size_t)rows : 0));
+  QF_TRY(upload_bytes(dx, x, sizeof(float) * (size_t)(rows * K)));
+  QF_TRY(upload_bytes(dm, m, m ? sizeof(float) * (size_t)rows : 0));
   QF_TRY(dq.alloc((size_t)(rows * KP)));
   QF_TRY(dsum.alloc(sizeof(float) * (size_t)(rows * G)));
   act_quant_kernel<<<warp_blocks(rows * G), kWarps * 32>>>(dq.as<int8_t>(), dsum.as<float>(), dx.as<float>(),
@@ -389,7 +383,7 @@ Status cuda_matmul_int8(float* y, const int8_t* xq, const float* xs, int64_t nxs
   QF_TRY(cuda_int8_kernel(&k, M, bits, w));
   const int64_t KP = padded_k(w.K);
   DeviceBuffer dq, dsum;
-  QF_TRY(upload(dq, xq, (size_t)(M * KP)));
+  QF_TRY(upload_bytes(dq, xq, (size_t)(M * KP)));
   QF_TRY(dsum.alloc(sizeof(float) * (size_t)(M * w.G)));
   group_sums_kernel<<<warp_blocks(M * w.G), kWarps * 32>>>(dsum.as<float>(), dq.as<int8_t>(), M, (int)w.K, (int)KP,
                                                            (int)w.G, (int)w.group_size);
@@ -405,8 +399,8 @@ Status cuda_matmul_static(float* y, const float* x, const float* m, float scale,
   QF_TRY(cuda_int8_kernel(&k, M, bits, w));
   const int64_t KP = padded_k(w.K);
   DeviceBuffer dx, dm, dq, dsum;
-  QF_TRY(upload(dx, x, sizeof(float) * (size_t)(M * w.K)));
-  QF_TRY(upload(dm, m, m ? sizeof(float) * (size_t)M : 0));
+  QF_TRY(upload_bytes(dx, x, sizeof(float) * (size_t)(M * w.K)));
+  QF_TRY(upload_bytes(dm, m, m ? sizeof(float) * (size_t)M : 0));
   QF_TRY(dq.alloc((size_t)(M * KP)));
   QF_TRY(dsum.alloc(sizeof(float) * (size_t)(M * w.G)));
   act_quant_kernel<<<warp_blocks(M * w.G), kWarps * 32>>>(dq.as<int8_t>(), dsum.as<float>(), dx.as<float>(),

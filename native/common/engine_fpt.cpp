@@ -27,11 +27,13 @@ float* F(const Span& s) { return static_cast<float*>(s.data); }
 int64_t grain_rows(int64_t cols) { return cols >= 8192 ? 1 : 8192 / cols; }
 constexpr int64_t kElemGrain = 1 << 14;
 
+using engine_check::count;
 using engine_check::need;
 using engine_check::need_opt;
 using engine_check::positive;
 
 Status need_i8(const char* name, const I8Span& s, int64_t want, const char* shape) {
+  if (want < 0) return engine_check::too_large(name, shape);
   if (s.data == nullptr || (int64_t)s.len != want)
     return error(Code::ShapeMismatch, std::string("Expected ") + num(want) + " int8 elements " + shape + " for " + name +
                                           " but received " + num(s.data ? (int64_t)s.len : 0));
@@ -893,8 +895,8 @@ Status quant_heads(I8Span q, Span x, Span scale, int64_t rows, int64_t H, int64_
   QF_TRY(positive("H", H));
   QF_TRY(positive("hd", hd));
   QF_TRY(need_bits(bits));
-  QF_TRY(need_i8("q", q, rows * H * hd, "(rows, H, hd)"));
-  QF_TRY(need("x", x, rows * H * hd, "(rows, H, hd)"));
+  QF_TRY(need_i8("q", q, count({rows, H, hd}), "(rows, H, hd)"));
+  QF_TRY(need("x", x, count({rows, H, hd}), "(rows, H, hd)"));
   QF_TRY(need("scale", scale, H, "(H)"));
   QF_TRY(positive_values("scale", scale));
   const EngineKernels& k = engine_kernels();
@@ -916,10 +918,10 @@ Status check_attention_forward_q8(Span out, Span q, I8Span kq, I8Span vq, Span k
   if (pos0 < 0 || pos0 + T > S)
     return error(Code::InvalidArgument, "Expected pos0 >= 0 and pos0 + T <= S but received pos0=" + num(pos0) +
                                             ", T=" + num(T) + ", S=" + num(S));
-  QF_TRY(need("out", out, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need("q", q, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need_i8("kq", kq, B * S * Hkv * hd, "(B, S, Hkv, hd)"));
-  QF_TRY(need_i8("vq", vq, B * S * Hkv * hd, "(B, S, Hkv, hd)"));
+  QF_TRY(need("out", out, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need("q", q, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need_i8("kq", kq, count({B, S, Hkv, hd}), "(B, S, Hkv, hd)"));
+  QF_TRY(need_i8("vq", vq, count({B, S, Hkv, hd}), "(B, S, Hkv, hd)"));
   QF_TRY(need("kscale", kscale, Hkv, "(Hkv)"));
   QF_TRY(need("vscale", vscale, Hkv, "(Hkv)"));
   QF_TRY(positive_values("kscale", kscale));

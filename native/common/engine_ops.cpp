@@ -100,6 +100,7 @@ namespace {
 
 std::string num(int64_t v) { return std::to_string(v); }
 
+using engine_check::count;
 using engine_check::need;
 using engine_check::need_opt;
 using engine_check::positive;
@@ -240,7 +241,7 @@ Status rope_apply(Span x, IdSpan pos, Span cos, Span sin, int64_t BT, int64_t H,
   QF_TRY(positive("hd", hd));
   if (hd % 2 != 0) return error(Code::InvalidArgument, "Expected even hd but received " + num(hd));
   const int64_t half = hd / 2;
-  QF_TRY(need(inverse ? "dx" : "x", x, BT * H * hd, "(BT, H, hd)"));
+  QF_TRY(need(inverse ? "dx" : "x", x, count({BT, H, hd}), "(BT, H, hd)"));
   if (cos.len != sin.len || cos.len % (size_t)half != 0 || cos.len == 0)
     return error(Code::ShapeMismatch, "Expected RoPE tables cos, sin of equal shape (S, hd/2) but received " +
                                           num((int64_t)cos.len) + " and " + num((int64_t)sin.len) + " elements");
@@ -273,11 +274,11 @@ Status attention_forward(Span out, Span probs, Span q, Span k, Span v, int64_t B
     return error(Code::InvalidArgument, "Expected pos0 >= 0 and pos0 + T <= S but received pos0=" + num(pos0) +
                                             ", T=" + num(T) + ", S=" + num(S));
   const int64_t L = pos0 + T;
-  QF_TRY(need("out", out, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need_opt("probs", probs, B * Hq * T * L, "(B, Hq, T, pos0 + T)"));
-  QF_TRY(need("q", q, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need("k", k, B * S * Hkv * hd, "(B, S, Hkv, hd)"));
-  QF_TRY(need("v", v, B * S * Hkv * hd, "(B, S, Hkv, hd)"));
+  QF_TRY(need("out", out, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need_opt("probs", probs, count({B, Hq, T, L}), "(B, Hq, T, pos0 + T)"));
+  QF_TRY(need("q", q, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need("k", k, count({B, S, Hkv, hd}), "(B, S, Hkv, hd)"));
+  QF_TRY(need("v", v, count({B, S, Hkv, hd}), "(B, S, Hkv, hd)"));
   Workspace ws;
   const int64_t slots = scratch_slots(), per = attention_scratch_floats(L);
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_forward"));
@@ -294,14 +295,14 @@ Status attention_backward(Span dq, Span dk, Span dv, Span dout, Span probs, Span
   QF_TRY(positive("B", B));
   QF_TRY(positive("T", T));
   QF_TRY(heads(Hq, Hkv, hd));
-  QF_TRY(need("dq", dq, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need("dk", dk, B * T * Hkv * hd, "(B, T, Hkv, hd)"));
-  QF_TRY(need("dv", dv, B * T * Hkv * hd, "(B, T, Hkv, hd)"));
-  QF_TRY(need("dout", dout, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need("probs", probs, B * Hq * T * T, "(B, Hq, T, T)"));
-  QF_TRY(need("q", q, B * T * Hq * hd, "(B, T, Hq, hd)"));
-  QF_TRY(need("k", k, B * T * Hkv * hd, "(B, T, Hkv, hd)"));
-  QF_TRY(need("v", v, B * T * Hkv * hd, "(B, T, Hkv, hd)"));
+  QF_TRY(need("dq", dq, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need("dk", dk, count({B, T, Hkv, hd}), "(B, T, Hkv, hd)"));
+  QF_TRY(need("dv", dv, count({B, T, Hkv, hd}), "(B, T, Hkv, hd)"));
+  QF_TRY(need("dout", dout, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need("probs", probs, count({B, Hq, T, T}), "(B, Hq, T, T)"));
+  QF_TRY(need("q", q, count({B, T, Hq, hd}), "(B, T, Hq, hd)"));
+  QF_TRY(need("k", k, count({B, T, Hkv, hd}), "(B, T, Hkv, hd)"));
+  QF_TRY(need("v", v, count({B, T, Hkv, hd}), "(B, T, Hkv, hd)"));
   Workspace ws;
   const int64_t slots = scratch_slots(), per = attention_backward_scratch_floats(T, Hq / Hkv);
   QF_TRY(ws.reserve((size_t)(slots * per), "attention_backward"));

@@ -2,6 +2,7 @@
 // native side did not check is an out-of-bounds write.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "quantform/finite.h"  // first_non_finite, which the checks of these ops call
@@ -31,8 +32,20 @@ inline Status check_dim(const char* name, int64_t v) {
 }
 
 // The engine's checks (engine_ops, engine_block, engine_fpt): dims positive and below
-// 2^31, so products of up to four stay exact in int64; f32 buffers of an exact length.
+// 2^31, so a product of two stays exact in int64 (a longer one goes through count()); f32
+// buffers of an exact length.
 namespace engine_check {
+
+// The element count of a shape of checked dims, or -1 (a length no buffer has, so the check that
+// reads it fails) once the product passes 2^62: formed without ever overflowing.
+inline int64_t count(std::initializer_list<int64_t> dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d < 0 || (d > 0 && n > ((int64_t)1 << 62) / d)) return -1;
+    n *= d;
+  }
+  return n;
+}
 
 inline Status positive(const char* name, int64_t v) {
   if (v <= 0 || v > ((int64_t)1 << 31))
@@ -41,7 +54,14 @@ inline Status positive(const char* name, int64_t v) {
   return Status::Ok();
 }
 
+// A shape whose count() passed 2^62.
+inline Status too_large(const char* name, const char* shape) {
+  return error(Code::InvalidArgument, std::string("Expected a shape ") + shape + " of at most 2^62 elements for " + name +
+                                          " but its dims multiply past that");
+}
+
 inline Status need(const char* name, const Span& s, int64_t want, const char* shape) {
+  if (want < 0) return too_large(name, shape);
   if (s.dtype != DType::F32) return error(Code::DtypeMismatch, std::string("Expected f32 for ") + name);
   if (s.data == nullptr && want > 0)
     return error(Code::InvalidArgument, std::string("Expected a buffer ") + shape + " for " + name + " but received none");

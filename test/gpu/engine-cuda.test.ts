@@ -2,8 +2,8 @@
 // LSQ and JSD backwards) against the CPU reference. Runs where a GPU and
 // quantform_cuda.node are present; skips with the reason everywhere else. (The
 // fake-quant backward's CUDA variant is tested in quant-cuda.test.ts.)
-import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
+import { cudaModule, errorCode } from '../helpers/cuda-module.js';
 import { cudaInfo, setKernelPolicy } from '../../lib/index.js';
 import { engineOp, native, type EngineOpArg } from '../../lib/native.js';
 import { nmse, uniform } from '../helpers/numeric.js';
@@ -125,16 +125,8 @@ describe.skipIf(!info.available)(`CUDA FPTQuant JSD loss and gradient on ${info.
 const moduleFile = info.module;
 if (!moduleFile) console.log(`gpu/engine-cuda: input checks of quantform_cuda.node skipped, ${info.reason}`);
 describe.skipIf(!moduleFile)('quantform_cuda.node FPTQuant training entry points: input checks (no GPU needed)', () => {
-  type Fn = (...a: unknown[]) => unknown;
-  const mod = () => createRequire(import.meta.url)(moduleFile!) as Record<string, Fn>;
-  const code = (fn: () => unknown): string => {
-    try {
-      fn();
-    } catch (e) {
-      return String((e as { code?: string }).code);
-    }
-    return 'no error';
-  };
+  const mod = () => cudaModule(moduleFile!);
+  const code = errorCode;
   const a = (n: number) => new Float32Array(n);
   const valid = (c: string) => c === 'no error' || c.startsWith('QF_');
 

@@ -7,8 +7,8 @@
 // odd N; ragged last groups; per-channel. Also the int8-KV attention against the CPU reference.
 // The GPU part runs where a GPU and quantform_cuda.node are present (it has not run on one
 // yet); the module's input checks run wherever it is built (CI builds it when nvcc exists).
-import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
+import { cudaModule, errorCode } from '../helpers/cuda-module.js';
 import {
   backendInfo, cudaInfo, cudaInt8Kernel, cudaMatmulInt8, cudaMatmulStatic, cudaMatmulStaticAsync, cudaQuantizeActivations, matmul,
   prepareMatmulWeightCuda, QuantizedTensor, quantize, setKernelPolicy, Tensor, type CudaMatmulWeight,
@@ -200,16 +200,8 @@ describe.skipIf(!info.available)(`CUDA attention over the int8 KV cache on ${inf
 const moduleFile = info.module;
 if (!moduleFile) console.log(`gpu/w4a8-cuda: input checks of quantform_cuda.node skipped, ${info.reason}`);
 describe.skipIf(!moduleFile)('quantform_cuda.node W4A8 entry points: input checks (no GPU needed)', () => {
-  type Fn = (...a: unknown[]) => unknown;
-  const mod = () => createRequire(import.meta.url)(moduleFile!) as Record<string, Fn>;
-  const code = (fn: () => unknown): string => {
-    try {
-      fn();
-    } catch (e) {
-      return String((e as { code?: string }).code);
-    }
-    return 'no error';
-  };
+  const mod = () => cudaModule(moduleFile!);
+  const code = errorCode;
 
   it('cudaActQuantRows: the CPU op\'s checks (KP, groupSize, lengths, types, shared buffers)', () => {
     const b = mod();

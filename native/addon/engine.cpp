@@ -465,6 +465,18 @@ Napi::Value block_forward_js(const Napi::CallbackInfo& info) {
                 [](Napi::Env env) { return env.Undefined(); });
 }
 
+// The block backward of a bound baton (blockBackward, fptBlockBackward), now or on a worker (argument 8: async).
+Napi::Value run_block_backward(const Napi::CallbackInfo& info, const std::shared_ptr<BlockBaton>& b, std::vector<Napi::Value> keep,
+                               const BlockGrads& g, const Span& dx, const Span& dout, const Span& saved) {
+  return run_op(info, arg_bool(info, 8, "async"), std::move(keep),
+                [b, g, dx, dout, saved] {
+                  QF_TRY(b->tables());
+                  Workspace ws;
+                  return block_backward(dx, g, dout, saved, b->desc, &ws);
+                },
+                [](Napi::Env env) { return env.Undefined(); });
+}
+
 // blockBackward(config, dx, grads | null, methodGrads | null, dout, saved, params, method | null, async):
 // methodGrads is TEQ's dalpha or EfficientQAT's { scales, zeros } gradients (accumulated; null entries skipped)
 Napi::Value block_backward_js(const Napi::CallbackInfo& info) {
@@ -492,13 +504,7 @@ Napi::Value block_backward_js(const Napi::CallbackInfo& info) {
                                     std::to_string(dalpha.data ? (int64_t)dalpha.len : 0));
     g.alpha = static_cast<float*>(dalpha.data);
   }
-  return run_op(info, arg_bool(info, 8, "async"), std::move(keep),
-                [b, g, dx, dout, saved] {
-                  QF_TRY(b->tables());
-                  Workspace ws;
-                  return block_backward(dx, g, dout, saved, b->desc, &ws);
-                },
-                [](Napi::Env env) { return env.Undefined(); });
+  return run_block_backward(info, b, std::move(keep), g, dx, dout, saved);
 }
 
 // blockMergeScales(config, params, alpha): TEQ's merge into one f32 arena, in place.
@@ -611,13 +617,7 @@ Napi::Value fpt_block_backward_js(const Napi::CallbackInfo& info) {
       fail(Code::ShapeMismatch, "Expected " + std::to_string(BT) + " elements (BT) for dc but received " + std::to_string(dc.data ? (int64_t)dc.len : 0));
     g.dc = static_cast<float*>(dc.data);
   }
-  return run_op(info, arg_bool(info, 8, "async"), std::move(keep),
-                [b, g, dx, dout, saved] {
-                  QF_TRY(b->tables());
-                  Workspace ws;
-                  return block_backward(dx, g, dout, saved, b->desc, &ws);
-                },
-                [](Napi::Env env) { return env.Undefined(); });
+  return run_block_backward(info, b, std::move(keep), g, dx, dout, saved);
 }
 
 // fptMerge(config, params, fptParams, rotation | null): the enabled transforms (and the residual rotation) merged

@@ -685,14 +685,7 @@ Status fpt_rotate_rows(Span table, Span norm, Span rotation, int64_t rows, int64
 // ---------------------------------------------------------------------------
 
 Status rmsnorm_scaled_forward(Span out, Span rstd, Span x, Span w, Span c, int64_t BT, int64_t D, float eps) {
-  QF_TRY(positive("BT", BT));
-  QF_TRY(positive("D", D));
-  if (!(eps >= 0.f) || !std::isfinite(eps))
-    return error(Code::InvalidArgument, "Expected non-negative finite eps but received " + std::to_string(eps));
-  QF_TRY(need("out", out, BT * D, "(BT, D)"));
-  QF_TRY(need_opt("rstd", rstd, BT, "(BT)"));
-  QF_TRY(need("x", x, BT * D, "(BT, D)"));
-  QF_TRY(need("w", w, D, "(D)"));
+  QF_TRY(engine_check::rmsnorm_args(out, rstd, x, w, BT, D, eps));
   QF_TRY(need_opt("c", c, BT, "(BT)"));
   if (c.data) QF_TRY(positive_values("c", c));
   const EngineKernels& k = engine_kernels();

@@ -178,14 +178,7 @@ Status embedding_backward(Span dtable, Span dout, IdSpan ids, int64_t BT, int64_
 }
 
 Status rmsnorm_forward(Span out, Span rstd, Span x, Span w, int64_t BT, int64_t D, float eps) {
-  QF_TRY(positive("BT", BT));
-  QF_TRY(positive("D", D));
-  if (!(eps >= 0.f) || !std::isfinite(eps))
-    return error(Code::InvalidArgument, "Expected non-negative finite eps but received " + std::to_string(eps));
-  QF_TRY(need("out", out, BT * D, "(BT, D)"));
-  QF_TRY(need_opt("rstd", rstd, BT, "(BT)"));
-  QF_TRY(need("x", x, BT * D, "(BT, D)"));
-  QF_TRY(need("w", w, D, "(D)"));
+  QF_TRY(engine_check::rmsnorm_args(out, rstd, x, w, BT, D, eps));
   const EngineKernels& k = engine_kernels();
   parallel_for(BT, grain_rows(D), [&](int64_t r0, int64_t r1) { k.rmsnorm_forward(F(out), F(rstd), F(x), F(w), r0, r1, D, eps); });
   return Status::Ok();

@@ -1,6 +1,7 @@
 // Argument checks shared by the GPTQ and quantized-linear ops: a length the
 // native side did not check is an out-of-bounds write.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -74,6 +75,18 @@ inline Status need(const char* name, const Span& s, int64_t want, const char* sh
 // An optional buffer: absent (null) or exactly `want` long.
 inline Status need_opt(const char* name, const Span& s, int64_t want, const char* shape) {
   return s.data == nullptr ? Status::Ok() : need(name, s, want, shape);
+}
+
+// The arguments every RMSNorm forward takes: out, x (BT, D); rstd (BT) or null; w (D); eps finite >= 0.
+inline Status rmsnorm_args(const Span& out, const Span& rstd, const Span& x, const Span& w, int64_t BT, int64_t D, float eps) {
+  QF_TRY(positive("BT", BT));
+  QF_TRY(positive("D", D));
+  if (!(eps >= 0.f) || !std::isfinite(eps))
+    return error(Code::InvalidArgument, "Expected non-negative finite eps but received " + std::to_string(eps));
+  QF_TRY(need("out", out, BT * D, "(BT, D)"));
+  QF_TRY(need_opt("rstd", rstd, BT, "(BT)"));
+  QF_TRY(need("x", x, BT * D, "(BT, D)"));
+  return need("w", w, D, "(D)");
 }
 
 }  // namespace engine_check

@@ -49,7 +49,7 @@ export function processAlive(pid: number): boolean {
  * loss) skips the exit hook, and a killed quantize would otherwise leave a
  * half-written checkpoint or output directory behind on every retry.
  */
-function removeStaleTemps(dest: string): void {
+export function removeStaleTemps(dest: string): void {
   const dir = path.dirname(dest), prefix = `.${path.basename(dest)}.`;
   let names: string[];
   try {

@@ -15,8 +15,8 @@ const work = mkdtempSync(path.join(packageRoot(), '.cache', 'out-lock-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 interface Result { got: boolean; code?: string; message?: string }
-const child = (out: string, startAt: number, holdMs: number) => new Promise<Result>((resolve, reject) => {
-  const c = spawn(process.execPath, [bundleChild('test/children/out-lock.ts'), out, String(startAt), String(holdMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+const child = (out: string, startAt: number, children: number) => new Promise<Result>((resolve, reject) => {
+  const c = spawn(process.execPath, [bundleChild('test/children/out-lock.ts'), out, String(startAt), String(children)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
   c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
@@ -24,17 +24,19 @@ const child = (out: string, startAt: number, holdMs: number) => new Promise<Resu
 });
 
 describe('the output lock', () => {
-  it('6 processes at the same instant, 6 rounds: exactly one holds the lock each round, the others are told who does', async () => {
+  it('6 processes at the same instant, 30 rounds: exactly one holds the lock each round, the others are told who does', async () => {
     bundleChild('test/children/out-lock.ts');
-    for (let round = 0; round < 6; round++) {
+    for (let round = 0; round < 30; round++) {
       const out = path.join(work, `race-${round}`);
-      // 400 ms for the children to start and spin; each holds the lock 300 ms
-      const startAt = Date.now() + 400;
-      const results = await Promise.all(Array.from({ length: 6 }, () => child(out, startAt, 300)));
+      // each child marks its attempt in <out>-tried/; the winner holds the lock until all 6 have tried
+      mkdirSync(`${out}-tried`);
+      const startAt = Date.now() + 400;  // for the children to start
+      const results = await Promise.all(Array.from({ length: 6 }, () => child(out, startAt, 6)));
+      rmSync(`${out}-tried`, { recursive: true });
       expect(results.filter((r) => r.got).length, `round ${round}: ${JSON.stringify(results)}`).toBe(1);
       for (const r of results.filter((x) => !x.got)) {
         expect(r.code).toBe('QF_IO');
-        expect(r.message).toMatch(/^Another quantize \(pid (\d+|unknown)\) is writing .*race-\d: wait for it to end/);
+        expect(r.message).toMatch(/^Another quantize \(pid (\d+|unknown)\) is writing .*race-\d+: wait for it to end/);
       }
       expect(readdirSync(work).filter((n) => n.includes(`race-${round}`)), 'no lock or temp file left').toEqual([]);
     }

@@ -107,8 +107,19 @@ def upper_inverse_factor(H32, damp):
     return np.linalg.cholesky(Hinv).T, dead
 
 
-def gptq(W32, H32, bits, gs, sym, mode, damp=0.01, block=128):
+def gptq(W32, H32, bits, gs, sym, mode, damp=0.01, block=128, act_order=False):
     N, K = W32.shape
+    if act_order:
+        # the reference (IST-DASLab gptq.py --act-order): dead inputs get H[c, c] = 1 first, then
+        # columns by decreasing diagonal (ties: lower index first); codes return in column order
+        assert gs >= K, 'act-order is per output channel here'
+        d = np.diag(H32).astype(np.float64).copy()
+        d[d == 0] = 1
+        perm = np.array(sorted(range(K), key=lambda c: (-d[c], c)))
+        codes, scales, zeros, loss = gptq(W32[:, perm], H32[perm][:, perm], bits, gs, sym, mode, damp, block)
+        out = np.zeros_like(codes)
+        out[:, perm] = codes
+        return out, scales, zeros, loss
     U, dead = upper_inverse_factor(H32, damp)
     W = W32.astype(np.float64)
     W[:, dead] = 0
@@ -167,23 +178,26 @@ CASES = [
     ('W3 g100 sym, K 300: groups cross lazy batches', 8, 300, 700, 202, -1, 3, 100, True, 'updated'),
     ('W2 per-channel asym, K 64', 12, 64, 256, 303, -1, 2, 64, False, 'updated'),
     ('W8 g48 asym, K 200, batch-start', 6, 200, 400, 404, 0, 8, 48, False, 'batch-start'),
+    ('W4 per-channel sym, K 172, act-order, dead input 5', 16, 172, 512, 505, 5, 4, 172, True, 'updated', True),
+    ('W3 per-channel asym, K 300, act-order across lazy batches', 8, 300, 700, 606, -1, 3, 300, False, 'updated', True),
 ]
 
 
 def main():
     out = {'generator': 'scripts/gptq_oracle.py (float64 numpy, quantform quantizer); inputs: test/helpers/gptq-data.ts',
            'damp': 0.01, 'blockSize': 128, 'cases': []}
-    for name, N, K, T, seed, dead, bits, gs, sym, mode in CASES:
+    for name, N, K, T, seed, dead, bits, gs, sym, mode, *rest in CASES:
+        act_order = bool(rest and rest[0])
         X = inputs(T, K, seed, dead)
         W = weights(N, K, seed + 1)
         H = (2.0 / T) * (X.astype(np.float64).T @ X.astype(np.float64))
         H32 = H.astype(np.float32)
-        codes, scales, zeros, loss = gptq(W, H32, bits, gs, sym, mode)
+        codes, scales, zeros, loss = gptq(W, H32, bits, gs, sym, mode, act_order=act_order)
         E = W.astype(np.float64) - dequant(codes, scales, zeros if not sym else np.full_like(zeros, 1 << (bits - 1)), gs)
         obj = float(np.einsum('nk,kj,nj->', E, H32.astype(np.float64), E))
         out['cases'].append({
             'name': name, 'N': N, 'K': K, 'T': T, 'seed': seed, 'dead': dead, 'bits': bits, 'groupSize': gs,
-            'symmetric': sym, 'paramsFrom': mode,
+            'symmetric': sym, 'paramsFrom': mode, **({'actOrder': True} if act_order else {}),
             'codes': codes.tobytes().hex(), 'scales': [float(v) for v in scales.ravel()],
             'zeros': None if sym else [float(v) for v in zeros.ravel()],
             'objective': obj, 'loss': loss,

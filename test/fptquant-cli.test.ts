@@ -25,11 +25,11 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), 'qf-fpt-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const run = (args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 300_000 });
 
-/** quantize --method fptquant on stories260K: 8 x 64 calibration tokens, 2 + 2 steps (about 2 s). */
+/** quantize --method fptquant on stories260K: 8 x 64 calibration tokens, 2 + 2 + 2 steps (about 2 s). */
 function fpt(name: string, extra: string[]): { out: string; stderr: string; status: number | null } {
   const out = path.join(tmp, name);
   const r = run(['quantize', '--model', HF, '--calib', TEXT, '--method', 'fptquant', '--bits', '4', '--sym', '--group-size', '64',
-    '--samples', '8', '--seq-len', '64', '--local-steps', '2', '--e2e-steps', '2', '--out', out, ...extra]);
+    '--samples', '8', '--seq-len', '64', '--local-steps', '2', '--e2e-steps', '2', '--qp-steps', '2', '--out', out, ...extra]);
   return { out, stderr: r.stderr, status: r.status };
 }
 
@@ -103,7 +103,7 @@ describe.skipIf(!ready)('FPTQuant checkpoints from the CLI, exported and loaded 
     expect(Math.abs(b - a) / a).toBeLessThan(1e-4);
   });
 
-  it('quantize refuses, before any work: A-bits 6, and static activations on weights the int8 kernels cannot take (group 12, 8-bit weights)', () => {
+  it('quantize refuses, before any work: A-bits 6, static activations on weights the int8 kernels cannot take (group 12, 8-bit weights), act-order with groups or without GPTQ', () => {
     const six = fpt('a6', ['--a-bits', '6']);
     expect(six.status).toBe(1);
     expect(six.stderr).toMatch(/Expected 4, 8 or 16 for actBits but received 6 .*\[QF_UNSUPPORTED_BITS\]/);
@@ -117,6 +117,14 @@ describe.skipIf(!ready)('FPTQuant checkpoints from the CLI, exported and loaded 
     expect(w8.stderr).toMatch(/received bits 8, group size 64; pass --a-bits 16/);
     // group 12 is fine weight-only
     expect(fpt('g12-a16', ['--a-bits', '16', '--group-size', '12']).status).toBe(0);
+    // GPTQ's act-order: per output channel only, and only where GPTQ runs
+    const ao = fpt('act-order-g64', ['--act-order']);
+    expect(ao.status).toBe(1);
+    expect(ao.stderr).toMatch(/act-order needs weights per output channel \(a group size of at least 172\) but received group size 64.*\[QF_INVALID_ARGUMENT\]/);
+    expect(existsSync(ao.out)).toBe(false);
+    const aoRtn = fpt('act-order-rtn', ['--act-order', '--fpt-weights', 'rtn']);
+    expect(aoRtn.status).toBe(1);
+    expect(aoRtn.stderr).toMatch(/--act-order applies to GPTQ \(--method gptq, fptquant, or efficientqat --init gptq\), not to fptquant --fpt-weights rtn/);
   });
 
   it('a run whose value transform becomes singular stops with QF_NON_FINITE, writes no output, and keeps a valid last checkpoint', () => {

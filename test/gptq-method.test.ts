@@ -140,6 +140,22 @@ describe.skipIf(!have)('GPTQ method on stories260K', () => {
       }
     });
 
+  it("act-order (per output channel): layer 0's q/k/v (same inputs either way) and the model in all have a lower GPTQ objective; groups are refused", async () => {
+    const q = { bits: 4 as Bits, groupSize: 1 << 20, symmetric: true };
+    const plain = await runGptq(model, cal!, q, { objectives: true });
+    const ordered = await runGptq(model, cal!, q, { objectives: true, actOrder: true });
+    const sum = (r: typeof plain) => r.stats.reduce((a, st) => a + st.objective!, 0);
+    for (const n of ['q_proj', 'k_proj', 'v_proj']) {
+      const of = (r: typeof plain) => r.stats.find((st) => st.name === `model.layers.0.self_attn.${n}`)!.objective!;
+      expect(of(ordered), n).toBeLessThan(of(plain));
+    }
+    expect(sum(ordered)).toBeLessThan(sum(plain));
+    console.log(`act-order: GPTQ objective summed over the linears ${sum(ordered).toPrecision(4)} vs ${sum(plain).toPrecision(4)} in index order`);
+    await expect(runGptq(model, cal!, { bits: 4, groupSize: 32, symmetric: true }, { actOrder: true }))
+      .rejects.toThrow(/act-order needs weights per output channel \(a group size of at least 172\) but received group size 32/);
+    await expect(runGptq(model, cal!, q, { actOrder: 'yes' as unknown as boolean })).rejects.toThrow(/Expected boolean for actOrder but received 'yes'/);
+  });
+
   it('an aborted signal stops GPTQ with QF_ABORTED', async () => {
     const ac = new AbortController();
     let events = 0;

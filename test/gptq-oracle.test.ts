@@ -2,7 +2,7 @@
 // written from the published algorithm; its output is test/fixtures/gptq-oracle.json)
 // on awkward layers: a ragged last group with a dead input, the reference's
 // batch-start group parameters, groups crossing lazy batches, per-channel INT2,
-// INT8. Bit-exact agreement is not expected (f32 vs float64 error propagation), so
+// INT8, act-order per output channel. Bit-exact agreement is not expected (f32 vs float64 error propagation), so
 // the test compares GPTQ's objective tr((W - Ŵ) H (W - Ŵ)ᵀ) on the same H within a
 // tight relative tolerance, and the codes and scales element by element.
 import { readFileSync } from 'node:fs';
@@ -23,7 +23,7 @@ const FIXTURE_OBJECTIVE_REL = 1e-5;
 
 interface OracleCase {
   name: string; N: number; K: number; T: number; seed: number; dead: number; bits: Bits; groupSize: number;
-  symmetric: boolean; paramsFrom: 'updated' | 'batch-start'; codes: string; scales: number[]; zeros: number[] | null;
+  symmetric: boolean; paramsFrom: 'updated' | 'batch-start'; actOrder?: boolean; codes: string; scales: number[]; zeros: number[] | null;
   objective: number; loss: number;
 }
 const fixture = JSON.parse(readFileSync(new URL('./fixtures/gptq-oracle.json', import.meta.url), 'utf8')) as { cases: OracleCase[] };
@@ -38,7 +38,7 @@ describe('GPTQ vs the float64 oracle', () => {
         const H = new GptqHessian(K);
         const res = withTier(tier, () => {
           H.add(X);
-          return gptqQuantize(w, H, { bits: c.bits, groupSize: gs, symmetric: c.symmetric, paramsFrom: c.paramsFrom });
+          return gptqQuantize(w, H, { bits: c.bits, groupSize: gs, symmetric: c.symmetric, paramsFrom: c.paramsFrom, actOrder: c.actOrder });
         });
         // the oracle's Ŵ from its codes, scales and zero points
         const oc = Uint8Array.from(Buffer.from(c.codes, 'hex'));
@@ -62,6 +62,12 @@ describe('GPTQ vs the float64 oracle', () => {
         let sameS = 0;
         for (let i = 0; i < N * G; i++) if (f16ToF32((res.q.scales as Uint16Array)[i]) === c.scales[i]) sameS++;
         expect(sameS / (N * G)).toBeGreaterThanOrEqual(ORACLE_SCALES_AGREE);
+        if (c.actOrder) {
+          // the column order mattered: in index order GPTQ gives other codes and a larger objective
+          const plain = withTier(tier, () => gptqQuantize(w, H, { bits: c.bits, groupSize: gs, symmetric: c.symmetric, paramsFrom: c.paramsFrom }));
+          expect(unpack(plain.q.codes, plain.q.shape, plain.q.bits)).not.toEqual(qc);
+          expect(qObj).toBeLessThan(gptqObjective(w, plain.q, H));
+        }
         // and the result is a plain canonical tensor
         expect((dequantize(res.q).data as Float32Array).length).toBe(N * K);
       });

@@ -29,6 +29,7 @@ interface BenchFptOpts {
   clipNorm?: number;
   trainWeightRanges?: boolean;
   qpSteps?: number;
+  actOrder?: boolean;
   qpLr?: number;
   e2eSteps?: number;
   e2eLr?: number;
@@ -80,6 +81,7 @@ export function registerBenchFptquant(bench: Command): void {
     .option('--rows <list>', `rows to run (default all): ${ROWS.map((r) => r.key).join(', ')}`)
     .option('--group-size <n>', 'weight group size (default: per output channel)', intOption)
     .option('--clip-norm <p>', "GPTQ's clipping search of the weight ranges, its norm (0: min/max; default: the method's)", Number)
+    .option('--act-order', "GPTQ's act-order (columns by decreasing Hessian diagonal; per output channel only)")
     .option('--train-weight-ranges', 'force the range stage after GPTQ on in every row (it is the default of the fpt rows)')
     .option('--qp-steps <n>', 'steps of that stage', intOption)
     .option('--qp-lr <x>', 'its learning rate (log step sizes and ranges)', Number)
@@ -126,7 +128,8 @@ export function registerBenchFptquant(bench: Command): void {
       for (const r of rows)
         for (const c of configs) {
           const t0 = performance.now();
-          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c], ...over } });
+          const q = await quantizeModel(model, { method: 'fptquant', bits: 4, groupSize: gs, symmetric: true, calibration: cal, fpt: { ...r.fpt, ...CONFIGS[c], ...over },
+            ...(o.actOrder ? { gptq: { actOrder: true } } : {}) });
           const p = await ppl(new Model(quantizedCheckpoint(q, tok), tok));
           const seconds = (performance.now() - t0) / 1000;
           table.push({ row: r.key, config: c, ppl: p, seconds });

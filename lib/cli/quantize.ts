@@ -63,6 +63,7 @@ interface QuantizeCliOpts {
   format?: string;
   damp?: number;
   gptqParams?: 'updated' | 'batch-start' | 'best';
+  actOrder?: boolean;
   wBits?: number;
   aBits?: number;
   kvBits?: number;
@@ -191,6 +192,7 @@ export function registerQuantize(program: Command): void {
     .option('--checkpoint-every <n>', 'steps between checkpoints', intOption, 100)
     .option('--resume', 'continue from the checkpoint next to --out (a run killed before its first checkpoint starts over)')
     .option('--damp <x>', 'GPTQ: fraction of the mean Hessian diagonal added to it', numberOption, 0.01)
+    .option('--act-order', "GPTQ (and FPTQuant's GPTQ): columns in order of decreasing Hessian diagonal (the reference's --act-order); weights per output channel only")
     .option('--gptq-params <from>', "GPTQ: group scale/zero chosen from the 'updated' weights, as the reference code from the lazy batch's 'batch-start' weights, or the 'best' of both per group", 'updated')
     .option('--w-bits <n>', 'FPTQuant: weight bits (the same as --bits)', intOption)
     .option('--a-bits <n>', 'FPTQuant: static activation bits, 8 | 4 | 16 (fp activations)', intOption)
@@ -254,6 +256,9 @@ export function registerQuantize(program: Command): void {
         for (const [flag, v] of [['--act-dtype', o.actDtype], ['--frozen-dtype', o.frozenDtype]] as const)
           if (v !== undefined && v !== 'f32' && v !== 'bf16') throw new QuantformError('QF_INVALID_ARGUMENT', `Expected f32 or bf16 for ${flag} but received '${v}'`);
         const method = getMethod(o.method);
+        const runsGptq = o.method === 'gptq' || (o.method === 'fptquant' && o.fptWeights !== 'rtn') || (o.method === 'efficientqat' && o.init === 'gptq');
+        if (o.actOrder && !runsGptq)
+          throw new QuantformError('QF_INVALID_ARGUMENT', `--act-order applies to GPTQ (--method gptq, fptquant, or efficientqat --init gptq), not to ${o.method}${o.fptWeights === 'rtn' ? ' --fpt-weights rtn' : ''}`);
         if (defaultJob)
           console.log(`no --model: ${o.method} W${o.bits} ${o.groupSize >= 1 << 20 ? 'per-channel' : `g${o.groupSize}`}${o.sym ? ' sym' : ''}${fptJob ? ` A${o.aBits ?? 8} KV${o.kvBits ?? o.aBits ?? 8}` : ''} on the bundled ${DEFAULT_MODEL.name} (${ck.config.nLayers} layers, hidden ${ck.config.dim}), ` +
             'calibration TinyStories stories 201-400, evaluation on held-out stories 1-64; pass --model PATH for your own checkpoint');
@@ -280,7 +285,7 @@ export function registerQuantize(program: Command): void {
         const opts: QuantizeModelOptions = {
           method: o.method, bits: o.bits as Bits, groupSize: o.groupSize, symmetric: o.sym === true, steps: o.steps, lr: o.lr,
           batchSize: o.batchSize, loss: o.loss, seed: o.seed, extraScales: o.teqExtra === true, calibration,
-          gptq: { damp: o.damp, paramsFrom: o.gptqParams }, maxMemoryBytes, activationDtype: o.actDtype, frozenDtype: o.frozenDtype,
+          gptq: { damp: o.damp, paramsFrom: o.gptqParams, ...(o.actOrder ? { actOrder: true } : {}) }, maxMemoryBytes, activationDtype: o.actDtype, frozenDtype: o.frozenDtype,
           fpt: fptJob ? fptOptionsOf(o, (k) => cmd.getOptionValueSource(k) === 'cli' || (defaultJob && k in DEFAULT_FPT_JOB)) : undefined,
         };
         let report: QuantizeReport;

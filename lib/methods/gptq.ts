@@ -34,6 +34,8 @@ export interface GptqMethodOptions {
   paramsFrom?: 'updated' | 'batch-start' | 'best';
   /** GptqOptions.clipNorm: the clipping search of each group's range (0: min/max). Default 0. */
   clipNorm?: number;
+  /** GptqOptions.actOrder: columns in order of decreasing H[c, c]; per output channel only. Default false. */
+  actOrder?: boolean;
   /** Also compute tr((W - Ŵ) H (W - Ŵ)ᵀ) of GPTQ and of RTN for every linear (costs N K² per linear). Default false. */
   objectives?: boolean;
 }
@@ -144,12 +146,14 @@ export class BlockInputs {
 }
 
 function resolve(o: GptqMethodOptions = {}): Required<Omit<GptqMethodOptions, 'objectives'>> & { objectives: boolean } {
-  const r = { damp: o.damp ?? 0.01, blockSize: o.blockSize ?? 128, paramsFrom: o.paramsFrom ?? 'updated', clipNorm: o.clipNorm ?? 0, objectives: o.objectives ?? false };
+  const r = { damp: o.damp ?? 0.01, blockSize: o.blockSize ?? 128, paramsFrom: o.paramsFrom ?? 'updated', clipNorm: o.clipNorm ?? 0, actOrder: o.actOrder ?? false,
+    objectives: o.objectives ?? false };
   if (!is.finiteNumber(r.clipNorm) || r.clipNorm < 0 || r.clipNorm > 16) throw invalidParameter('number in [0, 16]', 'clipNorm', r.clipNorm);
   if (!is.finiteNumber(r.damp) || r.damp < 0) throw invalidParameter('number >= 0', 'damp', r.damp);
   if (!is.positiveInteger(r.blockSize) || r.blockSize > 512) throw invalidParameter('integer in [1, 512]', 'blockSize', r.blockSize);
   if (!is.oneOf(r.paramsFrom, ['updated', 'batch-start', 'best'] as const)) throw invalidParameter("'updated', 'batch-start' or 'best'", 'paramsFrom', r.paramsFrom);
   if (!is.bool(r.objectives)) throw invalidParameter('boolean', 'objectives', r.objectives);
+  if (!is.bool(r.actOrder)) throw invalidParameter('boolean', 'actOrder', r.actOrder);
   return r;
 }
 
@@ -183,6 +187,10 @@ export class GptqMethodRun implements MethodRun {
     const cal = ctx.calibration;
     if (!cal) throw new QuantformError('QF_INVALID_ARGUMENT', "Method 'gptq' needs calibration data");
     this.o = resolve(ctx.gptq);
+    const maxK = Math.max(ctx.shape.hidden, ctx.shape.intermediate, ctx.shape.heads * ctx.shape.headDim);
+    if (this.o.actOrder && ctx.quant.groupSize < maxK)
+      throw new QuantformError('QF_INVALID_ARGUMENT', `GPTQ's act-order needs weights per output channel (a group size of at least ${maxK}) but received ` +
+        `group size ${ctx.quant.groupSize}: groups in act order would need a permuted g_idx`);
     if (cal.seqLen > ctx.shape.maxSeq) throw invalidParameter(`seqLen <= ${ctx.shape.maxSeq} (the model's context)`, 'calibration.seqLen', cal.seqLen);
     this.linears = keep ? new Map() : null;
     try {
@@ -266,7 +274,7 @@ export class GptqMethodRun implements MethodRun {
       }
       const gopts: GptqOptions = {
         bits: quant.bits, groupSize: Math.min(quant.groupSize, K), symmetric: quant.symmetric, paramDtype: 'f16',
-        damp: o.damp, blockSize: o.blockSize, clipNorm: o.clipNorm,
+        damp: o.damp, blockSize: o.blockSize, clipNorm: o.clipNorm, actOrder: o.actOrder,
       };
       const wt = new Tensor(Wst, [Wst.length / K, K]);
       let res;

@@ -5,7 +5,7 @@
 // dead inputs and the two readings of group parameters: native/include/quantform/gptq.h.
 import { fromNative, invalidParameter, is, QuantformError } from '../errors.js';
 import { native, type NativeGptqConfig } from '../native.js';
-import { dequantize, matrix, QuantizedTensor, resolveQuantOptions, type QuantOptions } from './quant.js';
+import { dequantize, matrix, pack, QuantizedTensor, resolveQuantOptions, unpack, type Bits, type QuantOptions } from './quant.js';
 import { checkBuffer, Tensor } from './tensor.js';
 
 export interface GptqOptions extends QuantOptions {
@@ -27,6 +27,14 @@ export interface GptqOptions extends QuantOptions {
    * Costs 80 quantizations of every weight (pow unless clipNorm is 2).
    */
   clipNorm?: number;
+  /**
+   * GPTQ's act-order (the reference's --act-order, desc_act): columns quantized in order of
+   * decreasing H[c, c], the ones with the largest input energy first, while the most later columns
+   * are left to absorb their error; the codes come back in the original column order. Only with one
+   * group per row (per output channel): there the order changes no parameter and the checkpoint
+   * stays canonical (g_idx = 0); with groups it would need a permuted g_idx. Default false.
+   */
+  actOrder?: boolean;
 }
 
 export interface GptqResult {
@@ -100,33 +108,65 @@ function gptqArgs(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions) {
   if (!is.oneOf(paramsFrom, ['updated', 'batch-start'] as const)) throw invalidParameter("'updated' or 'batch-start'", 'paramsFrom', paramsFrom);
   const clipNorm = opts.clipNorm ?? 0;
   if (!is.finiteNumber(clipNorm) || clipNorm < 0 || clipNorm > 16) throw invalidParameter('number in [0, 16]', 'clipNorm', clipNorm);
+  const actOrder = opts.actOrder ?? false;
+  if (!is.bool(actOrder)) throw invalidParameter('boolean', 'actOrder', actOrder);
+  if (actOrder && o.groupSize < K)
+    throw new QuantformError('QF_INVALID_ARGUMENT', `actOrder needs one group per row (groupSize >= ${K}, per output channel) but received groupSize ${o.groupSize}: ` +
+      'groups in act order would need a permuted g_idx');
   const config: NativeGptqConfig = {
     rows: N, cols: K, bits: o.bits, groupSize: o.groupSize, symmetric: o.symmetric, paramDtype: o.paramDtype, damp, blockSize, paramsFrom, clipNorm,
   };
-  return { N, K, o, h, config };
+  return { N, K, o, h, config, actOrder };
 }
 
 /** GPTQ-quantizes w (N, K) f32 against the Hessian of its inputs (not modified). */
 export function gptqQuantize(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions): GptqResult {
   const a = gptqArgs(w, H, opts);
+  const ord = a.actOrder ? actOrderInputs(w.data as Float32Array, a.h, a.N, a.K) : null;
   let r;
   try {
-    r = native().gptqQuantize(w.data as Float32Array, a.h, a.config, false);
+    r = native().gptqQuantize(ord?.w ?? (w.data as Float32Array), ord?.h ?? a.h, a.config, false);
   } catch (e) {
     throw fromNative(e);
   }
-  return { q: new QuantizedTensor(r.codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
+  const codes = ord ? unpermuteCodes(r.codes, ord.perm, a.N, a.K, a.o.bits) : r.codes;
+  return { q: new QuantizedTensor(codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
+}
+
+/**
+ * Columns by decreasing H[c, c] (ties: lower index first), and W and H permuted to that order. A
+ * dead input (H[c, c] = 0) sorts as H[c, c] = 1, as in the reference, which sets it so before sorting.
+ */
+function actOrderInputs(w: Float32Array, h: Float32Array, N: number, K: number): { perm: Int32Array; w: Float32Array; h: Float32Array } {
+  const d = Float64Array.from({ length: K }, (_, c) => h[c * K + c] === 0 ? 1 : h[c * K + c]);
+  const perm = Int32Array.from({ length: K }, (_, i) => i).sort((x, y) => d[y] - d[x] || x - y);
+  const wp = new Float32Array(N * K), hp = new Float32Array(K * K);
+  for (let n = 0; n < N; n++)
+    for (let j = 0; j < K; j++) wp[n * K + j] = w[n * K + perm[j]];
+  for (let i = 0; i < K; i++)
+    for (let j = 0; j < K; j++) hp[i * K + j] = h[perm[i] * K + perm[j]];
+  return { perm, w: wp, h: hp };
+}
+
+/** Packed codes of permuted columns (column j is original column perm[j]) back in the original order. */
+function unpermuteCodes(codes: Uint8Array, perm: Int32Array, N: number, K: number, bits: Bits): Uint8Array {
+  const cp = unpack(codes, [N, K], bits), c = new Uint8Array(N * K);
+  for (let n = 0; n < N; n++)
+    for (let j = 0; j < K; j++) c[n * K + perm[j]] = cp[n * K + j];
+  return pack(c, [N, K], bits);
 }
 
 export async function gptqQuantizeAsync(w: Tensor, H: Float32Array | GptqHessian, opts: GptqOptions): Promise<GptqResult> {
   const a = gptqArgs(w, H, opts);
+  const ord = a.actOrder ? actOrderInputs(w.data as Float32Array, a.h, a.N, a.K) : null;
   let r;
   try {
-    r = await native().gptqQuantize(w.data as Float32Array, a.h, a.config, true);
+    r = await native().gptqQuantize(ord?.w ?? (w.data as Float32Array), ord?.h ?? a.h, a.config, true);
   } catch (e) {
     throw fromNative(e);
   }
-  return { q: new QuantizedTensor(r.codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
+  const codes = ord ? unpermuteCodes(r.codes, ord.perm, a.N, a.K, a.o.bits) : r.codes;
+  return { q: new QuantizedTensor(codes, r.scales, r.zeros, [a.N, a.K], a.o.bits, a.o.groupSize, a.o.symmetric, a.o.paramDtype), loss: r.loss };
 }
 
 /**

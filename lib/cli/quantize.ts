@@ -202,7 +202,7 @@ export function registerQuantize(program: Command): void {
     .option('--value-hadamard', 'FPTQuant: start T_v from a Hadamard rotation of each value head instead of the identity (head size a power of two)')
     .option('--clip-norm <p>', "FPTQuant: GPTQ's clipping search of the weight ranges, its norm (default 2; the reference GPTQ's --mse uses 2.4; 0: min/max, the FPTQuant reference's)", Number)
     .option('--no-train-weight-ranges', 'FPTQuant: skip the stage after GPTQ that trains every weight step size and activation / KV range end to end (JSD to the fp model)')
-    .option('--qp-steps <n>', 'FPTQuant: steps of that stage (default 200)', intOption)
+    .option('--qp-steps <n>', 'FPTQuant: steps of that stage (default 400)', intOption)
     .option('--qp-lr <x>', 'FPTQuant: its learning rate on the log step sizes and ranges (default 1e-3)', Number)
     .option('--fpt-stages <s>', "FPTQuant: 'local+e2e' (default), 'local', or 'none' (ranges only)")
     .option('--fpt-weights <q>', "FPTQuant: weight quantizer after the merge, 'gptq' (default) or 'rtn'")

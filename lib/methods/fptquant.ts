@@ -213,7 +213,7 @@ export function resolveFptOptions(o: FptQuantOptions = {}): Resolved {
     residualScaling: o.residualScaling ?? true, valueHadamard: o.valueHadamard ?? false, residualRotation: o.residualRotation ?? false, onlineHadamard: o.onlineHadamard ?? false,
     weights: o.weights ?? 'gptq', clipNorm: o.clipNorm ?? 2, stages: o.stages ?? 'local+e2e', localSteps: o.localSteps ?? 150, localLr: o.localLr ?? 5e-3,
     lpAct: o.lpAct ?? 1e-4, lpWeight: o.lpWeight ?? 1e-4, lpP: o.lpP ?? 4, e2eSteps: o.e2eSteps ?? 200, e2eLr: o.e2eLr ?? 6e-3,
-    trainWeightRanges: o.trainWeightRanges ?? true, qpSteps: o.qpSteps ?? 200, qpLr: o.qpLr ?? 1e-3,
+    trainWeightRanges: o.trainWeightRanges ?? true, qpSteps: o.qpSteps ?? 400, qpLr: o.qpLr ?? 1e-3,
     batchSize: o.batchSize ?? 4, rangeWindows: o.rangeWindows ?? 16, rangeP: o.rangeP ?? 2.4, teacherCacheBytes: o.teacherCacheBytes ?? 1e9,
     seed: o.seed ?? 0,
   };

@@ -359,22 +359,8 @@ namespace {
 
 // The CPU's contractions (FptContractions), with the GEMM scratch of the caller.
 void pair_dots_cpu(double* sl, double* sp, const float* Wm, const float* dWm, int64_t H, int64_t hd, int64_t cols) {
-  const int64_t half = hd / 2;
-  parallel_for(H * half, std::max<int64_t>(1, 8192 / cols), [&](int64_t i0, int64_t i1) {
-    for (int64_t it = i0; it < i1; it++) {
-      const int64_t h = it / half, i = it % half;
-      const float* a = Wm + (h * hd + i) * cols;
-      const float* b = Wm + (h * hd + i + half) * cols;
-      const float* da = dWm + (h * hd + i) * cols;
-      const float* db = dWm + (h * hd + i + half) * cols;
-      double l = 0, q = 0;
-      for (int64_t c = 0; c < cols; c++) {
-        l += (double)da[c] * a[c] + (double)db[c] * b[c];
-        q += (double)db[c] * a[c] - (double)da[c] * b[c];
-      }
-      sl[it] = l;
-      sp[it] = q;
-    }
+  parallel_for(H * (hd / 2), std::max<int64_t>(1, 8192 / cols), [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; it++) fpt_pair_dot(sl, sp, Wm, dWm, it, hd, cols);
   });
 }
 

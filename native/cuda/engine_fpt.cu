@@ -138,19 +138,7 @@ __global__ void jsd_forward_backward_kernel(float* loss, float* logits, const fl
 __global__ void pair_dots_kernel(double* sl, double* sp, const float* Wm, const float* dWm, int64_t n, int64_t hd,
                                  int64_t cols) {
   const int64_t it = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (it >= n) return;
-  const int64_t half = hd / 2, h = it / half, i = it % half;
-  const float* a = Wm + (h * hd + i) * cols;
-  const float* b = Wm + (h * hd + i + half) * cols;
-  const float* da = dWm + (h * hd + i) * cols;
-  const float* db = dWm + (h * hd + i + half) * cols;
-  double l = 0, q = 0;
-  for (int64_t c = 0; c < cols; c++) {
-    l += (double)da[c] * a[c] + (double)db[c] * b[c];
-    q += (double)db[c] * a[c] - (double)da[c] * b[c];
-  }
-  sl[it] = l;
-  sp[it] = q;
+  if (it < n) fpt_pair_dot(sl, sp, Wm, dWm, it, hd, cols);
 }
 
 // block (g, a, b) of G (Hkv, hd, hd): x rows (or columns) . y rows (or columns), over D, in double.

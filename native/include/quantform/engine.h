@@ -719,6 +719,26 @@ struct FptContractions {
   Status (*row_dots)(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols);
   Status (*col_dots)(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols);
 };
+// One T_k pair's sl and sp (pair_dots above): the CPU table and the CUDA kernel both run this, so
+// they sum in the same order.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline void fpt_pair_dot(double* sl, double* sp, const float* Wm, const float* dWm, int64_t it, int64_t hd,
+                         int64_t cols) {
+  const int64_t half = hd / 2, h = it / half, i = it % half;
+  const float* a = Wm + (h * hd + i) * cols;
+  const float* b = Wm + (h * hd + i + half) * cols;
+  const float* da = dWm + (h * hd + i) * cols;
+  const float* db = dWm + (h * hd + i + half) * cols;
+  double l = 0, q = 0;
+  for (int64_t c = 0; c < cols; c++) {
+    l += (double)da[c] * a[c] + (double)db[c] * b[c];
+    q += (double)db[c] * a[c] - (double)da[c] * b[c];
+  }
+  sl[it] = l;
+  sp[it] = q;
+}
 Status fpt_merge_backward(Span dparams, Span deff, Span arena, const BlockDims& d, const FptTransforms& fpt,
                           const FptContractions* contractions = nullptr);
 // Whether params (fpt_param_count) give a valid step for `fpt`: every entry finite, every scale positive,

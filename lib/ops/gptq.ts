@@ -29,10 +29,11 @@ export interface GptqOptions extends QuantOptions {
   clipNorm?: number;
   /**
    * GPTQ's act-order (the reference's --act-order, desc_act): columns quantized in order of
-   * decreasing H[c, c], the ones with the largest input energy first, while the most later columns
-   * are left to absorb their error; the codes come back in the original column order. Only with one
-   * group per row (per output channel): there the order changes no parameter and the checkpoint
-   * stays canonical (g_idx = 0); with groups it would need a permuted g_idx. Default false.
+   * decreasing H[c, c], so the inputs with the most energy are rounded while the most columns remain
+   * to absorb their error; the codes come back in the original column order. Only with one group per
+   * row (per output channel): there the order changes no parameter and the checkpoint stays
+   * canonical (g_idx = 0); with groups it would need a permuted g_idx. Costs a permuted copy of W
+   * and H (H is not modified). Default false.
    */
   actOrder?: boolean;
 }

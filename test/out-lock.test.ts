@@ -42,7 +42,7 @@ describe('the output lock', () => {
     }
   }, 120_000);
 
-  it('a stale lock (its process is gone) is taken over; a live one is refused; the release removes only its own lock', () => {
+  it('a stale lock (its process is gone, or its pid is now ours) is taken over; a live one is refused; the release removes only its own lock', () => {
     const out = path.join(work, 'stale');
     const lock = `${out}.lock`;
     writeFileSync(lock, '2147483646');  // no such process
@@ -55,6 +55,11 @@ describe('the output lock', () => {
     writeFileSync(lock, String(live));
     expect(() => lockOutput(out)).toThrow(new RegExp(`Another quantize \\(pid ${live}\\)`));
     expect(readFileSync(lock, 'utf8')).toBe(String(live));
+
+    // this process's own pid: a killed run's whose pid was reused (containers): stale, not busy
+    writeFileSync(lock, String(process.pid));
+    lockOutput(out)();
+    expect(existsSync(lock)).toBe(false);
 
     // an empty or garbled lock names no process: stale
     writeFileSync(lock, '');

@@ -5,7 +5,7 @@
 // missing tensors are errors that leave nothing; temp files and directories
 // vanish on abort and on process exit.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -94,6 +94,24 @@ describe('atomic files and directories', () => {
     expect(existsSync(path.join(dir, 'model'))).toBe(false);
     d.commit();
     expect(readFileSync(path.join(dir, 'model', 'a.txt'), 'utf8')).toBe('a');
+  });
+
+  it("a killed run's temps are removed by the next writer of the same path, also when its pid is now this process's (containers); a live temp of this process is not", () => {
+    const dir = fresh();
+    const dead = path.join(dir, '.model.2147483646.0badcafe.tmp'), reused = path.join(dir, `.model.${process.pid}.deadbeef.tmp`);
+    mkdirSync(dead);
+    mkdirSync(reused);
+    writeFileSync(path.join(dir, `.x.bin.${process.pid}.feedf00d.tmp`), 'half');
+    const a = new AtomicDir(path.join(dir, 'model'));
+    expect(existsSync(dead) || existsSync(reused)).toBe(false);
+    // a second writer of the same destination in this process (by a relative path) leaves the first one's temp alone
+    const b = new AtomicDir(path.relative(process.cwd(), path.join(dir, 'model')));
+    expect(existsSync(a.path) && existsSync(b.path)).toBe(true);
+    b.abort();
+    a.abort();
+    const f = new AtomicFile(path.join(dir, 'x.bin'));
+    f.abort();
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   const dist = path.join(packageRoot(), 'dist', 'index.js');

@@ -44,7 +44,9 @@ export function lockOutput(out: string): () => void {
       `(if no such process runs, remove ${lock})`);
   if (!create()) {
     const holder = read(lock);
-    if (processAlive(Number(holder))) throw busy(holder);
+    // our own pid in it is a killed run's whose pid this process reuses (a container's runs often
+    // get the same pid): stale too
+    if (holder !== mine && processAlive(Number(holder))) throw busy(holder);
     // stale: move it aside under a name of our own, then check that what moved is the
     // stale lock and not one another run has just taken over (put that one back)
     const aside = tempSibling(lock);

@@ -60,7 +60,11 @@ export function removeStaleTemps(dest: string): void {
   for (const n of names) {
     if (!n.startsWith(prefix)) continue;
     const m = /^(\d+)\.[0-9a-f]{8}\.tmp$/.exec(n.slice(prefix.length));
-    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) rmSync(path.join(dir, n), { recursive: true, force: true });
+    if (!m) continue;
+    const p = path.join(dir, n), pid = Number(m[1]);
+    // with this process's pid but not one of its own temps: a killed run's whose pid was reused (containers)
+    const mine = () => [...live].some((q) => path.resolve(q) === path.resolve(p));
+    if (pid === process.pid ? !mine() : !processAlive(pid)) rmSync(p, { recursive: true, force: true });
   }
 }
 

@@ -163,20 +163,13 @@ __global__ void gram_kernel(float* G, const float* x, const float* y, int64_t hd
   if (threadIdx.x == 0) G[blk] = (float)acc;
 }
 
-__global__ void row_dots_kernel(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
-  const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= rows) return;
+// acc[i] = sum_j dW[i si + j sj] W[i si + j sj], j in order: rows (si = cols, sj = 1) or columns (si = 1, sj = cols)
+__global__ void dots_kernel(double* acc, const float* dW, const float* W, int64_t n, int64_t len, int64_t si, int64_t sj) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
   double s = 0;
-  for (int64_t c = 0; c < cols; c++) s += (double)dW[r * cols + c] * W[r * cols + c];
-  acc[r] = s;
-}
-
-__global__ void col_dots_kernel(double* acc, const float* dW, const float* W, int64_t rows, int64_t cols) {
-  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  double s = 0;
-  for (int64_t r = 0; r < rows; r++) s += (double)dW[r * cols + c] * W[r * cols + c];
-  acc[c] = s;
+  for (int64_t j = 0; j < len; j++) s += (double)dW[i * si + j * sj] * W[i * si + j * sj];
+  acc[i] = s;
 }
 
 Status finish() {
@@ -282,8 +275,8 @@ Status dots_cuda(double* acc, const float* dW, const float* W, int64_t rows, int
   QF_TRY(d_acc.alloc(sizeof(double) * (size_t)n));
   QF_TRY(upload(d_dw, dW, rows * cols));
   QF_TRY(upload(d_w, W, rows * cols));
-  if (kCols) col_dots_kernel<<<grid_of(n), kThreads>>>(d_acc.as<double>(), d_dw.as<float>(), d_w.as<float>(), rows, cols);
-  else row_dots_kernel<<<grid_of(n), kThreads>>>(d_acc.as<double>(), d_dw.as<float>(), d_w.as<float>(), rows, cols);
+  dots_kernel<<<grid_of(n), kThreads>>>(d_acc.as<double>(), d_dw.as<float>(), d_w.as<float>(), n, kCols ? rows : cols,
+                                        kCols ? 1 : cols, kCols ? cols : 1);
   QF_TRY(finish());
   return download(acc, d_acc, n);
 }
